@@ -1,0 +1,49 @@
+//! `fluxgate-model`: the canonical envelope and the two device dialects fluxgate speaks.
+//!
+//! Pure code, no I/O: every function here is deterministic given its inputs (receive time,
+//! message ids and limits are passed in), total (bad input is a [`Reject`], never a panic)
+//! and fast enough to sit on the MQTT front's hot path.
+//!
+//! The flow through this crate on the front:
+//!
+//! ```text
+//! CONNECT ──> Principal
+//! PUBLISH topic ──classify_publish──> PublishClass { target, check }
+//!                  check passed (registry) ──normalize(payload)──> Vec<Envelope> ──> bus
+//! SUBSCRIBE filter ──classify_subscribe──> SubscribeClass
+//! bus ──> Delivery ──render──> (topic, payload) ──> PUBLISH to the client
+//! ```
+//!
+//! - [`envelope`]: the canonical [`Envelope`] every inbound message becomes.
+//! - [`losant`], [`thingsboard::device`], [`thingsboard::gateway`]: exact wire formats.
+//! - [`topic`]: who may publish/subscribe what, per dialect and principal.
+//! - [`delivery`]: commands, RPC and attribute answers going to devices.
+//! - [`reject`]: typed rejections with stable reason codes.
+
+pub mod delivery;
+pub mod envelope;
+pub mod ids;
+pub mod limits;
+pub mod losant;
+pub mod normalize;
+pub mod reject;
+pub mod thingsboard;
+pub mod timestamp;
+pub mod topic;
+pub mod value;
+
+pub use delivery::{Delivery, Outbound, RenderError, Rendered};
+pub use envelope::{
+    AttributeReplyShape, Body, Channel, Command, DeviceRef, Dialect, ENVELOPE_VERSION, Envelope,
+    EnvelopeError, KeySelection, Kind, Sample, SessionInfo,
+};
+pub use ids::{CorrelationId, DeviceId, DeviceName, IdError, MessageId, TenantId};
+pub use limits::Limits;
+pub use normalize::{Ingress, normalize};
+pub use reject::{ReasonCode, Reject, RejectInfo};
+pub use timestamp::TimeWindow;
+pub use topic::{
+    Check, Principal, PublishClass, PublishOp, PublishTarget, SubscribeClass, SubscribeTarget,
+    Subscription, classify_publish, classify_subscribe,
+};
+pub use value::{Value, Values};

@@ -1,0 +1,367 @@
+//! Why a message was refused: a typed enum with a stable, machine-readable reason code.
+//!
+//! The code ([`ReasonCode::as_str`]) is what goes into metrics labels, the rejected-message
+//! log and API errors; it never changes once published. The `Display` text is for people.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Every reason fluxgate refuses a message for. The set is closed and small, so it is safe
+/// as a Prometheus label value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ReasonCode {
+    /// The payload is larger than the configured maximum.
+    PayloadTooLarge,
+    /// The payload is not valid JSON (or not UTF-8).
+    MalformedJson,
+    /// A required field is absent.
+    MissingField,
+    /// A field has the wrong JSON type.
+    WrongType,
+    /// The message carries no data at all.
+    EmptyData,
+    /// More attributes in one message (or for one device) than allowed.
+    TooManyAttributes,
+    /// An attribute key is empty or longer than allowed.
+    BadKey,
+    /// A value (string or JSON) is larger than allowed.
+    ValueTooLarge,
+    /// A message names more devices or samples than allowed.
+    TooManyItems,
+    /// A device id or name is not acceptable.
+    BadDeviceId,
+    /// A timestamp lies outside the accepted window (often seconds sent as milliseconds).
+    TimestampOutOfWindow,
+    /// The principal may not publish or subscribe to this topic.
+    TopicNotAllowed,
+    /// The topic is in a platform namespace (`losant…`, `v1/`) but means nothing there.
+    UnknownTopic,
+    /// The attribute is not defined on the device (Losant).
+    UndefinedAttribute,
+    /// A value cannot be converted to the attribute's defined type without loss.
+    TypeMismatch,
+    /// A gateway posted for a peripheral that does not allow it.
+    PeripheralNotAllowed,
+    /// The device does not exist (or is not visible to this principal).
+    UnknownDevice,
+}
+
+impl ReasonCode {
+    /// Every code, for metrics that pre-register their label values.
+    pub const ALL: [ReasonCode; 17] = [
+        ReasonCode::PayloadTooLarge,
+        ReasonCode::MalformedJson,
+        ReasonCode::MissingField,
+        ReasonCode::WrongType,
+        ReasonCode::EmptyData,
+        ReasonCode::TooManyAttributes,
+        ReasonCode::BadKey,
+        ReasonCode::ValueTooLarge,
+        ReasonCode::TooManyItems,
+        ReasonCode::BadDeviceId,
+        ReasonCode::TimestampOutOfWindow,
+        ReasonCode::TopicNotAllowed,
+        ReasonCode::UnknownTopic,
+        ReasonCode::UndefinedAttribute,
+        ReasonCode::TypeMismatch,
+        ReasonCode::PeripheralNotAllowed,
+        ReasonCode::UnknownDevice,
+    ];
+
+    /// The stable snake_case code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReasonCode::PayloadTooLarge => "payload_too_large",
+            ReasonCode::MalformedJson => "malformed_json",
+            ReasonCode::MissingField => "missing_field",
+            ReasonCode::WrongType => "wrong_type",
+            ReasonCode::EmptyData => "empty_data",
+            ReasonCode::TooManyAttributes => "too_many_attributes",
+            ReasonCode::BadKey => "bad_key",
+            ReasonCode::ValueTooLarge => "value_too_large",
+            ReasonCode::TooManyItems => "too_many_items",
+            ReasonCode::BadDeviceId => "bad_device_id",
+            ReasonCode::TimestampOutOfWindow => "timestamp_out_of_window",
+            ReasonCode::TopicNotAllowed => "topic_not_allowed",
+            ReasonCode::UnknownTopic => "unknown_topic",
+            ReasonCode::UndefinedAttribute => "undefined_attribute",
+            ReasonCode::TypeMismatch => "type_mismatch",
+            ReasonCode::PeripheralNotAllowed => "peripheral_not_allowed",
+            ReasonCode::UnknownDevice => "unknown_device",
+        }
+    }
+}
+
+impl fmt::Display for ReasonCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refused message: the reason with its details.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Reject {
+    /// See [`ReasonCode::PayloadTooLarge`].
+    #[error("payload is {size} bytes, the limit is {limit}")]
+    PayloadTooLarge {
+        /// Payload size in bytes.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// See [`ReasonCode::MalformedJson`].
+    #[error("payload is not valid JSON: {detail}")]
+    MalformedJson {
+        /// The parser's description, with line and column.
+        detail: String,
+    },
+    /// See [`ReasonCode::MissingField`].
+    #[error("required field `{field}` is missing")]
+    MissingField {
+        /// The JSON field name.
+        field: String,
+    },
+    /// See [`ReasonCode::WrongType`].
+    #[error("field `{field}` must be {expected}")]
+    WrongType {
+        /// The JSON field name (or a path such as `Device A`).
+        field: String,
+        /// What was expected, e.g. "an object".
+        expected: &'static str,
+    },
+    /// See [`ReasonCode::WrongType`]: well-formed JSON of the wrong shape, as the JSON
+    /// reader described it.
+    #[error("{what} payload has the wrong shape: {detail}")]
+    Shape {
+        /// Which message was being read ("Losant state", "gateway telemetry").
+        what: &'static str,
+        /// The reader's description, with line and column.
+        detail: String,
+    },
+    /// See [`ReasonCode::EmptyData`].
+    #[error("message carries no data")]
+    EmptyData,
+    /// See [`ReasonCode::TooManyAttributes`].
+    #[error("{count} attributes, at most {limit} are allowed")]
+    TooManyAttributes {
+        /// Attributes offered.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// See [`ReasonCode::BadKey`].
+    #[error("attribute key {key:?} is empty or longer than {limit} bytes")]
+    BadKey {
+        /// The key (truncated to the limit plus an ellipsis when too long).
+        key: String,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// See [`ReasonCode::ValueTooLarge`].
+    #[error("value of `{key}` is {size} bytes, the limit is {limit}")]
+    ValueTooLarge {
+        /// The attribute key.
+        key: String,
+        /// Value size in bytes.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// See [`ReasonCode::TooManyItems`].
+    #[error("{count} {what}, at most {limit} are allowed in one message")]
+    TooManyItems {
+        /// What was counted ("devices", "samples").
+        what: &'static str,
+        /// How many were offered.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// See [`ReasonCode::BadDeviceId`].
+    #[error("device {id:?} is not acceptable: {reason}")]
+    BadDeviceId {
+        /// The offending id or name.
+        id: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// See [`ReasonCode::TimestampOutOfWindow`].
+    #[error(
+        "timestamp {ts_ms} ms is outside the accepted window [{min_ms}, {max_ms}] \
+         (was it sent in seconds instead of milliseconds?)"
+    )]
+    TimestampOutOfWindow {
+        /// The offending timestamp, epoch milliseconds.
+        ts_ms: i64,
+        /// The earliest accepted.
+        min_ms: i64,
+        /// The latest accepted.
+        max_ms: i64,
+    },
+    /// See [`ReasonCode::TopicNotAllowed`].
+    #[error("topic {topic:?} is not allowed for this client")]
+    TopicNotAllowed {
+        /// The topic or topic filter.
+        topic: String,
+    },
+    /// See [`ReasonCode::UnknownTopic`].
+    #[error("topic {topic:?} is reserved by the platform and has no meaning")]
+    UnknownTopic {
+        /// The topic or topic filter.
+        topic: String,
+    },
+    /// See [`ReasonCode::UndefinedAttribute`].
+    #[error("attribute `{key}` is not defined on the device")]
+    UndefinedAttribute {
+        /// The attribute key.
+        key: String,
+    },
+    /// See [`ReasonCode::TypeMismatch`].
+    #[error("value of `{key}` cannot be converted to {expected} without loss")]
+    TypeMismatch {
+        /// The attribute key.
+        key: String,
+        /// The defined type.
+        expected: &'static str,
+    },
+    /// See [`ReasonCode::PeripheralNotAllowed`].
+    #[error("gateway {gateway} may not act for peripheral {peripheral}")]
+    PeripheralNotAllowed {
+        /// The gateway's id.
+        gateway: String,
+        /// The peripheral's id.
+        peripheral: String,
+    },
+    /// See [`ReasonCode::UnknownDevice`].
+    #[error("device {device:?} does not exist")]
+    UnknownDevice {
+        /// The device id or name.
+        device: String,
+    },
+}
+
+impl Reject {
+    /// The stable reason code.
+    pub fn code(&self) -> ReasonCode {
+        match self {
+            Reject::PayloadTooLarge { .. } => ReasonCode::PayloadTooLarge,
+            Reject::MalformedJson { .. } => ReasonCode::MalformedJson,
+            Reject::MissingField { .. } => ReasonCode::MissingField,
+            Reject::WrongType { .. } | Reject::Shape { .. } => ReasonCode::WrongType,
+            Reject::EmptyData => ReasonCode::EmptyData,
+            Reject::TooManyAttributes { .. } => ReasonCode::TooManyAttributes,
+            Reject::BadKey { .. } => ReasonCode::BadKey,
+            Reject::ValueTooLarge { .. } => ReasonCode::ValueTooLarge,
+            Reject::TooManyItems { .. } => ReasonCode::TooManyItems,
+            Reject::BadDeviceId { .. } => ReasonCode::BadDeviceId,
+            Reject::TimestampOutOfWindow { .. } => ReasonCode::TimestampOutOfWindow,
+            Reject::TopicNotAllowed { .. } => ReasonCode::TopicNotAllowed,
+            Reject::UnknownTopic { .. } => ReasonCode::UnknownTopic,
+            Reject::UndefinedAttribute { .. } => ReasonCode::UndefinedAttribute,
+            Reject::TypeMismatch { .. } => ReasonCode::TypeMismatch,
+            Reject::PeripheralNotAllowed { .. } => ReasonCode::PeripheralNotAllowed,
+            Reject::UnknownDevice { .. } => ReasonCode::UnknownDevice,
+        }
+    }
+
+    /// Whether the payload itself is unreadable (MQTT 5 reason 0x99 "payload format
+    /// invalid"), as opposed to a readable payload that breaks a rule.
+    pub fn is_payload_format(&self) -> bool {
+        matches!(
+            self.code(),
+            ReasonCode::MalformedJson
+                | ReasonCode::MissingField
+                | ReasonCode::WrongType
+                | ReasonCode::EmptyData
+        )
+    }
+
+    /// Maps a `serde_json` error to a rejection: syntax errors are malformed JSON; a
+    /// well-formed document of the wrong shape is a wrong type.
+    pub(crate) fn from_json(err: &serde_json::Error, what: &'static str) -> Self {
+        use serde_json::error::Category;
+        match err.classify() {
+            Category::Data => Reject::Shape {
+                what,
+                detail: err.to_string(),
+            },
+            Category::Io | Category::Syntax | Category::Eof => Reject::MalformedJson {
+                detail: err.to_string(),
+            },
+        }
+    }
+}
+
+/// A rejection as it is logged and published: code plus human message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectInfo {
+    /// The stable reason code.
+    pub code: ReasonCode,
+    /// A sentence for people.
+    pub message: String,
+}
+
+impl From<&Reject> for RejectInfo {
+    fn from(r: &Reject) -> Self {
+        RejectInfo {
+            code: r.code(),
+            message: r.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_snake_case() {
+        let mut seen = std::collections::HashSet::new();
+        for c in ReasonCode::ALL {
+            assert!(seen.insert(c.as_str()), "duplicate {c}");
+            assert!(
+                c.as_str()
+                    .chars()
+                    .all(|ch| ch.is_ascii_lowercase() || ch == '_')
+            );
+            // serde name and as_str agree
+            assert_eq!(
+                serde_json::to_string(&c).unwrap(),
+                format!("\"{}\"", c.as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn messages_say_what_is_wrong() {
+        let r = Reject::TimestampOutOfWindow {
+            ts_ms: 1_700_000_000,
+            min_ms: 0,
+            max_ms: 1,
+        };
+        assert_eq!(r.code(), ReasonCode::TimestampOutOfWindow);
+        assert!(r.to_string().contains("seconds instead of milliseconds"));
+        let info = RejectInfo::from(&Reject::MissingField {
+            field: "data".into(),
+        });
+        assert_eq!(
+            serde_json::to_value(&info).unwrap(),
+            serde_json::json!({"code": "missing_field", "message": "required field `data` is missing"})
+        );
+    }
+
+    #[test]
+    fn json_errors_are_classified() {
+        let syntax = serde_json::from_str::<serde_json::Value>("{").unwrap_err();
+        assert_eq!(
+            Reject::from_json(&syntax, "x").code(),
+            ReasonCode::MalformedJson
+        );
+        let data = serde_json::from_str::<u8>("\"a\"").unwrap_err();
+        assert_eq!(Reject::from_json(&data, "x").code(), ReasonCode::WrongType);
+    }
+}
