@@ -14,8 +14,7 @@ use fluxgate_model::{
 };
 
 /// ~100 bytes, 3 attributes, explicit epoch-ms time.
-const LOSANT_STATE: &[u8] =
-    br#"{"data":{"temperature":21.53,"humidity":40.2,"status":"running"},"time":1700000000000}"#;
+const LOSANT_STATE: &[u8] = br#"{"data":{"temperature":21.53,"humidity":40.2,"status":"running"},"time":1700000000000,"flowVersion":"v1"}"#;
 
 /// 10 devices x 1 sample, ~600 bytes, as ThingsBoard's gateway sends it.
 fn gateway_payload() -> Vec<u8> {

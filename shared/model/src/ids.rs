@@ -5,6 +5,7 @@
 //! [`MAX_ID_BYTES`] bytes, no `/`, no MQTT wildcards (`+`, `#`), no control characters.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -53,26 +54,28 @@ fn check_id(s: &str, max: usize, allow_slash: bool) -> Result<(), IdError> {
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident, $max:expr, $allow_slash:expr) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-        #[serde(transparent)]
-        pub struct $name(String);
+        ///
+        /// Shared, immutable text: cloning is a reference-count increment, so ids can be
+        /// copied into every envelope and cache entry cheaply.
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(Arc<str>);
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
 
         impl $name {
             /// Validates and wraps `s`.
-            pub fn new(s: impl Into<String>) -> Result<Self, IdError> {
-                let s = s.into();
-                check_id(&s, $max, $allow_slash)?;
-                Ok(Self(s))
+            pub fn new(s: impl AsRef<str> + Into<Arc<str>>) -> Result<Self, IdError> {
+                check_id(s.as_ref(), $max, $allow_slash)?;
+                Ok(Self(s.into()))
             }
 
             /// The id as a string slice.
             pub fn as_str(&self) -> &str {
                 &self.0
-            }
-
-            /// Unwraps the inner string.
-            pub fn into_string(self) -> String {
-                self.0
             }
         }
 
@@ -97,8 +100,8 @@ macro_rules! string_id {
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                Self::new(s).map_err(serde::de::Error::custom)
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                Self::new(s.as_ref()).map_err(serde::de::Error::custom)
             }
         }
     };

@@ -105,6 +105,7 @@ fn visit_item<'de, A: MapAccess<'de>>(mut map: A) -> Result<Item, A::Error> {
         match key.as_ref() {
             "ts" => item.ts = Some(map.next_value()?),
             "values" => match map.next_value()? {
+                ValuesField::Map(v) if item.values.is_empty() => item.values = v,
                 ValuesField::Map(v) => item.values.extend(v),
                 ValuesField::Other(v) => {
                     item.values.insert("values".to_owned(), v);
