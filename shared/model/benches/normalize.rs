@@ -21,7 +21,7 @@ fn gateway_payload() -> Vec<u8> {
     let devices: Vec<String> = (0..10)
         .map(|i| {
             format!(
-                r#""Sensor {i:02}":[{{"ts":1700000000{i:03},"values":{{"temperature":2{i}.5,"humidity":{i}4}}}}]"#
+                r#""dev-{i:02}":[{{"ts":1700000000{i:03},"values":{{"temp":2{i}.5,"hum":4{i}}}}}]"#
             )
         })
         .collect();
