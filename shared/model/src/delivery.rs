@@ -229,7 +229,7 @@ impl Delivery {
                         shared,
                     } => {
                         let mut values = client.clone();
-                        values.extend(shared.iter().map(|(k, v)| (k.clone(), v.clone())));
+                        values.extend(shared.clone());
                         ok(
                             gateway::ATTRIBUTE_RESPONSE_TOPIC.to_owned(),
                             gateway::encode_attribute_response(request_id, name, *reply, &values),

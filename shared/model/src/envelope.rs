@@ -376,8 +376,8 @@ mod tests {
     #[test]
     fn every_body_kind_round_trips() {
         let mut values = Values::new();
-        values.insert("temp".into(), Value::Float(21.5));
-        values.insert("n".into(), Value::Integer(3));
+        values.insert("temp", Value::Float(21.5));
+        values.insert("n", Value::Integer(3));
         let bodies = vec![
             Body::Telemetry {
                 samples: vec![Sample {

@@ -125,21 +125,21 @@ mod tests {
         );
 
         let mut v = Values::new();
-        v.insert("a".into(), Value::String("1234".into()));
+        v.insert("a", Value::String("1234".into()));
         assert!(l.check_values(&v).is_ok());
-        v.insert("b".into(), Value::String("12345".into()));
+        v.insert("b", Value::String("12345".into()));
         assert_eq!(
             l.check_values(&v).unwrap_err().code(),
             ReasonCode::ValueTooLarge
         );
-        v.insert("c".into(), Value::Bool(true));
+        v.insert("c", Value::Bool(true));
         assert_eq!(
             l.check_values(&v).unwrap_err().code(),
             ReasonCode::TooManyAttributes
         );
 
         let mut k = Values::new();
-        k.insert("long".into(), Value::Bool(true));
+        k.insert("long", Value::Bool(true));
         assert_eq!(l.check_values(&k).unwrap_err().code(), ReasonCode::BadKey);
         let mut e = Values::new();
         e.insert(String::new(), Value::Bool(true));

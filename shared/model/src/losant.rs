@@ -400,8 +400,8 @@ mod tests {
     #[test]
     fn state_encoding_round_trips() {
         let mut values = Values::new();
-        values.insert("temperature".into(), Value::Float(21.5));
-        values.insert("on".into(), Value::Bool(true));
+        values.insert("temperature", Value::Float(21.5));
+        values.insert("on", Value::Bool(true));
         let bytes = encode_state(&values, Some(1_478_288_526_710));
         let s = parse_state(&bytes, NOW, &Limits::default()).unwrap();
         assert_eq!(s.sample.values, values);

@@ -4,14 +4,175 @@
 //! written without a fraction, floats always with one (`2.0`), so the type survives the trip
 //! through Kafka without a type tag and a topic stays readable with `kcat`.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// The values of one sample, by key. Later duplicates of a key in the input win.
-pub type Values = BTreeMap<String, Value>;
+/// The values of one sample, by key: a small map kept as a vector sorted by key.
+///
+/// Samples carry a handful of keys (at most [`crate::Limits::max_attributes`]); a sorted
+/// vector costs one allocation where a `BTreeMap` allocates a large node, and it iterates
+/// in key order, so serialization is deterministic. When the input repeats a key, the last
+/// occurrence wins, as with any JSON object reader.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Values(Vec<(String, Value)>);
+
+impl Values {
+    /// An empty map.
+    pub fn new() -> Self {
+        Values(Vec::new())
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are no keys.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn find(&self, key: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| k.as_str().cmp(key))
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.find(key).ok().map(|i| &self.0[i].1)
+    }
+
+    /// Whether `key` is present.
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.find(key).is_ok()
+    }
+
+    /// Sets `key`, returning the value it replaced.
+    pub fn insert(&mut self, key: impl Into<String>, value: Value) -> Option<Value> {
+        let key = key.into();
+        match self.find(&key) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
+            Err(i) => {
+                self.0.insert(i, (key, value));
+                None
+            }
+        }
+    }
+
+    /// Removes `key`, returning its value.
+    pub fn remove(&mut self, key: &str) -> Option<Value> {
+        self.find(key).ok().map(|i| self.0.remove(i).1)
+    }
+
+    /// Entries in key order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &Value)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Keys in order.
+    pub fn keys(&self) -> impl ExactSizeIterator<Item = &str> {
+        self.0.iter().map(|(k, _)| k.as_str())
+    }
+
+    /// Values in key order.
+    pub fn values(&self) -> impl ExactSizeIterator<Item = &Value> {
+        self.0.iter().map(|(_, v)| v)
+    }
+
+    /// Builds from entries in any order; for a repeated key the last entry wins.
+    fn from_unsorted(mut entries: Vec<(String, Value)>) -> Self {
+        if !entries.is_sorted_by(|a, b| a.0 < b.0) {
+            // A stable sort keeps input order among equal keys; of each run of equal keys
+            // the last one is kept (moved into the slot `dedup_by` retains).
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            entries.dedup_by(|later, kept| {
+                let same = later.0 == kept.0;
+                if same {
+                    std::mem::swap(later, kept);
+                }
+                same
+            });
+        }
+        Values(entries)
+    }
+}
+
+impl std::ops::Index<&str> for Values {
+    type Output = Value;
+    /// Panics when the key is absent, like `BTreeMap`'s index.
+    fn index(&self, key: &str) -> &Value {
+        match self.get(key) {
+            Some(v) => v,
+            None => panic!("no value for key {key:?}"),
+        }
+    }
+}
+
+impl Extend<(String, Value)> for Values {
+    fn extend<I: IntoIterator<Item = (String, Value)>>(&mut self, iter: I) {
+        for (k, v) in iter {
+            self.insert(k, v);
+        }
+    }
+}
+
+impl FromIterator<(String, Value)> for Values {
+    fn from_iter<I: IntoIterator<Item = (String, Value)>>(iter: I) -> Self {
+        Values::from_unsorted(iter.into_iter().collect())
+    }
+}
+
+impl<const N: usize> From<[(String, Value); N]> for Values {
+    fn from(entries: [(String, Value); N]) -> Self {
+        Values::from_unsorted(entries.into())
+    }
+}
+
+impl IntoIterator for Values {
+    type Item = (String, Value);
+    type IntoIter = std::vec::IntoIter<(String, Value)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a Values {
+    type Item = (&'a str, &'a Value);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (String, Value)>,
+        fn(&'a (String, Value)) -> (&'a str, &'a Value),
+    >;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(k, v)| (k.as_str(), v))
+    }
+}
+
+impl Serialize for Values {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Values {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Values;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of values")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Values, A::Error> {
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(4).min(256));
+                while let Some(entry) = map.next_entry::<String, Value>()? {
+                    entries.push(entry);
+                }
+                Ok(Values::from_unsorted(entries))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
 
 /// One typed value.
 #[derive(Debug, Clone, PartialEq)]
@@ -234,6 +395,29 @@ mod tests {
             serde_json::to_string(&Value::Float(f64::NAN)).unwrap(),
             "null"
         );
+    }
+
+    #[test]
+    fn values_map_semantics() {
+        let mut v: Values = serde_json::from_str(r#"{"b": 1, "a": 2, "b": 3}"#).unwrap();
+        assert_eq!(v.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(v["b"], Value::Integer(3), "last duplicate wins");
+        assert_eq!(v.insert("c", Value::Bool(true)), None);
+        assert_eq!(v.insert("a", Value::Bool(false)), Some(Value::Integer(2)));
+        assert_eq!(v.remove("b"), Some(Value::Integer(3)));
+        assert!(!v.contains_key("b") && v.get("zz").is_none());
+        assert_eq!(
+            serde_json::to_string(&v).unwrap(),
+            r#"{"a":false,"c":true}"#
+        );
+        let from_iter: Values = [
+            ("z".to_string(), Value::Integer(1)),
+            ("y".to_string(), Value::Integer(2)),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(from_iter.keys().collect::<Vec<_>>(), ["y", "z"]);
+        assert!(serde_json::from_str::<Values>("[1]").is_err());
     }
 
     #[test]

@@ -139,6 +139,7 @@ fn arb_value() -> impl Strategy<Value = Value> {
 
 fn arb_values() -> impl Strategy<Value = Values> {
     prop::collection::btree_map("[a-zA-Z_][a-zA-Z0-9_]{0,15}", arb_value(), 1..8)
+        .prop_map(|m| m.into_iter().collect())
 }
 
 proptest! {

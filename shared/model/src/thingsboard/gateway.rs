@@ -5,6 +5,7 @@
 //! Devices behind a gateway are named, not identified: every parser returns
 //! [`DeviceName`]s, which the validator maps to stable ids.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::Deserialize;
@@ -106,28 +107,32 @@ pub fn encode_disconnect(device: &DeviceName) -> Vec<u8> {
 }
 
 /// Checks a per-device map's size and turns its names into [`DeviceName`]s.
-fn named<T>(entries: Vec<(String, T)>, limits: &Limits) -> Result<Vec<(DeviceName, T)>, Reject> {
+fn named<K: AsRef<str>, T>(
+    entries: Vec<(K, T)>,
+    limits: &Limits,
+) -> Result<Vec<(DeviceName, T)>, Reject> {
     limits.check_items("devices", entries.len())?;
     entries
         .into_iter()
-        .map(|(n, t)| Ok((name(&n)?, t)))
+        .map(|(n, t)| Ok((name(n.as_ref())?, t)))
         .collect()
 }
 
-/// A JSON object read as `(key, value)` pairs in document order.
-struct Entries<T>(Vec<(String, T)>);
+/// A JSON object read as `(key, value)` pairs in document order; keys borrow from the
+/// payload where they can.
+struct Entries<'de, T>(Vec<(Cow<'de, str>, T)>);
 
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Entries<T> {
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Entries<'de, T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V<T>(std::marker::PhantomData<T>);
         impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
-            type Value = Entries<T>;
+            type Value = Entries<'de, T>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("an object keyed by device name")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entries<T>, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entries<'de, T>, A::Error> {
                 let mut out = Vec::with_capacity(map.size_hint().unwrap_or(4).min(64));
-                while let Some(entry) = map.next_entry::<String, T>()? {
+                while let Some(entry) = map.next_entry::<Cow<'de, str>, T>()? {
                     out.push(entry);
                 }
                 Ok(Entries(out))
@@ -659,7 +664,7 @@ mod tests {
     #[test]
     fn attribute_responses_match_by_id() {
         let mut v = Values::new();
-        v.insert("fw".into(), Value::String("1.0".into()));
+        v.insert("fw", Value::String("1.0".into()));
         let bytes = encode_attribute_response(
             &CorrelationId::Int(5),
             &n("A"),
@@ -673,7 +678,7 @@ mod tests {
         let r = parse_attribute_response(&bytes).unwrap();
         assert_eq!(r.id, CorrelationId::Int(5));
         assert_eq!(r.value, Some(serde_json::json!("1.0")));
-        v.insert("n".into(), Value::Integer(2));
+        v.insert("n", Value::Integer(2));
         let bytes = encode_attribute_response(
             &CorrelationId::Int(6),
             &n("A"),
@@ -696,8 +701,8 @@ mod tests {
     #[test]
     fn seed_001_shared_attribute_push() {
         let mut v = Values::new();
-        v.insert("attribute1".into(), Value::String("value1".into()));
-        v.insert("attribute2".into(), Value::Integer(42));
+        v.insert("attribute1", Value::String("value1".into()));
+        v.insert("attribute2", Value::Integer(42));
         let bytes = encode_shared_attributes(&n("Device A"), &v);
         assert_eq!(
             serde_json::from_slice::<serde_json::Value>(&bytes).unwrap(),

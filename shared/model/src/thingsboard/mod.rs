@@ -21,30 +21,16 @@ use crate::limits::Limits;
 use crate::reject::Reject;
 use crate::value::{Value, Values};
 
-/// One telemetry item as read, before its timestamp is resolved.
-#[derive(Debug, Default)]
-struct Item {
-    ts: Option<Value>,
-    values: Values,
-}
+/// A telemetry item is read straight into a [`Sample`]; `ts_ms` holds this marker until
+/// the receive time replaces it (a real `ts` of `i64::MIN` is year -292 million and would
+/// fail any time window anyway).
+const TS_ABSENT: i64 = i64::MIN;
 
-impl Item {
-    fn into_sample(self, received_ms: i64) -> Result<Sample, Reject> {
-        let ts_ms = match self.ts {
-            None => received_ms,
-            Some(Value::Integer(i)) => i,
-            Some(Value::Float(f)) => f.round() as i64,
-            Some(_) => {
-                return Err(Reject::WrongType {
-                    field: "ts".into(),
-                    expected: "a number (epoch milliseconds)",
-                });
-            }
-        };
-        Ok(Sample {
-            ts_ms,
-            values: self.values,
-        })
+fn ts_of<E: de::Error>(v: Value) -> Result<i64, E> {
+    match v {
+        Value::Integer(i) => Ok(i),
+        Value::Float(f) => Ok(f.round() as i64),
+        _ => Err(E::custom("`ts` must be a number (epoch milliseconds)")),
     }
 }
 
@@ -99,11 +85,14 @@ impl<'de> Deserialize<'de> for ValuesField {
     }
 }
 
-fn visit_item<'de, A: MapAccess<'de>>(mut map: A) -> Result<Item, A::Error> {
-    let mut item = Item::default();
+fn visit_item<'de, A: MapAccess<'de>>(mut map: A) -> Result<Sample, A::Error> {
+    let mut item = Sample {
+        ts_ms: TS_ABSENT,
+        values: Values::new(),
+    };
     while let Some(key) = map.next_key::<Cow<'de, str>>()? {
         match key.as_ref() {
-            "ts" => item.ts = Some(map.next_value()?),
+            "ts" => item.ts_ms = ts_of(map.next_value()?)?,
             "values" => match map.next_value()? {
                 ValuesField::Map(v) if item.values.is_empty() => item.values = v,
                 ValuesField::Map(v) => item.values.extend(v),
@@ -120,6 +109,9 @@ fn visit_item<'de, A: MapAccess<'de>>(mut map: A) -> Result<Item, A::Error> {
     Ok(item)
 }
 
+/// One telemetry item.
+struct Item(Sample);
+
 impl<'de> Deserialize<'de> for Item {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct ItemVisitor;
@@ -129,7 +121,7 @@ impl<'de> Deserialize<'de> for Item {
                 f.write_str("a telemetry object")
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Item, A::Error> {
-                visit_item(map)
+                visit_item(map).map(Item)
             }
         }
         d.deserialize_map(ItemVisitor)
@@ -137,7 +129,7 @@ impl<'de> Deserialize<'de> for Item {
 }
 
 /// One item or an array of items.
-struct Items(Vec<Item>);
+struct Items(Vec<Sample>);
 
 impl<'de> Deserialize<'de> for Items {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -152,7 +144,7 @@ impl<'de> Deserialize<'de> for Items {
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Items, A::Error> {
                 let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(1).min(64));
-                while let Some(item) = seq.next_element::<Item>()? {
+                while let Some(Item(item)) = seq.next_element()? {
                     items.push(item);
                 }
                 Ok(Items(items))
@@ -165,14 +157,14 @@ impl<'de> Deserialize<'de> for Items {
 impl Items {
     /// Resolves timestamps, drops empty items and enforces the limits.
     fn into_samples(self, received_ms: i64, limits: &Limits) -> Result<Vec<Sample>, Reject> {
-        limits.check_items("samples", self.0.len())?;
-        let mut samples = Vec::with_capacity(self.0.len());
-        for item in self.0 {
-            if item.values.is_empty() {
-                continue;
+        let mut samples = self.0;
+        limits.check_items("samples", samples.len())?;
+        samples.retain(|s| !s.values.is_empty());
+        for s in &mut samples {
+            limits.check_values(&s.values)?;
+            if s.ts_ms == TS_ABSENT {
+                s.ts_ms = received_ms;
             }
-            limits.check_values(&item.values)?;
-            samples.push(item.into_sample(received_ms)?);
         }
         Ok(samples)
     }
@@ -310,7 +302,7 @@ fn values_json(values: &Values) -> serde_json::Value {
     serde_json::Value::Object(
         values
             .iter()
-            .map(|(k, v)| (k.clone(), v.to_json()))
+            .map(|(k, v)| (k.to_owned(), v.to_json()))
             .collect(),
     )
 }
