@@ -1,0 +1,248 @@
+//! The Kafka consumer: at-least-once over librdkafka's stored offsets.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rdkafka::Offset;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Headers as _, Message};
+
+use super::KafkaConfig;
+use crate::ack::{Step, Tracker};
+use crate::{BoxFuture, BusError, ConsumeError, Consumer, ConsumerSpec, Headers, Position, Record};
+
+#[derive(Default)]
+struct Shared {
+    tracker: Mutex<Tracker>,
+    paused: AtomicBool,
+    assigned: AtomicUsize,
+}
+
+impl Shared {
+    fn tracker(&self) -> MutexGuard<'_, Tracker> {
+        self.tracker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Rebalance hooks: revoked partitions' in-flight positions become stale; partitions
+/// assigned while paused start paused.
+struct Ctx(Arc<Shared>);
+
+impl ClientContext for Ctx {}
+
+impl ConsumerContext for Ctx {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut tracker = self.0.tracker();
+            for e in tpl.elements() {
+                tracker.reset(e.topic(), e.partition());
+            }
+            tracing::debug!(
+                partitions = tpl.count(),
+                "kafka consumer: partitions revoked"
+            );
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            if self.0.paused.load(Ordering::SeqCst)
+                && let Err(e) = consumer.pause(tpl)
+            {
+                tracing::warn!(error = %e, "kafka consumer: could not pause newly assigned partitions");
+            }
+            tracing::debug!(
+                partitions = tpl.count(),
+                "kafka consumer: partitions assigned"
+            );
+        }
+        let n = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+        self.0.assigned.store(n, Ordering::SeqCst);
+    }
+}
+
+pub(crate) struct KafkaConsumer {
+    consumer: StreamConsumer<Ctx>,
+    shared: Arc<Shared>,
+    broadcast: bool,
+    group: String,
+    names: Mutex<HashMap<String, Arc<str>>>,
+}
+
+impl std::fmt::Debug for KafkaConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConsumer")
+            .field("group", &self.group)
+            .field("broadcast", &self.broadcast)
+            .finish()
+    }
+}
+
+impl KafkaConsumer {
+    pub(crate) fn new(cfg: &KafkaConfig, spec: ConsumerSpec) -> Result<Self, BusError> {
+        if spec.topics.is_empty() {
+            return Err(BusError::Config(
+                "a consumer needs at least one topic".into(),
+            ));
+        }
+        let group = if spec.broadcast {
+            format!("{}-{}", spec.group, crate::unique_suffix())
+        } else {
+            spec.group.clone()
+        };
+        let mut c = cfg.base();
+        c.set("group.id", &group)
+            .set("enable.partition.eof", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.auto.commit", (!spec.broadcast).to_string())
+            .set(
+                "auto.commit.interval.ms",
+                cfg.commit_interval_ms.to_string(),
+            )
+            .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
+            .set(
+                "auto.offset.reset",
+                if spec.broadcast { "latest" } else { "earliest" },
+            )
+            // Bounded prefetch: a paused or slow consumer holds at most this much.
+            .set("queued.max.messages.kbytes", "16384");
+        cfg.extra(&mut c);
+        let shared = Arc::new(Shared::default());
+        let consumer: StreamConsumer<Ctx> = c
+            .create_with_context(Ctx(shared.clone()))
+            .map_err(|e| BusError::Config(e.to_string()))?;
+        let topics: Vec<&str> = spec.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|e| BusError::Broker(e.to_string()))?;
+        Ok(KafkaConsumer {
+            consumer,
+            shared,
+            broadcast: spec.broadcast,
+            group,
+            names: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn intern(&self, topic: &str) -> Arc<str> {
+        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = names.get(topic) {
+            return t.clone();
+        }
+        let t: Arc<str> = topic.into();
+        names.insert(topic.to_owned(), t.clone());
+        t
+    }
+
+    fn set_paused(&self, paused: bool) {
+        self.shared.paused.store(paused, Ordering::SeqCst);
+        let Ok(tpl) = self.consumer.assignment() else {
+            return;
+        };
+        let r = if paused {
+            self.consumer.pause(&tpl)
+        } else {
+            self.consumer.resume(&tpl)
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, paused, "kafka consumer: pause/resume failed");
+        }
+    }
+}
+
+impl Consumer for KafkaConsumer {
+    fn recv(&self) -> BoxFuture<'_, Result<Record, ConsumeError>> {
+        Box::pin(async move {
+            let msg = self
+                .consumer
+                .recv()
+                .await
+                .map_err(|e| ConsumeError::Broker(e.to_string()))?;
+            let topic = self.intern(msg.topic());
+            let mut headers = Headers::new();
+            if let Some(h) = msg.headers() {
+                for header in h.iter() {
+                    headers.insert(
+                        header.key,
+                        header.value.map(Bytes::copy_from_slice).unwrap_or_default(),
+                    );
+                }
+            }
+            let position = self
+                .shared
+                .tracker()
+                .delivered(&topic, msg.partition(), msg.offset());
+            Ok(Record {
+                position,
+                key: msg.key().map(Bytes::copy_from_slice).unwrap_or_default(),
+                payload: msg
+                    .payload()
+                    .map(Bytes::copy_from_slice)
+                    .unwrap_or_default(),
+                headers,
+            })
+        })
+    }
+
+    fn ack(&self, position: &Position) {
+        let step = self.shared.tracker().ack(position);
+        if let (Step::Commit(last), false) = (step, self.broadcast) {
+            // librdkafka stores `last + 1`: the next offset to read.
+            if let Err(e) = self
+                .consumer
+                .store_offset(&position.topic, position.partition, last)
+            {
+                // The partition was revoked in between: its records go to the new owner.
+                tracing::debug!(error = %e, topic = %position.topic, partition = position.partition,
+                    "kafka consumer: offset not stored");
+            }
+        }
+    }
+
+    fn nack(&self, position: &Position) {
+        if let Step::Rewind(from) = self.shared.tracker().nack(position)
+            && let Err(e) = self.consumer.seek(
+                &position.topic,
+                position.partition,
+                Offset::Offset(from),
+                // Asynchronous: librdkafka discards what it prefetched and refetches.
+                Duration::ZERO,
+            )
+        {
+            tracing::warn!(error = %e, topic = %position.topic, partition = position.partition,
+                "kafka consumer: rewind failed; the records will be redelivered after the next rebalance");
+        }
+    }
+
+    fn pause(&self) {
+        self.set_paused(true);
+    }
+
+    fn resume(&self) {
+        self.set_paused(false);
+    }
+
+    fn commit(&self) -> BoxFuture<'_, Result<(), ConsumeError>> {
+        Box::pin(async move {
+            if self.broadcast {
+                return Ok(());
+            }
+            match self.consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) => Ok(()),
+                Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
+                Err(e) => Err(ConsumeError::Broker(e.to_string())),
+            }
+        })
+    }
+
+    fn assigned(&self) -> usize {
+        self.shared.assigned.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,294 @@
+//! The Kafka bus (rdkafka, librdkafka 2.x).
+//!
+//! - Producer: idempotent, `acks=all`; an ack is librdkafka's delivery report, so a
+//!   resolved [`crate::AckFuture`] means the record is replicated as the topic requires. A
+//!   semaphore bounds records in flight ([`KafkaConfig::max_in_flight`]); `send` waits for
+//!   a permit, so a slow broker slows the caller instead of growing a queue. Undelivered
+//!   records fail with [`ProduceError::Timeout`] after [`KafkaConfig::produce_timeout_ms`]
+//!   (librdkafka's `message.timeout.ms`).
+//! - Consumer: the rust-rdkafka at-least-once pattern — `enable.auto.offset.store=false`,
+//!   auto-commit of *stored* offsets only, and an offset is stored only when the record and
+//!   every record delivered before it on its partition were acked. A rebalance makes the
+//!   revoked partitions' in-flight positions stale (their acks are ignored; librdkafka
+//!   commits what was stored before the revoke), so nothing is committed for a partition
+//!   this consumer no longer owns.
+//! - Broadcast consumers get a group of their own, start at the latest offset and commit
+//!   nothing.
+
+mod consumer;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+
+use crate::{
+    AckFuture, BoxFuture, Bus, BusError, Consumer, ConsumerSpec, Delivered, OutRecord,
+    ProduceError, Producer, TopicSpec,
+};
+
+/// Kafka settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// `client.id` reported to the brokers.
+    pub client_id: String,
+    /// How long a record may wait for the broker's ack before failing, in milliseconds.
+    pub produce_timeout_ms: u64,
+    /// Most records in flight (sent, not yet acknowledged) per producer.
+    pub max_in_flight: usize,
+    /// How long the producer waits to fill a batch, in milliseconds.
+    pub linger_ms: u64,
+    /// `compression.type`: none, gzip, snappy, lz4, zstd.
+    pub compression: String,
+    /// How often consumers commit stored offsets, in milliseconds.
+    pub commit_interval_ms: u64,
+    /// Consumer group session timeout, in milliseconds.
+    pub session_timeout_ms: u64,
+    /// Any other librdkafka property, applied last (e.g. `security.protocol`).
+    pub librdkafka: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            client_id: "fluxgate".into(),
+            produce_timeout_ms: 30_000,
+            max_in_flight: 10_000,
+            linger_ms: 5,
+            compression: "lz4".into(),
+            commit_interval_ms: 1_000,
+            session_timeout_ms: 10_000,
+            librdkafka: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    fn base(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("client.id", &self.client_id);
+        c
+    }
+
+    fn extra(&self, c: &mut ClientConfig) {
+        for (k, v) in &self.librdkafka {
+            c.set(k, v);
+        }
+    }
+
+    fn producer_config(&self) -> ClientConfig {
+        let mut c = self.base();
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", self.produce_timeout_ms.to_string())
+            .set("linger.ms", self.linger_ms.to_string())
+            .set("compression.type", &self.compression)
+            // Room for every permit, so an enqueue never meets a full local queue.
+            .set(
+                "queue.buffering.max.messages",
+                (self.max_in_flight.max(1) + 1000).to_string(),
+            );
+        self.extra(&mut c);
+        c
+    }
+}
+
+/// Maps a delivery or enqueue error to the contract's error.
+fn produce_error(e: &KafkaError) -> ProduceError {
+    use RDKafkaErrorCode as C;
+    match e.rdkafka_error_code() {
+        Some(C::MessageTimedOut) => ProduceError::Timeout,
+        Some(C::MessageSizeTooLarge | C::InvalidMessageSize) => ProduceError::TooLarge,
+        Some(
+            C::QueueFull
+            | C::AllBrokersDown
+            | C::BrokerTransportFailure
+            | C::RequestTimedOut
+            | C::NetworkException
+            | C::NotEnoughReplicas
+            | C::NotEnoughReplicasAfterAppend
+            | C::LeaderNotAvailable
+            | C::NotLeaderForPartition
+            | C::UnknownTopicOrPartition,
+        ) => ProduceError::Retriable(e.to_string()),
+        _ => ProduceError::Fatal(e.to_string()),
+    }
+}
+
+fn headers_of(rec: &OutRecord) -> Option<OwnedHeaders> {
+    if rec.headers.is_empty() {
+        return None;
+    }
+    let mut h = OwnedHeaders::new_with_capacity(rec.headers.iter().count());
+    for (key, value) in rec.headers.iter() {
+        h = h.insert(Header {
+            key,
+            value: Some(value),
+        });
+    }
+    Some(h)
+}
+
+/// A Kafka producer with a bound on records in flight.
+pub struct KafkaProducer {
+    producer: FutureProducer,
+    permits: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for KafkaProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaProducer")
+            .field("available_permits", &self.permits.available_permits())
+            .finish()
+    }
+}
+
+impl KafkaProducer {
+    /// Connects a producer.
+    pub fn new(cfg: &KafkaConfig) -> Result<Self, BusError> {
+        let producer: FutureProducer = cfg
+            .producer_config()
+            .create()
+            .map_err(|e| BusError::Config(e.to_string()))?;
+        Ok(KafkaProducer {
+            producer,
+            permits: Arc::new(Semaphore::new(cfg.max_in_flight.max(1))),
+        })
+    }
+
+    /// Waits until every record handed over is acknowledged (or failed), up to `timeout`.
+    pub fn flush(&self, timeout: Duration) -> Result<(), ProduceError> {
+        use rdkafka::producer::Producer as _;
+        self.producer.flush(timeout).map_err(|e| produce_error(&e))
+    }
+}
+
+impl Producer for KafkaProducer {
+    fn send(&self, record: OutRecord) -> BoxFuture<'_, Result<AckFuture, ProduceError>> {
+        Box::pin(async move {
+            let permit = self
+                .permits
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| ProduceError::Closed)?;
+            loop {
+                let mut fr = FutureRecord::to(&record.topic)
+                    .key(&record.key[..])
+                    .payload(&record.payload[..]);
+                if let Some(h) = headers_of(&record) {
+                    fr = fr.headers(h);
+                }
+                match self.producer.send_result(fr) {
+                    Ok(delivery) => {
+                        return Ok(AckFuture::new(async move {
+                            let result = delivery.await;
+                            drop(permit);
+                            match result {
+                                Ok(Ok(d)) => Ok(Delivered {
+                                    partition: d.partition,
+                                    offset: d.offset,
+                                }),
+                                Ok(Err((e, _msg))) => Err(produce_error(&e)),
+                                Err(_canceled) => Err(ProduceError::Closed),
+                            }
+                        }));
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        // The permits keep this rare; wait for the local queue to drain.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err((e, _)) => return Err(produce_error(&e)),
+                }
+            }
+        })
+    }
+}
+
+/// The Kafka bus.
+#[derive(Debug, Clone)]
+pub struct KafkaBus {
+    cfg: KafkaConfig,
+    producer: Arc<KafkaProducer>,
+}
+
+impl KafkaBus {
+    /// Connects (the producer is created now; brokers are contacted lazily).
+    pub fn new(cfg: KafkaConfig) -> Result<Self, BusError> {
+        let producer = Arc::new(KafkaProducer::new(&cfg)?);
+        Ok(KafkaBus { cfg, producer })
+    }
+
+    /// The concrete producer (for `flush` at shutdown).
+    pub fn kafka_producer(&self) -> Arc<KafkaProducer> {
+        self.producer.clone()
+    }
+}
+
+impl Bus for KafkaBus {
+    fn producer(&self) -> Arc<dyn Producer> {
+        self.producer.clone()
+    }
+
+    fn consumer(&self, spec: ConsumerSpec) -> Result<Arc<dyn Consumer>, BusError> {
+        Ok(Arc::new(consumer::KafkaConsumer::new(&self.cfg, spec)?))
+    }
+
+    fn ensure_topics<'a>(&'a self, topics: &'a [TopicSpec]) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            let mut c = self.cfg.base();
+            self.cfg.extra(&mut c);
+            let admin: AdminClient<DefaultClientContext> =
+                c.create().map_err(|e| BusError::Config(e.to_string()))?;
+            let retention: Vec<Option<String>> = topics
+                .iter()
+                .map(|t| t.retention_ms.map(|r| r.to_string()))
+                .collect();
+            let new: Vec<NewTopic<'_>> = topics
+                .iter()
+                .zip(&retention)
+                .map(|(t, r)| {
+                    let mut n = NewTopic::new(
+                        &t.name,
+                        t.partitions,
+                        TopicReplication::Fixed(t.replication_factor),
+                    );
+                    if let Some(r) = r {
+                        n = n.set("retention.ms", r);
+                    }
+                    if t.compacted {
+                        n = n.set("cleanup.policy", "compact");
+                    }
+                    n
+                })
+                .collect();
+            let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+            let results = admin
+                .create_topics(&new, &opts)
+                .await
+                .map_err(|e| BusError::Broker(e.to_string()))?;
+            for r in results {
+                match r {
+                    Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((topic, code)) => {
+                        return Err(BusError::Broker(format!("creating topic {topic}: {code}")));
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,151 @@
+//! fluxgate's topics: names (with a configurable prefix) and how each is created.
+
+use serde::{Deserialize, Serialize};
+
+/// Every topic fluxgate uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// Normalized inbound messages, not yet validated (front, API -> validator).
+    IngestRaw,
+    /// Validated telemetry and attributes (validator -> ts-writer).
+    IngestValid,
+    /// Refused messages with their reason (validator, front -> ts-writer, metrics).
+    IngestRejected,
+    /// Presence, RPC replies, attribute requests (front -> dispatcher, ts-writer).
+    DeviceEvents,
+    /// Commands and RPC requests (API -> dispatcher).
+    Commands,
+    /// Messages for devices (dispatcher -> every front; broadcast).
+    Deliveries,
+    /// Custom-topic MQTT messages between fronts (broadcast).
+    MqttCustom,
+    /// Registry changes (API -> caches in fronts and validators); compacted.
+    RegistryChanges,
+}
+
+impl Topic {
+    /// Every topic.
+    pub const ALL: [Topic; 8] = [
+        Topic::IngestRaw,
+        Topic::IngestValid,
+        Topic::IngestRejected,
+        Topic::DeviceEvents,
+        Topic::Commands,
+        Topic::Deliveries,
+        Topic::MqttCustom,
+        Topic::RegistryChanges,
+    ];
+
+    /// The name after the prefix.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Topic::IngestRaw => "ingest.raw",
+            Topic::IngestValid => "ingest.valid",
+            Topic::IngestRejected => "ingest.rejected",
+            Topic::DeviceEvents => "device.events",
+            Topic::Commands => "commands",
+            Topic::Deliveries => "deliveries",
+            Topic::MqttCustom => "mqtt.custom",
+            Topic::RegistryChanges => "registry.changes",
+        }
+    }
+}
+
+/// How topics are named and created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicsConfig {
+    /// Prepended to every topic name (`fluxgate.` gives `fluxgate.ingest.raw`).
+    pub prefix: String,
+    /// Partitions of each topic created by bootstrap.
+    pub partitions: i32,
+    /// Replication factor of each topic created by bootstrap.
+    pub replication_factor: i32,
+    /// Retention of the data topics, in milliseconds.
+    pub retention_ms: i64,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        TopicsConfig {
+            prefix: "fluxgate.".into(),
+            partitions: 12,
+            replication_factor: 3,
+            retention_ms: 7 * 86_400_000,
+        }
+    }
+}
+
+impl TopicsConfig {
+    /// The full name of `topic`.
+    pub fn name(&self, topic: Topic) -> String {
+        format!("{}{}", self.prefix, topic.suffix())
+    }
+
+    /// What bootstrap creates: every topic with the configured partitions and
+    /// replication; data topics with the retention, the registry changes compacted (it is
+    /// a changelog: the latest entry per key is what matters).
+    pub fn specs(&self) -> Vec<TopicSpec> {
+        Topic::ALL
+            .iter()
+            .map(|&t| TopicSpec {
+                name: self.name(t),
+                partitions: self.partitions,
+                replication_factor: self.replication_factor,
+                retention_ms: (t != Topic::RegistryChanges).then_some(self.retention_ms),
+                compacted: t == Topic::RegistryChanges,
+            })
+            .collect()
+    }
+}
+
+/// One topic to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    /// Full name.
+    pub name: String,
+    /// Partitions.
+    pub partitions: i32,
+    /// Replication factor.
+    pub replication_factor: i32,
+    /// `retention.ms`, when set.
+    pub retention_ms: Option<i64>,
+    /// `cleanup.policy=compact`.
+    pub compacted: bool,
+}
+
+impl TopicSpec {
+    /// A topic with `partitions` partitions, replication 1, broker-default retention.
+    pub fn new(name: impl Into<String>, partitions: i32) -> Self {
+        TopicSpec {
+            name: name.into(),
+            partitions,
+            replication_factor: 1,
+            retention_ms: None,
+            compacted: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_specs() {
+        let c = TopicsConfig {
+            prefix: "test.".into(),
+            ..TopicsConfig::default()
+        };
+        assert_eq!(c.name(Topic::IngestRaw), "test.ingest.raw");
+        let specs = c.specs();
+        assert_eq!(specs.len(), 8);
+        let reg = specs
+            .iter()
+            .find(|s| s.name == "test.registry.changes")
+            .unwrap();
+        assert!(reg.compacted && reg.retention_ms.is_none());
+        let raw = specs.iter().find(|s| s.name == "test.ingest.raw").unwrap();
+        assert!(!raw.compacted && raw.retention_ms == Some(7 * 86_400_000));
+    }
+}

@@ -1,0 +1,56 @@
+//! `fluxgate-testkit`: dev-only test infrastructure.
+//!
+//! - External services come from the environment: `KAFKA_BROKERS` (a Kafka-protocol
+//!   broker; `.ci/run` starts Tansu and sets it), later `SCYLLA_URI`. A test that needs an
+//!   absent service is skipped with a message on a developer machine, and **fails** in CI
+//!   (`CI` set), so CI can never pass by skipping.
+//! - Unique names, so tests sharing one broker never see each other's topics or groups.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The Kafka brokers to test against, from `KAFKA_BROKERS`.
+///
+/// Returns `None` (after saying so on stderr) when unset on a developer machine; panics
+/// when unset under CI.
+pub fn kafka_brokers(test: &str) -> Option<String> {
+    service_from_env("KAFKA_BROKERS", test)
+}
+
+fn service_from_env(var: &str, test: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => Some(v),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("{test}: {var} is not set; CI must provide the service (see .ci/run)")
+        }
+        _ => {
+            eprintln!("{test}: skipped, {var} is not set (see README: running the Kafka tests)");
+            None
+        }
+    }
+}
+
+/// A name no other test run uses: `<prefix>-<pid>-<time>-<counter>`.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!(
+        "{prefix}-{}-{:x}-{}",
+        std::process::id(),
+        nanos,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique() {
+        assert_ne!(unique_name("t"), unique_name("t"));
+        assert!(unique_name("topic").starts_with("topic-"));
+    }
+}
