@@ -285,6 +285,23 @@ impl ConsumerSpec {
     }
 }
 
+impl ConsumerSpec {
+    /// Checks the spec and returns the group id to join: the group itself, or for a
+    /// broadcast consumer a group unique to it.
+    pub(crate) fn group_id(&self) -> Result<String, BusError> {
+        if self.topics.is_empty() {
+            return Err(BusError::Config(
+                "a consumer needs at least one topic".into(),
+            ));
+        }
+        Ok(if self.broadcast {
+            format!("{}-{}", self.group, unique_suffix())
+        } else {
+            self.group.clone()
+        })
+    }
+}
+
 /// A bus: makes producers and consumers, and creates topics.
 pub trait Bus: Send + Sync + fmt::Debug {
     /// A producer (cheap to clone; share one per process).

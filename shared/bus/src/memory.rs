@@ -519,16 +519,7 @@ impl Bus for MemoryBus {
     }
 
     fn consumer(&self, spec: ConsumerSpec) -> Result<Arc<dyn Consumer>, BusError> {
-        if spec.topics.is_empty() {
-            return Err(BusError::Config(
-                "a consumer needs at least one topic".into(),
-            ));
-        }
-        let group = if spec.broadcast {
-            format!("{}-{}", spec.group, crate::unique_suffix())
-        } else {
-            spec.group.clone()
-        };
+        let group = spec.group_id()?;
         let n = self.inner.cfg.partitions;
         let mut st = self.inner.lock();
         let mut topics = Vec::new();

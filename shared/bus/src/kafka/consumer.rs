@@ -87,16 +87,7 @@ impl std::fmt::Debug for KafkaConsumer {
 
 impl KafkaConsumer {
     pub(crate) fn new(cfg: &KafkaConfig, spec: ConsumerSpec) -> Result<Self, BusError> {
-        if spec.topics.is_empty() {
-            return Err(BusError::Config(
-                "a consumer needs at least one topic".into(),
-            ));
-        }
-        let group = if spec.broadcast {
-            format!("{}-{}", spec.group, crate::unique_suffix())
-        } else {
-            spec.group.clone()
-        };
+        let group = spec.group_id()?;
         let mut c = cfg.base();
         c.set("group.id", &group)
             .set("enable.partition.eof", "false")
