@@ -189,3 +189,32 @@ async fn consumer_resumes_after_the_broker_returns() {
     assert_eq!(&r.payload[..], b"two");
     ack.await.unwrap();
 }
+
+/// The in-flight bound frees a slot when the broker answers, not when the caller awaits
+/// the ack: a caller that sends many records before awaiting any must not stall.
+#[tokio::test]
+async fn in_flight_bound_frees_on_delivery_not_on_await() {
+    let mock = cluster("t");
+    let bus = KafkaBus::new(KafkaConfig {
+        brokers: mock.bootstrap_servers(),
+        max_in_flight: 4,
+        linger_ms: 0,
+        compression: "none".into(),
+        ..KafkaConfig::default()
+    })
+    .unwrap();
+    let p = bus.producer();
+    let mut acks = Vec::new();
+    for i in 0..40 {
+        let send = p.send(OutRecord::new("t", "k", format!("{i}")));
+        acks.push(
+            tokio::time::timeout(Duration::from_secs(10), send)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    for (i, a) in acks.into_iter().enumerate() {
+        assert_eq!(a.await.unwrap().offset, i as i64);
+    }
+}

@@ -23,12 +23,13 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::{DeliveryResult, Header, Message as _, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer as _, ProducerContext, ThreadedProducer};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::{
     AckFuture, BoxFuture, Bus, BusError, Consumer, ConsumerSpec, Delivered, OutRecord,
@@ -142,9 +143,39 @@ fn headers_of(rec: &OutRecord) -> Option<OwnedHeaders> {
     Some(h)
 }
 
-/// A Kafka producer with a bound on records in flight.
+/// What travels with a record to its delivery report: the in-flight permit (released the
+/// moment the broker answers, whether or not anyone awaits the ack) and the ack channel.
+struct Pending {
+    _permit: OwnedSemaphorePermit,
+    ack: oneshot::Sender<Result<Delivered, ProduceError>>,
+}
+
+/// Producer callbacks: resolve each record's ack from its delivery report.
+struct ProducerCtx;
+
+impl ClientContext for ProducerCtx {}
+
+impl ProducerContext for ProducerCtx {
+    type DeliveryOpaque = Box<Pending>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, pending: Box<Pending>) {
+        let outcome = match result {
+            Ok(m) => Ok(Delivered {
+                partition: m.partition(),
+                offset: m.offset(),
+            }),
+            Err((e, _)) => Err(produce_error(e)),
+        };
+        // The receiver may be gone (caller not interested): the permit is freed anyway.
+        let _ = pending.ack.send(outcome);
+    }
+}
+
+/// A Kafka producer with a bound on records in flight. librdkafka's own thread polls for
+/// delivery reports, so acks resolve and permits free up even when nobody polls the
+/// [`AckFuture`] yet.
 pub struct KafkaProducer {
-    producer: FutureProducer,
+    producer: ThreadedProducer<ProducerCtx>,
     permits: Arc<Semaphore>,
 }
 
@@ -159,9 +190,9 @@ impl std::fmt::Debug for KafkaProducer {
 impl KafkaProducer {
     /// Connects a producer.
     pub fn new(cfg: &KafkaConfig) -> Result<Self, BusError> {
-        let producer: FutureProducer = cfg
+        let producer: ThreadedProducer<ProducerCtx> = cfg
             .producer_config()
-            .create()
+            .create_with_context(ProducerCtx)
             .map_err(|e| BusError::Config(e.to_string()))?;
         Ok(KafkaProducer {
             producer,
@@ -171,7 +202,6 @@ impl KafkaProducer {
 
     /// Waits until every record handed over is acknowledged (or failed), up to `timeout`.
     pub fn flush(&self, timeout: Duration) -> Result<(), ProduceError> {
-        use rdkafka::producer::Producer as _;
         self.producer.flush(timeout).map_err(|e| produce_error(&e))
     }
 }
@@ -185,30 +215,27 @@ impl Producer for KafkaProducer {
                 .acquire_owned()
                 .await
                 .map_err(|_| ProduceError::Closed)?;
+            let (tx, rx) = oneshot::channel();
+            let mut pending = Box::new(Pending {
+                _permit: permit,
+                ack: tx,
+            });
             loop {
-                let mut fr = FutureRecord::to(&record.topic)
+                let mut br = BaseRecord::with_opaque_to(&record.topic, pending)
                     .key(&record.key[..])
                     .payload(&record.payload[..]);
                 if let Some(h) = headers_of(&record) {
-                    fr = fr.headers(h);
+                    br = br.headers(h);
                 }
-                match self.producer.send_result(fr) {
-                    Ok(delivery) => {
+                match self.producer.send(br) {
+                    Ok(()) => {
                         return Ok(AckFuture::new(async move {
-                            let result = delivery.await;
-                            drop(permit);
-                            match result {
-                                Ok(Ok(d)) => Ok(Delivered {
-                                    partition: d.partition,
-                                    offset: d.offset,
-                                }),
-                                Ok(Err((e, _msg))) => Err(produce_error(&e)),
-                                Err(_canceled) => Err(ProduceError::Closed),
-                            }
+                            rx.await.unwrap_or(Err(ProduceError::Closed))
                         }));
                     }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         // The permits keep this rare; wait for the local queue to drain.
+                        pending = back.delivery_opaque;
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                     Err((e, _)) => return Err(produce_error(&e)),
