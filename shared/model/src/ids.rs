@@ -42,13 +42,16 @@ fn check_id(s: &str, max: usize, allow_slash: bool) -> Result<(), IdError> {
     if s.len() > max {
         return Err(IdError::TooLong { len: s.len(), max });
     }
-    if let Some(c) = s
-        .chars()
-        .find(|&c| c == '+' || c == '#' || c.is_control() || (!allow_slash && c == '/'))
-    {
-        return Err(IdError::BadChar(c));
+    let bad = |c: char| c == '+' || c == '#' || c.is_control() || (!allow_slash && c == '/');
+    // Ids are nearly always ASCII: check bytes, and only decode characters otherwise.
+    let ascii_ok = s.bytes().all(|b| b.is_ascii() && !bad(char::from(b)));
+    if ascii_ok {
+        return Ok(());
     }
-    Ok(())
+    match s.chars().find(|&c| bad(c)) {
+        Some(c) => Err(IdError::BadChar(c)),
+        None => Ok(()),
+    }
 }
 
 macro_rules! string_id {
@@ -237,6 +240,12 @@ mod tests {
         // Names behind ThingsBoard gateways may contain slashes and spaces.
         assert!(DeviceName::new("Building 1/Floor 2 sensor").is_ok());
         assert!(DeviceName::new("").is_err());
+        // Non-ASCII names are fine; non-ASCII control characters are not.
+        assert!(DeviceName::new("Gerät 1/Küche").is_ok());
+        assert_eq!(
+            DeviceName::new("Gerät\u{85}"),
+            Err(IdError::BadChar('\u{85}'))
+        );
     }
 
     #[test]
