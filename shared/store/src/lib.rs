@@ -1,0 +1,247 @@
+//! `fluxgate-store`: everything fluxgate keeps, behind one [`Store`] trait.
+//!
+//! - [`sqlite::SqliteStore`]: standalone mode and the embedded default (bundled SQLite,
+//!   WAL).
+//! - ScyllaDB adapter: next step of issue 4 (see the README status table).
+//!
+//! What the contract promises (the suite in `tests/contract` checks it on every adapter):
+//! - Time-series writes are idempotent: `(tenant, device, key, ts)` is the identity of a
+//!   point, and writing it again overwrites, never duplicates — so a consumer may redeliver.
+//! - The latest value of `(device, key)` never goes back in time when writes arrive out
+//!   of order.
+//! - Range queries page with an opaque token; pages neither skip nor repeat points.
+//! - TTL per application applies to time series, connection log and rejected log.
+//! - Secrets are stored only as hashes ([`hash_secret`]); no table holds a secret.
+//! - A ThingsBoard device name maps to exactly one device even when two callers create it
+//!   at once.
+//! - Command status moves only along [`CommandStatus::can_become`].
+
+use std::future::Future;
+use std::pin::Pin;
+
+use fluxgate_model::{DeviceId, DeviceName, MessageId, TenantId, Values};
+
+pub mod sqlite;
+mod types;
+
+pub use types::*;
+
+/// A boxed, sendable future (keeps [`Store`] usable as `dyn`).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Result of a store operation.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store is unreachable, overloaded or timed out: retry with backoff.
+    #[error("store unavailable: {0}; retry later")]
+    Unavailable(String),
+    /// A command status change that its lifecycle does not allow.
+    #[error("command {id} cannot go from {from} to {to}")]
+    InvalidTransition {
+        /// The command.
+        id: MessageId,
+        /// Its current status.
+        from: &'static str,
+        /// The refused status.
+        to: &'static str,
+    },
+    /// The record to change does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A page token this store did not issue.
+    #[error("invalid page token")]
+    BadPageToken,
+    /// Stored data could not be read back (schema mismatch or corruption).
+    #[error("stored data is unreadable: {0}; run `fluxgate migrate`")]
+    Corrupt(String),
+    /// The store refused its configuration (path, keyspace...).
+    #[error("store configuration refused: {0}")]
+    Config(String),
+}
+
+impl StoreError {
+    /// Whether retrying may succeed.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// SHA-256 of a secret or token, lowercase hex: what credentials are stored and looked up
+/// by. Secrets are random and long (not passwords), so a fast hash is the right tool.
+pub fn hash_secret(secret: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(secret.as_bytes());
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        out.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+    }
+    out
+}
+
+/// Everything fluxgate keeps.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Creates or updates the schema; idempotent. Returns the schema version.
+    fn migrate(&self) -> BoxFuture<'_, Result<u32>>;
+
+    /// Creates or replaces an application.
+    fn put_application(&self, app: Application) -> BoxFuture<'_, Result<()>>;
+    /// An application.
+    fn application(&self, id: TenantId) -> BoxFuture<'_, Result<Option<Application>>>;
+
+    /// Creates or replaces a device.
+    fn put_device(&self, device: Device) -> BoxFuture<'_, Result<()>>;
+    /// A device.
+    fn device(&self, tenant: TenantId, id: DeviceId) -> BoxFuture<'_, Result<Option<Device>>>;
+    /// Deletes a device, its credentials, name mapping and attributes; `false` if absent.
+    fn delete_device(&self, tenant: TenantId, id: DeviceId) -> BoxFuture<'_, Result<bool>>;
+    /// Devices of a tenant in id order, after `after`.
+    fn devices(
+        &self,
+        tenant: TenantId,
+        after: Option<DeviceId>,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<Device>>>;
+    /// The device a ThingsBoard gateway calls `name`, created (with `profile`) on first
+    /// sight. Concurrent callers get the same device; exactly one sees `created`.
+    fn device_by_name(
+        &self,
+        tenant: TenantId,
+        name: DeviceName,
+        profile: String,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<NamedDevice>>;
+
+    /// Creates or replaces an access key.
+    fn put_access_key(&self, key: AccessKey) -> BoxFuture<'_, Result<()>>;
+    /// An access key by its public key.
+    fn access_key(&self, key: String) -> BoxFuture<'_, Result<Option<AccessKey>>>;
+    /// Creates or replaces a device token.
+    fn put_device_token(&self, token: DeviceToken) -> BoxFuture<'_, Result<()>>;
+    /// The token with this hash.
+    fn device_token(&self, token_hash: String) -> BoxFuture<'_, Result<Option<DeviceToken>>>;
+
+    /// Replaces a device's attribute definitions.
+    fn put_attribute_defs(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        defs: Vec<AttributeDef>,
+    ) -> BoxFuture<'_, Result<()>>;
+    /// A device's attribute definitions, by name.
+    fn attribute_defs(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+    ) -> BoxFuture<'_, Result<Vec<AttributeDef>>>;
+
+    /// Sets attributes of one scope (later writes win).
+    fn put_attributes(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        scope: AttributeScope,
+        values: Values,
+        ts_ms: i64,
+    ) -> BoxFuture<'_, Result<()>>;
+    /// Attributes of one scope: all, or these keys.
+    fn attributes(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        scope: AttributeScope,
+        keys: Option<Vec<String>>,
+    ) -> BoxFuture<'_, Result<Values>>;
+
+    /// Writes samples (idempotently) and updates latest values; returns points written.
+    fn write_samples(&self, batches: Vec<SampleBatch>) -> BoxFuture<'_, Result<usize>>;
+    /// Latest value of each key of a device (all keys, or these).
+    fn latest(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        keys: Option<Vec<String>>,
+    ) -> BoxFuture<'_, Result<Vec<Point>>>;
+    /// Points of a device in a time window.
+    fn query(&self, query: RangeQuery) -> BoxFuture<'_, Result<PointPage>>;
+
+    /// Stores a new command (status and history start with `record.status`).
+    fn put_command(&self, record: CommandRecord) -> BoxFuture<'_, Result<()>>;
+    /// A command.
+    fn command(&self, id: MessageId) -> BoxFuture<'_, Result<Option<CommandRecord>>>;
+    /// Moves a command to `to` if its lifecycle allows it, recording the change (and the
+    /// reply, if any). Returns the updated command.
+    fn set_command_status(
+        &self,
+        id: MessageId,
+        to: CommandStatus,
+        at_ms: i64,
+        detail: Option<String>,
+        reply: Option<serde_json::Value>,
+    ) -> BoxFuture<'_, Result<CommandRecord>>;
+    /// A command's status history, oldest first.
+    fn command_history(&self, id: MessageId) -> BoxFuture<'_, Result<Vec<StatusChange>>>;
+    /// Commands of a device, newest first, optionally of one status.
+    fn commands(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        status: Option<CommandStatus>,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<CommandRecord>>>;
+
+    /// Records a connect/disconnect.
+    fn log_connection(&self, event: ConnectionEvent) -> BoxFuture<'_, Result<()>>;
+    /// A device's connection log, newest first.
+    fn connection_log(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<ConnectionEvent>>>;
+    /// Records a refused message.
+    fn log_rejected(&self, entry: RejectedEntry) -> BoxFuture<'_, Result<()>>;
+    /// The rejected log of a tenant (or one device), newest first.
+    fn rejected_log(
+        &self,
+        tenant: TenantId,
+        device: Option<String>,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<RejectedEntry>>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_hash_is_sha256_hex() {
+        assert_eq!(
+            hash_secret("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_ne!(hash_secret("a"), hash_secret("b"));
+    }
+
+    #[test]
+    fn command_lifecycle() {
+        use CommandStatus as S;
+        assert!(S::Queued.can_become(S::Sent));
+        assert!(S::Sent.can_become(S::Delivered));
+        assert!(S::Sent.can_become(S::Queued));
+        assert!(S::Delivered.can_become(S::Replied));
+        assert!(!S::Replied.can_become(S::Failed));
+        assert!(!S::Queued.can_become(S::Delivered));
+        assert!(!S::Expired.can_become(S::Sent));
+        for s in S::ALL {
+            assert_eq!(S::parse(s.as_str()), Some(s));
+            if s.is_final() {
+                assert!(S::ALL.iter().all(|&t| !s.can_become(t)), "{s:?} is final");
+            }
+        }
+    }
+}

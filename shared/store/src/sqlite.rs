@@ -1,0 +1,1172 @@
+//! The SQLite adapter: standalone mode and the embedded default.
+//!
+//! Bundled SQLite in WAL mode with `synchronous=FULL` by default: a committed write
+//! survives a power loss, which is what lets a standalone PUBACK mean "stored". One
+//! connection serves every call, on tokio's blocking pool; each call is one transaction.
+//! TTL is an `expires_at` column: reads skip expired rows and [`SqliteStore::purge_expired`]
+//! deletes them.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use fluxgate_model::{
+    Command, DeviceId, DeviceName, MessageId, ReasonCode, TenantId, Value, Values,
+};
+use rusqlite::types::{Value as SqlValue, ValueRef};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
+
+use crate::types::*;
+use crate::{BoxFuture, Result, Store, StoreError};
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS applications (
+  id TEXT PRIMARY KEY, name TEXT NOT NULL, ttl_secs INTEGER, created_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS devices (
+  tenant TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL,
+  peripheral_policy TEXT, tags TEXT NOT NULL, profile TEXT,
+  created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
+  PRIMARY KEY (tenant, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS device_names (
+  tenant TEXT NOT NULL, name TEXT NOT NULL, device TEXT NOT NULL, PRIMARY KEY (tenant, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS access_keys (
+  key TEXT PRIMARY KEY, tenant TEXT NOT NULL, secret_hash TEXT NOT NULL, scope TEXT NOT NULL,
+  custom_topics INTEGER NOT NULL, active INTEGER NOT NULL, created_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS device_tokens (
+  token_hash TEXT PRIMARY KEY, tenant TEXT NOT NULL, device TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS device_tokens_by_device ON device_tokens (tenant, device);
+CREATE TABLE IF NOT EXISTS attribute_defs (
+  tenant TEXT NOT NULL, device TEXT NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL,
+  PRIMARY KEY (tenant, device, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS attributes (
+  tenant TEXT NOT NULL, device TEXT NOT NULL, scope TEXT NOT NULL, key TEXT NOT NULL,
+  ts INTEGER NOT NULL, vtype INTEGER NOT NULL, v,
+  PRIMARY KEY (tenant, device, scope, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ts_kv (
+  tenant TEXT NOT NULL, device TEXT NOT NULL, key TEXT NOT NULL, ts INTEGER NOT NULL,
+  vtype INTEGER NOT NULL, v, expires_at INTEGER,
+  PRIMARY KEY (tenant, device, key, ts)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ts_latest (
+  tenant TEXT NOT NULL, device TEXT NOT NULL, key TEXT NOT NULL, ts INTEGER NOT NULL,
+  vtype INTEGER NOT NULL, v, expires_at INTEGER,
+  PRIMARY KEY (tenant, device, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS commands (
+  id TEXT PRIMARY KEY, tenant TEXT NOT NULL, device TEXT NOT NULL, command TEXT NOT NULL,
+  status TEXT NOT NULL, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL, reply TEXT
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS commands_by_device ON commands (tenant, device, created_ms);
+CREATE TABLE IF NOT EXISTS command_history (
+  id TEXT NOT NULL, seq INTEGER NOT NULL, status TEXT NOT NULL, at_ms INTEGER NOT NULL,
+  detail TEXT, PRIMARY KEY (id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS connection_log (
+  tenant TEXT NOT NULL, device TEXT NOT NULL, at_ms INTEGER NOT NULL, seq INTEGER NOT NULL,
+  connected INTEGER NOT NULL, front TEXT, remote_addr TEXT, reason TEXT, via TEXT,
+  expires_at INTEGER, PRIMARY KEY (tenant, device, at_ms, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rejected_log (
+  tenant TEXT NOT NULL, device TEXT NOT NULL, at_ms INTEGER NOT NULL, seq INTEGER NOT NULL,
+  code TEXT NOT NULL, message TEXT NOT NULL, excerpt TEXT NOT NULL, expires_at INTEGER,
+  PRIMARY KEY (tenant, at_ms, seq)
+) WITHOUT ROWID;
+"#;
+
+/// SQLite settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqliteConfig {
+    /// `PRAGMA synchronous`: `FULL` (default; survives power loss) or `NORMAL` (survives
+    /// process crashes only).
+    pub synchronous: String,
+}
+
+impl Default for SqliteConfig {
+    fn default() -> Self {
+        SqliteConfig {
+            synchronous: "FULL".into(),
+        }
+    }
+}
+
+/// The SQLite store. Clones share one connection.
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+    now: Arc<dyn Fn() -> i64 + Send + Sync>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteStore")
+    }
+}
+
+fn sql_err(e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode as C;
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(
+                f.code,
+                C::DatabaseBusy
+                    | C::DatabaseLocked
+                    | C::SystemIoFailure
+                    | C::DiskFull
+                    | C::OutOfMemory
+            ) =>
+        {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => StoreError::Corrupt(e.to_string()),
+    }
+}
+
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and applies the schema.
+    pub fn open(path: impl AsRef<Path>, cfg: &SqliteConfig) -> Result<Self> {
+        let conn = Connection::open(path.as_ref()).map_err(|e| {
+            StoreError::Config(format!("cannot open {}: {e}", path.as_ref().display()))
+        })?;
+        Self::setup(conn, cfg)
+    }
+
+    /// A private in-memory database (tests).
+    pub fn in_memory() -> Result<Self> {
+        let conn = Connection::open_in_memory().map_err(sql_err)?;
+        Self::setup(conn, &SqliteConfig::default())
+    }
+
+    fn setup(conn: Connection, cfg: &SqliteConfig) -> Result<Self> {
+        let sync = match cfg.synchronous.to_ascii_uppercase().as_str() {
+            s @ ("FULL" | "NORMAL" | "EXTRA") => s.to_owned(),
+            other => {
+                return Err(StoreError::Config(format!(
+                    "store.sqlite.synchronous must be FULL, NORMAL or EXTRA, not {other:?}"
+                )));
+            }
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=OFF;"
+        ))
+        .map_err(sql_err)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        let store = SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+            now: Arc::new(wall_clock_ms),
+        };
+        store.migrate_now()?;
+        Ok(store)
+    }
+
+    /// Uses `now` instead of the wall clock for TTL (tests).
+    pub fn with_clock(mut self, now: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+        self.now = Arc::new(now);
+        self
+    }
+
+    fn migrate_now(&self) -> Result<u32> {
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = conn.transaction().map_err(sql_err)?;
+        tx.execute_batch(SCHEMA).map_err(sql_err)?;
+        let current: Option<u32> = tx
+            .query_row("SELECT max(version) FROM schema_version", [], |r| r.get(0))
+            .map_err(sql_err)?;
+        if current.is_none_or(|v| v < SCHEMA_VERSION) {
+            tx.execute("DELETE FROM schema_version", [])
+                .map_err(sql_err)?;
+            tx.execute(
+                "INSERT INTO schema_version (version) VALUES (?1)",
+                [SCHEMA_VERSION],
+            )
+            .map_err(sql_err)?;
+        }
+        tx.commit().map_err(sql_err)?;
+        Ok(SCHEMA_VERSION)
+    }
+
+    /// Runs `f` on the connection on the blocking pool.
+    fn run<T, F>(&self, f: F) -> BoxFuture<'_, Result<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection, i64) -> Result<T> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        let now = (self.now)();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut c = conn.lock().unwrap_or_else(|e| e.into_inner());
+                f(&mut c, now)
+            })
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+        })
+    }
+
+    /// Deletes rows whose TTL has passed; returns how many.
+    pub fn purge_expired(&self) -> BoxFuture<'_, Result<usize>> {
+        self.run(|c, now| {
+            let mut n = 0;
+            for table in ["ts_kv", "ts_latest", "connection_log", "rejected_log"] {
+                n += c
+                    .execute(
+                        &format!(
+                            "DELETE FROM {table} WHERE expires_at IS NOT NULL AND expires_at <= ?1"
+                        ),
+                        [now],
+                    )
+                    .map_err(sql_err)?;
+            }
+            Ok(n)
+        })
+    }
+}
+
+fn value_to_sql(v: &Value) -> (i64, SqlValue) {
+    match v {
+        Value::Integer(i) => (0, SqlValue::Integer(*i)),
+        Value::Float(f) => (1, SqlValue::Real(*f)),
+        Value::String(s) => (2, SqlValue::Text(s.clone())),
+        Value::Bool(b) => (3, SqlValue::Integer(i64::from(*b))),
+        Value::Json(j) => (4, SqlValue::Text(j.to_string())),
+    }
+}
+
+fn value_from_sql(vtype: i64, v: ValueRef<'_>) -> Result<Value> {
+    let bad = || StoreError::Corrupt(format!("value of type {vtype} unreadable"));
+    Ok(match (vtype, v) {
+        (0, ValueRef::Integer(i)) => Value::Integer(i),
+        (1, ValueRef::Real(f)) => Value::Float(f),
+        (1, ValueRef::Integer(i)) => Value::Float(i as f64),
+        (2, ValueRef::Text(t)) => Value::String(String::from_utf8_lossy(t).into_owned()),
+        (3, ValueRef::Integer(i)) => Value::Bool(i != 0),
+        (4, ValueRef::Text(t)) => Value::from_json(serde_json::from_slice(t).map_err(|_| bad())?),
+        _ => return Err(bad()),
+    })
+}
+
+fn id<T>(
+    s: String,
+    make: fn(String) -> std::result::Result<T, fluxgate_model::IdError>,
+) -> Result<T> {
+    let shown = s.clone();
+    make(s).map_err(|e| StoreError::Corrupt(format!("stored id {shown:?}: {e}")))
+}
+
+fn json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+fn ttl_expiry(c: &Connection, tenant: &TenantId, now: i64) -> Result<Option<i64>> {
+    let ttl: Option<Option<i64>> = c
+        .prepare_cached("SELECT ttl_secs FROM applications WHERE id = ?1")
+        .and_then(|mut s| s.query_row([tenant.as_str()], |r| r.get(0)).optional())
+        .map_err(sql_err)?;
+    Ok(ttl.flatten().map(|t| now + t * 1000))
+}
+
+const DEVICE_COLS: &str =
+    "tenant, id, name, kind, peripheral_policy, tags, profile, created_ms, updated_ms";
+
+/// A device row as read: the seven text columns, then created/updated.
+type DeviceRow = ([Option<String>; 7], i64, i64);
+
+fn read_device(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
+    Ok((
+        [
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+        ],
+        r.get(7)?,
+        r.get(8)?,
+    ))
+}
+
+fn make_device(row: DeviceRow) -> Result<Device> {
+    let ([tenant, did, name, kind, policy, tags, profile], created_ms, updated_ms) = row;
+    let missing = || StoreError::Corrupt("device row with a NULL column".into());
+    Ok(Device {
+        tenant: id(tenant.ok_or_else(missing)?, TenantId::new)?,
+        id: id(did.ok_or_else(missing)?, DeviceId::new)?,
+        name: name.ok_or_else(missing)?,
+        kind: kind
+            .as_deref()
+            .and_then(DeviceKind::parse)
+            .ok_or_else(|| StoreError::Corrupt("device kind".into()))?,
+        peripheral_policy: policy.as_deref().map(json).transpose()?,
+        tags: json(tags.as_deref().unwrap_or("[]"))?,
+        profile,
+        created_ms,
+        updated_ms,
+    })
+}
+
+fn load_device(c: &Connection, tenant: &str, device: &str) -> Result<Option<Device>> {
+    let row = c
+        .prepare_cached(&format!(
+            "SELECT {DEVICE_COLS} FROM devices WHERE tenant = ?1 AND id = ?2"
+        ))
+        .and_then(|mut s| s.query_row([tenant, device], read_device).optional())
+        .map_err(sql_err)?;
+    row.map(make_device).transpose()
+}
+
+fn insert_device(c: &Connection, d: &Device) -> Result<()> {
+    c.prepare_cached(&format!(
+        "INSERT OR REPLACE INTO devices ({DEVICE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+    ))
+    .and_then(|mut s| {
+        s.execute(params![
+            d.tenant.as_str(),
+            d.id.as_str(),
+            d.name,
+            d.kind.as_str(),
+            d.peripheral_policy.as_ref().map(to_json),
+            to_json(&d.tags),
+            d.profile,
+            d.created_ms,
+            d.updated_ms
+        ])
+    })
+    .map_err(sql_err)?;
+    Ok(())
+}
+
+/// A fresh device id for an auto-created device: independent of its name, so a rename
+/// never makes a second device.
+fn new_device_id(now_ms: i64, name: &str) -> Result<DeviceId> {
+    let random = RandomState::new().hash_one((now_ms, name));
+    let random2 = RandomState::new().hash_one(random);
+    DeviceId::new(format!(
+        "tb-{:012x}{:016x}{:04x}",
+        now_ms & 0xFFFF_FFFF_FFFF,
+        random,
+        random2 & 0xFFFF
+    ))
+    .map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// A command row as read: id, tenant, device, command JSON, status, created, updated, reply.
+type CommandRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    Option<String>,
+);
+
+fn command_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CommandRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+    ))
+}
+
+fn make_command(row: CommandRow) -> Result<CommandRecord> {
+    let (cid, tenant, device, command, status, created_ms, updated_ms, reply) = row;
+    Ok(CommandRecord {
+        id: cid
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("command id {cid}")))?,
+        tenant: id(tenant, TenantId::new)?,
+        device: id(device, DeviceId::new)?,
+        command: json::<Command>(&command)?,
+        status: CommandStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("status {status}")))?,
+        created_ms,
+        updated_ms,
+        reply: reply.as_deref().map(json).transpose()?,
+    })
+}
+
+const COMMAND_COLS: &str = "id, tenant, device, command, status, created_ms, updated_ms, reply";
+
+fn load_command(c: &Connection, cid: &str) -> Result<Option<CommandRecord>> {
+    let row = c
+        .prepare_cached(&format!(
+            "SELECT {COMMAND_COLS} FROM commands WHERE id = ?1"
+        ))
+        .and_then(|mut s| s.query_row([cid], command_from_row).optional())
+        .map_err(sql_err)?;
+    row.map(make_command).transpose()
+}
+
+fn next_seq(c: &Connection, sql: &str, p: &[&dyn rusqlite::ToSql]) -> Result<i64> {
+    c.prepare_cached(sql)
+        .and_then(|mut s| s.query_row(p, |r| r.get::<_, Option<i64>>(0)))
+        .map(|m| m.map_or(0, |m| m + 1))
+        .map_err(sql_err)
+}
+
+fn keys_clause(first_param: usize, n: usize) -> String {
+    (0..n)
+        .map(|i| format!("?{}", first_param + i))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn parse_token(t: &str) -> Result<(i64, String)> {
+    let (ts, key) = t.split_once(':').ok_or(StoreError::BadPageToken)?;
+    Ok((
+        ts.parse().map_err(|_| StoreError::BadPageToken)?,
+        key.to_owned(),
+    ))
+}
+
+impl Store for SqliteStore {
+    fn migrate(&self) -> BoxFuture<'_, Result<u32>> {
+        let me = self.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || me.migrate_now())
+                .await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?
+        })
+    }
+
+    fn put_application(&self, app: Application) -> BoxFuture<'_, Result<()>> {
+        self.run(move |c, _| {
+            c.execute(
+                "INSERT OR REPLACE INTO applications (id, name, ttl_secs, created_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![app.id.as_str(), app.name, app.ttl_secs, app.created_ms],
+            )
+            .map_err(sql_err)?;
+            Ok(())
+        })
+    }
+
+    fn application(&self, tenant: TenantId) -> BoxFuture<'_, Result<Option<Application>>> {
+        self.run(move |c, _| {
+            let row: Option<(String, String, Option<u32>, i64)> = c
+                .query_row(
+                    "SELECT id, name, ttl_secs, created_ms FROM applications WHERE id = ?1",
+                    [tenant.as_str()],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()
+                .map_err(sql_err)?;
+            row.map(|(i, name, ttl_secs, created_ms)| {
+                Ok(Application {
+                    id: id(i, TenantId::new)?,
+                    name,
+                    ttl_secs,
+                    created_ms,
+                })
+            })
+            .transpose()
+        })
+    }
+
+    fn put_device(&self, device: Device) -> BoxFuture<'_, Result<()>> {
+        self.run(move |c, _| {
+            let tx = c.transaction().map_err(sql_err)?;
+            insert_device(&tx, &device)?;
+            tx.execute(
+                "INSERT OR REPLACE INTO device_names (tenant, name, device) VALUES (?1, ?2, ?3)",
+                params![device.tenant.as_str(), device.name, device.id.as_str()],
+            )
+            .map_err(sql_err)?;
+            tx.commit().map_err(sql_err)
+        })
+    }
+
+    fn device(&self, tenant: TenantId, device: DeviceId) -> BoxFuture<'_, Result<Option<Device>>> {
+        self.run(move |c, _| load_device(c, tenant.as_str(), device.as_str()))
+    }
+
+    fn delete_device(&self, tenant: TenantId, device: DeviceId) -> BoxFuture<'_, Result<bool>> {
+        self.run(move |c, _| {
+            let tx = c.transaction().map_err(sql_err)?;
+            let (t, d) = (tenant.as_str(), device.as_str());
+            let n = tx
+                .execute("DELETE FROM devices WHERE tenant = ?1 AND id = ?2", [t, d])
+                .map_err(sql_err)?;
+            for sql in [
+                "DELETE FROM device_names WHERE tenant = ?1 AND device = ?2",
+                "DELETE FROM device_tokens WHERE tenant = ?1 AND device = ?2",
+                "DELETE FROM attribute_defs WHERE tenant = ?1 AND device = ?2",
+                "DELETE FROM attributes WHERE tenant = ?1 AND device = ?2",
+            ] {
+                tx.execute(sql, [t, d]).map_err(sql_err)?;
+            }
+            tx.commit().map_err(sql_err)?;
+            Ok(n > 0)
+        })
+    }
+
+    fn devices(
+        &self,
+        tenant: TenantId,
+        after: Option<DeviceId>,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<Device>>> {
+        self.run(move |c, _| {
+            let after = after.as_ref().map_or("", DeviceId::as_str).to_owned();
+            let mut s = c
+                .prepare_cached(&format!(
+                    "SELECT {DEVICE_COLS} FROM devices WHERE tenant = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
+                ))
+                .map_err(sql_err)?;
+            let rows = s
+                .query_map(params![tenant.as_str(), after, limit], read_device)
+                .map_err(sql_err)?;
+            rows.map(|r| r.map_err(sql_err).and_then(make_device)).collect()
+        })
+    }
+
+    fn device_by_name(
+        &self,
+        tenant: TenantId,
+        name: DeviceName,
+        profile: String,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<NamedDevice>> {
+        self.run(move |c, _| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql_err)?;
+            let fresh = new_device_id(now_ms, name.as_str())?;
+            // First writer of the name wins; everyone reads the winner.
+            let created = tx
+                .execute(
+                    "INSERT OR IGNORE INTO device_names (tenant, name, device) VALUES (?1, ?2, ?3)",
+                    params![tenant.as_str(), name.as_str(), fresh.as_str()],
+                )
+                .map_err(sql_err)?
+                == 1;
+            if created {
+                insert_device(
+                    &tx,
+                    &Device {
+                        tenant: tenant.clone(),
+                        id: fresh,
+                        name: name.as_str().to_owned(),
+                        kind: DeviceKind::Standalone,
+                        peripheral_policy: None,
+                        tags: Vec::new(),
+                        profile: Some(profile),
+                        created_ms: now_ms,
+                        updated_ms: now_ms,
+                    },
+                )?;
+            }
+            let did: String = tx
+                .query_row(
+                    "SELECT device FROM device_names WHERE tenant = ?1 AND name = ?2",
+                    [tenant.as_str(), name.as_str()],
+                    |r| r.get(0),
+                )
+                .map_err(sql_err)?;
+            let device = load_device(&tx, tenant.as_str(), &did)?.ok_or_else(|| {
+                StoreError::Corrupt(format!("name {name} maps to missing device {did}"))
+            })?;
+            tx.commit().map_err(sql_err)?;
+            Ok(NamedDevice { device, created })
+        })
+    }
+
+    fn put_access_key(&self, key: AccessKey) -> BoxFuture<'_, Result<()>> {
+        self.run(move |c, _| {
+            c.execute(
+                "INSERT OR REPLACE INTO access_keys (key, tenant, secret_hash, scope, custom_topics, active, created_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    key.key,
+                    key.tenant.as_str(),
+                    key.secret_hash,
+                    to_json(&key.scope),
+                    key.custom_topics,
+                    key.active,
+                    key.created_ms
+                ],
+            )
+            .map_err(sql_err)?;
+            Ok(())
+        })
+    }
+
+    fn access_key(&self, key: String) -> BoxFuture<'_, Result<Option<AccessKey>>> {
+        self.run(move |c, _| {
+            let row: Option<(String, String, String, String, bool, bool, i64)> = c
+                .prepare_cached(
+                    "SELECT key, tenant, secret_hash, scope, custom_topics, active, created_ms FROM access_keys WHERE key = ?1",
+                )
+                .and_then(|mut s| {
+                    s.query_row([&key], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+                    })
+                    .optional()
+                })
+                .map_err(sql_err)?;
+            row.map(|(key, tenant, secret_hash, scope, custom_topics, active, created_ms)| {
+                Ok(AccessKey {
+                    key,
+                    tenant: id(tenant, TenantId::new)?,
+                    secret_hash,
+                    scope: json(&scope)?,
+                    custom_topics,
+                    active,
+                    created_ms,
+                })
+            })
+            .transpose()
+        })
+    }
+
+    fn put_device_token(&self, token: DeviceToken) -> BoxFuture<'_, Result<()>> {
+        self.run(move |c, _| {
+            c.execute(
+                "INSERT OR REPLACE INTO device_tokens (token_hash, tenant, device) VALUES (?1, ?2, ?3)",
+                params![token.token_hash, token.tenant.as_str(), token.device.as_str()],
+            )
+            .map_err(sql_err)?;
+            Ok(())
+        })
+    }
+
+    fn device_token(&self, token_hash: String) -> BoxFuture<'_, Result<Option<DeviceToken>>> {
+        self.run(move |c, _| {
+            let row: Option<(String, String, String)> = c
+                .prepare_cached(
+                    "SELECT token_hash, tenant, device FROM device_tokens WHERE token_hash = ?1",
+                )
+                .and_then(|mut s| {
+                    s.query_row([&token_hash], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                        .optional()
+                })
+                .map_err(sql_err)?;
+            row.map(|(token_hash, tenant, device)| {
+                Ok(DeviceToken {
+                    token_hash,
+                    tenant: id(tenant, TenantId::new)?,
+                    device: id(device, DeviceId::new)?,
+                })
+            })
+            .transpose()
+        })
+    }
+
+    fn put_attribute_defs(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        defs: Vec<AttributeDef>,
+    ) -> BoxFuture<'_, Result<()>> {
+        self.run(move |c, _| {
+            let tx = c.transaction().map_err(sql_err)?;
+            tx.execute(
+                "DELETE FROM attribute_defs WHERE tenant = ?1 AND device = ?2",
+                [tenant.as_str(), device.as_str()],
+            )
+            .map_err(sql_err)?;
+            for d in &defs {
+                tx.execute(
+                    "INSERT OR REPLACE INTO attribute_defs (tenant, device, name, kind) VALUES (?1, ?2, ?3, ?4)",
+                    params![tenant.as_str(), device.as_str(), d.name, d.kind.as_str()],
+                )
+                .map_err(sql_err)?;
+            }
+            tx.commit().map_err(sql_err)
+        })
+    }
+
+    fn attribute_defs(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+    ) -> BoxFuture<'_, Result<Vec<AttributeDef>>> {
+        self.run(move |c, _| {
+            let mut s = c
+                .prepare_cached("SELECT name, kind FROM attribute_defs WHERE tenant = ?1 AND device = ?2 ORDER BY name")
+                .map_err(sql_err)?;
+            let rows = s
+                .query_map([tenant.as_str(), device.as_str()], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .map_err(sql_err)?;
+            rows.map(|r| {
+                let (name, kind) = r.map_err(sql_err)?;
+                Ok(AttributeDef {
+                    name,
+                    kind: AttributeType::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("attribute type {kind}")))?,
+                })
+            })
+            .collect()
+        })
+    }
+
+    fn put_attributes(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        scope: AttributeScope,
+        values: Values,
+        ts_ms: i64,
+    ) -> BoxFuture<'_, Result<()>> {
+        self.run(move |c, _| {
+            let tx = c.transaction().map_err(sql_err)?;
+            {
+                let mut s = tx
+                    .prepare_cached(
+                        "INSERT INTO attributes (tenant, device, scope, key, ts, vtype, v) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                         ON CONFLICT (tenant, device, scope, key) DO UPDATE SET ts = excluded.ts, vtype = excluded.vtype, v = excluded.v
+                         WHERE excluded.ts >= attributes.ts",
+                    )
+                    .map_err(sql_err)?;
+                for (k, v) in &values {
+                    let (vtype, v) = value_to_sql(v);
+                    s.execute(params![tenant.as_str(), device.as_str(), scope.as_str(), k, ts_ms, vtype, v])
+                        .map_err(sql_err)?;
+                }
+            }
+            tx.commit().map_err(sql_err)
+        })
+    }
+
+    fn attributes(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        scope: AttributeScope,
+        keys: Option<Vec<String>>,
+    ) -> BoxFuture<'_, Result<Values>> {
+        self.run(move |c, _| {
+            let mut out = Values::new();
+            let mut s = c
+                .prepare_cached("SELECT key, vtype, v FROM attributes WHERE tenant = ?1 AND device = ?2 AND scope = ?3")
+                .map_err(sql_err)?;
+            let mut rows = s
+                .query([tenant.as_str(), device.as_str(), scope.as_str()])
+                .map_err(sql_err)?;
+            while let Some(r) = rows.next().map_err(sql_err)? {
+                let key: String = r.get(0).map_err(sql_err)?;
+                if keys.as_ref().is_some_and(|ks| !ks.contains(&key)) {
+                    continue;
+                }
+                let v = value_from_sql(r.get(1).map_err(sql_err)?, r.get_ref(2).map_err(sql_err)?)?;
+                out.insert(key, v);
+            }
+            Ok(out)
+        })
+    }
+
+    fn write_samples(&self, batches: Vec<SampleBatch>) -> BoxFuture<'_, Result<usize>> {
+        self.run(move |c, now| {
+            let tx = c.transaction().map_err(sql_err)?;
+            let mut written = 0;
+            {
+                let mut kv = tx
+                    .prepare_cached(
+                        "INSERT INTO ts_kv (tenant, device, key, ts, vtype, v, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                         ON CONFLICT (tenant, device, key, ts) DO UPDATE SET vtype = excluded.vtype, v = excluded.v, expires_at = excluded.expires_at",
+                    )
+                    .map_err(sql_err)?;
+                let mut latest = tx
+                    .prepare_cached(
+                        "INSERT INTO ts_latest (tenant, device, key, ts, vtype, v, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                         ON CONFLICT (tenant, device, key) DO UPDATE SET ts = excluded.ts, vtype = excluded.vtype, v = excluded.v, expires_at = excluded.expires_at
+                         WHERE excluded.ts >= ts_latest.ts",
+                    )
+                    .map_err(sql_err)?;
+                let mut expiry: HashMap<TenantId, Option<i64>> = HashMap::new();
+                for b in &batches {
+                    let exp = match expiry.get(&b.tenant) {
+                        Some(e) => *e,
+                        None => {
+                            let e = ttl_expiry(&tx, &b.tenant, now)?;
+                            expiry.insert(b.tenant.clone(), e);
+                            e
+                        }
+                    };
+                    for sample in &b.samples {
+                        for (k, v) in &sample.values {
+                            let (vtype, v) = value_to_sql(v);
+                            let p = params![b.tenant.as_str(), b.device.as_str(), k, sample.ts_ms, vtype, v, exp];
+                            kv.execute(p).map_err(sql_err)?;
+                            latest.execute(p).map_err(sql_err)?;
+                            written += 1;
+                        }
+                    }
+                }
+            }
+            tx.commit().map_err(sql_err)?;
+            Ok(written)
+        })
+    }
+
+    fn latest(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        keys: Option<Vec<String>>,
+    ) -> BoxFuture<'_, Result<Vec<Point>>> {
+        self.run(move |c, now| {
+            let mut s = c
+                .prepare_cached(
+                    "SELECT key, ts, vtype, v FROM ts_latest WHERE tenant = ?1 AND device = ?2
+                     AND (expires_at IS NULL OR expires_at > ?3) ORDER BY key",
+                )
+                .map_err(sql_err)?;
+            let mut rows = s
+                .query(params![tenant.as_str(), device.as_str(), now])
+                .map_err(sql_err)?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next().map_err(sql_err)? {
+                let key: String = r.get(0).map_err(sql_err)?;
+                if keys.as_ref().is_some_and(|ks| !ks.contains(&key)) {
+                    continue;
+                }
+                out.push(Point {
+                    device: device.clone(),
+                    ts_ms: r.get(1).map_err(sql_err)?,
+                    value: value_from_sql(
+                        r.get(2).map_err(sql_err)?,
+                        r.get_ref(3).map_err(sql_err)?,
+                    )?,
+                    key,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn query(&self, q: RangeQuery) -> BoxFuture<'_, Result<PointPage>> {
+        self.run(move |c, now| {
+            if q.keys.is_empty() || q.limit == 0 {
+                return Ok(PointPage {
+                    points: Vec::new(),
+                    next: None,
+                });
+            }
+            let after = q.page_token.as_deref().map(parse_token).transpose()?;
+            let (cmp, dir) = match q.order {
+                Order::Asc => (">", "ASC"),
+                Order::Desc => ("<", "DESC"),
+            };
+            let n = q.keys.len();
+            let mut sql = format!(
+                "SELECT key, ts, vtype, v FROM ts_kv WHERE tenant = ?1 AND device = ?2 AND ts >= ?3 AND ts < ?4
+                 AND (expires_at IS NULL OR expires_at > ?5) AND key IN ({})",
+                keys_clause(6, n)
+            );
+            let mut p: Vec<SqlValue> = vec![
+                SqlValue::Text(q.tenant.as_str().to_owned()),
+                SqlValue::Text(q.device.as_str().to_owned()),
+                SqlValue::Integer(q.from_ms),
+                SqlValue::Integer(q.to_ms),
+                SqlValue::Integer(now),
+            ];
+            p.extend(q.keys.iter().map(|k| SqlValue::Text(k.clone())));
+            if let Some((ts, key)) = &after {
+                sql.push_str(&format!(" AND (ts, key) {cmp} (?{}, ?{})", 6 + n, 7 + n));
+                p.push(SqlValue::Integer(*ts));
+                p.push(SqlValue::Text(key.clone()));
+            }
+            sql.push_str(&format!(" ORDER BY ts {dir}, key {dir} LIMIT {}", u64::from(q.limit) + 1));
+            let mut s = c.prepare_cached(&sql).map_err(sql_err)?;
+            let mut rows = s.query(params_from_iter(p)).map_err(sql_err)?;
+            let mut points = Vec::new();
+            while let Some(r) = rows.next().map_err(sql_err)? {
+                points.push(Point {
+                    device: q.device.clone(),
+                    key: r.get(0).map_err(sql_err)?,
+                    ts_ms: r.get(1).map_err(sql_err)?,
+                    value: value_from_sql(r.get(2).map_err(sql_err)?, r.get_ref(3).map_err(sql_err)?)?,
+                });
+            }
+            let next = if points.len() > q.limit as usize {
+                points.truncate(q.limit as usize);
+                points.last().map(|p| format!("{}:{}", p.ts_ms, p.key))
+            } else {
+                None
+            };
+            Ok(PointPage { points, next })
+        })
+    }
+
+    fn put_command(&self, r: CommandRecord) -> BoxFuture<'_, Result<()>> {
+        self.run(move |c, _| {
+            let tx = c.transaction().map_err(sql_err)?;
+            let cid = r.id.to_string();
+            tx.execute(
+                &format!("INSERT OR REPLACE INTO commands ({COMMAND_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+                params![
+                    cid,
+                    r.tenant.as_str(),
+                    r.device.as_str(),
+                    to_json(&r.command),
+                    r.status.as_str(),
+                    r.created_ms,
+                    r.updated_ms,
+                    r.reply.as_ref().map(to_json)
+                ],
+            )
+            .map_err(sql_err)?;
+            tx.execute("DELETE FROM command_history WHERE id = ?1", [&cid]).map_err(sql_err)?;
+            tx.execute(
+                "INSERT INTO command_history (id, seq, status, at_ms, detail) VALUES (?1, 0, ?2, ?3, NULL)",
+                params![cid, r.status.as_str(), r.created_ms],
+            )
+            .map_err(sql_err)?;
+            tx.commit().map_err(sql_err)
+        })
+    }
+
+    fn command(&self, cid: MessageId) -> BoxFuture<'_, Result<Option<CommandRecord>>> {
+        self.run(move |c, _| load_command(c, &cid.to_string()))
+    }
+
+    fn set_command_status(
+        &self,
+        cid: MessageId,
+        to: CommandStatus,
+        at_ms: i64,
+        detail: Option<String>,
+        reply: Option<serde_json::Value>,
+    ) -> BoxFuture<'_, Result<CommandRecord>> {
+        self.run(move |c, _| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql_err)?;
+            let key = cid.to_string();
+            let current = load_command(&tx, &key)?.ok_or_else(|| StoreError::NotFound(format!("command {cid}")))?;
+            if !current.status.can_become(to) {
+                return Err(StoreError::InvalidTransition {
+                    id: cid,
+                    from: current.status.as_str(),
+                    to: to.as_str(),
+                });
+            }
+            let reply_json = reply.as_ref().map(to_json);
+            tx.execute(
+                "UPDATE commands SET status = ?2, updated_ms = ?3, reply = coalesce(?4, reply) WHERE id = ?1",
+                params![key, to.as_str(), at_ms, reply_json],
+            )
+            .map_err(sql_err)?;
+            let seq = next_seq(&tx, "SELECT max(seq) FROM command_history WHERE id = ?1", &[&key])?;
+            tx.execute(
+                "INSERT INTO command_history (id, seq, status, at_ms, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![key, seq, to.as_str(), at_ms, detail],
+            )
+            .map_err(sql_err)?;
+            let updated = load_command(&tx, &key)?.ok_or_else(|| StoreError::NotFound(format!("command {cid}")))?;
+            tx.commit().map_err(sql_err)?;
+            Ok(updated)
+        })
+    }
+
+    fn command_history(&self, cid: MessageId) -> BoxFuture<'_, Result<Vec<StatusChange>>> {
+        self.run(move |c, _| {
+            let mut s = c
+                .prepare_cached(
+                    "SELECT status, at_ms, detail FROM command_history WHERE id = ?1 ORDER BY seq",
+                )
+                .map_err(sql_err)?;
+            let rows = s
+                .query_map([cid.to_string()], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?))
+                })
+                .map_err(sql_err)?;
+            rows.map(|r| {
+                let (status, at_ms, detail) = r.map_err(sql_err)?;
+                Ok(StatusChange {
+                    status: CommandStatus::parse(&status)
+                        .ok_or_else(|| StoreError::Corrupt(format!("status {status}")))?,
+                    at_ms,
+                    detail,
+                })
+            })
+            .collect()
+        })
+    }
+
+    fn commands(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        status: Option<CommandStatus>,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<CommandRecord>>> {
+        self.run(move |c, _| {
+            let mut s = c
+                .prepare_cached(&format!(
+                    "SELECT {COMMAND_COLS} FROM commands WHERE tenant = ?1 AND device = ?2 AND (?3 IS NULL OR status = ?3)
+                     ORDER BY created_ms DESC, id DESC LIMIT ?4"
+                ))
+                .map_err(sql_err)?;
+            let rows = s
+                .query_map(
+                    params![tenant.as_str(), device.as_str(), status.map(CommandStatus::as_str), limit],
+                    command_from_row,
+                )
+                .map_err(sql_err)?;
+            rows.map(|r| r.map_err(sql_err).and_then(make_command)).collect()
+        })
+    }
+
+    fn log_connection(&self, e: ConnectionEvent) -> BoxFuture<'_, Result<()>> {
+        self.run(move |c, now| {
+            let exp = ttl_expiry(c, &e.tenant, now)?;
+            let seq = next_seq(
+                c,
+                "SELECT max(seq) FROM connection_log WHERE tenant = ?1 AND device = ?2 AND at_ms = ?3",
+                &[&e.tenant.as_str(), &e.device.as_str(), &e.at_ms],
+            )?;
+            c.execute(
+                "INSERT INTO connection_log (tenant, device, at_ms, seq, connected, front, remote_addr, reason, via, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    e.tenant.as_str(),
+                    e.device.as_str(),
+                    e.at_ms,
+                    seq,
+                    e.connected,
+                    e.front,
+                    e.remote_addr,
+                    e.reason,
+                    e.via.as_ref().map(DeviceId::as_str),
+                    exp
+                ],
+            )
+            .map_err(sql_err)?;
+            Ok(())
+        })
+    }
+
+    fn connection_log(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<ConnectionEvent>>> {
+        self.run(move |c, now| {
+            let mut s = c
+                .prepare_cached(
+                    "SELECT at_ms, connected, front, remote_addr, reason, via FROM connection_log
+                     WHERE tenant = ?1 AND device = ?2 AND (expires_at IS NULL OR expires_at > ?3)
+                     ORDER BY at_ms DESC, seq DESC LIMIT ?4",
+                )
+                .map_err(sql_err)?;
+            let rows = s
+                .query_map(params![tenant.as_str(), device.as_str(), now, limit], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, bool>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, Option<String>>(4)?,
+                        r.get::<_, Option<String>>(5)?,
+                    ))
+                })
+                .map_err(sql_err)?;
+            rows.map(|r| {
+                let (at_ms, connected, front, remote_addr, reason, via) = r.map_err(sql_err)?;
+                Ok(ConnectionEvent {
+                    tenant: tenant.clone(),
+                    device: device.clone(),
+                    at_ms,
+                    connected,
+                    front,
+                    remote_addr,
+                    reason,
+                    via: via.map(|v| id(v, DeviceId::new)).transpose()?,
+                })
+            })
+            .collect()
+        })
+    }
+
+    fn log_rejected(&self, e: RejectedEntry) -> BoxFuture<'_, Result<()>> {
+        self.run(move |c, now| {
+            let exp = ttl_expiry(c, &e.tenant, now)?;
+            let seq = next_seq(
+                c,
+                "SELECT max(seq) FROM rejected_log WHERE tenant = ?1 AND at_ms = ?2",
+                &[&e.tenant.as_str(), &e.at_ms],
+            )?;
+            c.execute(
+                "INSERT INTO rejected_log (tenant, device, at_ms, seq, code, message, excerpt, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![e.tenant.as_str(), e.device, e.at_ms, seq, e.code.as_str(), e.message, e.excerpt, exp],
+            )
+            .map_err(sql_err)?;
+            Ok(())
+        })
+    }
+
+    fn rejected_log(
+        &self,
+        tenant: TenantId,
+        device: Option<String>,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<RejectedEntry>>> {
+        self.run(move |c, now| {
+            let mut s = c
+                .prepare_cached(
+                    "SELECT device, at_ms, code, message, excerpt FROM rejected_log
+                     WHERE tenant = ?1 AND (?2 IS NULL OR device = ?2) AND (expires_at IS NULL OR expires_at > ?3)
+                     ORDER BY at_ms DESC, seq DESC LIMIT ?4",
+                )
+                .map_err(sql_err)?;
+            let rows = s
+                .query_map(params![tenant.as_str(), device, now, limit], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                    ))
+                })
+                .map_err(sql_err)?;
+            rows.map(|r| {
+                let (device, at_ms, code, message, excerpt) = r.map_err(sql_err)?;
+                Ok(RejectedEntry {
+                    tenant: tenant.clone(),
+                    device,
+                    at_ms,
+                    code: ReasonCode::ALL
+                        .into_iter()
+                        .find(|c| c.as_str() == code)
+                        .ok_or_else(|| StoreError::Corrupt(format!("reason code {code}")))?,
+                    message,
+                    excerpt,
+                })
+            })
+            .collect()
+        })
+    }
+}

@@ -1,0 +1,423 @@
+//! The records the store keeps.
+
+use fluxgate_model::{DeviceId, DeviceName, MessageId, TenantId, Value};
+use serde::{Deserialize, Serialize};
+
+/// An application (Losant term): a tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Application {
+    /// Its id.
+    pub id: TenantId,
+    /// Display name.
+    pub name: String,
+    /// How long time series, connection and rejected logs are kept, in seconds (`None`:
+    /// forever).
+    pub ttl_secs: Option<u32>,
+    /// Creation time, epoch ms.
+    pub created_ms: i64,
+}
+
+/// What kind of device it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceKind {
+    /// Connects and reports for itself only.
+    Standalone,
+    /// May act for peripherals (Losant) or devices behind it (ThingsBoard).
+    Gateway,
+    /// Reports through a gateway (Losant).
+    Peripheral,
+}
+
+impl DeviceKind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            DeviceKind::Standalone => "standalone",
+            DeviceKind::Gateway => "gateway",
+            DeviceKind::Peripheral => "peripheral",
+        }
+    }
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "standalone" => DeviceKind::Standalone,
+            "gateway" => DeviceKind::Gateway,
+            "peripheral" => DeviceKind::Peripheral,
+            _ => return None,
+        })
+    }
+}
+
+/// Which gateways may act for a peripheral.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "policy", content = "gateway")]
+pub enum PeripheralPolicy {
+    /// Any gateway of the application.
+    AnyGateway,
+    /// Only this gateway.
+    SpecificGateway(DeviceId),
+}
+
+impl PeripheralPolicy {
+    /// Whether `gateway` may act for a peripheral with this policy.
+    pub fn allows(&self, gateway: &DeviceId) -> bool {
+        match self {
+            PeripheralPolicy::AnyGateway => true,
+            PeripheralPolicy::SpecificGateway(g) => g == gateway,
+        }
+    }
+}
+
+/// A device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    /// Tenant.
+    pub tenant: TenantId,
+    /// Stable id.
+    pub id: DeviceId,
+    /// Display name (for ThingsBoard devices: the name their gateway uses).
+    pub name: String,
+    /// Kind.
+    pub kind: DeviceKind,
+    /// For peripherals: which gateways may act for it.
+    pub peripheral_policy: Option<PeripheralPolicy>,
+    /// Free-form tags (access keys may be scoped by tag).
+    pub tags: Vec<String>,
+    /// ThingsBoard device type / profile.
+    pub profile: Option<String>,
+    /// Creation time, epoch ms.
+    pub created_ms: i64,
+    /// Last change, epoch ms.
+    pub updated_ms: i64,
+}
+
+/// Which devices an access key opens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "scope", content = "values")]
+pub enum KeyScope {
+    /// Every device of the application.
+    AllDevices,
+    /// These devices.
+    Devices(Vec<DeviceId>),
+    /// Devices carrying any of these tags.
+    Tags(Vec<String>),
+}
+
+/// A Losant access key. The secret itself is never stored: only its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessKey {
+    /// The key (public half; MQTT username).
+    pub key: String,
+    /// Tenant.
+    pub tenant: TenantId,
+    /// SHA-256 of the secret, hex.
+    pub secret_hash: String,
+    /// Devices it opens.
+    pub scope: KeyScope,
+    /// Whether it may use custom (non-platform) MQTT topics.
+    pub custom_topics: bool,
+    /// Deactivated keys authenticate nothing.
+    pub active: bool,
+    /// Creation time, epoch ms.
+    pub created_ms: i64,
+}
+
+/// A ThingsBoard device access token, kept only as its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceToken {
+    /// SHA-256 of the token, hex.
+    pub token_hash: String,
+    /// Tenant.
+    pub tenant: TenantId,
+    /// The device it authenticates.
+    pub device: DeviceId,
+}
+
+/// The type an attribute is defined with (Losant).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttributeType {
+    /// A number.
+    Number,
+    /// A string.
+    String,
+    /// A boolean.
+    Boolean,
+    /// A "lat,lon" string.
+    Gps,
+    /// Any JSON.
+    Json,
+}
+
+impl AttributeType {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            AttributeType::Number => "number",
+            AttributeType::String => "string",
+            AttributeType::Boolean => "boolean",
+            AttributeType::Gps => "gps",
+            AttributeType::Json => "json",
+        }
+    }
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "number" => AttributeType::Number,
+            "string" => AttributeType::String,
+            "boolean" => AttributeType::Boolean,
+            "gps" => AttributeType::Gps,
+            "json" => AttributeType::Json,
+            _ => return None,
+        })
+    }
+}
+
+/// An attribute definition on a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttributeDef {
+    /// Attribute name.
+    pub name: String,
+    /// Its type.
+    pub kind: AttributeType,
+}
+
+/// Attribute scopes (ThingsBoard).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttributeScope {
+    /// Reported by the device.
+    Client,
+    /// Set by the platform, pushed to the device.
+    Shared,
+}
+
+impl AttributeScope {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            AttributeScope::Client => "client",
+            AttributeScope::Shared => "shared",
+        }
+    }
+}
+
+/// One stored sample of one key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Point {
+    /// Device.
+    pub device: DeviceId,
+    /// Key.
+    pub key: String,
+    /// Epoch ms.
+    pub ts_ms: i64,
+    /// Value.
+    pub value: Value,
+}
+
+/// Samples of one device to write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleBatch {
+    /// Tenant.
+    pub tenant: TenantId,
+    /// Device.
+    pub device: DeviceId,
+    /// The samples.
+    pub samples: Vec<fluxgate_model::Sample>,
+}
+
+/// Sort order of a range query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Order {
+    /// Oldest first.
+    #[default]
+    Asc,
+    /// Newest first.
+    Desc,
+}
+
+/// A time-series range query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeQuery {
+    /// Tenant.
+    pub tenant: TenantId,
+    /// Device.
+    pub device: DeviceId,
+    /// Keys (empty: none).
+    pub keys: Vec<String>,
+    /// Window start, epoch ms, inclusive.
+    pub from_ms: i64,
+    /// Window end, epoch ms, exclusive.
+    pub to_ms: i64,
+    /// Most points per page.
+    pub limit: u32,
+    /// Order by time (then key).
+    pub order: Order,
+    /// Continue after the page that returned this token.
+    pub page_token: Option<String>,
+}
+
+/// One page of points.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PointPage {
+    /// The points.
+    pub points: Vec<Point>,
+    /// Pass back to get the next page; `None` on the last page.
+    pub next: Option<String>,
+}
+
+/// Command lifecycle states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandStatus {
+    /// Accepted, not yet sent (device offline, or waiting its turn).
+    Queued,
+    /// Published to the device's connection.
+    Sent,
+    /// The device acknowledged it (PUBACK).
+    Delivered,
+    /// The device answered (two-way RPC).
+    Replied,
+    /// Could not be delivered (lightweight RPC to an offline device, …).
+    Failed,
+    /// No reply within the timeout.
+    TimedOut,
+    /// Expired before it could be sent.
+    Expired,
+}
+
+impl CommandStatus {
+    /// Every status.
+    pub const ALL: [CommandStatus; 7] = [
+        CommandStatus::Queued,
+        CommandStatus::Sent,
+        CommandStatus::Delivered,
+        CommandStatus::Replied,
+        CommandStatus::Failed,
+        CommandStatus::TimedOut,
+        CommandStatus::Expired,
+    ];
+
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandStatus::Queued => "queued",
+            CommandStatus::Sent => "sent",
+            CommandStatus::Delivered => "delivered",
+            CommandStatus::Replied => "replied",
+            CommandStatus::Failed => "failed",
+            CommandStatus::TimedOut => "timed_out",
+            CommandStatus::Expired => "expired",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        CommandStatus::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// No further change is possible.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            CommandStatus::Replied
+                | CommandStatus::Failed
+                | CommandStatus::TimedOut
+                | CommandStatus::Expired
+        )
+    }
+
+    /// Whether a command may move from `self` to `to`. A sent command may go back to
+    /// queued (its connection dropped before the device acknowledged; persistent commands
+    /// are sent again on reconnect).
+    pub fn can_become(self, to: CommandStatus) -> bool {
+        use CommandStatus as S;
+        matches!(
+            (self, to),
+            (S::Queued, S::Sent | S::Failed | S::TimedOut | S::Expired)
+                | (
+                    S::Sent,
+                    S::Queued | S::Delivered | S::Replied | S::Failed | S::TimedOut | S::Expired
+                )
+                | (S::Delivered, S::Replied | S::Failed | S::TimedOut)
+        )
+    }
+}
+
+/// A command or RPC with its lifecycle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandRecord {
+    /// Command id.
+    pub id: MessageId,
+    /// Tenant.
+    pub tenant: TenantId,
+    /// Target device.
+    pub device: DeviceId,
+    /// What to send.
+    pub command: fluxgate_model::Command,
+    /// Current status.
+    pub status: CommandStatus,
+    /// Created, epoch ms.
+    pub created_ms: i64,
+    /// Last status change, epoch ms.
+    pub updated_ms: i64,
+    /// The device's reply (two-way RPC).
+    pub reply: Option<serde_json::Value>,
+}
+
+/// One status change in a command's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusChange {
+    /// The new status.
+    pub status: CommandStatus,
+    /// When, epoch ms.
+    pub at_ms: i64,
+    /// Why (error text, front that sent it, …).
+    pub detail: Option<String>,
+}
+
+/// A connect or disconnect, as the connection log keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionEvent {
+    /// Tenant.
+    pub tenant: TenantId,
+    /// Device.
+    pub device: DeviceId,
+    /// When, epoch ms.
+    pub at_ms: i64,
+    /// `true` for connect, `false` for disconnect.
+    pub connected: bool,
+    /// Front instance.
+    pub front: Option<String>,
+    /// Client address.
+    pub remote_addr: Option<String>,
+    /// Disconnect reason.
+    pub reason: Option<String>,
+    /// The gateway it is behind, for devices announced by a gateway.
+    pub via: Option<DeviceId>,
+}
+
+/// A refused message, as the rejected log keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedEntry {
+    /// Tenant.
+    pub tenant: TenantId,
+    /// Device (or the name its gateway used).
+    pub device: String,
+    /// When, epoch ms.
+    pub at_ms: i64,
+    /// Stable reason code.
+    pub code: fluxgate_model::ReasonCode,
+    /// Human message.
+    pub message: String,
+    /// The start of the payload, for diagnosis.
+    pub excerpt: String,
+}
+
+/// A name a ThingsBoard gateway used, resolved to a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedDevice {
+    /// The device.
+    pub device: Device,
+    /// Whether this call created it.
+    pub created: bool,
+}
+
+/// The name → id lookup key of a ThingsBoard device.
+pub type NameKey = (TenantId, DeviceName);

@@ -1,0 +1,659 @@
+//! The store contract, written once for every adapter (`sqlite.rs`; the ScyllaDB adapter
+//! and its CQL test double come next).
+
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fluxgate_model::{
+    Command, DeviceId, DeviceName, MessageId, ReasonCode, Sample, TenantId, Value, Values,
+};
+use fluxgate_store::*;
+use fluxgate_testkit::unique_name;
+
+pub struct Harness {
+    pub store: Arc<dyn Store>,
+    /// Every text value stored anywhere, for the "no secret in any table" check.
+    pub dump: Box<dyn Fn() -> String + Send + Sync>,
+}
+
+const NOW: i64 = 1_700_000_000_000;
+
+fn tenant() -> TenantId {
+    TenantId::new(unique_name("app")).unwrap()
+}
+fn dev(s: &str) -> DeviceId {
+    DeviceId::new(s).unwrap()
+}
+fn vals(pairs: &[(&str, Value)]) -> Values {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
+}
+fn batch(t: &TenantId, d: &str, samples: Vec<(i64, Values)>) -> SampleBatch {
+    SampleBatch {
+        tenant: t.clone(),
+        device: dev(d),
+        samples: samples
+            .into_iter()
+            .map(|(ts_ms, values)| Sample { ts_ms, values })
+            .collect(),
+    }
+}
+fn q(t: &TenantId, d: &str, keys: &[&str], limit: u32, order: Order) -> RangeQuery {
+    RangeQuery {
+        tenant: t.clone(),
+        device: dev(d),
+        keys: keys.iter().map(|k| k.to_string()).collect(),
+        from_ms: 0,
+        to_ms: i64::MAX,
+        limit,
+        order,
+        page_token: None,
+    }
+}
+
+async fn all_pages(s: &dyn Store, mut query: RangeQuery) -> Vec<Point> {
+    let mut out = Vec::new();
+    loop {
+        let page = s.query(query.clone()).await.unwrap();
+        assert!(page.points.len() <= query.limit as usize);
+        out.extend(page.points);
+        match page.next {
+            Some(t) => query.page_token = Some(t),
+            None => return out,
+        }
+    }
+}
+
+/// Writing the same point twice overwrites it; nothing is duplicated.
+pub async fn idempotent_overwrite(h: &Harness) {
+    let s = &*h.store;
+    let t = tenant();
+    let b = batch(
+        &t,
+        "d1",
+        vec![(
+            1000,
+            vals(&[("temp", Value::Float(20.5)), ("on", Value::Bool(true))]),
+        )],
+    );
+    assert_eq!(s.write_samples(vec![b.clone()]).await.unwrap(), 2);
+    assert_eq!(
+        s.write_samples(vec![b]).await.unwrap(),
+        2,
+        "a redelivered batch"
+    );
+    s.write_samples(vec![batch(
+        &t,
+        "d1",
+        vec![(1000, vals(&[("temp", Value::Float(21.0))]))],
+    )])
+    .await
+    .unwrap();
+    let points = all_pages(s, q(&t, "d1", &["temp", "on"], 100, Order::Asc)).await;
+    assert_eq!(points.len(), 2, "{points:?}");
+    let temp = points.iter().find(|p| p.key == "temp").unwrap();
+    assert_eq!((temp.ts_ms, &temp.value), (1000, &Value::Float(21.0)));
+}
+
+/// Every value type comes back as it went in.
+pub async fn value_types_round_trip(h: &Harness) {
+    let s = &*h.store;
+    let t = tenant();
+    let values = vals(&[
+        ("i", Value::Integer(-7)),
+        ("f", Value::Float(2.0)),
+        ("s", Value::String("72".into())),
+        ("b", Value::Bool(false)),
+        ("j", Value::Json(serde_json::json!({"a": [1, "x", null]}))),
+    ]);
+    s.write_samples(vec![batch(&t, "d", vec![(5, values.clone())])])
+        .await
+        .unwrap();
+    let latest = s.latest(t.clone(), dev("d"), None).await.unwrap();
+    let back: Values = latest.into_iter().map(|p| (p.key, p.value)).collect();
+    assert_eq!(back, values);
+}
+
+/// The latest value never moves back in time, whatever order writes come in.
+pub async fn latest_never_goes_back(h: &Harness) {
+    let s = &*h.store;
+    let t = tenant();
+    s.write_samples(vec![batch(
+        &t,
+        "d",
+        vec![(200, vals(&[("k", Value::Integer(2))]))],
+    )])
+    .await
+    .unwrap();
+    s.write_samples(vec![batch(
+        &t,
+        "d",
+        vec![(100, vals(&[("k", Value::Integer(1))]))],
+    )])
+    .await
+    .unwrap();
+    let l = s
+        .latest(t.clone(), dev("d"), Some(vec!["k".into()]))
+        .await
+        .unwrap();
+    assert_eq!((l[0].ts_ms, &l[0].value), (200, &Value::Integer(2)));
+    s.write_samples(vec![batch(
+        &t,
+        "d",
+        vec![(300, vals(&[("k", Value::Integer(3))]))],
+    )])
+    .await
+    .unwrap();
+    let l = s.latest(t.clone(), dev("d"), None).await.unwrap();
+    assert_eq!((l[0].ts_ms, &l[0].value), (300, &Value::Integer(3)));
+    // Both points are still in the series.
+    assert_eq!(
+        all_pages(s, q(&t, "d", &["k"], 10, Order::Asc)).await.len(),
+        3
+    );
+}
+
+/// Pages cover the window exactly once, in order, both directions.
+pub async fn range_query_pages(h: &Harness) {
+    let s = &*h.store;
+    let t = tenant();
+    let samples: Vec<(i64, Values)> = (0..25)
+        .map(|i| {
+            (
+                1000 + i * 10,
+                vals(&[("a", Value::Integer(i)), ("b", Value::Integer(-i))]),
+            )
+        })
+        .collect();
+    s.write_samples(vec![
+        batch(&t, "d", samples),
+        batch(&t, "other", vec![(1000, vals(&[("a", Value::Integer(9))]))]),
+    ])
+    .await
+    .unwrap();
+    let asc = all_pages(s, q(&t, "d", &["a", "b"], 7, Order::Asc)).await;
+    assert_eq!(asc.len(), 50);
+    assert!(
+        asc.windows(2)
+            .all(|w| (w[0].ts_ms, &w[0].key) < (w[1].ts_ms, &w[1].key))
+    );
+    let desc = all_pages(s, q(&t, "d", &["a", "b"], 4, Order::Desc)).await;
+    let mut rev = asc.clone();
+    rev.reverse();
+    assert_eq!(desc, rev);
+    // Window [1050, 1100) of key a only.
+    let mut w = q(&t, "d", &["a"], 100, Order::Asc);
+    w.from_ms = 1050;
+    w.to_ms = 1100;
+    let got: Vec<i64> = all_pages(s, w).await.iter().map(|p| p.ts_ms).collect();
+    assert_eq!(got, vec![1050, 1060, 1070, 1080, 1090]);
+    let mut bad = q(&t, "d", &["a"], 5, Order::Asc);
+    bad.page_token = Some("not-a-token".into());
+    assert_eq!(s.query(bad).await.unwrap_err(), StoreError::BadPageToken);
+}
+
+/// An application's TTL removes its time series and logs; others are kept.
+pub async fn ttl_expiry(h: &Harness) {
+    let s = &*h.store;
+    let short = tenant();
+    let forever = tenant();
+    s.put_application(Application {
+        id: short.clone(),
+        name: "short".into(),
+        ttl_secs: Some(1),
+        created_ms: NOW,
+    })
+    .await
+    .unwrap();
+    s.put_application(Application {
+        id: forever.clone(),
+        name: "forever".into(),
+        ttl_secs: None,
+        created_ms: NOW,
+    })
+    .await
+    .unwrap();
+    for t in [&short, &forever] {
+        s.write_samples(vec![batch(
+            t,
+            "d",
+            vec![(NOW, vals(&[("k", Value::Integer(1))]))],
+        )])
+        .await
+        .unwrap();
+        s.log_connection(ConnectionEvent {
+            tenant: t.clone(),
+            device: dev("d"),
+            at_ms: NOW,
+            connected: true,
+            front: None,
+            remote_addr: None,
+            reason: None,
+            via: None,
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        s.latest(short.clone(), dev("d"), None).await.unwrap().len(),
+        1
+    );
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert!(
+        s.latest(short.clone(), dev("d"), None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        all_pages(s, q(&short, "d", &["k"], 10, Order::Asc))
+            .await
+            .is_empty()
+    );
+    assert!(
+        s.connection_log(short.clone(), dev("d"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.latest(forever.clone(), dev("d"), None)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        s.connection_log(forever.clone(), dev("d"), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+/// Two validators seeing a new ThingsBoard device at once create exactly one.
+pub async fn auto_create_race(h: &Harness) {
+    let t = tenant();
+    let name = DeviceName::new("Device A").unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (s, t, name) = (h.store.clone(), t.clone(), name.clone());
+        tasks.push(tokio::spawn(async move {
+            s.device_by_name(t, name, "Sensor".into(), NOW)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+    assert_eq!(results.iter().filter(|r| r.created).count(), 1);
+    let first = &results[0].device;
+    assert!(results.iter().all(|r| r.device.id == first.id));
+    assert_eq!(first.profile.as_deref(), Some("Sensor"));
+    assert_eq!(first.name, "Device A");
+    let listed = h.store.devices(t.clone(), None, 100).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    // A rename keeps the id; the new name maps to it.
+    let mut renamed = first.clone();
+    renamed.name = "Device A2".into();
+    h.store.put_device(renamed).await.unwrap();
+    let again = h
+        .store
+        .device_by_name(
+            t.clone(),
+            DeviceName::new("Device A2").unwrap(),
+            "x".into(),
+            NOW,
+        )
+        .await
+        .unwrap();
+    assert!(!again.created);
+    assert_eq!(again.device.id, first.id);
+}
+
+/// Credentials are stored and found by hash; the secret itself is nowhere.
+pub async fn secrets_are_only_hashed(h: &Harness) {
+    let s = &*h.store;
+    let t = tenant();
+    let secret = format!("secret-{}", unique_name("s"));
+    let token = format!("token-{}", unique_name("t"));
+    s.put_access_key(AccessKey {
+        key: unique_name("key"),
+        tenant: t.clone(),
+        secret_hash: hash_secret(&secret),
+        scope: KeyScope::Tags(vec!["floor-1".into()]),
+        custom_topics: true,
+        active: true,
+        created_ms: NOW,
+    })
+    .await
+    .unwrap();
+    s.put_device_token(DeviceToken {
+        token_hash: hash_secret(&token),
+        tenant: t.clone(),
+        device: dev("tb1"),
+    })
+    .await
+    .unwrap();
+    let found = s.device_token(hash_secret(&token)).await.unwrap().unwrap();
+    assert_eq!(found.device, dev("tb1"));
+    assert!(
+        s.device_token(hash_secret("wrong"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let everything = (h.dump)();
+    assert!(
+        everything.contains(&hash_secret(&secret)),
+        "the dump sees the tables"
+    );
+    assert!(!everything.contains(&secret) && !everything.contains(&token));
+}
+
+/// Registry records round-trip; deleting a device removes what hangs off it.
+pub async fn registry_round_trips(h: &Harness) {
+    let s = &*h.store;
+    let t = tenant();
+    s.put_application(Application {
+        id: t.clone(),
+        name: "App".into(),
+        ttl_secs: Some(3600),
+        created_ms: NOW,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        s.application(t.clone()).await.unwrap().unwrap().ttl_secs,
+        Some(3600)
+    );
+    let gw = Device {
+        tenant: t.clone(),
+        id: dev("gw"),
+        name: "Gateway".into(),
+        kind: DeviceKind::Gateway,
+        peripheral_policy: None,
+        tags: vec!["floor-1".into()],
+        profile: None,
+        created_ms: NOW,
+        updated_ms: NOW,
+    };
+    let p = Device {
+        id: dev("p1"),
+        name: "Peripheral".into(),
+        kind: DeviceKind::Peripheral,
+        peripheral_policy: Some(PeripheralPolicy::SpecificGateway(dev("gw"))),
+        tags: vec![],
+        ..gw.clone()
+    };
+    s.put_device(gw.clone()).await.unwrap();
+    s.put_device(p.clone()).await.unwrap();
+    assert_eq!(
+        s.device(t.clone(), dev("p1")).await.unwrap(),
+        Some(p.clone())
+    );
+    assert!(p.peripheral_policy.as_ref().unwrap().allows(&dev("gw")));
+    assert!(!p.peripheral_policy.as_ref().unwrap().allows(&dev("other")));
+    let page1 = s.devices(t.clone(), None, 1).await.unwrap();
+    let page2 = s
+        .devices(t.clone(), Some(page1[0].id.clone()), 1)
+        .await
+        .unwrap();
+    assert_eq!((page1[0].id.as_str(), page2[0].id.as_str()), ("gw", "p1"));
+
+    let key = unique_name("key");
+    s.put_access_key(AccessKey {
+        key: key.clone(),
+        tenant: t.clone(),
+        secret_hash: hash_secret("x"),
+        scope: KeyScope::Devices(vec![dev("gw")]),
+        custom_topics: false,
+        active: false,
+        created_ms: NOW,
+    })
+    .await
+    .unwrap();
+    let k = s.access_key(key).await.unwrap().unwrap();
+    assert!(!k.active);
+    assert_eq!(k.scope, KeyScope::Devices(vec![dev("gw")]));
+
+    let defs = vec![
+        AttributeDef {
+            name: "temp".into(),
+            kind: AttributeType::Number,
+        },
+        AttributeDef {
+            name: "loc".into(),
+            kind: AttributeType::Gps,
+        },
+    ];
+    s.put_attribute_defs(t.clone(), dev("p1"), defs)
+        .await
+        .unwrap();
+    let got = s.attribute_defs(t.clone(), dev("p1")).await.unwrap();
+    assert_eq!(
+        got.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(),
+        ["loc", "temp"]
+    );
+
+    s.put_attributes(
+        t.clone(),
+        dev("p1"),
+        AttributeScope::Client,
+        vals(&[("fw", "1.0".into()), ("n", Value::Integer(1))]),
+        10,
+    )
+    .await
+    .unwrap();
+    s.put_attributes(
+        t.clone(),
+        dev("p1"),
+        AttributeScope::Client,
+        vals(&[("fw", "0.9".into())]),
+        5,
+    )
+    .await
+    .unwrap();
+    s.put_attributes(
+        t.clone(),
+        dev("p1"),
+        AttributeScope::Shared,
+        vals(&[("target", Value::Float(21.5))]),
+        10,
+    )
+    .await
+    .unwrap();
+    let client = s
+        .attributes(t.clone(), dev("p1"), AttributeScope::Client, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        client["fw"],
+        Value::String("1.0".into()),
+        "an older write does not win"
+    );
+    let only = s
+        .attributes(
+            t.clone(),
+            dev("p1"),
+            AttributeScope::Shared,
+            Some(vec!["target".into(), "none".into()]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(only.len(), 1);
+
+    assert!(s.delete_device(t.clone(), dev("p1")).await.unwrap());
+    assert!(!s.delete_device(t.clone(), dev("p1")).await.unwrap());
+    assert!(s.device(t.clone(), dev("p1")).await.unwrap().is_none());
+    assert!(
+        s.attributes(t.clone(), dev("p1"), AttributeScope::Client, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        s.attribute_defs(t.clone(), dev("p1"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Commands move only along their lifecycle, and every move is in the history.
+pub async fn command_transitions(h: &Harness) {
+    let s = &*h.store;
+    let t = tenant();
+    let id = MessageId::from_parts(NOW as u64, 99);
+    let record = CommandRecord {
+        id,
+        tenant: t.clone(),
+        device: dev("d"),
+        command: Command {
+            name: "setGpio".into(),
+            payload: serde_json::json!({"pin": 4}),
+            time_ms: None,
+            two_way: true,
+            persistent: true,
+            expires_ms: Some(NOW + 60_000),
+        },
+        status: CommandStatus::Queued,
+        created_ms: NOW,
+        updated_ms: NOW,
+        reply: None,
+    };
+    s.put_command(record.clone()).await.unwrap();
+    assert_eq!(s.command(id).await.unwrap(), Some(record));
+    s.set_command_status(
+        id,
+        CommandStatus::Sent,
+        NOW + 1,
+        Some("front-0".into()),
+        None,
+    )
+    .await
+    .unwrap();
+    s.set_command_status(id, CommandStatus::Delivered, NOW + 2, None, None)
+        .await
+        .unwrap();
+    let done = s
+        .set_command_status(
+            id,
+            CommandStatus::Replied,
+            NOW + 3,
+            None,
+            Some(serde_json::json!({"ok": true})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.status, CommandStatus::Replied);
+    assert_eq!(done.reply, Some(serde_json::json!({"ok": true})));
+    let err = s
+        .set_command_status(id, CommandStatus::Failed, NOW + 4, None, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::InvalidTransition {
+                from: "replied",
+                to: "failed",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let history = s.command_history(id).await.unwrap();
+    assert_eq!(
+        history.iter().map(|c| c.status).collect::<Vec<_>>(),
+        [
+            CommandStatus::Queued,
+            CommandStatus::Sent,
+            CommandStatus::Delivered,
+            CommandStatus::Replied
+        ]
+    );
+    assert_eq!(history[1].detail.as_deref(), Some("front-0"));
+    assert!(matches!(
+        s.set_command_status(
+            MessageId::from_parts(1, 1),
+            CommandStatus::Sent,
+            NOW,
+            None,
+            None
+        )
+        .await,
+        Err(StoreError::NotFound(_))
+    ));
+    let other = MessageId::from_parts(NOW as u64 + 5, 1);
+    s.put_command(CommandRecord {
+        id: other,
+        created_ms: NOW + 5,
+        ..s.command(id).await.unwrap().unwrap()
+    })
+    .await
+    .unwrap();
+    let _ = s
+        .set_command_status(other, CommandStatus::Queued, NOW + 6, None, None)
+        .await;
+    let replied = s
+        .commands(t.clone(), dev("d"), Some(CommandStatus::Replied), 10)
+        .await
+        .unwrap();
+    assert_eq!(replied.len(), 2, "the copy was stored with status replied");
+    let all = s.commands(t.clone(), dev("d"), None, 10).await.unwrap();
+    assert_eq!(all[0].id, other, "newest first");
+}
+
+/// Connection and rejected logs keep events newest first.
+pub async fn logs(h: &Harness) {
+    let s = &*h.store;
+    let t = tenant();
+    for (i, connected) in [true, false, true].into_iter().enumerate() {
+        s.log_connection(ConnectionEvent {
+            tenant: t.clone(),
+            device: dev("d"),
+            at_ms: NOW + i as i64,
+            connected,
+            front: Some("front-0".into()),
+            remote_addr: Some("127.0.0.1:5000".into()),
+            reason: (!connected).then(|| "keepalive".to_string()),
+            via: None,
+        })
+        .await
+        .unwrap();
+    }
+    let log = s.connection_log(t.clone(), dev("d"), 2).await.unwrap();
+    assert_eq!(log.len(), 2);
+    assert!(log[0].connected && !log[1].connected);
+    assert_eq!(log[1].reason.as_deref(), Some("keepalive"));
+    for (i, code) in [ReasonCode::MalformedJson, ReasonCode::UndefinedAttribute]
+        .into_iter()
+        .enumerate()
+    {
+        s.log_rejected(RejectedEntry {
+            tenant: t.clone(),
+            device: format!("d{i}"),
+            at_ms: NOW,
+            code,
+            message: "why".into(),
+            excerpt: "{oops".into(),
+        })
+        .await
+        .unwrap();
+    }
+    let all = s.rejected_log(t.clone(), None, 10).await.unwrap();
+    assert_eq!(all.len(), 2);
+    let one = s
+        .rejected_log(t.clone(), Some("d1".into()), 10)
+        .await
+        .unwrap();
+    assert_eq!(one[0].code, ReasonCode::UndefinedAttribute);
+}
