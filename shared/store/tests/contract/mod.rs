@@ -150,10 +150,18 @@ pub async fn latest_never_goes_back(h: &Harness) {
     .unwrap();
     let l = s.latest(t.clone(), dev("d"), None).await.unwrap();
     assert_eq!((l[0].ts_ms, &l[0].value), (300, &Value::Integer(3)));
-    // Both points are still in the series.
+    // Out of order inside one batch too.
+    let two = vec![
+        (500, vals(&[("k", Value::Integer(5))])),
+        (400, vals(&[("k", Value::Integer(4))])),
+    ];
+    s.write_samples(vec![batch(&t, "d", two)]).await.unwrap();
+    let l = s.latest(t.clone(), dev("d"), None).await.unwrap();
+    assert_eq!((l[0].ts_ms, &l[0].value), (500, &Value::Integer(5)));
+    // Every point is still in the series.
     assert_eq!(
         all_pages(s, q(&t, "d", &["k"], 10, Order::Asc)).await.len(),
-        3
+        5
     );
 }
 
