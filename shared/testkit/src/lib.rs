@@ -5,8 +5,11 @@
 //!   absent service is skipped with a message on a developer machine, and **fails** in CI
 //!   (`CI` set), so CI can never pass by skipping.
 //! - Unique names, so tests sharing one broker never see each other's topics or groups.
+//! - [`cql`]: the CQL test double the ScyllaDB adapter is tested against.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+pub mod cql;
 
 /// The Kafka brokers to test against, from `KAFKA_BROKERS`.
 ///
