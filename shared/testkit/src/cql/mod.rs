@@ -20,22 +20,32 @@
 //! shards, consistency levels, lightweight-transaction semantics beyond what the adapter
 //! uses.
 
+mod engine;
 pub mod frame;
+mod parse;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use frame::{Frame, Reader, Writer, opcode};
+use engine::{Engine, Options, Outcome};
+use frame::{Frame, Malformed, Reader, Writer, opcode};
+use parse::{CqlType, Stmt};
 
 /// CQL error codes used by the double.
 #[allow(missing_docs)]
 pub mod error_code {
     pub const PROTOCOL: i32 = 0x000A;
+    pub const UNAVAILABLE: i32 = 0x1000;
+    pub const OVERLOADED: i32 = 0x1001;
+    pub const WRITE_TIMEOUT: i32 = 0x1100;
+    pub const READ_TIMEOUT: i32 = 0x1200;
     pub const SYNTAX: i32 = 0x2000;
     pub const INVALID: i32 = 0x2200;
     pub const UNPREPARED: i32 = 0x2500;
@@ -43,6 +53,10 @@ pub mod error_code {
 
 /// CQL type option ids.
 mod ty {
+    pub(super) const BIGINT: u16 = 0x0002;
+    pub(super) const BLOB: u16 = 0x0003;
+    pub(super) const DOUBLE: u16 = 0x0007;
+    pub(super) const TIMESTAMP: u16 = 0x000B;
     pub(super) const BOOLEAN: u16 = 0x0004;
     pub(super) const INT: u16 = 0x0009;
     pub(super) const UUID: u16 = 0x000C;
@@ -63,6 +77,18 @@ enum ColType {
 }
 
 impl ColType {
+    fn of(t: CqlType) -> Self {
+        ColType::Simple(match t {
+            CqlType::Text => ty::VARCHAR,
+            CqlType::BigInt => ty::BIGINT,
+            CqlType::Int => ty::INT,
+            CqlType::Boolean => ty::BOOLEAN,
+            CqlType::Double => ty::DOUBLE,
+            CqlType::Blob => ty::BLOB,
+            CqlType::Timestamp => ty::TIMESTAMP,
+        })
+    }
+
     fn write(self, w: &mut Writer) {
         match self {
             ColType::Simple(t) => {
@@ -90,11 +116,64 @@ struct Canned {
     rows: Vec<Vec<Option<Vec<u8>>>>,
 }
 
+/// A statement of the CQL subset, with what its PREPARED response describes.
+#[derive(Debug, Clone)]
+struct Cql {
+    stmt: Stmt,
+    keyspace: String,
+    table: String,
+    binds: Vec<(String, CqlType)>,
+    result: Option<Vec<(String, CqlType)>>,
+}
+
 /// What a statement does in the double.
 #[derive(Debug, Clone)]
 enum Statement {
     Rows(Canned),
+    Cql(Box<Cql>),
     Error(i32, String),
+}
+
+/// A fault the double can inject into the next CQL statements (not the driver's system
+/// queries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// `Write_timeout` (0x1100), write type SIMPLE.
+    WriteTimeout,
+    /// `Read_timeout` (0x1200).
+    ReadTimeout,
+    /// `Unavailable` (0x1000).
+    Unavailable,
+    /// `Overloaded` (0x1001).
+    Overloaded,
+}
+
+impl Fault {
+    fn body(self) -> Vec<u8> {
+        let mut w = Writer::new();
+        match self {
+            Fault::WriteTimeout => {
+                w.int(error_code::WRITE_TIMEOUT)
+                    .string("injected write timeout");
+                w.short(0x0006).int(0).int(1).string("SIMPLE");
+            }
+            Fault::ReadTimeout => {
+                w.int(error_code::READ_TIMEOUT)
+                    .string("injected read timeout");
+                w.short(0x0006).int(0).int(1);
+                w.buf.push(0);
+            }
+            Fault::Unavailable => {
+                w.int(error_code::UNAVAILABLE)
+                    .string("injected unavailable");
+                w.short(0x0006).int(1).int(0);
+            }
+            Fault::Overloaded => {
+                w.int(error_code::OVERLOADED).string("injected overload");
+            }
+        }
+        w.buf
+    }
 }
 
 fn text(s: &str) -> Option<Vec<u8>> {
@@ -122,6 +201,20 @@ struct Node {
     host_id: [u8; 16],
     schema_version: [u8; 16],
     prepared: Mutex<HashMap<Vec<u8>, (String, Statement)>>,
+    engine: Mutex<Engine>,
+    faults: Mutex<VecDeque<Fault>>,
+    latency_ms: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or_default()
 }
 
 impl Node {
@@ -256,18 +349,107 @@ impl Node {
         }
     }
 
-    /// What a statement does: a system query, or a syntax error naming it.
+    /// What a statement does: a system query, a statement of the CQL subset, or a syntax
+    /// error naming it.
     fn statement(&self, query: &str) -> Statement {
-        self.system_statement(query).unwrap_or_else(|| {
-            Statement::Error(
-                error_code::SYNTAX,
-                format!(
-                    "the CQL test double does not understand: {}",
-                    normalize(query)
-                ),
-            )
-        })
+        if let Some(st) = self.system_statement(query) {
+            return st;
+        }
+        let (stmt, _) = match parse::parse(query) {
+            Ok(p) => p,
+            Err(e) => {
+                return Statement::Error(
+                    error_code::SYNTAX,
+                    format!(
+                        "the CQL test double does not understand: {} ({e})",
+                        normalize(query)
+                    ),
+                );
+            }
+        };
+        let engine = lock(&self.engine);
+        let described = engine::bind_types(&engine, &stmt)
+            .and_then(|b| Ok((b, engine::result_columns(&engine, &stmt)?)));
+        match described {
+            Ok((binds, result)) => {
+                let (keyspace, table) = Engine::target(&stmt);
+                Statement::Cql(Box::new(Cql {
+                    stmt,
+                    keyspace,
+                    table,
+                    binds,
+                    result,
+                }))
+            }
+            Err(e) => Statement::Error(error_code::INVALID, e),
+        }
     }
+
+    /// Runs a CQL statement, with injected faults first.
+    fn run(&self, c: &Cql, o: &Options) -> (u8, Vec<u8>) {
+        if let Some(f) = lock(&self.faults).pop_front() {
+            return (opcode::ERROR, f.body());
+        }
+        match lock(&self.engine).execute(&c.stmt, o, now_us()) {
+            Ok(Outcome::Void) => {
+                let mut w = Writer::new();
+                w.int(0x0001);
+                (opcode::RESULT, w.buf)
+            }
+            Ok(Outcome::Rows {
+                columns,
+                rows,
+                paging_state,
+            }) => {
+                let mut w = Writer::new();
+                w.int(0x0002);
+                let flags = 0x0001 | if paging_state.is_some() { 0x0002 } else { 0 };
+                w.int(flags).int(columns.len() as i32);
+                if let Some(ps) = &paging_state {
+                    w.bytes(Some(ps));
+                }
+                w.string(&c.keyspace).string(&c.table);
+                for (name, engine::ColumnType::Col(t)) in &columns {
+                    w.string(name);
+                    ColType::of(*t).write(&mut w);
+                }
+                w.int(rows.len() as i32);
+                for row in &rows {
+                    for cell in row {
+                        w.bytes(cell.as_deref());
+                    }
+                }
+                (opcode::RESULT, w.buf)
+            }
+            Err(e) => (opcode::ERROR, error_body(error_code::INVALID, &e)),
+        }
+    }
+}
+
+/// Reads `<consistency><flags>[values][page_size][paging_state][serial][timestamp]`.
+fn query_options(r: &mut Reader<'_>) -> Result<Options, Malformed> {
+    let _consistency = r.short()?;
+    let flags = r.byte()?;
+    let mut o = Options::default();
+    if flags & 0x01 != 0 {
+        let n = r.short()?;
+        for _ in 0..n {
+            o.values.push(r.bytes()?);
+        }
+    }
+    if flags & 0x04 != 0 {
+        o.page_size = Some(r.int()?);
+    }
+    if flags & 0x08 != 0 {
+        o.paging_state = r.bytes()?;
+    }
+    if flags & 0x10 != 0 {
+        let _serial = r.short()?;
+    }
+    if flags & 0x20 != 0 {
+        o.timestamp = Some(r.long()?);
+    }
+    Ok(o)
 }
 
 fn error_body(code: i32, message: &str) -> Vec<u8> {
@@ -298,8 +480,19 @@ fn prepared_body(id: &[u8], statement: &Statement) -> Vec<u8> {
     let mut w = Writer::new();
     w.int(0x0004); // Prepared
     w.short_bytes(id);
-    // Bind variables: none (the system statements take no values).
-    w.int(0).int(0).int(0);
+    match statement {
+        Statement::Cql(c) if !c.binds.is_empty() => {
+            w.int(0x0001).int(c.binds.len() as i32).int(0);
+            w.string(&c.keyspace).string(&c.table);
+            for (name, t) in &c.binds {
+                w.string(name);
+                ColType::of(*t).write(&mut w);
+            }
+        }
+        _ => {
+            w.int(0).int(0).int(0);
+        }
+    }
     match statement {
         Statement::Rows(c) => {
             w.int(0x0001).int(c.columns.len() as i32);
@@ -309,16 +502,26 @@ fn prepared_body(id: &[u8], statement: &Statement) -> Vec<u8> {
                 t.write(&mut w);
             }
         }
-        Statement::Error(..) => {
+        Statement::Cql(c) if c.result.is_some() => {
+            let cols = c.result.as_deref().unwrap_or_default();
+            w.int(0x0001).int(cols.len() as i32);
+            w.string(&c.keyspace).string(&c.table);
+            for (name, t) in cols {
+                w.string(name);
+                ColType::of(*t).write(&mut w);
+            }
+        }
+        _ => {
             w.int(0x0004).int(0); // no result metadata
         }
     }
     w.buf
 }
 
-fn response(st: &Statement) -> (u8, Vec<u8>) {
+fn response(node: &Node, st: &Statement, o: &Options) -> (u8, Vec<u8>) {
     match st {
         Statement::Rows(c) => (opcode::RESULT, rows_body(c)),
+        Statement::Cql(c) => node.run(c, o),
         Statement::Error(code, msg) => (opcode::ERROR, error_body(*code, msg)),
     }
 }
@@ -333,15 +536,18 @@ fn answer(node: &Node, f: &Frame) -> (u8, Vec<u8>) {
             (opcode::SUPPORTED, w.buf)
         }
         opcode::STARTUP | opcode::REGISTER => (opcode::READY, Vec::new()),
-        opcode::QUERY => match r.long_string() {
-            Ok(q) => response(&node.statement(&q)),
+        opcode::QUERY => match r
+            .long_string()
+            .and_then(|q| Ok((q, query_options(&mut r)?)))
+        {
+            Ok((q, o)) => response(node, &node.statement(&q), &o),
             Err(e) => (opcode::ERROR, error_body(error_code::PROTOCOL, e.0)),
         },
         opcode::PREPARE => match r.long_string() {
             Ok(q) => {
                 let st = node.statement(&q);
                 if let Statement::Error(..) = st {
-                    return response(&st);
+                    return response(node, &st, &Options::default());
                 }
                 let id = stable_id(&normalize(&q));
                 node.prepared
@@ -365,8 +571,14 @@ fn answer(node: &Node, f: &Frame) -> (u8, Vec<u8>) {
                 .unwrap_or_else(|e| e.into_inner())
                 .get(&id)
                 .map(|(_, st)| st.clone());
+            let Ok(o) = query_options(&mut r) else {
+                return (
+                    opcode::ERROR,
+                    error_body(error_code::PROTOCOL, "malformed EXECUTE options"),
+                );
+            };
             match found {
-                Some(st) => response(&st),
+                Some(st) => response(node, &st, &o),
                 None => {
                     let mut w = Writer::new();
                     w.int(error_code::UNPREPARED)
@@ -376,13 +588,8 @@ fn answer(node: &Node, f: &Frame) -> (u8, Vec<u8>) {
                 }
             }
         }
-        opcode::BATCH => (
-            opcode::ERROR,
-            error_body(
-                error_code::SYNTAX,
-                "the CQL test double does not execute BATCH yet",
-            ),
-        ),
+        opcode::BATCH => batch(node, &mut r)
+            .unwrap_or_else(|e| (opcode::ERROR, error_body(error_code::PROTOCOL, e.0))),
         other => (
             opcode::ERROR,
             error_body(
@@ -391,6 +598,72 @@ fn answer(node: &Node, f: &Frame) -> (u8, Vec<u8>) {
             ),
         ),
     }
+}
+
+/// Executes a BATCH: `<type><n>(<kind><query|id><n values><values>)*<consistency><flags>...`.
+/// Statements run in order; the first failure is returned (the double has no rollback: the
+/// adapter batches only within one partition, where Cassandra applies a batch atomically,
+/// and fault injection fails a batch before any statement runs).
+fn batch(node: &Node, r: &mut Reader<'_>) -> Result<(u8, Vec<u8>), Malformed> {
+    let _kind = r.byte()?;
+    let n = r.short()?;
+    let mut items = Vec::new();
+    for _ in 0..n {
+        let st = match r.byte()? {
+            0 => node.statement(&r.long_string()?),
+            _ => {
+                let id = r.short_bytes()?;
+                match lock(&node.prepared).get(&id).map(|(_, st)| st.clone()) {
+                    Some(st) => st,
+                    None => {
+                        let mut w = Writer::new();
+                        w.int(error_code::UNPREPARED)
+                            .string("unknown prepared statement")
+                            .short_bytes(&id);
+                        return Ok((opcode::ERROR, w.buf));
+                    }
+                }
+            }
+        };
+        let nv = r.short()?;
+        let mut values = Vec::new();
+        for _ in 0..nv {
+            values.push(r.bytes()?);
+        }
+        items.push((st, values));
+    }
+    let _consistency = r.short()?;
+    let flags = r.byte()?;
+    let mut timestamp = None;
+    if flags & 0x10 != 0 {
+        let _serial = r.short()?;
+    }
+    if flags & 0x20 != 0 {
+        timestamp = Some(r.long()?);
+    }
+    if let Some(f) = lock(&node.faults).pop_front() {
+        return Ok((opcode::ERROR, f.body()));
+    }
+    for (st, values) in items {
+        let o = Options {
+            values,
+            timestamp,
+            ..Options::default()
+        };
+        let Statement::Cql(c) = st else {
+            return Ok(response(node, &st, &o));
+        };
+        let (op, body) = match lock(&node.engine).execute(&c.stmt, &o, now_us()) {
+            Ok(_) => (opcode::RESULT, Vec::new()),
+            Err(e) => (opcode::ERROR, error_body(error_code::INVALID, &e)),
+        };
+        if op == opcode::ERROR {
+            return Ok((op, body));
+        }
+    }
+    let mut w = Writer::new();
+    w.int(0x0001);
+    Ok((opcode::RESULT, w.buf))
 }
 
 /// A 16-byte id derived from the statement text (the same text gets the same id on every
@@ -416,6 +689,10 @@ async fn serve_connection(node: Arc<Node>, stream: TcpStream, mut stop: watch::R
         let Ok(Some(f)) = f else {
             return;
         };
+        let delay = node.latency_ms.load(Ordering::Relaxed);
+        if delay > 0 && matches!(f.opcode, opcode::QUERY | opcode::EXECUTE | opcode::BATCH) {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
         let (op, body) = answer(&node, &f);
         if frame::write_frame(&mut wr, f.stream, op, &body)
             .await
@@ -430,6 +707,7 @@ async fn serve_connection(node: Arc<Node>, stream: TcpStream, mut stop: watch::R
 #[derive(Debug)]
 pub struct CqlDouble {
     addr: SocketAddr,
+    node: Arc<Node>,
     stop: watch::Sender<bool>,
 }
 
@@ -451,9 +729,14 @@ impl CqlDouble {
             host_id,
             schema_version,
             prepared: Mutex::new(HashMap::new()),
+            engine: Mutex::new(Engine::default()),
+            faults: Mutex::new(VecDeque::new()),
+            latency_ms: AtomicU64::new(0),
         });
         let (stop, rx) = watch::channel(false);
+        let served = node.clone();
         tokio::spawn(async move {
+            let node = served;
             let mut stop_rx = rx.clone();
             loop {
                 tokio::select! {
@@ -466,7 +749,25 @@ impl CqlDouble {
                 }
             }
         });
-        Ok(CqlDouble { addr, stop })
+        Ok(CqlDouble { addr, node, stop })
+    }
+
+    /// Fails the next `times` CQL requests (QUERY, EXECUTE or BATCH of the subset; not the
+    /// driver's system queries) with `fault`.
+    pub fn inject(&self, fault: Fault, times: usize) {
+        lock(&self.node.faults).extend(std::iter::repeat_n(fault, times));
+    }
+
+    /// Faults still waiting to be injected.
+    pub fn pending_faults(&self) -> usize {
+        lock(&self.node.faults).len()
+    }
+
+    /// Delays every QUERY, EXECUTE and BATCH answer by `latency`.
+    pub fn set_latency(&self, latency: Duration) {
+        self.node
+            .latency_ms
+            .store(latency.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// The address to give the driver as its known node.
