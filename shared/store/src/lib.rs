@@ -2,7 +2,8 @@
 //!
 //! - [`sqlite::SqliteStore`]: standalone mode and the embedded default (bundled SQLite,
 //!   WAL).
-//! - ScyllaDB adapter: next step of issue 4 (see the README status table).
+//! - [`scylla::ScyllaStore`]: deployments (ScyllaDB through the `scylla` driver); tested
+//!   against the CQL test double in `fluxgate-testkit`, or a real ScyllaDB at `SCYLLA_URI`.
 //!
 //! What the contract promises (the suite in `tests/contract` checks it on every adapter):
 //! - Time-series writes are idempotent: `(tenant, device, key, ts)` is the identity of a
@@ -21,6 +22,7 @@ use std::pin::Pin;
 
 use fluxgate_model::{DeviceId, DeviceName, MessageId, TenantId, Values};
 
+pub mod scylla;
 pub mod sqlite;
 mod types;
 

@@ -17,7 +17,7 @@ fn harness() -> (Harness, tempdir::Dir) {
     let dump_path = path.clone();
     let h = Harness {
         store: Arc::new(store),
-        dump: Box::new(move || dump_all_text(&dump_path)),
+        dump: Some(Box::new(move || dump_all_text(&dump_path))),
     };
     (h, dir)
 }

@@ -14,8 +14,9 @@ use fluxgate_testkit::unique_name;
 
 pub struct Harness {
     pub store: Arc<dyn Store>,
-    /// Every text value stored anywhere, for the "no secret in any table" check.
-    pub dump: Box<dyn Fn() -> String + Send + Sync>,
+    /// Every text value stored anywhere, for the "no secret in any table" check (`None`
+    /// against a real ScyllaDB, where the suite cannot list every cell).
+    pub dump: Option<Box<dyn Fn() -> String + Send + Sync>>,
 }
 
 const NOW: i64 = 1_700_000_000_000;
@@ -358,12 +359,14 @@ pub async fn secrets_are_only_hashed(h: &Harness) {
             .unwrap()
             .is_none()
     );
-    let everything = (h.dump)();
-    assert!(
-        everything.contains(&hash_secret(&secret)),
-        "the dump sees the tables"
-    );
-    assert!(!everything.contains(&secret) && !everything.contains(&token));
+    if let Some(dump) = &h.dump {
+        let everything = dump();
+        assert!(
+            everything.contains(&hash_secret(&secret)),
+            "the dump sees the tables"
+        );
+        assert!(!everything.contains(&secret) && !everything.contains(&token));
+    }
 }
 
 /// Registry records round-trip; deleting a device removes what hangs off it.

@@ -320,6 +320,25 @@ pub(crate) fn result_columns(
 }
 
 impl Engine {
+    /// Every text value stored, one per line (for "no secret in any table" checks).
+    pub(crate) fn dump_text(&self) -> String {
+        let mut out = String::new();
+        for t in self.tables.values() {
+            for (pk, part) in &t.data {
+                for (ck, row) in part {
+                    let cells = row.values().filter_map(|c| c.v.as_ref());
+                    for v in pk.iter().chain(ck).chain(cells) {
+                        if let V::Text(s) = v {
+                            out.push_str(s);
+                            out.push('\n');
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
     fn def(&self, ks: &str, table: &str) -> Result<&TableDef, String> {
         self.defs
             .get(&(ks.to_owned(), table.to_owned()))

@@ -763,6 +763,17 @@ impl CqlDouble {
         lock(&self.node.faults).len()
     }
 
+    /// Every text value stored in the double's tables, one per line.
+    pub fn dump_text(&self) -> String {
+        lock(&self.node.engine).dump_text()
+    }
+
+    /// [`CqlDouble::dump_text`] as a function that can outlive the borrow.
+    pub fn dump_handle(&self) -> impl Fn() -> String + Send + Sync + 'static {
+        let node = self.node.clone();
+        move || lock(&node.engine).dump_text()
+    }
+
     /// Delays every QUERY, EXECUTE and BATCH answer by `latency`.
     pub fn set_latency(&self, latency: Duration) {
         self.node

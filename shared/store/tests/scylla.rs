@@ -1,0 +1,158 @@
+//! The store contract on the ScyllaDB adapter, through the real `scylla` driver: against
+//! the CQL test double (always), or a real ScyllaDB when `SCYLLA_URI=host:9042` is set
+//! (`SCYLLA_URI=127.0.0.1:9042 cargo test -p fluxgate-store --test scylla`; each test
+//! uses its own keyspace). Plus fault tests that only the double can inject.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod contract;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use contract::Harness;
+use fluxgate_model::{DeviceId, Sample, TenantId, Value, Values};
+use fluxgate_store::scylla::{ScyllaConfig, ScyllaStore};
+use fluxgate_store::{SampleBatch, Store, StoreError};
+use fluxgate_testkit::cql::{CqlDouble, Fault};
+
+fn config(node: String) -> ScyllaConfig {
+    ScyllaConfig {
+        nodes: vec![node],
+        keyspace: fluxgate_testkit::unique_name("fg").replace('-', "_"),
+        replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".into(),
+        backoff_ms: 5,
+        request_timeout_ms: 2_000,
+        ..ScyllaConfig::default()
+    }
+}
+
+/// A store on a real ScyllaDB (`SCYLLA_URI`) or on a fresh CQL test double (kept alive
+/// by the returned handle).
+async fn harness() -> (Harness, Option<CqlDouble>) {
+    if let Ok(uri) = std::env::var("SCYLLA_URI") {
+        let store = ScyllaStore::connect(config(uri)).await.unwrap();
+        return (
+            Harness {
+                store: Arc::new(store),
+                dump: None,
+            },
+            None,
+        );
+    }
+    let double = CqlDouble::start().await.unwrap();
+    let store = ScyllaStore::connect(config(double.addr().to_string()))
+        .await
+        .unwrap();
+    let h = Harness {
+        store: Arc::new(store),
+        dump: Some(Box::new(double.dump_handle())),
+    };
+    (h, Some(double))
+}
+
+macro_rules! contract_test {
+    ($name:ident, $f:path) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let (h, _double) = harness().await;
+            $f(&h).await;
+        }
+    };
+}
+
+contract_test!(scylla_idempotent_overwrite, contract::idempotent_overwrite);
+contract_test!(
+    scylla_value_types_round_trip,
+    contract::value_types_round_trip
+);
+contract_test!(
+    scylla_latest_never_goes_back,
+    contract::latest_never_goes_back
+);
+contract_test!(scylla_range_query_pages, contract::range_query_pages);
+contract_test!(scylla_ttl_expiry, contract::ttl_expiry);
+contract_test!(scylla_auto_create_race, contract::auto_create_race);
+contract_test!(
+    scylla_secrets_are_only_hashed,
+    contract::secrets_are_only_hashed
+);
+contract_test!(scylla_registry_round_trips, contract::registry_round_trips);
+contract_test!(scylla_command_transitions, contract::command_transitions);
+contract_test!(scylla_logs, contract::logs);
+
+fn one_point(tenant: &TenantId, ts: i64) -> Vec<SampleBatch> {
+    let mut values = Values::new();
+    values.insert("k", Value::Integer(ts));
+    vec![SampleBatch {
+        tenant: tenant.clone(),
+        device: DeviceId::new("d").unwrap(),
+        samples: vec![Sample { ts_ms: ts, values }],
+    }]
+}
+
+/// Timeouts and overload are retried with backoff (and counted); the write lands once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scylla_retries_transient_faults() {
+    let double = CqlDouble::start().await.unwrap();
+    let store = ScyllaStore::connect(config(double.addr().to_string()))
+        .await
+        .unwrap();
+    let t = TenantId::new("t").unwrap();
+    double.inject(Fault::WriteTimeout, 1);
+    double.inject(Fault::Overloaded, 1);
+    double.inject(Fault::Unavailable, 1);
+    store.write_samples(one_point(&t, 5)).await.unwrap();
+    assert_eq!(store.retries(), 3);
+    assert_eq!(double.pending_faults(), 0);
+    let latest = store
+        .latest(t.clone(), DeviceId::new("d").unwrap(), None)
+        .await
+        .unwrap();
+    assert_eq!(latest.len(), 1);
+}
+
+/// Past its retry budget the adapter reports a typed, retriable error — and a write it
+/// reported failed is not there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scylla_gives_up_typed_after_its_budget_and_reports_nothing_unwritten() {
+    let double = CqlDouble::start().await.unwrap();
+    let cfg = ScyllaConfig {
+        retries: 2,
+        ..config(double.addr().to_string())
+    };
+    let store = ScyllaStore::connect(cfg).await.unwrap();
+    let t = TenantId::new("t").unwrap();
+    // The first statement of the write is the application TTL lookup, then the batch.
+    double.inject(Fault::WriteTimeout, 10);
+    let err = store.write_samples(one_point(&t, 7)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    assert!(err.is_retriable());
+    assert_eq!(store.retries(), 2);
+    // Clear the remaining faults, then check nothing was written.
+    while double.pending_faults() > 0 {
+        let _ = store
+            .latest(t.clone(), DeviceId::new("d").unwrap(), None)
+            .await;
+    }
+    let latest = store
+        .latest(t.clone(), DeviceId::new("d").unwrap(), None)
+        .await
+        .unwrap();
+    assert!(latest.is_empty(), "{latest:?}");
+}
+
+/// A slow store is slow, not failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scylla_slow_store_still_writes() {
+    let double = CqlDouble::start().await.unwrap();
+    let store = ScyllaStore::connect(config(double.addr().to_string()))
+        .await
+        .unwrap();
+    double.set_latency(Duration::from_millis(100));
+    let t = TenantId::new("t").unwrap();
+    let started = std::time::Instant::now();
+    store.write_samples(one_point(&t, 9)).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    assert_eq!(store.retries(), 0);
+}
