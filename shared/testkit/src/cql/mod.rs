@@ -2,23 +2,40 @@
 //! `scylla` driver connects to, so the ScyllaDB adapter is tested through the real driver
 //! on a machine without ScyllaDB.
 //!
-//! **What it models today (first step):** the connection handshake the driver performs
-//! (OPTIONS → SUPPORTED without any `SCYLLA_*` key, so the driver treats it as one plain
-//! Cassandra-protocol node; STARTUP → READY; REGISTER → READY), the metadata queries the
-//! driver prepares and executes while building a session (`system.local` as one node that
-//! owns token 0 at the listening address, an empty `system.peers`, empty
-//! `system_schema` tables, `Invalid` for the Scylla-only schema tables, which the driver
-//! tolerates), and the schema-agreement query. Multiplexed stream ids are answered on the
-//! stream they came on.
+//! **What it models:**
+//! - The connection handshake the driver performs. OPTIONS → SUPPORTED, without any
+//!   `SCYLLA_*` key, so the driver treats the double as one plain Cassandra-protocol node.
+//!   STARTUP → READY and REGISTER → READY.
+//! - The metadata queries the driver prepares and executes while building a session.
+//!   `system.local` answers as one node that owns token 0 at the listening address, and
+//!   `system.peers` is empty. The `system_schema` tables are empty. The Scylla-only
+//!   schema tables answer `Invalid`, which the driver tolerates. The schema-agreement
+//!   query is answered.
+//! - Multiplexed stream ids.
+//! - QUERY, PREPARE, EXECUTE and BATCH for the CQL subset in [`parse`], executed against
+//!   in-memory tables by [`engine`]:
+//!   - partition-key lookups, clustering-order ranges, ORDER BY, LIMIT;
+//!   - paging, with the page size and paging state of the request;
+//!   - last-write-wins cells by write timestamp (`USING TIMESTAMP`, or the client's
+//!     default timestamp) and TTL per write;
+//!   - `INSERT ... IF NOT EXISTS` answering `[applied]`.
+//! - Faults on demand ([`CqlDouble::inject`]): write timeout, read timeout, unavailable
+//!   and overloaded, with the bodies the driver parses into typed errors. Added latency
+//!   ([`CqlDouble::set_latency`]).
+//! - Refusals: a statement outside the subset gets a `Syntax_error` (0x2000) naming it,
+//!   and an unknown table gets `Invalid`. Neither is ever a silent success.
 //!
-//! **What it does not model (yet):** the project's own statements. Every statement it does
-//! not recognise gets a CQL `Syntax_error` (0x2000) naming the statement — never a silent
-//! success — so an adapter that sends something new fails loudly here. Executing the
-//! adapter's statements against in-memory tables, paging, BATCH, and fault injection
-//! (write timeout, unavailable, overloaded, latency) come with the ScyllaDB adapter. Not
-//! modelled at all: authentication, compression, tracing, events, multiple nodes or
-//! shards, consistency levels, lightweight-transaction semantics beyond what the adapter
-//! uses.
+//! **What it does not model:**
+//! - authentication, compression, tracing, events;
+//! - several nodes or shards, replication, consistency levels (every write is
+//!   immediately visible);
+//! - tombstones: a DELETE removes rows outright, so a later write with an older
+//!   timestamp reappears here where Cassandra would hide it;
+//! - secondary indexes, filtering, `IN`, collections in user tables, counters, UDTs,
+//!   conditional UPDATE/DELETE (`IF ...`);
+//! - a batch that fails halfway: there is no rollback, but an injected fault fails the
+//!   whole batch before any statement runs;
+//! - query planning costs: latency is only what is injected.
 
 mod engine;
 pub mod frame;
