@@ -12,8 +12,8 @@
 //!   schema tables answer `Invalid`, which the driver tolerates. The schema-agreement
 //!   query is answered.
 //! - Multiplexed stream ids.
-//! - QUERY, PREPARE, EXECUTE and BATCH for the CQL subset in [`parse`], executed against
-//!   in-memory tables by [`engine`]:
+//! - QUERY, PREPARE, EXECUTE and BATCH for the CQL subset in `parse.rs`, executed against
+//!   in-memory tables by `engine.rs`:
 //!   - partition-key lookups, clustering-order ranges, ORDER BY, LIMIT;
 //!   - paging, with the page size and paging state of the request;
 //!   - last-write-wins cells by write timestamp (`USING TIMESTAMP`, or the client's
