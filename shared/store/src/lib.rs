@@ -22,6 +22,7 @@ use std::pin::Pin;
 
 use fluxgate_model::{DeviceId, DeviceName, MessageId, TenantId, Values};
 
+mod rows;
 pub mod scylla;
 pub mod sqlite;
 mod types;

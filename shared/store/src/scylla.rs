@@ -23,9 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use fluxgate_model::{
-    Command, DeviceId, DeviceName, MessageId, ReasonCode, TenantId, Value, Values,
-};
+use fluxgate_model::{DeviceId, DeviceName, MessageId, TenantId, Value, Values};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
@@ -35,6 +33,7 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use tokio::sync::Semaphore;
 
+use crate::rows::{self as codec, CommandRow, DeviceRow, new_device_id, stored_id as id, to_json};
 use crate::types::*;
 use crate::{BoxFuture, Result, Store, StoreError};
 
@@ -353,22 +352,6 @@ fn read_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }
 
-fn id<T>(
-    s: String,
-    make: fn(String) -> std::result::Result<T, fluxgate_model::IdError>,
-) -> Result<T> {
-    let shown = s.clone();
-    make(s).map_err(|e| StoreError::Corrupt(format!("stored id {shown:?}: {e}")))
-}
-
-fn json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {
-    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-fn to_json<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string(v).unwrap_or_default()
-}
-
 /// A value as typed columns: (vtype, long, double, text, bool).
 type Typed = (i32, Option<i64>, Option<f64>, Option<String>, Option<bool>);
 
@@ -402,62 +385,6 @@ fn uid() -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-type DeviceRow = (
-    String,
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    i64,
-    i64,
-);
-
-fn make_device(r: DeviceRow) -> Result<Device> {
-    let (tenant, did, name, kind, policy, tags, profile, created_ms, updated_ms) = r;
-    Ok(Device {
-        tenant: id(tenant, TenantId::new)?,
-        id: id(did, DeviceId::new)?,
-        name,
-        kind: DeviceKind::parse(&kind)
-            .ok_or_else(|| StoreError::Corrupt(format!("device kind {kind}")))?,
-        peripheral_policy: policy.as_deref().map(json).transpose()?,
-        tags: json(tags.as_deref().unwrap_or("[]"))?,
-        profile,
-        created_ms,
-        updated_ms,
-    })
-}
-
-type CommandRow = (
-    String,
-    String,
-    String,
-    String,
-    String,
-    i64,
-    i64,
-    Option<String>,
-);
-
-fn make_command(r: CommandRow) -> Result<CommandRecord> {
-    let (cid, tenant, device, command, status, created_ms, updated_ms, reply) = r;
-    Ok(CommandRecord {
-        id: cid
-            .parse()
-            .map_err(|_| StoreError::Corrupt(format!("command id {cid}")))?,
-        tenant: id(tenant, TenantId::new)?,
-        device: id(device, DeviceId::new)?,
-        command: json::<Command>(&command)?,
-        status: CommandStatus::parse(&status)
-            .ok_or_else(|| StoreError::Corrupt(format!("status {status}")))?,
-        created_ms,
-        updated_ms,
-        reply: reply.as_deref().map(json).transpose()?,
-    })
 }
 
 fn rows<T>(r: QueryResult) -> Result<Vec<T>>
@@ -618,12 +545,12 @@ impl ScyllaStore {
 
     async fn load_device(&self, tenant: &str, device: &str) -> Result<Option<Device>> {
         let r: Vec<DeviceRow> = rows(self.exec("get_device", (tenant, device)).await?)?;
-        r.into_iter().next().map(make_device).transpose()
+        r.into_iter().next().map(codec::device).transpose()
     }
 
     async fn load_command(&self, cid: &str) -> Result<Option<CommandRecord>> {
         let r: Vec<CommandRow> = rows(self.exec("get_cmd", (cid,)).await?)?;
-        r.into_iter().next().map(make_command).transpose()
+        r.into_iter().next().map(codec::command).transpose()
     }
 
     async fn insert_device(&self, d: &Device) -> Result<()> {
@@ -644,20 +571,6 @@ impl ScyllaStore {
         .await?;
         Ok(())
     }
-}
-
-/// A fresh device id for an auto-created device (independent of its name).
-fn new_device_id(now_ms: i64, name: &str) -> Result<DeviceId> {
-    use std::hash::{BuildHasher, RandomState};
-    let a = RandomState::new().hash_one((now_ms, name));
-    let b = RandomState::new().hash_one(a);
-    DeviceId::new(format!(
-        "tb-{:012x}{:016x}{:04x}",
-        now_ms & 0xFFFF_FFFF_FFFF,
-        a,
-        b & 0xFFFF
-    ))
-    .map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 impl Store for ScyllaStore {
@@ -758,7 +671,7 @@ impl Store for ScyllaStore {
                 self.exec("list_devices", (tenant.as_str(), after, limit))
                     .await?,
             )?;
-            r.into_iter().map(make_device).collect()
+            r.into_iter().map(codec::device).collect()
         })
     }
 
@@ -843,22 +756,7 @@ impl Store for ScyllaStore {
         Box::pin(async move {
             let r: Vec<(String, String, String, String, bool, bool, i64)> =
                 rows(self.exec("get_key", (key.as_str(),)).await?)?;
-            r.into_iter()
-                .next()
-                .map(
-                    |(key, tenant, secret_hash, scope, custom_topics, active, created_ms)| {
-                        Ok(AccessKey {
-                            key,
-                            tenant: id(tenant, TenantId::new)?,
-                            secret_hash,
-                            scope: json(&scope)?,
-                            custom_topics,
-                            active,
-                            created_ms,
-                        })
-                    },
-                )
-                .transpose()
+            r.into_iter().next().map(codec::access_key).transpose()
         })
     }
 
@@ -879,16 +777,7 @@ impl Store for ScyllaStore {
         Box::pin(async move {
             let r: Vec<(String, String, String)> =
                 rows(self.exec("get_token", (token_hash.as_str(),)).await?)?;
-            r.into_iter()
-                .next()
-                .map(|(token_hash, tenant, device)| {
-                    Ok(DeviceToken {
-                        token_hash,
-                        tenant: id(tenant, TenantId::new)?,
-                        device: id(device, DeviceId::new)?,
-                    })
-                })
-                .transpose()
+            r.into_iter().next().map(codec::device_token).transpose()
         })
     }
 
@@ -1301,8 +1190,7 @@ impl Store for ScyllaStore {
             r.into_iter()
                 .map(|(_, status, at_ms, detail)| {
                     Ok(StatusChange {
-                        status: CommandStatus::parse(&status)
-                            .ok_or_else(|| StoreError::Corrupt(format!("status {status}")))?,
+                        status: codec::status(&status)?,
                         at_ms,
                         detail,
                     })
@@ -1444,10 +1332,7 @@ impl Store for ScyllaStore {
                         tenant: tenant.clone(),
                         device: dev,
                         at_ms,
-                        code: ReasonCode::ALL
-                            .into_iter()
-                            .find(|c| c.as_str() == code)
-                            .ok_or_else(|| StoreError::Corrupt(format!("reason code {code}")))?,
+                        code: codec::reason(&code)?,
                         message,
                         excerpt,
                     });

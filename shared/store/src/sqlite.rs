@@ -7,16 +7,16 @@
 //! deletes them.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use fluxgate_model::{
-    Command, DeviceId, DeviceName, MessageId, ReasonCode, TenantId, Value, Values,
-};
+use fluxgate_model::{DeviceId, DeviceName, MessageId, TenantId, Value, Values};
 use rusqlite::types::{Value as SqlValue, ValueRef};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
 
+use crate::rows::{
+    self, COMMAND_COLS, CommandRow, DEVICE_COLS, DeviceRow, new_device_id, stored_id as id, to_json,
+};
 use crate::types::*;
 use crate::{BoxFuture, Result, Store, StoreError};
 
@@ -319,22 +319,6 @@ fn value_from_sql(vtype: i64, v: ValueRef<'_>) -> Result<Value> {
     })
 }
 
-fn id<T>(
-    s: String,
-    make: fn(String) -> std::result::Result<T, fluxgate_model::IdError>,
-) -> Result<T> {
-    let shown = s.clone();
-    make(s).map_err(|e| StoreError::Corrupt(format!("stored id {shown:?}: {e}")))
-}
-
-fn json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {
-    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-fn to_json<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string(v).unwrap_or_default()
-}
-
 fn ttl_expiry(c: &Connection, tenant: &TenantId, now: i64) -> Result<Option<i64>> {
     let ttl: Option<Option<i64>> = c
         .prepare_cached("SELECT ttl_secs FROM applications WHERE id = ?1")
@@ -343,45 +327,18 @@ fn ttl_expiry(c: &Connection, tenant: &TenantId, now: i64) -> Result<Option<i64>
     Ok(ttl.flatten().map(|t| now + t * 1000))
 }
 
-const DEVICE_COLS: &str =
-    "tenant, id, name, kind, peripheral_policy, tags, profile, created_ms, updated_ms";
-
-/// A device row as read: the seven text columns, then created/updated.
-type DeviceRow = ([Option<String>; 7], i64, i64);
-
 fn read_device(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
     Ok((
-        [
-            r.get(0)?,
-            r.get(1)?,
-            r.get(2)?,
-            r.get(3)?,
-            r.get(4)?,
-            r.get(5)?,
-            r.get(6)?,
-        ],
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
         r.get(7)?,
         r.get(8)?,
     ))
-}
-
-fn make_device(row: DeviceRow) -> Result<Device> {
-    let ([tenant, did, name, kind, policy, tags, profile], created_ms, updated_ms) = row;
-    let missing = || StoreError::Corrupt("device row with a NULL column".into());
-    Ok(Device {
-        tenant: id(tenant.ok_or_else(missing)?, TenantId::new)?,
-        id: id(did.ok_or_else(missing)?, DeviceId::new)?,
-        name: name.ok_or_else(missing)?,
-        kind: kind
-            .as_deref()
-            .and_then(DeviceKind::parse)
-            .ok_or_else(|| StoreError::Corrupt("device kind".into()))?,
-        peripheral_policy: policy.as_deref().map(json).transpose()?,
-        tags: json(tags.as_deref().unwrap_or("[]"))?,
-        profile,
-        created_ms,
-        updated_ms,
-    })
 }
 
 fn load_device(c: &Connection, tenant: &str, device: &str) -> Result<Option<Device>> {
@@ -391,7 +348,7 @@ fn load_device(c: &Connection, tenant: &str, device: &str) -> Result<Option<Devi
         ))
         .and_then(|mut s| s.query_row([tenant, device], read_device).optional())
         .map_err(sql_err)?;
-    row.map(make_device).transpose()
+    row.map(rows::device).transpose()
 }
 
 fn insert_device(c: &Connection, d: &Device) -> Result<()> {
@@ -415,32 +372,6 @@ fn insert_device(c: &Connection, d: &Device) -> Result<()> {
     Ok(())
 }
 
-/// A fresh device id for an auto-created device: independent of its name, so a rename
-/// never makes a second device.
-fn new_device_id(now_ms: i64, name: &str) -> Result<DeviceId> {
-    let random = RandomState::new().hash_one((now_ms, name));
-    let random2 = RandomState::new().hash_one(random);
-    DeviceId::new(format!(
-        "tb-{:012x}{:016x}{:04x}",
-        now_ms & 0xFFFF_FFFF_FFFF,
-        random,
-        random2 & 0xFFFF
-    ))
-    .map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-/// A command row as read: id, tenant, device, command JSON, status, created, updated, reply.
-type CommandRow = (
-    String,
-    String,
-    String,
-    String,
-    String,
-    i64,
-    i64,
-    Option<String>,
-);
-
 fn command_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CommandRow> {
     Ok((
         r.get(0)?,
@@ -454,25 +385,6 @@ fn command_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CommandRow> {
     ))
 }
 
-fn make_command(row: CommandRow) -> Result<CommandRecord> {
-    let (cid, tenant, device, command, status, created_ms, updated_ms, reply) = row;
-    Ok(CommandRecord {
-        id: cid
-            .parse()
-            .map_err(|_| StoreError::Corrupt(format!("command id {cid}")))?,
-        tenant: id(tenant, TenantId::new)?,
-        device: id(device, DeviceId::new)?,
-        command: json::<Command>(&command)?,
-        status: CommandStatus::parse(&status)
-            .ok_or_else(|| StoreError::Corrupt(format!("status {status}")))?,
-        created_ms,
-        updated_ms,
-        reply: reply.as_deref().map(json).transpose()?,
-    })
-}
-
-const COMMAND_COLS: &str = "id, tenant, device, command, status, created_ms, updated_ms, reply";
-
 fn load_command(c: &Connection, cid: &str) -> Result<Option<CommandRecord>> {
     let row = c
         .prepare_cached(&format!(
@@ -480,7 +392,7 @@ fn load_command(c: &Connection, cid: &str) -> Result<Option<CommandRecord>> {
         ))
         .and_then(|mut s| s.query_row([cid], command_from_row).optional())
         .map_err(sql_err)?;
-    row.map(make_command).transpose()
+    row.map(rows::command).transpose()
 }
 
 fn next_seq(c: &Connection, sql: &str, p: &[&dyn rusqlite::ToSql]) -> Result<i64> {
@@ -663,7 +575,7 @@ impl Store for SqliteStore {
             let rows = s
                 .query_map(params![tenant.as_str(), after, limit], read_device)
                 .map_err(sql_err)?;
-            rows.map(|r| r.map_err(sql_err).and_then(make_device)).collect()
+            rows.map(|r| r.map_err(sql_err).and_then(rows::device)).collect()
         })
     }
 
@@ -751,17 +663,7 @@ impl Store for SqliteStore {
                     .optional()
                 })
                 .map_err(sql_err)?;
-            row.map(|(key, tenant, secret_hash, scope, custom_topics, active, created_ms)| {
-                Ok(AccessKey {
-                    key,
-                    tenant: id(tenant, TenantId::new)?,
-                    secret_hash,
-                    scope: json(&scope)?,
-                    custom_topics,
-                    active,
-                    created_ms,
-                })
-            })
+            row.map(rows::access_key)
             .transpose()
         })
     }
@@ -788,14 +690,7 @@ impl Store for SqliteStore {
                         .optional()
                 })
                 .map_err(sql_err)?;
-            row.map(|(token_hash, tenant, device)| {
-                Ok(DeviceToken {
-                    token_hash,
-                    tenant: id(tenant, TenantId::new)?,
-                    device: id(device, DeviceId::new)?,
-                })
-            })
-            .transpose()
+            row.map(rows::device_token).transpose()
         })
     }
 
@@ -1102,8 +997,7 @@ impl Store for SqliteStore {
             rows.map(|r| {
                 let (status, at_ms, detail) = r.map_err(sql_err)?;
                 Ok(StatusChange {
-                    status: CommandStatus::parse(&status)
-                        .ok_or_else(|| StoreError::Corrupt(format!("status {status}")))?,
+                    status: rows::status(&status)?,
                     at_ms,
                     detail,
                 })
@@ -1132,7 +1026,7 @@ impl Store for SqliteStore {
                     command_from_row,
                 )
                 .map_err(sql_err)?;
-            rows.map(|r| r.map_err(sql_err).and_then(make_command)).collect()
+            rows.map(|r| r.map_err(sql_err).and_then(rows::command)).collect()
         })
     }
 
@@ -1257,10 +1151,7 @@ impl Store for SqliteStore {
                     tenant: tenant.clone(),
                     device,
                     at_ms,
-                    code: ReasonCode::ALL
-                        .into_iter()
-                        .find(|c| c.as_str() == code)
-                        .ok_or_else(|| StoreError::Corrupt(format!("reason code {code}")))?,
+                    code: rows::reason(&code)?,
                     message,
                     excerpt,
                 })
