@@ -40,7 +40,7 @@ pub use envelope::{
 pub use ids::{CorrelationId, DeviceId, DeviceName, IdError, MessageId, TenantId};
 pub use limits::Limits;
 pub use normalize::{Ingress, normalize};
-pub use reject::{ReasonCode, Reject, RejectInfo};
+pub use reject::{ReasonCode, Reject, RejectInfo, Rejection};
 pub use timestamp::TimeWindow;
 pub use topic::{
     Check, Principal, PublishClass, PublishOp, PublishTarget, SubscribeClass, SubscribeTarget,

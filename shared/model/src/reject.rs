@@ -314,9 +314,79 @@ impl From<&Reject> for RejectInfo {
     }
 }
 
+/// A refused message as it travels on `fluxgate.ingest.rejected` to the rejected log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    /// Format version, [`crate::ENVELOPE_VERSION`].
+    pub v: u8,
+    /// The tenant.
+    pub tenant: crate::TenantId,
+    /// The device id, or the name a gateway used, or the client id when unknown.
+    pub device: String,
+    /// When it was received, epoch ms.
+    pub received_ms: i64,
+    /// Why.
+    pub reason: RejectInfo,
+    /// The start of the payload (at most [`Rejection::EXCERPT_BYTES`] bytes, lossy UTF-8).
+    pub excerpt: String,
+}
+
+impl Rejection {
+    /// How much of a refused payload is kept.
+    pub const EXCERPT_BYTES: usize = 256;
+
+    /// A rejection of `payload` for `reject`.
+    pub fn new(
+        tenant: crate::TenantId,
+        device: impl Into<String>,
+        received_ms: i64,
+        reject: &Reject,
+        payload: &[u8],
+    ) -> Self {
+        let cut = &payload[..payload.len().min(Self::EXCERPT_BYTES)];
+        Rejection {
+            v: crate::ENVELOPE_VERSION,
+            tenant,
+            device: device.into(),
+            received_ms,
+            reason: RejectInfo::from(reject),
+            excerpt: String::from_utf8_lossy(cut).into_owned(),
+        }
+    }
+
+    /// Serializes to bus bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Reads from bus bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, crate::EnvelopeError> {
+        let r: Rejection = serde_json::from_slice(bytes)?;
+        if r.v != crate::ENVELOPE_VERSION {
+            return Err(crate::EnvelopeError::Version(r.v));
+        }
+        Ok(r)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rejections_round_trip_with_a_bounded_excerpt() {
+        let big = vec![b'{'; 1000];
+        let r = Rejection::new(
+            crate::TenantId::new("t").unwrap(),
+            "dev",
+            5,
+            &Reject::MalformedJson { detail: "x".into() },
+            &big,
+        );
+        assert_eq!(r.excerpt.len(), Rejection::EXCERPT_BYTES);
+        assert_eq!(r.reason.code, ReasonCode::MalformedJson);
+        assert_eq!(Rejection::from_bytes(&r.to_bytes()).unwrap(), r);
+    }
 
     #[test]
     fn codes_are_unique_and_snake_case() {

@@ -1,0 +1,26 @@
+//! `fluxgate-ts-writer`: moves what the pipeline accepted into the store.
+//!
+//! ```text
+//! fluxgate.ingest.valid    ─┐                 ┌─ write_samples / put_attributes
+//! fluxgate.device.events   ─┼─> TsWriter ─────┼─ log_connection
+//! fluxgate.ingest.rejected ─┘   (batch)       └─ log_rejected      ──> ack (commit)
+//! ```
+//!
+//! One [`TsWriter`] actor owns one consumer (one group member; scale by running more
+//! instances in the group). It reads records into a batch and flushes the batch when it
+//! holds [`WriterConfig::batch_max_points`] points or is
+//! [`WriterConfig::batch_max_age_ms`] old. A flush writes everything the batch holds,
+//! retrying with exponential backoff for as long as the store fails — the consumer is
+//! paused meanwhile, nothing is dropped — and only then acks the batch's records, so an
+//! offset is never committed past an unwritten record. Writes are idempotent, so a record
+//! redelivered after a crash is written again harmlessly.
+//!
+//! Not yet here (issue 6): supervision/restart inside the process (a crash is recovered by
+//! redelivery to the next consumer), Prometheus metrics and the HTTP health endpoints
+//! (counters are kept in [`WriterStats`] for them), SIGTERM handling in `fluxgate`.
+
+mod config;
+mod writer;
+
+pub use config::WriterConfig;
+pub use writer::{Drain, TsWriter, WriterStats, run};

@@ -1,0 +1,352 @@
+//! The writer actor.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use fluxgate_bus::{
+    Bus, BusError, ConsumeError, Consumer, ConsumerSpec, Position, Record, Topic, TopicsConfig,
+};
+use fluxgate_model::{Body, DeviceId, DeviceRef, Envelope, Rejection, TenantId, Values};
+use fluxgate_store::{AttributeScope, ConnectionEvent, RejectedEntry, SampleBatch, Store};
+
+use crate::WriterConfig;
+
+/// Counters of one writer (for metrics and tests).
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Records read from the bus.
+    pub records: AtomicU64,
+    /// Points written to the store.
+    pub points: AtomicU64,
+    /// Batches flushed.
+    pub batches: AtomicU64,
+    /// Failed store writes that were retried.
+    pub retries: AtomicU64,
+    /// Records that could not be decoded (acked and logged: they can never be written).
+    pub undecodable: AtomicU64,
+}
+
+/// What a batch holds, with the records it came from.
+#[derive(Debug, Default)]
+struct Batch {
+    samples: Vec<SampleBatch>,
+    attributes: Vec<(TenantId, DeviceId, Values, i64)>,
+    connections: Vec<ConnectionEvent>,
+    rejected: Vec<RejectedEntry>,
+    positions: Vec<Position>,
+    points: usize,
+    opened: Option<Instant>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.positions.is_empty()
+    }
+}
+
+/// Which topic a record came from.
+#[derive(Debug, Clone)]
+struct Topics {
+    valid: String,
+    events: String,
+    rejected: String,
+}
+
+/// The writer: one consumer, one batch, flushes that block reading until written.
+pub struct TsWriter {
+    consumer: Arc<dyn Consumer>,
+    store: Arc<dyn Store>,
+    topics: Topics,
+    cfg: WriterConfig,
+    stats: Arc<WriterStats>,
+    batch: Batch,
+}
+
+impl std::fmt::Debug for TsWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TsWriter").field("cfg", &self.cfg).finish()
+    }
+}
+
+impl TsWriter {
+    /// A writer over `consumer` (subscribed to the valid, events and rejected topics).
+    pub fn new(
+        consumer: Arc<dyn Consumer>,
+        store: Arc<dyn Store>,
+        topics: &TopicsConfig,
+        cfg: WriterConfig,
+        stats: Arc<WriterStats>,
+    ) -> Self {
+        TsWriter {
+            consumer,
+            store,
+            topics: Topics {
+                valid: topics.name(Topic::IngestValid),
+                events: topics.name(Topic::DeviceEvents),
+                rejected: topics.name(Topic::IngestRejected),
+            },
+            cfg,
+            stats,
+            batch: Batch::default(),
+        }
+    }
+
+    /// Adds a record's effect to the batch.
+    fn accept(&mut self, rec: Record) {
+        self.stats.records.fetch_add(1, Ordering::Relaxed);
+        let b = &mut self.batch;
+        b.opened.get_or_insert_with(Instant::now);
+        b.positions.push(rec.position.clone());
+        let topic = &*rec.position.topic;
+        if topic == self.topics.rejected {
+            match Rejection::from_bytes(&rec.payload) {
+                Ok(r) => b.rejected.push(RejectedEntry {
+                    tenant: r.tenant,
+                    device: r.device,
+                    at_ms: r.received_ms,
+                    code: r.reason.code,
+                    message: r.reason.message,
+                    excerpt: r.excerpt,
+                }),
+                Err(e) => self.undecodable(&rec, &e.to_string()),
+            }
+            return;
+        }
+        let env = match Envelope::from_bytes(&rec.payload) {
+            Ok(env) => env,
+            Err(e) => return self.undecodable(&rec, &e.to_string()),
+        };
+        let DeviceRef::Id(device) = env.device.clone() else {
+            // Names are resolved by the validator; a name here has nothing to be stored under.
+            return;
+        };
+        let b = &mut self.batch;
+        match env.body {
+            Body::Telemetry { samples, .. } if topic == self.topics.valid => {
+                b.points += samples.iter().map(|s| s.values.len()).sum::<usize>();
+                b.samples.push(SampleBatch {
+                    tenant: env.tenant,
+                    device,
+                    samples,
+                });
+            }
+            Body::Attributes { values } if topic == self.topics.valid => {
+                b.points += values.len();
+                b.attributes
+                    .push((env.tenant, device, values, env.received_ms));
+            }
+            Body::Connect { session, .. } if topic == self.topics.events => {
+                let (front, remote_addr) =
+                    session.map_or((None, None), |s| (Some(s.front), s.remote_addr));
+                b.connections.push(ConnectionEvent {
+                    tenant: env.tenant,
+                    device,
+                    at_ms: env.received_ms,
+                    connected: true,
+                    front,
+                    remote_addr,
+                    reason: None,
+                    via: env.via,
+                });
+            }
+            Body::Disconnect { session, reason } if topic == self.topics.events => {
+                let (front, remote_addr) =
+                    session.map_or((None, None), |s| (Some(s.front), s.remote_addr));
+                b.connections.push(ConnectionEvent {
+                    tenant: env.tenant,
+                    device,
+                    at_ms: env.received_ms,
+                    connected: false,
+                    front,
+                    remote_addr,
+                    reason,
+                    via: env.via,
+                });
+            }
+            // RPC replies, attribute requests, claims: the dispatcher's business.
+            _ => {}
+        }
+    }
+
+    fn undecodable(&self, rec: &Record, why: &str) {
+        self.stats.undecodable.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(topic = %rec.position.topic, partition = rec.position.partition,
+            offset = rec.position.offset, error = why, "ts-writer: record cannot be decoded; skipping it");
+    }
+
+    /// Reads the next record, forever (until the consumer closes).
+    fn fetch(&mut self, ctx: &mut Context<Self>) {
+        let c = self.consumer.clone();
+        ctx.spawn(
+            async move { c.recv().await }
+                .into_actor(self)
+                .map(|res, act, ctx| match res {
+                    Ok(rec) => {
+                        act.accept(rec);
+                        if act.batch.points >= act.cfg.batch_max_points {
+                            act.flush(ctx);
+                        }
+                        act.fetch(ctx);
+                    }
+                    Err(ConsumeError::Closed) => ctx.stop(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ts-writer: consume error; retrying");
+                        ctx.run_later(Duration::from_millis(100), |act, ctx| act.fetch(ctx));
+                    }
+                }),
+        );
+    }
+
+    /// Writes the batch (blocking the actor until it is written), then acks its records.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let work = write_batch(
+            self.store.clone(),
+            self.consumer.clone(),
+            self.cfg.clone(),
+            self.stats.clone(),
+            std::mem::take(&mut self.batch),
+        );
+        ctx.wait(work.into_actor(self).map(|positions, act, _| {
+            for p in &positions {
+                act.consumer.ack(p);
+            }
+        }));
+    }
+}
+
+/// Writes everything in `batch`, retrying with backoff until the store takes it (the
+/// consumer is paused meanwhile). Parts already written are not written again. Returns the
+/// positions to ack.
+async fn write_batch(
+    store: Arc<dyn Store>,
+    consumer: Arc<dyn Consumer>,
+    cfg: WriterConfig,
+    stats: Arc<WriterStats>,
+    mut batch: Batch,
+) -> Vec<Position> {
+    let mut delay = Duration::from_millis(cfg.retry_initial_ms.max(1));
+    let mut paused = false;
+    loop {
+        match write_once(&*store, &mut batch).await {
+            Ok(points) => {
+                stats.points.fetch_add(points as u64, Ordering::Relaxed);
+                stats.batches.fetch_add(1, Ordering::Relaxed);
+                if paused {
+                    consumer.resume();
+                }
+                return batch.positions;
+            }
+            Err(e) => {
+                stats.retries.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64,
+                    "ts-writer: store write failed; pausing intake and retrying");
+                if !paused {
+                    consumer.pause();
+                    paused = true;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(cfg.retry_max_ms.max(1)));
+            }
+        }
+    }
+}
+
+/// One attempt; what succeeds is removed from the batch so a retry does not repeat it.
+async fn write_once(store: &dyn Store, b: &mut Batch) -> fluxgate_store::Result<usize> {
+    let mut points = 0;
+    if !b.samples.is_empty() {
+        points += store.write_samples(b.samples.clone()).await?;
+        b.samples.clear();
+    }
+    while let Some((tenant, device, values, ts)) = b.attributes.first().cloned() {
+        points += values.len();
+        store
+            .put_attributes(tenant, device, AttributeScope::Client, values, ts)
+            .await?;
+        b.attributes.remove(0);
+    }
+    while let Some(e) = b.connections.first().cloned() {
+        store.log_connection(e).await?;
+        b.connections.remove(0);
+    }
+    while let Some(e) = b.rejected.first().cloned() {
+        store.log_rejected(e).await?;
+        b.rejected.remove(0);
+    }
+    Ok(points)
+}
+
+impl Actor for TsWriter {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(16);
+        self.fetch(ctx);
+        let tick = Duration::from_millis((self.cfg.batch_max_age_ms / 2).max(1));
+        ctx.run_interval(tick, |act, ctx| {
+            let due = act
+                .batch
+                .opened
+                .is_some_and(|t| t.elapsed() >= Duration::from_millis(act.cfg.batch_max_age_ms));
+            if due {
+                act.flush(ctx);
+            }
+        });
+    }
+}
+
+/// Writes what is batched, then stops the writer (graceful drain).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Drain;
+
+impl Handler<Drain> for TsWriter {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: Drain, _ctx: &mut Self::Context) -> Self::Result {
+        let work = write_batch(
+            self.store.clone(),
+            self.consumer.clone(),
+            self.cfg.clone(),
+            self.stats.clone(),
+            std::mem::take(&mut self.batch),
+        );
+        let consumer = self.consumer.clone();
+        Box::pin(work.into_actor(self).map(move |positions, _act, ctx| {
+            for p in &positions {
+                consumer.ack(p);
+            }
+            ctx.stop();
+        }))
+    }
+}
+
+/// Runs a writer on `bus` until `shutdown` resolves, then drains it. Must run inside an
+/// actix system. Returns the writer's counters.
+pub async fn run(
+    bus: Arc<dyn Bus>,
+    store: Arc<dyn Store>,
+    topics: &TopicsConfig,
+    cfg: WriterConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Arc<WriterStats>, BusError> {
+    let names = [
+        topics.name(Topic::IngestValid),
+        topics.name(Topic::DeviceEvents),
+        topics.name(Topic::IngestRejected),
+    ];
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let consumer = bus.consumer(ConsumerSpec::group(&cfg.group, &names))?;
+    let stats = Arc::new(WriterStats::default());
+    let addr = TsWriter::new(consumer.clone(), store, topics, cfg, stats.clone()).start();
+    shutdown.await;
+    let _ = addr.send(Drain).await;
+    let _ = consumer.commit().await;
+    Ok(stats)
+}

@@ -1,0 +1,368 @@
+//! The writer on the in-process bus with SQLite, and on the ScyllaDB adapter over the CQL
+//! test double for store faults. Produce acks on the in-process bus resolve only when the
+//! writer has committed, so every awaited ack below proves "written, then committed".
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use actix::prelude::*;
+use fluxgate_bus::{Bus, ConsumerSpec, MemoryBus, OutRecord, Topic, TopicsConfig};
+use fluxgate_model::{
+    Body, Channel, DeviceId, DeviceRef, Dialect, ENVELOPE_VERSION, Envelope, MessageId, Reject,
+    Rejection, Sample, SessionInfo, TenantId, Value, Values,
+};
+use fluxgate_store::sqlite::SqliteStore;
+use fluxgate_store::{AttributeScope, Order, RangeQuery, Store};
+use fluxgate_ts_writer::{TsWriter, WriterConfig, WriterStats};
+
+const NOW: i64 = 1_700_000_000_000;
+
+fn tenant() -> TenantId {
+    TenantId::new("app").unwrap()
+}
+
+fn envelope(device: &str, part: u32, body: Body) -> Envelope {
+    Envelope {
+        v: ENVELOPE_VERSION,
+        id: MessageId::from_parts(NOW as u64, u128::from(part)),
+        part,
+        tenant: tenant(),
+        device: DeviceRef::Id(DeviceId::new(device).unwrap()),
+        via: None,
+        dialect: Dialect::ThingsBoard,
+        channel: Channel::Mqtt,
+        received_ms: NOW,
+        body,
+    }
+}
+
+fn telemetry(device: &str, ts: i64, v: i64) -> Envelope {
+    let mut values = Values::new();
+    values.insert("temp", Value::Integer(v));
+    envelope(
+        device,
+        ts as u32,
+        Body::Telemetry {
+            samples: vec![Sample { ts_ms: ts, values }],
+            flow_version: None,
+        },
+    )
+}
+
+fn record(topics: &TopicsConfig, topic: Topic, key: &str, payload: Vec<u8>) -> OutRecord {
+    OutRecord::new(topics.name(topic), key.to_string(), payload)
+}
+
+fn start(
+    bus: &MemoryBus,
+    store: Arc<dyn Store>,
+    cfg: WriterConfig,
+    arbiter: Option<&Arbiter>,
+) -> (Addr<TsWriter>, Arc<WriterStats>) {
+    let topics = TopicsConfig::default();
+    let names: Vec<String> = [
+        Topic::IngestValid,
+        Topic::DeviceEvents,
+        Topic::IngestRejected,
+    ]
+    .iter()
+    .map(|t| topics.name(*t))
+    .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let consumer = bus
+        .consumer(ConsumerSpec::group(&cfg.group, &names))
+        .unwrap();
+    let stats = Arc::new(WriterStats::default());
+    let writer = TsWriter::new(consumer, store, &topics, cfg, stats.clone());
+    let addr = match arbiter {
+        Some(a) => TsWriter::start_in_arbiter(&a.handle(), |_| writer),
+        None => writer.start(),
+    };
+    (addr, stats)
+}
+
+async fn points(store: &dyn Store, device: &str) -> Vec<(i64, Value)> {
+    store
+        .query(RangeQuery {
+            tenant: tenant(),
+            device: DeviceId::new(device).unwrap(),
+            keys: vec!["temp".into()],
+            from_ms: 0,
+            to_ms: i64::MAX,
+            limit: 1000,
+            order: Order::Asc,
+            page_token: None,
+        })
+        .await
+        .unwrap()
+        .points
+        .into_iter()
+        .map(|p| (p.ts_ms, p.value))
+        .collect()
+}
+
+#[actix_rt::test]
+async fn writes_every_kind_and_commits_only_after_the_write() {
+    let bus = MemoryBus::default();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+    let (_writer, stats) = start(&bus, store.clone(), WriterConfig::default(), None);
+    let topics = TopicsConfig::default();
+    let p = bus.producer();
+
+    let mut attrs = Values::new();
+    attrs.insert("fw", Value::from("1.2"));
+    let session = Some(SessionInfo {
+        front: "front-0".into(),
+        remote_addr: Some("127.0.0.1:5000".into()),
+    });
+    let records = vec![
+        record(
+            &topics,
+            Topic::IngestValid,
+            "app/d1",
+            telemetry("d1", 1000, 1).to_bytes(),
+        ),
+        record(
+            &topics,
+            Topic::IngestValid,
+            "app/d1",
+            telemetry("d1", 2000, 2).to_bytes(),
+        ),
+        record(
+            &topics,
+            Topic::IngestValid,
+            "app/d1",
+            envelope("d1", 9, Body::Attributes { values: attrs }).to_bytes(),
+        ),
+        record(
+            &topics,
+            Topic::DeviceEvents,
+            "app/d1",
+            envelope(
+                "d1",
+                10,
+                Body::Connect {
+                    profile: None,
+                    session: session.clone(),
+                },
+            )
+            .to_bytes(),
+        ),
+        record(
+            &topics,
+            Topic::DeviceEvents,
+            "app/d1",
+            envelope(
+                "d1",
+                11,
+                Body::Disconnect {
+                    reason: Some("keepalive".into()),
+                    session,
+                },
+            )
+            .to_bytes(),
+        ),
+        record(
+            &topics,
+            Topic::IngestRejected,
+            "app/d1",
+            Rejection::new(
+                tenant(),
+                "d1",
+                NOW,
+                &Reject::MalformedJson { detail: "x".into() },
+                b"{oops",
+            )
+            .to_bytes(),
+        ),
+        record(
+            &topics,
+            Topic::IngestValid,
+            "app/d1",
+            b"not an envelope".to_vec(),
+        ),
+    ];
+    let mut acks = Vec::new();
+    for r in records {
+        acks.push(p.send(r).await.unwrap());
+    }
+    for a in acks {
+        tokio::time::timeout(Duration::from_secs(10), a)
+            .await
+            .expect("committed in time")
+            .unwrap();
+    }
+    assert_eq!(
+        points(&*store, "d1").await,
+        vec![(1000, Value::Integer(1)), (2000, Value::Integer(2))]
+    );
+    let client = store
+        .attributes(
+            tenant(),
+            DeviceId::new("d1").unwrap(),
+            AttributeScope::Client,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(client["fw"], Value::from("1.2"));
+    let log = store
+        .connection_log(tenant(), DeviceId::new("d1").unwrap(), 10)
+        .await
+        .unwrap();
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[0].reason.as_deref(), Some("keepalive"));
+    assert_eq!(log[1].front.as_deref(), Some("front-0"));
+    let rejected = store.rejected_log(tenant(), None, 10).await.unwrap();
+    assert_eq!(rejected[0].excerpt, "{oops");
+    assert_eq!(stats.undecodable.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.points.load(Ordering::Relaxed), 3);
+}
+
+#[actix_rt::test]
+async fn a_store_outage_pauses_intake_and_loses_nothing() {
+    use fluxgate_store::scylla::{ScyllaConfig, ScyllaStore};
+    use fluxgate_testkit::cql::{CqlDouble, Fault};
+    let double = CqlDouble::start().await.unwrap();
+    let store: Arc<dyn Store> = Arc::new(
+        ScyllaStore::connect(ScyllaConfig {
+            nodes: vec![double.addr().to_string()],
+            keyspace: "fg_writer".into(),
+            replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".into(),
+            retries: 0,
+            ..ScyllaConfig::default()
+        })
+        .await
+        .unwrap(),
+    );
+    let cfg = WriterConfig {
+        retry_initial_ms: 10,
+        retry_max_ms: 40,
+        ..WriterConfig::default()
+    };
+    let bus = MemoryBus::default();
+    let (_writer, stats) = start(&bus, store.clone(), cfg, None);
+    let topics = TopicsConfig::default();
+    double.inject(Fault::WriteTimeout, 4);
+    let ack = bus
+        .producer()
+        .send(record(
+            &topics,
+            Topic::IngestValid,
+            "app/d2",
+            telemetry("d2", 5000, 7).to_bytes(),
+        ))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), ack)
+        .await
+        .expect("written once the store is back")
+        .unwrap();
+    assert_eq!(double.pending_faults(), 0);
+    assert!(
+        stats.retries.load(Ordering::Relaxed) >= 1,
+        "the outage was seen and retried"
+    );
+    assert_eq!(
+        points(&*store, "d2").await,
+        vec![(5000, Value::Integer(7))],
+        "exactly once"
+    );
+}
+
+#[actix_rt::test]
+async fn a_writer_killed_before_its_flush_is_made_good_by_the_next() {
+    let bus = MemoryBus::default();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+    let topics = TopicsConfig::default();
+    // A batch that would flush only after a minute: the first writer dies holding it.
+    let slow = WriterConfig {
+        batch_max_age_ms: 60_000,
+        batch_max_points: 1_000_000,
+        ..WriterConfig::default()
+    };
+    let arbiter = Arbiter::new();
+    let (_first, first_stats) = start(&bus, store.clone(), slow, Some(&arbiter));
+    let p = bus.producer();
+    let mut acks = Vec::new();
+    for i in 0..20 {
+        let key = format!("app/d{}", i % 3);
+        let env = telemetry(&format!("d{}", i % 3), 1000 + i, i);
+        acks.push(
+            p.send(record(&topics, Topic::IngestValid, &key, env.to_bytes()))
+                .await
+                .unwrap(),
+        );
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while first_stats.records.load(Ordering::Relaxed) < 20 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first writer read everything"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        first_stats.points.load(Ordering::Relaxed),
+        0,
+        "nothing written yet"
+    );
+    // Kill it: its event loop stops, the batch is lost, nothing was committed.
+    arbiter.stop();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_second, second_stats) = start(&bus, store.clone(), WriterConfig::default(), None);
+    for a in acks {
+        tokio::time::timeout(Duration::from_secs(10), a)
+            .await
+            .expect("committed by the second writer")
+            .unwrap();
+    }
+    assert_eq!(
+        second_stats.records.load(Ordering::Relaxed),
+        20,
+        "everything redelivered"
+    );
+    let total: usize = [
+        points(&*store, "d0").await.len(),
+        points(&*store, "d1").await.len(),
+        points(&*store, "d2").await.len(),
+    ]
+    .iter()
+    .sum();
+    assert_eq!(total, 20, "every point stored exactly once");
+}
+
+#[actix_rt::test]
+async fn drain_writes_the_open_batch_and_stops() {
+    let bus = MemoryBus::default();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+    let slow = WriterConfig {
+        batch_max_age_ms: 60_000,
+        ..WriterConfig::default()
+    };
+    let (writer, stats) = start(&bus, store.clone(), slow, None);
+    let topics = TopicsConfig::default();
+    let ack = bus
+        .producer()
+        .send(record(
+            &topics,
+            Topic::IngestValid,
+            "app/d9",
+            telemetry("d9", 9, 9).to_bytes(),
+        ))
+        .await
+        .unwrap();
+    while stats.records.load(Ordering::Relaxed) < 1 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    writer.send(fluxgate_ts_writer::Drain).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), ack)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(points(&*store, "d9").await.len(), 1);
+    assert!(!writer.connected(), "stopped after the drain");
+}
