@@ -1,0 +1,29 @@
+//! Validator settings.
+
+use fluxgate_model::TimeWindow;
+use serde::{Deserialize, Serialize};
+
+/// Validator settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidatorConfig {
+    /// Consumer group of the validators.
+    pub group: String,
+    /// Accepted sample timestamps around the receive time.
+    pub time_window: TimeWindow,
+    /// First retry delay after a store or bus failure, in milliseconds (doubles per retry).
+    pub retry_initial_ms: u64,
+    /// Longest retry delay, in milliseconds.
+    pub retry_max_ms: u64,
+}
+
+impl Default for ValidatorConfig {
+    fn default() -> Self {
+        ValidatorConfig {
+            group: "fluxgate-validator".into(),
+            time_window: TimeWindow::default(),
+            retry_initial_ms: 100,
+            retry_max_ms: 5_000,
+        }
+    }
+}

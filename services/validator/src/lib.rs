@@ -1,0 +1,24 @@
+//! `fluxgate-validator`: every raw envelope checked against the registry.
+//!
+//! ```text
+//! fluxgate.ingest.raw ─> Validator ─┬─> fluxgate.ingest.valid     telemetry, client attributes
+//!                                   ├─> fluxgate.device.events    connect/disconnect, RPC, attribute requests, claims
+//!                                   └─> fluxgate.ingest.rejected  what cannot be stored, with its reason
+//! ```
+//!
+//! [`validate`] is the decision (store reads only, no bus); [`Validator`] is the actix actor
+//! that runs it per record, produces the outcome, and acks the raw record only when every
+//! output is acknowledged (at-least-once; outputs are idempotent downstream).
+//!
+//! Not yet here (issue 6): registry caching with invalidation on
+//! `fluxgate.registry.changes` (every record reads the store), per-reason Prometheus metrics
+//! (counted in [`ValidatorStats`] for now), the value-size and attribute-count re-checks of
+//! REST input (the MQTT parsers enforce them), and supervision.
+
+mod actor;
+mod config;
+mod validate;
+
+pub use actor::{Validator, ValidatorStats};
+pub use config::ValidatorConfig;
+pub use validate::{Output, validate};

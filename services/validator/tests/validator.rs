@@ -1,0 +1,379 @@
+//! The validator on the in-process bus with SQLite: raw envelopes in, valid / events /
+//! rejected out, through real topics.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use fluxgate_bus::{Bus, Consumer, ConsumerSpec, MemoryBus, OutRecord, Topic, TopicsConfig};
+use fluxgate_model::{
+    Body, Channel, DeviceId, DeviceName, DeviceRef, Dialect, ENVELOPE_VERSION, Envelope, MessageId,
+    ReasonCode, Rejection, Sample, TenantId, Value, Values,
+};
+use fluxgate_store::sqlite::SqliteStore;
+use fluxgate_store::{AttributeDef, AttributeType, Device, DeviceKind, PeripheralPolicy, Store};
+use fluxgate_validator::{Validator, ValidatorConfig, ValidatorStats};
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn tenant() -> TenantId {
+    TenantId::new("app").unwrap()
+}
+
+fn dev(s: &str) -> DeviceId {
+    DeviceId::new(s).unwrap()
+}
+
+fn device(id: &str, kind: DeviceKind, policy: Option<PeripheralPolicy>) -> Device {
+    Device {
+        tenant: tenant(),
+        id: dev(id),
+        name: id.into(),
+        kind,
+        peripheral_policy: policy,
+        tags: vec![],
+        profile: None,
+        created_ms: 0,
+        updated_ms: 0,
+    }
+}
+
+fn state(
+    device: DeviceRef,
+    via: Option<&str>,
+    dialect: Dialect,
+    ts: i64,
+    pairs: &[(&str, Value)],
+) -> Envelope {
+    let values: Values = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    Envelope {
+        v: ENVELOPE_VERSION,
+        id: MessageId::from_parts(ts as u64, 1),
+        part: 0,
+        tenant: tenant(),
+        device,
+        via: via.map(dev),
+        dialect,
+        channel: Channel::Mqtt,
+        received_ms: now_ms(),
+        body: Body::Telemetry {
+            samples: vec![Sample { ts_ms: ts, values }],
+            flow_version: None,
+        },
+    }
+}
+
+struct Rig {
+    bus: MemoryBus,
+    store: Arc<dyn Store>,
+    topics: TopicsConfig,
+    valid: Arc<dyn Consumer>,
+    events: Arc<dyn Consumer>,
+    rejected: Arc<dyn Consumer>,
+}
+
+impl Rig {
+    async fn new() -> Rig {
+        let bus = MemoryBus::default();
+        let topics = TopicsConfig::default();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+        let sub = |t: Topic| {
+            bus.consumer(ConsumerSpec::group(
+                format!("reader-{}", t.suffix()),
+                &[&topics.name(t)],
+            ))
+            .unwrap()
+        };
+        let (valid, events, rejected) = (
+            sub(Topic::IngestValid),
+            sub(Topic::DeviceEvents),
+            sub(Topic::IngestRejected),
+        );
+        Rig {
+            bus,
+            store,
+            topics,
+            valid,
+            events,
+            rejected,
+        }
+    }
+
+    fn validator(&self) -> Arc<ValidatorStats> {
+        let consumer = self
+            .bus
+            .consumer(ConsumerSpec::group(
+                "validators",
+                &[&self.topics.name(Topic::IngestRaw)],
+            ))
+            .unwrap();
+        let stats = Arc::new(ValidatorStats::default());
+        Validator::new(
+            consumer,
+            self.bus.producer(),
+            self.store.clone(),
+            &self.topics,
+            ValidatorConfig::default(),
+            stats.clone(),
+        )
+        .start();
+        stats
+    }
+
+    async fn raw(&self, env: &Envelope) {
+        // The ack of the raw record waits for the validator to ack it, which waits for its
+        // outputs, which wait for the test's readers: don't await it here.
+        let rec = OutRecord::new(
+            self.topics.name(Topic::IngestRaw),
+            env.key(),
+            env.to_bytes(),
+        );
+        let _ack = self.bus.producer().send(rec).await.unwrap();
+    }
+}
+
+async fn next(c: &Arc<dyn Consumer>) -> Vec<u8> {
+    let r = tokio::time::timeout(Duration::from_secs(10), c.recv())
+        .await
+        .expect("an output")
+        .unwrap();
+    c.ack(&r.position);
+    r.payload.to_vec()
+}
+
+async fn nothing(c: &Arc<dyn Consumer>) -> bool {
+    tokio::time::timeout(Duration::from_millis(300), c.recv())
+        .await
+        .is_err()
+}
+
+#[actix_rt::test]
+async fn losant_state_is_checked_against_attribute_definitions() {
+    let rig = Rig::new().await;
+    rig.store
+        .put_device(device("d1", DeviceKind::Standalone, None))
+        .await
+        .unwrap();
+    let defs = vec![
+        AttributeDef {
+            name: "temp".into(),
+            kind: AttributeType::Number,
+        },
+        AttributeDef {
+            name: "on".into(),
+            kind: AttributeType::Boolean,
+        },
+        AttributeDef {
+            name: "loc".into(),
+            kind: AttributeType::Gps,
+        },
+    ];
+    rig.store
+        .put_attribute_defs(tenant(), dev("d1"), defs)
+        .await
+        .unwrap();
+    rig.validator();
+    let ts = now_ms() - 1000;
+    let env = state(
+        DeviceRef::Id(dev("d1")),
+        None,
+        Dialect::Losant,
+        ts,
+        &[
+            ("temp", Value::from("72")),
+            ("on", Value::from("true")),
+            ("loc", Value::from("37.1,-122.4")),
+            ("extra", Value::Integer(5)),
+        ],
+    );
+    rig.raw(&env).await;
+    let valid = Envelope::from_bytes(&next(&rig.valid).await).unwrap();
+    let Body::Telemetry { samples, .. } = &valid.body else {
+        panic!()
+    };
+    assert_eq!(samples[0].values["temp"], Value::Integer(72));
+    assert_eq!(samples[0].values["on"], Value::Bool(true));
+    assert!(!samples[0].values.contains_key("extra"));
+    let rej = Rejection::from_bytes(&next(&rig.rejected).await).unwrap();
+    assert_eq!(rej.reason.code, ReasonCode::UndefinedAttribute);
+    assert!(rej.reason.message.contains("extra"));
+
+    // A state that is only undefined keys is refused whole; nothing goes to valid.
+    rig.raw(&state(
+        DeviceRef::Id(dev("d1")),
+        None,
+        Dialect::Losant,
+        ts,
+        &[("nope", Value::Integer(1))],
+    ))
+    .await;
+    let rej = Rejection::from_bytes(&next(&rig.rejected).await).unwrap();
+    assert_eq!(rej.reason.code, ReasonCode::UndefinedAttribute);
+    assert!(nothing(&rig.valid).await);
+}
+
+#[actix_rt::test]
+async fn a_gateway_may_post_only_for_peripherals_that_allow_it() {
+    let rig = Rig::new().await;
+    rig.store
+        .put_device(device("gw1", DeviceKind::Gateway, None))
+        .await
+        .unwrap();
+    rig.store
+        .put_device(device(
+            "p-other",
+            DeviceKind::Peripheral,
+            Some(PeripheralPolicy::SpecificGateway(dev("gw2"))),
+        ))
+        .await
+        .unwrap();
+    rig.store
+        .put_device(device(
+            "p-any",
+            DeviceKind::Peripheral,
+            Some(PeripheralPolicy::AnyGateway),
+        ))
+        .await
+        .unwrap();
+    for p in ["p-other", "p-any"] {
+        rig.store
+            .put_attribute_defs(
+                tenant(),
+                dev(p),
+                vec![AttributeDef {
+                    name: "t".into(),
+                    kind: AttributeType::Number,
+                }],
+            )
+            .await
+            .unwrap();
+    }
+    rig.validator();
+    let ts = now_ms();
+    rig.raw(&state(
+        DeviceRef::Id(dev("p-other")),
+        Some("gw1"),
+        Dialect::Losant,
+        ts,
+        &[("t", Value::Integer(1))],
+    ))
+    .await;
+    let rej = Rejection::from_bytes(&next(&rig.rejected).await).unwrap();
+    assert_eq!(rej.reason.code, ReasonCode::PeripheralNotAllowed);
+    rig.raw(&state(
+        DeviceRef::Id(dev("p-any")),
+        Some("gw1"),
+        Dialect::Losant,
+        ts,
+        &[("t", Value::Integer(2))],
+    ))
+    .await;
+    let valid = Envelope::from_bytes(&next(&rig.valid).await).unwrap();
+    assert_eq!(valid.device, DeviceRef::Id(dev("p-any")));
+}
+
+#[actix_rt::test]
+async fn thingsboard_names_become_one_device_even_with_two_validators() {
+    let rig = Rig::new().await;
+    let a = rig.validator();
+    let b = rig.validator();
+    let name = DeviceName::new("Device A").unwrap();
+    let ts = now_ms();
+    // Through two gateways, so the records land on different partitions / validators.
+    for (i, gw) in ["gw1", "gw2", "gw3", "gw4"].iter().enumerate() {
+        let env = state(
+            DeviceRef::Name(name.clone()),
+            Some(gw),
+            Dialect::ThingsBoard,
+            ts + i as i64,
+            &[("x", Value::Integer(i as i64))],
+        );
+        rig.raw(&env).await;
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let env = Envelope::from_bytes(&next(&rig.valid).await).unwrap();
+        let DeviceRef::Id(id) = &env.device else {
+            panic!("resolved")
+        };
+        assert_eq!(
+            env.key(),
+            format!("app/{id}"),
+            "re-keyed by the resolved id"
+        );
+        ids.insert(id.clone());
+    }
+    assert_eq!(ids.len(), 1, "one device for one name");
+    let all = rig.store.devices(tenant(), None, 10).await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].profile.as_deref(), Some("default"));
+    let handled = a.records.load(std::sync::atomic::Ordering::Relaxed)
+        + b.records.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(handled, 4);
+}
+
+#[actix_rt::test]
+async fn seconds_sent_as_milliseconds_are_refused_and_events_pass_resolved() {
+    let rig = Rig::new().await;
+    rig.store
+        .put_device(device("t1", DeviceKind::Standalone, None))
+        .await
+        .unwrap();
+    rig.validator();
+    // ThingsBoard `ts` in seconds: January 1970 as milliseconds.
+    rig.raw(&state(
+        DeviceRef::Id(dev("t1")),
+        None,
+        Dialect::ThingsBoard,
+        1_700_000_000,
+        &[("x", Value::Integer(1))],
+    ))
+    .await;
+    let rej = Rejection::from_bytes(&next(&rig.rejected).await).unwrap();
+    assert_eq!(rej.reason.code, ReasonCode::TimestampOutOfWindow);
+    assert!(nothing(&rig.valid).await);
+
+    // A gateway's connect for a named device reaches the events topic with its id.
+    let mut connect = state(
+        DeviceRef::Name(DeviceName::new("Pump 7").unwrap()),
+        Some("gw"),
+        Dialect::ThingsBoard,
+        0,
+        &[],
+    );
+    connect.body = Body::Connect {
+        profile: Some("Pumps".into()),
+        session: None,
+    };
+    rig.raw(&connect).await;
+    let ev = Envelope::from_bytes(&next(&rig.events).await).unwrap();
+    assert!(matches!(ev.device, DeviceRef::Id(_)));
+    let created = rig.store.devices(tenant(), None, 10).await.unwrap();
+    assert!(
+        created
+            .iter()
+            .any(|d| d.name == "Pump 7" && d.profile.as_deref() == Some("Pumps"))
+    );
+
+    // An unknown device id is refused.
+    rig.raw(&state(
+        DeviceRef::Id(dev("ghost")),
+        None,
+        Dialect::ThingsBoard,
+        now_ms(),
+        &[("x", Value::Integer(1))],
+    ))
+    .await;
+    let rej = Rejection::from_bytes(&next(&rig.rejected).await).unwrap();
+    assert_eq!(rej.reason.code, ReasonCode::UnknownDevice);
+}
