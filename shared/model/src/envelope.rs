@@ -216,6 +216,17 @@ pub enum Body {
     },
     /// A command or RPC to send to the device.
     Command(Command),
+    /// The front's report on a [`crate::Delivery`]: the client acknowledged it (PUBACK for
+    /// QoS 1; written to the socket for QoS 0), or it could not be delivered.
+    DeliveryOutcome {
+        /// The delivery's id ([`crate::Delivery::id`]).
+        delivery: MessageId,
+        /// Whether the client got it.
+        delivered: bool,
+        /// Why not, when it did not.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
 }
 
 /// The message kinds, without their data: for metrics labels and routing decisions.
@@ -240,6 +251,8 @@ pub enum Kind {
     Claim,
     /// [`Body::Command`].
     Command,
+    /// [`Body::DeliveryOutcome`].
+    DeliveryOutcome,
 }
 
 impl Kind {
@@ -255,6 +268,7 @@ impl Kind {
             Kind::RpcResponse => "rpc_response",
             Kind::Claim => "claim",
             Kind::Command => "command",
+            Kind::DeliveryOutcome => "delivery_outcome",
         }
     }
 }
@@ -272,6 +286,7 @@ impl Body {
             Body::RpcResponse { .. } => Kind::RpcResponse,
             Body::Claim { .. } => Kind::Claim,
             Body::Command(_) => Kind::Command,
+            Body::DeliveryOutcome { .. } => Kind::DeliveryOutcome,
         }
     }
 }
@@ -425,6 +440,11 @@ mod tests {
                 persistent: true,
                 expires_ms: None,
             }),
+            Body::DeliveryOutcome {
+                delivery: MessageId::from_parts(1, 2),
+                delivered: false,
+                reason: Some("no subscription".into()),
+            },
         ];
         for body in bodies {
             let kind = body.kind();

@@ -1,0 +1,28 @@
+//! Dispatcher settings.
+
+use serde::{Deserialize, Serialize};
+
+/// Command dispatcher settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatchConfig {
+    /// Consumer group of the dispatchers.
+    pub group: String,
+    /// How long a two-way RPC waits for its reply when the caller gave no expiry, in ms.
+    pub rpc_timeout_ms: u64,
+    /// First retry delay after a store or bus failure, in milliseconds.
+    pub retry_initial_ms: u64,
+    /// Longest retry delay, in milliseconds.
+    pub retry_max_ms: u64,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        DispatchConfig {
+            group: "fluxgate-command-dispatch".into(),
+            rpc_timeout_ms: 10_000,
+            retry_initial_ms: 100,
+            retry_max_ms: 5_000,
+        }
+    }
+}

@@ -1,0 +1,479 @@
+//! The dispatcher actor.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use actix::prelude::*;
+use fluxgate_bus::{ConsumeError, Consumer, OutRecord, Producer, Record, Topic, TopicsConfig};
+use fluxgate_model::{
+    Body, CorrelationId, Delivery, DeviceId, DeviceName, DeviceRef, Dialect, ENVELOPE_VERSION,
+    Envelope, KeySelection, MessageId, Outbound, TenantId, Values,
+};
+use fluxgate_store::{AttributeScope, CommandRecord, CommandStatus, Store, StoreError};
+
+use crate::DispatchConfig;
+
+/// The ThingsBoard RPC id of a command (an integer, as ThingsBoard clients expect),
+/// derived from the command id so that it survives restarts.
+pub fn rpc_id(id: MessageId) -> i64 {
+    (id.0 & 0x7FFF_FFFF) as i64
+}
+
+/// Counters of one dispatcher.
+#[derive(Debug, Default)]
+pub struct DispatchStats {
+    /// Deliveries produced.
+    pub deliveries: AtomicU64,
+    /// Commands that ended failed, timed out or expired.
+    pub failed: AtomicU64,
+    /// Store or bus failures retried.
+    pub retries: AtomicU64,
+}
+
+/// A connected device.
+#[derive(Debug, Clone)]
+struct Online {
+    via: Option<DeviceId>,
+    dialect: Dialect,
+}
+
+type Key = (TenantId, DeviceId);
+
+#[derive(Debug, Clone)]
+struct Names {
+    commands: String,
+    deliveries: String,
+}
+
+/// What one record asks the actor to do after the async part.
+enum After {
+    Nothing,
+    Online(Key, Online),
+    Offline(Key),
+    Timer(MessageId, Duration),
+}
+
+/// The dispatcher.
+pub struct Dispatcher {
+    consumer: Arc<dyn Consumer>,
+    producer: Arc<dyn Producer>,
+    store: Arc<dyn Store>,
+    names: Names,
+    cfg: DispatchConfig,
+    stats: Arc<DispatchStats>,
+    online: HashMap<Key, Online>,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("online", &self.online.len())
+            .finish()
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// Everything a step needs, cloned out of the actor.
+#[derive(Clone)]
+struct Ctx {
+    producer: Arc<dyn Producer>,
+    store: Arc<dyn Store>,
+    names: Names,
+    cfg: DispatchConfig,
+    stats: Arc<DispatchStats>,
+}
+
+impl Ctx {
+    async fn set(
+        &self,
+        id: MessageId,
+        to: CommandStatus,
+        detail: Option<String>,
+        reply: Option<serde_json::Value>,
+    ) -> Result<(), StoreError> {
+        match self
+            .store
+            .set_command_status(id, to, now_ms(), detail, reply)
+            .await
+        {
+            Ok(_) => {
+                if matches!(
+                    to,
+                    CommandStatus::Failed | CommandStatus::TimedOut | CommandStatus::Expired
+                ) {
+                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            }
+            // A redelivered event may try a move already made; that is not a failure.
+            Err(StoreError::InvalidTransition { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Publishes a delivery for the connection that reaches `device`.
+    async fn deliver(
+        &self,
+        tenant: &TenantId,
+        device: &DeviceId,
+        online: &Online,
+        id: MessageId,
+        body: Outbound,
+    ) -> Result<(), String> {
+        let device_name = match &online.via {
+            Some(_) => {
+                let d = self
+                    .store
+                    .device(tenant.clone(), device.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                d.and_then(|d| DeviceName::new(d.name).ok())
+            }
+            None => None,
+        };
+        let delivery = Delivery {
+            v: ENVELOPE_VERSION,
+            id,
+            tenant: tenant.clone(),
+            device: device.clone(),
+            device_name,
+            via: online.via.clone(),
+            dialect: online.dialect,
+            body,
+        };
+        let key = format!("{tenant}/{}", delivery.connection());
+        let rec = OutRecord::new(&self.names.deliveries, key, delivery.to_bytes());
+        self.producer
+            .produce(rec)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.stats.deliveries.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Sends a stored command to its online device and marks it sent.
+    async fn send(&self, c: &CommandRecord, online: &Online) -> Result<(), String> {
+        let body = Outbound::Command {
+            request_id: CorrelationId::Int(rpc_id(c.id)),
+            name: c.command.name.clone(),
+            payload: c.command.payload.clone(),
+            time_ms: c.command.time_ms.unwrap_or_else(now_ms),
+        };
+        self.deliver(&c.tenant, &c.device, online, c.id, body)
+            .await?;
+        self.set(c.id, CommandStatus::Sent, None, None)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn timeout_of(&self, c: &CommandRecord) -> Option<Duration> {
+        if !c.command.two_way {
+            return None;
+        }
+        let ms = match c.command.expires_ms {
+            Some(at) => (at - now_ms()).max(0) as u64,
+            None => self.cfg.rpc_timeout_ms,
+        };
+        Some(Duration::from_millis(ms))
+    }
+
+    /// Handles one record; returns what the actor must change afterwards.
+    async fn step(
+        &self,
+        topic: &str,
+        env: Envelope,
+        online: Option<Online>,
+    ) -> Result<After, String> {
+        let DeviceRef::Id(device) = env.device.clone() else {
+            return Ok(After::Nothing);
+        };
+        let key = (env.tenant.clone(), device.clone());
+        let store_err = |e: StoreError| e.to_string();
+        match env.body {
+            Body::Command(command) if topic == self.names.commands => {
+                if self
+                    .store
+                    .command(env.id)
+                    .await
+                    .map_err(store_err)?
+                    .is_some()
+                {
+                    return Ok(After::Nothing); // redelivered: already handled
+                }
+                let record = CommandRecord {
+                    id: env.id,
+                    tenant: env.tenant.clone(),
+                    device: device.clone(),
+                    command,
+                    status: CommandStatus::Queued,
+                    created_ms: env.received_ms,
+                    updated_ms: env.received_ms,
+                    reply: None,
+                };
+                self.store
+                    .put_command(record.clone())
+                    .await
+                    .map_err(store_err)?;
+                let timer = self.timeout_of(&record).map(|d| After::Timer(record.id, d));
+                match online {
+                    Some(o) => self.send(&record, &o).await?,
+                    None if record.command.persistent => return Ok(After::Nothing),
+                    None => {
+                        self.set(
+                            record.id,
+                            CommandStatus::Failed,
+                            Some("device offline".into()),
+                            None,
+                        )
+                        .await
+                        .map_err(store_err)?;
+                        return Ok(After::Nothing);
+                    }
+                }
+                Ok(timer.unwrap_or(After::Nothing))
+            }
+            Body::Connect { .. } => {
+                let o = Online {
+                    via: env.via.clone(),
+                    dialect: env.dialect,
+                };
+                let queued = self
+                    .store
+                    .commands(
+                        env.tenant.clone(),
+                        device.clone(),
+                        Some(CommandStatus::Queued),
+                        1000,
+                    )
+                    .await
+                    .map_err(store_err)?;
+                for c in queued.iter().rev() {
+                    if c.command.expires_ms.is_some_and(|at| at <= now_ms()) {
+                        self.set(c.id, CommandStatus::Expired, None, None)
+                            .await
+                            .map_err(store_err)?;
+                    } else {
+                        self.send(c, &o).await?;
+                    }
+                }
+                Ok(After::Online(key, o))
+            }
+            Body::Disconnect { .. } => Ok(After::Offline(key)),
+            Body::RpcResponse { request_id, data } => {
+                let CorrelationId::Int(rid) = request_id else {
+                    return Ok(After::Nothing);
+                };
+                let recent = self
+                    .store
+                    .commands(env.tenant.clone(), device.clone(), None, 200)
+                    .await
+                    .map_err(store_err)?;
+                if let Some(c) = recent.iter().find(|c| {
+                    rpc_id(c.id) == rid
+                        && matches!(c.status, CommandStatus::Sent | CommandStatus::Delivered)
+                }) {
+                    self.set(c.id, CommandStatus::Replied, None, Some(data))
+                        .await
+                        .map_err(store_err)?;
+                }
+                Ok(After::Nothing)
+            }
+            Body::DeliveryOutcome {
+                delivery,
+                delivered,
+                reason,
+            } => {
+                if let Some(c) = self.store.command(delivery).await.map_err(store_err)? {
+                    let to = match (delivered, c.command.persistent) {
+                        (true, _) => CommandStatus::Delivered,
+                        (false, true) => CommandStatus::Queued,
+                        (false, false) => CommandStatus::Failed,
+                    };
+                    self.set(c.id, to, reason, None).await.map_err(store_err)?;
+                }
+                Ok(After::Nothing)
+            }
+            Body::AttributeRequest {
+                request_id,
+                client,
+                shared,
+                reply,
+            } => {
+                let Some(o) = online else {
+                    return Ok(After::Nothing);
+                };
+                let read = |scope, sel: KeySelection| {
+                    let (store, tenant, device) =
+                        (self.store.clone(), env.tenant.clone(), device.clone());
+                    async move {
+                        match sel {
+                            KeySelection::Nothing => Ok(Values::new()),
+                            KeySelection::All => {
+                                store.attributes(tenant, device, scope, None).await
+                            }
+                            KeySelection::Keys(k) => {
+                                store.attributes(tenant, device, scope, Some(k)).await
+                            }
+                        }
+                    }
+                };
+                let client = read(AttributeScope::Client, client)
+                    .await
+                    .map_err(store_err)?;
+                let shared = read(AttributeScope::Shared, shared)
+                    .await
+                    .map_err(store_err)?;
+                let body = Outbound::AttributeResponse {
+                    request_id,
+                    reply,
+                    client,
+                    shared,
+                };
+                self.deliver(&env.tenant, &device, &o, env.id, body).await?;
+                Ok(After::Nothing)
+            }
+            _ => Ok(After::Nothing),
+        }
+    }
+}
+
+impl Dispatcher {
+    /// A dispatcher over `consumer` (subscribed to the commands and events topics).
+    pub fn new(
+        consumer: Arc<dyn Consumer>,
+        producer: Arc<dyn Producer>,
+        store: Arc<dyn Store>,
+        topics: &TopicsConfig,
+        cfg: DispatchConfig,
+        stats: Arc<DispatchStats>,
+    ) -> Self {
+        Dispatcher {
+            consumer,
+            producer,
+            store,
+            names: Names {
+                commands: topics.name(Topic::Commands),
+                deliveries: topics.name(Topic::Deliveries),
+            },
+            cfg,
+            stats,
+            online: HashMap::new(),
+        }
+    }
+
+    fn ctx(&self) -> Ctx {
+        Ctx {
+            producer: self.producer.clone(),
+            store: self.store.clone(),
+            names: self.names.clone(),
+            cfg: self.cfg.clone(),
+            stats: self.stats.clone(),
+        }
+    }
+
+    fn fetch(&mut self, ctx: &mut Context<Self>) {
+        let c = self.consumer.clone();
+        ctx.spawn(
+            async move { c.recv().await }
+                .into_actor(self)
+                .map(|res, act, ctx| match res {
+                    Ok(rec) => {
+                        act.handle_record(rec, ctx);
+                    }
+                    Err(ConsumeError::Closed) => ctx.stop(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "dispatcher: consume error; retrying");
+                        ctx.run_later(Duration::from_millis(100), |act, ctx| act.fetch(ctx));
+                    }
+                }),
+        );
+    }
+
+    fn handle_record(&mut self, rec: Record, ctx: &mut Context<Self>) {
+        let env = match Envelope::from_bytes(&rec.payload) {
+            Ok(env) => env,
+            Err(e) => {
+                tracing::error!(error = %e, "dispatcher: not an envelope; skipping it");
+                self.consumer.ack(&rec.position);
+                return self.fetch(ctx);
+            }
+        };
+        let online = match &env.device {
+            DeviceRef::Id(d) => self.online.get(&(env.tenant.clone(), d.clone())).cloned(),
+            DeviceRef::Name(_) => None,
+        };
+        let (work, stats, consumer) = (self.ctx(), self.stats.clone(), self.consumer.clone());
+        let topic = rec.position.topic.to_string();
+        let initial = Duration::from_millis(self.cfg.retry_initial_ms.max(1));
+        let max = Duration::from_millis(self.cfg.retry_max_ms.max(1));
+        let fut = async move {
+            let mut delay = initial;
+            loop {
+                match work.step(&topic, env.clone(), online.clone()).await {
+                    Ok(after) => return after,
+                    Err(e) => {
+                        stats.retries.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "dispatcher: retrying a record");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(max);
+                    }
+                }
+            }
+        };
+        ctx.wait(fut.into_actor(self).map(move |after, act, ctx| {
+            match after {
+                After::Nothing => {}
+                After::Online(k, o) => {
+                    act.online.insert(k, o);
+                }
+                After::Offline(k) => {
+                    act.online.remove(&k);
+                }
+                After::Timer(id, d) => {
+                    ctx.run_later(d, move |act, ctx| act.expire(id, ctx));
+                }
+            }
+            consumer.ack(&rec.position);
+            act.fetch(ctx);
+        }));
+    }
+
+    /// A two-way RPC's time is up: unless answered, it timed out.
+    fn expire(&mut self, id: MessageId, ctx: &mut Context<Self>) {
+        let work = self.ctx();
+        ctx.wait(
+            async move {
+                if let Ok(Some(c)) = work.store.command(id).await
+                    && !c.status.is_final()
+                {
+                    let _ = work
+                        .set(
+                            id,
+                            CommandStatus::TimedOut,
+                            Some("no reply in time".into()),
+                            None,
+                        )
+                        .await;
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+impl Actor for Dispatcher {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(16);
+        self.fetch(ctx);
+    }
+}

@@ -1,0 +1,371 @@
+//! The dispatcher on the in-process bus with SQLite. A test "front" reads
+//! `fluxgate.deliveries` and renders what it gets, as a real front would.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use fluxgate_bus::{Bus, Consumer, ConsumerSpec, MemoryBus, OutRecord, Topic, TopicsConfig};
+use fluxgate_command_dispatch::{DispatchConfig, DispatchStats, Dispatcher, rpc_id};
+use fluxgate_model::{
+    AttributeReplyShape, Body, Channel, Command, CorrelationId, Delivery, DeviceId, DeviceRef,
+    Dialect, ENVELOPE_VERSION, Envelope, KeySelection, MessageId, TenantId, Value, Values,
+};
+use fluxgate_store::sqlite::SqliteStore;
+use fluxgate_store::{AttributeScope, CommandStatus, Device, DeviceKind, Store};
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+fn tenant() -> TenantId {
+    TenantId::new("app").unwrap()
+}
+fn dev(s: &str) -> DeviceId {
+    DeviceId::new(s).unwrap()
+}
+
+fn envelope(
+    id: MessageId,
+    device: &str,
+    via: Option<&str>,
+    dialect: Dialect,
+    body: Body,
+) -> Envelope {
+    Envelope {
+        v: ENVELOPE_VERSION,
+        id,
+        part: 0,
+        tenant: tenant(),
+        device: DeviceRef::Id(dev(device)),
+        via: via.map(dev),
+        dialect,
+        channel: Channel::Internal,
+        received_ms: now_ms(),
+        body,
+    }
+}
+
+struct Rig {
+    bus: MemoryBus,
+    store: Arc<dyn Store>,
+    topics: TopicsConfig,
+    front: Arc<dyn Consumer>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        let bus = MemoryBus::default();
+        let topics = TopicsConfig::default();
+        let front = bus
+            .consumer(ConsumerSpec::broadcast(
+                "front",
+                &[&topics.name(Topic::Deliveries)],
+            ))
+            .unwrap();
+        Rig {
+            store: Arc::new(SqliteStore::in_memory().unwrap()),
+            bus,
+            topics,
+            front,
+            next_id: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    fn dispatcher(&self, arbiter: Option<&Arbiter>) -> Arc<DispatchStats> {
+        let names = [
+            self.topics.name(Topic::Commands),
+            self.topics.name(Topic::DeviceEvents),
+        ];
+        let consumer = self
+            .bus
+            .consumer(ConsumerSpec::group("dispatchers", &[&names[0], &names[1]]))
+            .unwrap();
+        let stats = Arc::new(DispatchStats::default());
+        let d = Dispatcher::new(
+            consumer,
+            self.bus.producer(),
+            self.store.clone(),
+            &self.topics,
+            DispatchConfig::default(),
+            stats.clone(),
+        );
+        match arbiter {
+            Some(a) => {
+                Dispatcher::start_in_arbiter(&a.handle(), |_| d);
+            }
+            None => {
+                d.start();
+            }
+        }
+        stats
+    }
+
+    fn id(&self) -> MessageId {
+        MessageId::from_parts(
+            now_ms() as u64,
+            u128::from(
+                self.next_id
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            ),
+        )
+    }
+
+    async fn send(&self, topic: Topic, env: &Envelope) {
+        let rec = OutRecord::new(self.topics.name(topic), env.key(), env.to_bytes());
+        let _ack = self.bus.producer().send(rec).await.unwrap();
+    }
+
+    async fn command(
+        &self,
+        device: &str,
+        dialect: Dialect,
+        two_way: bool,
+        persistent: bool,
+        expires_ms: Option<i64>,
+    ) -> MessageId {
+        let id = self.id();
+        let cmd = Command {
+            name: "setGpio".into(),
+            payload: serde_json::json!({"pin": 4}),
+            time_ms: None,
+            two_way,
+            persistent,
+            expires_ms,
+        };
+        self.send(
+            Topic::Commands,
+            &envelope(id, device, None, dialect, Body::Command(cmd)),
+        )
+        .await;
+        id
+    }
+
+    async fn event(&self, device: &str, via: Option<&str>, dialect: Dialect, body: Body) {
+        let id = self.id();
+        self.send(
+            Topic::DeviceEvents,
+            &envelope(id, device, via, dialect, body),
+        )
+        .await;
+    }
+
+    /// Announces the device. With `settle`, waits until the dispatcher has handled it (the
+    /// in-process ack resolves once the dispatcher committed the event), so presence is
+    /// known before the next command; without, returns at once (a connect that sends queued
+    /// commands completes only when the test's front has read them).
+    async fn connect(&self, device: &str, via: Option<&str>, dialect: Dialect, settle: bool) {
+        let env = envelope(
+            self.id(),
+            device,
+            via,
+            dialect,
+            Body::Connect {
+                profile: None,
+                session: None,
+            },
+        );
+        let rec = OutRecord::new(
+            self.topics.name(Topic::DeviceEvents),
+            env.key(),
+            env.to_bytes(),
+        );
+        let ack = self.bus.producer().send(rec).await.unwrap();
+        if settle {
+            tokio::time::timeout(Duration::from_secs(10), ack)
+                .await
+                .expect("connect handled")
+                .unwrap();
+        }
+    }
+
+    async fn delivery(&self) -> Delivery {
+        let r = tokio::time::timeout(Duration::from_secs(5), self.front.recv())
+            .await
+            .expect("a delivery")
+            .unwrap();
+        self.front.ack(&r.position);
+        Delivery::from_bytes(&r.payload).unwrap()
+    }
+
+    async fn no_delivery(&self) -> bool {
+        tokio::time::timeout(Duration::from_millis(300), self.front.recv())
+            .await
+            .is_err()
+    }
+
+    async fn status(&self, id: MessageId, want: CommandStatus) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let got = self.store.command(id).await.unwrap().map(|c| c.status);
+            if got == Some(want) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "command {id}: {got:?}, wanted {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn offline_devices_fail_lightweight_commands_and_get_persistent_ones_on_connect() {
+    let rig = Rig::new();
+    rig.dispatcher(None);
+    let light = rig.command("d1", Dialect::Losant, false, false, None).await;
+    rig.status(light, CommandStatus::Failed).await;
+    let kept = rig.command("d1", Dialect::Losant, false, true, None).await;
+    rig.status(kept, CommandStatus::Queued).await;
+    assert!(rig.no_delivery().await);
+
+    rig.connect("d1", None, Dialect::Losant, false).await;
+    let d = rig.delivery().await;
+    assert_eq!(d.id, kept);
+    let r = d.render().unwrap();
+    assert_eq!(r.topic, "losant/d1/command");
+    rig.status(kept, CommandStatus::Sent).await;
+    rig.event(
+        "d1",
+        None,
+        Dialect::Losant,
+        Body::DeliveryOutcome {
+            delivery: kept,
+            delivered: true,
+            reason: None,
+        },
+    )
+    .await;
+    rig.status(kept, CommandStatus::Delivered).await;
+    let history = rig.store.command_history(kept).await.unwrap();
+    assert_eq!(
+        history.iter().map(|h| h.status).collect::<Vec<_>>(),
+        [
+            CommandStatus::Queued,
+            CommandStatus::Sent,
+            CommandStatus::Delivered
+        ]
+    );
+}
+
+#[actix_rt::test]
+async fn a_two_way_rpc_is_answered_by_the_device() {
+    let rig = Rig::new();
+    rig.dispatcher(None);
+    rig.connect("t1", None, Dialect::ThingsBoard, true).await;
+    let id = rig
+        .command("t1", Dialect::ThingsBoard, true, false, None)
+        .await;
+    let d = rig.delivery().await;
+    let r = d.render().unwrap();
+    assert_eq!(r.topic, format!("v1/devices/me/rpc/request/{}", rpc_id(id)));
+    rig.status(id, CommandStatus::Sent).await;
+    let reply = Body::RpcResponse {
+        request_id: CorrelationId::Int(rpc_id(id)),
+        data: serde_json::json!({"ok": true}),
+    };
+    rig.event("t1", None, Dialect::ThingsBoard, reply).await;
+    rig.status(id, CommandStatus::Replied).await;
+    assert_eq!(
+        rig.store.command(id).await.unwrap().unwrap().reply,
+        Some(serde_json::json!({"ok": true}))
+    );
+}
+
+#[actix_rt::test]
+async fn rpc_through_a_gateway_names_the_device_and_times_out_unanswered() {
+    let rig = Rig::new();
+    rig.store
+        .put_device(Device {
+            tenant: tenant(),
+            id: dev("tb-a"),
+            name: "Device A".into(),
+            kind: DeviceKind::Standalone,
+            peripheral_policy: None,
+            tags: vec![],
+            profile: Some("default".into()),
+            created_ms: 0,
+            updated_ms: 0,
+        })
+        .await
+        .unwrap();
+    rig.dispatcher(None);
+    rig.connect("tb-a", Some("gw"), Dialect::ThingsBoard, true)
+        .await;
+    let id = rig
+        .command(
+            "tb-a",
+            Dialect::ThingsBoard,
+            true,
+            false,
+            Some(now_ms() + 300),
+        )
+        .await;
+    let d = rig.delivery().await;
+    assert_eq!(d.connection().as_str(), "gw");
+    let r = d.render().unwrap();
+    assert_eq!(r.topic, "v1/gateway/rpc");
+    let payload: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+    assert_eq!(payload["device"], "Device A");
+    assert_eq!(payload["data"]["id"], rpc_id(id));
+    rig.status(id, CommandStatus::TimedOut).await;
+}
+
+#[actix_rt::test]
+async fn attribute_requests_are_answered_from_the_store() {
+    let rig = Rig::new();
+    let mut shared = Values::new();
+    shared.insert("target", Value::Float(21.5));
+    rig.store
+        .put_attributes(tenant(), dev("t2"), AttributeScope::Shared, shared, 1)
+        .await
+        .unwrap();
+    rig.dispatcher(None);
+    rig.connect("t2", None, Dialect::ThingsBoard, true).await;
+    let ask = Body::AttributeRequest {
+        request_id: CorrelationId::Int(7),
+        client: KeySelection::Nothing,
+        shared: KeySelection::Keys(vec!["target".into()]),
+        reply: AttributeReplyShape::Device,
+    };
+    rig.event("t2", None, Dialect::ThingsBoard, ask).await;
+    let r = rig.delivery().await.render().unwrap();
+    assert_eq!(r.topic, "v1/devices/me/attributes/response/7");
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&r.payload).unwrap(),
+        serde_json::json!({"shared": {"target": 21.5}})
+    );
+}
+
+#[actix_rt::test]
+async fn a_restarted_dispatcher_keeps_pending_commands() {
+    let rig = Rig::new();
+    let arbiter = Arbiter::new();
+    rig.dispatcher(Some(&arbiter));
+    let kept = rig
+        .command("d9", Dialect::Losant, false, true, Some(now_ms() + 60_000))
+        .await;
+    rig.status(kept, CommandStatus::Queued).await;
+    arbiter.stop();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    rig.dispatcher(None);
+    rig.connect("d9", None, Dialect::Losant, false).await;
+    let d = rig.delivery().await;
+    assert_eq!(d.id, kept);
+    rig.status(kept, CommandStatus::Sent).await;
+    // An expired persistent command is not sent on reconnect.
+    let old = rig
+        .command("d8", Dialect::Losant, false, true, Some(now_ms() + 100))
+        .await;
+    rig.status(old, CommandStatus::Queued).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    rig.connect("d8", None, Dialect::Losant, true).await;
+    rig.status(old, CommandStatus::Expired).await;
+    assert!(rig.no_delivery().await);
+}
