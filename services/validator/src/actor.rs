@@ -5,8 +5,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix::prelude::*;
-use fluxgate_bus::{ConsumeError, Consumer, OutRecord, Producer, Record, Topic, TopicsConfig};
+use fluxgate_bus::{
+    AckFuture, ConsumeError, Consumer, OutRecord, Producer, Record, Topic, TopicsConfig,
+};
 use fluxgate_model::Envelope;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{Output, ValidatorConfig, validate};
 
@@ -42,7 +45,11 @@ pub struct Validator {
     names: Names,
     cfg: ValidatorConfig,
     stats: Arc<ValidatorStats>,
+    in_flight: Arc<Semaphore>,
 }
+
+/// Most records whose outputs are awaiting acknowledgement at once.
+const MAX_IN_FLIGHT: usize = 1024;
 
 impl std::fmt::Debug for Validator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -79,63 +86,114 @@ impl Validator {
             },
             cfg,
             stats,
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         }
     }
 
     fn fetch(&mut self, ctx: &mut Context<Self>) {
         let c = self.consumer.clone();
-        ctx.spawn(
-            async move { c.recv().await }
-                .into_actor(self)
-                .map(|res, act, ctx| match res {
-                    Ok(rec) => {
-                        act.stats.records.fetch_add(1, Ordering::Relaxed);
-                        let work = handle(
-                            rec,
-                            act.store.clone(),
-                            act.producer.clone(),
-                            act.consumer.clone(),
-                            act.names.clone(),
-                            act.cfg.clone(),
-                            act.stats.clone(),
-                        );
-                        // One record at a time: its outputs are acked before the next is read.
-                        ctx.wait(work.into_actor(act).map(|(), act, ctx| act.fetch(ctx)));
+        ctx.spawn(async move { c.recv().await }.into_actor(self).map(|res, act, ctx| match res {
+            Ok(rec) => {
+                act.stats.records.fetch_add(1, Ordering::Relaxed);
+                // Validate and enqueue the outputs in record order (ctx.wait: one record at a
+                // time); wait for their acks concurrently, so one slow downstream commit does
+                // not hold up the next record. The permit bounds records awaiting acks.
+                let position = rec.position.clone();
+                let work = prepare(
+                    rec,
+                    act.store.clone(),
+                    act.producer.clone(),
+                    act.in_flight.clone(),
+                    act.names.clone(),
+                    act.cfg.clone(),
+                    act.stats.clone(),
+                );
+                ctx.wait(work.into_actor(act).map(move |prepared, act, ctx| {
+                    let (consumer, stats) = (act.consumer.clone(), act.stats.clone());
+                    match prepared {
+                        None => consumer.ack(&position),
+                        Some((acks, permit)) => {
+                            ctx.spawn(
+                                async move {
+                                    let mut ok = true;
+                                    for (kind, ack) in acks {
+                                        match ack.await {
+                                            Ok(_) => kind.count(&stats),
+                                            Err(e) => {
+                                                ok = false;
+                                                tracing::warn!(error = %e, "validator: an output was not acknowledged; redelivering");
+                                            }
+                                        }
+                                    }
+                                    if ok {
+                                        consumer.ack(&position);
+                                    } else {
+                                        stats.retries.fetch_add(1, Ordering::Relaxed);
+                                        consumer.nack(&position);
+                                    }
+                                    drop(permit);
+                                }
+                                .into_actor(act),
+                            );
+                        }
                     }
-                    Err(ConsumeError::Closed) => ctx.stop(),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "validator: consume error; retrying");
-                        ctx.run_later(Duration::from_millis(100), |act, ctx| act.fetch(ctx));
-                    }
-                }),
-        );
+                    act.fetch(ctx);
+                }));
+            }
+            Err(ConsumeError::Closed) => ctx.stop(),
+            Err(e) => {
+                tracing::warn!(error = %e, "validator: consume error; retrying");
+                ctx.run_later(Duration::from_millis(100), |act, ctx| act.fetch(ctx));
+            }
+        }));
     }
 }
 
-/// Validates one record, produces its outputs, waits for their acks, then acks the record.
-/// Store and bus failures are retried with backoff; nothing is acked before its outputs.
-async fn handle(
+/// Which counter an output moves once acknowledged.
+#[derive(Debug, Clone, Copy)]
+enum OutputKind {
+    Valid,
+    Event,
+    Rejected,
+}
+
+impl OutputKind {
+    fn count(self, stats: &ValidatorStats) {
+        let c = match self {
+            OutputKind::Valid => &stats.valid,
+            OutputKind::Event => &stats.events,
+            OutputKind::Rejected => &stats.rejected,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+type Prepared = (Vec<(OutputKind, AckFuture)>, OwnedSemaphorePermit);
+
+/// Validates one record and hands its outputs to the producer, retrying store and bus
+/// failures with backoff. `None`: nothing to wait for (the record was not an envelope).
+async fn prepare(
     rec: Record,
     store: Arc<dyn fluxgate_store::Store>,
     producer: Arc<dyn Producer>,
-    consumer: Arc<dyn Consumer>,
+    in_flight: Arc<Semaphore>,
     names: Names,
     cfg: ValidatorConfig,
     stats: Arc<ValidatorStats>,
-) {
+) -> Option<Prepared> {
     let env = match Envelope::from_bytes(&rec.payload) {
         Ok(env) => env,
         Err(e) => {
             stats.undecodable.fetch_add(1, Ordering::Relaxed);
             tracing::error!(offset = rec.position.offset, error = %e, "validator: not an envelope; skipping it");
-            consumer.ack(&rec.position);
-            return;
+            return None;
         }
     };
+    let permit = in_flight.acquire_owned().await.ok()?;
     let mut delay = Duration::from_millis(cfg.retry_initial_ms.max(1));
     loop {
-        match attempt(&env, &*store, &*producer, &names, &cfg, &stats).await {
-            Ok(()) => break,
+        match attempt(&env, &*store, &*producer, &names, &cfg).await {
+            Ok(acks) => return Some((acks, permit)),
             Err(e) => {
                 stats.retries.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "validator: retrying a record");
@@ -144,7 +202,6 @@ async fn handle(
             }
         }
     }
-    consumer.ack(&rec.position);
 }
 
 async fn attempt(
@@ -153,34 +210,33 @@ async fn attempt(
     producer: &dyn Producer,
     names: &Names,
     cfg: &ValidatorConfig,
-    stats: &ValidatorStats,
-) -> Result<(), String> {
+) -> Result<Vec<(OutputKind, AckFuture)>, String> {
     let outputs = validate(store, cfg, env.clone(), now_ms())
         .await
         .map_err(|e| e.to_string())?;
     let mut acks = Vec::with_capacity(outputs.len());
     for o in outputs {
-        let rec = match &o {
-            Output::Valid(e) => OutRecord::new(&names.valid, e.key(), e.to_bytes()),
-            Output::Event(e) => OutRecord::new(&names.events, e.key(), e.to_bytes()),
-            Output::Rejected(r) => OutRecord::new(
-                &names.rejected,
-                format!("{}/{}", r.tenant, r.device),
-                r.to_bytes(),
+        let (kind, rec) = match &o {
+            Output::Valid(e) => (
+                OutputKind::Valid,
+                OutRecord::new(&names.valid, e.key(), e.to_bytes()),
+            ),
+            Output::Event(e) => (
+                OutputKind::Event,
+                OutRecord::new(&names.events, e.key(), e.to_bytes()),
+            ),
+            Output::Rejected(r) => (
+                OutputKind::Rejected,
+                OutRecord::new(
+                    &names.rejected,
+                    format!("{}/{}", r.tenant, r.device),
+                    r.to_bytes(),
+                ),
             ),
         };
-        acks.push((o, producer.send(rec).await.map_err(|e| e.to_string())?));
+        acks.push((kind, producer.send(rec).await.map_err(|e| e.to_string())?));
     }
-    for (o, ack) in acks {
-        ack.await.map_err(|e| e.to_string())?;
-        let counter = match o {
-            Output::Valid(_) => &stats.valid,
-            Output::Event(_) => &stats.events,
-            Output::Rejected(_) => &stats.rejected,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-    Ok(())
+    Ok(acks)
 }
 
 impl Actor for Validator {
