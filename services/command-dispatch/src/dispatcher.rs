@@ -436,6 +436,10 @@ impl Dispatcher {
                 }
                 After::Offline(k) => {
                     act.online.remove(&k);
+                    // A gateway going away takes the devices behind it along.
+                    let (tenant, gateway) = k;
+                    act.online
+                        .retain(|(t, _), o| !(t == &tenant && o.via.as_ref() == Some(&gateway)));
                 }
                 After::Timer(id, d) => {
                     ctx.run_later(d, move |act, ctx| act.expire(id, ctx));

@@ -315,6 +315,32 @@ async fn rpc_through_a_gateway_names_the_device_and_times_out_unanswered() {
     assert_eq!(payload["device"], "Device A");
     assert_eq!(payload["data"]["id"], rpc_id(id));
     rig.status(id, CommandStatus::TimedOut).await;
+
+    // The gateway disconnects: the device behind it is offline too.
+    let gone = envelope(
+        rig.id(),
+        "gw",
+        None,
+        Dialect::ThingsBoard,
+        Body::Disconnect {
+            reason: None,
+            session: None,
+        },
+    );
+    let rec = OutRecord::new(
+        rig.topics.name(Topic::DeviceEvents),
+        gone.key(),
+        gone.to_bytes(),
+    );
+    let ack = rig.bus.producer().send(rec).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), ack)
+        .await
+        .unwrap()
+        .unwrap();
+    let late = rig
+        .command("tb-a", Dialect::ThingsBoard, false, false, None)
+        .await;
+    rig.status(late, CommandStatus::Failed).await;
 }
 
 #[actix_rt::test]
