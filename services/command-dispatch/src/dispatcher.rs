@@ -25,11 +25,46 @@ pub fn rpc_id(id: MessageId) -> i64 {
 #[derive(Debug, Default)]
 pub struct DispatchStats {
     /// Deliveries produced.
-    pub deliveries: AtomicU64,
+    pub deliveries: Arc<AtomicU64>,
     /// Commands that ended failed, timed out or expired.
-    pub failed: AtomicU64,
+    pub failed: Arc<AtomicU64>,
     /// Store or bus failures retried.
-    pub retries: AtomicU64,
+    pub retries: Arc<AtomicU64>,
+}
+
+impl DispatchStats {
+    /// These counters as Prometheus metrics (register the result in the role's registry).
+    pub fn metrics(&self) -> prometheus::Result<fluxgate_observability::CounterSet> {
+        use fluxgate_observability::CounterDef;
+        let def = |name, help, labels: &[(&'static str, &'static str)], value: &Arc<AtomicU64>| {
+            CounterDef {
+                name,
+                help,
+                labels: labels.to_vec(),
+                value: value.clone(),
+            }
+        };
+        fluxgate_observability::CounterSet::new(vec![
+            def(
+                "fluxgate_command_dispatch_deliveries_total",
+                "Deliveries produced.",
+                &[],
+                &self.deliveries,
+            ),
+            def(
+                "fluxgate_command_dispatch_failed_total",
+                "Commands that ended failed, timed out or expired.",
+                &[],
+                &self.failed,
+            ),
+            def(
+                "fluxgate_command_dispatch_retries_total",
+                "Store or bus failures retried.",
+                &[],
+                &self.retries,
+            ),
+        ])
+    }
 }
 
 /// A connected device.

@@ -18,15 +18,62 @@ use crate::WriterConfig;
 #[derive(Debug, Default)]
 pub struct WriterStats {
     /// Records read from the bus.
-    pub records: AtomicU64,
+    pub records: Arc<AtomicU64>,
     /// Points written to the store.
-    pub points: AtomicU64,
+    pub points: Arc<AtomicU64>,
     /// Batches flushed.
-    pub batches: AtomicU64,
+    pub batches: Arc<AtomicU64>,
     /// Failed store writes that were retried.
-    pub retries: AtomicU64,
+    pub retries: Arc<AtomicU64>,
     /// Records that could not be decoded (acked and logged: they can never be written).
-    pub undecodable: AtomicU64,
+    pub undecodable: Arc<AtomicU64>,
+}
+
+impl WriterStats {
+    /// These counters as Prometheus metrics (register the result in the role's registry).
+    pub fn metrics(&self) -> prometheus::Result<fluxgate_observability::CounterSet> {
+        use fluxgate_observability::CounterDef;
+        let def = |name, help, labels: &[(&'static str, &'static str)], value: &Arc<AtomicU64>| {
+            CounterDef {
+                name,
+                help,
+                labels: labels.to_vec(),
+                value: value.clone(),
+            }
+        };
+        fluxgate_observability::CounterSet::new(vec![
+            def(
+                "fluxgate_ts_writer_records_total",
+                "Records read from the bus.",
+                &[],
+                &self.records,
+            ),
+            def(
+                "fluxgate_ts_writer_points_written_total",
+                "Points written to the store.",
+                &[],
+                &self.points,
+            ),
+            def(
+                "fluxgate_ts_writer_batches_total",
+                "Batches flushed to the store.",
+                &[],
+                &self.batches,
+            ),
+            def(
+                "fluxgate_ts_writer_retries_total",
+                "Store writes that failed and were retried.",
+                &[],
+                &self.retries,
+            ),
+            def(
+                "fluxgate_ts_writer_undecodable_total",
+                "Records that could not be decoded and were skipped.",
+                &[],
+                &self.undecodable,
+            ),
+        ])
+    }
 }
 
 /// What a batch holds, with the records it came from.

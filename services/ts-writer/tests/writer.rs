@@ -220,6 +220,20 @@ async fn writes_every_kind_and_commits_only_after_the_write() {
     assert_eq!(rejected[0].excerpt, "{oops");
     assert_eq!(stats.undecodable.load(Ordering::Relaxed), 1);
     assert_eq!(stats.points.load(Ordering::Relaxed), 3);
+    // The same counters, as an operator scrapes them.
+    let registry = prometheus::Registry::new();
+    registry
+        .register(Box::new(stats.metrics().unwrap()))
+        .unwrap();
+    let text = fluxgate_observability::render(&registry);
+    assert!(
+        text.contains("fluxgate_ts_writer_points_written_total 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("fluxgate_ts_writer_undecodable_total 1"),
+        "{text}"
+    );
 }
 
 #[actix_rt::test]

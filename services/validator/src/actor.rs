@@ -17,17 +17,70 @@ use crate::{Output, ValidatorConfig, validate};
 #[derive(Debug, Default)]
 pub struct ValidatorStats {
     /// Raw records read.
-    pub records: AtomicU64,
+    pub records: Arc<AtomicU64>,
     /// Envelopes sent on as valid.
-    pub valid: AtomicU64,
+    pub valid: Arc<AtomicU64>,
     /// Envelopes sent on as events.
-    pub events: AtomicU64,
+    pub events: Arc<AtomicU64>,
     /// Rejections produced.
-    pub rejected: AtomicU64,
+    pub rejected: Arc<AtomicU64>,
     /// Store or bus failures retried.
-    pub retries: AtomicU64,
+    pub retries: Arc<AtomicU64>,
     /// Records that were not envelopes (logged and skipped).
-    pub undecodable: AtomicU64,
+    pub undecodable: Arc<AtomicU64>,
+}
+
+impl ValidatorStats {
+    /// These counters as Prometheus metrics (register the result in the role's registry).
+    pub fn metrics(&self) -> prometheus::Result<fluxgate_observability::CounterSet> {
+        use fluxgate_observability::CounterDef;
+        let def = |name, help, labels: &[(&'static str, &'static str)], value: &Arc<AtomicU64>| {
+            CounterDef {
+                name,
+                help,
+                labels: labels.to_vec(),
+                value: value.clone(),
+            }
+        };
+        fluxgate_observability::CounterSet::new(vec![
+            def(
+                "fluxgate_validator_records_total",
+                "Raw records read.",
+                &[],
+                &self.records,
+            ),
+            def(
+                "fluxgate_validator_outputs_total",
+                "Outputs acknowledged, by kind.",
+                &[("kind", "valid")],
+                &self.valid,
+            ),
+            def(
+                "fluxgate_validator_outputs_total",
+                "Outputs acknowledged, by kind.",
+                &[("kind", "event")],
+                &self.events,
+            ),
+            def(
+                "fluxgate_validator_outputs_total",
+                "Outputs acknowledged, by kind.",
+                &[("kind", "rejected")],
+                &self.rejected,
+            ),
+            def(
+                "fluxgate_validator_retries_total",
+                "Store or bus failures retried.",
+                &[],
+                &self.retries,
+            ),
+            def(
+                "fluxgate_validator_undecodable_total",
+                "Raw records that were not envelopes.",
+                &[],
+                &self.undecodable,
+            ),
+        ])
+    }
 }
 
 #[derive(Debug, Clone)]

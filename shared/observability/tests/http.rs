@@ -1,0 +1,90 @@
+//! The endpoints over real HTTP on 127.0.0.1.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use fluxgate_observability::{CounterDef, CounterSet, Health, serve};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[actix_rt::test]
+async fn metrics_health_and_readiness_over_http() {
+    let points = Arc::new(AtomicU64::new(41));
+    let valid = Arc::new(AtomicU64::new(2));
+    let rejected = Arc::new(AtomicU64::new(3));
+    let set = CounterSet::new(vec![
+        CounterDef {
+            name: "fluxgate_test_points_written_total",
+            help: "Points.",
+            labels: vec![],
+            value: points.clone(),
+        },
+        CounterDef {
+            name: "fluxgate_test_outputs_total",
+            help: "Outputs.",
+            labels: vec![("kind", "valid")],
+            value: valid,
+        },
+        CounterDef {
+            name: "fluxgate_test_outputs_total",
+            help: "Outputs.",
+            labels: vec![("kind", "rejected")],
+            value: rejected,
+        },
+    ])
+    .unwrap();
+    let registry = prometheus::Registry::new();
+    registry.register(Box::new(set)).unwrap();
+    let health = Health::new();
+    let (addr, server) = serve("127.0.0.1:0", registry, health.clone()).unwrap();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+
+    assert_eq!(get(addr, "/healthz").await.0, 200);
+    assert_eq!(
+        get(addr, "/readyz").await.0,
+        503,
+        "not ready before the role says so"
+    );
+    health.set_ready(true);
+    assert_eq!(get(addr, "/readyz").await.0, 200);
+
+    points.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (status, body) = get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("# TYPE fluxgate_test_points_written_total counter"),
+        "{body}"
+    );
+    assert!(
+        body.contains("fluxgate_test_points_written_total 42"),
+        "read at scrape time: {body}"
+    );
+    assert!(
+        body.contains("fluxgate_test_outputs_total{kind=\"valid\"} 2"),
+        "{body}"
+    );
+    assert!(
+        body.contains("fluxgate_test_outputs_total{kind=\"rejected\"} 3"),
+        "{body}"
+    );
+    handle.stop(true).await;
+}
