@@ -99,6 +99,8 @@ pub struct Dispatcher {
     cfg: DispatchConfig,
     stats: Arc<DispatchStats>,
     online: HashMap<Key, Online>,
+    draining: bool,
+    fetching: Option<SpawnHandle>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -401,6 +403,8 @@ impl Dispatcher {
             cfg,
             stats,
             online: HashMap::new(),
+            draining: false,
+            fetching: None,
         }
     }
 
@@ -415,11 +419,13 @@ impl Dispatcher {
     }
 
     fn fetch(&mut self, ctx: &mut Context<Self>) {
+        if self.draining {
+            return;
+        }
         let c = self.consumer.clone();
-        ctx.spawn(
-            async move { c.recv().await }
-                .into_actor(self)
-                .map(|res, act, ctx| match res {
+        self.fetching = Some(
+            ctx.spawn(async move { c.recv().await }.into_actor(self).map(
+                |res, act, ctx| match res {
                     Ok(rec) => {
                         act.handle_record(rec, ctx);
                     }
@@ -428,7 +434,8 @@ impl Dispatcher {
                         tracing::warn!(error = %e, "dispatcher: consume error; retrying");
                         ctx.run_later(Duration::from_millis(100), |act, ctx| act.fetch(ctx));
                     }
-                }),
+                },
+            )),
         );
     }
 
@@ -506,6 +513,60 @@ impl Dispatcher {
             .into_actor(self),
         );
     }
+}
+
+/// Stops reading and stops the dispatcher (a record being handled finishes first: records
+/// are handled one at a time, and messages wait for it).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Drain;
+
+impl Handler<Drain> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, _: Drain, ctx: &mut Self::Context) {
+        self.draining = true;
+        if let Some(h) = self.fetching.take() {
+            ctx.cancel_future(h);
+        }
+        ctx.stop();
+    }
+}
+
+/// Runs a dispatcher on `bus` until `shutdown` resolves, then drains it. Must run inside
+/// an actix system. Returns the dispatcher's counters.
+pub async fn run(
+    bus: Arc<dyn fluxgate_bus::Bus>,
+    store: Arc<dyn Store>,
+    topics: &TopicsConfig,
+    cfg: DispatchConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<Arc<DispatchStats>, fluxgate_bus::BusError> {
+    let (commands, events) = (
+        topics.name(Topic::Commands),
+        topics.name(Topic::DeviceEvents),
+    );
+    let consumer = bus.consumer(fluxgate_bus::ConsumerSpec::group(
+        &cfg.group,
+        &[&commands, &events],
+    ))?;
+    let stats = Arc::new(DispatchStats::default());
+    let addr = Dispatcher::new(
+        consumer.clone(),
+        bus.producer(),
+        store,
+        topics,
+        cfg,
+        stats.clone(),
+    )
+    .start();
+    shutdown.await;
+    let _ = addr.send(Drain).await;
+    while addr.connected() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = consumer.commit().await;
+    Ok(stats)
 }
 
 impl Actor for Dispatcher {

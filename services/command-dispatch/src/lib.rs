@@ -25,4 +25,4 @@ mod config;
 mod dispatcher;
 
 pub use config::DispatchConfig;
-pub use dispatcher::{DispatchStats, Dispatcher, rpc_id};
+pub use dispatcher::{DispatchStats, Dispatcher, Drain, rpc_id, run};

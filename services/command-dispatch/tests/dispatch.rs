@@ -395,3 +395,47 @@ async fn a_restarted_dispatcher_keeps_pending_commands() {
     rig.status(old, CommandStatus::Expired).await;
     assert!(rig.no_delivery().await);
 }
+
+#[actix_rt::test]
+async fn run_stops_on_shutdown() {
+    let rig = Rig::new();
+    // The group exists before anything is produced (the in-process bus keeps a group's
+    // records for it while it has no member), whenever the spawned `run` subscribes.
+    let names = [
+        rig.topics.name(Topic::Commands),
+        rig.topics.name(Topic::DeviceEvents),
+    ];
+    drop(
+        rig.bus
+            .consumer(ConsumerSpec::group(
+                DispatchConfig::default().group,
+                &[&names[0], &names[1]],
+            ))
+            .unwrap(),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (bus, store, topics) = (
+        Arc::new(rig.bus.clone()),
+        rig.store.clone(),
+        rig.topics.clone(),
+    );
+    let running = actix_rt::spawn(async move {
+        fluxgate_command_dispatch::run(bus, store, &topics, DispatchConfig::default(), async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap()
+    });
+    let light = rig.command("x", Dialect::Losant, false, false, None).await;
+    rig.status(light, CommandStatus::Failed).await;
+    stop.send(()).unwrap();
+    let stats = tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("stopped in time")
+        .unwrap();
+    assert_eq!(stats.failed.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // Stopped: a new command is not handled.
+    let later = rig.command("x", Dialect::Losant, false, false, None).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(rig.store.command(later).await.unwrap().is_none());
+}

@@ -99,6 +99,8 @@ pub struct Validator {
     cfg: ValidatorConfig,
     stats: Arc<ValidatorStats>,
     in_flight: Arc<Semaphore>,
+    draining: bool,
+    fetching: Option<SpawnHandle>,
 }
 
 /// Most records whose outputs are awaiting acknowledgement at once.
@@ -140,12 +142,17 @@ impl Validator {
             cfg,
             stats,
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            draining: false,
+            fetching: None,
         }
     }
 
     fn fetch(&mut self, ctx: &mut Context<Self>) {
+        if self.draining {
+            return;
+        }
         let c = self.consumer.clone();
-        ctx.spawn(async move { c.recv().await }.into_actor(self).map(|res, act, ctx| match res {
+        self.fetching = Some(ctx.spawn(async move { c.recv().await }.into_actor(self).map(|res, act, ctx| match res {
             Ok(rec) => {
                 act.stats.records.fetch_add(1, Ordering::Relaxed);
                 // Validate and enqueue the outputs in record order (ctx.wait: one record at a
@@ -198,7 +205,7 @@ impl Validator {
                 tracing::warn!(error = %e, "validator: consume error; retrying");
                 ctx.run_later(Duration::from_millis(100), |act, ctx| act.fetch(ctx));
             }
-        }));
+        })));
     }
 }
 
@@ -290,6 +297,63 @@ async fn attempt(
         acks.push((kind, producer.send(rec).await.map_err(|e| e.to_string())?));
     }
     Ok(acks)
+}
+
+/// Stops reading, waits until every record in flight has its outputs acknowledged (and is
+/// acked), then stops the validator.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Drain;
+
+impl Handler<Drain> for Validator {
+    type Result = ();
+
+    fn handle(&mut self, _: Drain, ctx: &mut Self::Context) {
+        self.draining = true;
+        if let Some(h) = self.fetching.take() {
+            ctx.cancel_future(h);
+        }
+        let in_flight = self.in_flight.clone();
+        ctx.spawn(
+            async move {
+                let _all = in_flight.acquire_many(MAX_IN_FLIGHT as u32).await;
+            }
+            .into_actor(self)
+            .map(|(), _, ctx| ctx.stop()),
+        );
+    }
+}
+
+/// Runs a validator on `bus` until `shutdown` resolves, then drains it. Must run inside an
+/// actix system. Returns the validator's counters.
+pub async fn run(
+    bus: Arc<dyn fluxgate_bus::Bus>,
+    store: Arc<dyn fluxgate_store::Store>,
+    topics: &TopicsConfig,
+    cfg: ValidatorConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<Arc<ValidatorStats>, fluxgate_bus::BusError> {
+    let consumer = bus.consumer(fluxgate_bus::ConsumerSpec::group(
+        &cfg.group,
+        &[&topics.name(Topic::IngestRaw)],
+    ))?;
+    let stats = Arc::new(ValidatorStats::default());
+    let addr = Validator::new(
+        consumer.clone(),
+        bus.producer(),
+        store,
+        topics,
+        cfg,
+        stats.clone(),
+    )
+    .start();
+    shutdown.await;
+    let _ = addr.send(Drain).await;
+    while addr.connected() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = consumer.commit().await;
+    Ok(stats)
 }
 
 impl Actor for Validator {

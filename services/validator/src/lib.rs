@@ -19,6 +19,6 @@ mod actor;
 mod config;
 mod validate;
 
-pub use actor::{Validator, ValidatorStats};
+pub use actor::{Drain, Validator, ValidatorStats, run};
 pub use config::ValidatorConfig;
 pub use validate::{Output, validate};

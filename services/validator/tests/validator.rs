@@ -377,3 +377,70 @@ async fn seconds_sent_as_milliseconds_are_refused_and_events_pass_resolved() {
     let rej = Rejection::from_bytes(&next(&rig.rejected).await).unwrap();
     assert_eq!(rej.reason.code, ReasonCode::UnknownDevice);
 }
+
+#[actix_rt::test]
+async fn run_drains_on_shutdown_and_reads_no_further() {
+    let rig = Rig::new().await;
+    rig.store
+        .put_device(device("t1", DeviceKind::Standalone, None))
+        .await
+        .unwrap();
+    // The group exists before anything is produced (the in-process bus keeps a group's
+    // records for it while it has no member), whenever the spawned `run` subscribes.
+    let raw = rig.topics.name(Topic::IngestRaw);
+    drop(
+        rig.bus
+            .consumer(ConsumerSpec::group(
+                ValidatorConfig::default().group,
+                &[&raw],
+            ))
+            .unwrap(),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (bus, store, topics) = (
+        Arc::new(rig.bus.clone()),
+        rig.store.clone(),
+        rig.topics.clone(),
+    );
+    let running = actix_rt::spawn(async move {
+        fluxgate_validator::run(bus, store, &topics, ValidatorConfig::default(), async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap()
+    });
+    for i in 0..3 {
+        rig.raw(&state(
+            DeviceRef::Id(dev("t1")),
+            None,
+            Dialect::ThingsBoard,
+            now_ms() - i,
+            &[("x", Value::Integer(i))],
+        ))
+        .await;
+    }
+    for _ in 0..3 {
+        next(&rig.valid).await;
+    }
+    stop.send(()).unwrap();
+    let stats = tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("drained in time")
+        .unwrap();
+    assert_eq!(stats.records.load(std::sync::atomic::Ordering::Relaxed), 3);
+    assert_eq!(
+        stats.valid.load(std::sync::atomic::Ordering::Relaxed),
+        3,
+        "every output acknowledged before stopping"
+    );
+    // Stopped: a new raw record is not handled.
+    rig.raw(&state(
+        DeviceRef::Id(dev("t1")),
+        None,
+        Dialect::ThingsBoard,
+        now_ms(),
+        &[("x", Value::Integer(9))],
+    ))
+    .await;
+    assert!(nothing(&rig.valid).await);
+}
