@@ -186,32 +186,28 @@ impl TsWriter {
                     .push((env.tenant, device, values, env.received_ms));
             }
             Body::Connect { session, .. } if topic == self.topics.events => {
-                let (front, remote_addr) =
-                    session.map_or((None, None), |s| (Some(s.front), s.remote_addr));
-                b.connections.push(ConnectionEvent {
-                    tenant: env.tenant,
+                let e = connection_event(
+                    env.tenant,
                     device,
-                    at_ms: env.received_ms,
-                    connected: true,
-                    front,
-                    remote_addr,
-                    reason: None,
-                    via: env.via,
-                });
+                    env.received_ms,
+                    env.via,
+                    true,
+                    session,
+                    None,
+                );
+                b.connections.push(e);
             }
             Body::Disconnect { session, reason } if topic == self.topics.events => {
-                let (front, remote_addr) =
-                    session.map_or((None, None), |s| (Some(s.front), s.remote_addr));
-                b.connections.push(ConnectionEvent {
-                    tenant: env.tenant,
+                let e = connection_event(
+                    env.tenant,
                     device,
-                    at_ms: env.received_ms,
-                    connected: false,
-                    front,
-                    remote_addr,
+                    env.received_ms,
+                    env.via,
+                    false,
+                    session,
                     reason,
-                    via: env.via,
-                });
+                );
+                b.connections.push(e);
             }
             // RPC replies, attribute requests, claims: the dispatcher's business.
             _ => {}
@@ -252,18 +248,47 @@ impl TsWriter {
         if self.batch.is_empty() {
             return;
         }
+        ctx.wait(self.write_open_batch().into_actor(self));
+    }
+
+    /// Takes the open batch; the returned future writes it and then acks its records.
+    fn write_open_batch(&mut self) -> impl Future<Output = ()> + 'static {
+        let consumer = self.consumer.clone();
         let work = write_batch(
             self.store.clone(),
-            self.consumer.clone(),
+            consumer.clone(),
             self.cfg.clone(),
             self.stats.clone(),
             std::mem::take(&mut self.batch),
         );
-        ctx.wait(work.into_actor(self).map(|positions, act, _| {
-            for p in &positions {
-                act.consumer.ack(p);
+        async move {
+            for p in &work.await {
+                consumer.ack(p);
             }
-        }));
+        }
+    }
+}
+
+/// A connect or disconnect as the connection log keeps it.
+fn connection_event(
+    tenant: TenantId,
+    device: DeviceId,
+    at_ms: i64,
+    via: Option<DeviceId>,
+    connected: bool,
+    session: Option<fluxgate_model::SessionInfo>,
+    reason: Option<String>,
+) -> ConnectionEvent {
+    let (front, remote_addr) = session.map_or((None, None), |s| (Some(s.front), s.remote_addr));
+    ConnectionEvent {
+        tenant,
+        device,
+        at_ms,
+        connected,
+        front,
+        remote_addr,
+        reason,
+        via,
     }
 }
 
@@ -357,20 +382,11 @@ impl Handler<Drain> for TsWriter {
     type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, _: Drain, _ctx: &mut Self::Context) -> Self::Result {
-        let work = write_batch(
-            self.store.clone(),
-            self.consumer.clone(),
-            self.cfg.clone(),
-            self.stats.clone(),
-            std::mem::take(&mut self.batch),
-        );
-        let consumer = self.consumer.clone();
-        Box::pin(work.into_actor(self).map(move |positions, _act, ctx| {
-            for p in &positions {
-                consumer.ack(p);
-            }
-            ctx.stop();
-        }))
+        Box::pin(
+            self.write_open_batch()
+                .into_actor(self)
+                .map(|(), _act, ctx| ctx.stop()),
+        )
     }
 }
 
