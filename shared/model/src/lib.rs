@@ -26,6 +26,7 @@ pub mod ids;
 pub mod limits;
 pub mod losant;
 pub mod normalize;
+pub mod registry;
 pub mod reject;
 pub mod thingsboard;
 pub mod timestamp;
@@ -40,6 +41,7 @@ pub use envelope::{
 pub use ids::{CorrelationId, DeviceId, DeviceName, IdError, MessageId, TenantId};
 pub use limits::Limits;
 pub use normalize::{Ingress, normalize};
+pub use registry::RegistryChange;
 pub use reject::{ReasonCode, Reject, RejectInfo, Rejection};
 pub use timestamp::TimeWindow;
 pub use topic::{

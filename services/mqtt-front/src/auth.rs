@@ -1,0 +1,314 @@
+//! Authentication at CONNECT and the registry reads the ACL needs, cached.
+//!
+//! - Losant: client id = device id, username = access key, password = access secret. The
+//!   key must exist, be active, and open the device (all devices, listed devices, or a tag
+//!   the device carries).
+//! - ThingsBoard: username = device access token, password empty.
+//!
+//! A CONNECT with a non-empty password is taken as Losant, one without as ThingsBoard.
+//!
+//! Secrets are compared as SHA-256 hashes in constant time, and a secret is hashed even when
+//! its key does not exist, so timing tells nothing about which keys exist. Registry reads
+//! are cached for `auth_cache_ttl_secs` and dropped early on `fluxgate.registry.changes`
+//! ([`Registry::invalidate`]). Failed attempts are counted per address and slow down the
+//! next failure's answer ([`FailureDelay`]).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fluxgate_model::{DeviceId, Principal, RegistryChange, TenantId};
+use fluxgate_store::{
+    AccessKey, Device, DeviceKind, DeviceToken, KeyScope, Store, StoreError, hash_secret,
+};
+use moka::future::Cache;
+use subtle::ConstantTimeEq;
+
+/// Why a CONNECT is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// Unknown key or token, or wrong secret (v3 code 4, v5 0x86).
+    #[error("bad user name or password")]
+    BadCredentials,
+    /// The credentials are valid but do not open this device (v3 5, v5 0x87).
+    #[error("not authorized: {0}")]
+    NotAuthorized(&'static str),
+    /// The registry could not be read (v3 3, v5 0x88); the client should retry.
+    #[error("registry unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl AuthError {
+    /// A bounded label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            AuthError::BadCredentials => "bad_credentials",
+            AuthError::NotAuthorized(_) => "not_authorized",
+            AuthError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+impl From<StoreError> for AuthError {
+    fn from(e: StoreError) -> Self {
+        AuthError::Unavailable(e.to_string())
+    }
+}
+
+/// Who connected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The application.
+    pub tenant: TenantId,
+    /// The device and its dialect.
+    pub principal: Principal,
+    /// Whether the credentials allow custom (non-platform) topics.
+    pub custom_topics: bool,
+}
+
+/// The credentials of a CONNECT.
+#[derive(Debug, Clone, Copy)]
+pub struct Credentials<'a> {
+    /// MQTT client id.
+    pub client_id: &'a str,
+    /// MQTT user name.
+    pub username: Option<&'a str>,
+    /// MQTT password.
+    pub password: Option<&'a [u8]>,
+}
+
+fn cache<K, V>(ttl: Duration) -> Cache<K, V>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    Cache::builder()
+        .max_capacity(100_000)
+        .time_to_live(ttl)
+        .build()
+}
+
+/// Cached registry reads.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    store: Arc<dyn Store>,
+    keys: Cache<String, Option<AccessKey>>,
+    tokens: Cache<String, Option<DeviceToken>>,
+    devices: Cache<(TenantId, DeviceId), Option<Device>>,
+}
+
+impl Registry {
+    /// A registry over `store`, caching reads for `ttl`.
+    pub fn new(store: Arc<dyn Store>, ttl: Duration) -> Self {
+        Registry {
+            store,
+            keys: cache(ttl),
+            tokens: cache(ttl),
+            devices: cache(ttl),
+        }
+    }
+
+    async fn access_key(&self, key: &str) -> Result<Option<AccessKey>, AuthError> {
+        let store = &self.store;
+        self.keys
+            .try_get_with(key.to_owned(), store.access_key(key.to_owned()))
+            .await
+            .map_err(|e| AuthError::from((*e).clone()))
+    }
+
+    async fn device_token(&self, hash: String) -> Result<Option<DeviceToken>, AuthError> {
+        let store = &self.store;
+        self.tokens
+            .try_get_with(hash.clone(), store.device_token(hash))
+            .await
+            .map_err(|e| AuthError::from((*e).clone()))
+    }
+
+    /// A device, from the cache or the store.
+    pub async fn device(
+        &self,
+        tenant: &TenantId,
+        id: &DeviceId,
+    ) -> Result<Option<Device>, StoreError> {
+        let k = (tenant.clone(), id.clone());
+        self.devices
+            .try_get_with(k, self.store.device(tenant.clone(), id.clone()))
+            .await
+            .map_err(|e| (*e).clone())
+    }
+
+    /// Whether `gateway` may act for `peripheral` (Losant peripheral policy).
+    pub async fn peripheral_allows(
+        &self,
+        tenant: &TenantId,
+        peripheral: &DeviceId,
+        gateway: &DeviceId,
+    ) -> Result<bool, StoreError> {
+        Ok(self.device(tenant, peripheral).await?.is_some_and(|d| {
+            d.kind == DeviceKind::Peripheral
+                && d.peripheral_policy
+                    .as_ref()
+                    .is_some_and(|p| p.allows(gateway))
+        }))
+    }
+
+    /// Drops the cache entries a registry change makes stale.
+    pub async fn invalidate(&self, change: &RegistryChange) {
+        match change {
+            RegistryChange::Device { tenant, device } => {
+                self.devices
+                    .invalidate(&(tenant.clone(), device.clone()))
+                    .await;
+            }
+            RegistryChange::AccessKey { key } => self.keys.invalidate(key).await,
+            RegistryChange::DeviceToken { token_hash } => {
+                self.tokens.invalidate(token_hash).await;
+            }
+            _ => {}
+        }
+    }
+
+    /// Checks the credentials of a CONNECT.
+    pub async fn authenticate(&self, c: Credentials<'_>) -> Result<Identity, AuthError> {
+        match c.password.filter(|p| !p.is_empty()) {
+            Some(secret) => self.losant(c.client_id, c.username, secret).await,
+            None => self.thingsboard(c.username).await,
+        }
+    }
+
+    async fn losant(
+        &self,
+        client_id: &str,
+        username: Option<&str>,
+        secret: &[u8],
+    ) -> Result<Identity, AuthError> {
+        // Hash first, whatever happens next: the work is the same for unknown keys.
+        let given = hash_secret(&String::from_utf8_lossy(secret));
+        let key = match username {
+            Some(k) if !k.is_empty() => self.access_key(k).await?,
+            _ => None,
+        };
+        let stored = key.as_ref().map_or("", |k| k.secret_hash.as_str());
+        let matches: bool = given.as_bytes().ct_eq(stored.as_bytes()).into();
+        let key = match key {
+            Some(k) if matches => k,
+            _ => return Err(AuthError::BadCredentials),
+        };
+        if !key.active {
+            return Err(AuthError::NotAuthorized("access key is deactivated"));
+        }
+        let id = DeviceId::new(client_id)
+            .map_err(|_| AuthError::NotAuthorized("client id is not a device id"))?;
+        let device = self
+            .device(&key.tenant, &id)
+            .await?
+            .ok_or(AuthError::NotAuthorized(
+                "no such device in the key's application",
+            ))?;
+        let in_scope = match &key.scope {
+            KeyScope::AllDevices => true,
+            KeyScope::Devices(ids) => ids.contains(&id),
+            KeyScope::Tags(tags) => device.tags.iter().any(|t| tags.contains(t)),
+        };
+        if !in_scope {
+            return Err(AuthError::NotAuthorized(
+                "the access key does not open this device",
+            ));
+        }
+        Ok(Identity {
+            tenant: key.tenant,
+            principal: Principal::Losant {
+                device: id,
+                gateway: device.kind == DeviceKind::Gateway,
+            },
+            custom_topics: key.custom_topics,
+        })
+    }
+
+    async fn thingsboard(&self, username: Option<&str>) -> Result<Identity, AuthError> {
+        let Some(token) = username.filter(|t| !t.is_empty()) else {
+            return Err(AuthError::BadCredentials);
+        };
+        let hash = hash_secret(token);
+        let t = self
+            .device_token(hash.clone())
+            .await?
+            .ok_or(AuthError::BadCredentials)?;
+        // The lookup is by hash; compare it anyway so that a store returning a near match
+        // (a prefix index, a collation) cannot let a wrong token in.
+        if !bool::from(t.token_hash.as_bytes().ct_eq(hash.as_bytes())) {
+            return Err(AuthError::BadCredentials);
+        }
+        let device = self
+            .device(&t.tenant, &t.device)
+            .await?
+            .ok_or(AuthError::NotAuthorized("the token's device was deleted"))?;
+        Ok(Identity {
+            tenant: t.tenant,
+            principal: Principal::ThingsBoard {
+                device: t.device,
+                gateway: device.kind == DeviceKind::Gateway,
+            },
+            custom_topics: false,
+        })
+    }
+}
+
+/// Slows down repeated failures from one address.
+#[derive(Debug, Clone)]
+pub struct FailureDelay {
+    failures: Cache<IpAddr, u32>,
+    base_ms: u64,
+    max_ms: u64,
+}
+
+impl FailureDelay {
+    /// `base_ms × 2^(n-1)` for the n-th failure after the first, at most `max_ms`; counts
+    /// are forgotten after ten minutes without failures.
+    pub fn new(base_ms: u64, max_ms: u64) -> Self {
+        FailureDelay {
+            failures: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(Duration::from_secs(600))
+                .build(),
+            base_ms,
+            max_ms,
+        }
+    }
+
+    /// Records a failure from `ip` and returns how long to wait before answering it.
+    pub async fn failed(&self, ip: IpAddr) -> Duration {
+        let n = self
+            .failures
+            .entry(ip)
+            .and_upsert_with(|e| async move { e.map_or(1, |e| e.into_value().saturating_add(1)) })
+            .await
+            .into_value();
+        if n <= 1 {
+            return Duration::ZERO;
+        }
+        let ms = self.base_ms.saturating_mul(1u64 << (n - 2).min(20));
+        Duration::from_millis(ms.min(self.max_ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn failures_from_one_address_grow_slower() {
+        let d = FailureDelay::new(100, 1000);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(d.failed(a).await, Duration::ZERO);
+        assert_eq!(d.failed(a).await, Duration::from_millis(100));
+        assert_eq!(d.failed(a).await, Duration::from_millis(200));
+        assert_eq!(d.failed(a).await, Duration::from_millis(400));
+        for _ in 0..10 {
+            d.failed(a).await;
+        }
+        assert_eq!(d.failed(a).await, Duration::from_millis(1000));
+        assert_eq!(d.failed(b).await, Duration::ZERO);
+    }
+}

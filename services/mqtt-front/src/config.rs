@@ -1,0 +1,234 @@
+//! MQTT front settings.
+
+use std::path::PathBuf;
+
+use fluxgate_model::Limits;
+use serde::{Deserialize, Serialize};
+
+/// What to do on MQTT 3.1.1, which has no negative PUBACK, when a publish is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum V3Refusal {
+    /// Close the connection (ThingsBoard's behaviour; the client learns something is wrong).
+    Close,
+    /// Acknowledge and drop the message (it is counted and logged as rejected).
+    Drop,
+}
+
+/// TLS certificate and key, PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// Certificate chain, PEM.
+    pub cert_path: PathBuf,
+    /// Private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_path: PathBuf,
+}
+
+/// One rate: `messages` per `window_secs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    /// How many in one window (0 turns the limit off).
+    pub messages: u32,
+    /// The window, in seconds.
+    pub window_secs: u32,
+}
+
+/// Rate limits (Losant's published figures are the defaults).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimits {
+    /// Publishes per topic per connection.
+    pub per_topic: Rate,
+    /// Publishes per connection.
+    pub per_connection: Rate,
+    /// New connections per application, per front.
+    pub new_connections_per_application: Rate,
+    /// How long a client that went over a limit is refused, in seconds (doubles for each
+    /// repeat offence within an hour, up to `block_max_secs`).
+    pub block_secs: u64,
+    /// Longest block, in seconds.
+    pub block_max_secs: u64,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            per_topic: Rate {
+                messages: 30,
+                window_secs: 15,
+            },
+            per_connection: Rate {
+                messages: 300,
+                window_secs: 15,
+            },
+            new_connections_per_application: Rate {
+                messages: 300,
+                window_secs: 15,
+            },
+            block_secs: 30,
+            block_max_secs: 960,
+        }
+    }
+}
+
+/// MQTT front settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FrontConfig {
+    /// This instance's id, reported in presence events (defaults to the host name).
+    pub instance_id: String,
+    /// Plain MQTT listener (`None`: off).
+    pub tcp_addr: Option<String>,
+    /// MQTT over TLS listener (`None`: off; needs `tls`).
+    pub tls_addr: Option<String>,
+    /// MQTT over WebSocket listener, path `/mqtt` (`None`: off).
+    pub ws_addr: Option<String>,
+    /// MQTT over secure WebSocket listener, path `/mqtt` (`None`: off; needs `tls`).
+    pub wss_addr: Option<String>,
+    /// Certificate and key of the TLS listeners.
+    pub tls: Option<TlsFiles>,
+    /// `/metrics`, `/healthz`, `/readyz` listener (`None`: off).
+    pub http_addr: Option<String>,
+    /// Worker threads of the MQTT listeners.
+    pub workers: usize,
+    /// Most connections this front holds; more are refused at accept.
+    pub max_connections: usize,
+    /// Time a client has to send CONNECT after opening the socket, in seconds.
+    pub connect_timeout_secs: u16,
+    /// QoS 1 publishes of one connection being produced at once; when all wait for the
+    /// bus, the front stops reading that socket.
+    pub max_in_flight: u16,
+    /// Deliveries waiting for one connection; more are reported as not delivered.
+    pub max_pending_deliveries: usize,
+    /// v3 publish to a topic the client may not use.
+    pub v3_on_denied: V3Refusal,
+    /// v3 publish whose payload is malformed.
+    pub v3_on_malformed: V3Refusal,
+    /// How long registry reads (credentials, devices) are cached, in seconds.
+    pub auth_cache_ttl_secs: u64,
+    /// Delay added to the answer of the n-th failed CONNECT from one address: this many
+    /// milliseconds times 2^(n-1), capped by `auth_failure_delay_max_ms`; the first failure
+    /// is answered at once.
+    pub auth_failure_delay_ms: u64,
+    /// Longest delay of a failed CONNECT, in milliseconds.
+    pub auth_failure_delay_max_ms: u64,
+    /// Rate limits.
+    pub rate_limits: RateLimits,
+    /// Payload and value limits (`limits.max_payload_bytes` also bounds MQTT packets: a
+    /// larger one closes the connection, v5 with "packet too large").
+    pub limits: Limits,
+    /// Time to finish in-flight acks when shutting down, in seconds.
+    pub drain_grace_secs: u64,
+}
+
+impl Default for FrontConfig {
+    fn default() -> Self {
+        FrontConfig {
+            instance_id: std::env::var("HOSTNAME").unwrap_or_else(|_| "front-0".into()),
+            tcp_addr: Some("0.0.0.0:1883".into()),
+            tls_addr: None,
+            ws_addr: None,
+            wss_addr: None,
+            tls: None,
+            http_addr: Some("0.0.0.0:9101".into()),
+            workers: 2,
+            max_connections: 100_000,
+            connect_timeout_secs: 10,
+            max_in_flight: 16,
+            max_pending_deliveries: 64,
+            v3_on_denied: V3Refusal::Close,
+            v3_on_malformed: V3Refusal::Close,
+            auth_cache_ttl_secs: 60,
+            auth_failure_delay_ms: 250,
+            auth_failure_delay_max_ms: 5_000,
+            rate_limits: RateLimits::default(),
+            limits: Limits::default(),
+            drain_grace_secs: 10,
+        }
+    }
+}
+
+/// A setting the front cannot start with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("mqtt_front.{field}: {problem}")]
+pub struct ConfigError {
+    /// The setting, as named in the config file.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl FrontConfig {
+    /// Checks what serde cannot: names the field that is wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field, problem: &str| {
+            Err(ConfigError {
+                field,
+                problem: problem.into(),
+            })
+        };
+        let listeners = [
+            &self.tcp_addr,
+            &self.tls_addr,
+            &self.ws_addr,
+            &self.wss_addr,
+        ];
+        if listeners.iter().all(|l| l.is_none()) {
+            return bad("tcp_addr", "no listener is configured");
+        }
+        if (self.tls_addr.is_some() || self.wss_addr.is_some()) && self.tls.is_none() {
+            return bad("tls", "tls_addr or wss_addr needs cert_path and key_path");
+        }
+        if self.workers == 0 {
+            return bad("workers", "must be at least 1");
+        }
+        if self.max_in_flight == 0 {
+            return bad("max_in_flight", "must be at least 1");
+        }
+        if self.limits.max_payload_bytes == 0 {
+            return bad("limits.max_payload_bytes", "must be at least 1");
+        }
+        for (field, rate) in [
+            ("rate_limits.per_topic", self.rate_limits.per_topic),
+            (
+                "rate_limits.per_connection",
+                self.rate_limits.per_connection,
+            ),
+            (
+                "rate_limits.new_connections_per_application",
+                self.rate_limits.new_connections_per_application,
+            ),
+        ] {
+            if rate.messages > 0 && rate.window_secs == 0 {
+                return bad(field, "window_secs must be at least 1");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_errors_name_the_field() {
+        FrontConfig::default().validate().unwrap();
+        let mut c = FrontConfig {
+            tls_addr: Some("127.0.0.1:0".into()),
+            ..FrontConfig::default()
+        };
+        assert_eq!(c.validate().unwrap_err().field, "tls");
+        c.tls_addr = None;
+        c.rate_limits.per_topic.window_secs = 0;
+        let e = c.validate().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "mqtt_front.rate_limits.per_topic: window_secs must be at least 1"
+        );
+        let unknown: Result<FrontConfig, _> = serde_json::from_str(r#"{"tcp_adr":"x"}"#);
+        assert!(unknown.unwrap_err().to_string().contains("tcp_adr"));
+    }
+}

@@ -1,0 +1,842 @@
+//! What the front does with a connection, independent of the MQTT version: CONNECT,
+//! PUBLISH, SUBSCRIBE, deliveries and the end of a session. [`crate::server`] maps the
+//! outcomes to v3 and v5 packets.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use fluxgate_bus::{Headers, OutRecord, ProduceError, Producer, Topic, TopicsConfig, TraceParent};
+use fluxgate_model::{
+    Body, Channel, Check, CorrelationId, Delivery, DeviceId, DeviceRef, ENVELOPE_VERSION, Envelope,
+    Ingress, MessageId, Outbound, PublishTarget, Reject, Rejection, Rendered, SessionInfo,
+    SubscribeTarget, Subscription, TenantId, classify_publish, classify_subscribe, normalize,
+};
+use governor::DefaultKeyedRateLimiter;
+use ntex::util::{ByteString, Bytes};
+use ntex_mqtt::{QoS, TopicFilter};
+use tokio::sync::mpsc;
+
+use crate::auth::{AuthError, Credentials, FailureDelay, Registry};
+use crate::config::FrontConfig;
+use crate::metrics::{FrontMetrics, dialect_label, op_label};
+use crate::session::{
+    CloseReason, Conn, ConnLimits, Entry, InFlight, Over, Sequencer, SessionMap, Sink, Subs,
+    ToSession, quota,
+};
+
+/// Header carrying the MQTT topic of a custom-topic record on `fluxgate.mqtt.custom`.
+pub(crate) const CUSTOM_TOPIC_HEADER: &str = "mqtt-topic";
+
+/// Why a CONNECT is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// Credentials (see [`AuthError`]).
+    Auth(AuthError),
+    /// The front is shutting down.
+    Draining,
+    /// The client is blocked after going over a rate limit.
+    Blocked,
+    /// The application opens connections faster than allowed.
+    RateLimited,
+    /// CleanSession = 0 on v3 (persistent sessions are not supported).
+    PersistentSession,
+    /// The presence event could not be produced.
+    Unavailable,
+}
+
+impl Refusal {
+    fn label(&self) -> &'static str {
+        match self {
+            Refusal::Auth(e) => e.label(),
+            Refusal::Draining => "draining",
+            Refusal::Blocked => "blocked",
+            Refusal::RateLimited => "rate_limited",
+            Refusal::PersistentSession => "session_refused",
+            Refusal::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// What became of a publish.
+#[derive(Debug)]
+pub(crate) enum Verdict {
+    /// On the bus (or answered locally); acknowledge.
+    Accepted,
+    /// The client may not publish there.
+    Denied(Reject),
+    /// The payload is not what the topic takes.
+    Malformed(Reject),
+    /// Retained messages are not supported.
+    RetainRefused,
+    /// Over a rate limit: the connection is being closed.
+    RateLimited,
+    /// The bus or registry failed; do not acknowledge, the client must resend.
+    Failed(String),
+}
+
+struct Names {
+    raw: String,
+    events: String,
+    rejected: String,
+    custom: String,
+}
+
+/// A client blocked after a rate-limit offence.
+#[derive(Debug, Clone, Copy)]
+struct Block {
+    offences: u32,
+    until: Instant,
+}
+
+/// State shared by every connection of one front.
+pub(crate) struct Front {
+    pub(crate) cfg: FrontConfig,
+    pub(crate) registry: Registry,
+    failures: FailureDelay,
+    pub(crate) producer: Arc<dyn Producer>,
+    names: Names,
+    pub(crate) sessions: SessionMap,
+    pub(crate) metrics: FrontMetrics,
+    new_conns: Option<DefaultKeyedRateLimiter<TenantId>>,
+    blocks: moka::sync::Cache<(TenantId, DeviceId), Block>,
+    next_conn: AtomicU64,
+    pub(crate) draining: AtomicBool,
+}
+
+impl std::fmt::Debug for Front {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Front")
+            .field("instance", &self.cfg.instance_id)
+            .field("sessions", &self.sessions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn new_id() -> MessageId {
+    MessageId::from_parts(now_ms().max(0) as u64, fastrand::u128(..))
+}
+
+fn traced(mut rec: OutRecord) -> OutRecord {
+    let mut h = Headers::new();
+    TraceParent {
+        trace_id: fastrand::u128(1..),
+        span_id: fastrand::u64(1..),
+        flags: 1,
+    }
+    .inject(&mut h);
+    rec.headers = h;
+    rec
+}
+
+impl Front {
+    pub(crate) fn new(
+        cfg: FrontConfig,
+        registry: Registry,
+        producer: Arc<dyn Producer>,
+        topics: &TopicsConfig,
+        metrics: FrontMetrics,
+    ) -> Self {
+        let new_conns = quota(cfg.rate_limits.new_connections_per_application)
+            .map(governor::RateLimiter::keyed);
+        Front {
+            failures: FailureDelay::new(cfg.auth_failure_delay_ms, cfg.auth_failure_delay_max_ms),
+            names: Names {
+                raw: topics.name(Topic::IngestRaw),
+                events: topics.name(Topic::DeviceEvents),
+                rejected: topics.name(Topic::IngestRejected),
+                custom: topics.name(Topic::MqttCustom),
+            },
+            registry,
+            producer,
+            sessions: SessionMap::default(),
+            metrics,
+            new_conns,
+            blocks: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(Duration::from_secs(3600))
+                .build(),
+            next_conn: AtomicU64::new(1),
+            draining: AtomicBool::new(false),
+            cfg,
+        }
+    }
+
+    fn session_info(&self, remote: Option<SocketAddr>) -> SessionInfo {
+        SessionInfo {
+            front: self.cfg.instance_id.clone(),
+            remote_addr: remote.map(|a| a.to_string()),
+        }
+    }
+
+    fn event(&self, conn: &Conn, body: Body) -> Envelope {
+        Envelope {
+            v: ENVELOPE_VERSION,
+            id: new_id(),
+            part: 0,
+            tenant: conn.identity.tenant.clone(),
+            device: DeviceRef::Id(conn.identity.principal.device().clone()),
+            via: None,
+            dialect: conn.identity.principal.dialect(),
+            channel: Channel::Internal,
+            received_ms: now_ms(),
+            body,
+        }
+    }
+
+    async fn produce_event(&self, env: &Envelope) -> Result<(), ProduceError> {
+        let rec = traced(OutRecord::new(
+            &self.names.events,
+            env.key(),
+            env.to_bytes(),
+        ));
+        self.producer.produce(rec).await.map(|_| ())
+    }
+
+    /// Authenticates a CONNECT and registers the session: takes over an earlier connection
+    /// of the same device, announces the connect (durably, before the CONNACK), and starts
+    /// the task that writes deliveries to the client until `gone` resolves.
+    pub(crate) async fn connect(
+        self: &Arc<Self>,
+        creds: Credentials<'_>,
+        clean_session: bool,
+        remote: Option<SocketAddr>,
+        sink: Sink,
+        gone: impl Future<Output = ()> + 'static,
+    ) -> Result<Rc<Conn>, Refusal> {
+        let r = self
+            .try_connect(creds, clean_session, remote, sink, gone)
+            .await;
+        let outcome = r.as_ref().map_or_else(Refusal::label, |_| "accepted");
+        self.metrics.connects.with_label_values(&[outcome]).inc();
+        if let Err(Refusal::Auth(AuthError::BadCredentials | AuthError::NotAuthorized(_))) = &r
+            && let Some(ip) = remote.map(|a| a.ip())
+        {
+            let wait = self.failures.failed(ip).await;
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        if let Err(e) = &r {
+            tracing::info!(client_id = creds.client_id, ?remote, reason = ?e, "connect refused");
+        }
+        r
+    }
+
+    async fn try_connect(
+        self: &Arc<Self>,
+        creds: Credentials<'_>,
+        clean_session: bool,
+        remote: Option<SocketAddr>,
+        sink: Sink,
+        gone: impl Future<Output = ()> + 'static,
+    ) -> Result<Rc<Conn>, Refusal> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Err(Refusal::Draining);
+        }
+        if !clean_session {
+            return Err(Refusal::PersistentSession);
+        }
+        let identity = self
+            .registry
+            .authenticate(creds)
+            .await
+            .map_err(Refusal::Auth)?;
+        let key = (identity.tenant.clone(), identity.principal.device().clone());
+        if self
+            .blocks
+            .get(&key)
+            .is_some_and(|b| b.until > Instant::now())
+        {
+            return Err(Refusal::Blocked);
+        }
+        if let Some(l) = &self.new_conns
+            && l.check_key(&identity.tenant).is_err()
+        {
+            self.metrics
+                .rate_limited
+                .with_label_values(&["new_connections"])
+                .inc();
+            return Err(Refusal::RateLimited);
+        }
+        let rl = &self.cfg.rate_limits;
+        let (tx, rx) = mpsc::channel(self.cfg.max_pending_deliveries.max(1));
+        let conn = Rc::new(Conn {
+            id: self.next_conn.fetch_add(1, Ordering::Relaxed),
+            identity,
+            remote,
+            sink,
+            subs: std::cell::RefCell::new(Subs::default()),
+            order: Sequencer::default(),
+            limits: ConnLimits::new(rl.per_connection, rl.per_topic),
+            in_flight: std::cell::Cell::new(0),
+            idle: tokio::sync::Notify::new(),
+            closing: std::cell::Cell::new(None),
+            client_disconnected: std::cell::Cell::new(false),
+            wants_custom: Arc::new(AtomicBool::new(false)),
+        });
+        let entry = Entry {
+            conn: conn.id,
+            tx,
+            wants_custom: conn.wants_custom.clone(),
+        };
+        if let Some(old) = self.sessions.insert(key.clone(), entry) {
+            // The old connection's disconnect is announced here, before the new connect, so
+            // that presence ends "online" whatever order the sockets close in.
+            let _ = old.tx.try_send(ToSession::Close(CloseReason::Takeover));
+            let ev = self.event(
+                &conn,
+                Body::Disconnect {
+                    reason: Some(CloseReason::Takeover.as_str().into()),
+                    session: Some(self.session_info(None)),
+                },
+            );
+            if let Err(e) = self.produce_event(&ev).await {
+                tracing::warn!(error = %e, "takeover disconnect event not produced");
+            }
+        }
+        let ev = self.event(
+            &conn,
+            Body::Connect {
+                profile: None,
+                session: Some(self.session_info(remote)),
+            },
+        );
+        if let Err(e) = self.produce_event(&ev).await {
+            tracing::warn!(error = %e, "connect event not produced; refusing the connection");
+            self.sessions.remove(&key, conn.id);
+            return Err(Refusal::Unavailable);
+        }
+        self.metrics
+            .connections
+            .with_label_values(&[dialect_label(conn.identity.principal.dialect())])
+            .inc();
+        ntex::rt::spawn(session_task(self.clone(), conn.clone(), rx, gone));
+        Ok(conn)
+    }
+
+    fn produce_rejection(&self, conn: &Conn, reject: &Reject, payload: &[u8]) {
+        let r = Rejection::new(
+            conn.identity.tenant.clone(),
+            conn.identity.principal.device().as_str(),
+            now_ms(),
+            reject,
+            payload,
+        );
+        let key = format!(
+            "{}/{}",
+            conn.identity.tenant,
+            conn.identity.principal.device()
+        );
+        let rec = OutRecord::new(&self.names.rejected, key, r.to_bytes());
+        let producer = self.producer.clone();
+        // The rejected log is best effort: the client already got its answer.
+        ntex::rt::spawn(async move {
+            if let Err(e) = producer.produce(rec).await {
+                tracing::warn!(error = %e, "rejected-log record not produced");
+            }
+        });
+    }
+
+    fn block(&self, conn: &Conn) {
+        let key = conn.key();
+        let rl = &self.cfg.rate_limits;
+        let offences = self.blocks.get(&key).map_or(0, |b| b.offences) + 1;
+        let secs = rl
+            .block_secs
+            .saturating_mul(1u64 << (offences - 1).min(16))
+            .min(rl.block_max_secs.max(rl.block_secs));
+        self.blocks.insert(
+            key,
+            Block {
+                offences,
+                until: Instant::now() + Duration::from_secs(secs),
+            },
+        );
+    }
+
+    /// Handles one PUBLISH. `ticket` comes from `conn.order`, taken when the packet
+    /// arrived, so that bus sends keep the packets' order.
+    pub(crate) async fn publish(
+        &self,
+        conn: &Conn,
+        ticket: u64,
+        topic: &ByteString,
+        payload: &Bytes,
+        retain: bool,
+    ) -> Verdict {
+        let started = Instant::now();
+        let dialect = conn.identity.principal.dialect();
+        self.metrics
+            .bytes
+            .with_label_values(&[dialect_label(dialect)])
+            .inc_by(payload.len() as u64);
+        let turn = conn.order.turn(ticket).await;
+        let (kind, verdict) = self.publish_in_turn(conn, topic, payload, retain).await;
+        drop(turn);
+        let verdict = match verdict {
+            Ok(Some(acks)) => {
+                let _in_flight = InFlight::new(conn, &self.metrics.in_flight);
+                let mut failed = None;
+                for ack in acks {
+                    if let Err(e) = ack.await {
+                        failed = Some(e.to_string());
+                    }
+                }
+                match failed {
+                    None => {
+                        self.metrics
+                            .ack_latency
+                            .observe(started.elapsed().as_secs_f64());
+                        Verdict::Accepted
+                    }
+                    Some(e) => Verdict::Failed(e),
+                }
+            }
+            Ok(None) => Verdict::Accepted,
+            Err(v) => v,
+        };
+        let outcome = match &verdict {
+            Verdict::Accepted => "accepted",
+            Verdict::Denied(_) => "denied",
+            Verdict::Malformed(_) => "malformed",
+            Verdict::RetainRefused => "retain_refused",
+            Verdict::RateLimited => "rate_limited",
+            Verdict::Failed(_) => "failed",
+        };
+        self.metrics.message(dialect, kind, outcome);
+        match &verdict {
+            Verdict::Denied(r) | Verdict::Malformed(r) => {
+                tracing::info!(device = %conn.identity.principal.device(), topic = %topic, reason = %r, "publish refused");
+                self.produce_rejection(conn, r, payload);
+            }
+            Verdict::Failed(e) => {
+                tracing::warn!(device = %conn.identity.principal.device(), error = %e, "publish not acknowledged by the bus");
+            }
+            _ => {}
+        }
+        verdict
+    }
+
+    /// The part of a publish that must happen in order: checks, normalization, and the
+    /// sends (not their acks). `Ok(Some(acks))`: wait for these; `Ok(None)`: done.
+    async fn publish_in_turn(
+        &self,
+        conn: &Conn,
+        topic: &ByteString,
+        payload: &Bytes,
+        retain: bool,
+    ) -> (
+        &'static str,
+        Result<Option<Vec<fluxgate_bus::AckFuture>>, Verdict>,
+    ) {
+        let id = &conn.identity;
+        let class = match classify_publish(&id.principal, topic) {
+            Ok(c) => c,
+            Err(r) => return ("unknown", Err(Verdict::Denied(r))),
+        };
+        let kind = match &class.target {
+            PublishTarget::Platform(op) => op_label(op),
+            PublishTarget::Custom => "custom",
+        };
+        if retain {
+            return (kind, Err(Verdict::RetainRefused));
+        }
+        if let Err(over) = conn.limits.check(topic) {
+            let limit = match over {
+                Over::Topic => "topic",
+                Over::Connection => "connection",
+            };
+            self.metrics.rate_limited.with_label_values(&[limit]).inc();
+            self.block(conn);
+            conn.close(CloseReason::RateLimited);
+            return (kind, Err(Verdict::RateLimited));
+        }
+        match &class.check {
+            Check::None => {}
+            Check::CustomTopics if id.custom_topics => {}
+            Check::CustomTopics => {
+                let r = Reject::TopicNotAllowed {
+                    topic: topic.to_string(),
+                };
+                return (kind, Err(Verdict::Denied(r)));
+            }
+            Check::Peripheral {
+                gateway,
+                peripheral,
+            } => match self
+                .registry
+                .peripheral_allows(&id.tenant, peripheral, gateway)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    let r = Reject::PeripheralNotAllowed {
+                        gateway: gateway.to_string(),
+                        peripheral: peripheral.to_string(),
+                    };
+                    return (kind, Err(Verdict::Denied(r)));
+                }
+                Err(e) => return (kind, Err(Verdict::Failed(e.to_string()))),
+            },
+        }
+        let op = match class.target {
+            PublishTarget::Custom => {
+                let mut rec = OutRecord::new(
+                    &self.names.custom,
+                    id.tenant.as_str().to_owned(),
+                    payload.to_vec(),
+                );
+                rec = traced(rec);
+                rec.headers
+                    .insert(CUSTOM_TOPIC_HEADER, topic.as_bytes().to_vec());
+                return (kind, self.send_all(vec![rec]).await.map(Some));
+            }
+            PublishTarget::Platform(op) => op,
+        };
+        let ingress = Ingress {
+            tenant: &id.tenant,
+            principal: &id.principal,
+            channel: Channel::Mqtt,
+            id: new_id(),
+            received_ms: now_ms(),
+            limits: &self.cfg.limits,
+        };
+        let envs = match normalize(&ingress, &op, payload) {
+            Ok(e) => e,
+            Err(r) => return (kind, Err(Verdict::Malformed(r))),
+        };
+        if let [env] = envs.as_slice()
+            && let Body::RpcRequest {
+                request_id, method, ..
+            } = &env.body
+            && method == "getSessionLimits"
+        {
+            self.answer_session_limits(conn, request_id.clone()).await;
+            return (kind, Ok(None));
+        }
+        let recs = envs
+            .iter()
+            .map(|e| traced(OutRecord::new(&self.names.raw, e.key(), e.to_bytes())))
+            .collect();
+        (kind, self.send_all(recs).await.map(Some))
+    }
+
+    async fn send_all(
+        &self,
+        recs: Vec<OutRecord>,
+    ) -> Result<Vec<fluxgate_bus::AckFuture>, Verdict> {
+        let mut acks = Vec::with_capacity(recs.len());
+        for rec in recs {
+            match self.producer.send(rec).await {
+                Ok(a) => acks.push(a),
+                Err(e) => return Err(Verdict::Failed(e.to_string())),
+            }
+        }
+        Ok(acks)
+    }
+
+    /// ThingsBoard's SDK asks for the limits right after connecting; the answer is the
+    /// limits this front enforces, in ThingsBoard's format.
+    async fn answer_session_limits(&self, conn: &Conn, request_id: CorrelationId) {
+        let rl = &self.cfg.rate_limits;
+        let rate = |r: crate::config::Rate| {
+            if r.messages == 0 {
+                String::new()
+            } else {
+                format!("{}:{}", r.messages, r.window_secs)
+            }
+        };
+        let data = serde_json::json!({
+            "maxPayloadSize": self.cfg.limits.max_payload_bytes,
+            "maxInflightMessages": self.cfg.max_in_flight,
+            "rateLimits": {
+                "messages": rate(rl.per_connection),
+                "telemetryMessages": rate(rl.per_topic),
+                "telemetryDataPoints": "",
+            },
+        });
+        let d = Delivery {
+            v: ENVELOPE_VERSION,
+            id: new_id(),
+            tenant: conn.identity.tenant.clone(),
+            device: conn.identity.principal.device().clone(),
+            device_name: None,
+            via: None,
+            dialect: conn.identity.principal.dialect(),
+            body: Outbound::RpcResponse { request_id, data },
+        };
+        if let Ok(r) = d.render() {
+            let _ = self.write(conn, &r).await;
+        }
+    }
+
+    /// Writes a rendered message to the client at the QoS it subscribed with; returns
+    /// whether it was delivered and why not.
+    async fn write(&self, conn: &Conn, r: &Rendered) -> Result<(), &'static str> {
+        let qos = conn.subs.borrow().feed(&r.feed);
+        let outcome = match qos {
+            None => Err("not subscribed"),
+            Some(qos) => conn
+                .sink
+                .publish(
+                    ByteString::from(r.topic.as_str()),
+                    Bytes::copy_from_slice(&r.payload),
+                    qos,
+                )
+                .await
+                .map_err(|_| "client did not acknowledge"),
+        };
+        let label = match outcome {
+            Ok(()) => "delivered",
+            Err("not subscribed") => "not_subscribed",
+            Err(_) => "failed",
+        };
+        self.metrics.deliveries.with_label_values(&[label]).inc();
+        outcome
+    }
+
+    /// Delivers a command/RPC/attribute message and reports the outcome to the dispatcher.
+    async fn deliver(&self, conn: &Conn, d: Delivery, r: Rendered) {
+        let outcome = self.write(conn, &r).await;
+        self.report(&d, outcome.err()).await;
+    }
+
+    /// The delivery-outcome record for the dispatcher.
+    fn outcome_record(&self, d: &Delivery, failure: Option<&str>) -> OutRecord {
+        let env = Envelope {
+            v: ENVELOPE_VERSION,
+            id: new_id(),
+            part: 0,
+            tenant: d.tenant.clone(),
+            device: DeviceRef::Id(d.device.clone()),
+            via: d.via.clone(),
+            dialect: d.dialect,
+            channel: Channel::Internal,
+            received_ms: now_ms(),
+            body: Body::DeliveryOutcome {
+                delivery: d.id,
+                delivered: failure.is_none(),
+                reason: failure.map(str::to_owned),
+            },
+        };
+        traced(OutRecord::new(
+            &self.names.events,
+            env.key(),
+            env.to_bytes(),
+        ))
+    }
+
+    /// Produces a delivery outcome for the dispatcher.
+    pub(crate) async fn report(&self, d: &Delivery, failure: Option<&str>) {
+        if let Err(e) = self.producer.produce(self.outcome_record(d, failure)).await {
+            tracing::warn!(delivery = %d.id, error = %e, "delivery outcome not produced");
+        }
+    }
+
+    async fn deliver_custom(&self, conn: &Conn, topic: ByteString, payload: Bytes) {
+        let qos = conn.subs.borrow().custom(&topic);
+        if let Some(qos) = qos {
+            let ok = conn.sink.publish(topic, payload, qos).await.is_ok();
+            let label = if ok { "delivered" } else { "failed" };
+            self.metrics.deliveries.with_label_values(&[label]).inc();
+        }
+    }
+
+    /// Handles one SUBSCRIBE filter; returns the granted QoS.
+    pub(crate) async fn subscribe(
+        &self,
+        conn: &Conn,
+        filter: &str,
+        qos: QoS,
+    ) -> Result<QoS, Reject> {
+        let id = &conn.identity;
+        let class = classify_subscribe(&id.principal, filter)?;
+        let denied = || Reject::TopicNotAllowed {
+            topic: filter.to_owned(),
+        };
+        match &class.check {
+            Check::None => {}
+            Check::CustomTopics if id.custom_topics => {}
+            Check::CustomTopics => return Err(denied()),
+            Check::Peripheral {
+                gateway,
+                peripheral,
+            } => {
+                let ok = self
+                    .registry
+                    .peripheral_allows(&id.tenant, peripheral, gateway)
+                    .await
+                    .unwrap_or(false);
+                if !ok {
+                    return Err(Reject::PeripheralNotAllowed {
+                        gateway: gateway.to_string(),
+                        peripheral: peripheral.to_string(),
+                    });
+                }
+            }
+        }
+        let granted = if qos == QoS::AtMostOnce {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        match class.target {
+            SubscribeTarget::Platform(s) => conn.subs.borrow_mut().add_platform(s, granted),
+            SubscribeTarget::Custom => {
+                let parsed: TopicFilter = filter.parse().map_err(|_| denied())?;
+                conn.subs
+                    .borrow_mut()
+                    .add_custom(filter.to_owned(), parsed, granted);
+                conn.wants_custom.store(true, Ordering::Relaxed);
+            }
+        }
+        Ok(granted)
+    }
+
+    /// Handles one UNSUBSCRIBE filter.
+    pub(crate) fn unsubscribe(&self, conn: &Conn, filter: &str) {
+        let feed: Option<Subscription> = classify_subscribe(&conn.identity.principal, filter)
+            .ok()
+            .and_then(|c| match c.target {
+                SubscribeTarget::Platform(s) => Some(s),
+                SubscribeTarget::Custom => None,
+            });
+        let mut subs = conn.subs.borrow_mut();
+        subs.remove(feed.as_ref(), filter);
+        conn.wants_custom
+            .store(subs.has_custom(), Ordering::Relaxed);
+    }
+
+    /// The session ended: unregister it and announce the disconnect (unless another
+    /// connection took over, which announced it already).
+    async fn gone(&self, conn: &Conn) {
+        self.metrics
+            .connections
+            .with_label_values(&[dialect_label(conn.identity.principal.dialect())])
+            .dec();
+        if !self.sessions.remove(&conn.key(), conn.id) {
+            return;
+        }
+        let reason = match conn.closing.get() {
+            Some(r) => r.as_str(),
+            None if conn.client_disconnected.get() => "client disconnect",
+            None => "connection lost",
+        };
+        let ev = self.event(
+            conn,
+            Body::Disconnect {
+                reason: Some(reason.into()),
+                session: Some(self.session_info(conn.remote)),
+            },
+        );
+        if let Err(e) = self.produce_event(&ev).await {
+            tracing::warn!(error = %e, "disconnect event not produced");
+        }
+    }
+
+    /// Waits (at most the drain grace) for the connection's publishes to be acknowledged,
+    /// then closes it.
+    async fn close_when_idle(&self, conn: &Conn, reason: CloseReason) {
+        let idle = async {
+            loop {
+                let n = conn.idle.notified();
+                if conn.in_flight.get() == 0 {
+                    return;
+                }
+                n.await;
+            }
+        };
+        let grace = Duration::from_secs(self.cfg.drain_grace_secs);
+        let _ = tokio::time::timeout(grace, idle).await;
+        conn.close(reason);
+    }
+}
+
+async fn session_task(
+    front: Arc<Front>,
+    conn: Rc<Conn>,
+    mut rx: mpsc::Receiver<ToSession>,
+    gone: impl Future<Output = ()>,
+) {
+    let mut gone = std::pin::pin!(gone);
+    loop {
+        tokio::select! {
+            () = &mut gone => break,
+            msg = rx.recv() => match msg {
+                None => break,
+                Some(ToSession::Close(CloseReason::Shutdown)) => {
+                    front.close_when_idle(&conn, CloseReason::Shutdown).await;
+                }
+                Some(ToSession::Close(r)) => conn.close(r),
+                Some(ToSession::Deliver(d)) => {
+                    let (d, r) = *d;
+                    front.deliver(&conn, d, r).await;
+                }
+                Some(ToSession::Custom { topic, payload }) => {
+                    front.deliver_custom(&conn, topic, payload).await;
+                }
+            },
+        }
+    }
+    front.gone(&conn).await;
+}
+
+/// Something a session is asked to deliver, routed from the bus.
+pub(crate) fn route_delivery(front: &Front, d: Delivery) {
+    let Some(entry) = front.sessions.get(&d.tenant, d.connection()) else {
+        return; // another front holds the connection, or nobody does
+    };
+    match d.render() {
+        Ok(r) => {
+            if let Err(mpsc::error::TrySendError::Full(ToSession::Deliver(b))) =
+                entry.tx.try_send(ToSession::Deliver(Box::new((d, r))))
+            {
+                front
+                    .metrics
+                    .deliveries
+                    .with_label_values(&["backlog_full"])
+                    .inc();
+                let (d, _) = *b;
+                spawn_report(front, d, "connection backlog full");
+            }
+        }
+        Err(e) => {
+            front
+                .metrics
+                .deliveries
+                .with_label_values(&["unrenderable"])
+                .inc();
+            tracing::warn!(delivery = %d.id, error = %e, "delivery cannot be rendered");
+            spawn_report(front, d, "cannot be rendered in the device's dialect");
+        }
+    }
+}
+
+fn spawn_report(front: &Front, d: Delivery, why: &'static str) {
+    let rec = front.outcome_record(&d, Some(why));
+    let producer = front.producer.clone();
+    ntex::rt::spawn(async move {
+        if let Err(e) = producer.produce(rec).await {
+            tracing::warn!(delivery = %d.id, error = %e, "delivery outcome not produced");
+        }
+    });
+}
+
+/// A custom-topic message from the bus, for the local subscribers of its application.
+pub(crate) fn route_custom(front: &Front, tenant: &TenantId, topic: ByteString, payload: Bytes) {
+    for e in front.sessions.custom_subscribers(tenant) {
+        let _ = e.tx.try_send(ToSession::Custom {
+            topic: topic.clone(),
+            payload: payload.clone(),
+        });
+    }
+}

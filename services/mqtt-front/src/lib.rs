@@ -1,0 +1,322 @@
+//! `fluxgate-mqtt-front`: the stateless MQTT service devices and gateways connect to.
+//!
+//! ```text
+//!            CONNECT ──> auth (registry, cached) ──> presence: connect ──> fluxgate.device.events
+//! device ──> PUBLISH ──> ACL (topic, peripheral policy) ──> normalize ──> fluxgate.ingest.raw
+//!   ^                     custom topics ─────────────────────────────> fluxgate.mqtt.custom
+//!   │                     refused / malformed ──> PUBACK reason (v5) or close (v3) + fluxgate.ingest.rejected
+//!   │        PUBACK only after the bus acknowledged every record of the publish
+//!   │
+//!   └── session task <── inbound task <── fluxgate.deliveries, fluxgate.mqtt.custom (broadcast)
+//!                                     <── fluxgate.registry.changes (cache invalidation)
+//! ```
+//!
+//! - [`auth`]: CONNECT credentials and the registry reads the ACL needs, cached.
+//! - `front`: what happens to a CONNECT, PUBLISH, SUBSCRIBE and a delivery, independent
+//!   of the MQTT version; `server` maps it to v3 and v5 packets (ntex-mqtt).
+//! - `session`: per-connection state and the front-wide map of connected devices.
+//! - [`metrics`]: every metric the front exposes.
+//!
+//! Each connection is served by one ntex worker thread; a bounded channel per connection
+//! carries deliveries to it from the inbound task. Per connection, at most
+//! `max_in_flight` publishes wait for the bus; then the front stops reading the socket.
+
+pub mod auth;
+mod config;
+mod front;
+pub mod metrics;
+mod server;
+mod session;
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use fluxgate_bus::{Bus, BusError, Consumer, ConsumerSpec, Topic, TopicsConfig};
+use fluxgate_model::{Delivery, RegistryChange, TenantId};
+use fluxgate_observability::Health;
+use fluxgate_store::Store;
+use ntex::util::{ByteString, Bytes};
+use tokio::sync::oneshot;
+
+pub use config::{ConfigError, FrontConfig, Rate, RateLimits, TlsFiles, V3Refusal};
+
+use crate::front::{CUSTOM_TOPIC_HEADER, Front, route_custom, route_delivery};
+use crate::session::{CloseReason, ToSession};
+
+/// Why the front could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrontError {
+    /// A setting is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The bus refused the front's consumer.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// Metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The front's threads could not be started.
+    #[error("cannot start the front: {0}")]
+    Start(String),
+}
+
+/// Where a started front listens.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listening {
+    /// Plain MQTT.
+    pub tcp: Option<SocketAddr>,
+    /// `/metrics`, `/healthz`, `/readyz`.
+    pub http: Option<SocketAddr>,
+}
+
+/// A running front. Dropping it does not stop it; call [`RunningFront::shutdown`].
+#[derive(Debug)]
+pub struct RunningFront {
+    /// Bound addresses.
+    pub listening: Listening,
+    /// The front's metrics.
+    pub registry: prometheus::Registry,
+    /// Liveness and readiness.
+    pub health: Arc<Health>,
+    stop: Option<oneshot::Sender<()>>,
+    done: oneshot::Receiver<()>,
+    http: Option<actix_web::dev::ServerHandle>,
+}
+
+impl RunningFront {
+    /// Drains and stops: refuses new connections, lets each session's publishes get their
+    /// acks (at most `drain_grace_secs`), closes the sessions (v5: "server shutting down"),
+    /// then stops the listeners.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.done).await;
+        if let Some(h) = self.http.take() {
+            h.stop(true).await;
+        }
+    }
+}
+
+fn bind(addr: &str) -> Result<TcpListener, FrontError> {
+    TcpListener::bind(addr).map_err(|source| FrontError::Bind {
+        addr: addr.into(),
+        source,
+    })
+}
+
+/// Starts the front: binds its listeners (port 0 is fine; see [`RunningFront::listening`])
+/// and serves until [`RunningFront::shutdown`].
+pub fn start(
+    cfg: FrontConfig,
+    bus: Arc<dyn Bus>,
+    store: Arc<dyn Store>,
+    topics: &TopicsConfig,
+) -> Result<RunningFront, FrontError> {
+    cfg.validate()?;
+    let registry = prometheus::Registry::new();
+    let metrics = metrics::FrontMetrics::new(&registry)?;
+    let health = Health::new();
+    let names = InboundTopics {
+        deliveries: topics.name(Topic::Deliveries),
+        custom: topics.name(Topic::MqttCustom),
+        changes: topics.name(Topic::RegistryChanges),
+    };
+    let consumer = bus.consumer(ConsumerSpec::broadcast(
+        format!("fluxgate-front-{}", cfg.instance_id),
+        &[&names.deliveries, &names.custom, &names.changes],
+    ))?;
+    let tcp = cfg.tcp_addr.as_deref().map(bind).transpose()?;
+    let mut listening = Listening {
+        tcp: tcp.as_ref().and_then(|l| l.local_addr().ok()),
+        http: None,
+    };
+    let mut http = None;
+    if let Some(addr) = &cfg.http_addr {
+        let (bound, handle) = serve_http(addr, registry.clone(), health.clone())?;
+        listening.http = Some(bound);
+        http = Some(handle);
+    }
+    let auth = auth::Registry::new(store, Duration::from_secs(cfg.auth_cache_ttl_secs));
+    let front = Arc::new(Front::new(cfg, auth, bus.producer(), topics, metrics));
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let (done_tx, done_rx) = oneshot::channel();
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("fluxgate-front".into())
+        .spawn(move || {
+            let sys = ntex::rt::System::build()
+                .name("fluxgate-front")
+                .signals(false)
+                .build(ntex::rt::DefaultRuntime);
+            sys.block_on(serve_mqtt(front, tcp, consumer, names, stop_rx, started_tx));
+            let _ = done_tx.send(());
+        })
+        .map_err(|e| FrontError::Start(e.to_string()))?;
+    match started_rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(FrontError::Start(e)),
+        Err(_) => return Err(FrontError::Start("the front thread exited".into())),
+    }
+    health.set_ready(true);
+    Ok(RunningFront {
+        listening,
+        registry,
+        health,
+        stop: Some(stop_tx),
+        done: done_rx,
+        http,
+    })
+}
+
+/// Runs the front until `shutdown` resolves, then drains it.
+pub async fn run(
+    cfg: FrontConfig,
+    bus: Arc<dyn Bus>,
+    store: Arc<dyn Store>,
+    topics: &TopicsConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), FrontError> {
+    let running = start(cfg, bus, store, topics)?;
+    tracing::info!(listening = ?running.listening, "mqtt front started");
+    shutdown.await;
+    running.shutdown().await;
+    Ok(())
+}
+
+fn serve_http(
+    addr: &str,
+    registry: prometheus::Registry,
+    health: Arc<Health>,
+) -> Result<(SocketAddr, actix_web::dev::ServerHandle), FrontError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let addr = addr.to_owned();
+    std::thread::Builder::new()
+        .name("fluxgate-front-http".into())
+        .spawn(move || {
+            actix_rt::System::new().block_on(async move {
+                match fluxgate_observability::serve(&addr, registry, health) {
+                    Ok((bound, server)) => {
+                        let _ = tx.send(Ok((bound, server.handle())));
+                        let _ = server.await;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(FrontError::Bind { addr, source: e }));
+                    }
+                }
+            });
+        })
+        .map_err(|e| FrontError::Start(e.to_string()))?;
+    rx.recv()
+        .map_err(|_| FrontError::Start("the http thread exited".into()))?
+}
+
+struct InboundTopics {
+    deliveries: String,
+    custom: String,
+    changes: String,
+}
+
+async fn serve_mqtt(
+    front: Arc<Front>,
+    tcp: Option<TcpListener>,
+    consumer: Arc<dyn Consumer>,
+    names: InboundTopics,
+    stop: oneshot::Receiver<()>,
+    started: std::sync::mpsc::Sender<Result<(), String>>,
+) {
+    let cfg = &front.cfg;
+    let mut builder = ntex::server::Server::builder()
+        .workers(cfg.workers)
+        .maxconn(cfg.max_connections.div_ceil(cfg.workers).max(1))
+        .disable_signals();
+    if let Some(l) = tcp {
+        let f = front.clone();
+        builder = match builder.listen("mqtt", l, async move |_| {
+            server::mqtt_service::<ntex::io::Base>(f.clone())
+        }) {
+            Ok(b) => b.config("mqtt", server::mqtt_config(&front)),
+            Err(e) => {
+                let _ = started.send(Err(e.to_string()));
+                return;
+            }
+        };
+    }
+    let srv = builder.run();
+    let _ = started.send(Ok(()));
+    let inbound = ntex::rt::spawn(inbound(front.clone(), consumer, names));
+    let _ = stop.await;
+    drain(&front, &srv).await;
+    inbound.cancel();
+}
+
+/// Refuses new connections, asks every session to close once its publishes are acked,
+/// and stops the listeners.
+async fn drain(front: &Front, srv: &ntex::server::Server) {
+    front.draining.store(true, Ordering::Relaxed);
+    srv.pause().await;
+    for e in front.sessions.all() {
+        let _ = e.tx.send(ToSession::Close(CloseReason::Shutdown)).await;
+    }
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_secs(front.cfg.drain_grace_secs)
+        + Duration::from_secs(1);
+    while front.sessions.len() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    srv.stop(true).await;
+}
+
+/// Deliveries, custom-topic messages and registry changes from the bus.
+async fn inbound(front: Arc<Front>, consumer: Arc<dyn Consumer>, names: InboundTopics) {
+    loop {
+        let rec = match consumer.recv().await {
+            Ok(r) => r,
+            Err(fluxgate_bus::ConsumeError::Closed) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "inbound consumer error; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let topic = &*rec.position.topic;
+        if topic == names.deliveries {
+            match Delivery::from_bytes(&rec.payload) {
+                Ok(d) => route_delivery(&front, d),
+                Err(e) => tracing::warn!(error = %e, "unreadable delivery dropped"),
+            }
+        } else if topic == names.custom {
+            let tenant = std::str::from_utf8(&rec.key)
+                .ok()
+                .and_then(|t| TenantId::new(t).ok());
+            let mqtt_topic = rec
+                .headers
+                .get(CUSTOM_TOPIC_HEADER)
+                .and_then(|t| std::str::from_utf8(t).ok());
+            if let (Some(tenant), Some(t)) = (tenant, mqtt_topic) {
+                let payload = Bytes::copy_from_slice(&rec.payload);
+                route_custom(&front, &tenant, ByteString::from(t), payload);
+            }
+        } else if topic == names.changes {
+            match RegistryChange::from_bytes(&rec.payload) {
+                Ok(c) => front.registry.invalidate(&c).await,
+                Err(e) => tracing::warn!(error = %e, "unreadable registry change dropped"),
+            }
+        }
+        consumer.ack(&rec.position);
+        if let Err(e) = consumer.commit().await {
+            tracing::warn!(error = %e, "inbound commit failed");
+        }
+    }
+}

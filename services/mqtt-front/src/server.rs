@@ -1,0 +1,342 @@
+//! The ntex-mqtt wiring: one MQTT 3.1.1 + 5 service factory per listener, mapping the
+//! front's version-independent outcomes ([`crate::front`]) to v3 and v5 packets.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use ntex::io::types::PeerAddr;
+use ntex::service::{ServiceFactory, fn_factory_with_config, fn_service};
+use ntex::util::Ready;
+use ntex::{SharedCfg, io::Filter, io::Io};
+use ntex_mqtt::{MqttError, MqttServer, MqttServiceConfig, QoS, v3, v5};
+
+use crate::auth::{AuthError, Credentials};
+use crate::config::V3Refusal;
+use crate::front::{Front, Refusal, Verdict};
+use crate::session::{CloseReason, Conn, Sink};
+
+/// The error that ends a connection (v3 has no other way to refuse a publish).
+#[derive(Debug)]
+pub(crate) struct Closed(pub(crate) &'static str);
+
+impl From<()> for Closed {
+    fn from((): ()) -> Self {
+        Closed("service error")
+    }
+}
+
+impl std::fmt::Display for Closed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for Closed {}
+
+impl TryFrom<Closed> for v5::PublishAck {
+    type Error = Closed;
+
+    fn try_from(err: Closed) -> Result<Self, Self::Error> {
+        Err(err)
+    }
+}
+
+/// The ntex-mqtt settings of every listener.
+pub(crate) fn mqtt_config(front: &Front) -> SharedCfg {
+    let c = &front.cfg;
+    // Topic names and properties ride on top of the payload: leave them room.
+    let max_packet = u32::try_from(c.limits.max_payload_bytes)
+        .unwrap_or(u32::MAX)
+        .saturating_add(8 * 1024);
+    SharedCfg::new("fluxgate-mqtt")
+        .add(
+            MqttServiceConfig::new()
+                .set_max_qos(QoS::AtLeastOnce)
+                .set_max_size(max_packet)
+                .set_max_receive(c.max_in_flight)
+                .set_connect_timeout(ntex::time::Seconds(c.connect_timeout_secs))
+                .set_handshake_timeout(ntex::time::Seconds(c.connect_timeout_secs)),
+        )
+        .into()
+}
+
+fn remote(io: &ntex::io::IoBoxed) -> Option<std::net::SocketAddr> {
+    io.query::<PeerAddr>().get().map(|a| a.0)
+}
+
+async fn handshake_v3(
+    front: Arc<Front>,
+    h: v3::Handshake,
+) -> Result<v3::HandshakeAck<Rc<Conn>>, Closed> {
+    let pkt = h.packet();
+    let creds = Credentials {
+        client_id: &pkt.client_id,
+        username: pkt.username.as_deref(),
+        password: pkt.password.as_deref(),
+    };
+    let gone = h.io().on_disconnect();
+    let r = front
+        .connect(
+            creds,
+            pkt.clean_session,
+            remote(h.io()),
+            Sink::V3(h.sink()),
+            gone,
+        )
+        .await;
+    Ok(match r {
+        Ok(conn) => h.ack(conn, false),
+        Err(Refusal::Auth(AuthError::BadCredentials)) => h.bad_username_or_pwd(),
+        Err(Refusal::Auth(AuthError::NotAuthorized(_))) => h.not_authorized(),
+        Err(Refusal::PersistentSession) => h.identifier_rejected(),
+        Err(_) => h.service_unavailable(),
+    })
+}
+
+async fn handshake_v5(
+    front: Arc<Front>,
+    h: v5::Handshake,
+) -> Result<v5::HandshakeAck<Rc<Conn>>, Closed> {
+    use v5::codec::ConnectAckReason as C;
+    let pkt = h.packet();
+    let creds = Credentials {
+        client_id: &pkt.client_id,
+        username: pkt.username.as_deref(),
+        password: pkt.password.as_deref(),
+    };
+    // v5 keeps no session when the expiry interval is 0, whatever Clean Start says.
+    let clean = pkt.clean_start || pkt.session_expiry_interval_secs == 0;
+    let gone = h.io().on_disconnect();
+    let r = front
+        .connect(creds, clean, remote(h.io()), Sink::V5(h.sink()), gone)
+        .await;
+    let code = match r {
+        Ok(conn) => {
+            return Ok(h.ack(conn).with(|ack| {
+                ack.retain_available = false;
+                ack.shared_subscription_available = false;
+                ack.subscription_identifiers_available = false;
+                ack.session_expiry_interval_secs = Some(0);
+            }));
+        }
+        Err(Refusal::Auth(AuthError::BadCredentials)) => C::BadUserNameOrPassword,
+        Err(Refusal::Auth(AuthError::NotAuthorized(_))) => C::NotAuthorized,
+        Err(Refusal::PersistentSession) => C::ImplementationSpecificError,
+        Err(Refusal::Blocked) => C::QuotaExceeded,
+        Err(Refusal::RateLimited) => C::ConnectionRateExceeded,
+        Err(
+            Refusal::Draining | Refusal::Unavailable | Refusal::Auth(AuthError::Unavailable(_)),
+        ) => C::ServerUnavailable,
+    };
+    Ok(h.failed(code))
+}
+
+async fn publish_v3(
+    front: Arc<Front>,
+    conn: Rc<Conn>,
+    ticket: u64,
+    p: v3::Publish,
+) -> Result<(), Closed> {
+    let payload = p
+        .read_all()
+        .await
+        .map_err(|_| Closed("payload read failed"))?;
+    let v = front
+        .publish(&conn, ticket, p.topic().get_ref(), &payload, p.retain())
+        .await;
+    let refuse = |policy: V3Refusal| match policy {
+        V3Refusal::Drop => Ok(()),
+        V3Refusal::Close => {
+            conn.close(CloseReason::Refused);
+            Err(Closed("publish refused"))
+        }
+    };
+    match v {
+        Verdict::Accepted => Ok(()),
+        Verdict::Denied(_) => refuse(front.cfg.v3_on_denied),
+        Verdict::Malformed(_) => refuse(front.cfg.v3_on_malformed),
+        Verdict::RetainRefused => {
+            conn.close(CloseReason::Retain);
+            Err(Closed("retain not supported"))
+        }
+        Verdict::RateLimited => Err(Closed("rate limited")),
+        Verdict::Failed(_) => {
+            conn.close(CloseReason::BusFailed);
+            Err(Closed("bus failed"))
+        }
+    }
+}
+
+async fn publish_v5(
+    front: Arc<Front>,
+    conn: Rc<Conn>,
+    ticket: u64,
+    p: v5::Publish,
+) -> Result<v5::PublishAck, Closed> {
+    use v5::codec::PublishAckReason as R;
+    let payload = p
+        .read_all()
+        .await
+        .map_err(|_| Closed("payload read failed"))?;
+    let v = front
+        .publish(&conn, ticket, p.topic().get_ref(), &payload, p.retain())
+        .await;
+    let (code, reason) = match v {
+        Verdict::Accepted => return Ok(p.ack()),
+        Verdict::Denied(r) => (R::NotAuthorized, r.to_string()),
+        Verdict::Malformed(r) if r.is_payload_format() => (R::PayloadFormatInvalid, r.to_string()),
+        Verdict::Malformed(r) => (R::ImplementationSpecificError, r.to_string()),
+        Verdict::RetainRefused => {
+            conn.close(CloseReason::Retain);
+            return Err(Closed("retain not supported"));
+        }
+        Verdict::RateLimited => return Err(Closed("rate limited")),
+        Verdict::Failed(e) => (R::UnspecifiedError, e),
+    };
+    Ok(p.ack().reason_code(code).reason(reason.into()))
+}
+
+async fn protocol_v3(
+    front: Arc<Front>,
+    conn: Rc<Conn>,
+    msg: v3::ProtocolMessage,
+) -> Result<v3::ProtocolMessageAck, Closed> {
+    Ok(match msg {
+        v3::ProtocolMessage::Subscribe(mut s) => {
+            for mut sub in s.iter_mut() {
+                let filter = sub.topic().clone();
+                match front.subscribe(&conn, &filter, sub.qos()).await {
+                    Ok(q) => sub.confirm(q),
+                    Err(r) => {
+                        tracing::info!(device = %conn.identity.principal.device(), %filter, reason = %r, "subscribe refused");
+                        sub.fail();
+                    }
+                }
+            }
+            s.ack()
+        }
+        v3::ProtocolMessage::Unsubscribe(u) => {
+            for f in u.iter() {
+                front.unsubscribe(&conn, f);
+            }
+            u.ack()
+        }
+        v3::ProtocolMessage::Disconnect(d) => {
+            conn.client_disconnected.set(true);
+            d.ack()
+        }
+        other => other.ack(),
+    })
+}
+
+async fn protocol_v5(
+    front: Arc<Front>,
+    conn: Rc<Conn>,
+    msg: v5::ProtocolMessage,
+) -> Result<v5::ProtocolMessageAck, Closed> {
+    use v5::codec::SubscribeAckReason as R;
+    Ok(match msg {
+        v5::ProtocolMessage::Subscribe(mut s) => {
+            for mut sub in s.iter_mut() {
+                let filter = sub.topic().clone();
+                match front.subscribe(&conn, &filter, sub.options().qos).await {
+                    Ok(q) => sub.confirm(q),
+                    Err(r) => {
+                        tracing::info!(device = %conn.identity.principal.device(), %filter, reason = %r, "subscribe refused");
+                        sub.fail(R::NotAuthorized);
+                    }
+                }
+            }
+            s.ack()
+        }
+        v5::ProtocolMessage::Unsubscribe(mut u) => {
+            for mut f in u.iter_mut() {
+                front.unsubscribe(&conn, f.topic());
+                f.success();
+            }
+            u.ack()
+        }
+        v5::ProtocolMessage::Disconnect(d) => {
+            conn.client_disconnected.set(true);
+            d.ack()
+        }
+        other => other.ack(),
+    })
+}
+
+fn count_protocol_error<E>(front: &Front, c: &ntex_mqtt::Control<E>) {
+    if let ntex_mqtt::Control::Stop(ntex_mqtt::Reason::Protocol(e)) = c {
+        front.metrics.protocol_errors.inc();
+        tracing::info!(error = %e.get_ref(), "connection closed for a protocol error");
+    }
+}
+
+/// The MQTT 3.1.1 + 5 service for one accepted connection of any transport.
+pub(crate) fn mqtt_service<F: Filter>(
+    front: Arc<Front>,
+) -> impl ServiceFactory<Io<F>, SharedCfg, Response = (), Error = MqttError<Closed>, InitError = ()>
+{
+    let (f3, f5) = (front.clone(), front);
+    let v3 = v3::MqttServer::new({
+        let f = f3.clone();
+        move |h| handshake_v3(f.clone(), h)
+    })
+    .protocol(fn_factory_with_config({
+        let f = f3.clone();
+        move |s: v3::Session<Rc<Conn>>| {
+            let f = f.clone();
+            Ready::Ok::<_, Closed>(fn_service(move |m| {
+                protocol_v3(f.clone(), Rc::clone(&s), m)
+            }))
+        }
+    }))
+    .control(fn_factory_with_config({
+        let f = f3.clone();
+        move |_s: v3::Session<Rc<Conn>>| {
+            let f = f.clone();
+            Ready::Ok::<_, Closed>(fn_service(move |c: ntex_mqtt::Control<Closed>| {
+                count_protocol_error(&f, &c);
+                Ready::Ok::<_, Closed>(None)
+            }))
+        }
+    }))
+    .publish(fn_factory_with_config(move |s: v3::Session<Rc<Conn>>| {
+        let f = f3.clone();
+        Ready::Ok::<_, Closed>(fn_service(move |p: v3::Publish| {
+            // Taken here, synchronously, in packet order.
+            let ticket = s.order.ticket();
+            publish_v3(f.clone(), Rc::clone(&s), ticket, p)
+        }))
+    }));
+    let v5 = v5::MqttServer::new({
+        let f = f5.clone();
+        move |h| handshake_v5(f.clone(), h)
+    })
+    .protocol(fn_factory_with_config({
+        let f = f5.clone();
+        move |s: v5::Session<Rc<Conn>>| {
+            let f = f.clone();
+            Ready::Ok::<_, Closed>(fn_service(move |m| {
+                protocol_v5(f.clone(), Rc::clone(&s), m)
+            }))
+        }
+    }))
+    .control(fn_factory_with_config({
+        let f = f5.clone();
+        move |_s: v5::Session<Rc<Conn>>| {
+            let f = f.clone();
+            Ready::Ok::<_, Closed>(fn_service(move |c: ntex_mqtt::Control<Closed>| {
+                count_protocol_error(&f, &c);
+                Ready::Ok::<_, Closed>(None)
+            }))
+        }
+    }))
+    .publish(fn_factory_with_config(move |s: v5::Session<Rc<Conn>>| {
+        let f = f5.clone();
+        Ready::Ok::<_, Closed>(fn_service(move |p: v5::Publish| {
+            let ticket = s.order.ticket();
+            publish_v5(f.clone(), Rc::clone(&s), ticket, p)
+        }))
+    }));
+    MqttServer::new().v3(v3).v5(v5)
+}

@@ -1,0 +1,463 @@
+//! Connections: per-connection state ([`Conn`], owned by the worker thread that serves it)
+//! and the front-wide map of who is connected ([`SessionMap`], shared by all threads).
+//!
+//! ```text
+//! inbound task ──ToSession──> mpsc (bounded) ──> session task ──> MqttSink ──> client
+//!                                                     │
+//!                                     socket gone ───┘──> SessionMap::remove + disconnect event
+//! ```
+//!
+//! Only the session task writes to a client, so deliveries to one connection keep their
+//! order. Publishes from the client are handled by the ntex publish service; their bus sends
+//! go through a [`Sequencer`] so that they reach the bus in the order they arrived even when
+//! some of them wait for the registry.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use fluxgate_model::{Delivery, DeviceId, Rendered, Subscription, TenantId};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
+use ntex::util::{ByteString, Bytes};
+use ntex_mqtt::{QoS, TopicFilter, v3, v5};
+use tokio::sync::{Notify, mpsc};
+
+use crate::auth::Identity;
+use crate::config::Rate;
+
+/// Something for one connection, from the inbound task.
+#[derive(Debug)]
+pub(crate) enum ToSession {
+    /// A command, RPC or attribute message for the device (or one behind the gateway).
+    Deliver(Box<(Delivery, Rendered)>),
+    /// A custom-topic message of the connection's application.
+    Custom {
+        /// MQTT topic.
+        topic: ByteString,
+        /// Payload.
+        payload: Bytes,
+    },
+    /// Close the connection.
+    Close(CloseReason),
+}
+
+/// Why the front closes a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseReason {
+    /// Another connection with the same identity took over.
+    Takeover,
+    /// The front is shutting down.
+    Shutdown,
+    /// The client went over a rate limit.
+    RateLimited,
+    /// A refused publish on v3 (no negative PUBACK there).
+    Refused,
+    /// The bus failed a produce; the client must resend.
+    BusFailed,
+    /// A retained publish (not supported).
+    Retain,
+}
+
+impl CloseReason {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Takeover => "takeover",
+            CloseReason::Shutdown => "server shutting down",
+            CloseReason::RateLimited => "rate limited",
+            CloseReason::Refused => "publish refused",
+            CloseReason::BusFailed => "bus unavailable",
+            CloseReason::Retain => "retain not supported",
+        }
+    }
+}
+
+/// The client's side of a connection, in either protocol version.
+#[derive(Debug, Clone)]
+pub(crate) enum Sink {
+    V3(v3::MqttSink),
+    V5(v5::MqttSink),
+}
+
+impl Sink {
+    /// Publishes to the client; with QoS 1, waits for its PUBACK.
+    pub(crate) async fn publish(
+        &self,
+        topic: ByteString,
+        payload: Bytes,
+        qos: QoS,
+    ) -> Result<(), String> {
+        let r = match (self, qos) {
+            (Sink::V3(s), QoS::AtMostOnce) => s.publish(topic).send_at_most_once(payload),
+            (Sink::V3(s), _) => s.publish(topic).send_at_least_once(payload).await,
+            (Sink::V5(s), QoS::AtMostOnce) => s.publish(topic).send_at_most_once(payload),
+            (Sink::V5(s), _) => {
+                let ack = s.publish(topic).send_at_least_once(payload).await;
+                return match ack {
+                    Ok(a)
+                        if matches!(
+                            a.reason_code,
+                            v5::codec::PublishAckReason::Success
+                                | v5::codec::PublishAckReason::NoMatchingSubscribers
+                        ) =>
+                    {
+                        Ok(())
+                    }
+                    Ok(a) => Err(format!("client answered {:?}", a.reason_code)),
+                    Err(e) => Err(e.to_string()),
+                };
+            }
+        };
+        r.map_err(|e| e.to_string())
+    }
+
+    /// Closes the connection, telling a v5 client why.
+    pub(crate) fn close(&self, reason: CloseReason) {
+        match self {
+            Sink::V3(s) => s.close(),
+            Sink::V5(s) => {
+                use v5::codec::DisconnectReasonCode as C;
+                let code = match reason {
+                    CloseReason::Takeover => C::SessionTakenOver,
+                    CloseReason::Shutdown => C::ServerShuttingDown,
+                    CloseReason::RateLimited => C::MessageRateTooHigh,
+                    CloseReason::Refused => C::NotAuthorized,
+                    CloseReason::BusFailed => C::ServerBusy,
+                    CloseReason::Retain => C::RetainNotSupported,
+                };
+                s.close_with_reason(v5::codec::Disconnect {
+                    reason_code: code,
+                    ..Default::default()
+                });
+            }
+        }
+    }
+}
+
+/// What a connection subscribed to.
+#[derive(Debug, Default)]
+pub(crate) struct Subs {
+    platform: Vec<(Subscription, QoS)>,
+    custom: Vec<(String, TopicFilter, QoS)>,
+}
+
+impl Subs {
+    pub(crate) fn add_platform(&mut self, s: Subscription, qos: QoS) {
+        self.platform.retain(|(x, _)| *x != s);
+        self.platform.push((s, qos));
+    }
+
+    pub(crate) fn add_custom(&mut self, filter: String, parsed: TopicFilter, qos: QoS) {
+        self.custom.retain(|(f, _, _)| *f != filter);
+        self.custom.push((filter, parsed, qos));
+    }
+
+    /// Removes whatever `filter` subscribed to (platform feed or custom filter).
+    pub(crate) fn remove(&mut self, feed: Option<&Subscription>, filter: &str) {
+        if let Some(f) = feed {
+            self.platform.retain(|(x, _)| x != f);
+        }
+        self.custom.retain(|(f, _, _)| f != filter);
+    }
+
+    /// The QoS the client subscribed to `feed` with.
+    pub(crate) fn feed(&self, feed: &Subscription) -> Option<QoS> {
+        self.platform
+            .iter()
+            .find(|(s, _)| s == feed)
+            .map(|(_, q)| *q)
+    }
+
+    /// The highest QoS of the custom filters matching `topic` (MQTT: one copy per client).
+    pub(crate) fn custom(&self, topic: &str) -> Option<QoS> {
+        self.custom
+            .iter()
+            .filter(|(_, f, _)| f.matches_topic(topic))
+            .map(|(_, _, q)| *q)
+            .max_by_key(|q| u8::from(*q))
+    }
+
+    pub(crate) fn has_custom(&self) -> bool {
+        !self.custom.is_empty()
+    }
+}
+
+/// Puts a connection's bus sends in arrival order.
+///
+/// A ticket is taken synchronously when the publish service is called (ntex calls it in
+/// packet order); [`Sequencer::turn`] waits until every earlier ticket was sent.
+#[derive(Debug, Default)]
+pub(crate) struct Sequencer {
+    next: Cell<u64>,
+    serving: Cell<u64>,
+    changed: Notify,
+}
+
+impl Sequencer {
+    pub(crate) fn ticket(&self) -> u64 {
+        let t = self.next.get();
+        self.next.set(t + 1);
+        t
+    }
+
+    /// Waits for `ticket`'s turn; the returned guard passes the turn on when dropped.
+    pub(crate) async fn turn(&self, ticket: u64) -> Turn<'_> {
+        loop {
+            let changed = self.changed.notified();
+            if self.serving.get() == ticket {
+                return Turn(self);
+            }
+            changed.await;
+        }
+    }
+}
+
+/// The turn to send, held while sending.
+#[derive(Debug)]
+pub(crate) struct Turn<'a>(&'a Sequencer);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.0.serving.set(self.0.serving.get() + 1);
+        self.0.changed.notify_waiters();
+    }
+}
+
+/// Per-connection rate limiters (`None`: that limit is off).
+#[derive(Debug)]
+pub(crate) struct ConnLimits {
+    per_connection: Option<DefaultDirectRateLimiter>,
+    per_topic: Option<DefaultKeyedRateLimiter<ByteString>>,
+}
+
+/// `rate.messages` per `rate.window_secs`, as a burst-capable GCRA quota.
+pub(crate) fn quota(rate: Rate) -> Option<Quota> {
+    let n = NonZeroU32::new(rate.messages)?;
+    let window = Duration::from_secs(u64::from(rate.window_secs.max(1)));
+    Quota::with_period(window / rate.messages).map(|q| q.allow_burst(n))
+}
+
+/// Which limit a publish went over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Over {
+    Topic,
+    Connection,
+}
+
+impl ConnLimits {
+    pub(crate) fn new(per_connection: Rate, per_topic: Rate) -> Self {
+        ConnLimits {
+            per_connection: quota(per_connection).map(governor::RateLimiter::direct),
+            per_topic: quota(per_topic).map(governor::RateLimiter::keyed),
+        }
+    }
+
+    /// Counts one publish to `topic`.
+    pub(crate) fn check(&self, topic: &ByteString) -> Result<(), Over> {
+        if let Some(l) = &self.per_topic
+            && l.check_key(topic).is_err()
+        {
+            return Err(Over::Topic);
+        }
+        if let Some(l) = &self.per_connection
+            && l.check().is_err()
+        {
+            return Err(Over::Connection);
+        }
+        Ok(())
+    }
+}
+
+/// One connection's state, owned by its worker thread.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    /// Unique per front.
+    pub(crate) id: u64,
+    /// Who connected.
+    pub(crate) identity: Identity,
+    /// The client's address.
+    pub(crate) remote: Option<SocketAddr>,
+    /// Writes to the client.
+    pub(crate) sink: Sink,
+    /// What it subscribed to.
+    pub(crate) subs: RefCell<Subs>,
+    /// Orders bus sends.
+    pub(crate) order: Sequencer,
+    /// Rate limits.
+    pub(crate) limits: ConnLimits,
+    /// Publishes of this connection waiting for the bus.
+    pub(crate) in_flight: Cell<usize>,
+    /// Signalled when `in_flight` drops to zero.
+    pub(crate) idle: Notify,
+    /// Why the front closed it, if it did.
+    pub(crate) closing: Cell<Option<CloseReason>>,
+    /// The client sent DISCONNECT.
+    pub(crate) client_disconnected: Cell<bool>,
+    /// Shared with the [`SessionMap`] entry: the connection has custom subscriptions.
+    pub(crate) wants_custom: Arc<AtomicBool>,
+}
+
+impl Conn {
+    /// Closes the connection for `reason` (the first reason given is the one reported).
+    pub(crate) fn close(&self, reason: CloseReason) {
+        if self.closing.get().is_none() {
+            self.closing.set(Some(reason));
+        }
+        self.sink.close(reason);
+    }
+
+    pub(crate) fn key(&self) -> (TenantId, DeviceId) {
+        (
+            self.identity.tenant.clone(),
+            self.identity.principal.device().clone(),
+        )
+    }
+}
+
+/// Marks a publish as in flight for as long as it lives.
+#[derive(Debug)]
+pub(crate) struct InFlight<'a>(&'a Conn, &'a prometheus::IntGauge);
+
+impl<'a> InFlight<'a> {
+    pub(crate) fn new(conn: &'a Conn, gauge: &'a prometheus::IntGauge) -> Self {
+        conn.in_flight.set(conn.in_flight.get() + 1);
+        gauge.inc();
+        InFlight(conn, gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let n = self.0.in_flight.get().saturating_sub(1);
+        self.0.in_flight.set(n);
+        self.1.dec();
+        if n == 0 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// A connected device, as the other threads see it.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub(crate) conn: u64,
+    pub(crate) tx: mpsc::Sender<ToSession>,
+    pub(crate) wants_custom: Arc<AtomicBool>,
+}
+
+/// Who is connected to this front, by (tenant, device).
+#[derive(Debug, Default)]
+pub(crate) struct SessionMap {
+    inner: Mutex<HashMap<(TenantId, DeviceId), Entry>>,
+}
+
+impl SessionMap {
+    fn lock(&self) -> MutexGuard<'_, HashMap<(TenantId, DeviceId), Entry>> {
+        // A panic while holding this lock cannot leave the map inconsistent (every
+        // operation is a single insert/remove), so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a connection, returning the one it takes over.
+    pub(crate) fn insert(&self, key: (TenantId, DeviceId), entry: Entry) -> Option<Entry> {
+        self.lock().insert(key, entry)
+    }
+
+    /// Removes `conn`'s registration; `false` if another connection took over since.
+    pub(crate) fn remove(&self, key: &(TenantId, DeviceId), conn: u64) -> bool {
+        let mut map = self.lock();
+        if map.get(key).is_some_and(|e| e.conn == conn) {
+            map.remove(key);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The connection holding `device`.
+    pub(crate) fn get(&self, tenant: &TenantId, device: &DeviceId) -> Option<Entry> {
+        self.lock().get(&(tenant.clone(), device.clone())).cloned()
+    }
+
+    /// Connections of `tenant` with custom subscriptions.
+    pub(crate) fn custom_subscribers(&self, tenant: &TenantId) -> Vec<Entry> {
+        self.lock()
+            .iter()
+            .filter(|((t, _), e)| t == tenant && e.wants_custom.load(Ordering::Relaxed))
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+
+    /// Every connection.
+    pub(crate) fn all(&self) -> Vec<Entry> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// How many connections are registered.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn sequencer_sends_in_ticket_order() {
+        let seq = std::rc::Rc::new(Sequencer::default());
+        let order = std::rc::Rc::new(RefCell::new(Vec::new()));
+        let tickets: Vec<u64> = (0..3).map(|_| seq.ticket()).collect();
+        let local = tokio::task::LocalSet::new();
+        // Start them in reverse: each still waits for the earlier tickets.
+        for &t in tickets.iter().rev() {
+            let (seq, order) = (seq.clone(), order.clone());
+            local.spawn_local(async move {
+                let _turn = seq.turn(t).await;
+                order.borrow_mut().push(t);
+            });
+        }
+        local.await;
+        assert_eq!(*order.borrow(), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn custom_filters_match_by_mqtt_rules() {
+        let mut s = Subs::default();
+        let f = |x: &str| x.parse::<TopicFilter>().unwrap();
+        s.add_custom("a/+/c".into(), f("a/+/c"), QoS::AtMostOnce);
+        s.add_custom("a/#".into(), f("a/#"), QoS::AtLeastOnce);
+        assert_eq!(s.custom("a/b/c"), Some(QoS::AtLeastOnce));
+        assert_eq!(s.custom("x/b/c"), None);
+        s.remove(None, "a/#");
+        assert_eq!(s.custom("a/b/c"), Some(QoS::AtMostOnce));
+        assert_eq!(s.custom("a/b"), None);
+    }
+
+    #[test]
+    fn rate_limits_allow_a_window_then_refuse() {
+        let l = ConnLimits::new(
+            Rate {
+                messages: 5,
+                window_secs: 15,
+            },
+            Rate {
+                messages: 3,
+                window_secs: 15,
+            },
+        );
+        let (a, b) = (ByteString::from("a"), ByteString::from("b"));
+        for _ in 0..3 {
+            l.check(&a).unwrap();
+        }
+        assert_eq!(l.check(&a), Err(Over::Topic));
+        // The connection has used 3 of 5 (the refused publish was stopped by the topic
+        // limit before the connection limit counted it).
+        l.check(&b).unwrap();
+        l.check(&b).unwrap();
+        assert_eq!(l.check(&b), Err(Over::Connection));
+    }
+}

@@ -1,0 +1,531 @@
+//! The front over real sockets: MQTT 3.1.1 and 5 clients against a front on the in-process
+//! bus and SQLite.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use fluxgate_bus::Topic;
+use fluxgate_model::{
+    Body, CorrelationId, Delivery, DeviceRef, Dialect, ENVELOPE_VERSION, MessageId, Outbound,
+    Rejection, Value,
+};
+use ntex_mqtt::{v3, v5};
+
+fn state(v: i64) -> String {
+    format!(r#"{{"data":{{"temp":{v}}},"time":1700000000000}}"#)
+}
+
+#[ntex::test]
+async fn losant_state_over_v3_is_produced_before_the_puback() {
+    let rig = Rig::memory(Rig::config()).await;
+    let mut raw = rig.tap(Topic::IngestRaw);
+    let mut events = rig.tap(Topic::DeviceEvents);
+    let c = v3(rig.addr, "dev1", Some("key-dev1"), Some(SECRET))
+        .await
+        .unwrap();
+
+    let connect = events.next_envelope().await;
+    assert!(
+        matches!(connect.body, Body::Connect { session: Some(ref s), .. } if s.front == "front-test")
+    );
+    assert_eq!(connect.device, DeviceRef::Id(dev("dev1")));
+
+    c.publish("losant/dev1/state", &state(21)).await.unwrap();
+    let (key, value) = raw.next().await;
+    assert_eq!(key, b"app1/dev1");
+    let env = fluxgate_model::Envelope::from_bytes(&value).unwrap();
+    let Body::Telemetry { samples, .. } = env.body else {
+        panic!("not telemetry: {env:?}")
+    };
+    assert_eq!(samples[0].ts_ms, 1_700_000_000_000);
+    assert_eq!(samples[0].values.get("temp"), Some(&Value::Integer(21)));
+
+    c.sink.close();
+    let gone = events.next_envelope().await;
+    assert!(
+        matches!(gone.body, Body::Disconnect { reason: Some(ref r), .. } if r == "client disconnect"),
+        "{gone:?}"
+    );
+    let m = rig.metrics().await;
+    assert!(m.contains(r#"fluxgate_mqtt_front_messages_total{dialect="losant",kind="state",outcome="accepted"} 1"#), "{m}");
+}
+
+#[ntex::test]
+async fn connack_codes_for_every_refusal() {
+    let rig = Rig::memory(Rig::config()).await;
+    let _events = rig.tap(Topic::DeviceEvents);
+    use v3::codec::ConnectAckReason as C3;
+    use v5::codec::ConnectAckReason as C5;
+    let a = rig.addr;
+    // Wrong secret, unknown key: bad user name or password.
+    assert_eq!(
+        v3(a, "dev1", Some("key-dev1"), Some("nope")).await.err(),
+        Some(C3::BadUserNameOrPassword)
+    );
+    assert_eq!(
+        v3(a, "dev1", Some("no-key"), Some(SECRET)).await.err(),
+        Some(C3::BadUserNameOrPassword)
+    );
+    assert_eq!(
+        v5(a, "dev1", Some("key-dev1"), Some("nope")).await.err(),
+        Some(C5::BadUserNameOrPassword)
+    );
+    // Valid key that does not open the device, or is deactivated: not authorized.
+    assert_eq!(
+        v3(a, "dev2", Some("key-dev1"), Some(SECRET)).await.err(),
+        Some(C3::NotAuthorized)
+    );
+    assert_eq!(
+        v3(a, "dev1", Some("key-blue"), Some(SECRET)).await.err(),
+        Some(C3::NotAuthorized)
+    );
+    assert_eq!(
+        v3(a, "dev1", Some("key-off"), Some(SECRET)).await.err(),
+        Some(C3::NotAuthorized)
+    );
+    assert_eq!(
+        v5(a, "nosuch", Some("key-all"), Some(SECRET)).await.err(),
+        Some(C5::NotAuthorized)
+    );
+    // Tag scope opens tagged devices.
+    assert!(
+        v3(a, "tagged", Some("key-blue"), Some(SECRET))
+            .await
+            .is_ok()
+    );
+    // ThingsBoard tokens.
+    assert_eq!(
+        v3(a, "x", Some("tok-wrong"), None).await.err(),
+        Some(C3::BadUserNameOrPassword)
+    );
+    assert_eq!(
+        v5(a, "x", None, None).await.err(),
+        Some(C5::BadUserNameOrPassword)
+    );
+    assert!(v5(a, "x", Some("tok-tb1"), None).await.is_ok());
+    // Persistent sessions are not supported.
+    assert_eq!(
+        v3_with(a, "dev1", Some("key-dev1"), Some(SECRET), false)
+            .await
+            .err(),
+        Some(C3::IdentifierRejected)
+    );
+    let m = rig.metrics().await;
+    assert!(
+        m.contains(r#"fluxgate_mqtt_front_connects_total{outcome="bad_credentials"} 5"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"fluxgate_mqtt_front_connects_total{outcome="not_authorized"} 4"#),
+        "{m}"
+    );
+}
+
+#[ntex::test]
+async fn v5_puback_reasons_and_the_connection_survives_them() {
+    let rig = Rig::memory(Rig::config()).await;
+    let mut raw = rig.tap(Topic::IngestRaw);
+    let mut rejected = rig.tap(Topic::IngestRejected);
+    let _events = rig.tap(Topic::DeviceEvents);
+    let c = v5(rig.addr, "dev1", Some("key-dev1"), Some(SECRET))
+        .await
+        .unwrap();
+    use v5::codec::PublishAckReason as R;
+
+    // Another device's topic.
+    assert_eq!(
+        c.publish("losant/dev2/state", state(1).as_bytes()).await,
+        Ok(R::NotAuthorized)
+    );
+    // Not JSON.
+    assert_eq!(
+        c.publish("losant/dev1/state", b"{not json").await,
+        Ok(R::PayloadFormatInvalid)
+    );
+    // The other dialect's namespace.
+    assert_eq!(
+        c.publish("v1/devices/me/telemetry", b"{}").await,
+        Ok(R::NotAuthorized)
+    );
+    // Custom topics need a key that allows them.
+    assert_eq!(c.publish("plain/topic", b"x").await, Ok(R::NotAuthorized));
+    // Still connected: a good one goes through.
+    assert_eq!(
+        c.publish("losant/dev1/state", state(5).as_bytes()).await,
+        Ok(R::Success)
+    );
+    let env = raw.next_envelope().await;
+    assert!(matches!(env.body, Body::Telemetry { .. }));
+    assert!(
+        raw.quiet(200).await,
+        "refused publishes reached the raw topic"
+    );
+
+    // Every refusal is in the rejected log, with its reason.
+    let mut reasons = Vec::new();
+    for _ in 0..4 {
+        let (_, v) = rejected.next().await;
+        reasons.push(
+            Rejection::from_bytes(&v)
+                .unwrap()
+                .reason
+                .code
+                .as_str()
+                .to_owned(),
+        );
+    }
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        [
+            "malformed_json",
+            "topic_not_allowed",
+            "topic_not_allowed",
+            "topic_not_allowed"
+        ]
+    );
+}
+
+#[ntex::test]
+async fn v3_refused_publish_closes_the_connection() {
+    let rig = Rig::memory(Rig::config()).await;
+    let _events = rig.tap(Topic::DeviceEvents);
+    let _rejected = rig.tap(Topic::IngestRejected);
+    let c = v3(rig.addr, "dev1", Some("key-dev1"), Some(SECRET))
+        .await
+        .unwrap();
+    assert!(c.publish("losant/dev2/state", &state(1)).await.is_err());
+    assert!(c.closed().await);
+
+    // Configured to drop instead: acked, counted, connection kept.
+    let mut cfg = Rig::config();
+    cfg.v3_on_malformed = fluxgate_mqtt_front::V3Refusal::Drop;
+    let rig = Rig::memory(cfg).await;
+    let _events = rig.tap(Topic::DeviceEvents);
+    let _rejected = rig.tap(Topic::IngestRejected);
+    let mut raw = rig.tap(Topic::IngestRaw);
+    let c = v3(rig.addr, "dev1", Some("key-dev1"), Some(SECRET))
+        .await
+        .unwrap();
+    c.publish("losant/dev1/state", "[1,2").await.unwrap();
+    c.publish("losant/dev1/state", &state(2)).await.unwrap();
+    assert!(matches!(
+        raw.next_envelope().await.body,
+        Body::Telemetry { .. }
+    ));
+    let m = rig.metrics().await;
+    assert!(m.contains(r#"fluxgate_mqtt_front_messages_total{dialect="losant",kind="state",outcome="malformed"} 1"#), "{m}");
+}
+
+#[ntex::test]
+async fn gateways_act_only_for_peripherals_that_allow_them() {
+    let rig = Rig::memory(Rig::config()).await;
+    let _events = rig.tap(Topic::DeviceEvents);
+    let _rejected = rig.tap(Topic::IngestRejected);
+    let mut raw = rig.tap(Topic::IngestRaw);
+    use v5::codec::PublishAckReason as R;
+    use v5::codec::SubscribeAckReason as S;
+    let gw1 = v5(rig.addr, "gw1", Some("key-all"), Some(SECRET))
+        .await
+        .unwrap();
+    assert_eq!(
+        gw1.publish("losant/p-gw2/state", state(1).as_bytes()).await,
+        Ok(R::NotAuthorized)
+    );
+    assert_eq!(
+        gw1.subscribe("losant/p-gw2/command").await,
+        vec![S::NotAuthorized]
+    );
+    // A standalone device is not a peripheral.
+    assert_eq!(
+        gw1.publish("losant/dev1/state", state(1).as_bytes()).await,
+        Ok(R::NotAuthorized)
+    );
+    assert_eq!(
+        gw1.publish("losant/p-any/state", state(2).as_bytes()).await,
+        Ok(R::Success)
+    );
+    assert_eq!(
+        gw1.subscribe("losant/p-any/command").await,
+        vec![S::GrantedQos1]
+    );
+    let env = raw.next_envelope().await;
+    assert_eq!(env.device, DeviceRef::Id(dev("p-any")));
+    assert_eq!(env.via, Some(dev("gw1")));
+
+    let gw2 = v3(rig.addr, "gw2", Some("key-all"), Some(SECRET))
+        .await
+        .unwrap();
+    gw2.publish("losant/p-gw2/state", &state(3)).await.unwrap();
+    let env = raw.next_envelope().await;
+    assert_eq!(
+        (env.device, env.via),
+        (DeviceRef::Id(dev("p-gw2")), Some(dev("gw2")))
+    );
+    // A plain device may not subscribe to another device's commands.
+    let d = v3(rig.addr, "dev1", Some("key-dev1"), Some(SECRET))
+        .await
+        .unwrap();
+    assert_eq!(
+        d.subscribe("losant/dev2/command").await,
+        vec![v3::codec::SubscribeReturnCode::Failure]
+    );
+}
+
+#[ntex::test]
+async fn thingsboard_device_and_gateway_topics() {
+    let rig = Rig::memory(Rig::config()).await;
+    let _events = rig.tap(Topic::DeviceEvents);
+    let mut raw = rig.tap(Topic::IngestRaw);
+    let tb = v3(rig.addr, "any-client-id", Some("tok-tb1"), None)
+        .await
+        .unwrap();
+    tb.publish(
+        "v1/devices/me/telemetry",
+        r#"{"ts":1700000000000,"values":{"t":1.5}}"#,
+    )
+    .await
+    .unwrap();
+    let env = raw.next_envelope().await;
+    assert_eq!(env.dialect, Dialect::ThingsBoard);
+    assert_eq!(env.device, DeviceRef::Id(dev("tb1")));
+    tb.publish("v1/devices/me/attributes", r#"{"fw":"1.0"}"#)
+        .await
+        .unwrap();
+    assert!(matches!(
+        raw.next_envelope().await.body,
+        Body::Attributes { .. }
+    ));
+    tb.publish("v1/devices/me/rpc/response/7", r#"{"ok":true}"#)
+        .await
+        .unwrap();
+    assert!(matches!(
+        raw.next_envelope().await.body,
+        Body::RpcResponse {
+            request_id: CorrelationId::Int(7),
+            ..
+        }
+    ));
+    // A device may not use the gateway API.
+    assert!(tb.publish("v1/gateway/telemetry", "{}").await.is_err());
+
+    let gw = v5(rig.addr, "gw", Some("tok-gw"), None).await.unwrap();
+    use v5::codec::PublishAckReason as R;
+    assert_eq!(
+        gw.publish(
+            "v1/gateway/connect",
+            br#"{"device":"Sensor A","type":"thermo"}"#
+        )
+        .await,
+        Ok(R::Success)
+    );
+    let env = raw.next_envelope().await;
+    assert!(matches!(env.body, Body::Connect { profile: Some(ref p), .. } if p == "thermo"));
+    assert_eq!(env.via, Some(dev("tbgw")));
+    let body = br#"{"Sensor A":[{"ts":1700000000000,"values":{"t":1}}],"Sensor B":{"ts":1700000000001,"values":{"t":2}}}"#;
+    assert_eq!(
+        gw.publish("v1/gateway/telemetry", body).await,
+        Ok(R::Success)
+    );
+    let a = raw.next_envelope().await;
+    let b = raw.next_envelope().await;
+    let mut names: Vec<String> = [a, b]
+        .iter()
+        .map(|e| match &e.device {
+            DeviceRef::Name(n) => n.as_str().to_owned(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names, ["Sensor A", "Sensor B"]);
+}
+
+#[ntex::test]
+async fn get_session_limits_is_answered_by_the_front() {
+    let rig = Rig::memory(Rig::config()).await;
+    let _events = rig.tap(Topic::DeviceEvents);
+    let mut raw = rig.tap(Topic::IngestRaw);
+    let mut tb = v5(rig.addr, "c", Some("tok-tb1"), None).await.unwrap();
+    tb.subscribe("v1/devices/me/rpc/response/+").await;
+    let ack = tb
+        .publish(
+            "v1/devices/me/rpc/request/1",
+            br#"{"method":"getSessionLimits","params":{}}"#,
+        )
+        .await;
+    assert_eq!(ack, Ok(v5::codec::PublishAckReason::Success));
+    let (topic, payload) = recv(&mut tb.inbox).await;
+    assert_eq!(topic, "v1/devices/me/rpc/response/1");
+    let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(v["maxPayloadSize"], 256 * 1024);
+    assert_eq!(v["rateLimits"]["messages"], "300:15");
+    assert!(raw.quiet(200).await, "answered locally, not sent on");
+}
+
+fn delivery(device: &str, via: Option<&str>, dialect: Dialect, body: Outbound) -> Delivery {
+    Delivery {
+        v: ENVELOPE_VERSION,
+        id: MessageId::from_parts(1_700_000_000_000, u128::from(fastrand_u64())),
+        tenant: tenant(),
+        device: dev(device),
+        device_name: via.map(|_| fluxgate_model::DeviceName::new(device).unwrap()),
+        via: via.map(dev),
+        dialect,
+        body,
+    }
+}
+
+fn fastrand_u64() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        .into()
+}
+
+fn command(name: &str) -> Outbound {
+    Outbound::Command {
+        request_id: CorrelationId::Int(3),
+        name: name.into(),
+        payload: serde_json::json!({"level": 2}),
+        time_ms: 1_700_000_000_000,
+    }
+}
+
+#[ntex::test]
+async fn deliveries_reach_subscribed_sessions_and_report_outcomes() {
+    let rig = Rig::memory(Rig::config()).await;
+    let mut events = rig.tap(Topic::DeviceEvents);
+    let mut d = v3(rig.addr, "dev1", Some("key-dev1"), Some(SECRET))
+        .await
+        .unwrap();
+    events.next_envelope().await; // connect
+
+    // Not subscribed yet: reported as not delivered.
+    let first = delivery("dev1", None, Dialect::Losant, command("early"));
+    rig.produce(Topic::Deliveries, "app1/dev1", first.to_bytes())
+        .await;
+    let out = events.next_envelope().await;
+    assert!(
+        matches!(out.body, Body::DeliveryOutcome { delivered: false, delivery, reason: Some(ref r) } if delivery == first.id && r == "not subscribed"),
+        "{out:?}"
+    );
+
+    assert_eq!(
+        d.subscribe("losant/dev1/command").await,
+        vec![v3::codec::SubscribeReturnCode::Success(
+            v3::codec::QoS::AtLeastOnce
+        )]
+    );
+    let cmd = delivery("dev1", None, Dialect::Losant, command("reboot"));
+    rig.produce(Topic::Deliveries, "app1/dev1", cmd.to_bytes())
+        .await;
+    let (topic, payload) = recv(&mut d.inbox).await;
+    assert_eq!(topic, "losant/dev1/command");
+    let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(v["name"], "reboot");
+    assert_eq!(v["payload"]["level"], 2);
+    let out = events.next_envelope().await;
+    assert!(
+        matches!(out.body, Body::DeliveryOutcome { delivered: true, delivery, .. } if delivery == cmd.id),
+        "{out:?}"
+    );
+
+    // A delivery for a device this front does not hold is left to other fronts.
+    rig.produce(
+        Topic::Deliveries,
+        "app1/dev2",
+        delivery("dev2", None, Dialect::Losant, command("x")).to_bytes(),
+    )
+    .await;
+    assert!(events.quiet(200).await);
+
+    // ThingsBoard gateway: RPC for a device behind it arrives on v1/gateway/rpc.
+    let mut gw = v5(rig.addr, "gw", Some("tok-gw"), None).await.unwrap();
+    events.next_envelope().await; // connect
+    gw.subscribe("v1/gateway/rpc").await;
+    let rpc = delivery(
+        "sensor-a",
+        Some("tbgw"),
+        Dialect::ThingsBoard,
+        command("setLevel"),
+    );
+    rig.produce(Topic::Deliveries, "app1/sensor-a", rpc.to_bytes())
+        .await;
+    let (topic, payload) = recv(&mut gw.inbox).await;
+    assert_eq!(topic, "v1/gateway/rpc");
+    let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(v["device"], "sensor-a");
+    assert_eq!(v["data"]["method"], "setLevel");
+    assert_eq!(v["data"]["id"], 3);
+}
+
+#[ntex::test]
+async fn a_second_connection_takes_over_the_first() {
+    let rig = Rig::memory(Rig::config()).await;
+    let mut events = rig.tap(Topic::DeviceEvents);
+    let first = v5(rig.addr, "dev1", Some("key-dev1"), Some(SECRET))
+        .await
+        .unwrap();
+    assert!(matches!(
+        events.next_envelope().await.body,
+        Body::Connect { .. }
+    ));
+    let second = v3(rig.addr, "dev1", Some("key-dev1"), Some(SECRET))
+        .await
+        .unwrap();
+    let ev = events.next_envelope().await;
+    assert!(
+        matches!(ev.body, Body::Disconnect { reason: Some(ref r), .. } if r == "takeover"),
+        "{ev:?}"
+    );
+    assert!(matches!(
+        events.next_envelope().await.body,
+        Body::Connect { .. }
+    ));
+    assert!(first.closed().await);
+    // The old socket closing announces nothing more: the device is still online.
+    assert!(events.quiet(300).await);
+    assert!(second.sink.is_open());
+    second
+        .publish("losant/dev1/state", &state(1))
+        .await
+        .unwrap();
+}
+
+#[ntex::test]
+async fn custom_topics_are_a_broker_for_keys_that_allow_them() {
+    let rig = Rig::memory(Rig::config()).await;
+    let _events = rig.tap(Topic::DeviceEvents);
+    let mut sub = v5(rig.addr, "dev2", Some("key-all"), Some(SECRET))
+        .await
+        .unwrap();
+    assert_eq!(
+        sub.subscribe("plant/+/temp").await,
+        vec![v5::codec::SubscribeAckReason::GrantedQos1]
+    );
+    let publisher = v3(rig.addr, "dev1", Some("key-all"), Some(SECRET))
+        .await
+        .unwrap();
+    publisher.publish("plant/7/temp", "21.5").await.unwrap();
+    let (topic, payload) = recv(&mut sub.inbox).await;
+    assert_eq!(
+        (topic.as_str(), &payload[..]),
+        ("plant/7/temp", &b"21.5"[..])
+    );
+    publisher.publish("plant/7/humidity", "40").await.unwrap();
+    let extra = tokio::time::timeout(Duration::from_millis(300), sub.inbox.recv()).await;
+    assert!(extra.is_err(), "{extra:?}");
+    // A key without custom topics may not subscribe.
+    let other = v3(rig.addr, "dev1", Some("key-dev1"), Some(SECRET))
+        .await
+        .unwrap();
+    assert_eq!(
+        other.subscribe("plant/#").await,
+        vec![v3::codec::SubscribeReturnCode::Failure]
+    );
+}
