@@ -99,6 +99,7 @@ impl RunningFront {
     /// acks (at most `drain_grace_secs`), closes the sessions (v5: "server shutting down"),
     /// then stops the listeners.
     pub async fn shutdown(mut self) {
+        self.health.set_ready(false);
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

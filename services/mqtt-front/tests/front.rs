@@ -529,3 +529,201 @@ async fn custom_topics_are_a_broker_for_keys_that_allow_them() {
         vec![v3::codec::SubscribeReturnCode::Failure]
     );
 }
+
+#[ntex::test]
+async fn puback_waits_for_the_bus_ack_and_the_record_is_stored_once() {
+    let rig = Rig::memory(Rig::config()).await;
+    // A consumer group that holds the raw topic: on the in-process bus a produce resolves
+    // only when every group committed it.
+    let held = rig
+        .bus
+        .consumer(fluxgate_bus::ConsumerSpec::group(
+            "held",
+            &[&rig.topics.name(Topic::IngestRaw)],
+        ))
+        .unwrap();
+    let c = v3(rig.addr, "dev1", Some("key-dev1"), Some(SECRET)).await.unwrap();
+    let sink = c.sink.clone();
+    let (done_tx, mut done) = tokio::sync::oneshot::channel();
+    ntex::rt::spawn(async move {
+        let r = sink
+            .publish(ntex::util::ByteString::from("losant/dev1/state"))
+            .send_at_least_once(ntex::util::Bytes::from(state(7)))
+            .await;
+        let _ = done_tx.send(r.is_ok());
+    });
+    let rec = tokio::time::timeout(Duration::from_secs(5), held.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    // The record is on the topic, not yet committed: no PUBACK.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(done.try_recv().is_err(), "PUBACK before the bus acknowledged");
+    held.ack(&rec.position);
+    held.commit().await.unwrap();
+    let acked = tokio::time::timeout(Duration::from_secs(5), &mut done)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(acked);
+    // Exactly once.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), held.recv())
+            .await
+            .is_err()
+    );
+    let m = rig.metrics().await;
+    assert!(m.contains("fluxgate_mqtt_front_publish_ack_seconds_count 1"), "{m}");
+}
+
+#[ntex::test]
+async fn over_a_rate_limit_the_connection_closes_and_the_client_is_blocked() {
+    let mut cfg = Rig::config();
+    cfg.rate_limits.per_topic = fluxgate_mqtt_front::Rate {
+        messages: 3,
+        window_secs: 15,
+    };
+    cfg.rate_limits.new_connections_per_application = fluxgate_mqtt_front::Rate {
+        messages: 4,
+        window_secs: 60,
+    };
+    let rig = Rig::memory(cfg).await;
+    let _events = rig.tap(Topic::DeviceEvents);
+    let _raw = rig.tap(Topic::IngestRaw);
+    let c = v5(rig.addr, "dev1", Some("key-dev1"), Some(SECRET)).await.unwrap();
+    for i in 0..3 {
+        assert_eq!(
+            c.publish("losant/dev1/state", state(i).as_bytes()).await,
+            Ok(v5::codec::PublishAckReason::Success)
+        );
+    }
+    assert!(c.publish("losant/dev1/state", state(4).as_bytes()).await.is_err());
+    assert!(c.closed().await);
+    use v5::codec::ConnectAckReason as C;
+    assert_eq!(
+        v5(rig.addr, "dev1", Some("key-dev1"), Some(SECRET)).await.err(),
+        Some(C::QuotaExceeded),
+        "blocked after the offence"
+    );
+    // Other devices are not blocked, until the application's connection rate runs out.
+    assert!(v5(rig.addr, "dev2", Some("key-all"), Some(SECRET)).await.is_ok());
+    assert!(v5(rig.addr, "gw1", Some("key-all"), Some(SECRET)).await.is_ok());
+    assert!(v5(rig.addr, "gw2", Some("key-all"), Some(SECRET)).await.is_ok());
+    assert_eq!(
+        v5(rig.addr, "tagged", Some("key-all"), Some(SECRET)).await.err(),
+        Some(C::ConnectionRateExceeded)
+    );
+    let m = rig.metrics().await;
+    assert!(m.contains(r#"fluxgate_mqtt_front_rate_limited_total{limit="topic"} 1"#), "{m}");
+    assert!(m.contains(r#"fluxgate_mqtt_front_rate_limited_total{limit="new_connections"} 1"#), "{m}");
+}
+
+#[ntex::test]
+async fn oversize_retained_and_qos2_publishes_close_the_connection() {
+    let mut cfg = Rig::config();
+    cfg.limits.max_payload_bytes = 1024;
+    let rig = Rig::memory(cfg).await;
+    let _events = rig.tap(Topic::DeviceEvents);
+    let mut raw = rig.tap(Topic::IngestRaw);
+
+    let big = format!(r#"{{"data":{{"s":"{}"}}}}"#, "x".repeat(20_000));
+    // A v5 client learns the limit from the CONNACK and does not send.
+    let c = v5(rig.addr, "dev1", Some("key-dev1"), Some(SECRET)).await.unwrap();
+    assert!(c.publish("losant/dev1/state", big.as_bytes()).await.is_err());
+    // A v3 client cannot know: the front closes the connection.
+    let c = v3(rig.addr, "dev1", Some("key-dev1"), Some(SECRET)).await.unwrap();
+    assert!(c.publish("losant/dev1/state", &big).await.is_err());
+    assert!(c.closed().await);
+
+    let c = v3(rig.addr, "dev1", Some("key-dev1"), Some(SECRET)).await.unwrap();
+    let r = c
+        .sink
+        .publish(ntex::util::ByteString::from("losant/dev1/state"))
+        .retain()
+        .send_at_least_once(ntex::util::Bytes::from(state(1)))
+        .await;
+    assert!(r.is_err());
+    assert!(c.closed().await);
+
+    let c = v3(rig.addr, "dev1", Some("key-dev1"), Some(SECRET)).await.unwrap();
+    let _ = c
+        .sink
+        .publish(ntex::util::ByteString::from("losant/dev1/state"))
+        .send_exactly_once(ntex::util::Bytes::from(state(2)))
+        .await;
+    assert!(c.closed().await);
+    assert!(raw.quiet(300).await, "nothing refused reached the bus");
+    let m = rig.metrics().await;
+    assert!(m.contains("fluxgate_mqtt_front_protocol_errors_total 2"), "{m}");
+    assert!(m.contains(r#"outcome="retain_refused"} 1"#), "{m}");
+}
+
+#[ntex::test]
+async fn drain_finishes_in_flight_acks_then_closes_sessions() {
+    let mut rig = Rig::memory(Rig::config()).await;
+    let mut events = rig.tap(Topic::DeviceEvents);
+    let held = rig
+        .bus
+        .consumer(fluxgate_bus::ConsumerSpec::group(
+            "held",
+            &[&rig.topics.name(Topic::IngestRaw)],
+        ))
+        .unwrap();
+    let c = v5(rig.addr, "dev1", Some("key-dev1"), Some(SECRET)).await.unwrap();
+    events.next_envelope().await; // connect
+    let sink = c.sink.clone();
+    let (done_tx, done) = tokio::sync::oneshot::channel();
+    ntex::rt::spawn(async move {
+        let r = sink
+            .publish(ntex::util::ByteString::from("losant/dev1/state"))
+            .send_at_least_once(ntex::util::Bytes::from(state(9)))
+            .await
+            .map(|a| a.reason_code);
+        let _ = done_tx.send(r);
+    });
+    let rec = tokio::time::timeout(Duration::from_secs(5), held.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let front = rig.front.take().unwrap();
+    let health = front.health.clone();
+    let stopped = ntex::rt::spawn(async move { front.shutdown().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(c.sink.is_open(), "closed before its publish was acknowledged");
+    held.ack(&rec.position);
+    held.commit().await.unwrap();
+    let ack = tokio::time::timeout(Duration::from_secs(5), done)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ack, Ok(v5::codec::PublishAckReason::Success));
+    assert!(c.closed().await);
+    let ev = events.next_envelope().await;
+    assert!(
+        matches!(ev.body, Body::Disconnect { reason: Some(ref r), .. } if r == "server shutting down"),
+        "{ev:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(15), stopped)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!health.is_ready());
+    // The listener is gone.
+    assert!(tokio::net::TcpStream::connect(rig.addr).await.is_err());
+}
+
+#[ntex::test]
+async fn health_and_metrics_are_served_over_http() {
+    let rig = Rig::memory(Rig::config()).await;
+    let http = rig.front.as_ref().unwrap().listening.http.unwrap();
+    assert!(http_get(http, "/healthz").await.starts_with("HTTP/1.0 200"));
+    assert!(http_get(http, "/readyz").await.starts_with("HTTP/1.0 200"));
+    let m = rig.metrics().await;
+    for name in [
+        "fluxgate_mqtt_front_in_flight",
+        "fluxgate_mqtt_front_publish_ack_seconds",
+        "fluxgate_mqtt_front_protocol_errors_total",
+    ] {
+        assert!(m.contains(name), "{name} missing from {m}");
+    }
+}
