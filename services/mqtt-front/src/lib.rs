@@ -63,6 +63,9 @@ pub enum FrontError {
     /// The bus refused the front's consumer.
     #[error(transparent)]
     Bus(#[from] BusError),
+    /// The TLS certificate or key could not be loaded.
+    #[error("mqtt_front.{0}")]
+    Tls(String),
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -76,6 +79,12 @@ pub enum FrontError {
 pub struct Listening {
     /// Plain MQTT.
     pub tcp: Option<SocketAddr>,
+    /// MQTT over TLS.
+    pub tls: Option<SocketAddr>,
+    /// MQTT over WebSocket (`/mqtt`).
+    pub ws: Option<SocketAddr>,
+    /// MQTT over secure WebSocket (`/mqtt`).
+    pub wss: Option<SocketAddr>,
     /// `/metrics`, `/healthz`, `/readyz`.
     pub http: Option<SocketAddr>,
 }
@@ -138,9 +147,25 @@ pub fn start(
         format!("fluxgate-front-{}", cfg.instance_id),
         &[&names.deliveries, &names.custom, &names.changes],
     ))?;
-    let tcp = cfg.tcp_addr.as_deref().map(bind).transpose()?;
+    let tls = cfg
+        .tls
+        .as_ref()
+        .map(server::tls_config)
+        .transpose()
+        .map_err(FrontError::Tls)?;
+    let sockets = Sockets {
+        tcp: cfg.tcp_addr.as_deref().map(bind).transpose()?,
+        tls: cfg.tls_addr.as_deref().map(bind).transpose()?,
+        ws: cfg.ws_addr.as_deref().map(bind).transpose()?,
+        wss: cfg.wss_addr.as_deref().map(bind).transpose()?,
+        tls_config: tls,
+    };
+    let addr = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
     let mut listening = Listening {
-        tcp: tcp.as_ref().and_then(|l| l.local_addr().ok()),
+        tcp: addr(&sockets.tcp),
+        tls: addr(&sockets.tls),
+        ws: addr(&sockets.ws),
+        wss: addr(&sockets.wss),
         http: None,
     };
     let mut http = None;
@@ -161,7 +186,9 @@ pub fn start(
                 .name("fluxgate-front")
                 .signals(false)
                 .build(ntex::rt::DefaultRuntime);
-            sys.block_on(serve_mqtt(front, tcp, consumer, names, stop_rx, started_tx));
+            sys.block_on(serve_mqtt(
+                front, sockets, consumer, names, stop_rx, started_tx,
+            ));
             let _ = done_tx.send(());
         })
         .map_err(|e| FrontError::Start(e.to_string()))?;
@@ -229,32 +256,74 @@ struct InboundTopics {
     changes: String,
 }
 
+/// The bound listeners and the TLS settings they need.
+struct Sockets {
+    tcp: Option<TcpListener>,
+    tls: Option<TcpListener>,
+    ws: Option<TcpListener>,
+    wss: Option<TcpListener>,
+    tls_config: Option<Arc<rustls::ServerConfig>>,
+}
+
+fn listeners(front: &Arc<Front>, s: Sockets) -> std::io::Result<ntex::server::ServerBuilder> {
+    let cfg = &front.cfg;
+    let mut b = ntex::server::Server::builder()
+        .workers(cfg.workers)
+        .maxconn(cfg.max_connections.div_ceil(cfg.workers).max(1))
+        .disable_signals();
+    let mqtt_cfg = server::mqtt_config(front);
+    if let Some(l) = s.tcp {
+        let f = front.clone();
+        b = b
+            .listen("mqtt", l, async move |_| {
+                server::mqtt_service::<ntex::io::Base>(f.clone())
+            })?
+            .config("mqtt", mqtt_cfg.clone());
+    }
+    if let Some(l) = s.ws {
+        let f = front.clone();
+        b = b
+            .listen("mqtt-ws", l, async move |_| {
+                server::ws_service::<ntex::io::Base>(f.clone())
+            })?
+            .config("mqtt-ws", mqtt_cfg.clone());
+    }
+    if let Some(tls) = s.tls_config {
+        if let Some(l) = s.tls {
+            let (f, t) = (front.clone(), tls.clone());
+            b = b
+                .listen("mqtt-tls", l, async move |_| {
+                    server::tls_service(f.clone(), t.clone())
+                })?
+                .config("mqtt-tls", mqtt_cfg.clone());
+        }
+        if let Some(l) = s.wss {
+            let (f, t) = (front.clone(), tls);
+            b = b
+                .listen("mqtt-wss", l, async move |_| {
+                    server::wss_service(f.clone(), t.clone())
+                })?
+                .config("mqtt-wss", mqtt_cfg);
+        }
+    }
+    Ok(b)
+}
+
 async fn serve_mqtt(
     front: Arc<Front>,
-    tcp: Option<TcpListener>,
+    sockets: Sockets,
     consumer: Arc<dyn Consumer>,
     names: InboundTopics,
     stop: oneshot::Receiver<()>,
     started: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
-    let cfg = &front.cfg;
-    let mut builder = ntex::server::Server::builder()
-        .workers(cfg.workers)
-        .maxconn(cfg.max_connections.div_ceil(cfg.workers).max(1))
-        .disable_signals();
-    if let Some(l) = tcp {
-        let f = front.clone();
-        builder = match builder.listen("mqtt", l, async move |_| {
-            server::mqtt_service::<ntex::io::Base>(f.clone())
-        }) {
-            Ok(b) => b.config("mqtt", server::mqtt_config(&front)),
-            Err(e) => {
-                let _ = started.send(Err(e.to_string()));
-                return;
-            }
-        };
-    }
-    let srv = builder.run();
+    let srv = match listeners(&front, sockets) {
+        Ok(b) => b.run(),
+        Err(e) => {
+            let _ = started.send(Err(e.to_string()));
+            return;
+        }
+    };
     let _ = started.send(Ok(()));
     let inbound = ntex::rt::spawn(inbound(front.clone(), consumer, names));
     let _ = stop.await;

@@ -1,17 +1,23 @@
 //! The ntex-mqtt wiring: one MQTT 3.1.1 + 5 service factory per listener, mapping the
 //! front's version-independent outcomes ([`crate::front`]) to v3 and v5 packets.
 
+use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use ntex::http::{self, HttpService, Request, Response, h1};
 use ntex::io::types::PeerAddr;
-use ntex::service::{ServiceFactory, fn_factory_with_config, fn_service};
+use ntex::io::{Filter, Io, Layer};
+use ntex::server::rustls::TlsAcceptor;
+use ntex::service::{
+    Pipeline, ServiceFactory, chain_factory, fn_factory, fn_factory_with_config, fn_service,
+};
 use ntex::util::Ready;
-use ntex::{SharedCfg, io::Filter, io::Io};
+use ntex::{SharedCfg, ws};
 use ntex_mqtt::{MqttError, MqttServer, MqttServiceConfig, QoS, v3, v5};
 
 use crate::auth::{AuthError, Credentials};
-use crate::config::V3Refusal;
+use crate::config::{TlsFiles, V3Refusal};
 use crate::front::{Front, Refusal, Verdict};
 use crate::session::{CloseReason, Conn, Sink};
 
@@ -339,4 +345,115 @@ pub(crate) fn mqtt_service<F: Filter>(
         }))
     }));
     MqttServer::new().v3(v3).v5(v5)
+}
+
+/// Loads the certificate chain and key of the TLS listeners.
+pub(crate) fn tls_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(&files.cert_path)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("tls.cert_path {}: {e}", files.cert_path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "tls.cert_path {}: no certificate in the file",
+            files.cert_path.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key_path)
+        .map_err(|e| format!("tls.key_path {}: {e}", files.key_path.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("tls: certificate and key do not match: {e}"))?;
+    Ok(Arc::new(cfg))
+}
+
+/// MQTT over TLS.
+pub(crate) fn tls_service(
+    front: Arc<Front>,
+    tls: Arc<rustls::ServerConfig>,
+) -> impl ServiceFactory<Io, SharedCfg, Response = (), Error = io::Error, InitError = ()> {
+    chain_factory(TlsAcceptor::new(tls))
+        .and_then(mqtt_service(front).map_err(|e| io::Error::other(format!("{e:?}"))))
+}
+
+/// Accepts the WebSocket upgrade of `GET /mqtt` (echoing the `mqtt` subprotocol that MQTT
+/// clients ask for) and switches the connection to the WebSocket transport.
+fn ws_upgrade<F: Filter>() -> impl ServiceFactory<
+    (Request, Io<F>, h1::Codec),
+    SharedCfg,
+    Response = Io<Layer<ws::WsTransport, F>>,
+    Error = io::Error,
+    InitError = (),
+> {
+    fn_service(
+        move |(req, io, codec): (Request, Io<F>, h1::Codec)| async move {
+            if req.path() != "/mqtt" {
+                return Err(io::Error::other(format!(
+                    "websocket upgrade of {}: MQTT is served at /mqtt",
+                    req.path()
+                )));
+            }
+            let mut res = ws::handshake(req.head()).map_err(|e| io::Error::other(e.to_string()))?;
+            let asks_mqtt = req
+                .headers()
+                .get(http::header::SEC_WEBSOCKET_PROTOCOL)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.split(',').any(|p| p.trim() == "mqtt"));
+            if asks_mqtt {
+                res.header(http::header::SEC_WEBSOCKET_PROTOCOL, "mqtt");
+            }
+            io.send(
+                h1::Message::Item((res.finish().drop_body(), http::body::BodySize::Empty)),
+                &codec,
+            )
+            .await
+            .map_err(|e| io::Error::other(format!("{e:?}")))?;
+            Ok(ws::WsTransport::create(io, ws::Codec::new()))
+        },
+    )
+}
+
+/// MQTT over WebSocket (any filter below: plain TCP or TLS).
+pub(crate) fn ws_service<F: Filter>(
+    front: Arc<Front>,
+) -> impl ServiceFactory<Io<F>, SharedCfg, Response = (), Error = io::Error, InitError = ()> {
+    HttpService::new(|_req: Request| {
+        Ready::Ok::<_, io::Error>(Response::NotFound().body("MQTT over WebSocket is at /mqtt"))
+    })
+    .h1_control(fn_factory(move || {
+        let front = front.clone();
+        async move {
+            let cfg = mqtt_config(&front);
+            let ws_svc = Pipeline::new(
+                chain_factory(ws_upgrade())
+                    .and_then(mqtt_service(front).map_err(|e| io::Error::other(format!("{e:?}"))))
+                    .create(cfg)
+                    .await?,
+            );
+            Ok::<_, ()>(fn_service(move |msg: h1::Control<_, _>| {
+                let ack = match msg {
+                    h1::Control::Upgrade(ctl) => {
+                        let ws = ws_svc.clone();
+                        ctl.handle(move |req, io, codec| ws.call_static((req, io, codec)))
+                    }
+                    _ => msg.ack(),
+                };
+                async move { Ok::<_, io::Error>(ack) }
+            }))
+        }
+    }))
+    .map_err(|e| io::Error::other(format!("{e:?}")))
+}
+
+/// MQTT over secure WebSocket.
+pub(crate) fn wss_service(
+    front: Arc<Front>,
+    tls: Arc<rustls::ServerConfig>,
+) -> impl ServiceFactory<Io, SharedCfg, Response = (), Error = io::Error, InitError = ()> {
+    chain_factory(TlsAcceptor::new(tls)).and_then(ws_service(front))
 }

@@ -542,7 +542,9 @@ async fn puback_waits_for_the_bus_ack_and_the_record_is_stored_once() {
             &[&rig.topics.name(Topic::IngestRaw)],
         ))
         .unwrap();
-    let c = v3(rig.addr, "dev1", Some("key-dev1"), Some(SECRET)).await.unwrap();
+    let c = v3(rig.addr, "dev1", Some("key-dev1"), Some(SECRET))
+        .await
+        .unwrap();
     let sink = c.sink.clone();
     let (done_tx, mut done) = tokio::sync::oneshot::channel();
     ntex::rt::spawn(async move {
@@ -558,7 +560,10 @@ async fn puback_waits_for_the_bus_ack_and_the_record_is_stored_once() {
         .unwrap();
     // The record is on the topic, not yet committed: no PUBACK.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(done.try_recv().is_err(), "PUBACK before the bus acknowledged");
+    assert!(
+        done.try_recv().is_err(),
+        "PUBACK before the bus acknowledged"
+    );
     held.ack(&rec.position);
     held.commit().await.unwrap();
     let acked = tokio::time::timeout(Duration::from_secs(5), &mut done)
@@ -573,7 +578,10 @@ async fn puback_waits_for_the_bus_ack_and_the_record_is_stored_once() {
             .is_err()
     );
     let m = rig.metrics().await;
-    assert!(m.contains("fluxgate_mqtt_front_publish_ack_seconds_count 1"), "{m}");
+    assert!(
+        m.contains("fluxgate_mqtt_front_publish_ack_seconds_count 1"),
+        "{m}"
+    );
 }
 
 #[ntex::test]
@@ -590,32 +598,60 @@ async fn over_a_rate_limit_the_connection_closes_and_the_client_is_blocked() {
     let rig = Rig::memory(cfg).await;
     let _events = rig.tap(Topic::DeviceEvents);
     let _raw = rig.tap(Topic::IngestRaw);
-    let c = v5(rig.addr, "dev1", Some("key-dev1"), Some(SECRET)).await.unwrap();
+    let c = v5(rig.addr, "dev1", Some("key-dev1"), Some(SECRET))
+        .await
+        .unwrap();
     for i in 0..3 {
         assert_eq!(
             c.publish("losant/dev1/state", state(i).as_bytes()).await,
             Ok(v5::codec::PublishAckReason::Success)
         );
     }
-    assert!(c.publish("losant/dev1/state", state(4).as_bytes()).await.is_err());
+    assert!(
+        c.publish("losant/dev1/state", state(4).as_bytes())
+            .await
+            .is_err()
+    );
     assert!(c.closed().await);
     use v5::codec::ConnectAckReason as C;
     assert_eq!(
-        v5(rig.addr, "dev1", Some("key-dev1"), Some(SECRET)).await.err(),
+        v5(rig.addr, "dev1", Some("key-dev1"), Some(SECRET))
+            .await
+            .err(),
         Some(C::QuotaExceeded),
         "blocked after the offence"
     );
     // Other devices are not blocked, until the application's connection rate runs out.
-    assert!(v5(rig.addr, "dev2", Some("key-all"), Some(SECRET)).await.is_ok());
-    assert!(v5(rig.addr, "gw1", Some("key-all"), Some(SECRET)).await.is_ok());
-    assert!(v5(rig.addr, "gw2", Some("key-all"), Some(SECRET)).await.is_ok());
+    assert!(
+        v5(rig.addr, "dev2", Some("key-all"), Some(SECRET))
+            .await
+            .is_ok()
+    );
+    assert!(
+        v5(rig.addr, "gw1", Some("key-all"), Some(SECRET))
+            .await
+            .is_ok()
+    );
+    assert!(
+        v5(rig.addr, "gw2", Some("key-all"), Some(SECRET))
+            .await
+            .is_ok()
+    );
     assert_eq!(
-        v5(rig.addr, "tagged", Some("key-all"), Some(SECRET)).await.err(),
+        v5(rig.addr, "tagged", Some("key-all"), Some(SECRET))
+            .await
+            .err(),
         Some(C::ConnectionRateExceeded)
     );
     let m = rig.metrics().await;
-    assert!(m.contains(r#"fluxgate_mqtt_front_rate_limited_total{limit="topic"} 1"#), "{m}");
-    assert!(m.contains(r#"fluxgate_mqtt_front_rate_limited_total{limit="new_connections"} 1"#), "{m}");
+    assert!(
+        m.contains(r#"fluxgate_mqtt_front_rate_limited_total{limit="topic"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"fluxgate_mqtt_front_rate_limited_total{limit="new_connections"} 1"#),
+        "{m}"
+    );
 }
 
 #[ntex::test]
@@ -628,14 +664,24 @@ async fn oversize_retained_and_qos2_publishes_close_the_connection() {
 
     let big = format!(r#"{{"data":{{"s":"{}"}}}}"#, "x".repeat(20_000));
     // A v5 client learns the limit from the CONNACK and does not send.
-    let c = v5(rig.addr, "dev1", Some("key-dev1"), Some(SECRET)).await.unwrap();
-    assert!(c.publish("losant/dev1/state", big.as_bytes()).await.is_err());
+    let c = v5(rig.addr, "dev1", Some("key-dev1"), Some(SECRET))
+        .await
+        .unwrap();
+    assert!(
+        c.publish("losant/dev1/state", big.as_bytes())
+            .await
+            .is_err()
+    );
     // A v3 client cannot know: the front closes the connection.
-    let c = v3(rig.addr, "dev1", Some("key-dev1"), Some(SECRET)).await.unwrap();
+    let c = v3(rig.addr, "dev1", Some("key-dev1"), Some(SECRET))
+        .await
+        .unwrap();
     assert!(c.publish("losant/dev1/state", &big).await.is_err());
     assert!(c.closed().await);
 
-    let c = v3(rig.addr, "dev1", Some("key-dev1"), Some(SECRET)).await.unwrap();
+    let c = v3(rig.addr, "dev1", Some("key-dev1"), Some(SECRET))
+        .await
+        .unwrap();
     let r = c
         .sink
         .publish(ntex::util::ByteString::from("losant/dev1/state"))
@@ -645,7 +691,9 @@ async fn oversize_retained_and_qos2_publishes_close_the_connection() {
     assert!(r.is_err());
     assert!(c.closed().await);
 
-    let c = v3(rig.addr, "dev1", Some("key-dev1"), Some(SECRET)).await.unwrap();
+    let c = v3(rig.addr, "dev1", Some("key-dev1"), Some(SECRET))
+        .await
+        .unwrap();
     let _ = c
         .sink
         .publish(ntex::util::ByteString::from("losant/dev1/state"))
@@ -654,7 +702,10 @@ async fn oversize_retained_and_qos2_publishes_close_the_connection() {
     assert!(c.closed().await);
     assert!(raw.quiet(300).await, "nothing refused reached the bus");
     let m = rig.metrics().await;
-    assert!(m.contains("fluxgate_mqtt_front_protocol_errors_total 2"), "{m}");
+    assert!(
+        m.contains("fluxgate_mqtt_front_protocol_errors_total 2"),
+        "{m}"
+    );
     assert!(m.contains(r#"outcome="retain_refused"} 1"#), "{m}");
 }
 
@@ -669,7 +720,9 @@ async fn drain_finishes_in_flight_acks_then_closes_sessions() {
             &[&rig.topics.name(Topic::IngestRaw)],
         ))
         .unwrap();
-    let c = v5(rig.addr, "dev1", Some("key-dev1"), Some(SECRET)).await.unwrap();
+    let c = v5(rig.addr, "dev1", Some("key-dev1"), Some(SECRET))
+        .await
+        .unwrap();
     events.next_envelope().await; // connect
     let sink = c.sink.clone();
     let (done_tx, done) = tokio::sync::oneshot::channel();
@@ -689,7 +742,10 @@ async fn drain_finishes_in_flight_acks_then_closes_sessions() {
     let health = front.health.clone();
     let stopped = ntex::rt::spawn(async move { front.shutdown().await });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(c.sink.is_open(), "closed before its publish was acknowledged");
+    assert!(
+        c.sink.is_open(),
+        "closed before its publish was acknowledged"
+    );
     held.ack(&rec.position);
     held.commit().await.unwrap();
     let ack = tokio::time::timeout(Duration::from_secs(5), done)

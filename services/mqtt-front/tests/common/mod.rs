@@ -283,7 +283,82 @@ pub async fn v3_with(
     pass: Option<&str>,
     clean: bool,
 ) -> Result<V3, v3::codec::ConnectAckReason> {
-    let mut c = v3::client::Connect::new(addr).client_id(client_id.to_owned());
+    v3_via(Via::Tcp, addr, client_id, user, pass, clean).await
+}
+
+/// How a test client reaches the front.
+#[derive(Clone)]
+pub enum Via {
+    Tcp,
+    Tls(Arc<rustls::ClientConfig>),
+    /// URL of the WebSocket endpoint.
+    Ws(String),
+    /// URL of the secure WebSocket endpoint and the TLS settings.
+    Wss(String, Arc<rustls::ClientConfig>),
+}
+
+async fn v3_finish<T>(
+    connector: v3::client::MqttConnector<String, T>,
+    c: v3::client::Connect<String>,
+) -> Result<v3::client::Client, v3::codec::ConnectAckReason>
+where
+    T: ServiceFactory<
+            ntex::connect::Connect<String>,
+            SharedCfg,
+            Error = ntex::connect::ConnectError,
+        >,
+    ntex::io::IoBoxed: From<T::Response>,
+    T::InitError: std::fmt::Debug,
+{
+    Pipeline::new(connector.create(SharedCfg::default()).await.unwrap())
+        .call(c)
+        .await
+        .map_err(|e| match e {
+            ntex_mqtt::error::ClientError::Ack(a) => a.return_code,
+            other => panic!("connect failed: {other:?}"),
+        })
+}
+
+/// Opens WebSocket connections (asking for the `mqtt` subprotocol) for the MQTT client.
+macro_rules! over_ws {
+    ($builder:expr) => {{
+        let ws = std::rc::Rc::new(
+            $builder
+                .protocols(["mqtt"])
+                .build(SharedCfg::default())
+                .await
+                .unwrap(),
+        );
+        move |_: ntex::connect::Connect<String>| {
+            let ws = ws.clone();
+            async move {
+                Ok::<_, ntex::connect::ConnectError>(
+                    ws.connect()
+                        .await
+                        .map_err(|e| {
+                            ntex::connect::ConnectError::Io(std::io::Error::other(e.to_string()))
+                        })?
+                        .into_transport(),
+                )
+            }
+        }
+    }};
+}
+
+pub async fn v3_via(
+    via: Via,
+    addr: SocketAddr,
+    client_id: &str,
+    user: Option<&str>,
+    pass: Option<&str>,
+    clean: bool,
+) -> Result<V3, v3::codec::ConnectAckReason> {
+    // TLS checks the certificate against the host name: use the one it was issued for.
+    let target = match via {
+        Via::Tls(_) => format!("localhost:{}", addr.port()),
+        _ => addr.to_string(),
+    };
+    let mut c = v3::client::Connect::new(target).client_id(client_id.to_owned());
     if clean {
         c = c.clean_session();
     }
@@ -293,18 +368,23 @@ pub async fn v3_with(
     if let Some(p) = pass {
         c = c.password(Bytes::copy_from_slice(p.as_bytes()));
     }
-    let conn = Pipeline::new(
-        v3::client::MqttConnector::new()
-            .create(SharedCfg::default())
-            .await
-            .unwrap(),
-    )
-    .call(c)
-    .await
-    .map_err(|e| match e {
-        ntex_mqtt::error::ClientError::Ack(a) => a.return_code,
-        other => panic!("connect failed: {other:?}"),
-    })?;
+    use ntex::connect::rustls::TlsConnector;
+    let m = v3::client::MqttConnector::new();
+    let conn = match via {
+        Via::Tcp => v3_finish(m, c).await?,
+        Via::Tls(cfg) => v3_finish(m.connector(TlsConnector::from(cfg)), c).await?,
+        Via::Ws(url) => {
+            let f = over_ws!(ntex::ws::WsClient::builder(url.as_str()));
+            v3_finish(m.connector(fn_service(f)), c).await?
+        }
+        Via::Wss(url, cfg) => {
+            let f = over_ws!(ntex::ws::WsClient::with_connector(
+                url.as_str(),
+                TlsConnector::from(cfg)
+            ));
+            v3_finish(m.connector(fn_service(f)), c).await?
+        }
+    };
     let sink = conn.sink();
     let (tx, inbox) = mpsc::unbounded_channel();
     ntex::rt::spawn(
@@ -320,6 +400,30 @@ pub async fn v3_with(
         })),
     );
     Ok(V3 { sink, inbox })
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost, written to PEM files, and a
+/// client configuration that trusts it.
+pub fn self_signed() -> (fluxgate_mqtt_front::TlsFiles, Arc<rustls::ClientConfig>) {
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let dir = std::env::temp_dir().join(fluxgate_testkit::unique_name("fluxgate-tls"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let files = fluxgate_mqtt_front::TlsFiles {
+        cert_path: dir.join("cert.pem"),
+        key_path: dir.join("key.pem"),
+    };
+    std::fs::write(&files.cert_path, ck.cert.pem()).unwrap();
+    std::fs::write(&files.key_path, ck.signing_key.serialize_pem()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ck.cert.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (files, Arc::new(client))
 }
 
 impl V3 {

@@ -1,0 +1,102 @@
+//! TLS, WebSocket and secure WebSocket listeners: the same MQTT service behind each.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use fluxgate_bus::Topic;
+use fluxgate_model::{Body, DeviceRef};
+
+#[ntex::test]
+async fn every_listener_serves_mqtt() {
+    let (files, client_tls) = self_signed();
+    let mut cfg = Rig::config();
+    cfg.tls = Some(files);
+    cfg.tls_addr = Some("127.0.0.1:0".into());
+    cfg.ws_addr = Some("127.0.0.1:0".into());
+    cfg.wss_addr = Some("127.0.0.1:0".into());
+    let rig = Rig::memory(cfg).await;
+    let _events = rig.tap(Topic::DeviceEvents);
+    let mut raw = rig.tap(Topic::IngestRaw);
+    let l = rig.front.as_ref().unwrap().listening.clone();
+
+    let (tls, ws, wss) = (l.tls.unwrap(), l.ws.unwrap(), l.wss.unwrap());
+    let cases = [
+        ("tls", Via::Tls(client_tls.clone()), tls),
+        ("ws", Via::Ws(format!("http://{ws}/mqtt")), ws),
+        (
+            "wss",
+            Via::Wss(
+                format!("https://localhost:{}/mqtt", wss.port()),
+                client_tls.clone(),
+            ),
+            wss,
+        ),
+    ];
+    for (name, via, addr) in cases {
+        let c = v3_via(
+            via.clone(),
+            addr,
+            "dev1",
+            Some("key-dev1"),
+            Some(SECRET),
+            true,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        let body = format!(r#"{{"data":{{"via":"{name}"}}}}"#);
+        c.publish("losant/dev1/state", &body).await.unwrap();
+        let env = raw.next_envelope().await;
+        assert_eq!(env.device, DeviceRef::Id(dev("dev1")), "{name}");
+        let Body::Telemetry { samples, .. } = env.body else {
+            panic!("{name}: not telemetry")
+        };
+        assert_eq!(
+            samples[0].values.get("via"),
+            Some(&fluxgate_model::Value::String(name.into()))
+        );
+        // Credentials are checked the same way on every listener.
+        assert_eq!(
+            v3_via(via, addr, "dev1", Some("key-dev1"), Some("wrong"), true)
+                .await
+                .err(),
+            Some(ntex_mqtt::v3::codec::ConnectAckReason::BadUserNameOrPassword),
+            "{name}"
+        );
+        c.sink.close();
+    }
+}
+
+#[ntex::test]
+async fn websocket_is_served_only_at_slash_mqtt() {
+    let mut cfg = Rig::config();
+    cfg.ws_addr = Some("127.0.0.1:0".into());
+    let rig = Rig::memory(cfg).await;
+    let ws = rig.front.as_ref().unwrap().listening.ws.unwrap();
+    let reply = http_get(ws, "/").await;
+    assert!(
+        reply.starts_with("HTTP/1.1 404") || reply.starts_with("HTTP/1.0 404"),
+        "{reply}"
+    );
+}
+
+#[test]
+fn a_bad_certificate_path_names_the_field() {
+    let mut cfg = Rig::config();
+    cfg.tls = Some(fluxgate_mqtt_front::TlsFiles {
+        cert_path: "/nonexistent/cert.pem".into(),
+        key_path: "/nonexistent/key.pem".into(),
+    });
+    cfg.tls_addr = Some("127.0.0.1:0".into());
+    let bus: std::sync::Arc<dyn fluxgate_bus::Bus> =
+        std::sync::Arc::new(fluxgate_bus::MemoryBus::default());
+    let store: std::sync::Arc<dyn fluxgate_store::Store> =
+        std::sync::Arc::new(fluxgate_store::sqlite::SqliteStore::in_memory().unwrap());
+    let err = fluxgate_mqtt_front::start(cfg, bus, store, &Default::default()).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.starts_with("mqtt_front.tls.cert_path /nonexistent/cert.pem"),
+        "{text}"
+    );
+}
