@@ -179,6 +179,7 @@ pub fn start(
     let (stop_tx, stop_rx) = oneshot::channel();
     let (done_tx, done_rx) = oneshot::channel();
     let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let health_for_thread = health.clone();
     std::thread::Builder::new()
         .name("fluxgate-front".into())
         .spawn(move || {
@@ -187,7 +188,13 @@ pub fn start(
                 .signals(false)
                 .build(ntex::rt::DefaultRuntime);
             sys.block_on(serve_mqtt(
-                front, sockets, consumer, names, stop_rx, started_tx,
+                front,
+                sockets,
+                consumer,
+                names,
+                health_for_thread,
+                stop_rx,
+                started_tx,
             ));
             let _ = done_tx.send(());
         })
@@ -197,7 +204,6 @@ pub fn start(
         Ok(Err(e)) => return Err(FrontError::Start(e)),
         Err(_) => return Err(FrontError::Start("the front thread exited".into())),
     }
-    health.set_ready(true);
     Ok(RunningFront {
         listening,
         registry,
@@ -314,6 +320,7 @@ async fn serve_mqtt(
     sockets: Sockets,
     consumer: Arc<dyn Consumer>,
     names: InboundTopics,
+    health: Arc<Health>,
     stop: oneshot::Receiver<()>,
     started: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
@@ -325,8 +332,20 @@ async fn serve_mqtt(
         }
     };
     let _ = started.send(Ok(()));
+    // Ready once the deliveries consumer has its partitions: before that, a command for a
+    // device connected here could be missed (broadcast consumers start at the end).
+    let ready = ntex::rt::spawn({
+        let consumer = consumer.clone();
+        async move {
+            while consumer.assigned() == 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            health.set_ready(true);
+        }
+    });
     let inbound = ntex::rt::spawn(inbound(front.clone(), consumer, names));
     let _ = stop.await;
+    ready.cancel();
     drain(&front, &srv).await;
     inbound.cancel();
 }

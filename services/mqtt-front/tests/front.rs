@@ -783,3 +783,44 @@ async fn health_and_metrics_are_served_over_http() {
         assert!(m.contains(name), "{name} missing from {m}");
     }
 }
+
+#[ntex::test]
+async fn registry_changes_drop_cached_credentials() {
+    let rig = Rig::memory(Rig::config()).await;
+    let _events = rig.tap(Topic::DeviceEvents);
+    let c = v3(rig.addr, "dev1", Some("key-dev1"), Some(SECRET))
+        .await
+        .unwrap();
+    c.sink.close();
+    // Deactivate the key in the store: the cached key still opens the device...
+    let mut key = rig
+        .store
+        .access_key("key-dev1".into())
+        .await
+        .unwrap()
+        .unwrap();
+    key.active = false;
+    rig.store.put_access_key(key).await.unwrap();
+    assert!(
+        v3(rig.addr, "dev1", Some("key-dev1"), Some(SECRET))
+            .await
+            .is_ok()
+    );
+    // ...until the change is announced.
+    let change = fluxgate_model::RegistryChange::AccessKey {
+        key: "key-dev1".into(),
+    };
+    rig.produce(Topic::RegistryChanges, &change.key(), change.to_bytes())
+        .await;
+    let mut refused = None;
+    for _ in 0..100 {
+        refused = v3(rig.addr, "dev1", Some("key-dev1"), Some(SECRET))
+            .await
+            .err();
+        if refused.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(refused, Some(v3::codec::ConnectAckReason::NotAuthorized));
+}

@@ -202,7 +202,7 @@ impl Rig {
         let store: Arc<dyn Store> =
             Arc::new(fluxgate_store::sqlite::SqliteStore::in_memory().unwrap());
         seed(store.as_ref()).await;
-        let front = fluxgate_mqtt_front::start(cfg, bus.clone(), store.clone(), &topics).unwrap();
+        let front = start_ready(cfg, &bus, &store, &topics).await;
         let addr = front.listening.tcp.unwrap();
         Rig {
             bus,
@@ -237,6 +237,23 @@ impl Rig {
         let addr = self.front.as_ref().unwrap().listening.http.unwrap();
         http_get(addr, "/metrics").await
     }
+}
+
+/// Starts a front and waits until it is ready (its deliveries consumer has partitions).
+pub async fn start_ready(
+    cfg: FrontConfig,
+    bus: &Arc<dyn Bus>,
+    store: &Arc<dyn Store>,
+    topics: &TopicsConfig,
+) -> RunningFront {
+    let front = fluxgate_mqtt_front::start(cfg, bus.clone(), store.clone(), topics).unwrap();
+    for _ in 0..600 {
+        if front.health.is_ready() {
+            return front;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("front not ready within 30 s");
 }
 
 /// A plain HTTP/1.0 GET; returns the body.
