@@ -14,17 +14,17 @@ use fluxgate_model::{
     Ingress, MessageId, Outbound, PublishTarget, Reject, Rejection, Rendered, SessionInfo,
     SubscribeTarget, Subscription, TenantId, classify_publish, classify_subscribe, normalize,
 };
+use futures_channel::mpsc;
 use governor::DefaultKeyedRateLimiter;
 use ntex::util::{ByteString, Bytes};
 use ntex_mqtt::{QoS, TopicFilter};
-use tokio::sync::mpsc;
 
 use crate::auth::{AuthError, Credentials, FailureDelay, Registry};
 use crate::config::FrontConfig;
 use crate::metrics::{FrontMetrics, dialect_label, op_label};
 use crate::session::{
-    CloseReason, Conn, ConnLimits, Entry, InFlight, Over, Sequencer, SessionMap, Sink, Subs,
-    ToSession, quota,
+    CloseReason, Conn, ConnLimits, Entry, InFlight, NotQueued, Over, Sequencer, SessionMap, Sink,
+    Subs, ToSession, next, quota,
 };
 
 /// Header carrying the MQTT topic of a custom-topic record on `fluxgate.mqtt.custom`.
@@ -283,15 +283,11 @@ impl Front {
             client_disconnected: std::cell::Cell::new(false),
             wants_custom: Arc::new(AtomicBool::new(false)),
         });
-        let entry = Entry {
-            conn: conn.id,
-            tx,
-            wants_custom: conn.wants_custom.clone(),
-        };
+        let entry = Entry::new(conn.id, tx, conn.wants_custom.clone());
         if let Some(old) = self.sessions.insert(key.clone(), entry) {
             // The old connection's disconnect is announced here, before the new connect, so
             // that presence ends "online" whatever order the sockets close in.
-            let _ = old.tx.try_send(ToSession::Close(CloseReason::Takeover));
+            old.close(CloseReason::Takeover).await;
             let ev = self.event(
                 &conn,
                 Body::Disconnect {
@@ -771,23 +767,26 @@ async fn session_task(
     loop {
         tokio::select! {
             () = &mut gone => break,
-            msg = rx.recv() => match msg {
+            msg = next(&mut rx) => match msg {
                 None => break,
+                // The rare branches are boxed: the task of every idle connection is only
+                // as large as its resting state.
                 Some(ToSession::Close(CloseReason::Shutdown)) => {
-                    front.close_when_idle(&conn, CloseReason::Shutdown).await;
+                    Box::pin(front.close_when_idle(&conn, CloseReason::Shutdown)).await;
                 }
                 Some(ToSession::Close(r)) => conn.close(r),
                 Some(ToSession::Deliver(d)) => {
                     let (d, r) = *d;
-                    front.deliver(&conn, d, r).await;
+                    Box::pin(front.deliver(&conn, d, r)).await;
                 }
-                Some(ToSession::Custom { topic, payload }) => {
-                    front.deliver_custom(&conn, topic, payload).await;
+                Some(ToSession::Custom(m)) => {
+                    let (topic, payload) = *m;
+                    Box::pin(front.deliver_custom(&conn, topic, payload)).await;
                 }
             },
         }
     }
-    front.gone(&conn).await;
+    Box::pin(front.gone(&conn)).await;
 }
 
 /// Something a session is asked to deliver, routed from the bus.
@@ -797,8 +796,8 @@ pub(crate) fn route_delivery(front: &Front, d: Delivery) {
     };
     match d.render() {
         Ok(r) => {
-            if let Err(mpsc::error::TrySendError::Full(ToSession::Deliver(b))) =
-                entry.tx.try_send(ToSession::Deliver(Box::new((d, r))))
+            if let Err(NotQueued::Full(ToSession::Deliver(b))) =
+                entry.try_send(ToSession::Deliver(Box::new((d, r))))
             {
                 front
                     .metrics
@@ -834,9 +833,9 @@ fn spawn_report(front: &Front, d: Delivery, why: &'static str) {
 /// A custom-topic message from the bus, for the local subscribers of its application.
 pub(crate) fn route_custom(front: &Front, tenant: &TenantId, topic: ByteString, payload: Bytes) {
     for e in front.sessions.custom_subscribers(tenant) {
-        let _ = e.tx.try_send(ToSession::Custom {
-            topic: topic.clone(),
-            payload: payload.clone(),
-        });
+        let _ = e.try_send(ToSession::Custom(Box::new((
+            topic.clone(),
+            payload.clone(),
+        ))));
     }
 }

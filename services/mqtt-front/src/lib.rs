@@ -43,7 +43,7 @@ use tokio::sync::oneshot;
 pub use config::{ConfigError, FrontConfig, Rate, RateLimits, TlsFiles, V3Refusal};
 
 use crate::front::{CUSTOM_TOPIC_HEADER, Front, route_custom, route_delivery};
-use crate::session::{CloseReason, ToSession};
+use crate::session::CloseReason;
 
 /// Why the front could not start.
 #[derive(Debug, thiserror::Error)]
@@ -356,7 +356,7 @@ async fn drain(front: &Front, srv: &ntex::server::Server) {
     front.draining.store(true, Ordering::Relaxed);
     srv.pause().await;
     for e in front.sessions.all() {
-        let _ = e.tx.send(ToSession::Close(CloseReason::Shutdown)).await;
+        e.close(CloseReason::Shutdown).await;
     }
     let deadline = tokio::time::Instant::now()
         + Duration::from_secs(front.cfg.drain_grace_secs)

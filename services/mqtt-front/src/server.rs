@@ -55,6 +55,14 @@ pub(crate) fn mqtt_config(front: &Front) -> SharedCfg {
         .unwrap_or(u32::MAX)
         .saturating_add(8 * 1024);
     SharedCfg::new("fluxgate-mqtt")
+        // Smaller io buffers than ntex's 16 KiB defaults: most device packets are small,
+        // and what a connection keeps counts in memory per idle connection.
+        .add(
+            ntex::io::IoConfig::new()
+                .set_read_buf(4 * 1024, 512, 128)
+                .set_write_buf(4 * 1024, 512, 128)
+                .set_write_page_size(ntex::util::BytePageSize::Size4),
+        )
         .add(
             MqttServiceConfig::new()
                 .set_max_qos(QoS::AtLeastOnce)

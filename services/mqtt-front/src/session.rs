@@ -21,10 +21,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use fluxgate_model::{Delivery, DeviceId, Rendered, Subscription, TenantId};
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
+use futures_channel::mpsc;
+use governor::state::keyed::HashMapStateStore;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter, clock::DefaultClock};
 use ntex::util::{ByteString, Bytes};
 use ntex_mqtt::{QoS, TopicFilter, v3, v5};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use crate::auth::Identity;
 use crate::config::Rate;
@@ -34,13 +36,9 @@ use crate::config::Rate;
 pub(crate) enum ToSession {
     /// A command, RPC or attribute message for the device (or one behind the gateway).
     Deliver(Box<(Delivery, Rendered)>),
-    /// A custom-topic message of the connection's application.
-    Custom {
-        /// MQTT topic.
-        topic: ByteString,
-        /// Payload.
-        payload: Bytes,
-    },
+    /// A custom-topic message of the connection's application: topic and payload (boxed:
+    /// every connection's channel holds a block of these, so the enum stays small).
+    Custom(Box<(ByteString, Bytes)>),
     /// Close the connection.
     Close(CloseReason),
 }
@@ -230,7 +228,9 @@ impl Drop for Turn<'_> {
 #[derive(Debug)]
 pub(crate) struct ConnLimits {
     per_connection: Option<DefaultDirectRateLimiter>,
-    per_topic: Option<DefaultKeyedRateLimiter<ByteString>>,
+    /// Keyed by topic in a plain `HashMap` (empty until used): governor's default keyed
+    /// store is a sharded `DashMap`, about 1 KiB per connection before the first publish.
+    per_topic: Option<RateLimiter<ByteString, HashMapStateStore<ByteString>, DefaultClock>>,
 }
 
 /// `rate.messages` per `rate.window_secs`, as a burst-capable GCRA quota.
@@ -251,16 +251,20 @@ impl ConnLimits {
     pub(crate) fn new(per_connection: Rate, per_topic: Rate) -> Self {
         ConnLimits {
             per_connection: quota(per_connection).map(governor::RateLimiter::direct),
-            per_topic: quota(per_topic).map(governor::RateLimiter::keyed),
+            per_topic: quota(per_topic).map(RateLimiter::hashmap),
         }
     }
 
     /// Counts one publish to `topic`.
     pub(crate) fn check(&self, topic: &ByteString) -> Result<(), Over> {
-        if let Some(l) = &self.per_topic
-            && l.check_key(topic).is_err()
-        {
-            return Err(Over::Topic);
+        if let Some(l) = &self.per_topic {
+            if l.check_key(topic).is_err() {
+                return Err(Over::Topic);
+            }
+            // A client publishing to ever new (custom) topics must not grow this forever.
+            if l.len() > 256 {
+                l.retain_recent();
+            }
         }
         if let Some(l) = &self.per_connection
             && l.check().is_err()
@@ -341,11 +345,73 @@ impl Drop for InFlight<'_> {
 }
 
 /// A connected device, as the other threads see it.
+///
+/// The queue is a `futures-channel` one: its allocation is small and made per message,
+/// where tokio's bounded channel allocates a 32-slot block per connection up front. Its
+/// single sender sits behind a mutex because every clone of a sender adds a slot.
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
     pub(crate) conn: u64,
-    pub(crate) tx: mpsc::Sender<ToSession>,
+    tx: Arc<Mutex<mpsc::Sender<ToSession>>>,
     pub(crate) wants_custom: Arc<AtomicBool>,
+}
+
+/// Why a message was not queued for a connection.
+#[derive(Debug)]
+pub(crate) enum NotQueued {
+    /// The connection's queue is full.
+    Full(ToSession),
+    /// The connection is gone.
+    Gone,
+}
+
+impl Entry {
+    pub(crate) fn new(
+        conn: u64,
+        tx: mpsc::Sender<ToSession>,
+        wants_custom: Arc<AtomicBool>,
+    ) -> Self {
+        Entry {
+            conn,
+            tx: Arc::new(Mutex::new(tx)),
+            wants_custom,
+        }
+    }
+
+    /// Queues `msg` for the connection without waiting.
+    pub(crate) fn try_send(&self, msg: ToSession) -> Result<(), NotQueued> {
+        let mut tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        tx.try_send(msg).map_err(|e| {
+            if e.is_full() {
+                NotQueued::Full(e.into_inner())
+            } else {
+                NotQueued::Gone
+            }
+        })
+    }
+}
+
+impl Entry {
+    /// Asks the connection to close, waiting (up to a second) for room in its queue: a full
+    /// queue drains quickly, since its session task is writing.
+    pub(crate) async fn close(&self, reason: CloseReason) {
+        for _ in 0..100 {
+            match self.try_send(ToSession::Close(reason)) {
+                Err(NotQueued::Full(_)) => tokio::time::sleep(Duration::from_millis(10)).await,
+                _ => return,
+            }
+        }
+        tracing::warn!(
+            conn = self.conn,
+            "close request not queued: the session is stuck"
+        );
+    }
+}
+
+/// The next message for a connection (`None`: every sender is gone).
+pub(crate) async fn next(rx: &mut mpsc::Receiver<ToSession>) -> Option<ToSession> {
+    use futures_core::Stream;
+    std::future::poll_fn(|cx| std::pin::Pin::new(&mut *rx).poll_next(cx)).await
 }
 
 /// Who is connected to this front, by (tenant, device).
