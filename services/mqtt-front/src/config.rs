@@ -116,6 +116,9 @@ pub struct FrontConfig {
     pub auth_failure_delay_max_ms: u64,
     /// Rate limits.
     pub rate_limits: RateLimits,
+    /// Rate limits of particular applications (by application id), instead of
+    /// `rate_limits`.
+    pub application_rate_limits: std::collections::BTreeMap<String, RateLimits>,
     /// Payload and value limits (`limits.max_payload_bytes` also bounds MQTT packets: a
     /// larger one closes the connection, v5 with "packet too large").
     pub limits: Limits,
@@ -144,6 +147,7 @@ impl Default for FrontConfig {
             auth_failure_delay_ms: 250,
             auth_failure_delay_max_ms: 5_000,
             rate_limits: RateLimits::default(),
+            application_rate_limits: Default::default(),
             limits: Limits::default(),
             drain_grace_secs: 10,
         }
@@ -190,19 +194,26 @@ impl FrontConfig {
         if self.limits.max_payload_bytes == 0 {
             return bad("limits.max_payload_bytes", "must be at least 1");
         }
-        for (field, rate) in [
-            ("rate_limits.per_topic", self.rate_limits.per_topic),
-            (
-                "rate_limits.per_connection",
-                self.rate_limits.per_connection,
-            ),
-            (
-                "rate_limits.new_connections_per_application",
-                self.rate_limits.new_connections_per_application,
-            ),
-        ] {
-            if rate.messages > 0 && rate.window_secs == 0 {
-                return bad(field, "window_secs must be at least 1");
+        let all = std::iter::once(("rate_limits".to_owned(), &self.rate_limits)).chain(
+            self.application_rate_limits
+                .iter()
+                .map(|(app, r)| (format!("application_rate_limits.{app}"), r)),
+        );
+        for (name, r) in all {
+            for (field, rate) in [
+                ("per_topic", r.per_topic),
+                ("per_connection", r.per_connection),
+                (
+                    "new_connections_per_application",
+                    r.new_connections_per_application,
+                ),
+            ] {
+                if rate.messages > 0 && rate.window_secs == 0 {
+                    return Err(ConfigError {
+                        field: "rate_limits",
+                        problem: format!("{name}.{field}: window_secs must be at least 1"),
+                    });
+                }
             }
         }
         Ok(())
@@ -226,7 +237,17 @@ mod tests {
         let e = c.validate().unwrap_err();
         assert_eq!(
             e.to_string(),
-            "mqtt_front.rate_limits.per_topic: window_secs must be at least 1"
+            "mqtt_front.rate_limits: rate_limits.per_topic: window_secs must be at least 1"
+        );
+        c.rate_limits.per_topic.window_secs = 15;
+        let mut app = RateLimits::default();
+        app.per_connection.window_secs = 0;
+        c.application_rate_limits.insert("app7".into(), app);
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .problem
+                .starts_with("application_rate_limits.app7.per_connection")
         );
         let unknown: Result<FrontConfig, _> = serde_json::from_str(r#"{"tcp_adr":"x"}"#);
         assert!(unknown.unwrap_err().to_string().contains("tcp_adr"));

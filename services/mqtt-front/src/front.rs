@@ -101,6 +101,8 @@ pub(crate) struct Front {
     pub(crate) sessions: SessionMap,
     pub(crate) metrics: FrontMetrics,
     new_conns: Option<DefaultKeyedRateLimiter<TenantId>>,
+    /// New-connection limiters of the applications with their own rate limits.
+    app_new_conns: std::collections::HashMap<String, Option<governor::DefaultDirectRateLimiter>>,
     blocks: moka::sync::Cache<(TenantId, DeviceId), Block>,
     next_conn: AtomicU64,
     pub(crate) draining: AtomicBool,
@@ -147,6 +149,14 @@ impl Front {
     ) -> Self {
         let new_conns = quota(cfg.rate_limits.new_connections_per_application)
             .map(governor::RateLimiter::keyed);
+        let app_new_conns = cfg
+            .application_rate_limits
+            .iter()
+            .map(|(app, r)| {
+                let l = quota(r.new_connections_per_application).map(governor::RateLimiter::direct);
+                (app.clone(), l)
+            })
+            .collect();
         Front {
             failures: FailureDelay::new(cfg.auth_failure_delay_ms, cfg.auth_failure_delay_max_ms),
             names: Names {
@@ -160,6 +170,7 @@ impl Front {
             sessions: SessionMap::default(),
             metrics,
             new_conns,
+            app_new_conns,
             blocks: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_idle(Duration::from_secs(3600))
@@ -258,16 +269,21 @@ impl Front {
         {
             return Err(Refusal::Blocked);
         }
-        if let Some(l) = &self.new_conns
-            && l.check_key(&identity.tenant).is_err()
-        {
+        let over = match self.app_new_conns.get(identity.tenant.as_str()) {
+            Some(app) => app.as_ref().is_some_and(|l| l.check().is_err()),
+            None => self
+                .new_conns
+                .as_ref()
+                .is_some_and(|l| l.check_key(&identity.tenant).is_err()),
+        };
+        if over {
             self.metrics
                 .rate_limited
                 .with_label_values(&["new_connections"])
                 .inc();
             return Err(Refusal::RateLimited);
         }
-        let rl = &self.cfg.rate_limits;
+        let rl = self.rate_limits(&identity.tenant);
         let (tx, rx) = mpsc::channel(self.cfg.max_pending_deliveries.max(1));
         let conn = Rc::new(Conn {
             id: self.next_conn.fetch_add(1, Ordering::Relaxed),
@@ -342,9 +358,17 @@ impl Front {
         });
     }
 
+    /// The rate limits of an application: its own, or the front's.
+    fn rate_limits(&self, tenant: &TenantId) -> &crate::config::RateLimits {
+        self.cfg
+            .application_rate_limits
+            .get(tenant.as_str())
+            .unwrap_or(&self.cfg.rate_limits)
+    }
+
     fn block(&self, conn: &Conn) {
         let key = conn.key();
-        let rl = &self.cfg.rate_limits;
+        let rl = self.rate_limits(&conn.identity.tenant);
         let offences = self.blocks.get(&key).map_or(0, |b| b.offences) + 1;
         let secs = rl
             .block_secs

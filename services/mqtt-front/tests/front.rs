@@ -824,3 +824,126 @@ async fn registry_changes_drop_cached_credentials() {
     }
     assert_eq!(refused, Some(v3::codec::ConnectAckReason::NotAuthorized));
 }
+
+/// Every remaining ThingsBoard topic, device API and gateway API, at QoS 0 and 1: each
+/// produces the envelope kind it should.
+#[ntex::test]
+async fn every_thingsboard_topic_reaches_the_bus_at_qos_0_and_1() {
+    let rig = Rig::memory(Rig::config()).await;
+    let _events = rig.tap(Topic::DeviceEvents);
+    let mut raw = rig.tap(Topic::IngestRaw);
+    let kind = |e: &fluxgate_model::Envelope| e.body.kind().as_str();
+
+    let tb = v3(rig.addr, "c", Some("tok-tb1"), None).await.unwrap();
+    let device_api = [
+        (
+            "v1/devices/me/telemetry",
+            r#"[{"ts":1700000000000,"values":{"a":1}},{"b":2}]"#,
+            "telemetry",
+        ),
+        (
+            "v1/devices/me/attributes/request/5",
+            r#"{"clientKeys":"a,b","sharedKeys":"c"}"#,
+            "attribute_request",
+        ),
+        (
+            "v1/devices/me/rpc/request/6",
+            r#"{"method":"getTime","params":{}}"#,
+            "rpc_request",
+        ),
+        (
+            "v1/devices/me/claim",
+            r#"{"secretKey":"k","durationMs":60000}"#,
+            "claim",
+        ),
+    ];
+    for (topic, body, want) in device_api {
+        // QoS 0: no PUBACK, the record still arrives.
+        tb.sink
+            .publish(ntex::util::ByteString::from(topic))
+            .send_at_most_once(ntex::util::Bytes::from(body.to_owned()))
+            .unwrap();
+        assert_eq!(kind(&raw.next_envelope().await), want, "{topic} at QoS 0");
+        tb.publish(topic, body).await.unwrap();
+        assert_eq!(kind(&raw.next_envelope().await), want, "{topic} at QoS 1");
+    }
+
+    let gw = v3(rig.addr, "g", Some("tok-gw"), None).await.unwrap();
+    let gateway_api = [
+        (
+            "v1/gateway/disconnect",
+            r#"{"device":"A"}"#,
+            vec!["disconnect"],
+        ),
+        (
+            "v1/gateway/attributes",
+            r#"{"A":{"fw":"1"},"B":{"fw":"2"}}"#,
+            vec!["attributes", "attributes"],
+        ),
+        (
+            "v1/gateway/attributes/request",
+            r#"{"id":1,"device":"A","client":true,"key":"fw"}"#,
+            vec!["attribute_request"],
+        ),
+        (
+            "v1/gateway/attributes/request",
+            r#"{"id":2,"device":"A","client":["fw"],"shared":["x"]}"#,
+            vec!["attribute_request"],
+        ),
+        (
+            "v1/gateway/rpc",
+            r#"{"device":"A","id":1,"data":{"ok":true}}"#,
+            vec!["rpc_response"],
+        ),
+        (
+            "v1/gateway/claim",
+            r#"{"A":{"secretKey":"s"}}"#,
+            vec!["claim"],
+        ),
+    ];
+    for (topic, body, want) in gateway_api {
+        gw.publish(topic, body).await.unwrap();
+        for w in want {
+            let env = raw.next_envelope().await;
+            assert_eq!(kind(&env), w, "{topic}");
+            assert_eq!(env.via, Some(dev("tbgw")), "{topic}");
+        }
+    }
+    // And the gateway's own data through the device API.
+    gw.publish("v1/devices/me/telemetry", r#"{"uptime":5}"#)
+        .await
+        .unwrap();
+    let env = raw.next_envelope().await;
+    assert_eq!(
+        (kind(&env), env.device, env.via),
+        ("telemetry", DeviceRef::Id(dev("tbgw")), None)
+    );
+}
+
+#[ntex::test]
+async fn an_application_can_have_its_own_rate_limits() {
+    let mut cfg = Rig::config();
+    let app = fluxgate_mqtt_front::RateLimits {
+        per_connection: fluxgate_mqtt_front::Rate {
+            messages: 2,
+            window_secs: 60,
+        },
+        ..Default::default()
+    };
+    cfg.application_rate_limits.insert(APP.into(), app);
+    let rig = Rig::memory(cfg).await;
+    let _events = rig.tap(Topic::DeviceEvents);
+    let _raw = rig.tap(Topic::IngestRaw);
+    let c = v3(rig.addr, "dev1", Some("key-dev1"), Some(SECRET))
+        .await
+        .unwrap();
+    c.publish("losant/dev1/state", &state(1)).await.unwrap();
+    c.publish("losant/dev1", &state(2)).await.unwrap();
+    assert!(c.publish("losant/dev1/state", &state(3)).await.is_err());
+    assert!(c.closed().await);
+    let m = rig.metrics().await;
+    assert!(
+        m.contains(r#"fluxgate_mqtt_front_rate_limited_total{limit="connection"} 1"#),
+        "{m}"
+    );
+}
