@@ -23,6 +23,15 @@ pub struct TlsFiles {
     pub cert_path: PathBuf,
     /// Private key, PEM (PKCS#8, PKCS#1 or SEC1).
     pub key_path: PathBuf,
+    /// How often new handshakes check the files for a renewed certificate, in seconds
+    /// (0: at every handshake). A renewed pair is used without a restart; a broken one is
+    /// logged and the previous pair kept.
+    #[serde(default = "default_reload_secs")]
+    pub reload_check_secs: u64,
+}
+
+fn default_reload_secs() -> u64 {
+    30
 }
 
 /// One rate: `messages` per `window_secs`.

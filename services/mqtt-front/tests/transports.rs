@@ -87,6 +87,7 @@ fn a_bad_certificate_path_names_the_field() {
     cfg.tls = Some(fluxgate_mqtt_front::TlsFiles {
         cert_path: "/nonexistent/cert.pem".into(),
         key_path: "/nonexistent/key.pem".into(),
+        reload_check_secs: 30,
     });
     cfg.tls_addr = Some("127.0.0.1:0".into());
     let bus: std::sync::Arc<dyn fluxgate_bus::Bus> =
@@ -99,4 +100,34 @@ fn a_bad_certificate_path_names_the_field() {
         text.starts_with("mqtt_front.tls.cert_path /nonexistent/cert.pem"),
         "{text}"
     );
+}
+
+#[ntex::test]
+async fn a_renewed_certificate_is_used_without_a_restart() {
+    let (files, old_client) = self_signed();
+    let mut cfg = Rig::config();
+    cfg.tls = Some(files.clone());
+    cfg.tls_addr = Some("127.0.0.1:0".into());
+    let rig = Rig::memory(cfg).await;
+    let _events = rig.tap(Topic::DeviceEvents);
+    let tls = rig.front.as_ref().unwrap().listening.tls.unwrap();
+    let connect = |client| {
+        v3_via(
+            Via::Tls(client),
+            tls,
+            "dev1",
+            Some("key-dev1"),
+            Some(SECRET),
+            true,
+        )
+    };
+    assert!(connect(old_client.clone()).await.is_ok());
+    // Renew the pair on disk (a later modification time than the first write).
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let new_client = write_self_signed(&files);
+    assert!(
+        connect(new_client).await.is_ok(),
+        "the renewed certificate is served"
+    );
+    let _ = std::panic::AssertUnwindSafe(connect(old_client));
 }

@@ -422,14 +422,21 @@ pub async fn v3_via(
 /// A self-signed certificate for 127.0.0.1 and localhost, written to PEM files, and a
 /// client configuration that trusts it.
 pub fn self_signed() -> (fluxgate_mqtt_front::TlsFiles, Arc<rustls::ClientConfig>) {
-    let ck =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
     let dir = std::env::temp_dir().join(fluxgate_testkit::unique_name("fluxgate-tls"));
     std::fs::create_dir_all(&dir).unwrap();
     let files = fluxgate_mqtt_front::TlsFiles {
         cert_path: dir.join("cert.pem"),
         key_path: dir.join("key.pem"),
+        reload_check_secs: 0,
     };
+    let client = write_self_signed(&files);
+    (files, client)
+}
+
+/// Writes a new self-signed pair to `files`; returns a client configuration trusting it.
+pub fn write_self_signed(files: &fluxgate_mqtt_front::TlsFiles) -> Arc<rustls::ClientConfig> {
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
     std::fs::write(&files.cert_path, ck.cert.pem()).unwrap();
     std::fs::write(&files.key_path, ck.signing_key.serialize_pem()).unwrap();
     let mut roots = rustls::RootCertStore::empty();
@@ -440,7 +447,7 @@ pub fn self_signed() -> (fluxgate_mqtt_front::TlsFiles, Arc<rustls::ClientConfig
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    (files, Arc::new(client))
+    Arc::new(client)
 }
 
 impl V3 {
