@@ -128,6 +128,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The token with this hash.
     fn device_token(&self, token_hash: String) -> BoxFuture<'_, Result<Option<DeviceToken>>>;
 
+    /// Creates or replaces an application API token.
+    fn put_api_token(&self, token: ApiToken) -> BoxFuture<'_, Result<()>>;
+    /// The API token with this hash.
+    fn api_token(&self, token_hash: String) -> BoxFuture<'_, Result<Option<ApiToken>>>;
+    /// Revokes an API token; `false` if absent.
+    fn delete_api_token(&self, token_hash: String) -> BoxFuture<'_, Result<bool>>;
+
     /// Replaces a device's attribute definitions.
     fn put_attribute_defs(
         &self,

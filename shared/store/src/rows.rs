@@ -138,6 +138,22 @@ pub(crate) fn access_key(r: AccessKeyRow) -> Result<AccessKey> {
     })
 }
 
+/// An API token row: hash, tenant, scope, name, creation time.
+pub(crate) type ApiTokenRow = (String, String, String, String, i64);
+
+/// An API token from its row.
+pub(crate) fn api_token(r: ApiTokenRow) -> Result<ApiToken> {
+    let (token_hash, tenant, scope, name, created_ms) = r;
+    Ok(ApiToken {
+        token_hash,
+        tenant: stored_id(tenant, TenantId::new)?,
+        scope: ApiScope::parse(&scope)
+            .ok_or_else(|| StoreError::Corrupt(format!("api token scope {scope}")))?,
+        name,
+        created_ms,
+    })
+}
+
 /// A device token row: hash, tenant, device.
 pub(crate) type TokenRow = (String, String, String);
 

@@ -88,6 +88,8 @@ const TABLES: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.device_tokens (token_hash text PRIMARY KEY, tenant text, device text)",
     "CREATE TABLE IF NOT EXISTS {ks}.device_tokens_by_device (tenant text, device text, token_hash text,
        PRIMARY KEY ((tenant, device), token_hash))",
+    "CREATE TABLE IF NOT EXISTS {ks}.api_tokens (token_hash text PRIMARY KEY, tenant text, scope text, name text,
+       created_ms bigint)",
     "CREATE TABLE IF NOT EXISTS {ks}.attribute_defs (tenant text, device text, name text, kind text,
        PRIMARY KEY ((tenant, device), name))",
     "CREATE TABLE IF NOT EXISTS {ks}.attributes (tenant text, device text, scope text, key text, ts bigint, vtype int,
@@ -187,6 +189,18 @@ const STATEMENTS: &[(&str, &str)] = &[
     (
         "del_token_idx",
         "DELETE FROM {ks}.device_tokens_by_device WHERE tenant = ? AND device = ?",
+    ),
+    (
+        "put_api_token",
+        "INSERT INTO {ks}.api_tokens (token_hash, tenant, scope, name, created_ms) VALUES (?, ?, ?, ?, ?)",
+    ),
+    (
+        "get_api_token",
+        "SELECT token_hash, tenant, scope, name, created_ms FROM {ks}.api_tokens WHERE token_hash = ?",
+    ),
+    (
+        "del_api_token",
+        "DELETE FROM {ks}.api_tokens WHERE token_hash = ?",
     ),
     (
         "put_def",
@@ -778,6 +792,38 @@ impl Store for ScyllaStore {
             let r: Vec<(String, String, String)> =
                 rows(self.exec("get_token", (token_hash.as_str(),)).await?)?;
             r.into_iter().next().map(codec::device_token).transpose()
+        })
+    }
+
+    fn put_api_token(&self, token: ApiToken) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let row = (
+                token.token_hash.as_str(),
+                token.tenant.as_str(),
+                token.scope.as_str(),
+                token.name.as_str(),
+                token.created_ms,
+            );
+            self.exec("put_api_token", row).await?;
+            Ok(())
+        })
+    }
+
+    fn api_token(&self, token_hash: String) -> BoxFuture<'_, Result<Option<ApiToken>>> {
+        Box::pin(async move {
+            let r: Vec<crate::rows::ApiTokenRow> =
+                rows(self.exec("get_api_token", (token_hash.as_str(),)).await?)?;
+            r.into_iter().next().map(codec::api_token).transpose()
+        })
+    }
+
+    fn delete_api_token(&self, token_hash: String) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(async move {
+            let found = self.api_token(token_hash.clone()).await?.is_some();
+            if found {
+                self.exec("del_api_token", (token_hash.as_str(),)).await?;
+            }
+            Ok(found)
         })
     }
 

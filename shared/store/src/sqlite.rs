@@ -45,6 +45,10 @@ CREATE TABLE IF NOT EXISTS device_tokens (
   token_hash TEXT PRIMARY KEY, tenant TEXT NOT NULL, device TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS device_tokens_by_device ON device_tokens (tenant, device);
+CREATE TABLE IF NOT EXISTS api_tokens (
+  token_hash TEXT PRIMARY KEY, tenant TEXT NOT NULL, scope TEXT NOT NULL, name TEXT NOT NULL,
+  created_ms INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS attribute_defs (
   tenant TEXT NOT NULL, device TEXT NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL,
   PRIMARY KEY (tenant, device, name)
@@ -691,6 +695,52 @@ impl Store for SqliteStore {
                 })
                 .map_err(sql_err)?;
             row.map(rows::device_token).transpose()
+        })
+    }
+
+    fn put_api_token(&self, token: ApiToken) -> BoxFuture<'_, Result<()>> {
+        self.run(move |c, _| {
+            c.execute(
+                "INSERT OR REPLACE INTO api_tokens (token_hash, tenant, scope, name, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    token.token_hash,
+                    token.tenant.as_str(),
+                    token.scope.as_str(),
+                    token.name,
+                    token.created_ms
+                ],
+            )
+            .map_err(sql_err)?;
+            Ok(())
+        })
+    }
+
+    fn api_token(&self, token_hash: String) -> BoxFuture<'_, Result<Option<ApiToken>>> {
+        self.run(move |c, _| {
+            let row: Option<rows::ApiTokenRow> = c
+                .prepare_cached(
+                    "SELECT token_hash, tenant, scope, name, created_ms FROM api_tokens WHERE token_hash = ?1",
+                )
+                .and_then(|mut s| {
+                    s.query_row([&token_hash], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                    })
+                    .optional()
+                })
+                .map_err(sql_err)?;
+            row.map(rows::api_token).transpose()
+        })
+    }
+
+    fn delete_api_token(&self, token_hash: String) -> BoxFuture<'_, Result<bool>> {
+        self.run(move |c, _| {
+            let n = c
+                .execute(
+                    "DELETE FROM api_tokens WHERE token_hash = ?1",
+                    [&token_hash],
+                )
+                .map_err(sql_err)?;
+            Ok(n > 0)
         })
     }
 

@@ -170,6 +170,57 @@ impl AttributeType {
     }
 }
 
+/// What an application API token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiScope {
+    /// Read the registry, data, logs and commands.
+    Read,
+    /// Also send commands and data, change attributes.
+    Write,
+    /// Also change the registry (devices, keys, tokens, definitions).
+    Admin,
+}
+
+impl ApiScope {
+    /// The scope's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiScope::Read => "read",
+            ApiScope::Write => "write",
+            ApiScope::Admin => "admin",
+        }
+    }
+    /// A scope from its name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "read" => ApiScope::Read,
+            "write" => ApiScope::Write,
+            "admin" => ApiScope::Admin,
+            _ => return None,
+        })
+    }
+    /// Whether a token of this scope may do what `needed` allows.
+    pub fn allows(self, needed: ApiScope) -> bool {
+        self >= needed
+    }
+}
+
+/// An application API token, kept only as its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiToken {
+    /// SHA-256 of the token, hex.
+    pub token_hash: String,
+    /// The application it opens.
+    pub tenant: TenantId,
+    /// What it may do.
+    pub scope: ApiScope,
+    /// A name for people.
+    pub name: String,
+    /// Creation time, epoch ms.
+    pub created_ms: i64,
+}
+
 /// An attribute definition on a device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttributeDef {

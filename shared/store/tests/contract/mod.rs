@@ -353,6 +353,22 @@ pub async fn secrets_are_only_hashed(h: &Harness) {
     .unwrap();
     let found = s.device_token(hash_secret(&token)).await.unwrap().unwrap();
     assert_eq!(found.device, dev("tb1"));
+    let api = format!("api-{}", unique_name("t"));
+    let api_token = ApiToken {
+        token_hash: hash_secret(&api),
+        tenant: t.clone(),
+        scope: ApiScope::Write,
+        name: "ci".into(),
+        created_ms: NOW,
+    };
+    s.put_api_token(api_token.clone()).await.unwrap();
+    assert_eq!(
+        s.api_token(hash_secret(&api)).await.unwrap(),
+        Some(api_token)
+    );
+    assert!(s.delete_api_token(hash_secret(&api)).await.unwrap());
+    assert!(!s.delete_api_token(hash_secret(&api)).await.unwrap());
+    assert_eq!(s.api_token(hash_secret(&api)).await.unwrap(), None);
     assert!(
         s.device_token(hash_secret("wrong"))
             .await
