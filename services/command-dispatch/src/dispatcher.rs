@@ -377,6 +377,16 @@ impl Ctx {
                 self.deliver(&env.tenant, &device, &o, env.id, body).await?;
                 Ok(After::Nothing)
             }
+            // Shared attributes changed through the API (already in the store): pushed to the
+            // device, or through its gateway, when it is online. An offline device reads them
+            // with an attribute request when it comes back (ThingsBoard's behaviour).
+            Body::Attributes { values } if topic == self.names.commands => {
+                if let Some(o) = online {
+                    let body = Outbound::SharedAttributes { values };
+                    self.deliver(&env.tenant, &device, &o, env.id, body).await?;
+                }
+                Ok(After::Nothing)
+            }
             _ => Ok(After::Nothing),
         }
     }

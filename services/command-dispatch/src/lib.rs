@@ -17,9 +17,10 @@
 //! requests are answered from the store.
 //!
 //! Commands live in the store from the moment they arrive, so a restarted dispatcher
-//! loses none: queued commands are read back when their device connects. Not yet here:
-//! timers of two-way RPCs that were in flight across a restart (they stay `sent`),
-//! shared-attribute pushes (come with the API), metrics/health endpoints.
+//! loses none: queued commands are read back when their device connects. Shared attributes
+//! changed through the API arrive on `fluxgate.commands` and are pushed to online devices.
+//! Not yet here: timers of two-way RPCs that were in flight across a restart (they stay
+//! `sent`).
 
 mod config;
 mod dispatcher;

@@ -10,6 +10,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub mod cql;
+pub mod http;
 
 /// The Kafka brokers to test against, from `KAFKA_BROKERS`.
 ///

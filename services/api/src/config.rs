@@ -1,0 +1,43 @@
+//! API settings.
+
+use serde::{Deserialize, Serialize};
+
+/// API settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Listen address of the API (also serves `/metrics`, `/healthz`, `/readyz`).
+    pub http_addr: String,
+    /// The bootstrap admin token (all applications, all operations). Set it from the
+    /// environment (`FLUXGATE_API__BOOTSTRAP_TOKEN`) rather than a file. Empty: none.
+    pub bootstrap_token: String,
+    /// Key of the HMAC that signs Losant device tokens (`POST /auth/device`); every API
+    /// instance must share it. Empty: a random key per process (tokens do not survive a
+    /// restart).
+    pub device_token_secret: String,
+    /// Lifetime of a device token, in seconds.
+    pub device_token_ttl_secs: u64,
+    /// Default wait of a two-way RPC, in milliseconds (ThingsBoard: 10 s).
+    pub rpc_timeout_ms: u64,
+    /// Longest wait of a two-way RPC a caller may ask for, in milliseconds.
+    pub rpc_timeout_max_ms: u64,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// HTTP worker threads.
+    pub workers: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            http_addr: "0.0.0.0:8080".into(),
+            bootstrap_token: String::new(),
+            device_token_secret: String::new(),
+            device_token_ttl_secs: 86_400,
+            rpc_timeout_ms: 10_000,
+            rpc_timeout_max_ms: 60_000,
+            max_body_bytes: 256 * 1024,
+            workers: 2,
+        }
+    }
+}

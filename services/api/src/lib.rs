@@ -1,0 +1,290 @@
+//! `fluxgate-api`: the HTTP API (actix-web).
+//!
+//! ```text
+//! registry (applications, devices, keys, tokens, attribute definitions) ──> store
+//!                                                   └─ registry change ──> fluxgate.registry.changes
+//! Losant REST state ──normalize──> fluxgate.ingest.raw (same path as MQTT; 200 after the bus ack)
+//! Losant command, ThingsBoard RPC ──> fluxgate.commands ──> dispatcher ──> the device's front
+//!     two-way RPC: waits for the command's reply in the store, 504 on timeout
+//! shared attributes ──> store + fluxgate.commands (pushed to the device by the dispatcher)
+//! queries ──> store: time series, latest state, connection log, commands, rejected log
+//! ```
+//!
+//! Auth ([`auth`]): bearer tokens — the bootstrap admin token, application API tokens with
+//! scopes read/write/admin, and Losant device tokens from `POST /auth/device` that only reach
+//! their device's endpoints. Errors ([`error`]) are JSON with a stable code; a wrong field is
+//! named. The OpenAPI 3 document is at `/openapi.json` ([`openapi`]).
+
+pub mod auth;
+mod config;
+mod device;
+pub mod error;
+pub mod openapi;
+mod query;
+mod registry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use fluxgate_bus::{Bus, OutRecord, Producer, Topic, TopicsConfig};
+use fluxgate_model::{Limits, RegistryChange, TenantId};
+use fluxgate_observability::Health;
+use fluxgate_store::Store;
+
+pub use config::ApiConfig;
+
+use crate::auth::{Caller, DeviceTokens};
+use crate::error::ApiError;
+
+/// Topic names the API writes to.
+#[derive(Debug, Clone)]
+struct Names {
+    raw: String,
+    commands: String,
+    changes: String,
+}
+
+/// Everything a request handler needs.
+#[derive(Debug)]
+pub struct ApiState {
+    cfg: ApiConfig,
+    store: Arc<dyn Store>,
+    producer: Arc<dyn Producer>,
+    names: Names,
+    tokens: DeviceTokens,
+    limits: Limits,
+    metrics: ApiMetrics,
+}
+
+/// The API's metrics.
+#[derive(Debug, Clone)]
+struct ApiMetrics {
+    requests: prometheus::IntCounterVec,
+    latency: prometheus::Histogram,
+}
+
+impl ApiMetrics {
+    fn new(registry: &prometheus::Registry) -> prometheus::Result<Self> {
+        let requests = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "fluxgate_api_requests_total",
+                "API requests by route and status class.",
+            ),
+            &["route", "status"],
+        )?;
+        let latency = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new(
+            "fluxgate_api_request_seconds",
+            "API request handling time.",
+        ))?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        Ok(ApiMetrics { requests, latency })
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl ApiState {
+    /// The API's state over `bus` and `store`; registers its metrics in `registry`.
+    pub fn new(
+        cfg: ApiConfig,
+        bus: &dyn Bus,
+        store: Arc<dyn Store>,
+        topics: &TopicsConfig,
+        registry: &prometheus::Registry,
+    ) -> Result<Self, ApiError> {
+        let tokens = DeviceTokens::new(&cfg.device_token_secret, cfg.device_token_ttl_secs)?;
+        let metrics = ApiMetrics::new(registry)
+            .map_err(|e| ApiError::unavailable(format!("metrics: {e}")))?;
+        Ok(ApiState {
+            store,
+            producer: bus.producer(),
+            names: Names {
+                raw: topics.name(Topic::IngestRaw),
+                commands: topics.name(Topic::Commands),
+                changes: topics.name(Topic::RegistryChanges),
+            },
+            tokens,
+            limits: Limits {
+                max_payload_bytes: cfg.max_body_bytes,
+                ..Limits::default()
+            },
+            metrics,
+            cfg,
+        })
+    }
+
+    /// The caller of `req`.
+    pub(crate) async fn caller(&self, req: &HttpRequest) -> Result<Caller, ApiError> {
+        let header = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        auth::authenticate(
+            header,
+            &self.cfg.bootstrap_token,
+            &self.tokens,
+            self.store.as_ref(),
+            now_ms(),
+        )
+        .await
+    }
+
+    /// Announces a registry change (best effort: caches also expire on their TTL).
+    pub(crate) async fn announce(&self, change: RegistryChange) {
+        let rec = OutRecord::new(&self.names.changes, change.key(), change.to_bytes());
+        if let Err(e) = self.producer.produce(rec).await {
+            tracing::warn!(error = %e, ?change, "registry change not announced; caches catch up on their TTL");
+        }
+    }
+}
+
+/// An application id from a path segment.
+pub(crate) fn app_id(s: &str) -> Result<TenantId, ApiError> {
+    TenantId::new(s).map_err(|e| ApiError::invalid("applicationId", e.to_string()))
+}
+
+/// A device id from a path segment.
+pub(crate) fn device_id(s: &str) -> Result<fluxgate_model::DeviceId, ApiError> {
+    fluxgate_model::DeviceId::new(s).map_err(|e| ApiError::invalid("deviceId", e.to_string()))
+}
+
+/// Adds the API's routes and extractor settings to an actix-web app.
+pub fn configure(state: web::Data<ApiState>) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg: &mut web::ServiceConfig| {
+        let max = state.cfg.max_body_bytes;
+        cfg.app_data(state)
+            .app_data(
+                web::JsonConfig::default()
+                    .limit(max)
+                    .error_handler(|e, _| ApiError::bad_body(e.to_string()).into()),
+            )
+            .app_data(
+                web::QueryConfig::default()
+                    .error_handler(|e, _| ApiError::bad_body(e.to_string()).into()),
+            )
+            .app_data(
+                web::PathConfig::default()
+                    .error_handler(|e, _| ApiError::bad_body(e.to_string()).into()),
+            )
+            .route("/openapi.json", web::get().to(openapi::serve))
+            .configure(registry::routes)
+            .configure(device::routes)
+            .configure(query::routes);
+    }
+}
+
+/// A running API server.
+pub struct RunningApi {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The server; await it, or stop it through its handle.
+    pub server: actix_web::dev::Server,
+}
+
+impl std::fmt::Debug for RunningApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningApi")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+/// Binds and starts the API (with `/metrics`, `/healthz`, `/readyz`); call it inside an
+/// actix (or tokio) runtime.
+pub fn start(
+    state: ApiState,
+    registry: prometheus::Registry,
+    health: Arc<Health>,
+) -> std::io::Result<RunningApi> {
+    let addr = state.cfg.http_addr.clone();
+    let workers = state.cfg.workers.max(1);
+    let state = web::Data::new(state);
+    let obs = web::Data::new((registry, health));
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(actix_web::middleware::from_fn(count))
+            .app_data(obs.clone())
+            .route("/metrics", web::get().to(metrics))
+            .route(
+                "/healthz",
+                web::get().to(|| async { HttpResponse::Ok().body("ok") }),
+            )
+            .route("/readyz", web::get().to(readyz))
+            .configure(configure(state.clone()))
+            .default_service(web::to(|| async {
+                ApiError {
+                    status: 404,
+                    code: "no_route",
+                    message: "no such endpoint; see /openapi.json".into(),
+                    field: None,
+                }
+            }))
+    })
+    .workers(workers)
+    .disable_signals()
+    .bind(&addr)?;
+    let bound = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| std::io::Error::other("no address bound"))?;
+    Ok(RunningApi {
+        addr: bound,
+        server: server.run(),
+    })
+}
+
+impl actix_web::Responder for ApiError {
+    type Body = actix_web::body::BoxBody;
+    fn respond_to(self, _req: &HttpRequest) -> HttpResponse {
+        actix_web::ResponseError::error_response(&self)
+    }
+}
+
+async fn metrics(obs: web::Data<(prometheus::Registry, Arc<Health>)>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(fluxgate_observability::render(&obs.0))
+}
+
+async fn readyz(obs: web::Data<(prometheus::Registry, Arc<Health>)>) -> HttpResponse {
+    if obs.1.is_ready() {
+        HttpResponse::Ok().body("ready")
+    } else {
+        HttpResponse::ServiceUnavailable().body("not ready")
+    }
+}
+
+/// Counts requests by matched route (bounded: the route pattern, not the path) and status.
+async fn count(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let started = std::time::Instant::now();
+    let state = req.app_data::<web::Data<ApiState>>().cloned();
+    let res = next.call(req).await?;
+    if let Some(st) = state {
+        let route = res
+            .request()
+            .match_pattern()
+            .unwrap_or_else(|| "unmatched".into());
+        let class = match res.status().as_u16() {
+            200..=299 => "2xx",
+            400..=499 => "4xx",
+            500..=599 => "5xx",
+            _ => "other",
+        };
+        st.metrics
+            .requests
+            .with_label_values(&[route.as_str(), class])
+            .inc();
+        st.metrics.latency.observe(started.elapsed().as_secs_f64());
+    }
+    Ok(res)
+}

@@ -1,0 +1,544 @@
+//! The API over real sockets, on the in-process bus and SQLite.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fluxgate_api::{ApiConfig, ApiState};
+use fluxgate_bus::{Bus, ConsumerSpec, MemoryBus, Topic, TopicsConfig};
+use fluxgate_model::{Body, DeviceRef, Envelope};
+use fluxgate_store::Store;
+use fluxgate_testkit::http::{Response, request};
+use serde_json::{Value, json};
+
+const BOOT: &str = "boot-token";
+
+struct Rig {
+    addr: SocketAddr,
+    bus: Arc<dyn Bus>,
+    topics: TopicsConfig,
+    store: Arc<dyn Store>,
+}
+
+async fn rig() -> Rig {
+    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::default());
+    let store: Arc<dyn Store> = Arc::new(fluxgate_store::sqlite::SqliteStore::in_memory().unwrap());
+    store.migrate().await.unwrap();
+    let topics = TopicsConfig::default();
+    let cfg = ApiConfig {
+        http_addr: "127.0.0.1:0".into(),
+        bootstrap_token: BOOT.into(),
+        rpc_timeout_ms: 300,
+        workers: 1,
+        ..ApiConfig::default()
+    };
+    let registry = prometheus::Registry::new();
+    let state = ApiState::new(cfg, bus.as_ref(), store.clone(), &topics, &registry).unwrap();
+    let running =
+        fluxgate_api::start(state, registry, fluxgate_observability::Health::new()).unwrap();
+    let addr = running.addr;
+    actix_rt::spawn(running.server);
+    Rig {
+        addr,
+        bus,
+        topics,
+        store,
+    }
+}
+
+impl Rig {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let body = body.map(|b| b.to_string());
+        let Response { status, body } = request(self.addr, method, path, token, body.as_deref())
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_str(&body).unwrap_or(Value::String(body)),
+        )
+    }
+
+    /// Creates application `app` with an admin API token; returns the token.
+    async fn app(&self, app: &str) -> String {
+        let (s, _) = self
+            .call(
+                "POST",
+                "/applications",
+                Some(BOOT),
+                Some(json!({"id": app})),
+            )
+            .await;
+        assert_eq!(s, 201);
+        let (s, t) = self
+            .call(
+                "POST",
+                &format!("/applications/{app}/tokens"),
+                Some(BOOT),
+                Some(json!({"name": "ops", "scope": "admin"})),
+            )
+            .await;
+        assert_eq!(s, 201, "{t}");
+        t["secret"].as_str().unwrap().to_owned()
+    }
+
+    /// Reads `topic` in a group of its own, acking and committing (so produces resolve).
+    fn tap(&self, topic: Topic) -> tokio::sync::mpsc::UnboundedReceiver<Envelope> {
+        let c = self
+            .bus
+            .consumer(ConsumerSpec::group(
+                fluxgate_testkit::unique_name("tap"),
+                &[&self.topics.name(topic)],
+            ))
+            .unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        actix_rt::spawn(async move {
+            while let Ok(r) = c.recv().await {
+                c.ack(&r.position);
+                c.commit().await.unwrap();
+                let _ = tx.send(Envelope::from_bytes(&r.payload).unwrap());
+            }
+        });
+        rx
+    }
+}
+
+async fn next(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Envelope>) -> Envelope {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[actix_rt::test]
+async fn registry_with_tokens_scopes_and_named_errors() {
+    let r = rig().await;
+    assert_eq!(r.call("GET", "/applications/a1", None, None).await.0, 401);
+    assert_eq!(
+        r.call("GET", "/applications/a1", Some("nope"), None)
+            .await
+            .0,
+        401
+    );
+    let admin = r.app("a1").await;
+    let other = r.app("a2").await;
+
+    let (s, d) = r
+        .call(
+            "POST",
+            "/applications/a1/devices",
+            Some(&admin),
+            Some(json!({"id": "dev1", "tags": ["blue"], "attributes": [{"name": "temp", "kind": "number"}]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{d}");
+    assert_eq!(d["kind"], "standalone");
+    let (s, defs) = r
+        .call(
+            "GET",
+            "/applications/a1/devices/dev1/attributes",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, defs),
+        (200, json!([{"name": "temp", "kind": "number"}]))
+    );
+    // Another application's token: 403; unknown device: 404.
+    assert_eq!(
+        r.call("GET", "/applications/a1/devices/dev1", Some(&other), None)
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        r.call("GET", "/applications/a1/devices/nope", Some(&admin), None)
+            .await
+            .0,
+        404
+    );
+    // A read token cannot create.
+    let (_, read) = r
+        .call(
+            "POST",
+            "/applications/a1/tokens",
+            Some(&admin),
+            Some(json!({"name": "ro", "scope": "read"})),
+        )
+        .await;
+    let read = read["secret"].as_str().unwrap().to_owned();
+    assert_eq!(
+        r.call("GET", "/applications/a1/devices/dev1", Some(&read), None)
+            .await
+            .0,
+        200
+    );
+    let (s, e) = r
+        .call(
+            "POST",
+            "/applications/a1/devices",
+            Some(&read),
+            Some(json!({"id": "x"})),
+        )
+        .await;
+    assert_eq!((s, e["error"]["code"].clone()), (403, json!("forbidden")));
+    // Errors name the field.
+    let (s, e) = r
+        .call(
+            "POST",
+            "/applications/a1/devices",
+            Some(&admin),
+            Some(json!({"id": "bad id/with#"})),
+        )
+        .await;
+    assert_eq!((s, e["error"]["field"].clone()), (400, json!("id")), "{e}");
+    let (s, e) = r
+        .call(
+            "POST",
+            "/applications/a1/devices",
+            Some(&admin),
+            Some(json!({"idd": "x"})),
+        )
+        .await;
+    assert_eq!(s, 400);
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("idd"),
+        "{e}"
+    );
+    let (s, e) = r
+        .call(
+            "POST",
+            "/applications/a1/devices",
+            Some(&admin),
+            Some(json!({"id": "p", "kind": "peripheral"})),
+        )
+        .await;
+    assert_eq!(
+        (s, e["error"]["field"].clone()),
+        (400, json!("peripheral_policy"))
+    );
+    // Keys: the secret is shown once, never its hash.
+    let (s, k) = r
+        .call(
+            "POST",
+            "/applications/a1/keys",
+            Some(&admin),
+            Some(json!({"tags": ["blue"]})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    assert!(k["secret"].as_str().unwrap().len() >= 24);
+    assert!(k.get("secret_hash").is_none());
+    let key = k["key"].as_str().unwrap();
+    let (s, k2) = r
+        .call(
+            "GET",
+            &format!("/applications/a1/keys/{key}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert!(k2.get("secret").is_none() && k2.get("secret_hash").is_none());
+    // Only the bootstrap token creates applications.
+    assert_eq!(
+        r.call(
+            "POST",
+            "/applications",
+            Some(&admin),
+            Some(json!({"id": "a3"}))
+        )
+        .await
+        .0,
+        403
+    );
+    let (s, _) = r.call("GET", "/nowhere", Some(&admin), None).await;
+    assert_eq!(s, 404);
+}
+
+#[actix_rt::test]
+async fn losant_device_rest_state_enters_the_pipeline() {
+    let r = rig().await;
+    let admin = r.app("a1").await;
+    let mut raw = r.tap(Topic::IngestRaw);
+    for body in [
+        json!({"id": "gw", "kind": "gateway"}),
+        json!({"id": "p-any", "kind": "peripheral", "peripheral_policy": {"policy": "any_gateway"}}),
+        json!({"id": "p-other", "kind": "peripheral", "peripheral_policy": {"policy": "specific_gateway", "gateway": "gw9"}}),
+        json!({"id": "dev1"}),
+    ] {
+        assert_eq!(
+            r.call("POST", "/applications/a1/devices", Some(&admin), Some(body))
+                .await
+                .0,
+            201
+        );
+    }
+    let (_, k) = r
+        .call(
+            "POST",
+            "/applications/a1/keys",
+            Some(&admin),
+            Some(json!({})),
+        )
+        .await;
+    let (key, secret) = (k["key"].as_str().unwrap(), k["secret"].as_str().unwrap());
+
+    let (s, _) = r
+        .call(
+            "POST",
+            "/auth/device",
+            None,
+            Some(json!({"deviceId": "gw", "key": key, "secret": "wrong"})),
+        )
+        .await;
+    assert_eq!(s, 401);
+    let (s, auth) = r
+        .call(
+            "POST",
+            "/auth/device",
+            None,
+            Some(json!({"deviceId": "gw", "key": key, "secret": secret})),
+        )
+        .await;
+    assert_eq!(s, 200, "{auth}");
+    assert_eq!(auth["applicationId"], "a1");
+    let gw = auth["token"].as_str().unwrap().to_owned();
+
+    // One state, then an array; each reaches the raw topic.
+    let (s, _) = r
+        .call(
+            "POST",
+            "/applications/a1/devices/gw/state",
+            Some(&gw),
+            Some(json!({"data": {"t": 1}, "time": 1700000000000i64})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let e = next(&mut raw).await;
+    assert_eq!(
+        e.device,
+        DeviceRef::Id(fluxgate_model::DeviceId::new("gw").unwrap())
+    );
+    assert!(
+        matches!(e.body, Body::Telemetry { ref samples, .. } if samples[0].ts_ms == 1_700_000_000_000)
+    );
+    let (s, _) = r
+        .call(
+            "POST",
+            "/applications/a1/devices/p-any/state",
+            Some(&gw),
+            Some(json!([{"data": {"t": 2}}, {"data": {"t": 3}}])),
+        )
+        .await;
+    assert_eq!(s, 200);
+    for _ in 0..2 {
+        let e = next(&mut raw).await;
+        assert_eq!(e.via.as_ref().map(|v| v.as_str()), Some("gw"));
+    }
+    // A peripheral that allows another gateway, and a plain device: refused.
+    for target in ["p-other", "dev1"] {
+        let (s, e) = r
+            .call(
+                "POST",
+                &format!("/applications/a1/devices/{target}/state"),
+                Some(&gw),
+                Some(json!({"data": {"t": 4}})),
+            )
+            .await;
+        assert_eq!(s, 403, "{target}: {e}");
+    }
+    // Bad state: refused with the model's reason code.
+    let (s, e) = r
+        .call(
+            "POST",
+            "/applications/a1/devices/gw/state",
+            Some(&gw),
+            Some(json!({"nodata": 1})),
+        )
+        .await;
+    assert_eq!(s, 422, "{e}");
+    assert_eq!(e["error"]["code"], "missing_field");
+    // Device tokens reach nothing else.
+    assert_eq!(
+        r.call("GET", "/applications/a1/devices/gw", Some(&gw), None)
+            .await
+            .0,
+        403
+    );
+    // Deactivating the key ends its device tokens.
+    assert_eq!(
+        r.call(
+            "PATCH",
+            &format!("/applications/a1/keys/{key}"),
+            Some(&admin),
+            Some(json!({"active": false}))
+        )
+        .await
+        .0,
+        200
+    );
+    let (s, _) = r
+        .call(
+            "POST",
+            "/applications/a1/devices/gw/state",
+            Some(&gw),
+            Some(json!({"data": {"t": 5}})),
+        )
+        .await;
+    assert_eq!(s, 401);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), raw.recv())
+            .await
+            .is_err(),
+        "refused states reached the bus"
+    );
+}
+
+#[actix_rt::test]
+async fn commands_and_rpc_go_to_the_commands_topic() {
+    let r = rig().await;
+    let admin = r.app("a1").await;
+    let mut commands = r.tap(Topic::Commands);
+    r.call(
+        "POST",
+        "/applications/a1/devices",
+        Some(&admin),
+        Some(json!({"id": "dev1"})),
+    )
+    .await;
+    let (s, out) = r
+        .call(
+            "POST",
+            "/applications/a1/devices/dev1/command",
+            Some(&admin),
+            Some(json!({"name": "reboot", "payload": {"delay": 5}, "time": {"$date": "2023-11-14T22:13:20Z"}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{out}");
+    let e = next(&mut commands).await;
+    let Body::Command(c) = e.body else {
+        panic!("{e:?}")
+    };
+    assert_eq!(
+        (c.name.as_str(), c.time_ms, c.two_way),
+        ("reboot", Some(1_700_000_000_000), false)
+    );
+    assert_eq!(out["commandId"], json!(e.id));
+
+    // One-way RPC: accepted with its id; two-way with nobody answering: 504 after the wait.
+    let (s, out) = r
+        .call(
+            "POST",
+            "/api/rpc/oneway/dev1",
+            Some(&admin),
+            Some(json!({"method": "blink", "params": {}})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert!(out["rpcId"].is_string());
+    let e = next(&mut commands).await;
+    assert!(matches!(e.body, Body::Command(ref c) if c.name == "blink" && !c.two_way));
+    let started = std::time::Instant::now();
+    let (s, out) = r
+        .call(
+            "POST",
+            "/api/rpc/twoway/dev1",
+            Some(&admin),
+            Some(json!({"method": "getTime", "timeout": 400})),
+        )
+        .await;
+    assert_eq!(s, 504, "{out}");
+    assert!(started.elapsed() >= Duration::from_millis(350));
+    let e = next(&mut commands).await;
+    assert!(matches!(e.body, Body::Command(ref c) if c.two_way && c.expires_ms.is_some()));
+    // The bootstrap token must name the application for ThingsBoard's paths.
+    let (s, e) = r
+        .call(
+            "POST",
+            "/api/rpc/oneway/dev1",
+            Some(BOOT),
+            Some(json!({"method": "x"})),
+        )
+        .await;
+    assert_eq!(
+        (s, e["error"]["field"].clone()),
+        (400, json!("application"))
+    );
+    // Shared attributes: stored, and announced for the dispatcher to push.
+    let (s, _) = r
+        .call(
+            "POST",
+            "/api/plugins/telemetry/DEVICE/dev1/SHARED_SCOPE",
+            Some(&admin),
+            Some(json!({"level": 3})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert!(matches!(
+        next(&mut commands).await.body,
+        Body::Attributes { .. }
+    ));
+    let (s, v) = r
+        .call(
+            "GET",
+            "/applications/a1/devices/dev1/attributes/shared",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!((s, v), (200, json!({"level": 3})));
+    let (s, list) = r
+        .call(
+            "GET",
+            "/applications/a1/devices/dev1/commands",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert!(list["items"].is_array());
+    let _ = r.store;
+}
+
+#[actix_rt::test]
+async fn every_documented_operation_is_routed() {
+    let r = rig().await;
+    let (s, doc) = r.call("GET", "/openapi.json", None, None).await;
+    assert_eq!(s, 200);
+    assert_eq!(doc["openapi"], "3.0.3");
+    let paths = doc["paths"].as_object().unwrap();
+    let mut n = 0;
+    for (path, ops) in paths {
+        let concrete = path
+            .replace("{app}", "a1")
+            .replace("{id}", "d1")
+            .replace("{token}", "t")
+            .replace("{key}", "k")
+            .replace("{scope}", "client")
+            .replace("{command}", "c");
+        for method in ops.as_object().unwrap().keys() {
+            let m = method.to_uppercase();
+            let (status, body) = r.call(&m, &concrete, None, Some(json!({}))).await;
+            assert_ne!(
+                body["error"]["code"], "no_route",
+                "{m} {path} is documented but not routed ({status})"
+            );
+            n += 1;
+        }
+    }
+    assert_eq!(n, fluxgate_api::openapi::OPERATIONS.len());
+    let (_, m) = r.call("GET", "/metrics", None, None).await;
+    assert!(
+        m.as_str().unwrap().contains("fluxgate_api_requests_total"),
+        "{m}"
+    );
+}
