@@ -38,7 +38,8 @@ use crate::types::*;
 use crate::{BoxFuture, Result, Store, StoreError};
 
 /// ScyllaDB settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ScyllaConfig {
     /// Contact points, `host:port`.
     pub nodes: Vec<String>,

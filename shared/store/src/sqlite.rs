@@ -91,7 +91,8 @@ CREATE TABLE IF NOT EXISTS rejected_log (
 "#;
 
 /// SQLite settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct SqliteConfig {
     /// `PRAGMA synchronous`: `FULL` (default; survives power loss) or `NORMAL` (survives
     /// process crashes only).

@@ -1,0 +1,202 @@
+//! `fluxgate`: the one binary.
+//!
+//! - `fluxgate standalone [--demo]`: every role in one process, on the in-process bus and
+//!   SQLite under `data_dir`.
+//! - `fluxgate front|api|validator|writer|dispatcher`: one role, on Kafka and ScyllaDB (or
+//!   what `bus.kind` / `store.kind` say).
+//! - `fluxgate migrate`: creates the store's schema and the Kafka topics.
+//! - `fluxgate config`: prints the default configuration (TOML).
+//!
+//! The binary only reads configuration, sets up logs and calls the roles' `run`/`start`.
+
+mod config;
+mod standalone;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use fluxgate_bus::{Bus, KafkaBus, MemoryBus};
+use fluxgate_store::Store;
+
+use crate::config::{BusKind, Config, StoreKind};
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "fluxgate: IoT ingestion for Losant and ThingsBoard devices"
+)]
+struct Cli {
+    /// Configuration file (TOML); `FLUXGATE_*` variables override it.
+    #[arg(long, short, global = true, env = "FLUXGATE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Every role in one process on embedded parts (in-process bus, SQLite).
+    Standalone {
+        /// Create a demo application with devices and keys, and print commands to try.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// The MQTT front.
+    Front,
+    /// The HTTP API.
+    Api,
+    /// The validator.
+    Validator,
+    /// The time-series writer.
+    Writer,
+    /// The command dispatcher.
+    Dispatcher,
+    /// Create the store schema and the Kafka topics, then exit.
+    Migrate,
+    /// Print the default configuration.
+    Config,
+}
+
+fn init_logs(cfg: &config::LogConfig) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if cfg.json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Cmd::Config = cli.cmd {
+        print!("{}", Config::default_toml()?);
+        return Ok(());
+    }
+    let cfg = Config::load(cli.config.as_deref())?;
+    init_logs(&cfg.log);
+    actix_rt::System::new().block_on(async move {
+        match cli.cmd {
+            Cmd::Standalone { demo } => standalone::run(cfg, demo).await,
+            Cmd::Migrate => migrate(cfg).await,
+            Cmd::Config => Ok(()),
+            role => run_role(cfg, role).await,
+        }
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub(crate) async fn terminated() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn bus(cfg: &Config) -> anyhow::Result<Arc<dyn Bus>> {
+    Ok(match cfg.bus.kind {
+        BusKind::Kafka => {
+            let bus: Arc<dyn Bus> =
+                Arc::new(KafkaBus::new(cfg.bus.kafka.clone()).context("bus.kafka")?);
+            bus.ensure_topics(&cfg.topics.specs())
+                .await
+                .context("creating the Kafka topics")?;
+            bus
+        }
+        BusKind::Memory => Arc::new(MemoryBus::default()),
+    })
+}
+
+async fn store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let store: Arc<dyn Store> = match cfg.store.kind {
+        StoreKind::Scylla => Arc::new(
+            fluxgate_store::scylla::ScyllaStore::connect(cfg.store.scylla.clone())
+                .await
+                .context("store.scylla")?,
+        ),
+        StoreKind::Sqlite => {
+            std::fs::create_dir_all(&cfg.data_dir)
+                .with_context(|| format!("data_dir {}", cfg.data_dir.display()))?;
+            Arc::new(
+                fluxgate_store::sqlite::SqliteStore::open(
+                    cfg.data_dir.join("fluxgate.db"),
+                    &cfg.store.sqlite,
+                )
+                .context("store.sqlite")?,
+            )
+        }
+    };
+    Ok(store)
+}
+
+async fn migrate(cfg: Config) -> anyhow::Result<()> {
+    let store = store(&cfg).await?;
+    let version = store.migrate().await.context("migrating the store")?;
+    println!("store schema at version {version}");
+    if cfg.bus.kind == BusKind::Kafka {
+        bus(&cfg).await?;
+        println!("Kafka topics present (prefix {:?})", cfg.topics.prefix);
+    }
+    Ok(())
+}
+
+/// One role until SIGTERM, then its drain.
+async fn run_role(cfg: Config, role: Cmd) -> anyhow::Result<()> {
+    let (bus, store) = (bus(&cfg).await?, store(&cfg).await?);
+    let topics = cfg.topics.clone();
+    tracing::info!(role = ?role, "starting");
+    match role {
+        Cmd::Front => {
+            fluxgate_mqtt_front::run(cfg.front, bus, store, &topics, terminated()).await?;
+        }
+        Cmd::Api => {
+            let registry = prometheus::Registry::new();
+            let health = fluxgate_observability::Health::new();
+            let state =
+                fluxgate_api::ApiState::new(cfg.api, bus.as_ref(), store, &topics, &registry)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let running =
+                fluxgate_api::start(state, registry, health.clone()).context("api.http_addr")?;
+            health.set_ready(true);
+            tracing::info!(addr = %running.addr, "api listening");
+            let handle = running.server.handle();
+            actix_rt::spawn(running.server);
+            terminated().await;
+            health.set_ready(false);
+            handle.stop(true).await;
+        }
+        Cmd::Validator => {
+            fluxgate_validator::run(bus, store, &topics, cfg.validator, terminated()).await?;
+        }
+        Cmd::Writer => {
+            fluxgate_ts_writer::run(bus, store, &topics, cfg.writer, terminated()).await?;
+        }
+        Cmd::Dispatcher => {
+            fluxgate_command_dispatch::run(bus, store, &topics, cfg.dispatcher, terminated())
+                .await?;
+        }
+        Cmd::Standalone { .. } | Cmd::Migrate | Cmd::Config => {}
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,321 @@
+//! `fluxgate standalone`: every role in one process on the in-process bus and SQLite.
+//!
+//! The in-process bus resolves a produce only when every consumer group subscribed to the
+//! topic has committed it, and the pipeline commits only after SQLite has the data
+//! (`synchronous = FULL`), so a QoS 1 PUBACK here means the sample is on disk. Consumers
+//! are started before the front and the API: the bus keeps a record only for the groups
+//! subscribed when it is produced.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use base64::Engine;
+use fluxgate_bus::{Bus, MemoryBus};
+use fluxgate_model::{DeviceId, TenantId};
+use fluxgate_store::sqlite::SqliteStore;
+use fluxgate_store::{
+    AccessKey, ApiScope, ApiToken, Application, AttributeDef, AttributeType, Device, DeviceKind,
+    DeviceToken, KeyScope, PeripheralPolicy, Store, hash_secret,
+};
+use tokio::sync::watch;
+
+use crate::config::Config;
+
+fn random(bytes: usize) -> anyhow::Result<String> {
+    use ring::rand::SecureRandom;
+    let mut buf = vec![0u8; bytes];
+    ring::rand::SystemRandom::new()
+        .fill(&mut buf)
+        .map_err(|_| anyhow::anyhow!("no randomness available"))?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(buf)
+        .replace(['-', '_'], "x"))
+}
+
+/// `configured`, or the secret kept in `data_dir/name` (created on first start, mode 0600).
+fn secret(dir: &Path, name: &str, configured: &str) -> anyhow::Result<String> {
+    if !configured.is_empty() {
+        return Ok(configured.to_owned());
+    }
+    let path = dir.join(name);
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        let s = s.trim();
+        if !s.is_empty() {
+            return Ok(s.to_owned());
+        }
+    }
+    let s = random(24)?;
+    std::fs::write(&path, &s).with_context(|| format!("writing {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    }
+    Ok(s)
+}
+
+/// Runs standalone until SIGINT/SIGTERM.
+pub(crate) async fn run(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
+    let dir = cfg.data_dir.clone();
+    std::fs::create_dir_all(&dir).with_context(|| format!("data_dir {}", dir.display()))?;
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(dir.join("fluxgate.db"), &cfg.store.sqlite).context("store.sqlite")?,
+    );
+    store.migrate().await.context("migrating the database")?;
+    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::default());
+    cfg.api.bootstrap_token = secret(&dir, "bootstrap-token", &cfg.api.bootstrap_token)?;
+    cfg.api.device_token_secret =
+        secret(&dir, "device-token-secret", &cfg.api.device_token_secret)?;
+    let topics = cfg.topics.clone();
+
+    // Pipeline consumers first.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut pipeline = Vec::new();
+    {
+        let (b, s, t, c, st) = (
+            bus.clone(),
+            store.clone(),
+            topics.clone(),
+            cfg.validator.clone(),
+            stop(),
+        );
+        pipeline.push(actix_rt::spawn(async move {
+            fluxgate_validator::run(b, s, &t, c, st).await.map(|_| ())
+        }));
+        let (b, s, t, c, st) = (
+            bus.clone(),
+            store.clone(),
+            topics.clone(),
+            cfg.writer.clone(),
+            stop(),
+        );
+        pipeline.push(actix_rt::spawn(async move {
+            fluxgate_ts_writer::run(b, s, &t, c, st).await.map(|_| ())
+        }));
+        let (b, s, t, c, st) = (
+            bus.clone(),
+            store.clone(),
+            topics.clone(),
+            cfg.dispatcher.clone(),
+            stop(),
+        );
+        pipeline.push(actix_rt::spawn(async move {
+            fluxgate_command_dispatch::run(b, s, &t, c, st)
+                .await
+                .map(|_| ())
+        }));
+    }
+    // Let them subscribe before anything is produced.
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let front = fluxgate_mqtt_front::start(cfg.front.clone(), bus.clone(), store.clone(), &topics)
+        .context("starting the MQTT front")?;
+    let registry = prometheus::Registry::new();
+    let health = fluxgate_observability::Health::new();
+    let state = fluxgate_api::ApiState::new(
+        cfg.api.clone(),
+        bus.as_ref(),
+        store.clone(),
+        &topics,
+        &registry,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let api = fluxgate_api::start(state, registry, health.clone()).context("api.http_addr")?;
+    let api_addr = api.addr;
+    let api_handle = api.server.handle();
+    actix_rt::spawn(api.server);
+    health.set_ready(true);
+
+    let l = &front.listening;
+    println!("fluxgate standalone is running");
+    println!("  data:     {}", dir.display());
+    if let Some(a) = l.tcp {
+        println!("  mqtt:     tcp://{a}");
+    }
+    if let Some(a) = l.tls {
+        println!("  mqtts:    tls://{a}");
+    }
+    if let Some(a) = l.ws {
+        println!("  mqtt-ws:  ws://{a}/mqtt");
+    }
+    if let Some(a) = l.wss {
+        println!("  mqtt-wss: wss://{a}/mqtt");
+    }
+    println!("  api:      http://{api_addr}  (OpenAPI: /openapi.json, metrics: /metrics)");
+    if let Some(a) = l.http {
+        println!("  front:    http://{a}/metrics");
+    }
+    println!("  bootstrap admin token: {}", cfg.api.bootstrap_token);
+    if demo {
+        let mqtt = l
+            .tcp
+            .map_or_else(|| "127.0.0.1:1883".into(), |a| a.to_string());
+        demo_data(store.as_ref(), &mqtt, &api_addr.to_string()).await?;
+    }
+    println!("ready");
+
+    crate::terminated().await;
+    println!("shutting down");
+    health.set_ready(false);
+    front.shutdown().await;
+    api_handle.stop(true).await;
+    let _ = stop_tx.send(true);
+    for p in pipeline {
+        match tokio::time::timeout(Duration::from_secs(30), p).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "a pipeline role stopped with an error"),
+            _ => tracing::warn!("a pipeline role did not stop in 30 s"),
+        }
+    }
+    println!("stopped");
+    Ok(())
+}
+
+fn dev(id: &str) -> anyhow::Result<DeviceId> {
+    DeviceId::new(id).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Creates (or completes) the demo application and prints commands to try.
+async fn demo_data(store: &dyn Store, mqtt: &str, api: &str) -> anyhow::Result<()> {
+    let app = TenantId::new("demo").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let now = crate::standalone::now_ms();
+    if store.application(app.clone()).await?.is_none() {
+        store
+            .put_application(Application {
+                id: app.clone(),
+                name: "Demo".into(),
+                ttl_secs: None,
+                created_ms: now,
+            })
+            .await?;
+    }
+    let device = |id: &str, kind, policy| -> anyhow::Result<Device> {
+        Ok(Device {
+            tenant: app.clone(),
+            id: dev(id)?,
+            name: id.into(),
+            kind,
+            peripheral_policy: policy,
+            tags: Vec::new(),
+            profile: None,
+            created_ms: now,
+            updated_ms: now,
+        })
+    };
+    for d in [
+        device("sensor-1", DeviceKind::Standalone, None)?,
+        device("gateway-1", DeviceKind::Gateway, None)?,
+        device(
+            "peripheral-1",
+            DeviceKind::Peripheral,
+            Some(PeripheralPolicy::AnyGateway),
+        )?,
+        device("tb-gateway", DeviceKind::Gateway, None)?,
+    ] {
+        if store.device(app.clone(), d.id.clone()).await?.is_none() {
+            store.put_device(d).await?;
+        }
+    }
+    let defs = |names: &[&str]| -> Vec<AttributeDef> {
+        names
+            .iter()
+            .map(|n| AttributeDef {
+                name: (*n).into(),
+                kind: AttributeType::Number,
+            })
+            .collect()
+    };
+    store
+        .put_attribute_defs(
+            app.clone(),
+            dev("sensor-1")?,
+            defs(&["temperature", "humidity"]),
+        )
+        .await?;
+    store
+        .put_attribute_defs(app.clone(), dev("peripheral-1")?, defs(&["level"]))
+        .await?;
+    // Fresh credentials on every start: secrets are never stored, so they cannot be shown
+    // again; earlier ones keep working.
+    let (key, key_secret) = (format!("demo-{}", random(6)?), random(24)?);
+    store
+        .put_access_key(AccessKey {
+            key: key.clone(),
+            tenant: app.clone(),
+            secret_hash: hash_secret(&key_secret),
+            scope: KeyScope::AllDevices,
+            custom_topics: true,
+            active: true,
+            created_ms: now,
+        })
+        .await?;
+    let tb_token = random(15)?;
+    store
+        .put_device_token(DeviceToken {
+            token_hash: hash_secret(&tb_token),
+            tenant: app.clone(),
+            device: dev("tb-gateway")?,
+        })
+        .await?;
+    let api_token = format!("fgt_{}", random(32)?);
+    store
+        .put_api_token(ApiToken {
+            token_hash: hash_secret(&api_token),
+            tenant: app.clone(),
+            scope: ApiScope::Admin,
+            name: "demo".into(),
+            created_ms: now,
+        })
+        .await?;
+    let (host, port) = mqtt.rsplit_once(':').unwrap_or((mqtt, "1883"));
+    let host = if host == "0.0.0.0" { "127.0.0.1" } else { host };
+    let api = api.replace("0.0.0.0", "127.0.0.1");
+    println!();
+    println!(
+        "demo application \"demo\": Losant devices sensor-1, gateway-1, peripheral-1 (any gateway);"
+    );
+    println!("ThingsBoard gateway tb-gateway. Credentials (shown once):");
+    println!("  DEMO_KEY={key}");
+    println!("  DEMO_SECRET={key_secret}");
+    println!("  DEMO_TB_TOKEN={tb_token}");
+    println!("  DEMO_API_TOKEN={api_token}");
+    println!();
+    println!("Try:");
+    println!(
+        "  mosquitto_pub -h {host} -p {port} -q 1 -i sensor-1 -u {key} -P {key_secret} -t losant/sensor-1/state -m '{{\"data\":{{\"temperature\":21.5,\"humidity\":40}}}}'"
+    );
+    println!(
+        "  curl -s -H 'Authorization: Bearer {api_token}' http://{api}/applications/demo/devices/sensor-1/state"
+    );
+    println!(
+        "  mosquitto_sub -h {host} -p {port} -q 1 -i sensor-1 -u {key} -P {key_secret} -t losant/sensor-1/command -C 1 -v &"
+    );
+    println!(
+        "  curl -s -X POST -H 'Authorization: Bearer {api_token}' -H 'Content-Type: application/json' -d '{{\"name\":\"blink\",\"payload\":{{\"times\":3}}}}' http://{api}/applications/demo/devices/sensor-1/command"
+    );
+    println!(
+        "  mosquitto_pub -h {host} -p {port} -q 1 -i gateway-1 -u {key} -P {key_secret} -t losant/peripheral-1/state -m '{{\"data\":{{\"level\":7}}}}'"
+    );
+    println!(
+        "  mosquitto_pub -h {host} -p {port} -q 1 -u {tb_token} -t v1/gateway/telemetry -m '{{\"Sensor A\":[{{\"values\":{{\"temp\":20}}}}]}}'"
+    );
+    println!();
+    Ok(())
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
