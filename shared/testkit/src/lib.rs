@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub mod cql;
 pub mod http;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
 
 /// The Kafka brokers to test against, from `KAFKA_BROKERS`.
 ///
