@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what building fluxgate and following the README walkthrough need on Debian/Ubuntu,
+# skipping what is already there: a C toolchain and make (bundled librdkafka and SQLite),
+# and curl, jq and mosquitto-clients for the walkthrough. The Rust toolchain itself comes
+# from rustup.
+set -euo pipefail
+need=()
+command -v cc >/dev/null || need+=(build-essential)
+command -v make >/dev/null || need+=(make)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+command -v curl >/dev/null || need+=(curl)
+command -v jq >/dev/null || need+=(jq)
+command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
+if [ ${#need[@]} -eq 0 ]; then
+  echo "prerequisites present"
+  exit 0
+fi
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
