@@ -552,6 +552,19 @@ pub async fn run(
     cfg: DispatchConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<Arc<DispatchStats>, fluxgate_bus::BusError> {
+    run_with(bus, store, topics, cfg, Arc::default(), shutdown).await
+}
+
+/// [`run`] counting into `stats`, which the caller can serve as metrics while it runs
+/// ([`DispatchStats::metrics`]).
+pub async fn run_with(
+    bus: Arc<dyn fluxgate_bus::Bus>,
+    store: Arc<dyn Store>,
+    topics: &TopicsConfig,
+    cfg: DispatchConfig,
+    stats: Arc<DispatchStats>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<Arc<DispatchStats>, fluxgate_bus::BusError> {
     let (commands, events) = (
         topics.name(Topic::Commands),
         topics.name(Topic::DeviceEvents),
@@ -560,7 +573,6 @@ pub async fn run(
         &cfg.group,
         &[&commands, &events],
     ))?;
-    let stats = Arc::new(DispatchStats::default());
     let addr = Dispatcher::new(
         consumer.clone(),
         bus.producer(),

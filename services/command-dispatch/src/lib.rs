@@ -26,4 +26,4 @@ mod config;
 mod dispatcher;
 
 pub use config::DispatchConfig;
-pub use dispatcher::{DispatchStats, Dispatcher, Drain, rpc_id, run};
+pub use dispatcher::{DispatchStats, Dispatcher, Drain, rpc_id, run, run_with};

@@ -102,6 +102,9 @@ impl Default for LogConfig {
 pub(crate) struct Config {
     /// Where standalone keeps its database and generated secrets.
     pub(crate) data_dir: PathBuf,
+    /// `/metrics`, `/healthz`, `/readyz` of the validator, writer and dispatcher roles
+    /// (standalone serves their metrics on the API's `/metrics`).
+    pub(crate) metrics_addr: String,
     /// The bus.
     pub(crate) bus: BusConfig,
     /// The store.
@@ -126,6 +129,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             data_dir: PathBuf::from("fluxgate-data"),
+            metrics_addr: "0.0.0.0:9102".into(),
             bus: BusConfig::default(),
             store: StoreConfig::default(),
             topics: TopicsConfig::default(),

@@ -160,6 +160,32 @@ async fn migrate(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `/metrics`, `/healthz`, `/readyz` of a pipeline role.
+struct Observed {
+    health: Arc<fluxgate_observability::Health>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl Observed {
+    fn serve(addr: &str, counters: fluxgate_observability::CounterSet) -> anyhow::Result<Self> {
+        let registry = prometheus::Registry::new();
+        registry.register(Box::new(counters))?;
+        let health = fluxgate_observability::Health::new();
+        let (bound, server) = fluxgate_observability::serve(addr, registry, health.clone())
+            .with_context(|| format!("metrics_addr {addr}"))?;
+        tracing::info!(addr = %bound, "metrics listening");
+        let handle = server.handle();
+        actix_rt::spawn(server);
+        health.set_ready(true);
+        Ok(Observed { health, handle })
+    }
+
+    async fn stop(self) {
+        self.health.set_ready(false);
+        self.handle.stop(true).await;
+    }
+}
+
 /// One role until SIGTERM, then its drain.
 async fn run_role(cfg: Config, role: Cmd) -> anyhow::Result<()> {
     let (bus, store) = (bus(&cfg).await?, store(&cfg).await?);
@@ -186,14 +212,32 @@ async fn run_role(cfg: Config, role: Cmd) -> anyhow::Result<()> {
             handle.stop(true).await;
         }
         Cmd::Validator => {
-            fluxgate_validator::run(bus, store, &topics, cfg.validator, terminated()).await?;
+            let stats = Arc::new(fluxgate_validator::ValidatorStats::default());
+            let obs = Observed::serve(&cfg.metrics_addr, stats.metrics()?)?;
+            fluxgate_validator::run_with(bus, store, &topics, cfg.validator, stats, terminated())
+                .await?;
+            obs.stop().await;
         }
         Cmd::Writer => {
-            fluxgate_ts_writer::run(bus, store, &topics, cfg.writer, terminated()).await?;
+            let stats = Arc::new(fluxgate_ts_writer::WriterStats::default());
+            let obs = Observed::serve(&cfg.metrics_addr, stats.metrics()?)?;
+            fluxgate_ts_writer::run_with(bus, store, &topics, cfg.writer, stats, terminated())
+                .await?;
+            obs.stop().await;
         }
         Cmd::Dispatcher => {
-            fluxgate_command_dispatch::run(bus, store, &topics, cfg.dispatcher, terminated())
-                .await?;
+            let stats = Arc::new(fluxgate_command_dispatch::DispatchStats::default());
+            let obs = Observed::serve(&cfg.metrics_addr, stats.metrics()?)?;
+            fluxgate_command_dispatch::run_with(
+                bus,
+                store,
+                &topics,
+                cfg.dispatcher,
+                stats,
+                terminated(),
+            )
+            .await?;
+            obs.stop().await;
         }
         Cmd::Standalone { .. } | Cmd::Migrate | Cmd::Config => {}
     }

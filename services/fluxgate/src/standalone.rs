@@ -78,37 +78,34 @@ pub(crate) async fn run(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
             let _ = rx.wait_for(|s| *s).await;
         }
     };
+    // Their counters join the API's /metrics.
+    let registry = prometheus::Registry::new();
     let mut pipeline = Vec::new();
     {
-        let (b, s, t, c, st) = (
-            bus.clone(),
-            store.clone(),
-            topics.clone(),
-            cfg.validator.clone(),
-            stop(),
-        );
+        let (b, s, t) = (bus.clone(), store.clone(), topics.clone());
+        let (c, st) = (cfg.validator.clone(), stop());
+        let stats = Arc::new(fluxgate_validator::ValidatorStats::default());
+        registry.register(Box::new(stats.metrics()?))?;
         pipeline.push(actix_rt::spawn(async move {
-            fluxgate_validator::run(b, s, &t, c, st).await.map(|_| ())
+            fluxgate_validator::run_with(b, s, &t, c, stats, st)
+                .await
+                .map(|_| ())
         }));
-        let (b, s, t, c, st) = (
-            bus.clone(),
-            store.clone(),
-            topics.clone(),
-            cfg.writer.clone(),
-            stop(),
-        );
+        let (b, s, t) = (bus.clone(), store.clone(), topics.clone());
+        let (c, st) = (cfg.writer.clone(), stop());
+        let stats = Arc::new(fluxgate_ts_writer::WriterStats::default());
+        registry.register(Box::new(stats.metrics()?))?;
         pipeline.push(actix_rt::spawn(async move {
-            fluxgate_ts_writer::run(b, s, &t, c, st).await.map(|_| ())
+            fluxgate_ts_writer::run_with(b, s, &t, c, stats, st)
+                .await
+                .map(|_| ())
         }));
-        let (b, s, t, c, st) = (
-            bus.clone(),
-            store.clone(),
-            topics.clone(),
-            cfg.dispatcher.clone(),
-            stop(),
-        );
+        let (b, s, t) = (bus.clone(), store.clone(), topics.clone());
+        let (c, st) = (cfg.dispatcher.clone(), stop());
+        let stats = Arc::new(fluxgate_command_dispatch::DispatchStats::default());
+        registry.register(Box::new(stats.metrics()?))?;
         pipeline.push(actix_rt::spawn(async move {
-            fluxgate_command_dispatch::run(b, s, &t, c, st)
+            fluxgate_command_dispatch::run_with(b, s, &t, c, stats, st)
                 .await
                 .map(|_| ())
         }));
@@ -121,7 +118,6 @@ pub(crate) async fn run(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
 
     let front = fluxgate_mqtt_front::start(cfg.front.clone(), bus.clone(), store.clone(), &topics)
         .context("starting the MQTT front")?;
-    let registry = prometheus::Registry::new();
     let health = fluxgate_observability::Health::new();
     let state = fluxgate_api::ApiState::new(
         cfg.api.clone(),

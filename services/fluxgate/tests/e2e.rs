@@ -259,6 +259,17 @@ async fn losant_devices_gateways_commands_and_access_rules() {
         v3(fg.mqtt, "dev1", Some(&key), Some("wrong")).await.err(),
         Some(ntex_mqtt::v3::codec::ConnectAckReason::BadUserNameOrPassword)
     );
+    // One /metrics for the API and the pipeline roles; the front has its own.
+    let (_, m) = fg.call("GET", "/metrics", None, None).await;
+    let m = m.as_str().unwrap().to_owned();
+    for name in [
+        "fluxgate_api_requests_total",
+        "fluxgate_validator_",
+        "fluxgate_ts_writer_points_written_total",
+        "fluxgate_command_dispatch_",
+    ] {
+        assert!(m.contains(name), "{name} missing from /metrics");
+    }
     fg.terminate().await;
 }
 

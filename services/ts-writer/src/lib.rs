@@ -23,4 +23,4 @@ mod config;
 mod writer;
 
 pub use config::WriterConfig;
-pub use writer::{Drain, TsWriter, WriterStats, run};
+pub use writer::{Drain, TsWriter, WriterStats, run, run_with};

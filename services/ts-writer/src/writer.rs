@@ -399,6 +399,19 @@ pub async fn run(
     cfg: WriterConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Arc<WriterStats>, BusError> {
+    run_with(bus, store, topics, cfg, Arc::default(), shutdown).await
+}
+
+/// [`run`] counting into `stats`, which the caller can serve as metrics while it runs
+/// ([`WriterStats::metrics`]).
+pub async fn run_with(
+    bus: Arc<dyn Bus>,
+    store: Arc<dyn Store>,
+    topics: &TopicsConfig,
+    cfg: WriterConfig,
+    stats: Arc<WriterStats>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Arc<WriterStats>, BusError> {
     let names = [
         topics.name(Topic::IngestValid),
         topics.name(Topic::DeviceEvents),
@@ -406,7 +419,6 @@ pub async fn run(
     ];
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let consumer = bus.consumer(ConsumerSpec::group(&cfg.group, &names))?;
-    let stats = Arc::new(WriterStats::default());
     let addr = TsWriter::new(consumer.clone(), store, topics, cfg, stats.clone()).start();
     shutdown.await;
     let _ = addr.send(Drain).await;

@@ -333,11 +333,23 @@ pub async fn run(
     cfg: ValidatorConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<Arc<ValidatorStats>, fluxgate_bus::BusError> {
+    run_with(bus, store, topics, cfg, Arc::default(), shutdown).await
+}
+
+/// [`run`] counting into `stats`, which the caller can serve as metrics while it runs
+/// ([`ValidatorStats::metrics`]).
+pub async fn run_with(
+    bus: Arc<dyn fluxgate_bus::Bus>,
+    store: Arc<dyn fluxgate_store::Store>,
+    topics: &TopicsConfig,
+    cfg: ValidatorConfig,
+    stats: Arc<ValidatorStats>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<Arc<ValidatorStats>, fluxgate_bus::BusError> {
     let consumer = bus.consumer(fluxgate_bus::ConsumerSpec::group(
         &cfg.group,
         &[&topics.name(Topic::IngestRaw)],
     ))?;
-    let stats = Arc::new(ValidatorStats::default());
     let addr = Validator::new(
         consumer.clone(),
         bus.producer(),

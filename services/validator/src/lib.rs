@@ -19,6 +19,6 @@ mod actor;
 mod config;
 mod validate;
 
-pub use actor::{Drain, Validator, ValidatorStats, run};
+pub use actor::{Drain, Validator, ValidatorStats, run, run_with};
 pub use config::ValidatorConfig;
 pub use validate::{Output, validate};
