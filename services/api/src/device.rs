@@ -30,8 +30,7 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
             "/applications/{app}/devices/{id}/attributes/shared",
             web::post().to(post_shared_attributes),
         )
-        .route("/api/rpc/oneway/{id}", web::post().to(rpc_oneway))
-        .route("/api/rpc/twoway/{id}", web::post().to(rpc_twoway))
+        .route("/api/rpc/{kind}/{id}", web::post().to(rpc_call))
         .route(
             "/api/plugins/telemetry/DEVICE/{id}/SHARED_SCOPE",
             web::post().to(tb_shared_attributes),
@@ -252,8 +251,9 @@ async fn post_command(
     path: web::Path<(String, String)>,
     body: web::Json<CommandIn>,
 ) -> Result<HttpResponse, ApiError> {
-    let (app, device) = (app_id(&path.0)?, device_id(&path.1)?);
-    st.caller(&req).await?.require(&app, ApiScope::Write)?;
+    let (app, device) = st
+        .authorize_device(&req, &path.0, &path.1, ApiScope::Write)
+        .await?;
     let body = body.into_inner();
     if body.name.is_empty() {
         return Err(ApiError::invalid("name", "a command needs a name"));
@@ -393,24 +393,19 @@ async fn rpc(
     }
 }
 
-async fn rpc_oneway(
+async fn rpc_call(
     st: web::Data<ApiState>,
     req: HttpRequest,
-    path: web::Path<String>,
+    path: web::Path<(String, String)>,
     q: web::Query<AppQuery>,
     body: web::Json<RpcIn>,
 ) -> Result<HttpResponse, ApiError> {
-    rpc(&st, &req, &q, &path, body.into_inner(), false).await
-}
-
-async fn rpc_twoway(
-    st: web::Data<ApiState>,
-    req: HttpRequest,
-    path: web::Path<String>,
-    q: web::Query<AppQuery>,
-    body: web::Json<RpcIn>,
-) -> Result<HttpResponse, ApiError> {
-    rpc(&st, &req, &q, &path, body.into_inner(), true).await
+    let two_way = match path.0.as_str() {
+        "oneway" => false,
+        "twoway" => true,
+        other => return Err(ApiError::not_found(format!("RPC kind {other}"))),
+    };
+    rpc(&st, &req, &q, &path.1, body.into_inner(), two_way).await
 }
 
 async fn shared_attributes(
@@ -469,8 +464,9 @@ async fn post_shared_attributes(
     path: web::Path<(String, String)>,
     body: web::Json<serde_json::Value>,
 ) -> Result<HttpResponse, ApiError> {
-    let (app, device) = (app_id(&path.0)?, device_id(&path.1)?);
-    st.caller(&req).await?.require(&app, ApiScope::Write)?;
+    let (app, device) = st
+        .authorize_device(&req, &path.0, &path.1, ApiScope::Write)
+        .await?;
     shared_attributes(&st, &app, &device, body.into_inner()).await
 }
 

@@ -144,6 +144,32 @@ impl ApiState {
     }
 }
 
+impl ApiState {
+    /// The caller, allowed to act with `scope` in application `app` (a path segment).
+    pub(crate) async fn authorize(
+        &self,
+        req: &HttpRequest,
+        app: &str,
+        scope: fluxgate_store::ApiScope,
+    ) -> Result<TenantId, ApiError> {
+        let app = app_id(app)?;
+        self.caller(req).await?.require(&app, scope)?;
+        Ok(app)
+    }
+
+    /// [`ApiState::authorize`] for a device's route: the application and the device id.
+    pub(crate) async fn authorize_device(
+        &self,
+        req: &HttpRequest,
+        app: &str,
+        device: &str,
+        scope: fluxgate_store::ApiScope,
+    ) -> Result<(TenantId, fluxgate_model::DeviceId), ApiError> {
+        let app = self.authorize(req, app, scope).await?;
+        Ok((app, device_id(device)?))
+    }
+}
+
 /// An application id from a path segment.
 pub(crate) fn app_id(s: &str) -> Result<TenantId, ApiError> {
     TenantId::new(s).map_err(|e| ApiError::invalid("applicationId", e.to_string()))

@@ -7,7 +7,7 @@ use fluxgate_store::{ApiScope, AttributeScope, CommandStatus, Order, RangeQuery}
 use serde::Deserialize;
 
 use crate::error::ApiError;
-use crate::{ApiState, app_id, device_id, now_ms};
+use crate::{ApiState, now_ms};
 
 pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route(
@@ -71,8 +71,9 @@ async fn time_series(
     path: web::Path<(String, String)>,
     q: web::Query<SeriesIn>,
 ) -> Result<HttpResponse, ApiError> {
-    let (app, device) = (app_id(&path.0)?, device_id(&path.1)?);
-    st.caller(&req).await?.require(&app, ApiScope::Read)?;
+    let (app, device) = st
+        .authorize_device(&req, &path.0, &path.1, ApiScope::Read)
+        .await?;
     let to = q.to.unwrap_or_else(now_ms);
     let from = q.from.unwrap_or(to - 86_400_000);
     if from > to {
@@ -115,8 +116,9 @@ async fn latest(
     path: web::Path<(String, String)>,
     q: web::Query<KeysIn>,
 ) -> Result<HttpResponse, ApiError> {
-    let (app, device) = (app_id(&path.0)?, device_id(&path.1)?);
-    st.caller(&req).await?.require(&app, ApiScope::Read)?;
+    let (app, device) = st
+        .authorize_device(&req, &path.0, &path.1, ApiScope::Read)
+        .await?;
     let points = st.store.latest(app, device, keys(&q.keys)).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "points": points })))
 }
@@ -127,8 +129,9 @@ async fn attributes(
     path: web::Path<(String, String, String)>,
     q: web::Query<KeysIn>,
 ) -> Result<HttpResponse, ApiError> {
-    let (app, device) = (app_id(&path.0)?, device_id(&path.1)?);
-    st.caller(&req).await?.require(&app, ApiScope::Read)?;
+    let (app, device) = st
+        .authorize_device(&req, &path.0, &path.1, ApiScope::Read)
+        .await?;
     let scope = match path.2.as_str() {
         "client" => AttributeScope::Client,
         "shared" => AttributeScope::Shared,
@@ -154,8 +157,9 @@ async fn connection(
     path: web::Path<(String, String)>,
     q: web::Query<LimitIn>,
 ) -> Result<HttpResponse, ApiError> {
-    let (app, device) = (app_id(&path.0)?, device_id(&path.1)?);
-    st.caller(&req).await?.require(&app, ApiScope::Read)?;
+    let (app, device) = st
+        .authorize_device(&req, &path.0, &path.1, ApiScope::Read)
+        .await?;
     let log = st
         .store
         .connection_log(app, device, q.limit.unwrap_or(20).clamp(1, 1000))
@@ -182,8 +186,9 @@ async fn commands(
     path: web::Path<(String, String)>,
     q: web::Query<CommandsIn>,
 ) -> Result<HttpResponse, ApiError> {
-    let (app, device) = (app_id(&path.0)?, device_id(&path.1)?);
-    st.caller(&req).await?.require(&app, ApiScope::Read)?;
+    let (app, device) = st
+        .authorize_device(&req, &path.0, &path.1, ApiScope::Read)
+        .await?;
     let status = q
         .status
         .as_deref()
@@ -206,8 +211,7 @@ async fn command(
     req: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let app = app_id(&path.0)?;
-    st.caller(&req).await?.require(&app, ApiScope::Read)?;
+    let app = st.authorize(&req, &path.0, ApiScope::Read).await?;
     let id: MessageId = serde_json::from_value(serde_json::Value::String(path.1.clone()))
         .map_err(|_| ApiError::invalid("command", "a command id"))?;
     let c = match st.store.command(id).await? {
@@ -232,8 +236,7 @@ async fn rejected(
     path: web::Path<String>,
     q: web::Query<RejectedIn>,
 ) -> Result<HttpResponse, ApiError> {
-    let app = app_id(&path)?;
-    st.caller(&req).await?.require(&app, ApiScope::Read)?;
+    let app = st.authorize(&req, &path, ApiScope::Read).await?;
     let log = st
         .store
         .rejected_log(app, q.device.clone(), q.limit.unwrap_or(50).clamp(1, 1000))

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::random_token;
 use crate::error::ApiError;
-use crate::{ApiState, app_id, device_id, now_ms};
+use crate::{ApiState, now_ms};
 
 pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/applications", web::post().to(create_application))
@@ -91,8 +91,7 @@ async fn get_application(
     req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let app = app_id(&path)?;
-    st.caller(&req).await?.require(&app, ApiScope::Read)?;
+    let app = st.authorize(&req, &path, ApiScope::Read).await?;
     let found = st
         .store
         .application(app.clone())
@@ -124,8 +123,7 @@ async fn create_api_token(
     path: web::Path<String>,
     body: web::Json<TokenIn>,
 ) -> Result<HttpResponse, ApiError> {
-    let app = app_id(&path)?;
-    st.caller(&req).await?.require(&app, ApiScope::Admin)?;
+    let app = st.authorize(&req, &path, ApiScope::Admin).await?;
     existing_app(&st, &app).await?;
     let secret = format!("fgt_{}", random_token(32)?);
     let body = body.into_inner();
@@ -148,8 +146,7 @@ async fn delete_api_token(
     req: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let app = app_id(&path.0)?;
-    st.caller(&req).await?.require(&app, ApiScope::Admin)?;
+    let app = st.authorize(&req, &path.0, ApiScope::Admin).await?;
     let hash = &path.1;
     match st.store.api_token(hash.clone()).await? {
         Some(t) if t.tenant == app => {
@@ -243,8 +240,7 @@ async fn create_device(
     path: web::Path<String>,
     body: web::Json<DeviceIn>,
 ) -> Result<HttpResponse, ApiError> {
-    let app = app_id(&path)?;
-    st.caller(&req).await?.require(&app, ApiScope::Admin)?;
+    let app = st.authorize(&req, &path, ApiScope::Admin).await?;
     existing_app(&st, &app).await?;
     let body = body.into_inner();
     let id = match &body.id {
@@ -267,8 +263,9 @@ async fn put_device(
     path: web::Path<(String, String)>,
     body: web::Json<DeviceIn>,
 ) -> Result<HttpResponse, ApiError> {
-    let (app, id) = (app_id(&path.0)?, device_id(&path.1)?);
-    st.caller(&req).await?.require(&app, ApiScope::Admin)?;
+    let (app, id) = st
+        .authorize_device(&req, &path.0, &path.1, ApiScope::Admin)
+        .await?;
     existing_app(&st, &app).await?;
     let body = body.into_inner();
     if body.id.as_deref().is_some_and(|b| b != id.as_str()) {
@@ -288,8 +285,9 @@ async fn get_device(
     req: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let (app, id) = (app_id(&path.0)?, device_id(&path.1)?);
-    st.caller(&req).await?.require(&app, ApiScope::Read)?;
+    let (app, id) = st
+        .authorize_device(&req, &path.0, &path.1, ApiScope::Read)
+        .await?;
     let d = st
         .store
         .device(app, id.clone())
@@ -312,8 +310,7 @@ async fn list_devices(
     path: web::Path<String>,
     q: web::Query<ListIn>,
 ) -> Result<HttpResponse, ApiError> {
-    let app = app_id(&path)?;
-    st.caller(&req).await?.require(&app, ApiScope::Read)?;
+    let app = st.authorize(&req, &path, ApiScope::Read).await?;
     let after = q
         .after
         .as_deref()
@@ -332,8 +329,9 @@ async fn delete_device(
     req: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let (app, id) = (app_id(&path.0)?, device_id(&path.1)?);
-    st.caller(&req).await?.require(&app, ApiScope::Admin)?;
+    let (app, id) = st
+        .authorize_device(&req, &path.0, &path.1, ApiScope::Admin)
+        .await?;
     if !st.store.delete_device(app.clone(), id.clone()).await? {
         return Err(ApiError::not_found(format!("device {id}")));
     }
@@ -351,8 +349,9 @@ async fn put_attribute_defs(
     path: web::Path<(String, String)>,
     body: web::Json<Vec<AttributeDef>>,
 ) -> Result<HttpResponse, ApiError> {
-    let (app, id) = (app_id(&path.0)?, device_id(&path.1)?);
-    st.caller(&req).await?.require(&app, ApiScope::Admin)?;
+    let (app, id) = st
+        .authorize_device(&req, &path.0, &path.1, ApiScope::Admin)
+        .await?;
     if st.store.device(app.clone(), id.clone()).await?.is_none() {
         return Err(ApiError::not_found(format!("device {id}")));
     }
@@ -379,8 +378,9 @@ async fn get_attribute_defs(
     req: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let (app, id) = (app_id(&path.0)?, device_id(&path.1)?);
-    st.caller(&req).await?.require(&app, ApiScope::Read)?;
+    let (app, id) = st
+        .authorize_device(&req, &path.0, &path.1, ApiScope::Read)
+        .await?;
     Ok(HttpResponse::Ok().json(st.store.attribute_defs(app, id).await?))
 }
 
@@ -389,8 +389,9 @@ async fn create_device_token(
     req: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let (app, id) = (app_id(&path.0)?, device_id(&path.1)?);
-    st.caller(&req).await?.require(&app, ApiScope::Admin)?;
+    let (app, id) = st
+        .authorize_device(&req, &path.0, &path.1, ApiScope::Admin)
+        .await?;
     if st.store.device(app.clone(), id.clone()).await?.is_none() {
         return Err(ApiError::not_found(format!("device {id}")));
     }
@@ -448,8 +449,7 @@ async fn create_key(
     path: web::Path<String>,
     body: web::Json<KeyIn>,
 ) -> Result<HttpResponse, ApiError> {
-    let app = app_id(&path)?;
-    st.caller(&req).await?.require(&app, ApiScope::Admin)?;
+    let app = st.authorize(&req, &path, ApiScope::Admin).await?;
     existing_app(&st, &app).await?;
     let body = body.into_inner();
     let scope = match (body.devices, body.tags) {
@@ -500,8 +500,7 @@ async fn get_key(
     req: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let app = app_id(&path.0)?;
-    st.caller(&req).await?.require(&app, ApiScope::Read)?;
+    let app = st.authorize(&req, &path.0, ApiScope::Read).await?;
     Ok(HttpResponse::Ok().json(KeyOut::from(owned_key(&st, &app, &path.1).await?)))
 }
 
@@ -519,8 +518,7 @@ async fn patch_key(
     path: web::Path<(String, String)>,
     body: web::Json<KeyPatch>,
 ) -> Result<HttpResponse, ApiError> {
-    let app = app_id(&path.0)?;
-    st.caller(&req).await?.require(&app, ApiScope::Admin)?;
+    let app = st.authorize(&req, &path.0, ApiScope::Admin).await?;
     let mut key = owned_key(&st, &app, &path.1).await?;
     if let Some(a) = body.active {
         key.active = a;
