@@ -9,8 +9,8 @@
 //!
 //! Secrets are compared as SHA-256 hashes in constant time, and a secret is hashed even when
 //! its key does not exist, so timing tells nothing about which keys exist. Registry reads
-//! are cached for `auth_cache_ttl_secs` and dropped early on `fluxgate.registry.changes`
-//! ([`Registry::invalidate`]). Failed attempts are counted per address and slow down the
+//! go through `fluxgate_store::CachedStore`: cached for `auth_cache_ttl_secs` and dropped
+//! early on `fluxgate.registry.changes` ([`Registry::invalidate`]). Failed attempts are counted per address and slow down the
 //! next failure's answer ([`FailureDelay`]).
 
 use std::net::IpAddr;
@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use fluxgate_model::{DeviceId, Principal, RegistryChange, TenantId};
 use fluxgate_store::{
-    AccessKey, Device, DeviceKind, DeviceToken, KeyScope, Store, StoreError, hash_secret,
+    AccessKey, CachedStore, Device, DeviceKind, DeviceToken, KeyScope, Store, StoreError,
+    hash_secret,
 };
 use moka::future::Cache;
 use subtle::ConstantTimeEq;
@@ -77,51 +78,26 @@ pub struct Credentials<'a> {
     pub password: Option<&'a [u8]>,
 }
 
-fn cache<K, V>(ttl: Duration) -> Cache<K, V>
-where
-    K: std::hash::Hash + Eq + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-{
-    Cache::builder()
-        .max_capacity(100_000)
-        .time_to_live(ttl)
-        .build()
-}
-
-/// Cached registry reads.
+/// Cached registry reads ([`CachedStore`]) and the checks made with them.
 #[derive(Debug, Clone)]
 pub struct Registry {
-    store: Arc<dyn Store>,
-    keys: Cache<String, Option<AccessKey>>,
-    tokens: Cache<String, Option<DeviceToken>>,
-    devices: Cache<(TenantId, DeviceId), Option<Device>>,
+    store: CachedStore,
 }
 
 impl Registry {
     /// A registry over `store`, caching reads for `ttl`.
     pub fn new(store: Arc<dyn Store>, ttl: Duration) -> Self {
         Registry {
-            store,
-            keys: cache(ttl),
-            tokens: cache(ttl),
-            devices: cache(ttl),
+            store: CachedStore::new(store, ttl, 100_000),
         }
     }
 
     async fn access_key(&self, key: &str) -> Result<Option<AccessKey>, AuthError> {
-        let store = &self.store;
-        self.keys
-            .try_get_with(key.to_owned(), store.access_key(key.to_owned()))
-            .await
-            .map_err(|e| AuthError::from((*e).clone()))
+        Ok(self.store.access_key(key.to_owned()).await?)
     }
 
     async fn device_token(&self, hash: String) -> Result<Option<DeviceToken>, AuthError> {
-        let store = &self.store;
-        self.tokens
-            .try_get_with(hash.clone(), store.device_token(hash))
-            .await
-            .map_err(|e| AuthError::from((*e).clone()))
+        Ok(self.store.device_token(hash).await?)
     }
 
     /// A device, from the cache or the store.
@@ -130,11 +106,7 @@ impl Registry {
         tenant: &TenantId,
         id: &DeviceId,
     ) -> Result<Option<Device>, StoreError> {
-        let k = (tenant.clone(), id.clone());
-        self.devices
-            .try_get_with(k, self.store.device(tenant.clone(), id.clone()))
-            .await
-            .map_err(|e| (*e).clone())
+        self.store.device(tenant.clone(), id.clone()).await
     }
 
     /// Whether `gateway` may act for `peripheral` (Losant peripheral policy).
@@ -154,18 +126,7 @@ impl Registry {
 
     /// Drops the cache entries a registry change makes stale.
     pub async fn invalidate(&self, change: &RegistryChange) {
-        match change {
-            RegistryChange::Device { tenant, device } => {
-                self.devices
-                    .invalidate(&(tenant.clone(), device.clone()))
-                    .await;
-            }
-            RegistryChange::AccessKey { key } => self.keys.invalidate(key).await,
-            RegistryChange::DeviceToken { token_hash } => {
-                self.tokens.invalidate(token_hash).await;
-            }
-            _ => {}
-        }
+        self.store.invalidate(change).await;
     }
 
     /// Checks the credentials of a CONNECT.

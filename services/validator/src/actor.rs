@@ -350,10 +350,21 @@ pub async fn run_with(
         &cfg.group,
         &[&topics.name(Topic::IngestRaw)],
     ))?;
+    // Registry reads are cached; the API's registry changes drop stale entries.
+    let cache = fluxgate_store::CachedStore::new(
+        store,
+        Duration::from_secs(cfg.registry_cache_ttl_secs),
+        100_000,
+    );
+    let changes = bus.consumer(fluxgate_bus::ConsumerSpec::broadcast(
+        format!("{}-registry", cfg.group),
+        &[&topics.name(Topic::RegistryChanges)],
+    ))?;
+    let follow = actix::spawn(follow_changes(cache.clone(), changes));
     let addr = Validator::new(
         consumer.clone(),
         bus.producer(),
-        store,
+        Arc::new(cache),
         topics,
         cfg,
         stats.clone(),
@@ -365,7 +376,32 @@ pub async fn run_with(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let _ = consumer.commit().await;
+    follow.abort();
     Ok(stats)
+}
+
+/// Applies registry changes to the cache until the consumer closes.
+async fn follow_changes(
+    cache: fluxgate_store::CachedStore,
+    changes: Arc<dyn fluxgate_bus::Consumer>,
+) {
+    loop {
+        let rec = match changes.recv().await {
+            Ok(r) => r,
+            Err(fluxgate_bus::ConsumeError::Closed) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "registry changes: consumer error; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        match fluxgate_model::RegistryChange::from_bytes(&rec.payload) {
+            Ok(c) => cache.invalidate(&c).await,
+            Err(e) => tracing::warn!(error = %e, "unreadable registry change dropped"),
+        }
+        changes.ack(&rec.position);
+        let _ = changes.commit().await;
+    }
 }
 
 impl Actor for Validator {

@@ -15,6 +15,9 @@ pub struct ValidatorConfig {
     pub retry_initial_ms: u64,
     /// Longest retry delay, in milliseconds.
     pub retry_max_ms: u64,
+    /// How long registry reads (devices, attribute definitions, names) are cached, in
+    /// seconds; registry changes drop entries sooner.
+    pub registry_cache_ttl_secs: u64,
 }
 
 impl Default for ValidatorConfig {
@@ -24,6 +27,7 @@ impl Default for ValidatorConfig {
             time_window: TimeWindow::default(),
             retry_initial_ms: 100,
             retry_max_ms: 5_000,
+            registry_cache_ttl_secs: 60,
         }
     }
 }

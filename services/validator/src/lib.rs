@@ -10,8 +10,8 @@
 //! that runs it per record, produces the outcome, and acks the raw record only when every
 //! output is acknowledged (at-least-once; outputs are idempotent downstream).
 //!
-//! Not yet here (issue 6): registry caching with invalidation on
-//! `fluxgate.registry.changes` (every record reads the store), per-reason Prometheus metrics
+//! Registry reads go through `fluxgate_store::CachedStore`, invalidated from
+//! `fluxgate.registry.changes`. Not yet here (issue 6): per-reason Prometheus metrics
 //! (counted in [`ValidatorStats`] for now), the value-size and attribute-count re-checks of
 //! REST input (the MQTT parsers enforce them), and supervision.
 

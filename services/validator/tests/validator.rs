@@ -444,3 +444,62 @@ async fn run_drains_on_shutdown_and_reads_no_further() {
     .await;
     assert!(nothing(&rig.valid).await);
 }
+
+#[actix_rt::test]
+async fn registry_reads_are_cached_until_a_registry_change() {
+    let rig = Rig::new().await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (bus, store, topics) = (
+        Arc::new(rig.bus.clone()),
+        rig.store.clone(),
+        rig.topics.clone(),
+    );
+    let running = actix_rt::spawn(async move {
+        fluxgate_validator::run(bus, store, &topics, ValidatorConfig::default(), async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await; // run() subscribes
+    let data = |x| {
+        state(
+            DeviceRef::Id(dev("late")),
+            None,
+            Dialect::ThingsBoard,
+            now_ms(),
+            &[("x", Value::Integer(x))],
+        )
+    };
+    rig.raw(&data(1)).await;
+    let rej = Rejection::from_bytes(&next(&rig.rejected).await).unwrap();
+    assert_eq!(rej.reason.code, ReasonCode::UnknownDevice);
+    // Created behind the cache's back: still unknown to the validator...
+    rig.store
+        .put_device(device("late", DeviceKind::Standalone, None))
+        .await
+        .unwrap();
+    rig.raw(&data(2)).await;
+    let rej = Rejection::from_bytes(&next(&rig.rejected).await).unwrap();
+    assert_eq!(rej.reason.code, ReasonCode::UnknownDevice);
+    // ...until the registry change is announced.
+    let change = fluxgate_model::RegistryChange::Device {
+        tenant: tenant(),
+        device: dev("late"),
+    };
+    let rec = OutRecord::new(
+        rig.topics.name(Topic::RegistryChanges),
+        change.key(),
+        change.to_bytes(),
+    );
+    let _ack = rig.bus.producer().send(rec).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    rig.raw(&data(3)).await;
+    let valid = Envelope::from_bytes(&next(&rig.valid).await).unwrap();
+    assert_eq!(valid.device, DeviceRef::Id(dev("late")));
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -22,11 +22,13 @@ use std::pin::Pin;
 
 use fluxgate_model::{DeviceId, DeviceName, MessageId, TenantId, Values};
 
+pub mod cached;
 mod rows;
 pub mod scylla;
 pub mod sqlite;
 mod types;
 
+pub use cached::CachedStore;
 pub use types::*;
 
 /// A boxed, sendable future (keeps [`Store`] usable as `dyn`).

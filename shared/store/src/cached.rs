@@ -1,0 +1,346 @@
+//! [`CachedStore`]: registry reads cached in memory, for the roles that read the registry on
+//! every message (the MQTT front at CONNECT and per peripheral publish, the validator per
+//! record).
+//!
+//! Cached: devices, attribute definitions, ThingsBoard name → device, access keys, device
+//! tokens, API tokens. Entries live `ttl` at most and are dropped early by
+//! [`CachedStore::invalidate`] (fed from `fluxgate.registry.changes`) and by writes made
+//! through this store. Everything else goes straight to the inner store.
+//!
+//! Misses are cached too (`None`), so a flood of unknown credentials does not reach the
+//! store; a created device or key is visible after its registry change or the TTL.
+//! Concurrent misses for one key make one store read (moka's `try_get_with`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fluxgate_model::{DeviceId, DeviceName, MessageId, RegistryChange, TenantId, Values};
+use moka::future::Cache;
+
+use crate::types::*;
+use crate::{BoxFuture, Result, Store, StoreError};
+
+fn cache<K, V>(ttl: Duration, capacity: u64) -> Cache<K, V>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    Cache::builder()
+        .max_capacity(capacity)
+        .time_to_live(ttl)
+        .build()
+}
+
+/// A [`Store`] whose registry reads are cached.
+#[derive(Debug, Clone)]
+pub struct CachedStore {
+    inner: Arc<dyn Store>,
+    devices: Cache<(TenantId, DeviceId), Option<Device>>,
+    defs: Cache<(TenantId, DeviceId), Vec<AttributeDef>>,
+    names: Cache<(TenantId, DeviceName), Device>,
+    keys: Cache<String, Option<AccessKey>>,
+    tokens: Cache<String, Option<DeviceToken>>,
+    api_tokens: Cache<String, Option<ApiToken>>,
+}
+
+fn shared(e: Arc<StoreError>) -> StoreError {
+    (*e).clone()
+}
+
+impl CachedStore {
+    /// Caches `inner`'s registry reads for `ttl`, at most `capacity` entries per kind.
+    pub fn new(inner: Arc<dyn Store>, ttl: Duration, capacity: u64) -> Self {
+        CachedStore {
+            inner,
+            devices: cache(ttl, capacity),
+            defs: cache(ttl, capacity),
+            names: cache(ttl, capacity),
+            keys: cache(ttl, capacity),
+            tokens: cache(ttl, capacity),
+            api_tokens: cache(ttl, capacity),
+        }
+    }
+
+    /// Drops what `change` makes stale.
+    pub async fn invalidate(&self, change: &RegistryChange) {
+        match change {
+            RegistryChange::Device { tenant, device } => {
+                self.devices
+                    .invalidate(&(tenant.clone(), device.clone()))
+                    .await;
+                // A renamed or deleted device: its name entries go too.
+                let (t, d) = (tenant.clone(), device.clone());
+                let _ = self
+                    .names
+                    .invalidate_entries_if(move |(nt, _), dev| nt == &t && dev.id == d);
+            }
+            RegistryChange::AttributeDefs { tenant, device } => {
+                self.defs
+                    .invalidate(&(tenant.clone(), device.clone()))
+                    .await;
+            }
+            RegistryChange::AccessKey { key } => self.keys.invalidate(key).await,
+            RegistryChange::DeviceToken { token_hash } => {
+                self.tokens.invalidate(token_hash).await;
+                self.api_tokens.invalidate(token_hash).await;
+            }
+            RegistryChange::Application { tenant } => {
+                let t = tenant.clone();
+                let _ = self
+                    .devices
+                    .invalidate_entries_if(move |(dt, _), _| dt == &t);
+                let t = tenant.clone();
+                let _ = self.defs.invalidate_entries_if(move |(dt, _), _| dt == &t);
+            }
+            // A kind of change this build does not know: drop everything, to be safe.
+            _ => {
+                self.devices.invalidate_all();
+                self.defs.invalidate_all();
+                self.names.invalidate_all();
+                self.keys.invalidate_all();
+                self.tokens.invalidate_all();
+                self.api_tokens.invalidate_all();
+            }
+        }
+    }
+}
+
+impl Store for CachedStore {
+    fn migrate(&self) -> BoxFuture<'_, Result<u32>> {
+        self.inner.migrate()
+    }
+    fn put_application(&self, app: Application) -> BoxFuture<'_, Result<()>> {
+        self.inner.put_application(app)
+    }
+    fn application(&self, id: TenantId) -> BoxFuture<'_, Result<Option<Application>>> {
+        self.inner.application(id)
+    }
+    fn put_device(&self, device: Device) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let change = RegistryChange::Device {
+                tenant: device.tenant.clone(),
+                device: device.id.clone(),
+            };
+            self.inner.put_device(device).await?;
+            self.invalidate(&change).await;
+            Ok(())
+        })
+    }
+    fn device(&self, tenant: TenantId, id: DeviceId) -> BoxFuture<'_, Result<Option<Device>>> {
+        Box::pin(async move {
+            let load = self.inner.device(tenant.clone(), id.clone());
+            self.devices
+                .try_get_with((tenant, id), load)
+                .await
+                .map_err(shared)
+        })
+    }
+    fn delete_device(&self, tenant: TenantId, id: DeviceId) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(async move {
+            let change = RegistryChange::Device {
+                tenant: tenant.clone(),
+                device: id.clone(),
+            };
+            let found = self.inner.delete_device(tenant, id).await?;
+            self.invalidate(&change).await;
+            Ok(found)
+        })
+    }
+    fn devices(
+        &self,
+        tenant: TenantId,
+        after: Option<DeviceId>,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<Device>>> {
+        self.inner.devices(tenant, after, limit)
+    }
+    fn device_by_name(
+        &self,
+        tenant: TenantId,
+        name: DeviceName,
+        profile: String,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<NamedDevice>> {
+        Box::pin(async move {
+            if let Some(device) = self.names.get(&(tenant.clone(), name.clone())).await {
+                return Ok(NamedDevice {
+                    device,
+                    created: false,
+                });
+            }
+            let named = self
+                .inner
+                .device_by_name(tenant.clone(), name.clone(), profile, now_ms)
+                .await?;
+            self.names
+                .insert((tenant, name), named.device.clone())
+                .await;
+            Ok(named)
+        })
+    }
+    fn put_access_key(&self, key: AccessKey) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let k = key.key.clone();
+            self.inner.put_access_key(key).await?;
+            self.keys.invalidate(&k).await;
+            Ok(())
+        })
+    }
+    fn access_key(&self, key: String) -> BoxFuture<'_, Result<Option<AccessKey>>> {
+        Box::pin(async move {
+            let load = self.inner.access_key(key.clone());
+            self.keys.try_get_with(key, load).await.map_err(shared)
+        })
+    }
+    fn put_device_token(&self, token: DeviceToken) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let h = token.token_hash.clone();
+            self.inner.put_device_token(token).await?;
+            self.tokens.invalidate(&h).await;
+            Ok(())
+        })
+    }
+    fn device_token(&self, token_hash: String) -> BoxFuture<'_, Result<Option<DeviceToken>>> {
+        Box::pin(async move {
+            let load = self.inner.device_token(token_hash.clone());
+            self.tokens
+                .try_get_with(token_hash, load)
+                .await
+                .map_err(shared)
+        })
+    }
+    fn put_api_token(&self, token: ApiToken) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let h = token.token_hash.clone();
+            self.inner.put_api_token(token).await?;
+            self.api_tokens.invalidate(&h).await;
+            Ok(())
+        })
+    }
+    fn api_token(&self, token_hash: String) -> BoxFuture<'_, Result<Option<ApiToken>>> {
+        Box::pin(async move {
+            let load = self.inner.api_token(token_hash.clone());
+            self.api_tokens
+                .try_get_with(token_hash, load)
+                .await
+                .map_err(shared)
+        })
+    }
+    fn delete_api_token(&self, token_hash: String) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(async move {
+            let found = self.inner.delete_api_token(token_hash.clone()).await?;
+            self.api_tokens.invalidate(&token_hash).await;
+            Ok(found)
+        })
+    }
+    fn put_attribute_defs(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        defs: Vec<AttributeDef>,
+    ) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let k = (tenant.clone(), device.clone());
+            self.inner.put_attribute_defs(tenant, device, defs).await?;
+            self.defs.invalidate(&k).await;
+            Ok(())
+        })
+    }
+    fn attribute_defs(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+    ) -> BoxFuture<'_, Result<Vec<AttributeDef>>> {
+        Box::pin(async move {
+            let load = self.inner.attribute_defs(tenant.clone(), device.clone());
+            self.defs
+                .try_get_with((tenant, device), load)
+                .await
+                .map_err(shared)
+        })
+    }
+    fn put_attributes(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        scope: AttributeScope,
+        values: Values,
+        ts_ms: i64,
+    ) -> BoxFuture<'_, Result<()>> {
+        self.inner
+            .put_attributes(tenant, device, scope, values, ts_ms)
+    }
+    fn attributes(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        scope: AttributeScope,
+        keys: Option<Vec<String>>,
+    ) -> BoxFuture<'_, Result<Values>> {
+        self.inner.attributes(tenant, device, scope, keys)
+    }
+    fn write_samples(&self, batches: Vec<SampleBatch>) -> BoxFuture<'_, Result<usize>> {
+        self.inner.write_samples(batches)
+    }
+    fn latest(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        keys: Option<Vec<String>>,
+    ) -> BoxFuture<'_, Result<Vec<Point>>> {
+        self.inner.latest(tenant, device, keys)
+    }
+    fn query(&self, query: RangeQuery) -> BoxFuture<'_, Result<PointPage>> {
+        self.inner.query(query)
+    }
+    fn put_command(&self, record: CommandRecord) -> BoxFuture<'_, Result<()>> {
+        self.inner.put_command(record)
+    }
+    fn command(&self, id: MessageId) -> BoxFuture<'_, Result<Option<CommandRecord>>> {
+        self.inner.command(id)
+    }
+    fn set_command_status(
+        &self,
+        id: MessageId,
+        to: CommandStatus,
+        at_ms: i64,
+        detail: Option<String>,
+        reply: Option<serde_json::Value>,
+    ) -> BoxFuture<'_, Result<CommandRecord>> {
+        self.inner.set_command_status(id, to, at_ms, detail, reply)
+    }
+    fn command_history(&self, id: MessageId) -> BoxFuture<'_, Result<Vec<StatusChange>>> {
+        self.inner.command_history(id)
+    }
+    fn commands(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        status: Option<CommandStatus>,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<CommandRecord>>> {
+        self.inner.commands(tenant, device, status, limit)
+    }
+    fn log_connection(&self, event: ConnectionEvent) -> BoxFuture<'_, Result<()>> {
+        self.inner.log_connection(event)
+    }
+    fn connection_log(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<ConnectionEvent>>> {
+        self.inner.connection_log(tenant, device, limit)
+    }
+    fn log_rejected(&self, entry: RejectedEntry) -> BoxFuture<'_, Result<()>> {
+        self.inner.log_rejected(entry)
+    }
+    fn rejected_log(
+        &self,
+        tenant: TenantId,
+        device: Option<String>,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<RejectedEntry>>> {
+        self.inner.rejected_log(tenant, device, limit)
+    }
+}
