@@ -167,9 +167,16 @@ struct Observed {
 }
 
 impl Observed {
-    fn serve(addr: &str, counters: fluxgate_observability::CounterSet) -> anyhow::Result<Self> {
+    fn serve(
+        addr: &str,
+        counters: fluxgate_observability::CounterSet,
+        more: Vec<Box<dyn prometheus::core::Collector>>,
+    ) -> anyhow::Result<Self> {
         let registry = prometheus::Registry::new();
         registry.register(Box::new(counters))?;
+        for c in more {
+            registry.register(c)?;
+        }
         let health = fluxgate_observability::Health::new();
         let (bound, server) = fluxgate_observability::serve(addr, registry, health.clone())
             .with_context(|| format!("metrics_addr {addr}"))?;
@@ -213,21 +220,21 @@ async fn run_role(cfg: Config, role: Cmd) -> anyhow::Result<()> {
         }
         Cmd::Validator => {
             let stats = Arc::new(fluxgate_validator::ValidatorStats::default());
-            let obs = Observed::serve(&cfg.metrics_addr, stats.metrics()?)?;
+            let obs = Observed::serve(&cfg.metrics_addr, stats.metrics()?, Vec::new())?;
             fluxgate_validator::run_with(bus, store, &topics, cfg.validator, stats, terminated())
                 .await?;
             obs.stop().await;
         }
         Cmd::Writer => {
             let stats = Arc::new(fluxgate_ts_writer::WriterStats::default());
-            let obs = Observed::serve(&cfg.metrics_addr, stats.metrics()?)?;
+            let obs = Observed::serve(&cfg.metrics_addr, stats.metrics()?, stats.histograms())?;
             fluxgate_ts_writer::run_with(bus, store, &topics, cfg.writer, stats, terminated())
                 .await?;
             obs.stop().await;
         }
         Cmd::Dispatcher => {
             let stats = Arc::new(fluxgate_command_dispatch::DispatchStats::default());
-            let obs = Observed::serve(&cfg.metrics_addr, stats.metrics()?)?;
+            let obs = Observed::serve(&cfg.metrics_addr, stats.metrics()?, Vec::new())?;
             fluxgate_command_dispatch::run_with(
                 bus,
                 store,

@@ -95,6 +95,9 @@ pub(crate) async fn run(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
         let (c, st) = (cfg.writer.clone(), stop());
         let stats = Arc::new(fluxgate_ts_writer::WriterStats::default());
         registry.register(Box::new(stats.metrics()?))?;
+        for h in stats.histograms() {
+            registry.register(h)?;
+        }
         pipeline.push(actix_rt::spawn(async move {
             fluxgate_ts_writer::run_with(b, s, &t, c, stats, st)
                 .await

@@ -266,6 +266,8 @@ async fn losant_devices_gateways_commands_and_access_rules() {
         "fluxgate_api_requests_total",
         "fluxgate_validator_",
         "fluxgate_ts_writer_points_written_total",
+        "fluxgate_ts_writer_write_seconds_bucket",
+        "fluxgate_ts_writer_batch_points_count",
         "fluxgate_command_dispatch_",
     ] {
         assert!(m.contains(name), "{name} missing from /metrics");

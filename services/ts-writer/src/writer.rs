@@ -14,8 +14,8 @@ use fluxgate_store::{AttributeScope, ConnectionEvent, RejectedEntry, SampleBatch
 
 use crate::WriterConfig;
 
-/// Counters of one writer (for metrics and tests).
-#[derive(Debug, Default)]
+/// Counters and histograms of one writer (for metrics and tests).
+#[derive(Debug)]
 pub struct WriterStats {
     /// Records read from the bus.
     pub records: Arc<AtomicU64>,
@@ -27,9 +27,58 @@ pub struct WriterStats {
     pub retries: Arc<AtomicU64>,
     /// Records that could not be decoded (acked and logged: they can never be written).
     pub undecodable: Arc<AtomicU64>,
+    /// Time a successful batch write took in the store, in seconds.
+    pub write_seconds: Option<prometheus::Histogram>,
+    /// Points per written batch.
+    pub batch_points: Option<prometheus::Histogram>,
+}
+
+impl Default for WriterStats {
+    fn default() -> Self {
+        use prometheus::{Histogram, HistogramOpts};
+        // Creating a histogram fails only on invalid options; these are fixed and valid.
+        let write_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "fluxgate_ts_writer_write_seconds",
+                "Time a successful batch write took in the store.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )
+        .ok();
+        let batch_points = Histogram::with_opts(
+            HistogramOpts::new(
+                "fluxgate_ts_writer_batch_points",
+                "Points per written batch.",
+            )
+            .buckets(vec![
+                1.0, 10.0, 50.0, 100.0, 500.0, 1_000.0, 5_000.0, 10_000.0, 50_000.0,
+            ]),
+        )
+        .ok();
+        WriterStats {
+            records: Arc::default(),
+            points: Arc::default(),
+            batches: Arc::default(),
+            retries: Arc::default(),
+            undecodable: Arc::default(),
+            write_seconds,
+            batch_points,
+        }
+    }
 }
 
 impl WriterStats {
+    /// The histograms, to register in the role's registry beside [`WriterStats::metrics`].
+    pub fn histograms(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        [&self.write_seconds, &self.batch_points]
+            .into_iter()
+            .flatten()
+            .map(|h| Box::new(h.clone()) as Box<dyn prometheus::core::Collector>)
+            .collect()
+    }
+
     /// These counters as Prometheus metrics (register the result in the role's registry).
     pub fn metrics(&self) -> prometheus::Result<fluxgate_observability::CounterSet> {
         use fluxgate_observability::CounterDef;
@@ -305,10 +354,17 @@ async fn write_batch(
     let mut delay = Duration::from_millis(cfg.retry_initial_ms.max(1));
     let mut paused = false;
     loop {
+        let started = Instant::now();
         match write_once(&*store, &mut batch).await {
             Ok(points) => {
                 stats.points.fetch_add(points as u64, Ordering::Relaxed);
                 stats.batches.fetch_add(1, Ordering::Relaxed);
+                if let Some(h) = &stats.write_seconds {
+                    h.observe(started.elapsed().as_secs_f64());
+                }
+                if let Some(h) = &stats.batch_points {
+                    h.observe(points as f64);
+                }
                 if paused {
                     consumer.resume();
                 }
