@@ -200,12 +200,7 @@ pub async fn device_may_post(
     Ok(store
         .device(tenant.clone(), target.clone())
         .await?
-        .is_some_and(|p| {
-            p.kind == DeviceKind::Peripheral
-                && p.peripheral_policy
-                    .as_ref()
-                    .is_some_and(|pol| pol.allows(caller))
-        }))
+        .is_some_and(|p| p.accepts_gateway(caller)))
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use fluxgate_model::{
     Body, Channel, Command, DeviceId, DeviceRef, Dialect, ENVELOPE_VERSION, Envelope, MessageId,
     TenantId, Values,
 };
-use fluxgate_store::{ApiScope, AttributeScope, CommandStatus, KeyScope, hash_secret};
+use fluxgate_store::{ApiScope, AttributeScope, CommandStatus, secret_matches};
 use serde::Deserialize;
 
 use crate::auth::{Caller, device_may_post};
@@ -83,10 +83,8 @@ async fn auth_device(
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let bad = || ApiError::unauthorized("bad device id, key or secret");
-    let given = hash_secret(&body.secret);
     let key = st.store.access_key(body.key.clone()).await?;
-    let stored = key.as_ref().map_or("", |k| k.secret_hash.as_str());
-    let same: bool = subtle::ConstantTimeEq::ct_eq(given.as_bytes(), stored.as_bytes()).into();
+    let same = secret_matches(&body.secret, key.as_ref().map(|k| k.secret_hash.as_str()));
     let key = match key {
         Some(k) if same && k.active => k,
         _ => return Err(bad()),
@@ -97,12 +95,7 @@ async fn auth_device(
         .device(key.tenant.clone(), id.clone())
         .await?
         .ok_or_else(bad)?;
-    let in_scope = match &key.scope {
-        KeyScope::AllDevices => true,
-        KeyScope::Devices(ids) => ids.contains(&id),
-        KeyScope::Tags(tags) => device.tags.iter().any(|t| tags.contains(t)),
-    };
-    if !in_scope {
+    if !key.opens(&device) {
         return Err(ApiError::forbidden(
             "the access key does not open this device",
         ));

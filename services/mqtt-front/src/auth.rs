@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use fluxgate_model::{DeviceId, Principal, RegistryChange, TenantId};
 use fluxgate_store::{
-    AccessKey, CachedStore, Device, DeviceKind, DeviceToken, KeyScope, Store, StoreError,
-    hash_secret,
+    AccessKey, CachedStore, Device, DeviceKind, DeviceToken, Store, StoreError, hash_secret,
+    secret_matches,
 };
 use moka::future::Cache;
 use subtle::ConstantTimeEq;
@@ -116,12 +116,10 @@ impl Registry {
         peripheral: &DeviceId,
         gateway: &DeviceId,
     ) -> Result<bool, StoreError> {
-        Ok(self.device(tenant, peripheral).await?.is_some_and(|d| {
-            d.kind == DeviceKind::Peripheral
-                && d.peripheral_policy
-                    .as_ref()
-                    .is_some_and(|p| p.allows(gateway))
-        }))
+        Ok(self
+            .device(tenant, peripheral)
+            .await?
+            .is_some_and(|d| d.accepts_gateway(gateway)))
     }
 
     /// Drops the cache entries a registry change makes stale.
@@ -143,14 +141,14 @@ impl Registry {
         username: Option<&str>,
         secret: &[u8],
     ) -> Result<Identity, AuthError> {
-        // Hash first, whatever happens next: the work is the same for unknown keys.
-        let given = hash_secret(&String::from_utf8_lossy(secret));
         let key = match username {
             Some(k) if !k.is_empty() => self.access_key(k).await?,
             _ => None,
         };
-        let stored = key.as_ref().map_or("", |k| k.secret_hash.as_str());
-        let matches: bool = given.as_bytes().ct_eq(stored.as_bytes()).into();
+        let matches = secret_matches(
+            &String::from_utf8_lossy(secret),
+            key.as_ref().map(|k| k.secret_hash.as_str()),
+        );
         let key = match key {
             Some(k) if matches => k,
             _ => return Err(AuthError::BadCredentials),
@@ -166,12 +164,7 @@ impl Registry {
             .ok_or(AuthError::NotAuthorized(
                 "no such device in the key's application",
             ))?;
-        let in_scope = match &key.scope {
-            KeyScope::AllDevices => true,
-            KeyScope::Devices(ids) => ids.contains(&id),
-            KeyScope::Tags(tags) => device.tags.iter().any(|t| tags.contains(t)),
-        };
-        if !in_scope {
+        if !key.opens(&device) {
             return Err(AuthError::NotAuthorized(
                 "the access key does not open this device",
             ));

@@ -4,7 +4,7 @@ use fluxgate_model::{
     Body, DeviceRef, Dialect, Envelope, Kind, Reject, Rejection, Sample, Value, Values,
     thingsboard::gateway::DEFAULT_PROFILE,
 };
-use fluxgate_store::{AttributeType, Device, DeviceKind, Store, StoreError};
+use fluxgate_store::{AttributeType, Device, Store, StoreError};
 
 use crate::ValidatorConfig;
 
@@ -120,19 +120,14 @@ pub async fn validate(
     env.device = DeviceRef::Id(device.id.clone());
 
     // 2. A Losant gateway acting for a peripheral needs the peripheral's permission.
-    if let (Dialect::Losant, Some(gw)) = (env.dialect, &env.via) {
-        let allowed = device.kind == DeviceKind::Peripheral
-            && device
-                .peripheral_policy
-                .as_ref()
-                .is_some_and(|p| p.allows(gw));
-        if !allowed {
-            let reject = Reject::PeripheralNotAllowed {
-                gateway: gw.to_string(),
-                peripheral: device.id.to_string(),
-            };
-            return Ok(vec![rejected(&env, &reject)]);
-        }
+    if let (Dialect::Losant, Some(gw)) = (env.dialect, &env.via)
+        && !device.accepts_gateway(gw)
+    {
+        let reject = Reject::PeripheralNotAllowed {
+            gateway: gw.to_string(),
+            peripheral: device.id.to_string(),
+        };
+        return Ok(vec![rejected(&env, &reject)]);
     }
 
     // 3. By kind.

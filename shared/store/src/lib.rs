@@ -88,6 +88,16 @@ pub fn hash_secret(secret: &str) -> String {
     out
 }
 
+/// Whether `secret` hashes to `stored_hash`, compared in constant time. The secret is
+/// hashed even when there is no stored hash (an unknown key), so the time taken tells
+/// nothing about which keys exist.
+pub fn secret_matches(secret: &str, stored_hash: Option<&str>) -> bool {
+    use subtle::ConstantTimeEq;
+    let given = hash_secret(secret);
+    let stored = stored_hash.unwrap_or("");
+    given.as_bytes().ct_eq(stored.as_bytes()).into() && stored_hash.is_some()
+}
+
 /// Everything fluxgate keeps.
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Creates or updates the schema; idempotent. Returns the schema version.
@@ -237,6 +247,46 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert_ne!(hash_secret("a"), hash_secret("b"));
+    }
+
+    #[test]
+    fn secrets_keys_and_peripherals() {
+        assert!(secret_matches("s", Some(&hash_secret("s"))));
+        assert!(!secret_matches("s", Some(&hash_secret("t"))));
+        assert!(!secret_matches("s", None));
+        let id = |s: &str| DeviceId::new(s).unwrap();
+        let mut dev = Device {
+            tenant: TenantId::new("a").unwrap(),
+            id: id("p"),
+            name: "p".into(),
+            kind: DeviceKind::Peripheral,
+            peripheral_policy: Some(PeripheralPolicy::SpecificGateway(id("g1"))),
+            tags: vec!["blue".into()],
+            profile: None,
+            created_ms: 0,
+            updated_ms: 0,
+        };
+        assert!(dev.accepts_gateway(&id("g1")));
+        assert!(!dev.accepts_gateway(&id("g2")));
+        dev.kind = DeviceKind::Standalone;
+        assert!(
+            !dev.accepts_gateway(&id("g1")),
+            "only peripherals accept gateways"
+        );
+        let key = |scope| AccessKey {
+            key: "k".into(),
+            tenant: dev.tenant.clone(),
+            secret_hash: String::new(),
+            scope,
+            custom_topics: false,
+            active: true,
+            created_ms: 0,
+        };
+        assert!(key(KeyScope::AllDevices).opens(&dev));
+        assert!(key(KeyScope::Devices(vec![id("p")])).opens(&dev));
+        assert!(!key(KeyScope::Devices(vec![id("q")])).opens(&dev));
+        assert!(key(KeyScope::Tags(vec!["blue".into()])).opens(&dev));
+        assert!(!key(KeyScope::Tags(vec!["red".into()])).opens(&dev));
     }
 
     #[test]

@@ -90,6 +90,18 @@ pub struct Device {
     pub updated_ms: i64,
 }
 
+impl Device {
+    /// Whether `gateway` may act for this device: it is a peripheral whose policy allows
+    /// that gateway (Losant "any gateway" / "specific gateway").
+    pub fn accepts_gateway(&self, gateway: &DeviceId) -> bool {
+        self.kind == DeviceKind::Peripheral
+            && self
+                .peripheral_policy
+                .as_ref()
+                .is_some_and(|p| p.allows(gateway))
+    }
+}
+
 /// Which devices an access key opens.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "scope", content = "values")]
@@ -119,6 +131,18 @@ pub struct AccessKey {
     pub active: bool,
     /// Creation time, epoch ms.
     pub created_ms: i64,
+}
+
+impl AccessKey {
+    /// Whether this key opens `device`: all devices, listed ones, or one carrying a tag of
+    /// the key's.
+    pub fn opens(&self, device: &Device) -> bool {
+        match &self.scope {
+            KeyScope::AllDevices => true,
+            KeyScope::Devices(ids) => ids.contains(&device.id),
+            KeyScope::Tags(tags) => device.tags.iter().any(|t| tags.contains(t)),
+        }
+    }
 }
 
 /// A ThingsBoard device access token, kept only as its hash.
