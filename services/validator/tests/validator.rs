@@ -130,6 +130,29 @@ impl Rig {
         stats
     }
 
+    /// `fluxgate_validator::run` on this rig's bus and store, until `stop` is sent.
+    fn run(
+        &self,
+    ) -> (
+        tokio::sync::oneshot::Sender<()>,
+        actix_rt::task::JoinHandle<Arc<ValidatorStats>>,
+    ) {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (bus, store, topics) = (
+            Arc::new(self.bus.clone()),
+            self.store.clone(),
+            self.topics.clone(),
+        );
+        let running = actix_rt::spawn(async move {
+            fluxgate_validator::run(bus, store, &topics, ValidatorConfig::default(), async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap()
+        });
+        (stop, running)
+    }
+
     async fn raw(&self, env: &Envelope) {
         // The ack of the raw record waits for the validator to ack it, which waits for its
         // outputs, which wait for the test's readers: don't await it here.
@@ -396,19 +419,7 @@ async fn run_drains_on_shutdown_and_reads_no_further() {
             ))
             .unwrap(),
     );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (bus, store, topics) = (
-        Arc::new(rig.bus.clone()),
-        rig.store.clone(),
-        rig.topics.clone(),
-    );
-    let running = actix_rt::spawn(async move {
-        fluxgate_validator::run(bus, store, &topics, ValidatorConfig::default(), async {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap()
-    });
+    let (stop, running) = rig.run();
     for i in 0..3 {
         rig.raw(&state(
             DeviceRef::Id(dev("t1")),
@@ -448,19 +459,7 @@ async fn run_drains_on_shutdown_and_reads_no_further() {
 #[actix_rt::test]
 async fn registry_reads_are_cached_until_a_registry_change() {
     let rig = Rig::new().await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (bus, store, topics) = (
-        Arc::new(rig.bus.clone()),
-        rig.store.clone(),
-        rig.topics.clone(),
-    );
-    let running = actix_rt::spawn(async move {
-        fluxgate_validator::run(bus, store, &topics, ValidatorConfig::default(), async {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap()
-    });
+    let (stop, running) = rig.run();
     tokio::time::sleep(Duration::from_millis(100)).await; // run() subscribes
     let data = |x| {
         state(
