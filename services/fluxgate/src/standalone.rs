@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use base64::Engine;
 use fluxgate_bus::{Bus, MemoryBus};
 use fluxgate_model::{DeviceId, TenantId};
 use fluxgate_store::sqlite::SqliteStore;
@@ -23,15 +22,11 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 
+/// A random secret of `bytes` random bytes (the API's generator), letters and digits only
+/// so that it pastes into shell lines unquoted.
 fn random(bytes: usize) -> anyhow::Result<String> {
-    use ring::rand::SecureRandom;
-    let mut buf = vec![0u8; bytes];
-    ring::rand::SystemRandom::new()
-        .fill(&mut buf)
-        .map_err(|_| anyhow::anyhow!("no randomness available"))?;
-    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(buf)
-        .replace(['-', '_'], "x"))
+    let s = fluxgate_api::auth::random_token(bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(s.replace(['-', '_'], "x"))
 }
 
 /// `configured`, or the secret kept in `data_dir/name` (created on first start, mode 0600).
