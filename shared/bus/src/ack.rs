@@ -105,6 +105,24 @@ impl Tracker {
         Step::Rewind(from)
     }
 
+    /// The application lost its in-flight work (its handler died): every partition with an
+    /// unfinished record is rewound to the first one, and every in-flight position becomes
+    /// stale. Returns the partitions to rewind, with the offset to redeliver from.
+    pub(crate) fn rewind_all(&mut self) -> Vec<((Arc<str>, i32), i64)> {
+        let mut out = Vec::new();
+        let mut epoch = self.next_epoch;
+        for (key, p) in &mut self.parts {
+            epoch += 1;
+            p.epoch = epoch;
+            if let Some(&(from, _)) = p.inflight.iter().find(|(_, done)| !done) {
+                out.push((key.clone(), from));
+            }
+            p.inflight.clear();
+        }
+        self.next_epoch = epoch;
+        out
+    }
+
     /// The partition was revoked or reassigned: every in-flight record becomes stale.
     pub(crate) fn reset(&mut self, topic: &str, partition: i32) {
         self.parts
@@ -149,6 +167,29 @@ mod tests {
         assert_eq!(tr.nack(&p[3]), Step::Rewind(1));
         assert_eq!(tr.ack(&p[1]), Step::None, "stale: 1 will be redelivered");
         let again = tr.delivered(&t, 1, 1);
+        assert_eq!(tr.ack(&again), Step::Commit(1));
+    }
+
+    #[test]
+    fn rewind_all_goes_back_to_each_first_unfinished_and_makes_old_acks_stale() {
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let mut tr = Tracker::default();
+        let pa: Vec<Position> = (0..3).map(|o| tr.delivered(&a, 0, o)).collect();
+        let pb: Vec<Position> = (10..12).map(|o| tr.delivered(&b, 1, o)).collect();
+        assert_eq!(tr.ack(&pa[0]), Step::Commit(0));
+        assert_eq!(tr.ack(&pa[2]), Step::None);
+        assert_eq!(tr.ack(&pb[0]), Step::Commit(10));
+        assert_eq!(tr.ack(&pb[1]), Step::Commit(11));
+        let mut rewound = tr.rewind_all();
+        rewound.sort();
+        // Partition b is done: nothing to redeliver there.
+        assert_eq!(rewound, vec![((a.clone(), 0), 1)]);
+        assert_eq!(
+            tr.ack(&pa[1]),
+            Step::None,
+            "acks from before the rewind are stale"
+        );
+        let again = tr.delivered(&a, 0, 1);
         assert_eq!(tr.ack(&again), Step::Commit(1));
     }
 

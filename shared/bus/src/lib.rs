@@ -19,6 +19,8 @@
 //!   when it and every record before it were acked, whatever order acks come in.
 //!   [`Consumer::nack`] (the handler failed) redelivers from the first unfinished record.
 //!   Records not acked when a consumer dies are redelivered to the group.
+//!   [`Consumer::rewind`] does the same within a live consumer whose handler died, and
+//!   [`supervise::supervise`] restarts such a handler.
 //! - **Broadcast** consumers ([`ConsumerSpec::broadcast`]) each get every record produced
 //!   after they joined (a group of their own, starting at the end), for
 //!   `fluxgate.deliveries` and `fluxgate.mqtt.custom`.
@@ -34,6 +36,8 @@ use bytes::Bytes;
 mod ack;
 pub mod kafka;
 pub mod memory;
+pub mod supervise;
+pub mod testing;
 pub mod topics;
 pub mod trace;
 
@@ -245,6 +249,10 @@ pub trait Consumer: Send + Sync + fmt::Debug {
     /// The record's handler failed: the partition is redelivered from its first
     /// unfinished record.
     fn nack(&self, position: &Position);
+    /// The application lost every record it had in hand (its handler died and was
+    /// restarted): each partition is redelivered from its first unfinished record, and acks
+    /// of earlier deliveries are ignored. Returns how many partitions were rewound.
+    fn rewind(&self) -> usize;
     /// Stop delivering records (backpressure), keeping the group membership.
     fn pause(&self);
     /// Deliver again after [`Consumer::pause`].

@@ -464,6 +464,20 @@ impl Consumer for MemoryConsumer {
         });
     }
 
+    fn rewind(&self) -> usize {
+        self.with_member(|m, _| {
+            let rewound = m.tracker.rewind_all();
+            for (key, from) in &rewound {
+                if let Some(pos) = m.positions.get_mut(key) {
+                    *pos = (*pos).min(*from);
+                }
+            }
+            m.wake.notify_one();
+            rewound.len()
+        })
+        .unwrap_or(0)
+    }
+
     fn pause(&self) {
         self.with_member(|m, _| m.paused = true);
     }

@@ -50,6 +50,10 @@ contract_test!(
     contract::at_least_once_across_a_crash
 );
 contract_test!(kafka_nack_redelivers, contract::nack_redelivers);
+contract_test!(
+    kafka_rewind_redelivers_everything_unfinished,
+    contract::rewind_redelivers_everything_unfinished
+);
 contract_test!(kafka_rebalance_two_members, contract::rebalance_two_members);
 contract_test!(
     kafka_broadcast_reaches_every_instance,

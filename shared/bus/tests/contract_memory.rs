@@ -42,6 +42,11 @@ async fn memory_nack_redelivers() {
 }
 
 #[tokio::test]
+async fn memory_rewind_redelivers_everything_unfinished() {
+    contract::rewind_redelivers_everything_unfinished(&harness()).await;
+}
+
+#[tokio::test]
 async fn memory_rebalance_two_members() {
     contract::rebalance_two_members(&harness()).await;
 }

@@ -212,6 +212,20 @@ impl Consumer for KafkaConsumer {
         }
     }
 
+    fn rewind(&self) -> usize {
+        let rewound = self.shared.tracker().rewind_all();
+        for ((topic, partition), from) in &rewound {
+            if let Err(e) =
+                self.consumer
+                    .seek(topic, *partition, Offset::Offset(*from), Duration::ZERO)
+            {
+                tracing::warn!(error = %e, topic = %topic, partition = *partition,
+                    "kafka consumer: rewind failed; the records will be redelivered after the next rebalance");
+            }
+        }
+        rewound.len()
+    }
+
     fn pause(&self) {
         self.set_paused(true);
     }
