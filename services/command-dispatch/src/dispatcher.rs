@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix::prelude::*;
+use fluxgate_bus::supervise::{Lifeline, supervise};
 use fluxgate_bus::{ConsumeError, Consumer, OutRecord, Producer, Record, Topic, TopicsConfig};
 use fluxgate_model::{
     Body, CorrelationId, Delivery, DeviceId, DeviceName, DeviceRef, Dialect, ENVELOPE_VERSION,
@@ -30,6 +31,8 @@ pub struct DispatchStats {
     pub failed: Arc<AtomicU64>,
     /// Store or bus failures retried.
     pub retries: Arc<AtomicU64>,
+    /// Times the dispatcher actor died and was restarted (its records redelivered).
+    pub restarts: Arc<AtomicU64>,
 }
 
 impl DispatchStats {
@@ -63,6 +66,12 @@ impl DispatchStats {
                 &[],
                 &self.retries,
             ),
+            def(
+                "fluxgate_command_dispatch_restarts_total",
+                "Times the dispatcher actor died and was restarted; its unfinished records were redelivered.",
+                &[],
+                &self.restarts,
+            ),
         ])
     }
 }
@@ -82,6 +91,15 @@ struct Names {
     deliveries: String,
 }
 
+/// What the actor knows of a device's connection.
+#[derive(Debug, Clone)]
+enum Presence {
+    /// An event of it was seen since the dispatcher started (`None`: offline).
+    Seen(Option<Online>),
+    /// Nothing seen yet: ask the store.
+    Unknown,
+}
+
 /// What one record asks the actor to do after the async part.
 enum After {
     Nothing,
@@ -98,9 +116,12 @@ pub struct Dispatcher {
     names: Names,
     cfg: DispatchConfig,
     stats: Arc<DispatchStats>,
-    online: HashMap<Key, Online>,
+    /// Presence seen on the events topic since this dispatcher started: `None` is a
+    /// device known to be offline. Devices not in the map are looked up in the store.
+    online: HashMap<Key, Option<Online>>,
     draining: bool,
     fetching: Option<SpawnHandle>,
+    lifeline: Option<Lifeline>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -211,6 +232,54 @@ impl Ctx {
             .map_err(|e| e.to_string())
     }
 
+    /// A two-way RPC's time is up: unless answered, it timed out. Store failures are
+    /// retried a few times; after that the command stays open until a restart's sweep.
+    async fn expire(&self, id: MessageId) {
+        let mut delay = Duration::from_millis(self.cfg.retry_initial_ms.max(1));
+        for _ in 0..8 {
+            let done = match self.store.command(id).await {
+                Ok(Some(c)) if !c.status.is_final() => {
+                    let why = Some("no reply in time".into());
+                    self.set(id, CommandStatus::TimedOut, why, None)
+                        .await
+                        .is_ok()
+                }
+                Ok(_) => true,
+                Err(_) => false,
+            };
+            if done {
+                return;
+            }
+            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(self.cfg.retry_max_ms.max(1)));
+        }
+        tracing::warn!(command = %id, "dispatcher: could not record an RPC timeout");
+    }
+
+    /// Where `device` is connected according to the store's connection log: the presence
+    /// of a device this dispatcher has seen no event of since it started.
+    async fn presence_from_store(
+        &self,
+        tenant: &TenantId,
+        device: &DeviceId,
+        dialect: Dialect,
+    ) -> Result<Option<Online>, StoreError> {
+        let log = self
+            .store
+            .connection_log(tenant.clone(), device.clone(), 1)
+            .await?;
+        Ok(log
+            .into_iter()
+            .next()
+            .filter(|e| e.connected)
+            .map(|e| Online {
+                via: e.via,
+                // The front renders in the dialect of the connection it holds.
+                dialect,
+            }))
+    }
+
     fn timeout_of(&self, c: &CommandRecord) -> Option<Duration> {
         if !c.command.two_way {
             return None;
@@ -223,42 +292,52 @@ impl Ctx {
     }
 
     /// Handles one record; returns what the actor must change afterwards.
-    async fn step(
-        &self,
-        topic: &str,
-        env: Envelope,
-        online: Option<Online>,
-    ) -> Result<After, String> {
+    async fn step(&self, topic: &str, env: Envelope, presence: Presence) -> Result<After, String> {
         let DeviceRef::Id(device) = env.device.clone() else {
             return Ok(After::Nothing);
         };
         let key = (env.tenant.clone(), device.clone());
         let store_err = |e: StoreError| e.to_string();
-        match env.body {
-            Body::Command(command) if topic == self.names.commands => {
-                if self
-                    .store
-                    .command(env.id)
+        let online = match (presence, &env.body) {
+            (Presence::Seen(seen), _) => seen,
+            // The request came over the device's own connection.
+            (Presence::Unknown, Body::AttributeRequest { .. }) => Some(Online {
+                via: env.via.clone(),
+                dialect: env.dialect,
+            }),
+            (Presence::Unknown, Body::Command(_) | Body::Attributes { .. })
+                if topic == self.names.commands =>
+            {
+                self.presence_from_store(&env.tenant, &device, env.dialect)
                     .await
                     .map_err(store_err)?
-                    .is_some()
-                {
-                    return Ok(After::Nothing); // redelivered: already handled
-                }
-                let record = CommandRecord {
-                    id: env.id,
-                    tenant: env.tenant.clone(),
-                    device: device.clone(),
-                    command,
-                    status: CommandStatus::Queued,
-                    created_ms: env.received_ms,
-                    updated_ms: env.received_ms,
-                    reply: None,
+            }
+            (Presence::Unknown, _) => None,
+        };
+        match env.body {
+            Body::Command(command) if topic == self.names.commands => {
+                let record = match self.store.command(env.id).await.map_err(store_err)? {
+                    // Redelivered after a crash between storing and sending it: go on.
+                    Some(c) if c.status == CommandStatus::Queued => c,
+                    Some(_) => return Ok(After::Nothing), // redelivered: already handled
+                    None => {
+                        let record = CommandRecord {
+                            id: env.id,
+                            tenant: env.tenant.clone(),
+                            device: device.clone(),
+                            command,
+                            status: CommandStatus::Queued,
+                            created_ms: env.received_ms,
+                            updated_ms: env.received_ms,
+                            reply: None,
+                        };
+                        self.store
+                            .put_command(record.clone())
+                            .await
+                            .map_err(store_err)?;
+                        record
+                    }
                 };
-                self.store
-                    .put_command(record.clone())
-                    .await
-                    .map_err(store_err)?;
                 let timer = self.timeout_of(&record).map(|d| After::Timer(record.id, d));
                 match online {
                     Some(o) => self.send(&record, &o).await?,
@@ -415,7 +494,14 @@ impl Dispatcher {
             online: HashMap::new(),
             draining: false,
             fetching: None,
+            lifeline: None,
         }
+    }
+
+    /// Ties the dispatcher to its supervisor ([`fluxgate_bus::supervise`]).
+    pub fn supervised(mut self, lifeline: Lifeline) -> Self {
+        self.lifeline = Some(lifeline);
+        self
     }
 
     fn ctx(&self) -> Ctx {
@@ -459,8 +545,11 @@ impl Dispatcher {
             }
         };
         let online = match &env.device {
-            DeviceRef::Id(d) => self.online.get(&(env.tenant.clone(), d.clone())).cloned(),
-            DeviceRef::Name(_) => None,
+            DeviceRef::Id(d) => match self.online.get(&(env.tenant.clone(), d.clone())) {
+                Some(seen) => Presence::Seen(seen.clone()),
+                None => Presence::Unknown,
+            },
+            DeviceRef::Name(_) => Presence::Seen(None),
         };
         let (work, stats, consumer) = (self.ctx(), self.stats.clone(), self.consumer.clone());
         let topic = rec.position.topic.to_string();
@@ -484,44 +573,32 @@ impl Dispatcher {
             match after {
                 After::Nothing => {}
                 After::Online(k, o) => {
-                    act.online.insert(k, o);
+                    act.online.insert(k, Some(o));
                 }
                 After::Offline(k) => {
-                    act.online.remove(&k);
                     // A gateway going away takes the devices behind it along.
-                    let (tenant, gateway) = k;
-                    act.online
-                        .retain(|(t, _), o| !(t == &tenant && o.via.as_ref() == Some(&gateway)));
+                    let (tenant, gateway) = (&k.0, &k.1);
+                    for ((t, _), o) in act.online.iter_mut() {
+                        if t == tenant
+                            && o.as_ref().is_some_and(|o| o.via.as_ref() == Some(gateway))
+                        {
+                            *o = None;
+                        }
+                    }
+                    act.online.insert(k, None);
                 }
                 After::Timer(id, d) => {
-                    ctx.run_later(d, move |act, ctx| act.expire(id, ctx));
+                    // Outside the actor: a timer outlives a restart of the actor.
+                    let work = act.ctx();
+                    actix::spawn(async move {
+                        tokio::time::sleep(d).await;
+                        work.expire(id).await;
+                    });
                 }
             }
             consumer.ack(&rec.position);
             act.fetch(ctx);
         }));
-    }
-
-    /// A two-way RPC's time is up: unless answered, it timed out.
-    fn expire(&mut self, id: MessageId, ctx: &mut Context<Self>) {
-        let work = self.ctx();
-        ctx.wait(
-            async move {
-                if let Ok(Some(c)) = work.store.command(id).await
-                    && !c.status.is_final()
-                {
-                    let _ = work
-                        .set(
-                            id,
-                            CommandStatus::TimedOut,
-                            Some("no reply in time".into()),
-                            None,
-                        )
-                        .await;
-                }
-            }
-            .into_actor(self),
-        );
     }
 }
 
@@ -573,19 +650,33 @@ pub async fn run_with(
         &cfg.group,
         &[&commands, &events],
     ))?;
-    let addr = Dispatcher::new(
-        consumer.clone(),
-        bus.producer(),
-        store,
-        topics,
-        cfg,
-        stats.clone(),
+    let producer = bus.producer();
+    // A dispatcher that dies (a panic) is restarted; its unfinished records come again.
+    // Presence is rebuilt from the events that follow and the store's connection log.
+    let start = |lifeline| {
+        let d = Dispatcher::new(
+            consumer.clone(),
+            producer.clone(),
+            store.clone(),
+            topics,
+            cfg.clone(),
+            stats.clone(),
+        );
+        d.supervised(lifeline).start()
+    };
+    let live = supervise(
+        "command-dispatch",
+        &consumer,
+        &stats.restarts,
+        start,
+        shutdown,
     )
-    .start();
-    shutdown.await;
-    let _ = addr.send(Drain).await;
-    while addr.connected() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    .await;
+    if let Some(addr) = live {
+        let _ = addr.send(Drain).await;
+        while addr.connected() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
     let _ = consumer.commit().await;
     Ok(stats)
@@ -597,5 +688,11 @@ impl Actor for Dispatcher {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(16);
         self.fetch(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        if let Some(l) = self.lifeline.take() {
+            l.finished();
+        }
     }
 }

@@ -439,3 +439,74 @@ async fn run_stops_on_shutdown() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(rig.store.command(later).await.unwrap().is_none());
 }
+
+#[actix_rt::test]
+async fn a_dispatcher_that_panics_keeps_presence_and_running_timers() {
+    use fluxgate_bus::testing::FaultyBus;
+    let rig = Rig::new();
+    let names = [
+        rig.topics.name(Topic::Commands),
+        rig.topics.name(Topic::DeviceEvents),
+    ];
+    let cfg = DispatchConfig {
+        rpc_timeout_ms: 1_000,
+        ..DispatchConfig::default()
+    };
+    drop(
+        rig.bus
+            .consumer(ConsumerSpec::group(&cfg.group, &[&names[0], &names[1]]))
+            .unwrap(),
+    );
+    // The device connected before this dispatcher started: only the store knows (the
+    // writer logged the connect; its event was consumed by an earlier dispatcher).
+    rig.store
+        .log_connection(fluxgate_store::ConnectionEvent {
+            tenant: tenant(),
+            device: dev("p1"),
+            at_ms: now_ms(),
+            connected: true,
+            front: Some("front-1".into()),
+            remote_addr: None,
+            reason: None,
+            via: None,
+        })
+        .await
+        .unwrap();
+    // The dispatcher dies producing its second delivery.
+    let bus = Arc::new(FaultyBus::new(Arc::new(rig.bus.clone())));
+    bus.faults()
+        .send
+        .store(2, std::sync::atomic::Ordering::SeqCst);
+    let stats = Arc::new(DispatchStats::default());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = {
+        let (store, topics, stats) = (rig.store.clone(), rig.topics.clone(), stats.clone());
+        actix_rt::spawn(async move {
+            fluxgate_command_dispatch::run_with(bus, store, &topics, cfg, stats, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap()
+        })
+    };
+    // A two-way RPC: sent (presence from the store), its timer running.
+    let rpc = rig
+        .command("p1", Dialect::ThingsBoard, true, false, None)
+        .await;
+    assert_eq!(rig.delivery().await.id, rpc);
+    rig.status(rpc, CommandStatus::Sent).await;
+    // A one-way command: the dispatcher dies sending it, is restarted, and sends it.
+    let one_way = rig
+        .command("p1", Dialect::ThingsBoard, false, false, None)
+        .await;
+    assert_eq!(rig.delivery().await.id, one_way);
+    rig.status(one_way, CommandStatus::Sent).await;
+    assert_eq!(stats.restarts.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // The RPC's timer outlived the actor that set it.
+    rig.status(rpc, CommandStatus::TimedOut).await;
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("stopped in time")
+        .unwrap();
+}

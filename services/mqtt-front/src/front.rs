@@ -625,7 +625,25 @@ impl Front {
     }
 
     /// Delivers a command/RPC/attribute message and reports the outcome to the dispatcher.
-    async fn deliver(&self, conn: &Conn, d: Delivery, r: Rendered) {
+    async fn deliver(&self, conn: &Conn, mut d: Delivery, mut r: Rendered) {
+        // The connection's dialect is the truth: a dispatcher that rebuilt presence from the
+        // store after a restart knows where the device is, not how it speaks.
+        let dialect = conn.identity.principal.dialect();
+        if d.dialect != dialect {
+            d.dialect = dialect;
+            match d.render() {
+                Ok(again) => r = again,
+                Err(e) => {
+                    tracing::warn!(delivery = %d.id, error = %e, "delivery cannot be rendered");
+                    self.metrics
+                        .deliveries
+                        .with_label_values(&["unrenderable"])
+                        .inc();
+                    let why = "cannot be rendered in the device's dialect";
+                    return self.report(&d, Some(why)).await;
+                }
+            }
+        }
         let outcome = self.write(conn, &r).await;
         self.report(&d, outcome.err()).await;
     }

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use fluxgate_bus::supervise::{Lifeline, supervise};
 use fluxgate_bus::{
     Bus, BusError, ConsumeError, Consumer, ConsumerSpec, Position, Record, Topic, TopicsConfig,
 };
@@ -27,6 +28,8 @@ pub struct WriterStats {
     pub retries: Arc<AtomicU64>,
     /// Records that could not be decoded (acked and logged: they can never be written).
     pub undecodable: Arc<AtomicU64>,
+    /// Times the writer actor died and was restarted (its batch redelivered).
+    pub restarts: Arc<AtomicU64>,
     /// Time a successful batch write took in the store, in seconds.
     pub write_seconds: Option<prometheus::Histogram>,
     /// Points per written batch.
@@ -63,6 +66,7 @@ impl Default for WriterStats {
             batches: Arc::default(),
             retries: Arc::default(),
             undecodable: Arc::default(),
+            restarts: Arc::default(),
             write_seconds,
             batch_points,
         }
@@ -121,6 +125,12 @@ impl WriterStats {
                 &[],
                 &self.undecodable,
             ),
+            def(
+                "fluxgate_ts_writer_restarts_total",
+                "Times the writer actor died and was restarted; its unwritten records were redelivered.",
+                &[],
+                &self.restarts,
+            ),
         ])
     }
 }
@@ -159,6 +169,7 @@ pub struct TsWriter {
     cfg: WriterConfig,
     stats: Arc<WriterStats>,
     batch: Batch,
+    lifeline: Option<Lifeline>,
 }
 
 impl std::fmt::Debug for TsWriter {
@@ -187,7 +198,14 @@ impl TsWriter {
             cfg,
             stats,
             batch: Batch::default(),
+            lifeline: None,
         }
+    }
+
+    /// Ties the writer to its supervisor ([`fluxgate_bus::supervise`]).
+    pub fn supervised(mut self, lifeline: Lifeline) -> Self {
+        self.lifeline = Some(lifeline);
+        self
     }
 
     /// Adds a record's effect to the batch.
@@ -427,6 +445,12 @@ impl Actor for TsWriter {
             }
         });
     }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        if let Some(l) = self.lifeline.take() {
+            l.finished();
+        }
+    }
 }
 
 /// Writes what is batched, then stops the writer (graceful drain).
@@ -475,9 +499,21 @@ pub async fn run_with(
     ];
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let consumer = bus.consumer(ConsumerSpec::group(&cfg.group, &names))?;
-    let addr = TsWriter::new(consumer.clone(), store, topics, cfg, stats.clone()).start();
-    shutdown.await;
-    let _ = addr.send(Drain).await;
+    // A writer that dies (a panic) is restarted; the records of its lost batch come again.
+    let start = |lifeline| {
+        let w = TsWriter::new(
+            consumer.clone(),
+            store.clone(),
+            topics,
+            cfg.clone(),
+            stats.clone(),
+        );
+        w.supervised(lifeline).start()
+    };
+    let live = supervise("ts-writer", &consumer, &stats.restarts, start, shutdown).await;
+    if let Some(addr) = live {
+        let _ = addr.send(Drain).await;
+    }
     let _ = consumer.commit().await;
     Ok(stats)
 }

@@ -380,3 +380,93 @@ async fn drain_writes_the_open_batch_and_stops() {
     assert_eq!(points(&*store, "d9").await.len(), 1);
     assert!(!writer.connected(), "stopped after the drain");
 }
+
+#[actix_rt::test]
+async fn a_writer_that_panics_is_restarted_and_stores_every_record_once() {
+    use fluxgate_bus::testing::FaultyBus;
+    let memory = MemoryBus::default();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+    let topics = TopicsConfig::default();
+    let cfg = WriterConfig {
+        batch_max_points: 8,
+        ..WriterConfig::default()
+    };
+    // The group exists before anything is produced, whenever `run` subscribes.
+    let names = [
+        Topic::IngestValid,
+        Topic::DeviceEvents,
+        Topic::IngestRejected,
+    ]
+    .map(|t| topics.name(t));
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    drop(
+        memory
+            .consumer(ConsumerSpec::group(&cfg.group, &names))
+            .unwrap(),
+    );
+    let bus = Arc::new(FaultyBus::new(Arc::new(memory.clone())));
+    // First death: mid-batch, after reading its 5th record (the batch is lost unwritten).
+    // Second death: after a batch was written, before its first record is acked (the
+    // batch is written again: idempotent).
+    bus.faults().recv.store(5, Ordering::SeqCst);
+    bus.faults().ack.store(1, Ordering::SeqCst);
+    let stats = Arc::new(WriterStats::default());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = {
+        let (bus, store, topics, stats) =
+            (bus.clone(), store.clone(), topics.clone(), stats.clone());
+        actix_rt::spawn(async move {
+            fluxgate_ts_writer::run_with(bus, store, &topics, cfg, stats, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap()
+        })
+    };
+    let p = memory.producer();
+    let mut acks = Vec::new();
+    for i in 0..30 {
+        let key = format!("app/d{}", i % 3);
+        let env = telemetry(&format!("d{}", i % 3), 1000 + i, i);
+        acks.push(
+            p.send(record(&topics, Topic::IngestValid, &key, env.to_bytes()))
+                .await
+                .unwrap(),
+        );
+    }
+    for a in acks {
+        tokio::time::timeout(Duration::from_secs(20), a)
+            .await
+            .expect("every record committed in the end")
+            .unwrap();
+    }
+    assert_eq!(
+        stats.restarts.load(Ordering::Relaxed),
+        2,
+        "two deaths, two restarts"
+    );
+    assert!(
+        stats.records.load(Ordering::Relaxed) > 30,
+        "the lost records were read again"
+    );
+    let mut all = Vec::new();
+    for d in ["d0", "d1", "d2"] {
+        all.extend(points(&*store, d).await.into_iter().map(|(ts, _)| ts));
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1000..1030).collect::<Vec<i64>>(), "every point once");
+    let registry = prometheus::Registry::new();
+    registry
+        .register(Box::new(stats.metrics().unwrap()))
+        .unwrap();
+    let text = fluxgate_observability::render(&registry);
+    assert!(
+        text.contains("fluxgate_ts_writer_restarts_total 2"),
+        "{text}"
+    );
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("drained")
+        .unwrap();
+}

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix::prelude::*;
+use fluxgate_bus::supervise::{Lifeline, supervise};
 use fluxgate_bus::{
     AckFuture, ConsumeError, Consumer, OutRecord, Producer, Record, Topic, TopicsConfig,
 };
@@ -28,6 +29,8 @@ pub struct ValidatorStats {
     pub retries: Arc<AtomicU64>,
     /// Records that were not envelopes (logged and skipped).
     pub undecodable: Arc<AtomicU64>,
+    /// Times the validator actor died and was restarted (its records redelivered).
+    pub restarts: Arc<AtomicU64>,
 }
 
 impl ValidatorStats {
@@ -79,6 +82,12 @@ impl ValidatorStats {
                 &[],
                 &self.undecodable,
             ),
+            def(
+                "fluxgate_validator_restarts_total",
+                "Times the validator actor died and was restarted; its unfinished records were redelivered.",
+                &[],
+                &self.restarts,
+            ),
         ])
     }
 }
@@ -101,6 +110,7 @@ pub struct Validator {
     in_flight: Arc<Semaphore>,
     draining: bool,
     fetching: Option<SpawnHandle>,
+    lifeline: Option<Lifeline>,
 }
 
 /// Most records whose outputs are awaiting acknowledgement at once.
@@ -144,7 +154,14 @@ impl Validator {
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             draining: false,
             fetching: None,
+            lifeline: None,
         }
+    }
+
+    /// Ties the validator to its supervisor ([`fluxgate_bus::supervise`]).
+    pub fn supervised(mut self, lifeline: Lifeline) -> Self {
+        self.lifeline = Some(lifeline);
+        self
     }
 
     fn fetch(&mut self, ctx: &mut Context<Self>) {
@@ -361,19 +378,25 @@ pub async fn run_with(
         &[&topics.name(Topic::RegistryChanges)],
     ))?;
     let follow = actix::spawn(follow_changes(cache.clone(), changes));
-    let addr = Validator::new(
-        consumer.clone(),
-        bus.producer(),
-        Arc::new(cache),
-        topics,
-        cfg,
-        stats.clone(),
-    )
-    .start();
-    shutdown.await;
-    let _ = addr.send(Drain).await;
-    while addr.connected() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let (producer, store): (_, Arc<dyn fluxgate_store::Store>) = (bus.producer(), Arc::new(cache));
+    // A validator that dies (a panic) is restarted; its unfinished records come again.
+    let start = |lifeline| {
+        let v = Validator::new(
+            consumer.clone(),
+            producer.clone(),
+            store.clone(),
+            topics,
+            cfg.clone(),
+            stats.clone(),
+        );
+        v.supervised(lifeline).start()
+    };
+    let live = supervise("validator", &consumer, &stats.restarts, start, shutdown).await;
+    if let Some(addr) = live {
+        let _ = addr.send(Drain).await;
+        while addr.connected() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
     let _ = consumer.commit().await;
     follow.abort();
@@ -410,5 +433,11 @@ impl Actor for Validator {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(16);
         self.fetch(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        if let Some(l) = self.lifeline.take() {
+            l.finished();
+        }
     }
 }
