@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix::prelude::*;
-use fluxgate_bus::supervise::{Lifeline, supervise};
+use fluxgate_bus::supervise::{Lifeline, Watch, supervise};
 use fluxgate_bus::{ConsumeError, Consumer, OutRecord, Producer, Record, Topic, TopicsConfig};
 use fluxgate_model::{
     Body, CorrelationId, Delivery, DeviceId, DeviceName, DeviceRef, Dialect, ENVELOPE_VERSION,
@@ -33,9 +33,19 @@ pub struct DispatchStats {
     pub retries: Arc<AtomicU64>,
     /// Times the dispatcher actor died and was restarted (its records redelivered).
     pub restarts: Arc<AtomicU64>,
+    /// The consumer's lag: records read from the bus but not finished yet, or not read.
+    pub lag: Arc<AtomicU64>,
 }
 
 impl DispatchStats {
+    /// Where the supervisor reports restarts and lag.
+    fn watch(&self) -> Watch<'_> {
+        Watch {
+            restarts: &self.restarts,
+            lag: &self.lag,
+        }
+    }
+
     /// These counters as Prometheus metrics (register the result in the role's registry).
     pub fn metrics(&self) -> prometheus::Result<fluxgate_observability::CounterSet> {
         use fluxgate_observability::CounterDef;
@@ -73,6 +83,14 @@ impl DispatchStats {
                 &self.restarts,
             ),
         ])
+        .and_then(|set| {
+            set.with_gauges(vec![def(
+                "fluxgate_command_dispatch_consumer_lag_records",
+                "Records of the assigned partitions not finished yet (consumer lag).",
+                &[],
+                &self.lag,
+            )])
+        })
     }
 }
 
@@ -667,7 +685,7 @@ pub async fn run_with(
     let live = supervise(
         "command-dispatch",
         &consumer,
-        &stats.restarts,
+        stats.watch(),
         start,
         shutdown,
     )

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use fluxgate_bus::supervise::{Lifeline, supervise};
+use fluxgate_bus::supervise::{Lifeline, Watch, supervise};
 use fluxgate_bus::{
     Bus, BusError, ConsumeError, Consumer, ConsumerSpec, Position, Record, Topic, TopicsConfig,
 };
@@ -30,6 +30,8 @@ pub struct WriterStats {
     pub undecodable: Arc<AtomicU64>,
     /// Times the writer actor died and was restarted (its batch redelivered).
     pub restarts: Arc<AtomicU64>,
+    /// The consumer's lag: records read from the bus but not finished yet, or not read.
+    pub lag: Arc<AtomicU64>,
     /// Time a successful batch write took in the store, in seconds.
     pub write_seconds: Option<prometheus::Histogram>,
     /// Points per written batch.
@@ -67,6 +69,7 @@ impl Default for WriterStats {
             retries: Arc::default(),
             undecodable: Arc::default(),
             restarts: Arc::default(),
+            lag: Arc::default(),
             write_seconds,
             batch_points,
         }
@@ -74,6 +77,14 @@ impl Default for WriterStats {
 }
 
 impl WriterStats {
+    /// Where the supervisor reports restarts and lag.
+    fn watch(&self) -> Watch<'_> {
+        Watch {
+            restarts: &self.restarts,
+            lag: &self.lag,
+        }
+    }
+
     /// The histograms, to register in the role's registry beside [`WriterStats::metrics`].
     pub fn histograms(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
         [&self.write_seconds, &self.batch_points]
@@ -132,6 +143,14 @@ impl WriterStats {
                 &self.restarts,
             ),
         ])
+        .and_then(|set| {
+            set.with_gauges(vec![def(
+                "fluxgate_ts_writer_consumer_lag_records",
+                "Records of the assigned partitions not finished yet (consumer lag).",
+                &[],
+                &self.lag,
+            )])
+        })
     }
 }
 
@@ -510,7 +529,7 @@ pub async fn run_with(
         );
         w.supervised(lifeline).start()
     };
-    let live = supervise("ts-writer", &consumer, &stats.restarts, start, shutdown).await;
+    let live = supervise("ts-writer", &consumer, stats.watch(), start, shutdown).await;
     if let Some(addr) = live {
         let _ = addr.send(Drain).await;
     }

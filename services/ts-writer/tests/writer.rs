@@ -258,33 +258,95 @@ async fn a_store_outage_pauses_intake_and_loses_nothing() {
         ..WriterConfig::default()
     };
     let bus = MemoryBus::default();
-    let (_writer, stats) = start(&bus, store.clone(), cfg, None);
     let topics = TopicsConfig::default();
-    double.inject(Fault::WriteTimeout, 4);
-    let ack = bus
-        .producer()
-        .send(record(
-            &topics,
-            Topic::IngestValid,
-            "app/d2",
-            telemetry("d2", 5000, 7).to_bytes(),
-        ))
-        .await
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(10), ack)
-        .await
-        .expect("written once the store is back")
-        .unwrap();
+    let names = [
+        Topic::IngestValid,
+        Topic::DeviceEvents,
+        Topic::IngestRejected,
+    ]
+    .map(|t| topics.name(t));
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    drop(
+        bus.consumer(ConsumerSpec::group(&cfg.group, &names))
+            .unwrap(),
+    );
+    let stats = Arc::new(WriterStats::default());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = {
+        let (bus, store, topics, stats) = (
+            Arc::new(bus.clone()),
+            store.clone(),
+            topics.clone(),
+            stats.clone(),
+        );
+        actix_rt::spawn(async move {
+            fluxgate_ts_writer::run_with(bus, store, &topics, cfg, stats, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap()
+        })
+    };
+    // An outage of about 100 write attempts (10-40 ms apart: seconds).
+    double.inject(Fault::WriteTimeout, 100);
+    let p = bus.producer();
+    let mut acks = Vec::new();
+    for i in 0..5 {
+        let env = telemetry("d2", 5000 + i, i);
+        let rec = record(&topics, Topic::IngestValid, "app/d2", env.to_bytes());
+        acks.push(p.send(rec).await.unwrap());
+    }
+    // The lag shows the records waiting behind the outage.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while stats.lag.load(Ordering::Relaxed) < 5 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "lag {} during the outage",
+            stats.lag.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        double.pending_faults() > 0,
+        "the lag was seen during the outage"
+    );
+    for a in acks {
+        tokio::time::timeout(Duration::from_secs(30), a)
+            .await
+            .expect("written once the store is back")
+            .unwrap();
+    }
     assert_eq!(double.pending_faults(), 0);
     assert!(
-        stats.retries.load(Ordering::Relaxed) >= 1,
-        "the outage was seen and retried"
+        stats.retries.load(Ordering::Relaxed) >= 100,
+        "every failed attempt was retried"
     );
-    assert_eq!(
-        points(&*store, "d2").await,
-        vec![(5000, Value::Integer(7))],
-        "exactly once"
+    let got: Vec<i64> = points(&*store, "d2").await.iter().map(|p| p.0).collect();
+    assert_eq!(got, (5000..5005).collect::<Vec<_>>(), "exactly once");
+    // Caught up: the lag falls back to zero, and the metrics say all of it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while stats.lag.load(Ordering::Relaxed) != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "lag back to 0");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let registry = prometheus::Registry::new();
+    registry
+        .register(Box::new(stats.metrics().unwrap()))
+        .unwrap();
+    let text = fluxgate_observability::render(&registry);
+    assert!(
+        text.contains("# TYPE fluxgate_ts_writer_consumer_lag_records gauge"),
+        "{text}"
     );
+    assert!(
+        text.contains("fluxgate_ts_writer_points_written_total 5"),
+        "{text}"
+    );
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("drained")
+        .unwrap();
 }
 
 #[actix_rt::test]

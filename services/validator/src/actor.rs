@@ -5,17 +5,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix::prelude::*;
-use fluxgate_bus::supervise::{Lifeline, supervise};
+use fluxgate_bus::supervise::{Lifeline, Watch, supervise};
 use fluxgate_bus::{
     AckFuture, ConsumeError, Consumer, OutRecord, Producer, Record, Topic, TopicsConfig,
 };
-use fluxgate_model::Envelope;
+use fluxgate_model::{Envelope, ReasonCode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{Output, ValidatorConfig, validate};
 
 /// Counters of one validator (for metrics and tests).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ValidatorStats {
     /// Raw records read.
     pub records: Arc<AtomicU64>,
@@ -31,9 +31,40 @@ pub struct ValidatorStats {
     pub undecodable: Arc<AtomicU64>,
     /// Times the validator actor died and was restarted (its records redelivered).
     pub restarts: Arc<AtomicU64>,
+    /// The consumer's lag: records read from the bus but not finished yet, or not read.
+    pub lag: Arc<AtomicU64>,
+    /// Rejections produced, by reason (every [`ReasonCode`], in [`ReasonCode::ALL`] order).
+    pub reasons: Vec<(ReasonCode, Arc<AtomicU64>)>,
+}
+
+impl Default for ValidatorStats {
+    fn default() -> Self {
+        ValidatorStats {
+            records: Arc::default(),
+            valid: Arc::default(),
+            events: Arc::default(),
+            rejected: Arc::default(),
+            retries: Arc::default(),
+            undecodable: Arc::default(),
+            restarts: Arc::default(),
+            lag: Arc::default(),
+            reasons: ReasonCode::ALL
+                .iter()
+                .map(|c| (*c, Arc::default()))
+                .collect(),
+        }
+    }
 }
 
 impl ValidatorStats {
+    /// Where the supervisor reports restarts and lag.
+    fn watch(&self) -> Watch<'_> {
+        Watch {
+            restarts: &self.restarts,
+            lag: &self.lag,
+        }
+    }
+
     /// These counters as Prometheus metrics (register the result in the role's registry).
     pub fn metrics(&self) -> prometheus::Result<fluxgate_observability::CounterSet> {
         use fluxgate_observability::CounterDef;
@@ -45,7 +76,15 @@ impl ValidatorStats {
                 value: value.clone(),
             }
         };
-        fluxgate_observability::CounterSet::new(vec![
+        let by_reason = self.reasons.iter().map(|(code, value)| {
+            def(
+                "fluxgate_validator_rejections_total",
+                "Rejections acknowledged on the rejected topic, by reason code.",
+                &[("reason", code.as_str())],
+                value,
+            )
+        });
+        let mut defs = vec![
             def(
                 "fluxgate_validator_records_total",
                 "Raw records read.",
@@ -88,7 +127,16 @@ impl ValidatorStats {
                 &[],
                 &self.restarts,
             ),
-        ])
+        ];
+        defs.extend(by_reason);
+        fluxgate_observability::CounterSet::new(defs).and_then(|set| {
+            set.with_gauges(vec![def(
+                "fluxgate_validator_consumer_lag_records",
+                "Records of the assigned partitions not finished yet (consumer lag).",
+                &[],
+                &self.lag,
+            )])
+        })
     }
 }
 
@@ -231,7 +279,7 @@ impl Validator {
 enum OutputKind {
     Valid,
     Event,
-    Rejected,
+    Rejected(ReasonCode),
 }
 
 impl OutputKind {
@@ -239,7 +287,12 @@ impl OutputKind {
         let c = match self {
             OutputKind::Valid => &stats.valid,
             OutputKind::Event => &stats.events,
-            OutputKind::Rejected => &stats.rejected,
+            OutputKind::Rejected(code) => {
+                if let Some((_, c)) = stats.reasons.iter().find(|(k, _)| *k == code) {
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+                &stats.rejected
+            }
         };
         c.fetch_add(1, Ordering::Relaxed);
     }
@@ -303,7 +356,7 @@ async fn attempt(
                 OutRecord::new(&names.events, e.key(), e.to_bytes()),
             ),
             Output::Rejected(r) => (
-                OutputKind::Rejected,
+                OutputKind::Rejected(r.reason.code),
                 OutRecord::new(
                     &names.rejected,
                     format!("{}/{}", r.tenant, r.device),
@@ -391,7 +444,7 @@ pub async fn run_with(
         );
         v.supervised(lifeline).start()
     };
-    let live = supervise("validator", &consumer, &stats.restarts, start, shutdown).await;
+    let live = supervise("validator", &consumer, stats.watch(), start, shutdown).await;
     if let Some(addr) = live {
         let _ = addr.send(Drain).await;
         while addr.connected() {

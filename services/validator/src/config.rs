@@ -1,6 +1,6 @@
 //! Validator settings.
 
-use fluxgate_model::TimeWindow;
+use fluxgate_model::{Limits, TimeWindow};
 use serde::{Deserialize, Serialize};
 
 /// Validator settings.
@@ -11,6 +11,9 @@ pub struct ValidatorConfig {
     pub group: String,
     /// Accepted sample timestamps around the receive time.
     pub time_window: TimeWindow,
+    /// Attribute-count, key and value-size limits, checked again here: the raw topic is
+    /// open to every producer, and these may be set tighter than the fronts' parsers.
+    pub limits: Limits,
     /// First retry delay after a store or bus failure, in milliseconds (doubles per retry).
     pub retry_initial_ms: u64,
     /// Longest retry delay, in milliseconds.
@@ -25,6 +28,7 @@ impl Default for ValidatorConfig {
         ValidatorConfig {
             group: "fluxgate-validator".into(),
             time_window: TimeWindow::default(),
+            limits: Limits::default(),
             retry_initial_ms: 100,
             retry_max_ms: 5_000,
             registry_cache_ttl_secs: 60,

@@ -138,10 +138,17 @@ pub async fn validate(
                 Body::Telemetry { samples, .. } => std::mem::take(samples),
                 _ => Vec::new(),
             };
-            // Timestamps: samples outside the window are refused (the rest is kept).
+            if let Err(r) = cfg.limits.check_items("samples", taken.len()) {
+                return Ok(vec![rejected(&env, &r)]);
+            }
+            // Timestamps and limits: samples outside them are refused (the rest is kept).
             let mut kept = Vec::with_capacity(taken.len());
             for s in taken {
-                match cfg.time_window.check(s.ts_ms, now_ms) {
+                let checked = cfg
+                    .time_window
+                    .check(s.ts_ms, now_ms)
+                    .and_then(|()| cfg.limits.check_values(&s.values));
+                match checked {
                     Ok(()) => kept.push(s),
                     Err(r) => out.push(rejected(&env, &r)),
                 }
@@ -187,7 +194,13 @@ pub async fn validate(
                 out.push(Output::Valid(env));
             }
         }
-        Kind::Attributes => out.push(Output::Valid(env)),
+        Kind::Attributes => match &env.body {
+            Body::Attributes { values } => match cfg.limits.check_values(values) {
+                Ok(()) => out.push(Output::Valid(env)),
+                Err(r) => out.push(rejected(&env, &r)),
+            },
+            _ => out.push(Output::Valid(env)),
+        },
         _ => out.push(Output::Event(env)),
     }
     Ok(out)

@@ -110,6 +110,10 @@ impl Rig {
     }
 
     fn validator(&self) -> Arc<ValidatorStats> {
+        self.validator_with(ValidatorConfig::default())
+    }
+
+    fn validator_with(&self, cfg: ValidatorConfig) -> Arc<ValidatorStats> {
         let consumer = self
             .bus
             .consumer(ConsumerSpec::group(
@@ -123,7 +127,7 @@ impl Rig {
             self.bus.producer(),
             self.store.clone(),
             &self.topics,
-            ValidatorConfig::default(),
+            cfg,
             stats.clone(),
         )
         .start();
@@ -562,4 +566,85 @@ async fn a_validator_that_panics_is_restarted_and_loses_no_record() {
         .unwrap();
     assert_eq!(stats.restarts.load(std::sync::atomic::Ordering::Relaxed), 1);
     assert!(stats.records.load(std::sync::atomic::Ordering::Relaxed) > 6);
+}
+
+#[actix_rt::test]
+async fn limits_are_checked_again_and_rejections_are_counted_by_reason() {
+    use std::sync::atomic::Ordering;
+    let rig = Rig::new().await;
+    rig.store
+        .put_device(device("l1", DeviceKind::Standalone, None))
+        .await
+        .unwrap();
+    let cfg = ValidatorConfig {
+        limits: fluxgate_model::Limits {
+            max_attributes: 2,
+            max_value_bytes: 8,
+            ..fluxgate_model::Limits::default()
+        },
+        ..ValidatorConfig::default()
+    };
+    let stats = rig.validator_with(cfg);
+    let ts = now_ms() - 1000;
+    let one = |ts, pairs: &[(&str, Value)]| {
+        state(
+            DeviceRef::Id(dev("l1")),
+            None,
+            Dialect::ThingsBoard,
+            ts,
+            pairs,
+        )
+    };
+    // Three attributes in one sample: over the count limit.
+    let (a, b, c) = (Value::Integer(1), Value::Integer(2), Value::Integer(3));
+    rig.raw(&one(ts, &[("a", a.clone()), ("b", b), ("c", c)]))
+        .await;
+    // A value over the size limit.
+    rig.raw(&one(ts + 1, &[("s", Value::from("far too long"))]))
+        .await;
+    // Within the limits.
+    rig.raw(&one(ts + 2, &[("a", a)])).await;
+    let codes: Vec<ReasonCode> = vec![
+        Rejection::from_bytes(&next(&rig.rejected).await)
+            .unwrap()
+            .reason
+            .code,
+        Rejection::from_bytes(&next(&rig.rejected).await)
+            .unwrap()
+            .reason
+            .code,
+    ];
+    assert_eq!(
+        codes,
+        vec![ReasonCode::TooManyAttributes, ReasonCode::ValueTooLarge]
+    );
+    let valid = Envelope::from_bytes(&next(&rig.valid).await).unwrap();
+    let Body::Telemetry { samples, .. } = valid.body else {
+        panic!("telemetry expected");
+    };
+    assert_eq!(
+        samples[0].ts_ms,
+        ts + 2,
+        "only the sample within the limits"
+    );
+    assert!(nothing(&rig.valid).await);
+    // Counted once their output is acknowledged (the readers above acked them).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while stats.rejected.load(Ordering::Relaxed) < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "rejections counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let registry = prometheus::Registry::new();
+    registry
+        .register(Box::new(stats.metrics().unwrap()))
+        .unwrap();
+    let text = fluxgate_observability::render(&registry);
+    for (reason, n) in [
+        ("too_many_attributes", 1),
+        ("value_too_large", 1),
+        ("undefined_attribute", 0),
+    ] {
+        let line = format!("fluxgate_validator_rejections_total{{reason=\"{reason}\"}} {n}");
+        assert!(text.contains(&line), "{line} in\n{text}");
+    }
 }

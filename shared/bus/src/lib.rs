@@ -261,6 +261,10 @@ pub trait Consumer: Send + Sync + fmt::Debug {
     fn commit(&self) -> BoxFuture<'_, Result<(), ConsumeError>>;
     /// Number of partitions currently assigned to this consumer.
     fn assigned(&self) -> usize;
+    /// Consumer lag: records in the assigned partitions past the committed (acked)
+    /// position, i.e. not finished yet. Kafka's figure comes from librdkafka's statistics,
+    /// refreshed every 5 s; the in-process bus's is exact.
+    fn lag(&self) -> u64;
 }
 
 /// How to consume.

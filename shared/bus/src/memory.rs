@@ -497,6 +497,29 @@ impl Consumer for MemoryConsumer {
     fn assigned(&self) -> usize {
         self.with_member(|m, _| m.assigned.len()).unwrap_or(0)
     }
+
+    fn lag(&self) -> u64 {
+        let st = self.bus.inner.lock();
+        let Some(g) = st.groups.get(&self.group) else {
+            return 0;
+        };
+        let Some(m) = g.members.get(&self.id) else {
+            return 0;
+        };
+        let mut lag = 0;
+        for key in &m.assigned {
+            let Some(p) = st
+                .topics
+                .get(&key.0)
+                .and_then(|t| t.partitions.get(key.1 as usize))
+            else {
+                continue;
+            };
+            let done = g.committed.get(key).copied().unwrap_or(0).max(p.base);
+            lag += (p.end() - done).max(0) as u64;
+        }
+        lag
+    }
 }
 
 impl Drop for MemoryConsumer {

@@ -40,34 +40,52 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// A handler that lived this long resets the pause to [`FIRST_BACKOFF`].
 const HEALTHY_AFTER: Duration = Duration::from_secs(30);
 
+/// How often the consumer's lag is copied into [`Watch::lag`].
+const LAG_EVERY: Duration = Duration::from_secs(1);
+
+/// What [`supervise`] reports about the consumer it watches (export both as metrics).
+#[derive(Debug, Clone, Copy)]
+pub struct Watch<'a> {
+    /// Restarts of the handler.
+    pub restarts: &'a AtomicU64,
+    /// The consumer's lag ([`Consumer::lag`]), refreshed every second.
+    pub lag: &'a AtomicU64,
+}
+
 /// Starts a handler with `start` and restarts it each time it dies, until `shutdown`
 /// resolves. Returns the live handler at shutdown, for the caller to drain; `None` when
 /// the handler finished on its own or shutdown came while none was running.
 ///
-/// `restarts` counts the restarts (export it as a metric). `role` names the handler in the
-/// log.
+/// `role` names the handler in the log; `watch` receives the restarts and the lag.
 pub async fn supervise<H>(
     role: &str,
     consumer: &Arc<dyn Consumer>,
-    restarts: &AtomicU64,
+    watch: Watch<'_>,
     mut start: impl FnMut(Lifeline) -> H,
     shutdown: impl Future<Output = ()>,
 ) -> Option<H> {
     let mut shutdown = std::pin::pin!(shutdown);
     let mut backoff = FIRST_BACKOFF;
+    let mut lag_tick = tokio::time::interval(LAG_EVERY);
+    lag_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
         let born = Instant::now();
         let handler = start(Lifeline(Some(tx)));
-        tokio::select! {
-            () = &mut shutdown => return Some(handler),
-            r = rx => if r.is_ok() {
-                return None;
-            },
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return Some(handler),
+                r = &mut rx => if r.is_ok() {
+                    return None;
+                } else {
+                    break;
+                },
+                _ = lag_tick.tick() => watch.lag.store(consumer.lag(), Ordering::Relaxed),
+            }
         }
         drop(handler);
         let partitions = consumer.rewind();
-        restarts.fetch_add(1, Ordering::Relaxed);
+        watch.restarts.fetch_add(1, Ordering::Relaxed);
         if born.elapsed() >= HEALTHY_AFTER {
             backoff = FIRST_BACKOFF;
         }

@@ -128,4 +128,7 @@ impl Consumer for FaultyConsumer {
     fn assigned(&self) -> usize {
         self.inner.assigned()
     }
+    fn lag(&self) -> u64 {
+        self.inner.lag()
+    }
 }

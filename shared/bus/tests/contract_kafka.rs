@@ -54,6 +54,10 @@ contract_test!(
     kafka_rewind_redelivers_everything_unfinished,
     contract::rewind_redelivers_everything_unfinished
 );
+contract_test!(
+    kafka_lag_counts_unfinished_records,
+    contract::lag_counts_unfinished_records
+);
 contract_test!(kafka_rebalance_two_members, contract::rebalance_two_members);
 contract_test!(
     kafka_broadcast_reaches_every_instance,

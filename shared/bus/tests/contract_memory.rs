@@ -47,6 +47,11 @@ async fn memory_rewind_redelivers_everything_unfinished() {
 }
 
 #[tokio::test]
+async fn memory_lag_counts_unfinished_records() {
+    contract::lag_counts_unfinished_records(&harness()).await;
+}
+
+#[tokio::test]
 async fn memory_rebalance_two_members() {
     contract::rebalance_two_members(&harness()).await;
 }

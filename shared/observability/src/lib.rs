@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 use prometheus::core::{Collector, Desc, Describer};
-use prometheus::proto::{Counter, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{Encoder, Opts, Registry, TextEncoder};
 
 /// Liveness and readiness of a role.
@@ -54,29 +54,44 @@ pub struct CounterDef {
     pub value: Arc<AtomicU64>,
 }
 
-/// Counters read from atomics at scrape time.
+/// Counters (and a few gauges) read from atomics at scrape time.
 #[derive(Debug)]
 pub struct CounterSet {
-    defs: Vec<CounterDef>,
+    defs: Vec<(CounterDef, MetricType)>,
     descs: Vec<Desc>,
 }
 
 impl CounterSet {
     /// A set of counters; series sharing a name form one family.
     pub fn new(defs: Vec<CounterDef>) -> prometheus::Result<Self> {
-        let mut descs: Vec<Desc> = Vec::new();
-        for d in &defs {
-            if descs.iter().any(|x| x.fq_name == d.name) {
-                continue;
+        let mut set = CounterSet {
+            defs: Vec::new(),
+            descs: Vec::new(),
+        };
+        set.add(defs, MetricType::COUNTER)?;
+        Ok(set)
+    }
+
+    /// Adds gauges: values that go up and down (a consumer's lag), same rules otherwise.
+    pub fn with_gauges(mut self, defs: Vec<CounterDef>) -> prometheus::Result<Self> {
+        self.add(defs, MetricType::GAUGE)?;
+        Ok(self)
+    }
+
+    fn add(&mut self, defs: Vec<CounterDef>, kind: MetricType) -> prometheus::Result<()> {
+        for d in defs {
+            if !self.descs.iter().any(|x| x.fq_name == d.name) {
+                let label_names: Vec<String> =
+                    d.labels.iter().map(|(k, _)| (*k).to_string()).collect();
+                self.descs.push(
+                    Opts::new(d.name, d.help)
+                        .variable_labels(label_names)
+                        .describe()?,
+                );
             }
-            let label_names: Vec<String> = d.labels.iter().map(|(k, _)| (*k).to_string()).collect();
-            descs.push(
-                Opts::new(d.name, d.help)
-                    .variable_labels(label_names)
-                    .describe()?,
-            );
+            self.defs.push((d, kind));
         }
-        Ok(CounterSet { defs, descs })
+        Ok(())
     }
 }
 
@@ -87,22 +102,29 @@ impl Collector for CounterSet {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let mut families: Vec<MetricFamily> = Vec::new();
-        for d in &self.defs {
+        for (d, kind) in &self.defs {
             let idx = match families.iter().position(|f| f.name() == d.name) {
                 Some(i) => i,
                 None => {
                     let mut f = MetricFamily::default();
                     f.set_name(d.name.to_string());
                     f.set_help(d.help.to_string());
-                    f.set_field_type(MetricType::COUNTER);
+                    f.set_field_type(*kind);
                     families.push(f);
                     families.len() - 1
                 }
             };
-            let mut counter = Counter::default();
-            counter.set_value(d.value.load(Ordering::Relaxed) as f64);
+            let value = d.value.load(Ordering::Relaxed) as f64;
             let mut m = Metric::default();
-            m.set_counter(counter);
+            if *kind == MetricType::GAUGE {
+                let mut gauge = Gauge::default();
+                gauge.set_value(value);
+                m.set_gauge(gauge);
+            } else {
+                let mut counter = Counter::default();
+                counter.set_value(value);
+                m.set_counter(counter);
+            }
             let labels: Vec<LabelPair> = d
                 .labels
                 .iter()

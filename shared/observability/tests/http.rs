@@ -30,6 +30,7 @@ async fn metrics_health_and_readiness_over_http() {
     let points = Arc::new(AtomicU64::new(41));
     let valid = Arc::new(AtomicU64::new(2));
     let rejected = Arc::new(AtomicU64::new(3));
+    let lag = Arc::new(AtomicU64::new(9));
     let set = CounterSet::new(vec![
         CounterDef {
             name: "fluxgate_test_points_written_total",
@@ -50,6 +51,13 @@ async fn metrics_health_and_readiness_over_http() {
             value: rejected,
         },
     ])
+    .unwrap()
+    .with_gauges(vec![CounterDef {
+        name: "fluxgate_test_consumer_lag_records",
+        help: "Lag.",
+        labels: vec![],
+        value: lag.clone(),
+    }])
     .unwrap();
     let registry = prometheus::Registry::new();
     registry.register(Box::new(set)).unwrap();
@@ -77,6 +85,16 @@ async fn metrics_health_and_readiness_over_http() {
     assert!(
         body.contains("fluxgate_test_points_written_total 42"),
         "read at scrape time: {body}"
+    );
+    lag.store(5, std::sync::atomic::Ordering::Relaxed);
+    let body = get(addr, "/metrics").await.1;
+    assert!(
+        body.contains("# TYPE fluxgate_test_consumer_lag_records gauge"),
+        "{body}"
+    );
+    assert!(
+        body.contains("fluxgate_test_consumer_lag_records 5"),
+        "{body}"
     );
     assert!(
         body.contains("fluxgate_test_outputs_total{kind=\"valid\"} 2"),

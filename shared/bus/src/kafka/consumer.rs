@@ -1,7 +1,7 @@
 //! The Kafka consumer: at-least-once over librdkafka's stored offsets.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -23,6 +23,8 @@ struct Shared {
     tracker: Mutex<Tracker>,
     paused: AtomicBool,
     assigned: AtomicUsize,
+    /// Consumer lag of the assigned partitions, from librdkafka's statistics.
+    lag: AtomicU64,
 }
 
 impl Shared {
@@ -35,7 +37,28 @@ impl Shared {
 /// assigned while paused start paused.
 struct Ctx(Arc<Shared>);
 
-impl ClientContext for Ctx {}
+/// How often librdkafka reports statistics (the consumer lag is read from them).
+const STATS_INTERVAL_MS: u32 = 5_000;
+
+impl ClientContext for Ctx {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        // Lag past the offsets stored for commit (acked records): what is left to finish.
+        let lag: i64 = statistics
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.values())
+            .filter(|p| p.partition >= 0 && p.desired)
+            .map(|p| {
+                if p.consumer_lag_stored >= 0 {
+                    p.consumer_lag_stored
+                } else {
+                    p.consumer_lag.max(0)
+                }
+            })
+            .sum();
+        self.0.lag.store(lag.max(0) as u64, Ordering::Relaxed);
+    }
+}
 
 impl ConsumerContext for Ctx {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -91,6 +114,7 @@ impl KafkaConsumer {
         let mut c = cfg.base();
         c.set("group.id", &group)
             .set("enable.partition.eof", "false")
+            .set("statistics.interval.ms", STATS_INTERVAL_MS.to_string())
             .set("enable.auto.offset.store", "false")
             .set("enable.auto.commit", (!spec.broadcast).to_string())
             .set(
@@ -210,6 +234,10 @@ impl Consumer for KafkaConsumer {
             tracing::warn!(error = %e, topic = %position.topic, partition = position.partition,
                 "kafka consumer: rewind failed; the records will be redelivered after the next rebalance");
         }
+    }
+
+    fn lag(&self) -> u64 {
+        self.shared.lag.load(Ordering::Relaxed)
     }
 
     fn rewind(&self) -> usize {

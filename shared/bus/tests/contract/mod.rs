@@ -374,6 +374,35 @@ pub async fn rewind_redelivers_everything_unfinished(h: &Harness) {
     tokio::time::timeout(PATIENCE, bg).await.unwrap().unwrap();
 }
 
+/// The lag counts the records past the acked position: produced, not finished.
+pub async fn lag_counts_unfinished_records(h: &Harness) {
+    let topic = h.topic(1).await;
+    let mut c = h.member(&unique_name("g"), &topic);
+    c.wait_assigned().await;
+    let records: Vec<(String, u32)> = (0..5).map(|i| ("k".to_string(), i)).collect();
+    let bg = h.produce_background(&topic, records).await;
+    // All five delivered (the consumer keeps polling), two finished.
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        got.push(c.next().await);
+    }
+    c.consumer.ack(&got[0].position);
+    c.consumer.ack(&got[1].position);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while c.consumer.lag() != 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "lag {} instead of 3",
+            c.consumer.lag()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for r in &got[2..] {
+        c.consumer.ack(&r.position);
+    }
+    tokio::time::timeout(PATIENCE, bg).await.unwrap().unwrap();
+}
+
 /// Two members of one group split the partitions; together they see every record.
 pub async fn rebalance_two_members(h: &Harness) {
     let topic = h.topic(4).await;
