@@ -177,3 +177,350 @@ async fn kafka_raw_state_reaches_the_store_through_validator_and_writer() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A raw envelope for the test's tenant.
+fn raw(device: DeviceRef, via: Option<&str>, dialect: Dialect, body: Body, n: u128) -> Envelope {
+    Envelope {
+        v: ENVELOPE_VERSION,
+        id: MessageId::from_parts(now_ms() as u64, n),
+        part: 0,
+        tenant: TenantId::new("app").unwrap(),
+        device,
+        via: via.map(|v| DeviceId::new(v).unwrap()),
+        dialect,
+        channel: Channel::Mqtt,
+        received_ms: now_ms(),
+        body,
+    }
+}
+
+fn telemetry(ts: i64, pairs: &[(&str, Value)]) -> Body {
+    let values: Values = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    Body::Telemetry {
+        samples: vec![Sample { ts_ms: ts, values }],
+        flow_version: None,
+    }
+}
+
+/// Two validators (one group, through the supervised `run`) and a writer on Tansu and
+/// the CQL double: every kind of message ends in its table or in the rejected log with
+/// its reason, and a name posted through four gateways at once becomes one device.
+#[actix_rt::test]
+async fn kafka_every_kind_ends_in_its_table_and_a_raced_name_becomes_one_device() {
+    use fluxgate_store::{AttributeScope, PeripheralPolicy};
+    let Some(brokers) = fluxgate_testkit::kafka_brokers(
+        "kafka_every_kind_ends_in_its_table_and_a_raced_name_becomes_one_device",
+    ) else {
+        return;
+    };
+    let bus: Arc<dyn Bus> = Arc::new(
+        KafkaBus::new(KafkaConfig {
+            brokers,
+            session_timeout_ms: 6_000,
+            commit_interval_ms: 200,
+            ..KafkaConfig::default()
+        })
+        .unwrap(),
+    );
+    let topics = TopicsConfig {
+        prefix: format!("{}.", fluxgate_testkit::unique_name("kinds")),
+        partitions: 4,
+        replication_factor: 1,
+        ..TopicsConfig::default()
+    };
+    bus.ensure_topics(&topics.specs()).await.unwrap();
+    let double = CqlDouble::start().await.unwrap();
+    let store: Arc<dyn Store> = Arc::new(
+        ScyllaStore::connect(ScyllaConfig {
+            nodes: vec![double.addr().to_string()],
+            keyspace: "fg_kinds".into(),
+            replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".into(),
+            ..ScyllaConfig::default()
+        })
+        .await
+        .unwrap(),
+    );
+    let tenant = TenantId::new("app").unwrap();
+    let id = |s: &str| DeviceId::new(s).unwrap();
+    let put = |name: &str, kind, policy| Device {
+        tenant: tenant.clone(),
+        id: id(name),
+        name: name.into(),
+        kind,
+        peripheral_policy: policy,
+        tags: vec![],
+        profile: None,
+        created_ms: 0,
+        updated_ms: 0,
+    };
+    store
+        .put_device(put("d1", DeviceKind::Standalone, None))
+        .await
+        .unwrap();
+    store
+        .put_device(put("gw1", DeviceKind::Gateway, None))
+        .await
+        .unwrap();
+    let only_other = PeripheralPolicy::SpecificGateway(id("gw-other"));
+    store
+        .put_device(put("p1", DeviceKind::Peripheral, Some(only_other)))
+        .await
+        .unwrap();
+    store
+        .put_attribute_defs(
+            tenant.clone(),
+            id("d1"),
+            vec![AttributeDef {
+                name: "temp".into(),
+                kind: AttributeType::Number,
+            }],
+        )
+        .await
+        .unwrap();
+
+    let group = fluxgate_testkit::unique_name("g");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = || {
+        let mut rx = stopped.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut roles = Vec::new();
+    let mut validators = Vec::new();
+    for _ in 0..2 {
+        let stats = Arc::new(ValidatorStats::default());
+        validators.push(stats.clone());
+        let cfg = ValidatorConfig {
+            group: format!("{group}-v"),
+            ..ValidatorConfig::default()
+        };
+        let (bus, store, topics, done) =
+            (bus.clone(), store.clone(), topics.clone(), until_stopped());
+        roles.push(actix_rt::spawn(async move {
+            fluxgate_validator::run_with(bus, store, &topics, cfg, stats, done)
+                .await
+                .map(|_| ())
+        }));
+    }
+    {
+        let cfg = WriterConfig {
+            group: format!("{group}-w"),
+            ..WriterConfig::default()
+        };
+        let (bus, store, topics, done) =
+            (bus.clone(), store.clone(), topics.clone(), until_stopped());
+        roles.push(actix_rt::spawn(async move {
+            fluxgate_ts_writer::run(bus, store, &topics, cfg, done)
+                .await
+                .map(|_| ())
+        }));
+    }
+    // Both validators must hold partitions before the race is produced: warm up with
+    // records for unknown devices (refused) under many keys until each has handled one.
+    let count = |v: &Arc<ValidatorStats>| v.records.load(std::sync::atomic::Ordering::Relaxed);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut warmups = 0u64;
+    while !validators.iter().all(|v| count(v) > 0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "both validators never got partitions"
+        );
+        let env = raw(
+            DeviceRef::Id(DeviceId::new(format!("warm-{warmups}")).unwrap()),
+            None,
+            Dialect::ThingsBoard,
+            telemetry(now_ms(), &[("x", Value::Integer(0))]),
+            1000 + u128::from(warmups),
+        );
+        let rec = OutRecord::new(topics.name(Topic::IngestRaw), env.key(), env.to_bytes());
+        bus.producer().produce(rec).await.unwrap();
+        warmups += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    while validators.iter().map(count).sum::<u64>() < warmups {
+        assert!(tokio::time::Instant::now() < deadline, "warm-up handled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let ts = now_ms() - 5_000;
+    let d1 = || DeviceRef::Id(id("d1"));
+    let mut attrs = Values::new();
+    attrs.insert("fw", Value::from("1.2"));
+    let mut inputs = vec![
+        // Losant state: the defined key converted, the undefined one refused.
+        raw(
+            d1(),
+            None,
+            Dialect::Losant,
+            telemetry(
+                ts,
+                &[("temp", Value::from("21")), ("nope", Value::Integer(1))],
+            ),
+            1,
+        ),
+        // A gateway posting for a peripheral that allows a different gateway.
+        raw(
+            DeviceRef::Id(id("p1")),
+            Some("gw1"),
+            Dialect::Losant,
+            telemetry(ts, &[("temp", Value::Integer(3))]),
+            2,
+        ),
+        // Client attributes.
+        raw(
+            d1(),
+            None,
+            Dialect::ThingsBoard,
+            Body::Attributes { values: attrs },
+            3,
+        ),
+        // A connect, for the connection log.
+        raw(
+            d1(),
+            None,
+            Dialect::ThingsBoard,
+            Body::Connect {
+                profile: None,
+                session: None,
+            },
+            4,
+        ),
+        // An unknown device.
+        raw(
+            DeviceRef::Id(id("ghost")),
+            None,
+            Dialect::ThingsBoard,
+            telemetry(ts, &[("x", Value::Integer(1))]),
+            5,
+        ),
+        // Seconds sent where milliseconds belong.
+        raw(
+            d1(),
+            None,
+            Dialect::ThingsBoard,
+            telemetry(ts / 1000, &[("x", Value::Integer(1))]),
+            6,
+        ),
+    ];
+    // One ThingsBoard name through four gateways: four keys, so both validators race.
+    let name = fluxgate_model::DeviceName::new("Sensor X").unwrap();
+    for (i, gw) in ["gw-a", "gw-b", "gw-c", "gw-d"].iter().enumerate() {
+        inputs.push(raw(
+            DeviceRef::Name(name.clone()),
+            Some(gw),
+            Dialect::ThingsBoard,
+            telemetry(ts + i as i64, &[("x", Value::Integer(i as i64))]),
+            10 + i as u128,
+        ));
+    }
+    let producer = bus.producer();
+    for env in &inputs {
+        producer
+            .produce(OutRecord::new(
+                topics.name(Topic::IngestRaw),
+                env.key(),
+                env.to_bytes(),
+            ))
+            .await
+            .unwrap();
+    }
+
+    let want_reasons = [
+        ReasonCode::UndefinedAttribute,
+        ReasonCode::PeripheralNotAllowed,
+        ReasonCode::UnknownDevice,
+        ReasonCode::TimestampOutOfWindow,
+    ];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let latest = store.latest(tenant.clone(), id("d1"), None).await.unwrap();
+        let client = store
+            .attributes(tenant.clone(), id("d1"), AttributeScope::Client, None)
+            .await
+            .unwrap();
+        let log = store
+            .connection_log(tenant.clone(), id("d1"), 10)
+            .await
+            .unwrap();
+        let reasons: Vec<ReasonCode> = store
+            .rejected_log(tenant.clone(), None, 50)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.code)
+            .collect();
+        let named: Vec<Device> = store
+            .devices(tenant.clone(), None, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|d| d.name == "Sensor X")
+            .collect();
+        let sensor_points = match named.first() {
+            Some(d) => store
+                .query(fluxgate_store::RangeQuery {
+                    tenant: tenant.clone(),
+                    device: d.id.clone(),
+                    keys: vec!["x".into()],
+                    from_ms: ts - 1,
+                    to_ms: ts + 10,
+                    limit: 100,
+                    order: fluxgate_store::Order::Asc,
+                    page_token: None,
+                })
+                .await
+                .unwrap()
+                .points
+                .len(),
+            None => 0,
+        };
+        let done = !latest.is_empty()
+            && client.contains_key("fw")
+            && !log.is_empty()
+            && want_reasons.iter().all(|r| reasons.contains(r))
+            && sensor_points == 4;
+        if done {
+            assert_eq!(latest.len(), 1, "only the defined key: {latest:?}");
+            assert_eq!(
+                (latest[0].key.as_str(), &latest[0].value),
+                ("temp", &Value::Integer(21))
+            );
+            assert_eq!(client["fw"], Value::from("1.2"));
+            assert!(log[0].connected);
+            assert_eq!(named.len(), 1, "one device for one name: {named:?}");
+            assert!(
+                store
+                    .latest(tenant.clone(), id("p1"), None)
+                    .await
+                    .unwrap()
+                    .is_empty(),
+                "nothing stored for the refused peripheral"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not everything arrived: latest {latest:?}, client {client:?}, log {log:?}, \
+             reasons {reasons:?}, named {named:?}, sensor points {sensor_points}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let handled: u64 = validators.iter().map(count).sum();
+    assert_eq!(
+        handled,
+        warmups + inputs.len() as u64,
+        "each raw record handled once"
+    );
+    stop.send(true).unwrap();
+    for r in roles {
+        tokio::time::timeout(Duration::from_secs(30), r)
+            .await
+            .expect("every role drained")
+            .unwrap()
+            .unwrap();
+    }
+}
