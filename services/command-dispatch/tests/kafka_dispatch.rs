@@ -1,18 +1,17 @@
 //! The dispatcher on a real Kafka-protocol broker (`KAFKA_BROKERS`; Tansu in CI) with the
-//! ScyllaDB adapter on the CQL test double: a persistent command queued while the device
-//! is offline reaches a front's broadcast consumer when the device connects.
+//! ScyllaDB adapter on the CQL test double, through the supervised `run_with`: the
+//! command lifecycle across a dispatcher restart.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::prelude::*;
 use fluxgate_bus::{Bus, ConsumerSpec, KafkaBus, KafkaConfig, OutRecord, Topic, TopicsConfig};
-use fluxgate_command_dispatch::{DispatchConfig, DispatchStats, Dispatcher};
+use fluxgate_command_dispatch::{DispatchConfig, rpc_id};
 use fluxgate_model::{
-    Body, Channel, Command, Delivery, DeviceId, DeviceRef, Dialect, ENVELOPE_VERSION, Envelope,
-    MessageId, TenantId,
+    Body, Channel, Command, CorrelationId, Delivery, DeviceId, DeviceRef, Dialect,
+    ENVELOPE_VERSION, Envelope, MessageId, TenantId,
 };
 use fluxgate_store::scylla::{ScyllaConfig, ScyllaStore};
 use fluxgate_store::{CommandStatus, Store};
@@ -25,13 +24,13 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-fn envelope(id: MessageId, body: Body) -> Envelope {
+fn envelope(id: MessageId, device: &str, body: Body) -> Envelope {
     Envelope {
         v: ENVELOPE_VERSION,
         id,
         part: 0,
         tenant: TenantId::new("app").unwrap(),
-        device: DeviceRef::Id(DeviceId::new("d1").unwrap()),
+        device: DeviceRef::Id(DeviceId::new(device).unwrap()),
         via: None,
         dialect: Dialect::Losant,
         channel: Channel::Internal,
@@ -40,11 +39,60 @@ fn envelope(id: MessageId, body: Body) -> Envelope {
     }
 }
 
+fn command(two_way: bool, persistent: bool) -> Body {
+    Body::Command(Command {
+        name: "reboot".into(),
+        payload: serde_json::json!({}),
+        time_ms: None,
+        two_way,
+        persistent,
+        expires_ms: persistent.then(|| now_ms() + 120_000),
+    })
+}
+
+/// One dispatcher: `run_with` until its sender is used.
+fn dispatcher(
+    bus: &Arc<dyn Bus>,
+    store: &Arc<dyn Store>,
+    topics: &TopicsConfig,
+    cfg: &DispatchConfig,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    actix_rt::task::JoinHandle<()>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (bus, store, topics, cfg) = (bus.clone(), store.clone(), topics.clone(), cfg.clone());
+    let running = actix_rt::spawn(async move {
+        let stats = Arc::default();
+        fluxgate_command_dispatch::run_with(bus, store, &topics, cfg, stats, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    (stop, running)
+}
+
+async fn status(store: &Arc<dyn Store>, id: MessageId, want: CommandStatus) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = store.command(id).await.unwrap().map(|c| c.status);
+        if got == Some(want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "command {id}: {got:?}, wanted {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[actix_rt::test]
-async fn kafka_persistent_command_is_delivered_when_the_device_connects() {
-    let Some(brokers) = fluxgate_testkit::kafka_brokers(
-        "kafka_persistent_command_is_delivered_when_the_device_connects",
-    ) else {
+async fn kafka_command_lifecycle_across_a_dispatcher_restart() {
+    let Some(brokers) =
+        fluxgate_testkit::kafka_brokers("kafka_command_lifecycle_across_a_dispatcher_restart")
+    else {
         return;
     };
     let bus: Arc<dyn Bus> = Arc::new(
@@ -78,19 +126,12 @@ async fn kafka_persistent_command_is_delivered_when_the_device_connects() {
         topics.name(Topic::Commands),
         topics.name(Topic::DeviceEvents),
     );
-    let group = fluxgate_testkit::unique_name("dispatchers");
-    let consumer = bus
-        .consumer(ConsumerSpec::group(group, &[&commands, &events]))
-        .unwrap();
-    Dispatcher::new(
-        consumer,
-        bus.producer(),
-        store.clone(),
-        &topics,
-        DispatchConfig::default(),
-        Arc::new(DispatchStats::default()),
-    )
-    .start();
+    let cfg = DispatchConfig {
+        group: fluxgate_testkit::unique_name("dispatchers"),
+        rpc_timeout_ms: 1_500,
+        ..DispatchConfig::default()
+    };
+    let (stop_first, first) = dispatcher(&bus, &store, &topics, &cfg);
     // A front: a broadcast consumer of deliveries, polling (and so joining) from now on.
     let front = bus
         .consumer(ConsumerSpec::broadcast(
@@ -98,13 +139,14 @@ async fn kafka_persistent_command_is_delivered_when_the_device_connects() {
             &[&topics.name(Topic::Deliveries)],
         ))
         .unwrap();
+    let (tx, mut deliveries) = tokio::sync::mpsc::unbounded_channel();
     let reader = front.clone();
-    let deliveries = actix_rt::spawn(async move {
+    let _reading = actix_rt::spawn(async move {
         loop {
             if let Ok(r) = reader.recv().await {
                 reader.ack(&r.position);
                 if let Ok(d) = Delivery::from_bytes(&r.payload) {
-                    return d;
+                    let _ = tx.send(d);
                 }
             }
         }
@@ -116,55 +158,79 @@ async fn kafka_persistent_command_is_delivered_when_the_device_connects() {
     }
     // Let the broadcast consumer resolve its start position before anything is sent.
     tokio::time::sleep(Duration::from_secs(1)).await;
-
-    let id = MessageId::from_parts(now_ms() as u64, 77);
-    let cmd = Command {
-        name: "reboot".into(),
-        payload: serde_json::json!({}),
-        time_ms: None,
-        two_way: false,
-        persistent: true,
-        expires_ms: Some(now_ms() + 120_000),
+    let mut next_delivery = async || {
+        tokio::time::timeout(Duration::from_secs(60), deliveries.recv())
+            .await
+            .expect("a delivery")
+            .unwrap()
     };
     let p = bus.producer();
-    let c = envelope(id, Body::Command(cmd));
-    p.produce(OutRecord::new(&commands, c.key(), c.to_bytes()))
+    let send = async |topic: &str, env: Envelope| {
+        p.produce(OutRecord::new(topic, env.key(), env.to_bytes()))
+            .await
+            .unwrap();
+    };
+    let mut n = 0u128;
+    let mut id = || {
+        n += 1;
+        MessageId::from_parts(now_ms() as u64, n)
+    };
+
+    // Persistent, device offline: queued. Then the dispatcher restarts.
+    let kept = id();
+    send(&commands, envelope(kept, "d1", command(false, true))).await;
+    status(&store, kept, CommandStatus::Queued).await;
+    stop_first.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), first)
         .await
+        .expect("first dispatcher drained")
         .unwrap();
-    loop {
-        if store.command(id).await.unwrap().map(|c| c.status) == Some(CommandStatus::Queued) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "command never queued"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let connect = envelope(
-        MessageId::from_parts(now_ms() as u64, 78),
-        Body::Connect {
-            profile: None,
-            session: None,
-        },
-    );
-    p.produce(OutRecord::new(&events, connect.key(), connect.to_bytes()))
-        .await
-        .unwrap();
-    let d = tokio::time::timeout(Duration::from_secs(60), deliveries)
-        .await
-        .expect("delivered")
-        .unwrap();
-    assert_eq!(d.id, id);
+    let (stop_second, second) = dispatcher(&bus, &store, &topics, &cfg);
+
+    // The device connects: the queued command is sent by the new dispatcher.
+    let connect = Body::Connect {
+        profile: None,
+        session: None,
+    };
+    send(&events, envelope(id(), "d1", connect)).await;
+    let d = next_delivery().await;
+    assert_eq!(d.id, kept);
     assert_eq!(d.render().unwrap().topic, "losant/d1/command");
-    loop {
-        if store.command(id).await.unwrap().map(|c| c.status) == Some(CommandStatus::Sent) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "command never marked sent"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    status(&store, kept, CommandStatus::Sent).await;
+
+    // A two-way RPC answered by the device: replied, with the answer.
+    let asked = id();
+    send(&commands, envelope(asked, "d1", command(true, false))).await;
+    assert_eq!(next_delivery().await.id, asked);
+    status(&store, asked, CommandStatus::Sent).await;
+    let answer = Body::RpcResponse {
+        request_id: CorrelationId::Int(rpc_id(asked)),
+        data: serde_json::json!({"ok": true}),
+    };
+    send(&events, envelope(id(), "d1", answer)).await;
+    status(&store, asked, CommandStatus::Replied).await;
+    let reply = store.command(asked).await.unwrap().unwrap().reply;
+    assert_eq!(reply, Some(serde_json::json!({"ok": true})));
+
+    // A two-way RPC nobody answers: timed out by the timer.
+    let unanswered = id();
+    send(&commands, envelope(unanswered, "d1", command(true, false))).await;
+    assert_eq!(next_delivery().await.id, unanswered);
+    status(&store, unanswered, CommandStatus::TimedOut).await;
+
+    // Lightweight, to a device that is not connected: failed at once, nothing delivered.
+    let light = id();
+    send(&commands, envelope(light, "d2", command(false, false))).await;
+    status(&store, light, CommandStatus::Failed).await;
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), deliveries.recv())
+            .await
+            .is_err()
+    );
+
+    stop_second.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), second)
+        .await
+        .expect("second dispatcher drained")
+        .unwrap();
 }
