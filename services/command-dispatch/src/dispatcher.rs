@@ -250,6 +250,37 @@ impl Ctx {
             .map_err(|e| e.to_string())
     }
 
+    /// Starts an RPC's timer. It runs outside the actor, so it outlives a restart of the
+    /// actor; [`Ctx::rearm_timers`] covers a restart of the process.
+    fn start_timer(self, id: MessageId, after: Duration) {
+        actix::spawn(async move {
+            tokio::time::sleep(after).await;
+            self.expire(id).await;
+        });
+    }
+
+    /// Starts again the timers of the RPCs sent before this dispatcher started (by an
+    /// earlier process, or another instance): the store keeps them.
+    async fn rearm_timers(self) {
+        let pending = match self.store.pending_rpcs(100_000).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "dispatcher: pending RPCs not read; their timeouts wait for their expiry");
+                return;
+            }
+        };
+        let now = now_ms();
+        for c in pending {
+            let rpc_timeout = i64::try_from(self.cfg.rpc_timeout_ms).unwrap_or(i64::MAX);
+            let deadline = c
+                .command
+                .expires_ms
+                .unwrap_or(c.updated_ms.saturating_add(rpc_timeout));
+            let after = Duration::from_millis((deadline - now).max(0) as u64);
+            self.clone().start_timer(c.id, after);
+        }
+    }
+
     /// A two-way RPC's time is up: unless answered, it timed out. Store failures are
     /// retried a few times; after that the command stays open until a restart's sweep.
     async fn expire(&self, id: MessageId) {
@@ -605,14 +636,7 @@ impl Dispatcher {
                     }
                     act.online.insert(k, None);
                 }
-                After::Timer(id, d) => {
-                    // Outside the actor: a timer outlives a restart of the actor.
-                    let work = act.ctx();
-                    actix::spawn(async move {
-                        tokio::time::sleep(d).await;
-                        work.expire(id).await;
-                    });
-                }
+                After::Timer(id, d) => act.ctx().start_timer(id, d),
             }
             consumer.ack(&rec.position);
             act.fetch(ctx);
@@ -669,6 +693,16 @@ pub async fn run_with(
         &[&commands, &events],
     ))?;
     let producer = bus.producer();
+    let work = Dispatcher::new(
+        consumer.clone(),
+        producer.clone(),
+        store.clone(),
+        topics,
+        cfg.clone(),
+        stats.clone(),
+    )
+    .ctx();
+    work.rearm_timers().await;
     // A dispatcher that dies (a panic) is restarted; its unfinished records come again.
     // Presence is rebuilt from the events that follow and the store's connection log.
     let start = |lifeline| {

@@ -510,3 +510,52 @@ async fn a_dispatcher_that_panics_keeps_presence_and_running_timers() {
         .expect("stopped in time")
         .unwrap();
 }
+
+#[actix_rt::test]
+async fn a_new_dispatcher_rearms_the_timers_of_rpcs_sent_before_it() {
+    let rig = Rig::new();
+    let arbiter = Arbiter::new();
+    rig.dispatcher(Some(&arbiter));
+    rig.connect("r1", None, Dialect::ThingsBoard, true).await;
+    // A two-way RPC with its own deadline, sent by the first dispatcher...
+    let rpc = rig
+        .command(
+            "r1",
+            Dialect::ThingsBoard,
+            true,
+            false,
+            Some(now_ms() + 1_500),
+        )
+        .await;
+    assert_eq!(rig.delivery().await.id, rpc);
+    rig.status(rpc, CommandStatus::Sent).await;
+    // ...which dies with the timer (its whole event loop stops).
+    arbiter.stop();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The next one finds the RPC in the store and times it out at its deadline.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (bus, store, topics) = (
+        Arc::new(rig.bus.clone()),
+        rig.store.clone(),
+        rig.topics.clone(),
+    );
+    let running = actix_rt::spawn(async move {
+        fluxgate_command_dispatch::run(bus, store, &topics, DispatchConfig::default(), async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap()
+    });
+    rig.status(rpc, CommandStatus::TimedOut).await;
+    let history = rig.store.command_history(rpc).await.unwrap();
+    let timed_out = history.last().unwrap();
+    assert!(
+        timed_out.at_ms >= now_ms() - 5_000,
+        "timed out by the new dispatcher's timer"
+    );
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("stopped in time")
+        .unwrap();
+}

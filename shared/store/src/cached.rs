@@ -321,6 +321,9 @@ impl Store for CachedStore {
     ) -> BoxFuture<'_, Result<Vec<CommandRecord>>> {
         self.inner.commands(tenant, device, status, limit)
     }
+    fn pending_rpcs(&self, limit: u32) -> BoxFuture<'_, Result<Vec<CommandRecord>>> {
+        self.inner.pending_rpcs(limit)
+    }
     fn log_connection(&self, event: ConnectionEvent) -> BoxFuture<'_, Result<()>> {
         self.inner.log_connection(event)
     }

@@ -216,6 +216,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         limit: u32,
     ) -> BoxFuture<'_, Result<Vec<CommandRecord>>>;
 
+    /// Two-way commands sent and not answered or ended yet (status sent or delivered),
+    /// oldest first: the RPC timers a restarted dispatcher must run again.
+    fn pending_rpcs(&self, limit: u32) -> BoxFuture<'_, Result<Vec<CommandRecord>>>;
+
     /// Records a connect/disconnect.
     fn log_connection(&self, event: ConnectionEvent) -> BoxFuture<'_, Result<()>>;
     /// A device's connection log, newest first.

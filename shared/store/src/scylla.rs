@@ -76,7 +76,7 @@ impl Default for ScyllaConfig {
 }
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 const TABLES: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.schema_version (id int PRIMARY KEY, version int)",
@@ -106,6 +106,8 @@ const TABLES: &[&str] = &[
        status text, created_ms bigint, updated_ms bigint, reply text)",
     "CREATE TABLE IF NOT EXISTS {ks}.commands_by_device (tenant text, device text, created_ms bigint, id text,
        status text, PRIMARY KEY ((tenant, device), created_ms, id)) WITH CLUSTERING ORDER BY (created_ms DESC, id DESC)",
+    // Two-way commands awaiting their reply (one partition: RPCs in flight are few).
+    "CREATE TABLE IF NOT EXISTS {ks}.rpcs_awaiting_reply (shard int, id text, PRIMARY KEY ((shard), id))",
     "CREATE TABLE IF NOT EXISTS {ks}.command_history (id text, seq int, status text, at_ms bigint, detail text,
        PRIMARY KEY ((id), seq))",
     "CREATE TABLE IF NOT EXISTS {ks}.connection_log (tenant text, device text, at_ms bigint, uid text, connected boolean,
@@ -284,6 +286,18 @@ const STATEMENTS: &[(&str, &str)] = &[
         "SELECT seq, status, at_ms, detail FROM {ks}.command_history WHERE id = ?",
     ),
     ("del_hist", "DELETE FROM {ks}.command_history WHERE id = ?"),
+    (
+        "put_awaiting",
+        "INSERT INTO {ks}.rpcs_awaiting_reply (shard, id) VALUES (0, ?)",
+    ),
+    (
+        "del_awaiting",
+        "DELETE FROM {ks}.rpcs_awaiting_reply WHERE shard = 0 AND id = ?",
+    ),
+    (
+        "get_awaiting",
+        "SELECT id FROM {ks}.rpcs_awaiting_reply WHERE shard = 0 LIMIT ?",
+    ),
     (
         "put_conn",
         "INSERT INTO {ks}.connection_log (tenant, device, at_ms, uid, connected, front, remote_addr, reason, via) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?",
@@ -1219,6 +1233,15 @@ impl Store for ScyllaStore {
                 ),
             )
             .await?;
+            if current.command.two_way {
+                let awaiting = matches!(to, CommandStatus::Sent | CommandStatus::Delivered);
+                let stmt = if awaiting {
+                    "put_awaiting"
+                } else {
+                    "del_awaiting"
+                };
+                self.exec(stmt, (key.as_str(),)).await?;
+            }
             let history: Vec<(i32, String, i64, Option<String>)> =
                 rows(self.exec("get_hist", (key.as_str(),)).await?)?;
             let seq = history.iter().map(|h| h.0).max().map_or(0, |m| m + 1);
@@ -1270,6 +1293,23 @@ impl Store for ScyllaStore {
                     out.push(c);
                 }
             }
+            Ok(out)
+        })
+    }
+
+    fn pending_rpcs(&self, limit: u32) -> BoxFuture<'_, Result<Vec<CommandRecord>>> {
+        Box::pin(async move {
+            let limit = i32::try_from(limit).unwrap_or(i32::MAX);
+            let ids: Vec<(String,)> = rows(self.exec("get_awaiting", (limit,)).await?)?;
+            let mut out = Vec::new();
+            for (cid,) in ids {
+                if let Some(c) = self.load_command(&cid).await?
+                    && matches!(c.status, CommandStatus::Sent | CommandStatus::Delivered)
+                {
+                    out.push(c);
+                }
+            }
+            out.sort_by_key(|c| c.updated_ms);
             Ok(out)
         })
     }

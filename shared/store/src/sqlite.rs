@@ -21,7 +21,7 @@ use crate::types::*;
 use crate::{BoxFuture, Result, Store, StoreError};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -74,6 +74,8 @@ CREATE TABLE IF NOT EXISTS commands (
   status TEXT NOT NULL, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL, reply TEXT
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS commands_by_device ON commands (tenant, device, created_ms);
+CREATE INDEX IF NOT EXISTS commands_awaiting_reply ON commands (updated_ms)
+  WHERE status IN ('sent', 'delivered') AND json_extract(command, '$.two_way') = 1;
 CREATE TABLE IF NOT EXISTS command_history (
   id TEXT NOT NULL, seq INTEGER NOT NULL, status TEXT NOT NULL, at_ms INTEGER NOT NULL,
   detail TEXT, PRIMARY KEY (id, seq)
@@ -1077,6 +1079,20 @@ impl Store for SqliteStore {
                     command_from_row,
                 )
                 .map_err(sql_err)?;
+            rows.map(|r| r.map_err(sql_err).and_then(rows::command)).collect()
+        })
+    }
+
+    fn pending_rpcs(&self, limit: u32) -> BoxFuture<'_, Result<Vec<CommandRecord>>> {
+        self.run(move |c, _| {
+            let mut s = c
+                .prepare_cached(&format!(
+                    "SELECT {COMMAND_COLS} FROM commands
+                     WHERE status IN ('sent', 'delivered') AND json_extract(command, '$.two_way') = 1
+                     ORDER BY updated_ms LIMIT ?1"
+                ))
+                .map_err(sql_err)?;
+            let rows = s.query_map(params![limit], command_from_row).map_err(sql_err)?;
             rows.map(|r| r.map_err(sql_err).and_then(rows::command)).collect()
         })
     }

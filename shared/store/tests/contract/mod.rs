@@ -567,9 +567,11 @@ pub async fn command_transitions(h: &Harness) {
     )
     .await
     .unwrap();
+    assert_eq!(awaiting(s).await, vec![id], "sent, awaiting its reply");
     s.set_command_status(id, CommandStatus::Delivered, NOW + 2, None, None)
         .await
         .unwrap();
+    assert_eq!(awaiting(s).await, vec![id], "delivered, still awaiting");
     let done = s
         .set_command_status(
             id,
@@ -581,6 +583,7 @@ pub async fn command_transitions(h: &Harness) {
         .await
         .unwrap();
     assert_eq!(done.status, CommandStatus::Replied);
+    assert!(awaiting(s).await.is_empty(), "replied: no longer awaiting");
     assert_eq!(done.reply, Some(serde_json::json!({"ok": true})));
     let err = s
         .set_command_status(id, CommandStatus::Failed, NOW + 4, None, None)
@@ -637,6 +640,16 @@ pub async fn command_transitions(h: &Harness) {
     assert_eq!(replied.len(), 2, "the copy was stored with status replied");
     let all = s.commands(t.clone(), dev("d"), None, 10).await.unwrap();
     assert_eq!(all[0].id, other, "newest first");
+}
+
+/// The ids of the two-way commands awaiting their reply.
+async fn awaiting(s: &dyn fluxgate_store::Store) -> Vec<MessageId> {
+    s.pending_rpcs(100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.id)
+        .collect()
 }
 
 /// Connection and rejected logs keep events newest first.
