@@ -625,25 +625,22 @@ impl Front {
     }
 
     /// Delivers a command/RPC/attribute message and reports the outcome to the dispatcher.
-    async fn deliver(&self, conn: &Conn, mut d: Delivery, mut r: Rendered) {
+    async fn deliver(&self, conn: &Conn, mut d: Delivery) {
         // The connection's dialect is the truth: a dispatcher that rebuilt presence from the
         // store after a restart knows where the device is, not how it speaks.
-        let dialect = conn.identity.principal.dialect();
-        if d.dialect != dialect {
-            d.dialect = dialect;
-            match d.render() {
-                Ok(again) => r = again,
-                Err(e) => {
-                    tracing::warn!(delivery = %d.id, error = %e, "delivery cannot be rendered");
-                    self.metrics
-                        .deliveries
-                        .with_label_values(&["unrenderable"])
-                        .inc();
-                    let why = "cannot be rendered in the device's dialect";
-                    return self.report(&d, Some(why)).await;
-                }
+        d.dialect = conn.identity.principal.dialect();
+        let r = match d.render() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(delivery = %d.id, error = %e, "delivery cannot be rendered");
+                self.metrics
+                    .deliveries
+                    .with_label_values(&["unrenderable"])
+                    .inc();
+                let why = "cannot be rendered in the device's dialect";
+                return self.report(&d, Some(why)).await;
             }
-        }
+        };
         let outcome = self.write(conn, &r).await;
         self.report(&d, outcome.err()).await;
     }
@@ -818,8 +815,7 @@ async fn session_task(
                 }
                 Some(ToSession::Close(r)) => conn.close(r),
                 Some(ToSession::Deliver(d)) => {
-                    let (d, r) = *d;
-                    Box::pin(front.deliver(&conn, d, r)).await;
+                    Box::pin(front.deliver(&conn, *d)).await;
                 }
                 Some(ToSession::Custom(m)) => {
                     let (topic, payload) = *m;
@@ -836,29 +832,16 @@ pub(crate) fn route_delivery(front: &Front, d: Delivery) {
     let Some(entry) = front.sessions.get(&d.tenant, d.connection()) else {
         return; // another front holds the connection, or nobody does
     };
-    match d.render() {
-        Ok(r) => {
-            if let Err(NotQueued::Full(ToSession::Deliver(b))) =
-                entry.try_send(ToSession::Deliver(Box::new((d, r))))
-            {
-                front
-                    .metrics
-                    .deliveries
-                    .with_label_values(&["backlog_full"])
-                    .inc();
-                let (d, _) = *b;
-                spawn_report(front, d, "connection backlog full");
-            }
-        }
-        Err(e) => {
-            front
-                .metrics
-                .deliveries
-                .with_label_values(&["unrenderable"])
-                .inc();
-            tracing::warn!(delivery = %d.id, error = %e, "delivery cannot be rendered");
-            spawn_report(front, d, "cannot be rendered in the device's dialect");
-        }
+    // Rendered by the session, in the dialect of the connection it holds.
+    if let Err(NotQueued::Full(ToSession::Deliver(d))) =
+        entry.try_send(ToSession::Deliver(Box::new(d)))
+    {
+        front
+            .metrics
+            .deliveries
+            .with_label_values(&["backlog_full"])
+            .inc();
+        spawn_report(front, *d, "connection backlog full");
     }
 }
 

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use fluxgate_model::{Delivery, DeviceId, Rendered, Subscription, TenantId};
+use fluxgate_model::{Delivery, DeviceId, Subscription, TenantId};
 use futures_channel::mpsc;
 use governor::state::keyed::HashMapStateStore;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter, clock::DefaultClock};
@@ -35,7 +35,7 @@ use crate::config::Rate;
 #[derive(Debug)]
 pub(crate) enum ToSession {
     /// A command, RPC or attribute message for the device (or one behind the gateway).
-    Deliver(Box<(Delivery, Rendered)>),
+    Deliver(Box<Delivery>),
     /// A custom-topic message of the connection's application: topic and payload (boxed:
     /// every connection's channel holds a block of these, so the enum stays small).
     Custom(Box<(ByteString, Bytes)>),

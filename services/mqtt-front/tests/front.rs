@@ -462,6 +462,21 @@ async fn deliveries_reach_subscribed_sessions_and_report_outcomes() {
     assert_eq!(v["device"], "sensor-a");
     assert_eq!(v["data"]["method"], "setLevel");
     assert_eq!(v["data"]["id"], 3);
+
+    // A delivery naming another dialect (a dispatcher that rebuilt presence from the store
+    // knows where a device is, not how it speaks) is rendered in the connection's.
+    let unsure = delivery(
+        "sensor-a",
+        Some("tbgw"),
+        Dialect::Losant,
+        command("setLevel"),
+    );
+    rig.produce(Topic::Deliveries, "app1/sensor-a", unsure.to_bytes())
+        .await;
+    let (topic, payload) = recv(&mut gw.inbox).await;
+    assert_eq!(topic, "v1/gateway/rpc");
+    let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(v["data"]["method"], "setLevel");
 }
 
 #[ntex::test]
