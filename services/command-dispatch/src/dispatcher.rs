@@ -693,29 +693,14 @@ pub async fn run_with(
         &[&commands, &events],
     ))?;
     let producer = bus.producer();
-    let work = Dispatcher::new(
-        consumer.clone(),
-        producer.clone(),
-        store.clone(),
-        topics,
-        cfg.clone(),
-        stats.clone(),
-    )
-    .ctx();
-    work.rearm_timers().await;
+    let make = || {
+        let (c, p, s) = (consumer.clone(), producer.clone(), store.clone());
+        Dispatcher::new(c, p, s, topics, cfg.clone(), stats.clone())
+    };
+    make().ctx().rearm_timers().await;
     // A dispatcher that dies (a panic) is restarted; its unfinished records come again.
     // Presence is rebuilt from the events that follow and the store's connection log.
-    let start = |lifeline| {
-        let d = Dispatcher::new(
-            consumer.clone(),
-            producer.clone(),
-            store.clone(),
-            topics,
-            cfg.clone(),
-            stats.clone(),
-        );
-        d.supervised(lifeline).start()
-    };
+    let start = |lifeline| make().supervised(lifeline).start();
     let live = supervise(
         "command-dispatch",
         &consumer,

@@ -106,6 +106,38 @@ impl Rig {
         stats
     }
 
+    /// `fluxgate_command_dispatch::run_with` on `bus` (this rig's bus, or a wrapper of it)
+    /// until the returned sender is used. The dispatchers' group is created first (the
+    /// in-process bus keeps records only for groups it knows), whenever `run_with`
+    /// subscribes.
+    fn run_on(
+        &self,
+        bus: Arc<dyn Bus>,
+        cfg: DispatchConfig,
+    ) -> (
+        Arc<DispatchStats>,
+        tokio::sync::oneshot::Sender<()>,
+        actix_rt::task::JoinHandle<()>,
+    ) {
+        let names = [
+            self.topics.name(Topic::Commands),
+            self.topics.name(Topic::DeviceEvents),
+        ];
+        let group = ConsumerSpec::group(&cfg.group, &[&names[0], &names[1]]);
+        drop(self.bus.consumer(group).unwrap());
+        let stats = Arc::new(DispatchStats::default());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (store, topics, counted) = (self.store.clone(), self.topics.clone(), stats.clone());
+        let running = actix_rt::spawn(async move {
+            fluxgate_command_dispatch::run_with(bus, store, &topics, cfg, counted, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        (stats, stop, running)
+    }
+
     fn id(&self) -> MessageId {
         MessageId::from_parts(
             now_ms() as u64,
@@ -399,37 +431,11 @@ async fn a_restarted_dispatcher_keeps_pending_commands() {
 #[actix_rt::test]
 async fn run_stops_on_shutdown() {
     let rig = Rig::new();
-    // The group exists before anything is produced (the in-process bus keeps a group's
-    // records for it while it has no member), whenever the spawned `run` subscribes.
-    let names = [
-        rig.topics.name(Topic::Commands),
-        rig.topics.name(Topic::DeviceEvents),
-    ];
-    drop(
-        rig.bus
-            .consumer(ConsumerSpec::group(
-                DispatchConfig::default().group,
-                &[&names[0], &names[1]],
-            ))
-            .unwrap(),
-    );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (bus, store, topics) = (
-        Arc::new(rig.bus.clone()),
-        rig.store.clone(),
-        rig.topics.clone(),
-    );
-    let running = actix_rt::spawn(async move {
-        fluxgate_command_dispatch::run(bus, store, &topics, DispatchConfig::default(), async {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap()
-    });
+    let (stats, stop, running) = rig.run_on(Arc::new(rig.bus.clone()), DispatchConfig::default());
     let light = rig.command("x", Dialect::Losant, false, false, None).await;
     rig.status(light, CommandStatus::Failed).await;
     stop.send(()).unwrap();
-    let stats = tokio::time::timeout(Duration::from_secs(5), running)
+    tokio::time::timeout(Duration::from_secs(5), running)
         .await
         .expect("stopped in time")
         .unwrap();
@@ -444,19 +450,10 @@ async fn run_stops_on_shutdown() {
 async fn a_dispatcher_that_panics_keeps_presence_and_running_timers() {
     use fluxgate_bus::testing::FaultyBus;
     let rig = Rig::new();
-    let names = [
-        rig.topics.name(Topic::Commands),
-        rig.topics.name(Topic::DeviceEvents),
-    ];
     let cfg = DispatchConfig {
         rpc_timeout_ms: 1_000,
         ..DispatchConfig::default()
     };
-    drop(
-        rig.bus
-            .consumer(ConsumerSpec::group(&cfg.group, &[&names[0], &names[1]]))
-            .unwrap(),
-    );
     // The device connected before this dispatcher started: only the store knows (the
     // writer logged the connect; its event was consumed by an earlier dispatcher).
     rig.store
@@ -477,18 +474,7 @@ async fn a_dispatcher_that_panics_keeps_presence_and_running_timers() {
     bus.faults()
         .send
         .store(2, std::sync::atomic::Ordering::SeqCst);
-    let stats = Arc::new(DispatchStats::default());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = {
-        let (store, topics, stats) = (rig.store.clone(), rig.topics.clone(), stats.clone());
-        actix_rt::spawn(async move {
-            fluxgate_command_dispatch::run_with(bus, store, &topics, cfg, stats, async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap()
-        })
-    };
+    let (stats, stop, running) = rig.run_on(bus, cfg);
     // A two-way RPC: sent (presence from the store), its timer running.
     let rpc = rig
         .command("p1", Dialect::ThingsBoard, true, false, None)
@@ -533,19 +519,7 @@ async fn a_new_dispatcher_rearms_the_timers_of_rpcs_sent_before_it() {
     arbiter.stop();
     tokio::time::sleep(Duration::from_millis(100)).await;
     // The next one finds the RPC in the store and times it out at its deadline.
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (bus, store, topics) = (
-        Arc::new(rig.bus.clone()),
-        rig.store.clone(),
-        rig.topics.clone(),
-    );
-    let running = actix_rt::spawn(async move {
-        fluxgate_command_dispatch::run(bus, store, &topics, DispatchConfig::default(), async {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap()
-    });
+    let (_, stop, running) = rig.run_on(Arc::new(rig.bus.clone()), DispatchConfig::default());
     rig.status(rpc, CommandStatus::TimedOut).await;
     let history = rig.store.command_history(rpc).await.unwrap();
     let timed_out = history.last().unwrap();

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fluxgate_bus::{Bus, ConsumerSpec, KafkaBus, KafkaConfig, OutRecord, Topic, TopicsConfig};
+use fluxgate_bus::{Bus, ConsumerSpec, OutRecord, Topic, TopicsConfig};
 use fluxgate_command_dispatch::{DispatchConfig, rpc_id};
 use fluxgate_model::{
     Body, Channel, Command, CorrelationId, Delivery, DeviceId, DeviceRef, Dialect,
@@ -95,32 +95,14 @@ async fn kafka_command_lifecycle_across_a_dispatcher_restart() {
     else {
         return;
     };
-    let bus: Arc<dyn Bus> = Arc::new(
-        KafkaBus::new(KafkaConfig {
-            brokers,
-            session_timeout_ms: 6_000,
-            commit_interval_ms: 200,
-            ..KafkaConfig::default()
-        })
-        .unwrap(),
-    );
-    let topics = TopicsConfig {
-        prefix: format!("{}.", fluxgate_testkit::unique_name("disp")),
-        partitions: 2,
-        replication_factor: 1,
-        ..TopicsConfig::default()
-    };
-    bus.ensure_topics(&topics.specs()).await.unwrap();
+    let (bus, topics) = fluxgate_bus::testing::kafka_with_fresh_topics(brokers, "disp", 2)
+        .await
+        .unwrap();
     let double = CqlDouble::start().await.unwrap();
     let store: Arc<dyn Store> = Arc::new(
-        ScyllaStore::connect(ScyllaConfig {
-            nodes: vec![double.addr().to_string()],
-            keyspace: "fg_dispatch".into(),
-            replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".into(),
-            ..ScyllaConfig::default()
-        })
-        .await
-        .unwrap(),
+        ScyllaStore::connect(ScyllaConfig::single_node(double.addr(), "fg_dispatch"))
+            .await
+            .unwrap(),
     );
     let (commands, events) = (
         topics.name(Topic::Commands),

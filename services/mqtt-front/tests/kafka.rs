@@ -5,10 +5,8 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::*;
-use fluxgate_bus::{Bus, KafkaBus, KafkaConfig, Topic, TopicsConfig};
+use fluxgate_bus::Topic;
 use fluxgate_model::{
     Body, CorrelationId, Delivery, DeviceRef, Dialect, ENVELOPE_VERSION, MessageId, Outbound,
 };
@@ -19,22 +17,9 @@ async fn kafka_front_end_to_end() {
     let Some(brokers) = fluxgate_testkit::kafka_brokers("kafka_front_end_to_end") else {
         return;
     };
-    let bus: Arc<dyn Bus> = Arc::new(
-        KafkaBus::new(KafkaConfig {
-            brokers,
-            session_timeout_ms: 6_000,
-            commit_interval_ms: 200,
-            ..KafkaConfig::default()
-        })
-        .unwrap(),
-    );
-    let topics = TopicsConfig {
-        prefix: format!("{}.", fluxgate_testkit::unique_name("front")),
-        partitions: 2,
-        replication_factor: 1,
-        ..TopicsConfig::default()
-    };
-    bus.ensure_topics(&topics.specs()).await.unwrap();
+    let (bus, topics) = fluxgate_bus::testing::kafka_with_fresh_topics(brokers, "front", 2)
+        .await
+        .unwrap();
     let rig = Rig::on(bus.clone(), topics.clone(), Rig::config()).await;
     let mut raw = rig.tap(Topic::IngestRaw);
     let mut events = rig.tap(Topic::DeviceEvents);

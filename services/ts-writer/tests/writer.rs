@@ -84,6 +84,58 @@ fn start(
     (addr, stats)
 }
 
+/// `fluxgate_ts_writer::run_with` on `bus` until [`Running::stop`]; `bus` is `memory`, or
+/// wraps it. The writers' group is created first (the in-process bus keeps records only for
+/// groups it knows), whenever the spawned `run_with` subscribes.
+fn run(
+    memory: &MemoryBus,
+    bus: Arc<dyn Bus>,
+    store: Arc<dyn Store>,
+    cfg: WriterConfig,
+) -> (Arc<WriterStats>, Running) {
+    let topics = TopicsConfig::default();
+    let names = [
+        Topic::IngestValid,
+        Topic::DeviceEvents,
+        Topic::IngestRejected,
+    ]
+    .map(|t| topics.name(t));
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    drop(
+        memory
+            .consumer(ConsumerSpec::group(&cfg.group, &names))
+            .unwrap(),
+    );
+    let stats = Arc::new(WriterStats::default());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let counted = stats.clone();
+    let task = actix_rt::spawn(async move {
+        fluxgate_ts_writer::run_with(bus, store, &topics, cfg, counted, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    (stats, Running { stop, task })
+}
+
+/// A writer started by [`run`].
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: actix_rt::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Shuts it down and waits for the drain.
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), self.task)
+            .await
+            .expect("drained")
+            .unwrap();
+    }
+}
+
 async fn points(store: &dyn Store, device: &str) -> Vec<(i64, Value)> {
     store
         .query(RangeQuery {
@@ -243,11 +295,8 @@ async fn a_store_outage_pauses_intake_and_loses_nothing() {
     let double = CqlDouble::start().await.unwrap();
     let store: Arc<dyn Store> = Arc::new(
         ScyllaStore::connect(ScyllaConfig {
-            nodes: vec![double.addr().to_string()],
-            keyspace: "fg_writer".into(),
-            replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".into(),
             retries: 0,
-            ..ScyllaConfig::default()
+            ..ScyllaConfig::single_node(double.addr(), "fg_writer")
         })
         .await
         .unwrap(),
@@ -259,34 +308,7 @@ async fn a_store_outage_pauses_intake_and_loses_nothing() {
     };
     let bus = MemoryBus::default();
     let topics = TopicsConfig::default();
-    let names = [
-        Topic::IngestValid,
-        Topic::DeviceEvents,
-        Topic::IngestRejected,
-    ]
-    .map(|t| topics.name(t));
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    drop(
-        bus.consumer(ConsumerSpec::group(&cfg.group, &names))
-            .unwrap(),
-    );
-    let stats = Arc::new(WriterStats::default());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = {
-        let (bus, store, topics, stats) = (
-            Arc::new(bus.clone()),
-            store.clone(),
-            topics.clone(),
-            stats.clone(),
-        );
-        actix_rt::spawn(async move {
-            fluxgate_ts_writer::run_with(bus, store, &topics, cfg, stats, async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap()
-        })
-    };
+    let (stats, running) = run(&bus, Arc::new(bus.clone()), store.clone(), cfg);
     // An outage of about 100 write attempts (10-40 ms apart: seconds).
     double.inject(Fault::WriteTimeout, 100);
     let p = bus.producer();
@@ -342,11 +364,7 @@ async fn a_store_outage_pauses_intake_and_loses_nothing() {
         text.contains("fluxgate_ts_writer_points_written_total 5"),
         "{text}"
     );
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), running)
-        .await
-        .expect("drained")
-        .unwrap();
+    running.stop().await;
 }
 
 #[actix_rt::test]
@@ -453,38 +471,13 @@ async fn a_writer_that_panics_is_restarted_and_stores_every_record_once() {
         batch_max_points: 8,
         ..WriterConfig::default()
     };
-    // The group exists before anything is produced, whenever `run` subscribes.
-    let names = [
-        Topic::IngestValid,
-        Topic::DeviceEvents,
-        Topic::IngestRejected,
-    ]
-    .map(|t| topics.name(t));
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    drop(
-        memory
-            .consumer(ConsumerSpec::group(&cfg.group, &names))
-            .unwrap(),
-    );
     let bus = Arc::new(FaultyBus::new(Arc::new(memory.clone())));
     // First death: mid-batch, after reading its 5th record (the batch is lost unwritten).
     // Second death: after a batch was written, before its first record is acked (the
     // batch is written again: idempotent).
     bus.faults().recv.store(5, Ordering::SeqCst);
     bus.faults().ack.store(1, Ordering::SeqCst);
-    let stats = Arc::new(WriterStats::default());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = {
-        let (bus, store, topics, stats) =
-            (bus.clone(), store.clone(), topics.clone(), stats.clone());
-        actix_rt::spawn(async move {
-            fluxgate_ts_writer::run_with(bus, store, &topics, cfg, stats, async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap()
-        })
-    };
+    let (stats, running) = run(&memory, bus, store.clone(), cfg);
     let p = memory.producer();
     let mut acks = Vec::new();
     for i in 0..30 {
@@ -526,9 +519,5 @@ async fn a_writer_that_panics_is_restarted_and_stores_every_record_once() {
         text.contains("fluxgate_ts_writer_restarts_total 2"),
         "{text}"
     );
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), running)
-        .await
-        .expect("drained")
-        .unwrap();
+    running.stop().await;
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use fluxgate_bus::{Bus, ConsumerSpec, KafkaBus, KafkaConfig, OutRecord, Topic, TopicsConfig};
+use fluxgate_bus::{ConsumerSpec, OutRecord, Topic};
 use fluxgate_model::{
     Body, Channel, DeviceId, DeviceRef, Dialect, ENVELOPE_VERSION, Envelope, MessageId, ReasonCode,
     Sample, TenantId, Value, Values,
@@ -26,6 +26,25 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
+/// A device of the test's tenant.
+fn registered(
+    name: &str,
+    kind: DeviceKind,
+    policy: Option<fluxgate_store::PeripheralPolicy>,
+) -> Device {
+    Device {
+        tenant: TenantId::new("app").unwrap(),
+        id: DeviceId::new(name).unwrap(),
+        name: name.into(),
+        kind,
+        peripheral_policy: policy,
+        tags: vec![],
+        profile: None,
+        created_ms: 0,
+        updated_ms: 0,
+    }
+}
+
 #[actix_rt::test]
 async fn kafka_raw_state_reaches_the_store_through_validator_and_writer() {
     let Some(brokers) = fluxgate_testkit::kafka_brokers(
@@ -33,47 +52,19 @@ async fn kafka_raw_state_reaches_the_store_through_validator_and_writer() {
     ) else {
         return;
     };
-    let bus: Arc<dyn Bus> = Arc::new(
-        KafkaBus::new(KafkaConfig {
-            brokers,
-            session_timeout_ms: 6_000,
-            commit_interval_ms: 200,
-            ..KafkaConfig::default()
-        })
-        .unwrap(),
-    );
-    let topics = TopicsConfig {
-        prefix: format!("{}.", fluxgate_testkit::unique_name("pipe")),
-        partitions: 2,
-        replication_factor: 1,
-        ..TopicsConfig::default()
-    };
-    bus.ensure_topics(&topics.specs()).await.unwrap();
+    let (bus, topics) = fluxgate_bus::testing::kafka_with_fresh_topics(brokers, "pipe", 2)
+        .await
+        .unwrap();
     let double = CqlDouble::start().await.unwrap();
     let store: Arc<dyn Store> = Arc::new(
-        ScyllaStore::connect(ScyllaConfig {
-            nodes: vec![double.addr().to_string()],
-            keyspace: "fg_pipeline".into(),
-            replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".into(),
-            ..ScyllaConfig::default()
-        })
-        .await
-        .unwrap(),
+        ScyllaStore::connect(ScyllaConfig::single_node(double.addr(), "fg_pipeline"))
+            .await
+            .unwrap(),
     );
     let tenant = TenantId::new("app").unwrap();
     let device = DeviceId::new("d1").unwrap();
     store
-        .put_device(Device {
-            tenant: tenant.clone(),
-            id: device.clone(),
-            name: "d1".into(),
-            kind: DeviceKind::Standalone,
-            peripheral_policy: None,
-            tags: vec![],
-            profile: None,
-            created_ms: 0,
-            updated_ms: 0,
-        })
+        .put_device(registered("d1", DeviceKind::Standalone, None))
         .await
         .unwrap();
     store
@@ -216,57 +207,28 @@ async fn kafka_every_kind_ends_in_its_table_and_a_raced_name_becomes_one_device(
     ) else {
         return;
     };
-    let bus: Arc<dyn Bus> = Arc::new(
-        KafkaBus::new(KafkaConfig {
-            brokers,
-            session_timeout_ms: 6_000,
-            commit_interval_ms: 200,
-            ..KafkaConfig::default()
-        })
-        .unwrap(),
-    );
-    let topics = TopicsConfig {
-        prefix: format!("{}.", fluxgate_testkit::unique_name("kinds")),
-        partitions: 4,
-        replication_factor: 1,
-        ..TopicsConfig::default()
-    };
-    bus.ensure_topics(&topics.specs()).await.unwrap();
+    let (bus, topics) = fluxgate_bus::testing::kafka_with_fresh_topics(brokers, "kinds", 4)
+        .await
+        .unwrap();
     let double = CqlDouble::start().await.unwrap();
     let store: Arc<dyn Store> = Arc::new(
-        ScyllaStore::connect(ScyllaConfig {
-            nodes: vec![double.addr().to_string()],
-            keyspace: "fg_kinds".into(),
-            replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".into(),
-            ..ScyllaConfig::default()
-        })
-        .await
-        .unwrap(),
+        ScyllaStore::connect(ScyllaConfig::single_node(double.addr(), "fg_kinds"))
+            .await
+            .unwrap(),
     );
     let tenant = TenantId::new("app").unwrap();
     let id = |s: &str| DeviceId::new(s).unwrap();
-    let put = |name: &str, kind, policy| Device {
-        tenant: tenant.clone(),
-        id: id(name),
-        name: name.into(),
-        kind,
-        peripheral_policy: policy,
-        tags: vec![],
-        profile: None,
-        created_ms: 0,
-        updated_ms: 0,
-    };
     store
-        .put_device(put("d1", DeviceKind::Standalone, None))
+        .put_device(registered("d1", DeviceKind::Standalone, None))
         .await
         .unwrap();
     store
-        .put_device(put("gw1", DeviceKind::Gateway, None))
+        .put_device(registered("gw1", DeviceKind::Gateway, None))
         .await
         .unwrap();
     let only_other = PeripheralPolicy::SpecificGateway(id("gw-other"));
     store
-        .put_device(put("p1", DeviceKind::Peripheral, Some(only_other)))
+        .put_device(registered("p1", DeviceKind::Peripheral, Some(only_other)))
         .await
         .unwrap();
     store

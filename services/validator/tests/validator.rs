@@ -152,6 +152,11 @@ impl Rig {
         tokio::sync::oneshot::Sender<()>,
         actix_rt::task::JoinHandle<Arc<ValidatorStats>>,
     ) {
+        // The group exists before anything is produced (the in-process bus keeps a group's
+        // records for it while it has no member), whenever the spawned `run` subscribes.
+        let raw = self.topics.name(Topic::IngestRaw);
+        let group = ValidatorConfig::default().group;
+        drop(bus.consumer(ConsumerSpec::group(group, &[&raw])).unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (store, topics) = (self.store.clone(), self.topics.clone());
         let running = actix_rt::spawn(async move {
@@ -419,17 +424,6 @@ async fn run_drains_on_shutdown_and_reads_no_further() {
         .put_device(device("t1", DeviceKind::Standalone, None))
         .await
         .unwrap();
-    // The group exists before anything is produced (the in-process bus keeps a group's
-    // records for it while it has no member), whenever the spawned `run` subscribes.
-    let raw = rig.topics.name(Topic::IngestRaw);
-    drop(
-        rig.bus
-            .consumer(ConsumerSpec::group(
-                ValidatorConfig::default().group,
-                &[&raw],
-            ))
-            .unwrap(),
-    );
     let (stop, running) = rig.run();
     for i in 0..3 {
         rig.raw(&state(
@@ -522,15 +516,6 @@ async fn a_validator_that_panics_is_restarted_and_loses_no_record() {
         .put_device(device("t1", DeviceKind::Standalone, None))
         .await
         .unwrap();
-    let raw = rig.topics.name(Topic::IngestRaw);
-    drop(
-        rig.bus
-            .consumer(ConsumerSpec::group(
-                ValidatorConfig::default().group,
-                &[&raw],
-            ))
-            .unwrap(),
-    );
     // The validator dies while producing the output of its third record.
     let faulty = Arc::new(FaultyBus::new(Arc::new(rig.bus.clone())));
     faulty

@@ -1,16 +1,42 @@
-//! Fault injection for tests of the roles: a bus whose consumers and producers panic at a
-//! chosen call, so that a role's supervision can be tested through its real `run`.
-//!
-//! The panic happens inside the role's handler (the call is made from it), which is how a
-//! bug in a handler would look.
+//! Helpers for tests of the roles:
+//! - [`FaultyBus`]: a bus whose consumers and producers panic at a chosen call, so that a
+//!   role's supervision can be tested through its real `run`. The panic happens inside the
+//!   role's handler (the call is made from it), which is how a bug in a handler would look.
+//! - [`kafka_with_fresh_topics`]: a Kafka bus tuned for tests, with topics of its own.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::kafka::{KafkaBus, KafkaConfig};
+use crate::topics::TopicsConfig;
 use crate::{
     AckFuture, BoxFuture, Bus, BusError, ConsumeError, Consumer, ConsumerSpec, Position,
     ProduceError, Producer, Record, TopicSpec,
 };
+
+/// A Kafka bus at `brokers` for tests (6 s group sessions and 200 ms commits, so joins,
+/// rebalances and commits stay short) and a fresh set of every fluxgate topic, named with
+/// `name` and a unique suffix, `partitions` each.
+pub async fn kafka_with_fresh_topics(
+    brokers: String,
+    name: &str,
+    partitions: i32,
+) -> Result<(Arc<dyn Bus>, TopicsConfig), BusError> {
+    let bus: Arc<dyn Bus> = Arc::new(KafkaBus::new(KafkaConfig {
+        brokers,
+        session_timeout_ms: 6_000,
+        commit_interval_ms: 200,
+        ..KafkaConfig::default()
+    })?);
+    let topics = TopicsConfig {
+        prefix: format!("{name}-{}.", crate::unique_suffix()),
+        partitions,
+        replication_factor: 1,
+        ..TopicsConfig::default()
+    };
+    bus.ensure_topics(&topics.specs()).await?;
+    Ok((bus, topics))
+}
 
 /// Which call panics: the `n`-th (1-based) of its kind, counted across every consumer or
 /// producer of the bus, once. `0` never panics.

@@ -75,6 +75,19 @@ impl Default for ScyllaConfig {
     }
 }
 
+impl ScyllaConfig {
+    /// One node at `addr` and a keyspace replicated once (SimpleStrategy): a development
+    /// machine, or a test on the CQL double.
+    pub fn single_node(addr: impl std::fmt::Display, keyspace: &str) -> Self {
+        ScyllaConfig {
+            nodes: vec![addr.to_string()],
+            keyspace: keyspace.into(),
+            replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".into(),
+            ..ScyllaConfig::default()
+        }
+    }
+}
+
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: u32 = 2;
 

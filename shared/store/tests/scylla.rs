@@ -17,13 +17,11 @@ use fluxgate_store::{SampleBatch, Store, StoreError};
 use fluxgate_testkit::cql::{CqlDouble, Fault};
 
 fn config(node: String) -> ScyllaConfig {
+    let keyspace = fluxgate_testkit::unique_name("fg").replace('-', "_");
     ScyllaConfig {
-        nodes: vec![node],
-        keyspace: fluxgate_testkit::unique_name("fg").replace('-', "_"),
-        replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".into(),
         backoff_ms: 5,
         request_timeout_ms: 2_000,
-        ..ScyllaConfig::default()
+        ..ScyllaConfig::single_node(node, &keyspace)
     }
 }
 
