@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use actix::prelude::*;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use fluxgate_bus::{
     Bus, ConsumerSpec, KafkaBus, KafkaConfig, MemoryBus, OutRecord, Topic, TopicsConfig,
@@ -22,8 +21,8 @@ use fluxgate_model::{
 };
 use fluxgate_store::sqlite::{SqliteConfig, SqliteStore};
 use fluxgate_store::{Device, DeviceKind, Store};
-use fluxgate_ts_writer::{TsWriter, WriterConfig, WriterStats};
-use fluxgate_validator::{Validator, ValidatorConfig, ValidatorStats};
+use fluxgate_ts_writer::{WriterConfig, WriterStats};
+use fluxgate_validator::{ValidatorConfig, ValidatorStats};
 
 const ENVELOPES: u64 = 500;
 const SAMPLES: i64 = 10;
@@ -62,35 +61,45 @@ impl Pipeline {
                 .await
                 .unwrap();
         }
-        let raw = bus
-            .consumer(ConsumerSpec::group(
-                "bench-validators",
-                &[&topics.name(Topic::IngestRaw)],
-            ))
-            .unwrap();
-        Validator::new(
-            raw,
-            bus.producer(),
-            store.clone(),
-            &topics,
-            ValidatorConfig::default(),
-            Arc::new(ValidatorStats::default()),
-        )
-        .start();
+        // The roles as deployed: supervised, the validator's registry reads cached. The
+        // groups exist before anything is produced (the in-process bus keeps records only
+        // for groups it knows).
+        let vcfg = ValidatorConfig {
+            group: format!("{}bench-validators", topics.prefix),
+            ..ValidatorConfig::default()
+        };
+        let wcfg = WriterConfig {
+            group: format!("{}bench-writers", topics.prefix),
+            ..WriterConfig::default()
+        };
         let names = [
             Topic::IngestValid,
             Topic::DeviceEvents,
             Topic::IngestRejected,
         ]
         .map(|t| topics.name(t));
-        let wc = bus
-            .consumer(ConsumerSpec::group(
-                "bench-writers",
-                &[&names[0], &names[1], &names[2]],
-            ))
-            .unwrap();
+        let raw = topics.name(Topic::IngestRaw);
+        drop(
+            bus.consumer(ConsumerSpec::group(&vcfg.group, &[&raw]))
+                .unwrap(),
+        );
+        let written: Vec<&str> = names.iter().map(String::as_str).collect();
+        drop(
+            bus.consumer(ConsumerSpec::group(&wcfg.group, &written))
+                .unwrap(),
+        );
         let writer = Arc::new(WriterStats::default());
-        TsWriter::new(wc, store, &topics, WriterConfig::default(), writer.clone()).start();
+        let (b, s, t) = (bus.clone(), store.clone(), topics.clone());
+        actix::spawn(async move {
+            let stats = Arc::new(ValidatorStats::default());
+            let _ =
+                fluxgate_validator::run_with(b, s, &t, vcfg, stats, std::future::pending()).await;
+        });
+        let (b, t, w) = (bus.clone(), topics.clone(), writer.clone());
+        actix::spawn(async move {
+            let _ =
+                fluxgate_ts_writer::run_with(b, store, &t, wcfg, w, std::future::pending()).await;
+        });
         Pipeline {
             bus,
             topics,
@@ -167,23 +176,33 @@ fn bench(c: &mut Criterion) {
         )),
     ));
     if let Ok(brokers) = std::env::var("KAFKA_BROKERS") {
-        let bus: Arc<dyn Bus> = Arc::new(
-            KafkaBus::new(KafkaConfig {
-                brokers,
-                ..KafkaConfig::default()
-            })
-            .unwrap(),
-        );
-        let topics = TopicsConfig {
-            prefix: format!("{}.", fluxgate_testkit::unique_name("bench")),
-            partitions: 4,
-            replication_factor: 1,
-            ..TopicsConfig::default()
-        };
-        runs.push((
-            "kafka+sqlite",
-            system.block_on(Pipeline::start(bus, sqlite("kafka.db"), topics)),
-        ));
+        // librdkafka's default fetch wait (500 ms) against one cut to 10 ms: the first is
+        // the throughput setting, the second the latency one.
+        for (name, fetch_wait) in [
+            ("kafka+sqlite", None),
+            ("kafka_fetch_wait_10ms+sqlite", Some("10")),
+        ] {
+            let mut librdkafka = std::collections::BTreeMap::new();
+            if let Some(ms) = fetch_wait {
+                librdkafka.insert("fetch.wait.max.ms".to_string(), ms.to_string());
+            }
+            let bus: Arc<dyn Bus> = Arc::new(
+                KafkaBus::new(KafkaConfig {
+                    brokers: brokers.clone(),
+                    librdkafka,
+                    ..KafkaConfig::default()
+                })
+                .unwrap(),
+            );
+            let topics = TopicsConfig {
+                prefix: format!("{}.", fluxgate_testkit::unique_name("bench")),
+                partitions: 4,
+                replication_factor: 1,
+                ..TopicsConfig::default()
+            };
+            let db = sqlite(&format!("{name}.db"));
+            runs.push((name, system.block_on(Pipeline::start(bus, db, topics))));
+        }
     }
     let mut group = c.benchmark_group("validator+writer");
     group.throughput(Throughput::Elements(POINTS));
