@@ -136,6 +136,15 @@ impl Running {
     }
 }
 
+/// The writer's metrics as an operator scrapes them.
+fn scrape(stats: &WriterStats) -> String {
+    let registry = prometheus::Registry::new();
+    registry
+        .register(Box::new(stats.metrics().unwrap()))
+        .unwrap();
+    fluxgate_observability::render(&registry)
+}
+
 async fn points(store: &dyn Store, device: &str) -> Vec<(i64, Value)> {
     store
         .query(RangeQuery {
@@ -273,11 +282,7 @@ async fn writes_every_kind_and_commits_only_after_the_write() {
     assert_eq!(stats.undecodable.load(Ordering::Relaxed), 1);
     assert_eq!(stats.points.load(Ordering::Relaxed), 3);
     // The same counters, as an operator scrapes them.
-    let registry = prometheus::Registry::new();
-    registry
-        .register(Box::new(stats.metrics().unwrap()))
-        .unwrap();
-    let text = fluxgate_observability::render(&registry);
+    let text = scrape(&stats);
     assert!(
         text.contains("fluxgate_ts_writer_points_written_total 3"),
         "{text}"
@@ -351,11 +356,7 @@ async fn a_store_outage_pauses_intake_and_loses_nothing() {
         assert!(tokio::time::Instant::now() < deadline, "lag back to 0");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let registry = prometheus::Registry::new();
-    registry
-        .register(Box::new(stats.metrics().unwrap()))
-        .unwrap();
-    let text = fluxgate_observability::render(&registry);
+    let text = scrape(&stats);
     assert!(
         text.contains("# TYPE fluxgate_ts_writer_consumer_lag_records gauge"),
         "{text}"
@@ -510,11 +511,7 @@ async fn a_writer_that_panics_is_restarted_and_stores_every_record_once() {
     }
     all.sort_unstable();
     assert_eq!(all, (1000..1030).collect::<Vec<i64>>(), "every point once");
-    let registry = prometheus::Registry::new();
-    registry
-        .register(Box::new(stats.metrics().unwrap()))
-        .unwrap();
-    let text = fluxgate_observability::render(&registry);
+    let text = scrape(&stats);
     assert!(
         text.contains("fluxgate_ts_writer_restarts_total 2"),
         "{text}"

@@ -45,6 +45,33 @@ fn registered(
     }
 }
 
+/// The ScyllaDB adapter on `double`, with device d1 whose one defined attribute is the
+/// number `temp`.
+async fn store_with_d1(double: &CqlDouble, keyspace: &str) -> Arc<dyn Store> {
+    let store: Arc<dyn Store> = Arc::new(
+        ScyllaStore::connect(ScyllaConfig::single_node(double.addr(), keyspace))
+            .await
+            .unwrap(),
+    );
+    store
+        .put_device(registered("d1", DeviceKind::Standalone, None))
+        .await
+        .unwrap();
+    let temp = AttributeDef {
+        name: "temp".into(),
+        kind: AttributeType::Number,
+    };
+    store
+        .put_attribute_defs(
+            TenantId::new("app").unwrap(),
+            DeviceId::new("d1").unwrap(),
+            vec![temp],
+        )
+        .await
+        .unwrap();
+    store
+}
+
 #[actix_rt::test]
 async fn kafka_raw_state_reaches_the_store_through_validator_and_writer() {
     let Some(brokers) = fluxgate_testkit::kafka_brokers(
@@ -56,28 +83,9 @@ async fn kafka_raw_state_reaches_the_store_through_validator_and_writer() {
         .await
         .unwrap();
     let double = CqlDouble::start().await.unwrap();
-    let store: Arc<dyn Store> = Arc::new(
-        ScyllaStore::connect(ScyllaConfig::single_node(double.addr(), "fg_pipeline"))
-            .await
-            .unwrap(),
-    );
+    let store = store_with_d1(&double, "fg_pipeline").await;
     let tenant = TenantId::new("app").unwrap();
     let device = DeviceId::new("d1").unwrap();
-    store
-        .put_device(registered("d1", DeviceKind::Standalone, None))
-        .await
-        .unwrap();
-    store
-        .put_attribute_defs(
-            tenant.clone(),
-            device.clone(),
-            vec![AttributeDef {
-                name: "temp".into(),
-                kind: AttributeType::Number,
-            }],
-        )
-        .await
-        .unwrap();
 
     let group = fluxgate_testkit::unique_name("g");
     let raw = bus
@@ -211,17 +219,9 @@ async fn kafka_every_kind_ends_in_its_table_and_a_raced_name_becomes_one_device(
         .await
         .unwrap();
     let double = CqlDouble::start().await.unwrap();
-    let store: Arc<dyn Store> = Arc::new(
-        ScyllaStore::connect(ScyllaConfig::single_node(double.addr(), "fg_kinds"))
-            .await
-            .unwrap(),
-    );
+    let store = store_with_d1(&double, "fg_kinds").await;
     let tenant = TenantId::new("app").unwrap();
     let id = |s: &str| DeviceId::new(s).unwrap();
-    store
-        .put_device(registered("d1", DeviceKind::Standalone, None))
-        .await
-        .unwrap();
     store
         .put_device(registered("gw1", DeviceKind::Gateway, None))
         .await
@@ -229,17 +229,6 @@ async fn kafka_every_kind_ends_in_its_table_and_a_raced_name_becomes_one_device(
     let only_other = PeripheralPolicy::SpecificGateway(id("gw-other"));
     store
         .put_device(registered("p1", DeviceKind::Peripheral, Some(only_other)))
-        .await
-        .unwrap();
-    store
-        .put_attribute_defs(
-            tenant.clone(),
-            id("d1"),
-            vec![AttributeDef {
-                name: "temp".into(),
-                kind: AttributeType::Number,
-            }],
-        )
         .await
         .unwrap();
 
