@@ -1,6 +1,6 @@
 //! The dispatcher actor.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -124,6 +124,9 @@ enum After {
     Online(Key, Online),
     Offline(Key),
     Timer(MessageId, Duration),
+    /// A lightweight command for a device that looks offline: fails after the grace
+    /// unless the device's connect sends it first.
+    Park(MessageId),
 }
 
 /// The dispatcher.
@@ -137,6 +140,8 @@ pub struct Dispatcher {
     /// Presence seen on the events topic since this dispatcher started: `None` is a
     /// device known to be offline. Devices not in the map are looked up in the store.
     online: HashMap<Key, Option<Online>>,
+    /// Lightweight commands waiting out the offline grace.
+    parked: HashSet<MessageId>,
     draining: bool,
     fetching: Option<SpawnHandle>,
     lifeline: Option<Lifeline>,
@@ -281,6 +286,26 @@ impl Ctx {
         }
     }
 
+    /// Fails the lightweight commands still queued (their device did not connect in time).
+    /// Run inside the actor's `wait`, so no record is handled meanwhile: a connect that
+    /// sent one first leaves it `sent`.
+    async fn fail_if_queued(self, ids: Vec<MessageId>) {
+        for id in ids {
+            match self.store.command(id).await {
+                Ok(Some(c)) if c.status == CommandStatus::Queued && !c.command.persistent => {
+                    let why = Some("device offline".into());
+                    if let Err(e) = self.set(id, CommandStatus::Failed, why, None).await {
+                        tracing::warn!(command = %id, error = %e, "dispatcher: could not fail an undeliverable command");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(command = %id, error = %e, "dispatcher: could not read an undeliverable command");
+                }
+            }
+        }
+    }
+
     /// A two-way RPC's time is up: unless answered, it timed out. Store failures are
     /// retried a few times; after that the command stays open until a restart's sweep.
     async fn expire(&self, id: MessageId) {
@@ -391,6 +416,7 @@ impl Ctx {
                 match online {
                     Some(o) => self.send(&record, &o).await?,
                     None if record.command.persistent => return Ok(After::Nothing),
+                    None if self.cfg.offline_grace_ms > 0 => return Ok(After::Park(record.id)),
                     None => {
                         self.set(
                             record.id,
@@ -427,6 +453,9 @@ impl Ctx {
                             .map_err(store_err)?;
                     } else {
                         self.send(c, &o).await?;
+                        if let Some(d) = self.timeout_of(c) {
+                            self.clone().start_timer(c.id, d);
+                        }
                     }
                 }
                 Ok(After::Online(key, o))
@@ -541,6 +570,7 @@ impl Dispatcher {
             cfg,
             stats,
             online: HashMap::new(),
+            parked: HashSet::new(),
             draining: false,
             fetching: None,
             lifeline: None,
@@ -637,6 +667,15 @@ impl Dispatcher {
                     act.online.insert(k, None);
                 }
                 After::Timer(id, d) => act.ctx().start_timer(id, d),
+                After::Park(id) => {
+                    act.parked.insert(id);
+                    let grace = Duration::from_millis(act.cfg.offline_grace_ms);
+                    ctx.run_later(grace, move |act, ctx| {
+                        if act.parked.remove(&id) {
+                            ctx.wait(act.ctx().fail_if_queued(vec![id]).into_actor(act));
+                        }
+                    });
+                }
             }
             consumer.ack(&rec.position);
             act.fetch(ctx);
@@ -658,7 +697,10 @@ impl Handler<Drain> for Dispatcher {
         if let Some(h) = self.fetching.take() {
             ctx.cancel_future(h);
         }
-        ctx.stop();
+        // Commands waiting out the offline grace fail now rather than linger as queued.
+        let parked: Vec<MessageId> = self.parked.drain().collect();
+        let fail = self.ctx().fail_if_queued(parked);
+        ctx.wait(fail.into_actor(self).map(|(), _, ctx| ctx.stop()));
     }
 }
 

@@ -533,3 +533,44 @@ async fn a_new_dispatcher_rearms_the_timers_of_rpcs_sent_before_it() {
         .expect("stopped in time")
         .unwrap();
 }
+
+#[actix_rt::test]
+async fn a_lightweight_command_that_overtakes_its_devices_connect_is_still_sent() {
+    let rig = Rig::new();
+    rig.dispatcher(None);
+    // The command is read before the connect (they travel on different topics): the
+    // device looks offline, but the command waits out the grace instead of failing.
+    let cmd = rig
+        .command("late", Dialect::Losant, false, false, None)
+        .await;
+    rig.status(cmd, CommandStatus::Queued).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    rig.connect("late", None, Dialect::Losant, false).await;
+    assert_eq!(rig.delivery().await.id, cmd);
+    rig.status(cmd, CommandStatus::Sent).await;
+    // The grace runs out later and leaves the sent command alone.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    rig.status(cmd, CommandStatus::Sent).await;
+}
+
+#[actix_rt::test]
+async fn a_persistent_rpc_sent_on_connect_still_times_out() {
+    let rig = Rig::new();
+    rig.dispatcher(None);
+    let rpc = rig
+        .command(
+            "sleepy",
+            Dialect::ThingsBoard,
+            true,
+            true,
+            Some(now_ms() + 1_500),
+        )
+        .await;
+    rig.status(rpc, CommandStatus::Queued).await;
+    rig.connect("sleepy", None, Dialect::ThingsBoard, false)
+        .await;
+    assert_eq!(rig.delivery().await.id, rpc);
+    rig.status(rpc, CommandStatus::Sent).await;
+    // Never answered: its timer, started when the connect sent it, ends it.
+    rig.status(rpc, CommandStatus::TimedOut).await;
+}
