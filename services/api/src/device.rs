@@ -215,14 +215,7 @@ async fn send_command(
     device: &DeviceId,
     command: Command,
 ) -> Result<MessageId, ApiError> {
-    if st
-        .store
-        .device(app.clone(), device.clone())
-        .await?
-        .is_none()
-    {
-        return Err(ApiError::not_found(format!("device {device}")));
-    }
+    st.existing_device(app, device).await?;
     let id = new_id();
     // The dispatcher renders it in the dialect the device is connected with.
     let env = envelope(
@@ -410,14 +403,7 @@ async fn shared_attributes(
     let serde_json::Value::Object(map) = body else {
         return Err(ApiError::bad_body("shared attributes are a JSON object"));
     };
-    if st
-        .store
-        .device(app.clone(), device.clone())
-        .await?
-        .is_none()
-    {
-        return Err(ApiError::not_found(format!("device {device}")));
-    }
+    st.existing_device(app, device).await?;
     let mut values = Values::default();
     for (k, v) in map {
         st.limits

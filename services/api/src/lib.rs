@@ -157,6 +157,18 @@ impl ApiState {
         Ok(app)
     }
 
+    /// The device, or a 404 naming it.
+    pub(crate) async fn existing_device(
+        &self,
+        app: &TenantId,
+        device: &fluxgate_model::DeviceId,
+    ) -> Result<fluxgate_store::Device, ApiError> {
+        self.store
+            .device(app.clone(), device.clone())
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("device {device}")))
+    }
+
     /// [`ApiState::authorize`] for a device's route: the application and the device id.
     pub(crate) async fn authorize_device(
         &self,

@@ -288,12 +288,7 @@ async fn get_device(
     let (app, id) = st
         .authorize_device(&req, &path.0, &path.1, ApiScope::Read)
         .await?;
-    let d = st
-        .store
-        .device(app, id.clone())
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("device {id}")))?;
-    Ok(HttpResponse::Ok().json(d))
+    Ok(HttpResponse::Ok().json(st.existing_device(&app, &id).await?))
 }
 
 /// `GET /applications/{app}/devices` query.
@@ -352,9 +347,7 @@ async fn put_attribute_defs(
     let (app, id) = st
         .authorize_device(&req, &path.0, &path.1, ApiScope::Admin)
         .await?;
-    if st.store.device(app.clone(), id.clone()).await?.is_none() {
-        return Err(ApiError::not_found(format!("device {id}")));
-    }
+    st.existing_device(&app, &id).await?;
     let defs = body.into_inner();
     if defs.len() > 256 {
         return Err(ApiError::invalid(
@@ -392,9 +385,7 @@ async fn create_device_token(
     let (app, id) = st
         .authorize_device(&req, &path.0, &path.1, ApiScope::Admin)
         .await?;
-    if st.store.device(app.clone(), id.clone()).await?.is_none() {
-        return Err(ApiError::not_found(format!("device {id}")));
-    }
+    st.existing_device(&app, &id).await?;
     let secret = random_token(15)?;
     let token = DeviceToken {
         token_hash: hash_secret(&secret),
