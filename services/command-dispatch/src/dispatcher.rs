@@ -743,21 +743,9 @@ pub async fn run_with(
     // A dispatcher that dies (a panic) is restarted; its unfinished records come again.
     // Presence is rebuilt from the events that follow and the store's connection log.
     let start = |lifeline| make().supervised(lifeline).start();
-    let live = supervise(
-        "command-dispatch",
-        &consumer,
-        stats.watch(),
-        start,
-        shutdown,
-    )
-    .await;
-    if let Some(addr) = live {
-        let _ = addr.send(Drain).await;
-        while addr.connected() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-    let _ = consumer.commit().await;
+    let drain = |addr: &Addr<Dispatcher>| addr.do_send(Drain);
+    let watch = stats.watch();
+    supervise("command-dispatch", &consumer, watch, start, drain, shutdown).await;
     Ok(stats)
 }
 

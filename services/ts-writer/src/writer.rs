@@ -529,10 +529,15 @@ pub async fn run_with(
         );
         w.supervised(lifeline).start()
     };
-    let live = supervise("ts-writer", &consumer, stats.watch(), start, shutdown).await;
-    if let Some(addr) = live {
-        let _ = addr.send(Drain).await;
-    }
-    let _ = consumer.commit().await;
+    let drain = |addr: &Addr<TsWriter>| addr.do_send(Drain);
+    supervise(
+        "ts-writer",
+        &consumer,
+        stats.watch(),
+        start,
+        drain,
+        shutdown,
+    )
+    .await;
     Ok(stats)
 }

@@ -444,14 +444,16 @@ pub async fn run_with(
         );
         v.supervised(lifeline).start()
     };
-    let live = supervise("validator", &consumer, stats.watch(), start, shutdown).await;
-    if let Some(addr) = live {
-        let _ = addr.send(Drain).await;
-        while addr.connected() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-    let _ = consumer.commit().await;
+    let drain = |addr: &Addr<Validator>| addr.do_send(Drain);
+    supervise(
+        "validator",
+        &consumer,
+        stats.watch(),
+        start,
+        drain,
+        shutdown,
+    )
+    .await;
     follow.abort();
     Ok(stats)
 }

@@ -53,17 +53,33 @@ pub struct Watch<'a> {
 }
 
 /// Starts a handler with `start` and restarts it each time it dies, until `shutdown`
-/// resolves. Returns the live handler at shutdown, for the caller to drain; `None` when
-/// the handler finished on its own or shutdown came while none was running.
+/// resolves or the handler finishes on its own. At shutdown, asks the live handler to
+/// `drain` and waits until it has finished (or died). Then commits the consumer's acked
+/// positions.
 ///
 /// `role` names the handler in the log; `watch` receives the restarts and the lag.
 pub async fn supervise<H>(
     role: &str,
     consumer: &Arc<dyn Consumer>,
     watch: Watch<'_>,
-    mut start: impl FnMut(Lifeline) -> H,
+    start: impl FnMut(Lifeline) -> H,
+    drain: impl FnOnce(&H),
     shutdown: impl Future<Output = ()>,
-) -> Option<H> {
+) {
+    run(role, consumer, watch, start, drain, shutdown).await;
+    if let Err(e) = consumer.commit().await {
+        tracing::warn!(role, error = %e, "final commit failed; the group redelivers what it covered");
+    }
+}
+
+async fn run<H>(
+    role: &str,
+    consumer: &Arc<dyn Consumer>,
+    watch: Watch<'_>,
+    mut start: impl FnMut(Lifeline) -> H,
+    drain: impl FnOnce(&H),
+    shutdown: impl Future<Output = ()>,
+) {
     let mut shutdown = std::pin::pin!(shutdown);
     let mut backoff = FIRST_BACKOFF;
     let mut lag_tick = tokio::time::interval(LAG_EVERY);
@@ -74,9 +90,14 @@ pub async fn supervise<H>(
         let handler = start(Lifeline(Some(tx)));
         loop {
             tokio::select! {
-                () = &mut shutdown => return Some(handler),
+                () = &mut shutdown => {
+                    drain(&handler);
+                    // Finished or died while draining: either way, nothing more to wait for.
+                    let _ = rx.await;
+                    return;
+                }
                 r = &mut rx => if r.is_ok() {
-                    return None;
+                    return;
                 } else {
                     break;
                 },
@@ -96,7 +117,7 @@ pub async fn supervise<H>(
             "handler died; its unfinished records will be redelivered to a new one"
         );
         tokio::select! {
-            () = &mut shutdown => return None,
+            () = &mut shutdown => return,
             () = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
