@@ -10,7 +10,7 @@ use fluxgate_api::{ApiConfig, ApiState};
 use fluxgate_bus::{Bus, ConsumerSpec, MemoryBus, Topic, TopicsConfig};
 use fluxgate_model::{Body, DeviceRef, Envelope};
 use fluxgate_store::Store;
-use fluxgate_testkit::http::{Response, request};
+use fluxgate_testkit::http::call;
 use serde_json::{Value, json};
 
 const BOOT: &str = "boot-token";
@@ -56,14 +56,7 @@ impl Rig {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let body = body.map(|b| b.to_string());
-        let Response { status, body } = request(self.addr, method, path, token, body.as_deref())
-            .await
-            .unwrap();
-        (
-            status,
-            serde_json::from_str(&body).unwrap_or(Value::String(body)),
-        )
+        call(self.addr, method, path, token, body).await.unwrap()
     }
 
     /// Creates application `app` with an admin API token; returns the token.

@@ -72,6 +72,21 @@ fn dechunk(mut s: &str) -> String {
     out
 }
 
+/// [`request`] with a JSON body; the answer's body parsed as JSON (kept as a string when
+/// it is not JSON).
+pub async fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> std::io::Result<(u16, serde_json::Value)> {
+    let body = body.map(|b| b.to_string());
+    let r = request(addr, method, path, token, body.as_deref()).await?;
+    let json = serde_json::from_str(&r.body).unwrap_or(serde_json::Value::String(r.body));
+    Ok((r.status, json))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fluxgate_testkit::http::request;
+use fluxgate_testkit::http::call;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -104,14 +104,7 @@ impl Standalone {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let body = body.map(|b| b.to_string());
-        let r = request(self.api, method, path, token, body.as_deref())
-            .await
-            .unwrap();
-        (
-            r.status,
-            serde_json::from_str(&r.body).unwrap_or(Value::String(r.body)),
-        )
+        call(self.api, method, path, token, body).await.unwrap()
     }
 
     /// Like [`Standalone::call`], asserting the status.
