@@ -15,6 +15,7 @@ use fluxgate_model::{
 };
 use fluxgate_store::sqlite::SqliteStore;
 use fluxgate_store::{AttributeScope, CommandStatus, Device, DeviceKind, Store};
+use fluxgate_testkit::Stoppable;
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -107,18 +108,14 @@ impl Rig {
     }
 
     /// `fluxgate_command_dispatch::run_with` on `bus` (this rig's bus, or a wrapper of it)
-    /// until the returned sender is used. The dispatchers' group is created first (the
+    /// until it is stopped. The dispatchers' group is created first (the
     /// in-process bus keeps records only for groups it knows), whenever `run_with`
     /// subscribes.
     fn run_on(
         &self,
         bus: Arc<dyn Bus>,
         cfg: DispatchConfig,
-    ) -> (
-        Arc<DispatchStats>,
-        tokio::sync::oneshot::Sender<()>,
-        actix_rt::task::JoinHandle<()>,
-    ) {
+    ) -> (Arc<DispatchStats>, Stoppable<()>) {
         let names = [
             self.topics.name(Topic::Commands),
             self.topics.name(Topic::DeviceEvents),
@@ -126,16 +123,13 @@ impl Rig {
         let group = ConsumerSpec::group(&cfg.group, &[&names[0], &names[1]]);
         drop(self.bus.consumer(group).unwrap());
         let stats = Arc::new(DispatchStats::default());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (store, topics, counted) = (self.store.clone(), self.topics.clone(), stats.clone());
-        let running = actix_rt::spawn(async move {
-            fluxgate_command_dispatch::run_with(bus, store, &topics, cfg, counted, async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
+        let running = Stoppable::spawn_local(|shutdown| async move {
+            fluxgate_command_dispatch::run_with(bus, store, &topics, cfg, counted, shutdown)
+                .await
+                .unwrap();
         });
-        (stats, stop, running)
+        (stats, running)
     }
 
     fn id(&self) -> MessageId {
@@ -431,14 +425,10 @@ async fn a_restarted_dispatcher_keeps_pending_commands() {
 #[actix_rt::test]
 async fn run_stops_on_shutdown() {
     let rig = Rig::new();
-    let (stats, stop, running) = rig.run_on(Arc::new(rig.bus.clone()), DispatchConfig::default());
+    let (stats, running) = rig.run_on(Arc::new(rig.bus.clone()), DispatchConfig::default());
     let light = rig.command("x", Dialect::Losant, false, false, None).await;
     rig.status(light, CommandStatus::Failed).await;
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), running)
-        .await
-        .expect("stopped in time")
-        .unwrap();
+    running.stop(Duration::from_secs(5)).await;
     assert_eq!(stats.failed.load(std::sync::atomic::Ordering::Relaxed), 1);
     // Stopped: a new command is not handled.
     let later = rig.command("x", Dialect::Losant, false, false, None).await;
@@ -474,7 +464,7 @@ async fn a_dispatcher_that_panics_keeps_presence_and_running_timers() {
     bus.faults()
         .send
         .store(2, std::sync::atomic::Ordering::SeqCst);
-    let (stats, stop, running) = rig.run_on(bus, cfg);
+    let (stats, running) = rig.run_on(bus, cfg);
     // A two-way RPC: sent (presence from the store), its timer running.
     let rpc = rig
         .command("p1", Dialect::ThingsBoard, true, false, None)
@@ -490,11 +480,7 @@ async fn a_dispatcher_that_panics_keeps_presence_and_running_timers() {
     assert_eq!(stats.restarts.load(std::sync::atomic::Ordering::Relaxed), 1);
     // The RPC's timer outlived the actor that set it.
     rig.status(rpc, CommandStatus::TimedOut).await;
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), running)
-        .await
-        .expect("stopped in time")
-        .unwrap();
+    running.stop(Duration::from_secs(5)).await;
 }
 
 #[actix_rt::test]
@@ -519,7 +505,7 @@ async fn a_new_dispatcher_rearms_the_timers_of_rpcs_sent_before_it() {
     arbiter.stop();
     tokio::time::sleep(Duration::from_millis(100)).await;
     // The next one finds the RPC in the store and times it out at its deadline.
-    let (_, stop, running) = rig.run_on(Arc::new(rig.bus.clone()), DispatchConfig::default());
+    let (_, running) = rig.run_on(Arc::new(rig.bus.clone()), DispatchConfig::default());
     rig.status(rpc, CommandStatus::TimedOut).await;
     let history = rig.store.command_history(rpc).await.unwrap();
     let timed_out = history.last().unwrap();
@@ -527,11 +513,7 @@ async fn a_new_dispatcher_rearms_the_timers_of_rpcs_sent_before_it() {
         timed_out.at_ms >= now_ms() - 5_000,
         "timed out by the new dispatcher's timer"
     );
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), running)
-        .await
-        .expect("stopped in time")
-        .unwrap();
+    running.stop(Duration::from_secs(5)).await;
 }
 
 #[actix_rt::test]

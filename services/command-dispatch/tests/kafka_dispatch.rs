@@ -15,6 +15,7 @@ use fluxgate_model::{
 };
 use fluxgate_store::scylla::{ScyllaConfig, ScyllaStore};
 use fluxgate_store::{CommandStatus, Store};
+use fluxgate_testkit::Stoppable;
 use fluxgate_testkit::cql::CqlDouble;
 
 fn now_ms() -> i64 {
@@ -50,27 +51,20 @@ fn command(two_way: bool, persistent: bool) -> Body {
     })
 }
 
-/// One dispatcher: `run_with` until its sender is used.
+/// One dispatcher: `run_with` until it is stopped.
 fn dispatcher(
     bus: &Arc<dyn Bus>,
     store: &Arc<dyn Store>,
     topics: &TopicsConfig,
     cfg: &DispatchConfig,
-) -> (
-    tokio::sync::oneshot::Sender<()>,
-    actix_rt::task::JoinHandle<()>,
-) {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+) -> Stoppable<()> {
     let (bus, store, topics, cfg) = (bus.clone(), store.clone(), topics.clone(), cfg.clone());
-    let running = actix_rt::spawn(async move {
+    Stoppable::spawn_local(|shutdown| async move {
         let stats = Arc::default();
-        fluxgate_command_dispatch::run_with(bus, store, &topics, cfg, stats, async {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-    });
-    (stop, running)
+        fluxgate_command_dispatch::run_with(bus, store, &topics, cfg, stats, shutdown)
+            .await
+            .unwrap();
+    })
 }
 
 async fn status(store: &Arc<dyn Store>, id: MessageId, want: CommandStatus) {
@@ -113,7 +107,7 @@ async fn kafka_command_lifecycle_across_a_dispatcher_restart() {
         rpc_timeout_ms: 1_500,
         ..DispatchConfig::default()
     };
-    let (stop_first, first) = dispatcher(&bus, &store, &topics, &cfg);
+    let first = dispatcher(&bus, &store, &topics, &cfg);
     // A front: a broadcast consumer of deliveries, polling (and so joining) from now on.
     let front = bus
         .consumer(ConsumerSpec::broadcast(
@@ -162,12 +156,8 @@ async fn kafka_command_lifecycle_across_a_dispatcher_restart() {
     let kept = id();
     send(&commands, envelope(kept, "d1", command(false, true))).await;
     status(&store, kept, CommandStatus::Queued).await;
-    stop_first.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(30), first)
-        .await
-        .expect("first dispatcher drained")
-        .unwrap();
-    let (stop_second, second) = dispatcher(&bus, &store, &topics, &cfg);
+    first.stop(Duration::from_secs(30)).await;
+    let second = dispatcher(&bus, &store, &topics, &cfg);
 
     // The device connects: the queued command is sent by the new dispatcher.
     let connect = Body::Connect {
@@ -210,9 +200,5 @@ async fn kafka_command_lifecycle_across_a_dispatcher_restart() {
             .is_err()
     );
 
-    stop_second.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(30), second)
-        .await
-        .expect("second dispatcher drained")
-        .unwrap();
+    second.stop(Duration::from_secs(30)).await;
 }

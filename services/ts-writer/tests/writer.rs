@@ -16,6 +16,7 @@ use fluxgate_model::{
 };
 use fluxgate_store::sqlite::SqliteStore;
 use fluxgate_store::{AttributeScope, Order, RangeQuery, Store};
+use fluxgate_testkit::Stoppable;
 use fluxgate_ts_writer::{TsWriter, WriterConfig, WriterStats};
 
 const NOW: i64 = 1_700_000_000_000;
@@ -84,7 +85,7 @@ fn start(
     (addr, stats)
 }
 
-/// `fluxgate_ts_writer::run_with` on `bus` until [`Running::stop`]; `bus` is `memory`, or
+/// `fluxgate_ts_writer::run_with` on `bus` until it is stopped; `bus` is `memory`, or
 /// wraps it. The writers' group is created first (the in-process bus keeps records only for
 /// groups it knows), whenever the spawned `run_with` subscribes.
 fn run(
@@ -92,7 +93,7 @@ fn run(
     bus: Arc<dyn Bus>,
     store: Arc<dyn Store>,
     cfg: WriterConfig,
-) -> (Arc<WriterStats>, Running) {
+) -> (Arc<WriterStats>, Stoppable<()>) {
     let topics = TopicsConfig::default();
     let names = [
         Topic::IngestValid,
@@ -107,33 +108,13 @@ fn run(
             .unwrap(),
     );
     let stats = Arc::new(WriterStats::default());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let counted = stats.clone();
-    let task = actix_rt::spawn(async move {
-        fluxgate_ts_writer::run_with(bus, store, &topics, cfg, counted, async {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-    });
-    (stats, Running { stop, task })
-}
-
-/// A writer started by [`run`].
-struct Running {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: actix_rt::task::JoinHandle<()>,
-}
-
-impl Running {
-    /// Shuts it down and waits for the drain.
-    async fn stop(self) {
-        self.stop.send(()).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), self.task)
+    let running = Stoppable::spawn_local(|shutdown| async move {
+        fluxgate_ts_writer::run_with(bus, store, &topics, cfg, counted, shutdown)
             .await
-            .expect("drained")
             .unwrap();
-    }
+    });
+    (stats, running)
 }
 
 /// The writer's metrics as an operator scrapes them.
@@ -365,7 +346,7 @@ async fn a_store_outage_pauses_intake_and_loses_nothing() {
         text.contains("fluxgate_ts_writer_points_written_total 5"),
         "{text}"
     );
-    running.stop().await;
+    running.stop(Duration::from_secs(5)).await;
 }
 
 #[actix_rt::test]
@@ -516,5 +497,5 @@ async fn a_writer_that_panics_is_restarted_and_stores_every_record_once() {
         text.contains("fluxgate_ts_writer_restarts_total 2"),
         "{text}"
     );
-    running.stop().await;
+    running.stop(Duration::from_secs(5)).await;
 }

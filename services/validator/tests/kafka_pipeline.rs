@@ -15,6 +15,7 @@ use fluxgate_model::{
 };
 use fluxgate_store::scylla::{ScyllaConfig, ScyllaStore};
 use fluxgate_store::{AttributeDef, AttributeType, Device, DeviceKind, Store};
+use fluxgate_testkit::Stoppable;
 use fluxgate_testkit::cql::CqlDouble;
 use fluxgate_ts_writer::{TsWriter, WriterConfig, WriterStats};
 use fluxgate_validator::{Validator, ValidatorConfig, ValidatorStats};
@@ -233,13 +234,6 @@ async fn kafka_every_kind_ends_in_its_table_and_a_raced_name_becomes_one_device(
         .unwrap();
 
     let group = fluxgate_testkit::unique_name("g");
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let until_stopped = || {
-        let mut rx = stopped.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
     let mut roles = Vec::new();
     let mut validators = Vec::new();
     for _ in 0..2 {
@@ -249,9 +243,8 @@ async fn kafka_every_kind_ends_in_its_table_and_a_raced_name_becomes_one_device(
             group: format!("{group}-v"),
             ..ValidatorConfig::default()
         };
-        let (bus, store, topics, done) =
-            (bus.clone(), store.clone(), topics.clone(), until_stopped());
-        roles.push(actix_rt::spawn(async move {
+        let (bus, store, topics) = (bus.clone(), store.clone(), topics.clone());
+        roles.push(Stoppable::spawn_local(|done| async move {
             fluxgate_validator::run_with(bus, store, &topics, cfg, stats, done)
                 .await
                 .map(|_| ())
@@ -262,9 +255,8 @@ async fn kafka_every_kind_ends_in_its_table_and_a_raced_name_becomes_one_device(
             group: format!("{group}-w"),
             ..WriterConfig::default()
         };
-        let (bus, store, topics, done) =
-            (bus.clone(), store.clone(), topics.clone(), until_stopped());
-        roles.push(actix_rt::spawn(async move {
+        let (bus, store, topics) = (bus.clone(), store.clone(), topics.clone());
+        roles.push(Stoppable::spawn_local(|done| async move {
             fluxgate_ts_writer::run(bus, store, &topics, cfg, done)
                 .await
                 .map(|_| ())
@@ -466,12 +458,7 @@ async fn kafka_every_kind_ends_in_its_table_and_a_raced_name_becomes_one_device(
         warmups + inputs.len() as u64,
         "each raw record handled once"
     );
-    stop.send(true).unwrap();
     for r in roles {
-        tokio::time::timeout(Duration::from_secs(30), r)
-            .await
-            .expect("every role drained")
-            .unwrap()
-            .unwrap();
+        r.stop(Duration::from_secs(30)).await.unwrap();
     }
 }

@@ -14,6 +14,7 @@ use fluxgate_model::{
 };
 use fluxgate_store::sqlite::SqliteStore;
 use fluxgate_store::{AttributeDef, AttributeType, Device, DeviceKind, PeripheralPolicy, Store};
+use fluxgate_testkit::Stoppable;
 use fluxgate_validator::{Validator, ValidatorConfig, ValidatorStats};
 
 fn now_ms() -> i64 {
@@ -134,39 +135,25 @@ impl Rig {
         stats
     }
 
-    /// `fluxgate_validator::run` on this rig's bus and store, until `stop` is sent.
-    fn run(
-        &self,
-    ) -> (
-        tokio::sync::oneshot::Sender<()>,
-        actix_rt::task::JoinHandle<Arc<ValidatorStats>>,
-    ) {
+    /// `fluxgate_validator::run` on this rig's bus and store, until it is stopped.
+    fn run(&self) -> Stoppable<Arc<ValidatorStats>> {
         self.run_on(Arc::new(self.bus.clone()))
     }
 
     /// [`Rig::run`] on `bus` (this rig's bus, wrapped).
-    fn run_on(
-        &self,
-        bus: Arc<dyn Bus>,
-    ) -> (
-        tokio::sync::oneshot::Sender<()>,
-        actix_rt::task::JoinHandle<Arc<ValidatorStats>>,
-    ) {
+    fn run_on(&self, bus: Arc<dyn Bus>) -> Stoppable<Arc<ValidatorStats>> {
         // The group exists before anything is produced (the in-process bus keeps a group's
         // records for it while it has no member), whenever the spawned `run` subscribes.
         let raw = self.topics.name(Topic::IngestRaw);
         let group = ValidatorConfig::default().group;
         drop(bus.consumer(ConsumerSpec::group(group, &[&raw])).unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (store, topics) = (self.store.clone(), self.topics.clone());
-        let running = actix_rt::spawn(async move {
-            fluxgate_validator::run(bus, store, &topics, ValidatorConfig::default(), async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap()
-        });
-        (stop, running)
+        Stoppable::spawn_local(|shutdown| async move {
+            let cfg = ValidatorConfig::default();
+            fluxgate_validator::run(bus, store, &topics, cfg, shutdown)
+                .await
+                .unwrap()
+        })
     }
 
     async fn raw(&self, env: &Envelope) {
@@ -424,7 +411,7 @@ async fn run_drains_on_shutdown_and_reads_no_further() {
         .put_device(device("t1", DeviceKind::Standalone, None))
         .await
         .unwrap();
-    let (stop, running) = rig.run();
+    let running = rig.run();
     for i in 0..3 {
         rig.raw(&state(
             DeviceRef::Id(dev("t1")),
@@ -438,11 +425,7 @@ async fn run_drains_on_shutdown_and_reads_no_further() {
     for _ in 0..3 {
         next(&rig.valid).await;
     }
-    stop.send(()).unwrap();
-    let stats = tokio::time::timeout(Duration::from_secs(5), running)
-        .await
-        .expect("drained in time")
-        .unwrap();
+    let stats = running.stop(Duration::from_secs(5)).await;
     assert_eq!(stats.records.load(std::sync::atomic::Ordering::Relaxed), 3);
     assert_eq!(
         stats.valid.load(std::sync::atomic::Ordering::Relaxed),
@@ -464,7 +447,7 @@ async fn run_drains_on_shutdown_and_reads_no_further() {
 #[actix_rt::test]
 async fn registry_reads_are_cached_until_a_registry_change() {
     let rig = Rig::new().await;
-    let (stop, running) = rig.run();
+    let running = rig.run();
     tokio::time::sleep(Duration::from_millis(100)).await; // run() subscribes
     let data = |x| {
         state(
@@ -501,11 +484,7 @@ async fn registry_reads_are_cached_until_a_registry_change() {
     rig.raw(&data(3)).await;
     let valid = Envelope::from_bytes(&next(&rig.valid).await).unwrap();
     assert_eq!(valid.device, DeviceRef::Id(dev("late")));
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), running)
-        .await
-        .unwrap()
-        .unwrap();
+    running.stop(Duration::from_secs(5)).await;
 }
 
 #[actix_rt::test]
@@ -522,7 +501,7 @@ async fn a_validator_that_panics_is_restarted_and_loses_no_record() {
         .faults()
         .send
         .store(3, std::sync::atomic::Ordering::SeqCst);
-    let (stop, running) = rig.run_on(faulty);
+    let running = rig.run_on(faulty);
     let base = now_ms();
     for i in 0..6 {
         rig.raw(&state(
@@ -544,11 +523,7 @@ async fn a_validator_that_panics_is_restarted_and_loses_no_record() {
         seen.insert(samples[0].ts_ms);
     }
     assert_eq!(seen, (0..6).map(|i| base - i).collect());
-    stop.send(()).unwrap();
-    let stats = tokio::time::timeout(Duration::from_secs(5), running)
-        .await
-        .expect("drained in time")
-        .unwrap();
+    let stats = running.stop(Duration::from_secs(5)).await;
     assert_eq!(stats.restarts.load(std::sync::atomic::Ordering::Relaxed), 1);
     assert!(stats.records.load(std::sync::atomic::Ordering::Relaxed) > 6);
 }

@@ -6,13 +6,53 @@
 //!   (`CI` set), so CI can never pass by skipping.
 //! - Unique names, so tests sharing one broker never see each other's topics or groups.
 //! - [`cql`]: the CQL test double the ScyllaDB adapter is tested against.
+//! - [`Stoppable`]: a role's `run(…, shutdown)` spawned until the test stops it.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 pub mod cql;
 pub mod http;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
+
+/// A task that runs until the test stops it: a role's `run(…, shutdown)`.
+#[derive(Debug)]
+pub struct Stoppable<T> {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<T>,
+}
+
+/// The shutdown future handed to a [`Stoppable`]'s task.
+pub type Shutdown = Pin<Box<dyn Future<Output = ()>>>;
+
+impl<T: 'static> Stoppable<T> {
+    /// Spawns `run(shutdown)` on this thread's local task set (the actix system of the role
+    /// tests); `shutdown` resolves when [`Stoppable::stop`] is called.
+    pub fn spawn_local<F>(run: impl FnOnce(Shutdown) -> F) -> Self
+    where
+        F: Future<Output = T> + 'static,
+    {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::task::spawn_local(run(Box::pin(async {
+            let _ = stopped.await;
+        })));
+        Stoppable { stop, task }
+    }
+
+    /// Resolves the shutdown and returns the task's result; panics unless it comes within
+    /// `within`.
+    pub async fn stop(self, within: Duration) -> T {
+        let _ = self.stop.send(());
+        match tokio::time::timeout(within, self.task).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => panic!("the stopped task failed: {e}"),
+            Err(_) => panic!("the task did not stop within {within:?}"),
+        }
+    }
+}
 
 /// The Kafka brokers to test against, from `KAFKA_BROKERS`.
 ///
