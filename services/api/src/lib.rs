@@ -36,6 +36,7 @@ pub use config::ApiConfig;
 
 use crate::auth::{Caller, DeviceTokens};
 use crate::error::ApiError;
+pub(crate) use fluxgate_bus::now_ms;
 
 /// Topic names the API writes to.
 #[derive(Debug, Clone)]
@@ -81,12 +82,6 @@ impl ApiMetrics {
         registry.register(Box::new(latency.clone()))?;
         Ok(ApiMetrics { requests, latency })
     }
-}
-
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl ApiState {

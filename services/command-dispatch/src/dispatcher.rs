@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use fluxgate_bus::supervise::{Lifeline, Watch, supervise};
-use fluxgate_bus::{ConsumeError, Consumer, OutRecord, Producer, Record, Topic, TopicsConfig};
+use fluxgate_bus::{
+    ConsumeError, Consumer, OutRecord, Producer, Record, Topic, TopicsConfig, now_ms,
+};
 use fluxgate_model::{
     Body, CorrelationId, Delivery, DeviceId, DeviceName, DeviceRef, Dialect, ENVELOPE_VERSION,
     Envelope, KeySelection, MessageId, Outbound, TenantId, Values,
@@ -153,13 +155,6 @@ impl std::fmt::Debug for Dispatcher {
             .field("online", &self.online.len())
             .finish()
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 /// Everything a step needs, cloned out of the actor.

@@ -21,6 +21,7 @@ use fluxgate_store::{
 use tokio::sync::watch;
 
 use crate::config::Config;
+pub(crate) use fluxgate_bus::now_ms;
 
 /// A random secret of `bytes` random bytes (the API's generator), letters and digits only
 /// so that it pastes into shell lines unquoted.
@@ -306,10 +307,4 @@ async fn demo_data(store: &dyn Store, mqtt: &str, api: &str) -> anyhow::Result<(
     );
     println!();
     Ok(())
-}
-
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

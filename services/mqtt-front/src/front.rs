@@ -26,6 +26,7 @@ use crate::session::{
     CloseReason, Conn, ConnLimits, Entry, InFlight, NotQueued, Over, Sequencer, SessionMap, Sink,
     Subs, ToSession, next, quota,
 };
+pub(crate) use fluxgate_bus::now_ms;
 
 /// Header carrying the MQTT topic of a custom-topic record on `fluxgate.mqtt.custom`.
 pub(crate) const CUSTOM_TOPIC_HEADER: &str = "mqtt-topic";
@@ -115,12 +116,6 @@ impl std::fmt::Debug for Front {
             .field("sessions", &self.sessions.len())
             .finish_non_exhaustive()
     }
-}
-
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn new_id() -> MessageId {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use fluxgate_bus::supervise::{Lifeline, Watch, supervise};
 use fluxgate_bus::{
-    AckFuture, ConsumeError, Consumer, OutRecord, Producer, Record, Topic, TopicsConfig,
+    AckFuture, ConsumeError, Consumer, OutRecord, Producer, Record, Topic, TopicsConfig, now_ms,
 };
 use fluxgate_model::{Envelope, ReasonCode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -168,13 +168,6 @@ impl std::fmt::Debug for Validator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Validator").field("cfg", &self.cfg).finish()
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 impl Validator {

@@ -324,6 +324,14 @@ pub trait Bus: Send + Sync + fmt::Debug {
     fn ensure_topics<'a>(&'a self, topics: &'a [TopicSpec]) -> BoxFuture<'a, Result<(), BusError>>;
 }
 
+/// The wall clock in epoch milliseconds, as every role stamps envelopes, records and store
+/// rows (0 for a clock set before 1970).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// A process-unique suffix for broadcast group names.
 pub(crate) fn unique_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
