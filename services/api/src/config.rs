@@ -23,8 +23,22 @@ pub struct ApiConfig {
     pub rpc_timeout_max_ms: u64,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
+    /// Deepest nesting of a JSON state, command payload or attribute value (1 to 100;
+    /// see `fluxgate_model::Limits::max_json_depth`): deeper bodies get 400 `too_deep`.
+    pub max_json_depth: usize,
     /// HTTP worker threads.
     pub workers: usize,
+}
+
+impl ApiConfig {
+    /// The payload limits the API enforces.
+    pub fn limits(&self) -> fluxgate_model::Limits {
+        fluxgate_model::Limits {
+            max_payload_bytes: self.max_body_bytes,
+            max_json_depth: self.max_json_depth,
+            ..fluxgate_model::Limits::default()
+        }
+    }
 }
 
 impl Default for ApiConfig {
@@ -37,6 +51,7 @@ impl Default for ApiConfig {
             rpc_timeout_ms: 10_000,
             rpc_timeout_max_ms: 60_000,
             max_body_bytes: 256 * 1024,
+            max_json_depth: fluxgate_model::Limits::default().max_json_depth,
             workers: 2,
         }
     }

@@ -153,7 +153,7 @@ async fn post_state(
         }
     };
     let states = fluxgate_model::losant::parse_states(&body, now_ms(), &st.limits)
-        .map_err(|r| ApiError::rejected(r.code().as_str(), r.to_string()))?;
+        .map_err(|r| ApiError::from_reject(&r))?;
     let id = new_id();
     let envs: Vec<Envelope> = states
         .into_iter()
@@ -215,6 +215,10 @@ async fn send_command(
     device: &DeviceId,
     command: Command,
 ) -> Result<MessageId, ApiError> {
+    // The dispatcher, the front and the device must all read the payload back.
+    st.limits
+        .check_json(&command.payload)
+        .map_err(|r| ApiError::from_reject(&r))?;
     st.existing_device(app, device).await?;
     let id = new_id();
     // The dispatcher renders it in the dialect the device is connected with.
@@ -408,12 +412,12 @@ async fn shared_attributes(
     for (k, v) in map {
         st.limits
             .check_key(&k)
-            .map_err(|r| ApiError::invalid(k.clone(), r.to_string()))?;
+            .map_err(|r| ApiError::invalid(k.clone(), r.message()))?;
         values.insert(k, fluxgate_model::Value::from_json(v));
     }
     st.limits
         .check_values(&values)
-        .map_err(|r| ApiError::rejected(r.code().as_str(), r.to_string()))?;
+        .map_err(|r| ApiError::from_reject(&r))?;
     st.store
         .put_attributes(
             app.clone(),

@@ -32,14 +32,36 @@ struct Inner<'a> {
     field: Option<&'a str>,
 }
 
+/// The longest message or field name an error quotes: both may echo what the client
+/// sent (a key, a JSON error quoting a string), which must not make the answer huge.
+const MAX_QUOTED_BYTES: usize = 512;
+
+fn quoted(s: impl Into<String>) -> String {
+    let s = s.into();
+    match fluxgate_model::bounded(&s, MAX_QUOTED_BYTES) {
+        std::borrow::Cow::Borrowed(_) => s,
+        std::borrow::Cow::Owned(cut) => cut,
+    }
+}
+
 impl ApiError {
     fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
-            message: message.into(),
+            message: quoted(message),
             field: None,
         }
+    }
+    /// A refused payload: 400 when it cannot be read at all (not JSON, nested too deep),
+    /// 422 when it was read but breaks a rule. The code is the rejection's reason code.
+    pub fn from_reject(r: &fluxgate_model::Reject) -> Self {
+        use fluxgate_model::ReasonCode as C;
+        let status = match r.code() {
+            C::MalformedJson | C::TooDeep => 400,
+            _ => 422,
+        };
+        Self::new(status, r.code().as_str(), r.message())
     }
     /// 401: no or bad credentials.
     pub fn unauthorized(message: impl Into<String>) -> Self {
@@ -60,7 +82,7 @@ impl ApiError {
     /// 400 naming the field.
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         ApiError {
-            field: Some(field.into()),
+            field: Some(quoted(field)),
             ..Self::new(400, "invalid_field", message)
         }
     }

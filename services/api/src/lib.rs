@@ -105,10 +105,7 @@ impl ApiState {
                 changes: topics.name(Topic::RegistryChanges),
             },
             tokens,
-            limits: Limits {
-                max_payload_bytes: cfg.max_body_bytes,
-                ..Limits::default()
-            },
+            limits: cfg.limits(),
             metrics,
             cfg,
         })

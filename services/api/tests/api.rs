@@ -535,3 +535,69 @@ async fn every_documented_operation_is_routed() {
         "{m}"
     );
 }
+
+/// JSON nested `depth` levels: `{"d": [[...[1]...]]}`.
+fn nested(depth: usize) -> Value {
+    let text = format!(
+        r#"{{"d":{}1{}}}"#,
+        "[".repeat(depth - 1),
+        "]".repeat(depth - 1)
+    );
+    serde_json::from_str(&text).unwrap()
+}
+
+#[actix_rt::test]
+async fn too_deep_bodies_are_refused_before_anything_is_produced() {
+    let r = rig().await;
+    let admin = r.app("a1").await;
+    let mut commands = r.tap(Topic::Commands);
+    let mut raw = r.tap(Topic::IngestRaw);
+    r.call(
+        "POST",
+        "/applications/a1/devices",
+        Some(&admin),
+        Some(json!({"id": "dev1"})),
+    )
+    .await;
+    // 126 levels parse (serde_json stops at 128) but the envelope around them would not.
+    let deep = nested(126);
+    let refused = [
+        (
+            "/applications/a1/devices/dev1/command",
+            json!({"name": "x", "payload": deep}),
+        ),
+        (
+            "/api/rpc/oneway/dev1",
+            json!({"method": "x", "params": deep}),
+        ),
+        ("/applications/a1/devices/dev1/state", json!({"data": deep})),
+        (
+            "/applications/a1/devices/dev1/attributes/shared",
+            deep.clone(),
+        ),
+    ];
+    for (path, body) in refused {
+        let (s, e) = r.call("POST", path, Some(&admin), Some(body)).await;
+        assert_eq!(s, 400, "{path}: {e}");
+        assert_eq!(e["error"]["code"], "too_deep", "{path}: {e}");
+        assert!(e["error"]["message"].as_str().unwrap().len() < 600);
+    }
+    // Within the limit (32 by default), accepted.
+    let (s, e) = r
+        .call(
+            "POST",
+            "/applications/a1/devices/dev1/command",
+            Some(&admin),
+            Some(json!({"name": "x", "payload": nested(31)})),
+        )
+        .await;
+    assert_eq!(s, 200, "{e}");
+    let env = next(&mut commands).await;
+    assert_eq!(json!(env.id), e["commandId"], "only the accepted one");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), raw.recv())
+            .await
+            .is_err(),
+        "no state was produced"
+    );
+}

@@ -163,6 +163,20 @@ impl Config {
         cfg.front
             .validate()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        // Payload limits of every role that reads device input.
+        for (role, limits) in [
+            ("front", &cfg.front.limits),
+            ("validator", &cfg.validator.limits),
+        ] {
+            limits
+                .validate()
+                .map_err(|e| anyhow::anyhow!("invalid configuration: {role}.{e}"))?;
+        }
+        // The API's limits are flat settings of its own section.
+        cfg.api.limits().validate().map_err(|e| {
+            let e = e.trim_start_matches("limits.");
+            anyhow::anyhow!("invalid configuration: api.{e}")
+        })?;
         Ok(cfg)
     }
 
@@ -191,5 +205,8 @@ mod tests {
         let e = Config::load(Some(&file)).unwrap_err().to_string();
         assert!(e.contains("tcp_adr"), "{e}");
         assert!(Config::load(Some(&dir.join("missing.toml"))).is_err());
+        std::fs::write(&file, "[front.limits]\nmax_json_depth = 500\n").unwrap();
+        let e = Config::load(Some(&file)).unwrap_err().to_string();
+        assert!(e.contains("front.limits.max_json_depth"), "{e}");
     }
 }

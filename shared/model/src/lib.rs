@@ -42,7 +42,7 @@ pub use ids::{CorrelationId, DeviceId, DeviceName, IdError, MessageId, TenantId}
 pub use limits::Limits;
 pub use normalize::{Ingress, normalize};
 pub use registry::RegistryChange;
-pub use reject::{ReasonCode, Reject, RejectInfo, Rejection};
+pub use reject::{ReasonCode, Reject, RejectInfo, Rejection, bounded};
 pub use timestamp::TimeWindow;
 pub use topic::{
     Check, Principal, PublishClass, PublishOp, PublishTarget, SubscribeClass, SubscribeTarget,

@@ -19,6 +19,11 @@ pub struct Limits {
     pub max_value_bytes: usize,
     /// Most devices named in one gateway message, and most samples in one message.
     pub max_items: usize,
+    /// Deepest nesting of objects and arrays in a JSON document (a payload, a command
+    /// payload, a JSON value), 1 to [`Limits::MAX_JSON_DEPTH`]. The canonical envelope
+    /// wraps a payload in a few more levels, and every reader downstream must still decode
+    /// it: deeper input is refused where it enters, never acknowledged and then lost.
+    pub max_json_depth: usize,
 }
 
 impl Default for Limits {
@@ -29,12 +34,31 @@ impl Default for Limits {
             max_key_bytes: 255,
             max_value_bytes: 64 * 1024,
             max_items: 1000,
+            max_json_depth: 32,
         }
     }
 }
 
 impl Limits {
-    /// Refuses a payload larger than [`Limits::max_payload_bytes`].
+    /// The highest [`Limits::max_json_depth`] a configuration may set. serde_json refuses
+    /// documents deeper than 128 levels, and the envelope and delivery formats add fewer
+    /// than 16 around a payload, so every record made from accepted input decodes.
+    pub const MAX_JSON_DEPTH: usize = 100;
+
+    /// Checks the settings: `Err` names the field and what is wrong with it.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=Self::MAX_JSON_DEPTH).contains(&self.max_json_depth) {
+            return Err(format!(
+                "limits.max_json_depth = {}: must be between 1 and {}",
+                self.max_json_depth,
+                Self::MAX_JSON_DEPTH
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses a payload larger than [`Limits::max_payload_bytes`] or, read as JSON,
+    /// nesting deeper than [`Limits::max_json_depth`].
     pub fn check_payload(&self, payload: &[u8]) -> Result<(), Reject> {
         if payload.len() > self.max_payload_bytes {
             return Err(Reject::PayloadTooLarge {
@@ -42,7 +66,24 @@ impl Limits {
                 limit: self.max_payload_bytes,
             });
         }
+        if json_text_depth(payload) > self.max_json_depth {
+            return Err(self.too_deep());
+        }
         Ok(())
+    }
+
+    /// Refuses a parsed JSON value nesting deeper than [`Limits::max_json_depth`].
+    pub fn check_json(&self, v: &serde_json::Value) -> Result<(), Reject> {
+        if json_value_depth(v) > self.max_json_depth {
+            return Err(self.too_deep());
+        }
+        Ok(())
+    }
+
+    fn too_deep(&self) -> Reject {
+        Reject::TooDeep {
+            limit: self.max_json_depth,
+        }
     }
 
     /// Refuses more than [`Limits::max_items`] items of one kind in a message.
@@ -88,6 +129,9 @@ impl Limits {
     }
 
     fn check_value(&self, key: &str, v: &Value) -> Result<(), Reject> {
+        if let Value::Json(j) = v {
+            self.check_json(j)?;
+        }
         let size = v.size_bytes();
         if size > self.max_value_bytes {
             return Err(Reject::ValueTooLarge {
@@ -98,6 +142,57 @@ impl Limits {
         }
         Ok(())
     }
+}
+
+/// The deepest nesting of `[` and `{` in a JSON text, brackets inside strings not counted.
+/// One pass, no allocation; text that is not JSON gets a number too (the parser refuses
+/// it afterwards).
+pub fn json_text_depth(text: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in text {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// The nesting depth of a parsed JSON value (a scalar is 0, `[]` and `{}` are 1), found
+/// without recursion.
+pub fn json_value_depth(v: &serde_json::Value) -> usize {
+    use serde_json::Value as J;
+    let mut deepest = 0;
+    let mut stack = vec![(v, 0usize)];
+    while let Some((v, d)) = stack.pop() {
+        match v {
+            J::Array(a) => {
+                deepest = deepest.max(d + 1);
+                stack.extend(a.iter().map(|x| (x, d + 1)));
+            }
+            J::Object(o) => {
+                deepest = deepest.max(d + 1);
+                stack.extend(o.values().map(|x| (x, d + 1)));
+            }
+            _ => {}
+        }
+    }
+    deepest
 }
 
 #[cfg(test)]
@@ -113,6 +208,7 @@ mod tests {
             max_key_bytes: 3,
             max_value_bytes: 4,
             max_items: 1,
+            max_json_depth: 2,
         };
         assert!(l.check_payload(&[0; 10]).is_ok());
         assert_eq!(
@@ -144,5 +240,48 @@ mod tests {
         let mut e = Values::new();
         e.insert(String::new(), Value::Bool(true));
         assert_eq!(l.check_values(&e).unwrap_err().code(), ReasonCode::BadKey);
+
+        assert!(l.check_payload(b"[[]]").is_ok());
+        assert_eq!(
+            l.check_payload(b"[[[]]]").unwrap_err().code(),
+            ReasonCode::TooDeep
+        );
+        let mut deep = Values::new();
+        deep.insert("j", Value::Json(serde_json::json!([[[1]]])));
+        assert_eq!(
+            l.check_values(&deep).unwrap_err().code(),
+            ReasonCode::TooDeep
+        );
+    }
+
+    #[test]
+    fn depth_counts_brackets_outside_strings_only() {
+        assert_eq!(json_text_depth(b"1"), 0);
+        assert_eq!(json_text_depth(br#"{"a": [1, {"b": []}]}"#), 4);
+        assert_eq!(json_text_depth(br#"{"a": "[[[[{{{{"}"#), 1);
+        assert_eq!(json_text_depth(br#"{"a": "\"[[[["}"#), 1);
+        assert_eq!(json_text_depth(br#"["\\", [[]]]"#), 3);
+        for text in [
+            r#"{"a": [1, {"b": []}]}"#,
+            "[[[[]]]]",
+            r#"{"x": {"y": "]]"}}"#,
+        ] {
+            let v: serde_json::Value = serde_json::from_str(text).unwrap();
+            assert_eq!(
+                json_value_depth(&v),
+                json_text_depth(text.as_bytes()),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_depth_the_envelope_cannot_carry_is_a_config_error() {
+        let mut l = Limits::default();
+        assert!(l.validate().is_ok());
+        l.max_json_depth = 126;
+        assert!(l.validate().unwrap_err().contains("limits.max_json_depth"));
+        l.max_json_depth = 0;
+        assert!(l.validate().is_err());
     }
 }

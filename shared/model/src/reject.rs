@@ -47,11 +47,15 @@ pub enum ReasonCode {
     PeripheralNotAllowed,
     /// The device does not exist (or is not visible to this principal).
     UnknownDevice,
+    /// The JSON document nests deeper than allowed.
+    TooDeep,
+    /// A bus record a role could not decode: it was kept on the dead-letter topic.
+    Undecodable,
 }
 
 impl ReasonCode {
     /// Every code, for metrics that pre-register their label values.
-    pub const ALL: [ReasonCode; 17] = [
+    pub const ALL: [ReasonCode; 19] = [
         ReasonCode::PayloadTooLarge,
         ReasonCode::MalformedJson,
         ReasonCode::MissingField,
@@ -69,6 +73,8 @@ impl ReasonCode {
         ReasonCode::TypeMismatch,
         ReasonCode::PeripheralNotAllowed,
         ReasonCode::UnknownDevice,
+        ReasonCode::TooDeep,
+        ReasonCode::Undecodable,
     ];
 
     /// The stable snake_case code.
@@ -91,6 +97,8 @@ impl ReasonCode {
             ReasonCode::TypeMismatch => "type_mismatch",
             ReasonCode::PeripheralNotAllowed => "peripheral_not_allowed",
             ReasonCode::UnknownDevice => "unknown_device",
+            ReasonCode::TooDeep => "too_deep",
+            ReasonCode::Undecodable => "undecodable",
         }
     }
 }
@@ -242,6 +250,12 @@ pub enum Reject {
         /// The device id or name.
         device: String,
     },
+    /// See [`ReasonCode::TooDeep`].
+    #[error("JSON nests deeper than {limit} levels")]
+    TooDeep {
+        /// The limit ([`crate::Limits::max_json_depth`]).
+        limit: usize,
+    },
 }
 
 impl Reject {
@@ -265,6 +279,7 @@ impl Reject {
             Reject::TypeMismatch { .. } => ReasonCode::TypeMismatch,
             Reject::PeripheralNotAllowed { .. } => ReasonCode::PeripheralNotAllowed,
             Reject::UnknownDevice { .. } => ReasonCode::UnknownDevice,
+            Reject::TooDeep { .. } => ReasonCode::TooDeep,
         }
     }
 
@@ -274,11 +289,23 @@ impl Reject {
         matches!(
             self.code(),
             ReasonCode::MalformedJson
+                | ReasonCode::TooDeep
                 | ReasonCode::MissingField
                 | ReasonCode::WrongType
                 | ReasonCode::EmptyData
         )
     }
+
+    /// The human message, at most [`Reject::MESSAGE_BYTES`] bytes: what goes into MQTT 5
+    /// reason strings (65,535 bytes at most on the wire), API errors, the rejected log and
+    /// log lines. Details such as a topic, key or device name come from the client and
+    /// may be as long as the packet; quoting them whole must never break an answer.
+    pub fn message(&self) -> String {
+        bounded(&self.to_string(), Self::MESSAGE_BYTES).into_owned()
+    }
+
+    /// The longest [`Reject::message`].
+    pub const MESSAGE_BYTES: usize = 256;
 
     /// Maps a `serde_json` error to a rejection: syntax errors are malformed JSON; a
     /// well-formed document of the wrong shape is a wrong type.
@@ -309,9 +336,23 @@ impl From<&Reject> for RejectInfo {
     fn from(r: &Reject) -> Self {
         RejectInfo {
             code: r.code(),
-            message: r.to_string(),
+            message: r.message(),
         }
     }
+}
+
+/// `s` cut to at most `max` bytes on a char boundary, with `…` marking a cut (the
+/// ellipsis counts in `max`).
+pub fn bounded(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    const MORE: &str = "…";
+    let mut end = max.saturating_sub(MORE.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}{MORE}", &s[..end]))
 }
 
 /// A refused message as it travels on `fluxgate.ingest.rejected` to the rejected log.
@@ -352,6 +393,35 @@ impl Rejection {
             reason: RejectInfo::from(reject),
             excerpt: String::from_utf8_lossy(cut).into_owned(),
         }
+    }
+
+    /// The rejected-log entry of a bus record that `role` could not decode (it went to the
+    /// dead-letter topic). `key` is the record's key, `tenant/device` for every record
+    /// fluxgate produces; `None` when it names no valid tenant.
+    pub fn undecodable(
+        key: &[u8],
+        received_ms: i64,
+        role: &str,
+        error: &str,
+        payload: &[u8],
+    ) -> Option<Self> {
+        let key = std::str::from_utf8(key).ok()?;
+        let (tenant, device) = key.split_once('/').unwrap_or((key, ""));
+        let tenant = crate::TenantId::new(tenant).ok()?;
+        let message =
+            format!("{role} could not decode the record (kept on the dead-letter topic): {error}");
+        let cut = &payload[..payload.len().min(Self::EXCERPT_BYTES)];
+        Some(Rejection {
+            v: crate::ENVELOPE_VERSION,
+            tenant,
+            device: bounded(device, Self::EXCERPT_BYTES).into_owned(),
+            received_ms,
+            reason: RejectInfo {
+                code: ReasonCode::Undecodable,
+                message: bounded(&message, Reject::MESSAGE_BYTES).into_owned(),
+            },
+            excerpt: String::from_utf8_lossy(cut).into_owned(),
+        })
     }
 
     /// Serializes to bus bytes.
@@ -422,6 +492,35 @@ mod tests {
             serde_json::to_value(&info).unwrap(),
             serde_json::json!({"code": "missing_field", "message": "required field `data` is missing"})
         );
+    }
+
+    #[test]
+    fn messages_are_bounded_whatever_the_client_sent() {
+        // A 100 KB topic of multi-byte chars: the message is cut on a char boundary.
+        let topic = "é".repeat(50_000);
+        let r = Reject::TopicNotAllowed { topic };
+        let m = r.message();
+        assert!(m.len() <= Reject::MESSAGE_BYTES, "{}", m.len());
+        assert!(m.ends_with('…'));
+        assert!(m.starts_with("topic \"éé"));
+        assert!(RejectInfo::from(&r).message.len() <= Reject::MESSAGE_BYTES);
+        // Short messages are kept whole.
+        let short = Reject::EmptyData;
+        assert_eq!(short.message(), short.to_string());
+        assert_eq!(bounded("abc", 3), "abc");
+        assert_eq!(bounded("abcd", 3), "…");
+    }
+
+    #[test]
+    fn an_undecodable_record_becomes_a_rejection_of_its_key() {
+        let r = Rejection::undecodable(b"t1/dev-9", 7, "validator", "bad json", b"{{{").unwrap();
+        assert_eq!(r.tenant.as_str(), "t1");
+        assert_eq!(r.device, "dev-9");
+        assert_eq!(r.reason.code, ReasonCode::Undecodable);
+        assert!(r.reason.message.contains("dead-letter"));
+        assert_eq!(r.excerpt, "{{{");
+        assert!(Rejection::undecodable(b"", 7, "validator", "x", b"").is_none());
+        assert!(Rejection::undecodable(&[0xff], 7, "validator", "x", b"").is_none());
     }
 
     #[test]
