@@ -33,6 +33,9 @@ pub struct DispatchStats {
     pub failed: Arc<AtomicU64>,
     /// Store or bus failures retried.
     pub retries: Arc<AtomicU64>,
+    /// Records that were not envelopes, kept on the dead-letter topic (and in the rejected
+    /// log) before they were acked.
+    pub undecodable: Arc<AtomicU64>,
     /// Times the dispatcher actor died and was restarted (its records redelivered).
     pub restarts: Arc<AtomicU64>,
     /// The consumer's lag: records read from the bus but not finished yet, or not read.
@@ -79,6 +82,12 @@ impl DispatchStats {
                 &self.retries,
             ),
             def(
+                "fluxgate_command_dispatch_undecodable_total",
+                "Records that were not envelopes, kept on the dead-letter topic and in the rejected log.",
+                &[],
+                &self.undecodable,
+            ),
+            def(
                 "fluxgate_command_dispatch_restarts_total",
                 "Times the dispatcher actor died and was restarted; its unfinished records were redelivered.",
                 &[],
@@ -97,6 +106,68 @@ impl DispatchStats {
 }
 
 /// A connected device.
+impl Dispatcher {
+    /// A record that is not an envelope: kept whole on the dead-letter topic and noted in
+    /// the rejected log, retrying until both are acknowledged; then acked.
+    fn keep_undecodable(&mut self, rec: Record, error: &str, ctx: &mut Context<Self>) {
+        const ROLE: &str = "command-dispatch";
+        tracing::error!(topic = %rec.position.topic, offset = rec.position.offset, error,
+            "dispatcher: not an envelope; keeping it on the dead-letter topic");
+        let mut outputs = vec![fluxgate_bus::dead_letter(
+            &self.names.dead_letter,
+            &rec,
+            ROLE,
+            error,
+        )];
+        if let Some(r) =
+            fluxgate_model::Rejection::undecodable(&rec.key, now_ms(), ROLE, error, &rec.payload)
+        {
+            outputs.push(OutRecord::new(
+                &self.names.rejected,
+                rec.key.clone(),
+                r.to_bytes(),
+            ));
+        }
+        let (producer, stats) = (self.producer.clone(), self.stats.clone());
+        let initial = Duration::from_millis(self.cfg.retry_initial_ms.max(1));
+        let max = Duration::from_millis(self.cfg.retry_max_ms.max(1));
+        let fut = async move {
+            let mut delay = initial;
+            loop {
+                match produce_all(&*producer, &outputs).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        stats.retries.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "dispatcher: retrying a dead letter");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(max);
+                    }
+                }
+            }
+        };
+        ctx.wait(fut.into_actor(self).map(move |(), act, ctx| {
+            act.stats.undecodable.fetch_add(1, Ordering::Relaxed);
+            act.consumer.ack(&rec.position);
+            act.fetch(ctx);
+        }));
+    }
+}
+
+/// Produces `recs` and waits for every ack.
+async fn produce_all(
+    producer: &dyn Producer,
+    recs: &[OutRecord],
+) -> Result<(), fluxgate_bus::ProduceError> {
+    let mut acks = Vec::with_capacity(recs.len());
+    for r in recs {
+        acks.push(producer.send(r.clone()).await?);
+    }
+    for a in acks {
+        a.await?;
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone)]
 struct Online {
     via: Option<DeviceId>,
@@ -109,6 +180,8 @@ type Key = (TenantId, DeviceId);
 struct Names {
     commands: String,
     deliveries: String,
+    rejected: String,
+    dead_letter: String,
 }
 
 /// What the actor knows of a device's connection.
@@ -561,6 +634,8 @@ impl Dispatcher {
             names: Names {
                 commands: topics.name(Topic::Commands),
                 deliveries: topics.name(Topic::Deliveries),
+                rejected: topics.name(Topic::IngestRejected),
+                dead_letter: topics.name(Topic::DeadLetter),
             },
             cfg,
             stats,
@@ -612,11 +687,7 @@ impl Dispatcher {
     fn handle_record(&mut self, rec: Record, ctx: &mut Context<Self>) {
         let env = match Envelope::from_bytes(&rec.payload) {
             Ok(env) => env,
-            Err(e) => {
-                tracing::error!(error = %e, "dispatcher: not an envelope; skipping it");
-                self.consumer.ack(&rec.position);
-                return self.fetch(ctx);
-            }
+            Err(e) => return self.keep_undecodable(rec, &e.to_string(), ctx),
         };
         let online = match &env.device {
             DeviceRef::Id(d) => match self.online.get(&(env.tenant.clone(), d.clone())) {

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use fluxgate_bus::supervise::{Lifeline, Watch, supervise};
 use fluxgate_bus::{
-    Bus, BusError, ConsumeError, Consumer, ConsumerSpec, Position, Record, Topic, TopicsConfig,
+    Bus, BusError, ConsumeError, Consumer, ConsumerSpec, OutRecord, Position, Producer, Record,
+    Topic, TopicsConfig,
 };
 use fluxgate_model::{Body, DeviceId, DeviceRef, Envelope, Rejection, TenantId, Values};
 use fluxgate_store::{AttributeScope, ConnectionEvent, RejectedEntry, SampleBatch, Store};
@@ -26,7 +27,8 @@ pub struct WriterStats {
     pub batches: Arc<AtomicU64>,
     /// Failed store writes that were retried.
     pub retries: Arc<AtomicU64>,
-    /// Records that could not be decoded (acked and logged: they can never be written).
+    /// Records that could not be decoded: kept on the dead-letter topic and in the
+    /// rejected log, then acked (they can never be written as data).
     pub undecodable: Arc<AtomicU64>,
     /// Times the writer actor died and was restarted (its batch redelivered).
     pub restarts: Arc<AtomicU64>,
@@ -132,7 +134,7 @@ impl WriterStats {
             ),
             def(
                 "fluxgate_ts_writer_undecodable_total",
-                "Records that could not be decoded and were skipped.",
+                "Records that could not be decoded, kept on the dead-letter topic and in the rejected log.",
                 &[],
                 &self.undecodable,
             ),
@@ -161,6 +163,8 @@ struct Batch {
     attributes: Vec<(TenantId, DeviceId, Values, i64)>,
     connections: Vec<ConnectionEvent>,
     rejected: Vec<RejectedEntry>,
+    /// Dead-letter copies of undecodable records, produced before the batch is acked.
+    dead_letters: Vec<OutRecord>,
     positions: Vec<Position>,
     points: usize,
     opened: Option<Instant>,
@@ -178,11 +182,13 @@ struct Topics {
     valid: String,
     events: String,
     rejected: String,
+    dead_letter: String,
 }
 
 /// The writer: one consumer, one batch, flushes that block reading until written.
 pub struct TsWriter {
     consumer: Arc<dyn Consumer>,
+    producer: Arc<dyn Producer>,
     store: Arc<dyn Store>,
     topics: Topics,
     cfg: WriterConfig,
@@ -198,9 +204,11 @@ impl std::fmt::Debug for TsWriter {
 }
 
 impl TsWriter {
-    /// A writer over `consumer` (subscribed to the valid, events and rejected topics).
+    /// A writer over `consumer` (subscribed to the valid, events and rejected topics);
+    /// `producer` keeps undecodable records on the dead-letter topic.
     pub fn new(
         consumer: Arc<dyn Consumer>,
+        producer: Arc<dyn Producer>,
         store: Arc<dyn Store>,
         topics: &TopicsConfig,
         cfg: WriterConfig,
@@ -208,11 +216,13 @@ impl TsWriter {
     ) -> Self {
         TsWriter {
             consumer,
+            producer,
             store,
             topics: Topics {
                 valid: topics.name(Topic::IngestValid),
                 events: topics.name(Topic::DeviceEvents),
                 rejected: topics.name(Topic::IngestRejected),
+                dead_letter: topics.name(Topic::DeadLetter),
             },
             cfg,
             stats,
@@ -236,14 +246,7 @@ impl TsWriter {
         let topic = &*rec.position.topic;
         if topic == self.topics.rejected {
             match Rejection::from_bytes(&rec.payload) {
-                Ok(r) => b.rejected.push(RejectedEntry {
-                    tenant: r.tenant,
-                    device: r.device,
-                    at_ms: r.received_ms,
-                    code: r.reason.code,
-                    message: r.reason.message,
-                    excerpt: r.excerpt,
-                }),
+                Ok(r) => b.rejected.push(rejected_entry(r)),
                 Err(e) => self.undecodable(&rec, &e.to_string()),
             }
             return;
@@ -300,10 +303,25 @@ impl TsWriter {
         }
     }
 
-    fn undecodable(&self, rec: &Record, why: &str) {
+    /// A record that can never be written as data: it is kept whole on the dead-letter
+    /// topic and noted in the rejected log, both before its batch is acked.
+    fn undecodable(&mut self, rec: &Record, why: &str) {
         self.stats.undecodable.fetch_add(1, Ordering::Relaxed);
         tracing::error!(topic = %rec.position.topic, partition = rec.position.partition,
-            offset = rec.position.offset, error = why, "ts-writer: record cannot be decoded; skipping it");
+            offset = rec.position.offset, error = why,
+            "ts-writer: record cannot be decoded; keeping it on the dead-letter topic");
+        let b = &mut self.batch;
+        b.dead_letters.push(fluxgate_bus::dead_letter(
+            &self.topics.dead_letter,
+            rec,
+            ROLE,
+            why,
+        ));
+        if let Some(r) =
+            Rejection::undecodable(&rec.key, fluxgate_bus::now_ms(), ROLE, why, &rec.payload)
+        {
+            b.rejected.push(rejected_entry(r));
+        }
     }
 
     /// Reads the next record, forever (until the consumer closes).
@@ -342,6 +360,7 @@ impl TsWriter {
         let consumer = self.consumer.clone();
         let work = write_batch(
             self.store.clone(),
+            self.producer.clone(),
             consumer.clone(),
             self.cfg.clone(),
             self.stats.clone(),
@@ -352,6 +371,21 @@ impl TsWriter {
                 consumer.ack(p);
             }
         }
+    }
+}
+
+/// The name the writer gives itself in dead letters and the rejected log.
+const ROLE: &str = "ts-writer";
+
+/// A rejection as the rejected log keeps it.
+fn rejected_entry(r: Rejection) -> RejectedEntry {
+    RejectedEntry {
+        tenant: r.tenant,
+        device: r.device,
+        at_ms: r.received_ms,
+        code: r.reason.code,
+        message: r.reason.message,
+        excerpt: r.excerpt,
     }
 }
 
@@ -383,6 +417,7 @@ fn connection_event(
 /// positions to ack.
 async fn write_batch(
     store: Arc<dyn Store>,
+    producer: Arc<dyn Producer>,
     consumer: Arc<dyn Consumer>,
     cfg: WriterConfig,
     stats: Arc<WriterStats>,
@@ -392,7 +427,7 @@ async fn write_batch(
     let mut paused = false;
     loop {
         let started = Instant::now();
-        match write_once(&*store, &mut batch).await {
+        match write_once(&*store, &*producer, &mut batch).await {
             Ok(points) => {
                 stats.points.fetch_add(points as u64, Ordering::Relaxed);
                 stats.batches.fetch_add(1, Ordering::Relaxed);
@@ -423,7 +458,22 @@ async fn write_batch(
 }
 
 /// One attempt; what succeeds is removed from the batch so a retry does not repeat it.
-async fn write_once(store: &dyn Store, b: &mut Batch) -> fluxgate_store::Result<usize> {
+async fn write_once(
+    store: &dyn Store,
+    producer: &dyn Producer,
+    b: &mut Batch,
+) -> Result<usize, String> {
+    let points = write_store(store, b).await.map_err(|e| e.to_string())?;
+    while let Some(rec) = b.dead_letters.first().cloned() {
+        let ack = producer.send(rec).await.map_err(|e| e.to_string())?;
+        ack.await.map_err(|e| e.to_string())?;
+        b.dead_letters.remove(0);
+    }
+    Ok(points)
+}
+
+/// The store part of [`write_once`].
+async fn write_store(store: &dyn Store, b: &mut Batch) -> fluxgate_store::Result<usize> {
     let mut points = 0;
     if !b.samples.is_empty() {
         points += store.write_samples(b.samples.clone()).await?;
@@ -518,10 +568,12 @@ pub async fn run_with(
     ];
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let consumer = bus.consumer(ConsumerSpec::group(&cfg.group, &names))?;
+    let producer = bus.producer();
     // A writer that dies (a panic) is restarted; the records of its lost batch come again.
     let start = |lifeline| {
         let w = TsWriter::new(
             consumer.clone(),
+            producer.clone(),
             store.clone(),
             topics,
             cfg.clone(),

@@ -11,8 +11,8 @@ use std::time::Duration;
 use actix::prelude::*;
 use fluxgate_bus::{Bus, ConsumerSpec, MemoryBus, OutRecord, Topic, TopicsConfig};
 use fluxgate_model::{
-    Body, Channel, DeviceId, DeviceRef, Dialect, ENVELOPE_VERSION, Envelope, MessageId, Reject,
-    Rejection, Sample, SessionInfo, TenantId, Value, Values,
+    Body, Channel, DeviceId, DeviceRef, Dialect, ENVELOPE_VERSION, Envelope, MessageId, ReasonCode,
+    Reject, Rejection, Sample, SessionInfo, TenantId, Value, Values,
 };
 use fluxgate_store::sqlite::SqliteStore;
 use fluxgate_store::{AttributeScope, Order, RangeQuery, Store};
@@ -77,7 +77,7 @@ fn start(
         .consumer(ConsumerSpec::group(&cfg.group, &names))
         .unwrap();
     let stats = Arc::new(WriterStats::default());
-    let writer = TsWriter::new(consumer, store, &topics, cfg, stats.clone());
+    let writer = TsWriter::new(consumer, bus.producer(), store, &topics, cfg, stats.clone());
     let addr = match arbiter {
         Some(a) => TsWriter::start_in_arbiter(&a.handle(), |_| writer),
         None => writer.start(),
@@ -153,6 +153,10 @@ async fn writes_every_kind_and_commits_only_after_the_write() {
     let (_writer, stats) = start(&bus, store.clone(), WriterConfig::default(), None);
     let topics = TopicsConfig::default();
     let p = bus.producer();
+    let dlq_name = topics.name(Topic::DeadLetter);
+    let dlq = bus
+        .consumer(ConsumerSpec::group("dlq-reader", &[&dlq_name]))
+        .unwrap();
 
     let mut attrs = Values::new();
     attrs.insert("fw", Value::from("1.2"));
@@ -231,6 +235,12 @@ async fn writes_every_kind_and_commits_only_after_the_write() {
     for r in records {
         acks.push(p.send(r).await.unwrap());
     }
+    // The in-process bus acks the writer's dead letter once its reader here commits it.
+    let dead = tokio::time::timeout(Duration::from_secs(5), dlq.recv())
+        .await
+        .expect("dead letter in time")
+        .unwrap();
+    dlq.ack(&dead.position);
     for a in acks {
         tokio::time::timeout(Duration::from_secs(10), a)
             .await
@@ -259,7 +269,24 @@ async fn writes_every_kind_and_commits_only_after_the_write() {
     assert_eq!(log[0].reason.as_deref(), Some("keepalive"));
     assert_eq!(log[1].front.as_deref(), Some("front-0"));
     let rejected = store.rejected_log(tenant(), None, 10).await.unwrap();
-    assert_eq!(rejected[0].excerpt, "{oops");
+    let by_code = |c: ReasonCode| rejected.iter().find(|r| r.code == c).unwrap();
+    assert_eq!(by_code(ReasonCode::MalformedJson).excerpt, "{oops");
+    // The undecodable record was acked only once kept: whole on the dead-letter topic, and
+    // noted in the rejected log (which the API serves).
+    let kept = by_code(ReasonCode::Undecodable);
+    assert_eq!(kept.excerpt, "not an envelope");
+    assert_eq!(kept.device, "d1");
+    assert_eq!(&dead.payload[..], b"not an envelope");
+    assert_eq!(&dead.key[..], b"app/d1");
+    let header = |k| {
+        std::str::from_utf8(dead.headers.get(k).unwrap())
+            .unwrap()
+            .to_owned()
+    };
+    use fluxgate_bus::dead_letter_headers as h;
+    assert_eq!(header(h::TOPIC), topics.name(Topic::IngestValid));
+    assert_eq!(header(h::ROLE), "ts-writer");
+    assert!(!header(h::ERROR).is_empty());
     assert_eq!(stats.undecodable.load(Ordering::Relaxed), 1);
     assert_eq!(stats.points.load(Ordering::Relaxed), 3);
     // The same counters, as an operator scrapes them.

@@ -9,7 +9,7 @@ use fluxgate_bus::supervise::{Lifeline, Watch, supervise};
 use fluxgate_bus::{
     AckFuture, ConsumeError, Consumer, OutRecord, Producer, Record, Topic, TopicsConfig, now_ms,
 };
-use fluxgate_model::{Envelope, ReasonCode};
+use fluxgate_model::{Envelope, ReasonCode, Rejection};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{Output, ValidatorConfig, validate};
@@ -27,7 +27,8 @@ pub struct ValidatorStats {
     pub rejected: Arc<AtomicU64>,
     /// Store or bus failures retried.
     pub retries: Arc<AtomicU64>,
-    /// Records that were not envelopes (logged and skipped).
+    /// Records that were not envelopes, kept on the dead-letter topic (and in the
+    /// rejected log) before they were acked.
     pub undecodable: Arc<AtomicU64>,
     /// Times the validator actor died and was restarted (its records redelivered).
     pub restarts: Arc<AtomicU64>,
@@ -117,7 +118,7 @@ impl ValidatorStats {
             ),
             def(
                 "fluxgate_validator_undecodable_total",
-                "Raw records that were not envelopes.",
+                "Raw records that were not envelopes, kept on the dead-letter topic and in the rejected log.",
                 &[],
                 &self.undecodable,
             ),
@@ -145,6 +146,7 @@ struct Names {
     valid: String,
     events: String,
     rejected: String,
+    dead_letter: String,
 }
 
 /// The validator.
@@ -189,6 +191,7 @@ impl Validator {
                 valid: topics.name(Topic::IngestValid),
                 events: topics.name(Topic::DeviceEvents),
                 rejected: topics.name(Topic::IngestRejected),
+                dead_letter: topics.name(Topic::DeadLetter),
             },
             cfg,
             stats,
@@ -229,7 +232,8 @@ impl Validator {
                 ctx.wait(work.into_actor(act).map(move |prepared, act, ctx| {
                     let (consumer, stats) = (act.consumer.clone(), act.stats.clone());
                     match prepared {
-                        None => consumer.ack(&position),
+                        // The permits are never closed; were they, the record comes again.
+                        None => consumer.nack(&position),
                         Some((acks, permit)) => {
                             ctx.spawn(
                                 async move {
@@ -273,11 +277,13 @@ enum OutputKind {
     Valid,
     Event,
     Rejected(ReasonCode),
+    DeadLetter,
 }
 
 impl OutputKind {
     fn count(self, stats: &ValidatorStats) {
         let c = match self {
+            OutputKind::DeadLetter => &stats.undecodable,
             OutputKind::Valid => &stats.valid,
             OutputKind::Event => &stats.events,
             OutputKind::Rejected(code) => {
@@ -294,7 +300,8 @@ impl OutputKind {
 type Prepared = (Vec<(OutputKind, AckFuture)>, OwnedSemaphorePermit);
 
 /// Validates one record and hands its outputs to the producer, retrying store and bus
-/// failures with backoff. `None`: nothing to wait for (the record was not an envelope).
+/// failures with backoff. A record that is not an envelope is kept: whole on the
+/// dead-letter topic, and in the rejected log.
 async fn prepare(
     rec: Record,
     store: Arc<dyn fluxgate_store::Store>,
@@ -304,18 +311,23 @@ async fn prepare(
     cfg: ValidatorConfig,
     stats: Arc<ValidatorStats>,
 ) -> Option<Prepared> {
-    let env = match Envelope::from_bytes(&rec.payload) {
-        Ok(env) => env,
-        Err(e) => {
-            stats.undecodable.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(offset = rec.position.offset, error = %e, "validator: not an envelope; skipping it");
-            return None;
-        }
-    };
+    let env = Envelope::from_bytes(&rec.payload).map_err(|e| e.to_string());
+    if let Err(e) = &env {
+        tracing::error!(offset = rec.position.offset, error = %e,
+            "validator: not an envelope; keeping it on the dead-letter topic");
+    }
     let permit = in_flight.acquire_owned().await.ok()?;
     let mut delay = Duration::from_millis(cfg.retry_initial_ms.max(1));
     loop {
-        match attempt(&env, &*store, &*producer, &names, &cfg).await {
+        let outputs = match &env {
+            Ok(env) => attempt(env, &*store, &names, &cfg).await,
+            Err(e) => Ok(undecodable(&rec, &names, e)),
+        };
+        let sent = match outputs {
+            Ok(o) => send(&*producer, o).await,
+            Err(e) => Err(e),
+        };
+        match sent {
             Ok(acks) => return Some((acks, permit)),
             Err(e) => {
                 stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -327,19 +339,35 @@ async fn prepare(
     }
 }
 
+/// The outputs of a record that cannot be decoded: its dead-letter copy and its entry in
+/// the rejected log.
+fn undecodable(rec: &Record, names: &Names, error: &str) -> Vec<(OutputKind, OutRecord)> {
+    const ROLE: &str = "validator";
+    let mut out = vec![(
+        OutputKind::DeadLetter,
+        fluxgate_bus::dead_letter(&names.dead_letter, rec, ROLE, error),
+    )];
+    if let Some(r) = Rejection::undecodable(&rec.key, now_ms(), ROLE, error, &rec.payload) {
+        out.push((
+            OutputKind::Rejected(r.reason.code),
+            OutRecord::new(&names.rejected, rec.key.clone(), r.to_bytes()),
+        ));
+    }
+    out
+}
+
 async fn attempt(
     env: &Envelope,
     store: &dyn fluxgate_store::Store,
-    producer: &dyn Producer,
     names: &Names,
     cfg: &ValidatorConfig,
-) -> Result<Vec<(OutputKind, AckFuture)>, String> {
+) -> Result<Vec<(OutputKind, OutRecord)>, String> {
     let outputs = validate(store, cfg, env.clone(), now_ms())
         .await
         .map_err(|e| e.to_string())?;
-    let mut acks = Vec::with_capacity(outputs.len());
-    for o in outputs {
-        let (kind, rec) = match &o {
+    Ok(outputs
+        .iter()
+        .map(|o| match o {
             Output::Valid(e) => (
                 OutputKind::Valid,
                 OutRecord::new(&names.valid, e.key(), e.to_bytes()),
@@ -356,7 +384,17 @@ async fn attempt(
                     r.to_bytes(),
                 ),
             ),
-        };
+        })
+        .collect())
+}
+
+/// Hands `outputs` to the producer in order; their acks are awaited by the caller.
+async fn send(
+    producer: &dyn Producer,
+    outputs: Vec<(OutputKind, OutRecord)>,
+) -> Result<Vec<(OutputKind, AckFuture)>, String> {
+    let mut acks = Vec::with_capacity(outputs.len());
+    for (kind, rec) in outputs {
         acks.push((kind, producer.send(rec).await.map_err(|e| e.to_string())?));
     }
     Ok(acks)

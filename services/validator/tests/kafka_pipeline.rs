@@ -119,6 +119,7 @@ async fn kafka_raw_state_reaches_the_store_through_validator_and_writer() {
     let writer = Arc::new(WriterStats::default());
     TsWriter::new(
         wc,
+        bus.producer(),
         store.clone(),
         &topics,
         WriterConfig::default(),

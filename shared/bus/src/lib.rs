@@ -110,6 +110,43 @@ impl OutRecord {
     }
 }
 
+/// Headers of a dead-letter record: where the original was, who could not read it, why.
+pub mod dead_letter_headers {
+    /// The topic the record was consumed from.
+    pub const TOPIC: &str = "dlq-topic";
+    /// Its partition (decimal).
+    pub const PARTITION: &str = "dlq-partition";
+    /// Its offset (decimal).
+    pub const OFFSET: &str = "dlq-offset";
+    /// The role that could not decode it (`validator`, `ts-writer`, `command-dispatch`).
+    pub const ROLE: &str = "dlq-role";
+    /// The decoder's error.
+    pub const ERROR: &str = "dlq-error";
+}
+
+/// The dead-letter copy of `rec`, for `topic` (the [`Topic::DeadLetter`] name): the same
+/// key, value and headers, plus the `dlq-*` headers of [`dead_letter_headers`]. A role
+/// that cannot decode a record produces this and acks the original only once this is
+/// acknowledged, so nothing is consumed and lost.
+pub fn dead_letter(topic: &str, rec: &Record, role: &str, error: &str) -> OutRecord {
+    use dead_letter_headers as h;
+    let mut out = OutRecord::new(topic, rec.key.clone(), rec.payload.clone());
+    out.headers = rec.headers.clone();
+    out.headers.insert(h::TOPIC, rec.position.topic.to_string());
+    out.headers
+        .insert(h::PARTITION, rec.position.partition.to_string());
+    out.headers
+        .insert(h::OFFSET, rec.position.offset.to_string());
+    out.headers.insert(h::ROLE, role.to_owned());
+    // A decoder error quotes little of the input, but bound it all the same.
+    let mut end = error.len().min(1024);
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.headers.insert(h::ERROR, error[..end].to_owned());
+    out
+}
+
 /// Where a produced record was stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivered {

@@ -21,11 +21,14 @@ pub enum Topic {
     MqttCustom,
     /// Registry changes (API -> caches in fronts and validators); compacted.
     RegistryChanges,
+    /// Records a role could not decode, kept whole with where they came from and why
+    /// (every consuming role -> operators). See [`crate::dead_letter`].
+    DeadLetter,
 }
 
 impl Topic {
     /// Every topic.
-    pub const ALL: [Topic; 8] = [
+    pub const ALL: [Topic; 9] = [
         Topic::IngestRaw,
         Topic::IngestValid,
         Topic::IngestRejected,
@@ -34,6 +37,7 @@ impl Topic {
         Topic::Deliveries,
         Topic::MqttCustom,
         Topic::RegistryChanges,
+        Topic::DeadLetter,
     ];
 
     /// The name after the prefix.
@@ -47,6 +51,7 @@ impl Topic {
             Topic::Deliveries => "deliveries",
             Topic::MqttCustom => "mqtt.custom",
             Topic::RegistryChanges => "registry.changes",
+            Topic::DeadLetter => "dead-letter",
         }
     }
 }
@@ -139,7 +144,12 @@ mod tests {
         };
         assert_eq!(c.name(Topic::IngestRaw), "test.ingest.raw");
         let specs = c.specs();
-        assert_eq!(specs.len(), 8);
+        assert!(
+            specs
+                .iter()
+                .any(|s| s.name == "test.dead-letter" && !s.compacted)
+        );
+        assert_eq!(specs.len(), 9);
         let reg = specs
             .iter()
             .find(|s| s.name == "test.registry.changes")
