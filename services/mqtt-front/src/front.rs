@@ -23,8 +23,8 @@ use crate::auth::{AuthError, Credentials, FailureDelay, Registry};
 use crate::config::FrontConfig;
 use crate::metrics::{FrontMetrics, dialect_label, op_label};
 use crate::session::{
-    CloseReason, Conn, ConnLimits, Entry, InFlight, NotQueued, Over, Sequencer, SessionMap, Sink,
-    Subs, ToSession, next, quota,
+    CloseReason, Conn, ConnLimits, Entry, Job, NotQueued, Over, Sequencer, SessionMap, Sink, Subs,
+    ToSession, next, quota,
 };
 pub(crate) use fluxgate_bus::now_ms;
 
@@ -76,6 +76,9 @@ pub(crate) enum Verdict {
     RateLimited,
     /// The bus or registry failed; do not acknowledge, the client must resend.
     Failed(String),
+    /// The connection is closing: not stored, and never acknowledged (the client sends it
+    /// again on its next connection).
+    Dropped,
 }
 
 struct Names {
@@ -378,12 +381,13 @@ impl Front {
         );
     }
 
-    /// Handles one PUBLISH. `ticket` comes from `conn.order`, taken when the packet
-    /// arrived, so that bus sends keep the packets' order.
+    /// Handles one PUBLISH. `job` was taken when the packet arrived
+    /// ([`Conn::begin_publish`]): its ticket keeps bus sends in the packets' order, and
+    /// while it lives a closing connection waits for this publish's verdict.
     pub(crate) async fn publish(
         &self,
-        conn: &Conn,
-        ticket: u64,
+        conn: &Rc<Conn>,
+        job: Job,
         topic: &ByteString,
         payload: &Bytes,
         retain: bool,
@@ -394,12 +398,19 @@ impl Front {
             .bytes
             .with_label_values(&[dialect_label(dialect)])
             .inc_by(payload.len() as u64);
-        let turn = conn.order.turn(ticket).await;
+        let turn = conn.order.turn(job.ticket).await;
         let (kind, verdict) = self.publish_in_turn(conn, topic, payload, retain).await;
+        // A refusal that ends the connection takes effect in packet order: the publishes
+        // behind this one are then not stored (and never acknowledged), and the ones
+        // before it get their acks before the socket closes.
+        if let Err(v) = &verdict
+            && let Some(reason) = self.closes(conn, v)
+        {
+            self.close_after_acks(conn, reason);
+        }
         drop(turn);
         let verdict = match verdict {
             Ok(Some(acks)) => {
-                let _in_flight = InFlight::new(conn, &self.metrics.in_flight);
                 let mut failed = None;
                 for ack in acks {
                     if let Err(e) = ack.await {
@@ -426,11 +437,14 @@ impl Front {
             Verdict::RetainRefused => "retain_refused",
             Verdict::RateLimited => "rate_limited",
             Verdict::Failed(_) => "failed",
+            Verdict::Dropped => "dropped",
         };
         self.metrics.message(dialect, kind, outcome);
+        drop(job);
         match &verdict {
             Verdict::Denied(r) | Verdict::Malformed(r) => {
-                tracing::info!(device = %conn.identity.principal.device(), topic = %topic, reason = %r, "publish refused");
+                let topic = fluxgate_model::bounded(topic, 128);
+                tracing::info!(device = %conn.identity.principal.device(), %topic, reason = %r.message(), "publish refused");
                 self.produce_rejection(conn, r, payload);
             }
             Verdict::Failed(e) => {
@@ -441,11 +455,30 @@ impl Front {
         verdict
     }
 
+    /// Whether a publish refused with `v` closes the connection, and why. MQTT 3.1.1 has
+    /// no negative PUBACK, so a v3 client learns of a refusal by the close (unless the
+    /// `v3_on_*` policy drops it); a v5 client gets a PUBACK reason instead.
+    fn closes(&self, conn: &Conn, v: &Verdict) -> Option<CloseReason> {
+        let v3 = matches!(conn.sink, Sink::V3(_));
+        let close = crate::config::V3Refusal::Close;
+        match v {
+            Verdict::RetainRefused => Some(CloseReason::Retain),
+            Verdict::Denied(_) if v3 && self.cfg.v3_on_denied == close => {
+                Some(CloseReason::Refused)
+            }
+            Verdict::Malformed(_) if v3 && self.cfg.v3_on_malformed == close => {
+                Some(CloseReason::Refused)
+            }
+            Verdict::Failed(_) if v3 => Some(CloseReason::BusFailed),
+            _ => None,
+        }
+    }
+
     /// The part of a publish that must happen in order: checks, normalization, and the
     /// sends (not their acks). `Ok(Some(acks))`: wait for these; `Ok(None)`: done.
     async fn publish_in_turn(
         &self,
-        conn: &Conn,
+        conn: &Rc<Conn>,
         topic: &ByteString,
         payload: &Bytes,
         retain: bool,
@@ -453,6 +486,11 @@ impl Front {
         &'static str,
         Result<Option<Vec<fluxgate_bus::AckFuture>>, Verdict>,
     ) {
+        // An earlier publish (in packet order) closed the connection: this one, taken in
+        // before that, is not stored.
+        if conn.closing.get().is_some() {
+            return ("unknown", Err(Verdict::Dropped));
+        }
         let id = &conn.identity;
         let class = match classify_publish(&id.principal, topic) {
             Ok(c) => c,
@@ -472,7 +510,7 @@ impl Front {
             };
             self.metrics.rate_limited.with_label_values(&[limit]).inc();
             self.block(conn);
-            conn.close(CloseReason::RateLimited);
+            self.close_after_acks(conn, CloseReason::RateLimited);
             return (kind, Err(Verdict::RateLimited));
         }
         match &class.check {
@@ -773,21 +811,31 @@ impl Front {
         }
     }
 
-    /// Waits (at most the drain grace) for the connection's publishes to be acknowledged,
-    /// then closes it.
-    async fn close_when_idle(&self, conn: &Conn, reason: CloseReason) {
-        let idle = async {
-            loop {
-                let n = conn.idle.notified();
-                if conn.in_flight.get() == 0 {
-                    return;
-                }
-                n.await;
-            }
-        };
+    /// Closes `conn` gracefully: it takes in no more publishes, the ones it took in before
+    /// get their verdict and ack (at most the drain grace is waited for them), then the
+    /// socket closes, with the reason for an MQTT 5 client.
+    pub(crate) fn close_after_acks(&self, conn: &Rc<Conn>, reason: CloseReason) {
+        if conn.closing.get().is_some() {
+            return; // a close is under way
+        }
+        conn.mark_closing(reason);
         let grace = Duration::from_secs(self.cfg.drain_grace_secs);
-        let _ = tokio::time::timeout(grace, idle).await;
-        conn.close(reason);
+        let conn = conn.clone();
+        ntex::rt::spawn(async move {
+            let idle = async {
+                loop {
+                    let n = conn.idle.notified();
+                    if conn.in_flight.get() == 0 {
+                        return;
+                    }
+                    n.await;
+                }
+            };
+            let _ = tokio::time::timeout(grace, idle).await;
+            // The last verdict's ack is written by ntex right after the publish returns.
+            tokio::task::yield_now().await;
+            conn.sink.close(reason);
+        });
     }
 }
 
@@ -806,7 +854,7 @@ async fn session_task(
                 // The rare branches are boxed: the task of every idle connection is only
                 // as large as its resting state.
                 Some(ToSession::Close(CloseReason::Shutdown)) => {
-                    Box::pin(front.close_when_idle(&conn, CloseReason::Shutdown)).await;
+                    front.close_after_acks(&conn, CloseReason::Shutdown);
                 }
                 Some(ToSession::Close(r)) => conn.close(r),
                 Some(ToSession::Deliver(d)) => {

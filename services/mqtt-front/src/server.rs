@@ -12,14 +12,14 @@ use ntex::server::rustls::TlsAcceptor;
 use ntex::service::{
     Pipeline, ServiceFactory, chain_factory, fn_factory, fn_factory_with_config, fn_service,
 };
-use ntex::util::Ready;
+use ntex::util::{ByteString, Bytes, Ready};
 use ntex::{SharedCfg, ws};
 use ntex_mqtt::{MqttError, MqttServer, MqttServiceConfig, QoS, v3, v5};
 
 use crate::auth::{AuthError, Credentials};
 use crate::config::{TlsFiles, V3Refusal};
 use crate::front::{Front, Refusal, Verdict};
-use crate::session::{CloseReason, Conn, Sink};
+use crate::session::{Conn, Job, Sink};
 
 /// The error that ends a connection (v3 has no other way to refuse a publish).
 #[derive(Debug)]
@@ -69,6 +69,10 @@ pub(crate) fn mqtt_config(front: &Front) -> SharedCfg {
                 .set_max_size(max_packet)
                 .set_max_receive(c.max_in_flight)
                 .set_connect_timeout(ntex::time::Seconds(c.connect_timeout_secs))
+                // A publish read from the socket is handled even when the client's
+                // DISCONNECT (or its closing the socket) was read right behind it, as
+                // one-shot clients do (mosquitto_pub, cron scripts, battery devices).
+                .set_handle_qos_after_disconnect(Some(QoS::AtLeastOnce))
                 .set_handshake_timeout(ntex::time::Seconds(c.connect_timeout_secs)),
         )
         .into()
@@ -145,67 +149,87 @@ async fn handshake_v5(
     Ok(h.failed(code))
 }
 
+/// The publish's verdict, worked out in a task of its own: ntex drops the service's
+/// future when the connection ends (a client that sends DISCONNECT right after its
+/// publishes), and a publish the server has read must still reach the bus.
+async fn handle_detached(
+    front: &Arc<Front>,
+    conn: &Rc<Conn>,
+    job: Job,
+    topic: ByteString,
+    payload: Bytes,
+    retain: bool,
+) -> Verdict {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (front, conn) = (front.clone(), conn.clone());
+    ntex::rt::spawn(async move {
+        let v = front.publish(&conn, job, &topic, &payload, retain).await;
+        let _ = tx.send(v);
+    });
+    rx.await.unwrap_or(Verdict::Dropped)
+}
+
+/// The answer to a publish that must not be acknowledged on a connection that is closing:
+/// none. Later publishes are not taken in either, and ntex drops this future when the
+/// connection closes (acks before it in the queue are written first).
+async fn never_answered<T>() -> T {
+    std::future::pending().await
+}
+
 async fn publish_v3(
     front: Arc<Front>,
     conn: Rc<Conn>,
-    ticket: u64,
+    job: Option<Job>,
     p: v3::Publish,
 ) -> Result<(), Closed> {
+    let Some(job) = job else {
+        return never_answered().await;
+    };
     let payload = p
         .read_all()
         .await
         .map_err(|_| Closed("payload read failed"))?;
-    let v = front
-        .publish(&conn, ticket, p.topic().get_ref(), &payload, p.retain())
-        .await;
-    let refuse = |policy: V3Refusal| match policy {
-        V3Refusal::Drop => Ok(()),
-        V3Refusal::Close => {
-            conn.close(CloseReason::Refused);
-            Err(Closed("publish refused"))
-        }
-    };
+    let topic = p.topic().get_ref().clone();
+    let v = handle_detached(&front, &conn, job, topic, payload, p.retain()).await;
     match v {
         Verdict::Accepted => Ok(()),
-        Verdict::Denied(_) => refuse(front.cfg.v3_on_denied),
-        Verdict::Malformed(_) => refuse(front.cfg.v3_on_malformed),
-        Verdict::RetainRefused => {
-            conn.close(CloseReason::Retain);
-            Err(Closed("retain not supported"))
-        }
-        Verdict::RateLimited => Err(Closed("rate limited")),
-        Verdict::Failed(_) => {
-            conn.close(CloseReason::BusFailed);
-            Err(Closed("bus failed"))
-        }
+        Verdict::Denied(_) if front.cfg.v3_on_denied == V3Refusal::Drop => Ok(()),
+        Verdict::Malformed(_) if front.cfg.v3_on_malformed == V3Refusal::Drop => Ok(()),
+        // The connection is closing (the front began it with the verdict): v3 has no
+        // negative PUBACK, the client learns of the refusal by the close.
+        _ => never_answered().await,
     }
 }
 
 async fn publish_v5(
     front: Arc<Front>,
     conn: Rc<Conn>,
-    ticket: u64,
+    job: Option<Job>,
     p: v5::Publish,
 ) -> Result<v5::PublishAck, Closed> {
     use v5::codec::PublishAckReason as R;
+    let Some(job) = job else {
+        return never_answered().await;
+    };
     let payload = p
         .read_all()
         .await
         .map_err(|_| Closed("payload read failed"))?;
-    let v = front
-        .publish(&conn, ticket, p.topic().get_ref(), &payload, p.retain())
-        .await;
+    let topic = p.topic().get_ref().clone();
+    let v = handle_detached(&front, &conn, job, topic, payload, p.retain()).await;
     let (code, reason) = match v {
         Verdict::Accepted => return Ok(p.ack()),
-        Verdict::Denied(r) => (R::NotAuthorized, r.to_string()),
-        Verdict::Malformed(r) if r.is_payload_format() => (R::PayloadFormatInvalid, r.to_string()),
-        Verdict::Malformed(r) => (R::ImplementationSpecificError, r.to_string()),
-        Verdict::RetainRefused => {
-            conn.close(CloseReason::Retain);
-            return Err(Closed("retain not supported"));
+        Verdict::Denied(r) => (R::NotAuthorized, r.message()),
+        Verdict::Malformed(r) if r.is_payload_format() => (R::PayloadFormatInvalid, r.message()),
+        Verdict::Malformed(r) => (R::ImplementationSpecificError, r.message()),
+        // The connection is closing (the front began it with the verdict).
+        Verdict::RetainRefused | Verdict::RateLimited | Verdict::Dropped => {
+            return never_answered().await;
         }
-        Verdict::RateLimited => return Err(Closed("rate limited")),
-        Verdict::Failed(e) => (R::UnspecifiedError, e),
+        Verdict::Failed(e) => (
+            R::UnspecifiedError,
+            fluxgate_model::bounded(&e, fluxgate_model::Reject::MESSAGE_BYTES).into_owned(),
+        ),
     };
     Ok(p.ack().reason_code(code).reason(reason.into()))
 }
@@ -222,7 +246,8 @@ async fn protocol_v3(
                 match front.subscribe(&conn, &filter, sub.qos()).await {
                     Ok(q) => sub.confirm(q),
                     Err(r) => {
-                        tracing::info!(device = %conn.identity.principal.device(), %filter, reason = %r, "subscribe refused");
+                        let filter = fluxgate_model::bounded(&filter, 128);
+                        tracing::info!(device = %conn.identity.principal.device(), %filter, reason = %r.message(), "subscribe refused");
                         sub.fail();
                     }
                 }
@@ -256,7 +281,8 @@ async fn protocol_v5(
                 match front.subscribe(&conn, &filter, sub.options().qos).await {
                     Ok(q) => sub.confirm(q),
                     Err(r) => {
-                        tracing::info!(device = %conn.identity.principal.device(), %filter, reason = %r, "subscribe refused");
+                        let filter = fluxgate_model::bounded(&filter, 128);
+                        tracing::info!(device = %conn.identity.principal.device(), %filter, reason = %r.message(), "subscribe refused");
                         sub.fail(R::NotAuthorized);
                     }
                 }
@@ -317,9 +343,9 @@ pub(crate) fn mqtt_service<F: Filter>(
     .publish(fn_factory_with_config(move |s: v3::Session<Rc<Conn>>| {
         let f = f3.clone();
         Ready::Ok::<_, Closed>(fn_service(move |p: v3::Publish| {
-            // Taken here, synchronously, in packet order.
-            let ticket = s.order.ticket();
-            publish_v3(f.clone(), Rc::clone(&s), ticket, p)
+            // Taken in here, synchronously, in packet order.
+            let job = s.begin_publish(&f.metrics.in_flight);
+            publish_v3(f.clone(), Rc::clone(&s), job, p)
         }))
     }));
     let v5 = v5::MqttServer::new({
@@ -348,8 +374,8 @@ pub(crate) fn mqtt_service<F: Filter>(
     .publish(fn_factory_with_config(move |s: v5::Session<Rc<Conn>>| {
         let f = f5.clone();
         Ready::Ok::<_, Closed>(fn_service(move |p: v5::Publish| {
-            let ticket = s.order.ticket();
-            publish_v5(f.clone(), Rc::clone(&s), ticket, p)
+            let job = s.begin_publish(&f.metrics.in_flight);
+            publish_v5(f.clone(), Rc::clone(&s), job, p)
         }))
     }));
     MqttServer::new().v3(v3).v5(v5)

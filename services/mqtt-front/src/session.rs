@@ -16,6 +16,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -292,11 +293,12 @@ pub(crate) struct Conn {
     pub(crate) order: Sequencer,
     /// Rate limits.
     pub(crate) limits: ConnLimits,
-    /// Publishes of this connection waiting for the bus.
+    /// Publishes taken in ([`Conn::begin_publish`]) that have no verdict yet.
     pub(crate) in_flight: Cell<usize>,
     /// Signalled when `in_flight` drops to zero.
     pub(crate) idle: Notify,
-    /// Why the front closed it, if it did.
+    /// Why the front closes it, once it decided to: from then on publishes are not taken
+    /// in, and those taken in before get their verdict before the socket closes.
     pub(crate) closing: Cell<Option<CloseReason>>,
     /// The client sent DISCONNECT.
     pub(crate) client_disconnected: Cell<bool>,
@@ -305,12 +307,18 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    /// Closes the connection for `reason` (the first reason given is the one reported).
+    /// Closes the connection for `reason` now (the first reason given is the one
+    /// reported). [`crate::front::Front::close_after_acks`] closes it gracefully.
     pub(crate) fn close(&self, reason: CloseReason) {
+        self.mark_closing(reason);
+        self.sink.close(reason);
+    }
+
+    /// Stops taking in publishes, for `reason` (the first reason given is kept).
+    pub(crate) fn mark_closing(&self, reason: CloseReason) {
         if self.closing.get().is_none() {
             self.closing.set(Some(reason));
         }
-        self.sink.close(reason);
     }
 
     pub(crate) fn key(&self) -> (TenantId, DeviceId) {
@@ -321,19 +329,42 @@ impl Conn {
     }
 }
 
+/// A publish the connection took in before it began to close: its place in the bus order
+/// and its in-flight mark. Held until the publish has its verdict (and so its ack), so a
+/// closing connection waits for exactly these ([`Conn::idle`]).
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub(crate) ticket: u64,
+    _in_flight: InFlight,
+}
+
+impl Conn {
+    /// Takes in a publish that just arrived (synchronously, in packet order): `None` when
+    /// the connection is closing, so the publish is neither stored nor acknowledged.
+    pub(crate) fn begin_publish(self: &Rc<Self>, gauge: &prometheus::IntGauge) -> Option<Job> {
+        if self.closing.get().is_some() {
+            return None;
+        }
+        Some(Job {
+            ticket: self.order.ticket(),
+            _in_flight: InFlight::new(self.clone(), gauge.clone()),
+        })
+    }
+}
+
 /// Marks a publish as in flight for as long as it lives.
 #[derive(Debug)]
-pub(crate) struct InFlight<'a>(&'a Conn, &'a prometheus::IntGauge);
+struct InFlight(Rc<Conn>, prometheus::IntGauge);
 
-impl<'a> InFlight<'a> {
-    pub(crate) fn new(conn: &'a Conn, gauge: &'a prometheus::IntGauge) -> Self {
+impl InFlight {
+    fn new(conn: Rc<Conn>, gauge: prometheus::IntGauge) -> Self {
         conn.in_flight.set(conn.in_flight.get() + 1);
         gauge.inc();
         InFlight(conn, gauge)
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         let n = self.0.in_flight.get().saturating_sub(1);
         self.0.in_flight.set(n);

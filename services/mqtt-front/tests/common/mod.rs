@@ -128,6 +128,12 @@ pub struct Tap {
 
 impl Tap {
     pub fn start(bus: &Arc<dyn Bus>, topic: &str, group: &str) -> Tap {
+        Tap::with_delay(bus, topic, group, Duration::ZERO)
+    }
+
+    /// A tap that waits `delay` before it commits each record: on the in-process bus, a
+    /// produce to `topic` is acknowledged that much later, like a slow broker.
+    pub fn with_delay(bus: &Arc<dyn Bus>, topic: &str, group: &str, delay: Duration) -> Tap {
         let c = bus.consumer(ConsumerSpec::group(group, &[topic])).unwrap();
         let (tx, rx) = mpsc::unbounded_channel();
         std::thread::spawn(move || {
@@ -137,6 +143,9 @@ impl Tap {
                 .unwrap();
             rt.block_on(async move {
                 while let Ok(r) = c.recv().await {
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
                     c.ack(&r.position);
                     c.commit().await.unwrap();
                     if tx.send((r.key.to_vec(), r.payload.to_vec())).is_err() {
@@ -159,6 +168,14 @@ impl Tap {
     pub async fn next_envelope(&mut self) -> Envelope {
         let (_, v) = self.next().await;
         Envelope::from_bytes(&v).unwrap()
+    }
+
+    /// The next record, if one arrives within `ms`.
+    pub async fn next_within(&mut self, ms: u64) -> Option<(Vec<u8>, Vec<u8>)> {
+        tokio::time::timeout(Duration::from_millis(ms), self.rx.recv())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Nothing arrives for `ms`.
@@ -216,6 +233,16 @@ impl Rig {
             &self.bus,
             &self.topics.name(topic),
             &format!("tap-{}", fluxgate_testkit::unique_name("g")),
+        )
+    }
+
+    /// A tap whose commits (and so the front's acks) come `delay_ms` after each record.
+    pub fn slow_tap(&self, topic: Topic, delay_ms: u64) -> Tap {
+        Tap::with_delay(
+            &self.bus,
+            &self.topics.name(topic),
+            &format!("tap-{}", fluxgate_testkit::unique_name("g")),
+            Duration::from_millis(delay_ms),
         )
     }
 
