@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building fluxgate and following the README walkthrough need on Debian/Ubuntu,
 # skipping what is already there: a C toolchain and make (bundled librdkafka and SQLite),
-# and curl, jq and mosquitto-clients for the walkthrough. The Rust toolchain itself comes
+# curl, jq and mosquitto-clients for the walkthrough, and Java + Maven for the test services. The Rust toolchain itself comes
 # from rustup.
 set -euo pipefail
 need=()
@@ -11,6 +11,9 @@ command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v curl >/dev/null || need+=(curl)
 command -v jq >/dev/null || need+=(jq)
 command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
+# scripts/services (real Kafka and Cassandra for the tests) run on Java 17 and fetch with Maven.
+command -v java >/dev/null || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || need+=(maven)
 if [ ${#need[@]} -eq 0 ]; then
   echo "prerequisites present"
   exit 0

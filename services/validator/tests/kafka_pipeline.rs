@@ -463,3 +463,93 @@ async fn kafka_every_kind_ends_in_its_table_and_a_raced_name_becomes_one_device(
         r.stop(Duration::from_secs(30)).await.unwrap();
     }
 }
+
+/// A record on the raw topic that is not an envelope, on a real Kafka-protocol broker: the
+/// validator keeps it whole on the dead-letter topic, notes it in the rejected log, and
+/// only then acks it; the valid record behind it goes through.
+#[actix_rt::test]
+async fn kafka_an_undecodable_record_is_dead_lettered_before_it_is_acked() {
+    use fluxgate_bus::dead_letter_headers as h;
+    let Some(brokers) = fluxgate_testkit::kafka_brokers(
+        "kafka_an_undecodable_record_is_dead_lettered_before_it_is_acked",
+    ) else {
+        return;
+    };
+    let (bus, topics) = fluxgate_bus::testing::kafka_with_fresh_topics(brokers, "dlq", 1)
+        .await
+        .unwrap();
+    let double = CqlDouble::start().await.unwrap();
+    let store = store_with_d1(&double, "fg_dlq").await;
+    let group = fluxgate_testkit::unique_name("g");
+    let read = |name: Topic, g: &str| {
+        bus.consumer(ConsumerSpec::group(
+            format!("{group}-{g}"),
+            &[&topics.name(name)],
+        ))
+        .unwrap()
+    };
+    let (dlq, rejected, valid) = (
+        read(Topic::DeadLetter, "dlq"),
+        read(Topic::IngestRejected, "rej"),
+        read(Topic::IngestValid, "valid"),
+    );
+    let stats = Arc::new(ValidatorStats::default());
+    Validator::new(
+        read(Topic::IngestRaw, "v"),
+        bus.producer(),
+        store.clone(),
+        &topics,
+        ValidatorConfig::default(),
+        stats.clone(),
+    )
+    .start();
+    let p = bus.producer();
+    let garbage = b"{\"v\":1, this is not an envelope".to_vec();
+    p.produce(OutRecord::new(
+        topics.name(Topic::IngestRaw),
+        "app/d1",
+        garbage.clone(),
+    ))
+    .await
+    .unwrap();
+    let ts = now_ms() - 1_000;
+    let env = raw(
+        DeviceRef::Id(DeviceId::new("d1").unwrap()),
+        None,
+        Dialect::Losant,
+        telemetry(ts, &[("temp", Value::Integer(3))]),
+        9,
+    );
+    p.produce(OutRecord::new(
+        topics.name(Topic::IngestRaw),
+        env.key(),
+        env.to_bytes(),
+    ))
+    .await
+    .unwrap();
+
+    let within = |c: Arc<dyn fluxgate_bus::Consumer>| async move {
+        tokio::time::timeout(Duration::from_secs(30), c.recv())
+            .await
+            .expect("a record in time")
+            .unwrap()
+    };
+    let dead = within(dlq).await;
+    assert_eq!(&dead.payload[..], &garbage[..], "kept whole");
+    assert_eq!(&dead.key[..], b"app/d1");
+    let header = |k| String::from_utf8(dead.headers.get(k).unwrap().to_vec()).unwrap();
+    assert_eq!(header(h::TOPIC), topics.name(Topic::IngestRaw));
+    assert_eq!(header(h::ROLE), "validator");
+    assert_eq!(header(h::OFFSET), "0");
+    let r = fluxgate_model::Rejection::from_bytes(&within(rejected).await.payload).unwrap();
+    assert_eq!(r.reason.code, ReasonCode::Undecodable);
+    assert_eq!(r.device, "d1");
+    let ok = Envelope::from_bytes(&within(valid).await.payload).unwrap();
+    assert_eq!(ok.id, env.id, "the record behind it is unaffected");
+    // Counted once its dead letter was acknowledged.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while stats.undecodable.load(std::sync::atomic::Ordering::Relaxed) != 1 {
+        assert!(tokio::time::Instant::now() < deadline, "not counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
