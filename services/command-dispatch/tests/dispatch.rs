@@ -556,3 +556,54 @@ async fn a_persistent_rpc_sent_on_connect_still_times_out() {
     // Never answered: its timer, started when the connect sent it, ends it.
     rig.status(rpc, CommandStatus::TimedOut).await;
 }
+
+#[actix_rt::test]
+async fn an_undecodable_command_is_dead_lettered_and_the_next_one_is_handled() {
+    let rig = Rig::new();
+    let read = |t: Topic| {
+        rig.bus
+            .consumer(ConsumerSpec::group(
+                format!("reader-{}", t.suffix()),
+                &[&rig.topics.name(t)],
+            ))
+            .unwrap()
+    };
+    let (dlq, rejected) = (read(Topic::DeadLetter), read(Topic::IngestRejected));
+    let stats = rig.dispatcher(None);
+    let producer = rig.bus.producer();
+    let ack = producer
+        .send(fluxgate_bus::OutRecord::new(
+            rig.topics.name(Topic::Commands),
+            "app/d1",
+            b"{\"v\": 1, \"body\": {\"command\": [[[".to_vec(),
+        ))
+        .await
+        .unwrap();
+    let within = |c: Arc<dyn fluxgate_bus::Consumer>| async move {
+        let r = tokio::time::timeout(Duration::from_secs(5), c.recv())
+            .await
+            .expect("in time")
+            .unwrap();
+        c.ack(&r.position);
+        c.commit().await.unwrap();
+        r
+    };
+    let dead = within(dlq).await;
+    assert_eq!(
+        dead.headers.get(fluxgate_bus::dead_letter_headers::ROLE),
+        Some(&b"command-dispatch"[..])
+    );
+    let r = fluxgate_model::Rejection::from_bytes(&within(rejected).await.payload).unwrap();
+    assert_eq!(r.reason.code, fluxgate_model::ReasonCode::Undecodable);
+    // The dispatcher committed the record only after its dead letter was kept.
+    tokio::time::timeout(Duration::from_secs(5), ack)
+        .await
+        .expect("acked in time")
+        .unwrap();
+    assert_eq!(
+        stats.undecodable.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    let next = rig.command("d1", Dialect::Losant, false, false, None).await;
+    rig.status(next, CommandStatus::Failed).await; // offline: handled, not stuck
+}

@@ -525,3 +525,83 @@ async fn every_acknowledged_sample_survives_kill_9() {
     );
     fg.terminate().await;
 }
+
+/// The seed documents' own example, run as users run it: `mosquitto_pub` at its default
+/// QoS 0, one process per message (connect, publish, disconnect at once). Every one of
+/// them must be stored.
+#[ntex::test]
+async fn one_shot_mosquitto_pub_at_qos_0_loses_nothing() {
+    let have = std::process::Command::new("sh")
+        .args(["-c", "command -v mosquitto_pub"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "mosquitto_pub is missing; CI must install mosquitto-clients (scripts/prereqs.sh)"
+        );
+        eprintln!("one_shot_mosquitto_pub_at_qos_0_loses_nothing: ignored: needs mosquitto_pub");
+        return;
+    }
+    let dir = data_dir();
+    let fg = Standalone::start(&dir, &[]).await;
+    let admin = application(&fg, "oneshot").await;
+    fg.ok(
+        "POST",
+        "/applications/oneshot/devices",
+        &admin,
+        Some(json!({"id": "d1", "attributes": [{"name": "n", "kind": "number"}]})),
+        201,
+    )
+    .await;
+    let (key, secret) = access_key(&fg, "oneshot", &admin).await;
+    const N: i64 = 100;
+    const T0: i64 = 1_700_000_000_000;
+    for i in 0..N {
+        let out = tokio::process::Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &fg.mqtt.port().to_string()])
+            .args([
+                "-i",
+                "d1",
+                "-u",
+                &key,
+                "-P",
+                &secret,
+                "-t",
+                "losant/d1/state",
+            ])
+            .args([
+                "-m",
+                &format!(r#"{{"data":{{"n":{i}}},"time":{}}}"#, T0 + i),
+            ])
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "mosquitto_pub {i}: {out:?}");
+    }
+    let path = format!(
+        "/applications/oneshot/devices/d1/data?keys=n&from={T0}&to={}&limit=1000",
+        T0 + N
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let got = loop {
+        let series = fg.ok("GET", &path, &admin, None, 200).await;
+        let got: Vec<i64> = series["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["value"].as_i64().unwrap())
+            .collect();
+        if got.len() as i64 == N || tokio::time::Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("one-shot mosquitto_pub -q 0: {} of {N} stored", got.len());
+    assert_eq!(
+        got,
+        (0..N).collect::<Vec<_>>(),
+        "every one-shot publish stored"
+    );
+    fg.terminate().await;
+}

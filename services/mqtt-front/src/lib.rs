@@ -383,7 +383,15 @@ async fn inbound(front: Arc<Front>, consumer: Arc<dyn Consumer>, names: InboundT
         if topic == names.deliveries {
             match Delivery::from_bytes(&rec.payload) {
                 Ok(d) => route_delivery(&front, d),
-                Err(e) => tracing::warn!(error = %e, "unreadable delivery dropped"),
+                Err(e) => {
+                    // A broadcast record: every front reads it, and it stays on the topic.
+                    front
+                        .metrics
+                        .undecodable
+                        .with_label_values(&["deliveries"])
+                        .inc();
+                    tracing::error!(error = %e, offset = rec.position.offset, "unreadable delivery skipped");
+                }
             }
         } else if topic == names.custom {
             let tenant = std::str::from_utf8(&rec.key)
@@ -400,7 +408,14 @@ async fn inbound(front: Arc<Front>, consumer: Arc<dyn Consumer>, names: InboundT
         } else if topic == names.changes {
             match RegistryChange::from_bytes(&rec.payload) {
                 Ok(c) => front.registry.invalidate(&c).await,
-                Err(e) => tracing::warn!(error = %e, "unreadable registry change dropped"),
+                Err(e) => {
+                    front
+                        .metrics
+                        .undecodable
+                        .with_label_values(&["registry_changes"])
+                        .inc();
+                    tracing::error!(error = %e, offset = rec.position.offset, "unreadable registry change skipped");
+                }
             }
         }
         consumer.ack(&rec.position);

@@ -4,13 +4,14 @@
 //! |---|---|---|
 //! | `fluxgate_mqtt_front_connections` | gauge | `dialect` |
 //! | `fluxgate_mqtt_front_connects_total` | counter | `outcome`: accepted, bad_credentials, not_authorized, unavailable, rate_limited, blocked, session_refused, draining |
-//! | `fluxgate_mqtt_front_messages_total` | counter | `dialect`, `kind` (the publish operation, `custom`, `unknown`), `outcome`: accepted, answered, denied, malformed, rate_limited, failed, retain_refused |
+//! | `fluxgate_mqtt_front_messages_total` | counter | `dialect`, `kind` (the publish operation, `custom`, `unknown`), `outcome`: accepted, answered, denied, malformed, rate_limited, failed, retain_refused, dropped (taken in while the connection was closing: not stored, not acked) |
 //! | `fluxgate_mqtt_front_received_bytes_total` | counter | `dialect` |
 //! | `fluxgate_mqtt_front_publish_ack_seconds` | histogram | — (publish received to bus ack) |
 //! | `fluxgate_mqtt_front_rate_limited_total` | counter | `limit`: topic, connection, new_connections |
-//! | `fluxgate_mqtt_front_in_flight` | gauge | — (publishes waiting for the bus) |
+//! | `fluxgate_mqtt_front_in_flight` | gauge | — (publishes taken in that have no verdict yet) |
 //! | `fluxgate_mqtt_front_deliveries_total` | counter | `outcome`: delivered, not_subscribed, failed, backlog_full, unrenderable |
 //! | `fluxgate_mqtt_front_protocol_errors_total` | counter | — (malformed packets, packets over the size limit, QoS 2) |
+//! | `fluxgate_mqtt_front_undecodable_total` | counter | `topic`: deliveries, registry_changes (broadcast records this front could not read; the record stays on its topic) |
 
 use fluxgate_model::{Dialect, PublishOp};
 use prometheus::{
@@ -32,12 +33,14 @@ pub struct FrontMetrics {
     pub ack_latency: Histogram,
     /// Rate-limit hits.
     pub rate_limited: IntCounterVec,
-    /// Publishes waiting for the bus.
+    /// Publishes taken in that have no verdict yet.
     pub in_flight: IntGauge,
     /// Deliveries to clients by outcome.
     pub deliveries: IntCounterVec,
     /// Connections closed for protocol violations.
     pub protocol_errors: IntCounter,
+    /// Broadcast records (deliveries, registry changes) that could not be decoded.
+    pub undecodable: IntCounterVec,
 }
 
 impl FrontMetrics {
@@ -77,7 +80,10 @@ impl FrontMetrics {
                 Opts::new(p("rate_limited_total"), "Rate-limit hits by limit."),
                 &["limit"],
             )?,
-            in_flight: IntGauge::new(p("in_flight"), "Publishes waiting for the bus.")?,
+            in_flight: IntGauge::new(
+                p("in_flight"),
+                "Publishes taken in that have no verdict yet.",
+            )?,
             deliveries: IntCounterVec::new(
                 Opts::new(p("deliveries_total"), "Deliveries to clients by outcome."),
                 &["outcome"],
@@ -85,6 +91,13 @@ impl FrontMetrics {
             protocol_errors: IntCounter::new(
                 p("protocol_errors_total"),
                 "Connections closed for a protocol violation (malformed or oversize packet, QoS 2).",
+            )?,
+            undecodable: IntCounterVec::new(
+                Opts::new(
+                    p("undecodable_total"),
+                    "Broadcast records this front could not decode (they stay on their topic).",
+                ),
+                &["topic"],
             )?,
         };
         registry.register(Box::new(m.connections.clone()))?;
@@ -96,6 +109,7 @@ impl FrontMetrics {
         registry.register(Box::new(m.in_flight.clone()))?;
         registry.register(Box::new(m.deliveries.clone()))?;
         registry.register(Box::new(m.protocol_errors.clone()))?;
+        registry.register(Box::new(m.undecodable.clone()))?;
         Ok(m)
     }
 

@@ -242,6 +242,7 @@ async fn a_publish_followed_by_disconnect_in_one_write_is_stored_every_time() {
         }
         let mut ns = stored_ns(&mut raw_tap).await;
         ns.sort_unstable();
+        eprintln!("one-shot QoS 0, {v:?}: {} of {TIMES} stored", ns.len());
         assert_eq!(
             ns,
             (0..TIMES).collect::<Vec<_>>(),
@@ -390,6 +391,12 @@ async fn shutdown_under_a_pipelining_client_acks_exactly_what_it_stored() {
     assert!(closed);
     let stored = as_ids(&stored_ns(&mut raw_tap).await);
     let acks = acked(&got);
+    eprintln!(
+        "shutdown under pipelining: {} stored, {} acked, last packet {:?}",
+        stored.len(),
+        acks.len(),
+        got.last()
+    );
     assert!(!acks.is_empty(), "nothing went through: {got:?}");
     assert_eq!(
         acks.len(),
@@ -422,6 +429,12 @@ async fn a_rate_limit_trip_acks_what_it_stored() {
     writer.abort();
     assert!(closed);
     let stored = as_ids(&stored_ns(&mut raw_tap).await);
+    eprintln!(
+        "rate-limit trip: {} stored, {} acked, last packet {:?}",
+        stored.len(),
+        acked(&got).len(),
+        got.last()
+    );
     assert_eq!(stored, (1..=10).collect::<BTreeSet<u16>>());
     assert_eq!(acked(&got), stored, "every stored publish acked: {got:?}");
     assert_eq!(
@@ -445,6 +458,7 @@ async fn a_refused_v3_publish_closes_only_after_the_acks_of_the_valid_ones() {
     assert!(closed, "v3_on_malformed = close");
     let stored = as_ids(&stored_ns(&mut raw_tap).await);
     let acks = acked(&got);
+    eprintln!("refused v3 publish: stored {stored:?}, acked {acks:?}, closed {closed}");
     assert!(
         (1..=7).all(|id| stored.contains(&id)),
         "the publishes before the refused one are stored: {stored:?}"
