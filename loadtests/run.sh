@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Side by side on this machine: the fluxgate MQTT front (into Kafka = Tansu at
-# $KAFKA_BROKERS) and Mosquitto (Debian package, plain relay) under the same client load,
+# Side by side on this machine: the fluxgate MQTT front (into the Kafka at $KAFKA_BROKERS,
+# e.g. scripts/services/kafka) and Mosquitto (Debian package, plain relay) under the same client load,
 # then memory per idle connection for both. Results go to stdout; see RESULTS.md.
 #
 #   cargo build --release -p fluxgate-loadtest

@@ -1,4 +1,4 @@
-//! The dispatcher on a real Kafka-protocol broker (`KAFKA_BROKERS`; Tansu in CI) with the
+//! The dispatcher on a real Kafka-protocol broker (`KAFKA_BROKERS`; Apache Kafka in CI) with the
 //! ScyllaDB adapter on the CQL test double, through the supervised `run_with`: the
 //! command lifecycle across a dispatcher restart.
 

@@ -1,4 +1,4 @@
-//! The front on a real Kafka-protocol broker (`KAFKA_BROKERS`; Tansu in CI): PUBACK after
+//! The front on a real Kafka-protocol broker (`KAFKA_BROKERS`; Apache Kafka in CI): PUBACK after
 //! the broker's ack, presence events, deliveries, and custom topics between two fronts.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]

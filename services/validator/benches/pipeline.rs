@@ -1,6 +1,6 @@
 //! Samples per second through validator + writer: raw ThingsBoard telemetry envelopes
 //! (10 samples x 2 keys each) are produced to `fluxgate.ingest.raw`; an iteration ends when
-//! the writer has stored every point. In-process bus + SQLite always; Tansu (or any Kafka
+//! the writer has stored every point. In-process bus + SQLite always; Apache Kafka (scripts/services/kafka, or any Kafka
 //! at `KAFKA_BROKERS`) + SQLite side by side in the same run when it is set.
 //!
 //! Run: `KAFKA_BROKERS=127.0.0.1:9092 cargo bench -p fluxgate-validator --bench pipeline`.

@@ -1,4 +1,4 @@
-//! Validator + writer on a real Kafka-protocol broker (`KAFKA_BROKERS`; Tansu in CI) with
+//! Validator + writer on a real Kafka-protocol broker (`KAFKA_BROKERS`; Apache Kafka in CI) with
 //! the ScyllaDB adapter on the CQL test double: raw state in, stored values and rejected
 //! log out.
 
@@ -206,7 +206,7 @@ fn telemetry(ts: i64, pairs: &[(&str, Value)]) -> Body {
     }
 }
 
-/// Two validators (one group, through the supervised `run`) and a writer on Tansu and
+/// Two validators (one group, through the supervised `run`) and a writer on Apache Kafka and
 /// the CQL double: every kind of message ends in its table or in the rejected log with
 /// its reason, and a name posted through four gateways at once becomes one device.
 #[actix_rt::test]

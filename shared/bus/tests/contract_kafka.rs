@@ -1,4 +1,4 @@
-//! The bus contract against a real Kafka-protocol broker at `KAFKA_BROKERS` (Tansu in CI;
+//! The bus contract against a real Kafka-protocol broker at `KAFKA_BROKERS` (Apache Kafka in CI;
 //! any Kafka works: `KAFKA_BROKERS=host:9092 cargo test -p fluxgate-bus --test
 //! contract_kafka`). Skipped with a message when unset on a developer machine; fails in CI.
 
@@ -24,7 +24,6 @@ fn harness(test: &str) -> Option<Harness> {
     };
     Some(Harness {
         bus: Arc::new(KafkaBus::new(cfg).unwrap()),
-        one_record_per_batch: true,
     })
 }
 

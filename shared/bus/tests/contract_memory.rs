@@ -17,7 +17,6 @@ fn harness() -> Harness {
             partitions: 4,
             max_retained_per_partition: 1000,
         })),
-        one_record_per_batch: false,
     }
 }
 

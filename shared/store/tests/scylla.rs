@@ -1,7 +1,8 @@
-//! The store contract on the ScyllaDB adapter, through the real `scylla` driver: against
-//! the CQL test double (always), or a real ScyllaDB when `SCYLLA_URI=host:9042` is set
-//! (`SCYLLA_URI=127.0.0.1:9042 cargo test -p fluxgate-store --test scylla`; each test
-//! uses its own keyspace). Plus fault tests that only the double can inject.
+//! The store contract on the ScyllaDB adapter, through the real `scylla` driver: against a
+//! real CQL database when `SCYLLA_URI=host:port` is set (CI: Apache Cassandra 5.0 from
+//! `scripts/services/cassandra`; each test uses its own keyspace), else on the CQL test
+//! double, saying so (under `CI` a missing `SCYLLA_URI` fails). Plus fault tests that only
+//! the double can inject.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -28,7 +29,19 @@ fn config(node: String) -> ScyllaConfig {
 /// A store on a real ScyllaDB (`SCYLLA_URI`) or on a fresh CQL test double (kept alive
 /// by the returned handle).
 async fn harness() -> (Harness, Option<CqlDouble>) {
-    if let Ok(uri) = std::env::var("SCYLLA_URI") {
+    let uri = std::env::var("SCYLLA_URI")
+        .ok()
+        .filter(|u| !u.trim().is_empty());
+    if uri.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "SCYLLA_URI is not set; CI must start Cassandra (scripts/services/cassandra)"
+        );
+        eprintln!(
+            "store contract: SCYLLA_URI is not set, running on the CQL test double instead of a real CQL database"
+        );
+    }
+    if let Some(uri) = uri {
         let store = ScyllaStore::connect(config(uri)).await.unwrap();
         return (
             Harness {

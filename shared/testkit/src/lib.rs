@@ -1,7 +1,7 @@
 //! `fluxgate-testkit`: dev-only test infrastructure.
 //!
 //! - External services come from the environment: `KAFKA_BROKERS` (a Kafka-protocol
-//!   broker; `.ci/run` starts Tansu and sets it), later `SCYLLA_URI`. A test that needs an
+//!   broker; `.ci/run` starts Apache Kafka and sets it) and `SCYLLA_URI` (a CQL database; Cassandra in CI). A test that needs an
 //!   absent service is skipped with a message on a developer machine, and **fails** in CI
 //!   (`CI` set), so CI can never pass by skipping.
 //! - Unique names, so tests sharing one broker never see each other's topics or groups.

@@ -20,11 +20,6 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 
 pub struct Harness {
     pub bus: Arc<dyn Bus>,
-    /// Produce each record in a batch of its own (await its ack before the next send).
-    /// Tansu 0.6.0 returns nothing for a fetch that starts inside a record batch (Kafka
-    /// returns the batch and the client skips ahead), which the crash and rewind tests
-    /// need; producing one record per batch keeps every offset a batch start there.
-    pub one_record_per_batch: bool,
 }
 
 /// A consumer whose `recv` loop runs in a task (as a service's would), feeding a channel.
@@ -161,15 +156,9 @@ impl Harness {
         let mut acks = Vec::new();
         for (key, seq) in records {
             let rec = OutRecord::new(topic, key.into_bytes(), seq.to_string().into_bytes());
-            let ack = p.send(rec).await.expect("send");
-            if self.one_record_per_batch {
-                tokio::time::timeout(PATIENCE, ack)
-                    .await
-                    .expect("ack in time")
-                    .expect("ack ok");
-            } else {
-                acks.push(ack);
-            }
+            // Sent without waiting: records batch as they do in production, so consumer
+            // fetches (after a crash, a rewind) start inside batches.
+            acks.push(p.send(rec).await.expect("send"));
         }
         tokio::spawn(async move {
             for a in acks {
