@@ -383,15 +383,7 @@ async fn inbound(front: Arc<Front>, consumer: Arc<dyn Consumer>, names: InboundT
         if topic == names.deliveries {
             match Delivery::from_bytes(&rec.payload) {
                 Ok(d) => route_delivery(&front, d),
-                Err(e) => {
-                    // A broadcast record: every front reads it, and it stays on the topic.
-                    front
-                        .metrics
-                        .undecodable
-                        .with_label_values(&["deliveries"])
-                        .inc();
-                    tracing::error!(error = %e, offset = rec.position.offset, "unreadable delivery skipped");
-                }
+                Err(e) => unreadable(&front, &rec, "deliveries", &e),
             }
         } else if topic == names.custom {
             let tenant = std::str::from_utf8(&rec.key)
@@ -408,14 +400,7 @@ async fn inbound(front: Arc<Front>, consumer: Arc<dyn Consumer>, names: InboundT
         } else if topic == names.changes {
             match RegistryChange::from_bytes(&rec.payload) {
                 Ok(c) => front.registry.invalidate(&c).await,
-                Err(e) => {
-                    front
-                        .metrics
-                        .undecodable
-                        .with_label_values(&["registry_changes"])
-                        .inc();
-                    tracing::error!(error = %e, offset = rec.position.offset, "unreadable registry change skipped");
-                }
+                Err(e) => unreadable(&front, &rec, "registry_changes", &e),
             }
         }
         consumer.ack(&rec.position);
@@ -423,4 +408,11 @@ async fn inbound(front: Arc<Front>, consumer: Arc<dyn Consumer>, names: InboundT
             tracing::warn!(error = %e, "inbound commit failed");
         }
     }
+}
+
+/// A broadcast record this front cannot read: every front reads it, and it stays on its
+/// topic, so it is counted and logged, not dead-lettered once per front.
+fn unreadable(front: &Front, rec: &fluxgate_bus::Record, topic: &str, e: &dyn std::fmt::Display) {
+    front.metrics.undecodable.with_label_values(&[topic]).inc();
+    tracing::error!(error = %e, topic, offset = rec.position.offset, "unreadable broadcast record skipped");
 }

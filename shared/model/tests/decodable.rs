@@ -97,26 +97,36 @@ fn publishes(v: &Value) -> Vec<(Principal, &'static str, Vec<u8>)> {
     ]
 }
 
+/// What the front does with a publish on a platform topic.
+fn normalized(
+    principal: &Principal,
+    topic: &str,
+    payload: &[u8],
+    limits: &Limits,
+) -> Result<Vec<Envelope>, fluxgate_model::Reject> {
+    let tenant = TenantId::new("app").unwrap();
+    let class = classify_publish(principal, topic).unwrap();
+    let PublishTarget::Platform(op) = class.target else {
+        panic!("{topic} is a platform topic")
+    };
+    let ing = fluxgate_model::Ingress {
+        tenant: &tenant,
+        principal,
+        channel: Channel::Mqtt,
+        id: MessageId::from_parts(NOW as u64, 1),
+        received_ms: NOW,
+        limits,
+    };
+    normalize(&ing, &op, payload)
+}
+
 /// Normalizes each publish; asserts that everything accepted decodes, and that nothing
 /// deeper than the limit is accepted. Returns how many were accepted.
 fn check_publishes(v: &Value, limits: &Limits) -> usize {
-    let tenant = TenantId::new("app").unwrap();
     let mut accepted = 0;
     for (principal, topic, payload) in publishes(v) {
-        let class = classify_publish(&principal, topic).unwrap();
-        let PublishTarget::Platform(op) = class.target else {
-            panic!("{topic} is a platform topic")
-        };
-        let ing = fluxgate_model::Ingress {
-            tenant: &tenant,
-            principal: &principal,
-            channel: Channel::Mqtt,
-            id: MessageId::from_parts(NOW as u64, 1),
-            received_ms: NOW,
-            limits,
-        };
         let too_deep = fluxgate_model::limits::json_text_depth(&payload) > limits.max_json_depth;
-        match normalize(&ing, &op, &payload) {
+        match normalized(&principal, topic, &payload, limits) {
             Ok(envs) => {
                 assert!(
                     !too_deep,
@@ -222,20 +232,8 @@ fn without_the_limit_accepted_input_would_be_undecodable() {
     };
     let v = deep(124, &[true], json!(1));
     let (principal, topic, payload) = publishes(&v).remove(1);
-    let tenant = TenantId::new("app").unwrap();
-    let class = classify_publish(&principal, topic).unwrap();
-    let PublishTarget::Platform(op) = class.target else {
-        panic!()
-    };
-    let ing = fluxgate_model::Ingress {
-        tenant: &tenant,
-        principal: &principal,
-        channel: Channel::Mqtt,
-        id: MessageId::from_parts(NOW as u64, 1),
-        received_ms: NOW,
-        limits: &unbounded,
-    };
-    let envs = normalize(&ing, &op, &payload).expect("accepted without a limit");
+    let envs =
+        normalized(&principal, topic, &payload, &unbounded).expect("accepted without a limit");
     assert!(Envelope::from_bytes(&envs[0].to_bytes()).is_err());
     assert!(unbounded.validate().is_err(), "and such a limit is refused");
 }
