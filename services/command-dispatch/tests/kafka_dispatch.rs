@@ -1,5 +1,5 @@
 //! The dispatcher on a real Kafka-protocol broker (`KAFKA_BROKERS`; Apache Kafka in CI) with the
-//! ScyllaDB adapter on the CQL test double, through the supervised `run_with`: the
+//! ScyllaDB adapter on a real CQL database (`SCYLLA_URI`; Cassandra in CI), through the supervised `run_with`: the
 //! command lifecycle across a dispatcher restart.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -16,7 +16,6 @@ use fluxgate_model::{
 use fluxgate_store::scylla::{ScyllaConfig, ScyllaStore};
 use fluxgate_store::{CommandStatus, Store};
 use fluxgate_testkit::Stoppable;
-use fluxgate_testkit::cql::CqlDouble;
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -92,9 +91,10 @@ async fn kafka_command_lifecycle_across_a_dispatcher_restart() {
     let (bus, topics) = fluxgate_bus::testing::kafka_with_fresh_topics(brokers, "disp", 2)
         .await
         .unwrap();
-    let double = CqlDouble::start().await.unwrap();
+    let (node, _double, keyspace) =
+        fluxgate_testkit::cql::node("kafka_command_lifecycle_across_a_dispatcher_restart").await;
     let store: Arc<dyn Store> = Arc::new(
-        ScyllaStore::connect(ScyllaConfig::single_node(double.addr(), "fg_dispatch"))
+        ScyllaStore::connect(ScyllaConfig::single_node(node, &keyspace))
             .await
             .unwrap(),
     );

@@ -1,6 +1,6 @@
 //! Validator + writer on a real Kafka-protocol broker (`KAFKA_BROKERS`; Apache Kafka in CI) with
-//! the ScyllaDB adapter on the CQL test double: raw state in, stored values and rejected
-//! log out.
+//! the ScyllaDB adapter on a real CQL database (`SCYLLA_URI`; Cassandra in CI): raw state
+//! in, stored values and rejected log out.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -46,11 +46,12 @@ fn registered(
     }
 }
 
-/// The ScyllaDB adapter on `double`, with device d1 whose one defined attribute is the
-/// number `temp`.
-async fn store_with_d1(double: &CqlDouble, keyspace: &str) -> Arc<dyn Store> {
+/// The ScyllaDB adapter on the test's CQL node (real Cassandra at `SCYLLA_URI`), with
+/// device d1 whose one defined attribute is the number `temp`. Keep the double alive.
+async fn store_with_d1(test: &str) -> (Arc<dyn Store>, Option<CqlDouble>) {
+    let (node, double, keyspace) = fluxgate_testkit::cql::node(test).await;
     let store: Arc<dyn Store> = Arc::new(
-        ScyllaStore::connect(ScyllaConfig::single_node(double.addr(), keyspace))
+        ScyllaStore::connect(ScyllaConfig::single_node(node, &keyspace))
             .await
             .unwrap(),
     );
@@ -70,7 +71,7 @@ async fn store_with_d1(double: &CqlDouble, keyspace: &str) -> Arc<dyn Store> {
         )
         .await
         .unwrap();
-    store
+    (store, double)
 }
 
 #[actix_rt::test]
@@ -83,8 +84,8 @@ async fn kafka_raw_state_reaches_the_store_through_validator_and_writer() {
     let (bus, topics) = fluxgate_bus::testing::kafka_with_fresh_topics(brokers, "pipe", 2)
         .await
         .unwrap();
-    let double = CqlDouble::start().await.unwrap();
-    let store = store_with_d1(&double, "fg_pipeline").await;
+    let (store, _double) =
+        store_with_d1("kafka_raw_state_reaches_the_store_through_validator_and_writer").await;
     let tenant = TenantId::new("app").unwrap();
     let device = DeviceId::new("d1").unwrap();
 
@@ -220,8 +221,9 @@ async fn kafka_every_kind_ends_in_its_table_and_a_raced_name_becomes_one_device(
     let (bus, topics) = fluxgate_bus::testing::kafka_with_fresh_topics(brokers, "kinds", 4)
         .await
         .unwrap();
-    let double = CqlDouble::start().await.unwrap();
-    let store = store_with_d1(&double, "fg_kinds").await;
+    let (store, _double) =
+        store_with_d1("kafka_every_kind_ends_in_its_table_and_a_raced_name_becomes_one_device")
+            .await;
     let tenant = TenantId::new("app").unwrap();
     let id = |s: &str| DeviceId::new(s).unwrap();
     store
@@ -478,8 +480,8 @@ async fn kafka_an_undecodable_record_is_dead_lettered_before_it_is_acked() {
     let (bus, topics) = fluxgate_bus::testing::kafka_with_fresh_topics(brokers, "dlq", 1)
         .await
         .unwrap();
-    let double = CqlDouble::start().await.unwrap();
-    let store = store_with_d1(&double, "fg_dlq").await;
+    let (store, _double) =
+        store_with_d1("kafka_an_undecodable_record_is_dead_lettered_before_it_is_acked").await;
     let group = fluxgate_testkit::unique_name("g");
     let read = |name: Topic, g: &str| {
         bus.consumer(ConsumerSpec::group(

@@ -728,6 +728,28 @@ pub struct CqlDouble {
     stop: watch::Sender<bool>,
 }
 
+/// A CQL node for a test that needs a database but no injected faults: the real one at
+/// `SCYLLA_URI` (Cassandra in CI), else a fresh [`CqlDouble`], saying so (under `CI` a
+/// missing `SCYLLA_URI` fails the test). Keep the returned double alive for the test.
+/// Also returns a keyspace name no other test uses.
+pub async fn node(test: &str) -> (String, Option<CqlDouble>, String) {
+    let keyspace = crate::unique_name("fg").replace('-', "_");
+    match std::env::var("SCYLLA_URI") {
+        Ok(uri) if !uri.trim().is_empty() => (uri, None, keyspace),
+        _ => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{test}: SCYLLA_URI is not set; CI must start Cassandra (scripts/services/cassandra)"
+            );
+            eprintln!("{test}: SCYLLA_URI is not set; using the CQL test double");
+            let double = CqlDouble::start()
+                .await
+                .unwrap_or_else(|e| panic!("{test}: CQL double: {e}"));
+            (double.addr().to_string(), Some(double), keyspace)
+        }
+    }
+}
+
 impl CqlDouble {
     /// Starts a double on an ephemeral port of 127.0.0.1.
     pub async fn start() -> std::io::Result<Self> {
