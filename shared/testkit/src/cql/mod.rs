@@ -1,6 +1,11 @@
 //! The CQL test double: a CQL native protocol v4 server on 127.0.0.1 that the real
-//! `scylla` driver connects to, so the ScyllaDB adapter is tested through the real driver
-//! on a machine without ScyllaDB.
+//! `scylla` driver connects to.
+//!
+//! **What it is for:** the faults a real database cannot give on demand (injected
+//! timeouts, "unavailable", "overloaded", added latency), in the store's and the writer's
+//! fault tests. Everything else runs on a real CQL database at `SCYLLA_URI` (Apache
+//! Cassandra 5.0 in CI, `scripts/services/cassandra`; see [`node`]); only on a developer
+//! machine without one does [`node`] fall back to the double, and the test says so.
 //!
 //! **What it models:**
 //! - The connection handshake the driver performs. OPTIONS → SUPPORTED, without any
