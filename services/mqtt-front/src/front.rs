@@ -440,6 +440,11 @@ impl Front {
             Verdict::Dropped => "dropped",
         };
         self.metrics.message(dialect, kind, outcome);
+        // A bus ack that failed after the turn: on v3 the connection must close too (a
+        // refusal found in the turn began its close above already).
+        if let Some(reason) = self.closes(conn, &verdict) {
+            self.close_after_acks(conn, reason);
+        }
         drop(job);
         match &verdict {
             Verdict::Denied(r) | Verdict::Malformed(r) => {
