@@ -1,9 +1,11 @@
 //! Samples per second through validator + writer: raw ThingsBoard telemetry envelopes
 //! (10 samples x 2 keys each) are produced to `fluxgate.ingest.raw`; an iteration ends when
-//! the writer has stored every point. In-process bus + SQLite always; Apache Kafka (scripts/services/kafka, or any Kafka
-//! at `KAFKA_BROKERS`) + SQLite side by side in the same run when it is set.
+//! the writer has stored every point. In-process bus + SQLite always; side by side in the
+//! same run, Apache Kafka (`KAFKA_BROKERS`, e.g. scripts/services/kafka) + SQLite, and a
+//! real CQL store (`SCYLLA_URI`, e.g. scripts/services/cassandra) behind either bus.
 //!
-//! Run: `KAFKA_BROKERS=127.0.0.1:9092 cargo bench -p fluxgate-validator --bench pipeline`.
+//! Run: `KAFKA_BROKERS=127.0.0.1:19092 SCYLLA_URI=127.0.0.1:19042 cargo bench -p
+//! fluxgate-validator --bench pipeline`.
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
@@ -175,6 +177,27 @@ fn bench(c: &mut Criterion) {
             TopicsConfig::default(),
         )),
     ));
+    // A store on the CQL database, connected on the bench's own runtime (the driver's
+    // tasks live there).
+    let cql = std::env::var("SCYLLA_URI").ok().map(|uri| {
+        let system = &system;
+        move || -> Arc<dyn Store> {
+            use fluxgate_store::scylla::{ScyllaConfig, ScyllaStore};
+            let keyspace = fluxgate_testkit::unique_name("bench").replace('-', "_");
+            let cfg = ScyllaConfig::single_node(uri.clone(), &keyspace);
+            Arc::new(system.block_on(ScyllaStore::connect(cfg)).unwrap())
+        }
+    });
+    if let Some(cql) = &cql {
+        runs.push((
+            "in_process_bus+cassandra",
+            system.block_on(Pipeline::start(
+                Arc::new(MemoryBus::default()),
+                cql(),
+                TopicsConfig::default(),
+            )),
+        ));
+    }
     if let Ok(brokers) = std::env::var("KAFKA_BROKERS") {
         // librdkafka's default fetch wait (500 ms) against one cut to 10 ms: the first is
         // the throughput setting, the second the latency one.
@@ -202,6 +225,25 @@ fn bench(c: &mut Criterion) {
             };
             let db = sqlite(&format!("{name}.db"));
             runs.push((name, system.block_on(Pipeline::start(bus, db, topics))));
+        }
+        if let Some(cql) = &cql {
+            let bus: Arc<dyn Bus> = Arc::new(
+                KafkaBus::new(KafkaConfig {
+                    brokers: brokers.clone(),
+                    ..KafkaConfig::default()
+                })
+                .unwrap(),
+            );
+            let topics = TopicsConfig {
+                prefix: format!("{}.", fluxgate_testkit::unique_name("bench")),
+                partitions: 4,
+                replication_factor: 1,
+                ..TopicsConfig::default()
+            };
+            runs.push((
+                "kafka+cassandra",
+                system.block_on(Pipeline::start(bus, cql(), topics)),
+            ));
         }
     }
     let mut group = c.benchmark_group("validator+writer");
