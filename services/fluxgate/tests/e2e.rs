@@ -51,6 +51,34 @@ async fn access_key(fg: &Standalone, app: &str, admin: &str) -> (String, String)
     )
 }
 
+/// Application `app` with device `d1` (one number attribute `n`) and an access key for
+/// it; returns the admin token, key and secret.
+async fn counter_device(fg: &Standalone, app: &str) -> (String, String, String) {
+    let admin = application(fg, app).await;
+    fg.ok(
+        "POST",
+        &format!("/applications/{app}/devices"),
+        &admin,
+        Some(json!({"id": "d1", "attributes": [{"name": "n", "kind": "number"}]})),
+        201,
+    )
+    .await;
+    let (key, secret) = access_key(fg, app, &admin).await;
+    (admin, key, secret)
+}
+
+/// The values of `d1`'s `n` stored for times `from..=to`, in time order.
+async fn series_n(fg: &Standalone, app: &str, admin: &str, from: i64, to: i64) -> Vec<i64> {
+    let path = format!("/applications/{app}/devices/d1/data?keys=n&from={from}&to={to}&limit=1000");
+    let series = fg.ok("GET", &path, admin, None, 200).await;
+    series["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["value"].as_i64().unwrap())
+        .collect()
+}
+
 fn latest(points: &Value, key: &str) -> Option<(i64, Value)> {
     points["points"]
         .as_array()?
@@ -446,16 +474,7 @@ async fn every_acknowledged_sample_survives_kill_9() {
     // Losant's 30 messages / 15 s per topic would stop the burst: lift it.
     let env = [("FLUXGATE_FRONT__RATE_LIMITS__PER_TOPIC__MESSAGES", "0")];
     let fg = Standalone::start_with(&dir, &[], &env).await;
-    let admin = application(&fg, "crash").await;
-    fg.ok(
-        "POST",
-        "/applications/crash/devices",
-        &admin,
-        Some(json!({"id": "d1", "attributes": [{"name": "n", "kind": "number"}]})),
-        201,
-    )
-    .await;
-    let (key, secret) = access_key(&fg, "crash", &admin).await;
+    let (admin, key, secret) = counter_device(&fg, "crash").await;
     let c = v5(fg.mqtt, "d1", Some(&key), Some(&secret)).await.unwrap();
     const N: i64 = 300;
     const T0: i64 = 1_700_000_000_000;
@@ -500,24 +519,7 @@ async fn every_acknowledged_sample_survives_kill_9() {
     fg.kill().await;
 
     let fg = Standalone::start_with(&dir, &[], &env).await;
-    let series = fg
-        .ok(
-            "GET",
-            &format!(
-                "/applications/crash/devices/d1/data?keys=n&from={T0}&to={}&limit=1000",
-                T0 + N
-            ),
-            &admin,
-            None,
-            200,
-        )
-        .await;
-    let got: Vec<i64> = series["points"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["value"].as_i64().unwrap())
-        .collect();
+    let got = series_n(&fg, "crash", &admin, T0, T0 + N).await;
     assert_eq!(
         got,
         (0..N).collect::<Vec<_>>(),
@@ -545,16 +547,7 @@ async fn one_shot_mosquitto_pub_at_qos_0_loses_nothing() {
     }
     let dir = data_dir();
     let fg = Standalone::start(&dir, &[]).await;
-    let admin = application(&fg, "oneshot").await;
-    fg.ok(
-        "POST",
-        "/applications/oneshot/devices",
-        &admin,
-        Some(json!({"id": "d1", "attributes": [{"name": "n", "kind": "number"}]})),
-        201,
-    )
-    .await;
-    let (key, secret) = access_key(&fg, "oneshot", &admin).await;
+    let (admin, key, secret) = counter_device(&fg, "oneshot").await;
     const N: i64 = 100;
     const T0: i64 = 1_700_000_000_000;
     for i in 0..N {
@@ -579,19 +572,9 @@ async fn one_shot_mosquitto_pub_at_qos_0_loses_nothing() {
             .unwrap();
         assert!(out.status.success(), "mosquitto_pub {i}: {out:?}");
     }
-    let path = format!(
-        "/applications/oneshot/devices/d1/data?keys=n&from={T0}&to={}&limit=1000",
-        T0 + N
-    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let got = loop {
-        let series = fg.ok("GET", &path, &admin, None, 200).await;
-        let got: Vec<i64> = series["points"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["value"].as_i64().unwrap())
-            .collect();
+        let got = series_n(&fg, "oneshot", &admin, T0, T0 + N).await;
         if got.len() as i64 == N || tokio::time::Instant::now() > deadline {
             break got;
         }

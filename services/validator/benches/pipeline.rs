@@ -161,6 +161,28 @@ impl Pipeline {
     }
 }
 
+/// A Kafka bus with `librdkafka` settings, and topics of this run's own.
+fn kafka(
+    brokers: &str,
+    librdkafka: std::collections::BTreeMap<String, String>,
+) -> (Arc<dyn Bus>, TopicsConfig) {
+    let bus: Arc<dyn Bus> = Arc::new(
+        KafkaBus::new(KafkaConfig {
+            brokers: brokers.to_owned(),
+            librdkafka,
+            ..KafkaConfig::default()
+        })
+        .unwrap(),
+    );
+    let topics = TopicsConfig {
+        prefix: format!("{}.", fluxgate_testkit::unique_name("bench")),
+        partitions: 4,
+        replication_factor: 1,
+        ..TopicsConfig::default()
+    };
+    (bus, topics)
+}
+
 fn bench(c: &mut Criterion) {
     let system = actix_rt::System::new();
     let mut runs: Vec<(&str, Pipeline)> = Vec::new();
@@ -209,37 +231,12 @@ fn bench(c: &mut Criterion) {
             if let Some(ms) = fetch_wait {
                 librdkafka.insert("fetch.wait.max.ms".to_string(), ms.to_string());
             }
-            let bus: Arc<dyn Bus> = Arc::new(
-                KafkaBus::new(KafkaConfig {
-                    brokers: brokers.clone(),
-                    librdkafka,
-                    ..KafkaConfig::default()
-                })
-                .unwrap(),
-            );
-            let topics = TopicsConfig {
-                prefix: format!("{}.", fluxgate_testkit::unique_name("bench")),
-                partitions: 4,
-                replication_factor: 1,
-                ..TopicsConfig::default()
-            };
+            let (bus, topics) = kafka(&brokers, librdkafka);
             let db = sqlite(&format!("{name}.db"));
             runs.push((name, system.block_on(Pipeline::start(bus, db, topics))));
         }
         if let Some(cql) = &cql {
-            let bus: Arc<dyn Bus> = Arc::new(
-                KafkaBus::new(KafkaConfig {
-                    brokers: brokers.clone(),
-                    ..KafkaConfig::default()
-                })
-                .unwrap(),
-            );
-            let topics = TopicsConfig {
-                prefix: format!("{}.", fluxgate_testkit::unique_name("bench")),
-                partitions: 4,
-                replication_factor: 1,
-                ..TopicsConfig::default()
-            };
+            let (bus, topics) = kafka(&brokers, Default::default());
             runs.push((
                 "kafka+cassandra",
                 system.block_on(Pipeline::start(bus, cql(), topics)),
