@@ -59,6 +59,10 @@ contract_test!(
 );
 contract_test!(kafka_rebalance_two_members, contract::rebalance_two_members);
 contract_test!(
+    kafka_rebalance_with_records_in_flight,
+    contract::rebalance_with_records_in_flight
+);
+contract_test!(
     kafka_broadcast_reaches_every_instance,
     contract::broadcast_reaches_every_instance
 );

@@ -56,6 +56,11 @@ async fn memory_rebalance_two_members() {
 }
 
 #[tokio::test]
+async fn memory_rebalance_with_records_in_flight() {
+    contract::rebalance_with_records_in_flight(&harness()).await;
+}
+
+#[tokio::test]
 async fn memory_broadcast_reaches_every_instance() {
     contract::broadcast_reaches_every_instance(&harness()).await;
 }

@@ -437,6 +437,70 @@ pub async fn rebalance_two_members(h: &Harness) {
     tokio::time::timeout(PATIENCE, bg).await.unwrap().unwrap();
 }
 
+/// A rebalance while a member holds records it has not finished: records of the
+/// partitions that move are redelivered to the new owner (the old owner's late acks for
+/// them are ignored), and nothing is lost.
+pub async fn rebalance_with_records_in_flight(h: &Harness) {
+    let topic = h.topic(4).await;
+    let group = unique_name("g");
+    let mut a = h.member(&group, &topic);
+    a.wait_assigned().await;
+    let records = keyed(20, 10);
+    let bg = h.produce_background(&topic, records.clone()).await;
+    // `a` takes 40 records and finishes none of them yet.
+    let mut held = Vec::new();
+    while held.len() < 40 {
+        held.push(a.next().await);
+    }
+    let mut b = h.member(&group, &topic);
+    let mut seen = BTreeSet::new();
+    let mut b_got: BTreeSet<(i32, u32)> = BTreeSet::new();
+    let mut b_parts = BTreeSet::new();
+    let mut released = false;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let moved = |b_parts: &BTreeSet<i32>| {
+        held.iter()
+            .filter(|r| b_parts.contains(&r.position.partition))
+            .map(|r| (r.position.partition, seq_of(r)))
+            .collect::<Vec<_>>()
+    };
+    loop {
+        let redelivered = moved(&b_parts).iter().all(|k| b_got.contains(k));
+        if seen.len() == records.len() && released && redelivered && bg.is_finished() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "seen {} of {}; held records of moved partitions redelivered: {redelivered}",
+            seen.len(),
+            records.len()
+        );
+        tokio::select! {
+            Some(r) = a.rx.recv() => { a.consumer.ack(&r.position); seen.insert(seq_of(&r)); }
+            Some(r) = b.rx.recv() => {
+                b.consumer.ack(&r.position);
+                seen.insert(seq_of(&r));
+                b_parts.insert(r.position.partition);
+                b_got.insert((r.position.partition, seq_of(&r)));
+                // The group has rebalanced: `a` finishes what it held, late.
+                if !released {
+                    for r in &held {
+                        a.consumer.ack(&r.position);
+                        seen.insert(seq_of(r));
+                    }
+                    released = true;
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    assert!(
+        !moved(&b_parts).is_empty(),
+        "no held record was in a partition that moved: the test proved nothing"
+    );
+    tokio::time::timeout(PATIENCE, bg).await.unwrap().unwrap();
+}
+
 /// Every broadcast consumer gets every record produced after it joined.
 pub async fn broadcast_reaches_every_instance(h: &Harness) {
     let topic = h.topic(2).await;
