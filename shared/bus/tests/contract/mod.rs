@@ -447,7 +447,7 @@ pub async fn rebalance_with_records_in_flight(h: &Harness) {
     a.wait_assigned().await;
     let records = keyed(20, 10);
     let bg = h.produce_background(&topic, records.clone()).await;
-    // `a` takes 40 records and finishes none of them yet.
+    // `a` takes 40 records (and later more) and finishes none of them yet.
     let mut held = Vec::new();
     while held.len() < 40 {
         held.push(a.next().await);
@@ -458,14 +458,14 @@ pub async fn rebalance_with_records_in_flight(h: &Harness) {
     let mut b_parts = BTreeSet::new();
     let mut released = false;
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    let moved = |b_parts: &BTreeSet<i32>| {
+    let moved = |held: &[Record], b_parts: &BTreeSet<i32>| {
         held.iter()
             .filter(|r| b_parts.contains(&r.position.partition))
             .map(|r| (r.position.partition, seq_of(r)))
             .collect::<Vec<_>>()
     };
     loop {
-        let redelivered = moved(&b_parts).iter().all(|k| b_got.contains(k));
+        let redelivered = moved(&held, &b_parts).iter().all(|k| b_got.contains(k));
         if seen.len() == records.len() && released && redelivered && bg.is_finished() {
             break;
         }
@@ -475,27 +475,36 @@ pub async fn rebalance_with_records_in_flight(h: &Harness) {
             seen.len(),
             records.len()
         );
+        // Once `b` holds partitions the group has rebalanced: `a` finishes what it held,
+        // late. Until then it finishes nothing (but keeps polling, so the group can
+        // rebalance at all).
+        if !released && b.consumer.assigned() > 0 {
+            for r in &held {
+                a.consumer.ack(&r.position);
+                seen.insert(seq_of(r));
+            }
+            released = true;
+        }
         tokio::select! {
-            Some(r) = a.rx.recv() => { a.consumer.ack(&r.position); seen.insert(seq_of(&r)); }
+            Some(r) = a.rx.recv() => {
+                if released {
+                    a.consumer.ack(&r.position);
+                    seen.insert(seq_of(&r));
+                } else {
+                    held.push(r);
+                }
+            }
             Some(r) = b.rx.recv() => {
                 b.consumer.ack(&r.position);
                 seen.insert(seq_of(&r));
                 b_parts.insert(r.position.partition);
                 b_got.insert((r.position.partition, seq_of(&r)));
-                // The group has rebalanced: `a` finishes what it held, late.
-                if !released {
-                    for r in &held {
-                        a.consumer.ack(&r.position);
-                        seen.insert(seq_of(r));
-                    }
-                    released = true;
-                }
             }
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }
     assert!(
-        !moved(&b_parts).is_empty(),
+        !moved(&held, &b_parts).is_empty(),
         "no held record was in a partition that moved: the test proved nothing"
     );
     tokio::time::timeout(PATIENCE, bg).await.unwrap().unwrap();
