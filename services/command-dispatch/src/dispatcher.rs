@@ -105,8 +105,38 @@ impl DispatchStats {
     }
 }
 
-/// A connected device.
 impl Dispatcher {
+    /// `attempt` run until it succeeds, with exponential backoff between the configured
+    /// bounds; each failure is counted as a retry.
+    fn retrying<T, E, F>(
+        &self,
+        what: &'static str,
+        mut attempt: impl FnMut() -> F + 'static,
+    ) -> impl Future<Output = T> + 'static
+    where
+        T: 'static,
+        E: std::fmt::Display + 'static,
+        F: Future<Output = Result<T, E>> + 'static,
+    {
+        let stats = self.stats.clone();
+        let initial = Duration::from_millis(self.cfg.retry_initial_ms.max(1));
+        let max = Duration::from_millis(self.cfg.retry_max_ms.max(1));
+        async move {
+            let mut delay = initial;
+            loop {
+                match attempt().await {
+                    Ok(v) => return v,
+                    Err(e) => {
+                        stats.retries.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "dispatcher: retrying {what}");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(max);
+                    }
+                }
+            }
+        }
+    }
+
     /// A record that is not an envelope: kept whole on the dead-letter topic and noted in
     /// the rejected log, retrying until both are acknowledged; then acked.
     fn keep_undecodable(&mut self, rec: Record, error: &str, ctx: &mut Context<Self>) {
@@ -128,23 +158,11 @@ impl Dispatcher {
                 r.to_bytes(),
             ));
         }
-        let (producer, stats) = (self.producer.clone(), self.stats.clone());
-        let initial = Duration::from_millis(self.cfg.retry_initial_ms.max(1));
-        let max = Duration::from_millis(self.cfg.retry_max_ms.max(1));
-        let fut = async move {
-            let mut delay = initial;
-            loop {
-                match produce_all(&*producer, &outputs).await {
-                    Ok(()) => return,
-                    Err(e) => {
-                        stats.retries.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(error = %e, "dispatcher: retrying a dead letter");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(max);
-                    }
-                }
-            }
-        };
+        let producer = self.producer.clone();
+        let fut = self.retrying("a dead letter", move || {
+            let (producer, outputs) = (producer.clone(), outputs.clone());
+            async move { produce_all(&*producer, &outputs).await }
+        });
         ctx.wait(fut.into_actor(self).map(move |(), act, ctx| {
             act.stats.undecodable.fetch_add(1, Ordering::Relaxed);
             act.consumer.ack(&rec.position);
@@ -168,6 +186,7 @@ async fn produce_all(
     Ok(())
 }
 
+/// A connected device.
 #[derive(Debug, Clone)]
 struct Online {
     via: Option<DeviceId>,
@@ -696,24 +715,13 @@ impl Dispatcher {
             },
             DeviceRef::Name(_) => Presence::Seen(None),
         };
-        let (work, stats, consumer) = (self.ctx(), self.stats.clone(), self.consumer.clone());
-        let topic = rec.position.topic.to_string();
-        let initial = Duration::from_millis(self.cfg.retry_initial_ms.max(1));
-        let max = Duration::from_millis(self.cfg.retry_max_ms.max(1));
-        let fut = async move {
-            let mut delay = initial;
-            loop {
-                match work.step(&topic, env.clone(), online.clone()).await {
-                    Ok(after) => return after,
-                    Err(e) => {
-                        stats.retries.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(error = %e, "dispatcher: retrying a record");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(max);
-                    }
-                }
-            }
-        };
+        let (work, consumer) = (self.ctx(), self.consumer.clone());
+        let topic: Arc<str> = rec.position.topic.clone();
+        let fut = self.retrying("a record", move || {
+            let (work, topic, env, online) =
+                (work.clone(), topic.clone(), env.clone(), online.clone());
+            async move { work.step(&topic, env, online).await }
+        });
         ctx.wait(fut.into_actor(self).map(move |after, act, ctx| {
             match after {
                 After::Nothing => {}

@@ -424,7 +424,15 @@ impl Front {
                             .observe(started.elapsed().as_secs_f64());
                         Verdict::Accepted
                     }
-                    Some(e) => Verdict::Failed(e),
+                    Some(e) => {
+                        // The bus failed an ack after the turn: a v3 connection closes too
+                        // (refusals found in the turn began their close above).
+                        let v = Verdict::Failed(e);
+                        if let Some(reason) = self.closes(conn, &v) {
+                            self.close_after_acks(conn, reason);
+                        }
+                        v
+                    }
                 }
             }
             Ok(None) => Verdict::Accepted,
@@ -440,11 +448,6 @@ impl Front {
             Verdict::Dropped => "dropped",
         };
         self.metrics.message(dialect, kind, outcome);
-        // A bus ack that failed after the turn: on v3 the connection must close too (a
-        // refusal found in the turn began its close above already).
-        if let Some(reason) = self.closes(conn, &verdict) {
-            self.close_after_acks(conn, reason);
-        }
         drop(job);
         match &verdict {
             Verdict::Denied(r) | Verdict::Malformed(r) => {
