@@ -283,6 +283,11 @@ impl Ctx {
             }
             // A redelivered event may try a move already made; that is not a failure.
             Err(StoreError::InvalidTransition { .. }) => Ok(()),
+            // Deleting a device deletes its commands: nothing is left to move.
+            Err(StoreError::NotFound(what)) => {
+                tracing::info!(%id, %what, "dispatcher: command gone with its device");
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }

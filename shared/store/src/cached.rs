@@ -154,6 +154,27 @@ impl Store for CachedStore {
     ) -> BoxFuture<'_, Result<Vec<Device>>> {
         self.inner.devices(tenant, after, limit)
     }
+    fn device_named(
+        &self,
+        tenant: TenantId,
+        name: DeviceName,
+    ) -> BoxFuture<'_, Result<Option<Device>>> {
+        Box::pin(async move {
+            if let Some(device) = self.names.get(&(tenant.clone(), name.clone())).await {
+                return Ok(Some(device));
+            }
+            // Only what exists is cached: a name may be created any moment.
+            let found = self
+                .inner
+                .device_named(tenant.clone(), name.clone())
+                .await?;
+            if let Some(d) = &found {
+                self.names.insert((tenant, name), d.clone()).await;
+            }
+            Ok(found)
+        })
+    }
+
     fn device_by_name(
         &self,
         tenant: TenantId,

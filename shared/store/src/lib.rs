@@ -16,6 +16,8 @@
 //! - A ThingsBoard device name maps to exactly one device even when two callers create it
 //!   at once.
 //! - Command status moves only along [`CommandStatus::can_become`].
+//! - Deleting a device deletes its data: a device made again under the same id shows
+//!   none of the old one's points, latest values, attributes, commands or connections.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -112,7 +114,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn put_device(&self, device: Device) -> BoxFuture<'_, Result<()>>;
     /// A device.
     fn device(&self, tenant: TenantId, id: DeviceId) -> BoxFuture<'_, Result<Option<Device>>>;
-    /// Deletes a device, its credentials, name mapping and attributes; `false` if absent.
+    /// Deletes a device with everything it has: credentials, name mapping, attribute
+    /// definitions and attributes, time series and latest values, commands and their
+    /// history, connection log; `false` if absent. A device made again under the same id
+    /// starts empty. The tenant's rejected log keeps its entries until they expire.
+    /// On ScyllaDB a latest value or attribute of the new device that is older than the
+    /// deleted device's newest of the same key stays hidden until a newer one arrives
+    /// (see `scylla` for why).
     fn delete_device(&self, tenant: TenantId, id: DeviceId) -> BoxFuture<'_, Result<bool>>;
     /// Devices of a tenant in id order, after `after`.
     fn devices(
@@ -130,6 +138,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         profile: String,
         now_ms: i64,
     ) -> BoxFuture<'_, Result<NamedDevice>>;
+
+    /// The device a ThingsBoard gateway calls `name`, if there is one; never creates it.
+    fn device_named(
+        &self,
+        tenant: TenantId,
+        name: DeviceName,
+    ) -> BoxFuture<'_, Result<Option<Device>>>;
 
     /// Creates or replaces an access key.
     fn put_access_key(&self, key: AccessKey) -> BoxFuture<'_, Result<()>>;

@@ -9,7 +9,9 @@
 //! - registry tables keyed by what they are looked up by; `device_names` takes the first
 //!   writer with `INSERT ... IF NOT EXISTS` (race-safe auto-creation);
 //! - commands with a per-device index and a history partition; connection log per device,
-//!   rejected log per tenant and day.
+//!   rejected log per tenant and day;
+//! - deleting a device deletes its rows, the latest values and attributes at their own
+//!   write timestamps rather than the wall clock (`purge_device_data` says why).
 //!
 //! Practice: every statement is prepared once at connect; a semaphore caps requests in
 //! flight; time-outs, unavailable and overload answers are retried with exponential
@@ -239,8 +241,28 @@ const STATEMENTS: &[(&str, &str)] = &[
         "SELECT key, vtype, v_long, v_double, v_text, v_bool FROM {ks}.attributes WHERE tenant = ? AND device = ? AND scope = ?",
     ),
     (
-        "del_attrs",
-        "DELETE FROM {ks}.attributes WHERE tenant = ? AND device = ? AND scope = ?",
+        "attr_keys",
+        "SELECT key, ts FROM {ks}.attributes WHERE tenant = ? AND device = ? AND scope = ?",
+    ),
+    (
+        "del_attr_at",
+        "DELETE FROM {ks}.attributes USING TIMESTAMP ? WHERE tenant = ? AND device = ? AND scope = ? AND key = ?",
+    ),
+    (
+        "latest_keys",
+        "SELECT key, ts FROM {ks}.ts_latest WHERE tenant = ? AND device = ?",
+    ),
+    (
+        "del_latest_at",
+        "DELETE FROM {ks}.ts_latest USING TIMESTAMP ? WHERE tenant = ? AND device = ? AND key = ?",
+    ),
+    (
+        "del_points",
+        "DELETE FROM {ks}.ts_kv WHERE tenant = ? AND device = ? AND key = ? AND bucket = ?",
+    ),
+    (
+        "del_buckets",
+        "DELETE FROM {ks}.ts_partitions WHERE tenant = ? AND device = ? AND key = ?",
     ),
     (
         "put_point",
@@ -299,6 +321,11 @@ const STATEMENTS: &[(&str, &str)] = &[
         "SELECT seq, status, at_ms, detail FROM {ks}.command_history WHERE id = ?",
     ),
     ("del_hist", "DELETE FROM {ks}.command_history WHERE id = ?"),
+    ("del_cmd", "DELETE FROM {ks}.commands WHERE id = ?"),
+    (
+        "del_cmd_idx",
+        "DELETE FROM {ks}.commands_by_device WHERE tenant = ? AND device = ?",
+    ),
     (
         "put_awaiting",
         "INSERT INTO {ks}.rpcs_awaiting_reply (shard, id) VALUES (0, ?)",
@@ -318,6 +345,10 @@ const STATEMENTS: &[(&str, &str)] = &[
     (
         "get_conn",
         "SELECT at_ms, connected, front, remote_addr, reason, via FROM {ks}.connection_log WHERE tenant = ? AND device = ? ORDER BY at_ms DESC LIMIT ?",
+    ),
+    (
+        "del_conn",
+        "DELETE FROM {ks}.connection_log WHERE tenant = ? AND device = ?",
     ),
     (
         "put_rej",
@@ -590,6 +621,49 @@ impl ScyllaStore {
         r.into_iter().next().map(codec::device).transpose()
     }
 
+    /// Deletes what a device wrote: time series, latest values, attributes, commands and
+    /// the connection log, so a device made again under the same id starts empty.
+    ///
+    /// Latest values and attributes are written `USING TIMESTAMP` = their sample time, so
+    /// a wall-clock tombstone would also hide the new device's values whose sample time is
+    /// older than the delete (a clock a little behind, buffered data). Each is deleted at
+    /// its own write timestamp instead: the tombstone covers exactly what the old device
+    /// wrote. What is left: a new value older than the old device's newest of the same key
+    /// stays hidden from `latest`/`attributes` (not from `query`) until a newer one comes.
+    async fn purge_device_data(&self, t: &str, d: &str) -> Result<()> {
+        for scope in [AttributeScope::Client, AttributeScope::Shared] {
+            let s = scope.as_str();
+            let keys: Vec<(String, i64)> = rows(self.exec("attr_keys", (t, d, s)).await?)?;
+            for (key, ts) in keys {
+                let at = ts.saturating_mul(1000);
+                self.exec("del_attr_at", (at, t, d, s, key.as_str()))
+                    .await?;
+            }
+        }
+        let series: Vec<(String, i64)> = rows(self.exec("latest_keys", (t, d)).await?)?;
+        for (key, ts) in series {
+            let k = key.as_str();
+            let buckets: Vec<(i64,)> =
+                rows(self.exec("buckets", (t, d, k, i64::MIN, i64::MAX)).await?)?;
+            for (bucket,) in buckets {
+                self.exec("del_points", (t, d, k, bucket)).await?;
+            }
+            self.exec("del_buckets", (t, d, k)).await?;
+            self.exec("del_latest_at", (ts.saturating_mul(1000), t, d, k))
+                .await?;
+        }
+        let commands: Vec<(String, String)> = rows(self.exec("cmds_of", (t, d)).await?)?;
+        for (cid, _) in commands {
+            let c = cid.as_str();
+            self.exec("del_awaiting", (c,)).await?;
+            self.exec("del_hist", (c,)).await?;
+            self.exec("del_cmd", (c,)).await?;
+        }
+        self.exec("del_cmd_idx", (t, d)).await?;
+        self.exec("del_conn", (t, d)).await?;
+        Ok(())
+    }
+
     async fn load_command(&self, cid: &str) -> Result<Option<CommandRecord>> {
         let r: Vec<CommandRow> = rows(self.exec("get_cmd", (cid,)).await?)?;
         r.into_iter().next().map(codec::command).transpose()
@@ -692,9 +766,8 @@ impl Store for ScyllaStore {
             }
             self.exec("del_token_idx", (t, d)).await?;
             self.exec("del_defs", (t, d)).await?;
-            for scope in [AttributeScope::Client, AttributeScope::Shared] {
-                self.exec("del_attrs", (t, d, scope.as_str())).await?;
-            }
+            self.purge_device_data(t, d).await?;
+            // Last: a delete that fails part-way can be repeated, and finds the device.
             self.exec("del_device", (t, d)).await?;
             Ok(true)
         })
@@ -714,6 +787,21 @@ impl Store for ScyllaStore {
                     .await?,
             )?;
             r.into_iter().map(codec::device).collect()
+        })
+    }
+
+    fn device_named(
+        &self,
+        tenant: TenantId,
+        name: DeviceName,
+    ) -> BoxFuture<'_, Result<Option<Device>>> {
+        Box::pin(async move {
+            let t = tenant.as_str();
+            let owner: Vec<(String,)> = rows(self.exec("get_name", (t, name.as_str())).await?)?;
+            match owner.into_iter().next() {
+                Some((id,)) => self.load_device(t, &id).await,
+                None => Ok(None),
+            }
         })
     }
 
@@ -1058,12 +1146,20 @@ impl Store for ScyllaStore {
 
     fn query(&self, q: RangeQuery) -> BoxFuture<'_, Result<PointPage>> {
         Box::pin(async move {
-            if q.keys.is_empty() || q.limit == 0 || q.from_ms >= q.to_ms {
+            if q.limit == 0 || q.from_ms >= q.to_ms {
                 return Ok(PointPage {
                     points: Vec::new(),
                     next: None,
                 });
             }
+            let (t, d) = (q.tenant.as_str(), q.device.as_str());
+            let keys = if q.keys.is_empty() {
+                // Every key: those with a latest value (every key written has one).
+                let r: Vec<(String, i64)> = rows(self.exec("latest_keys", (t, d)).await?)?;
+                r.into_iter().map(|(k, _)| k).collect()
+            } else {
+                q.keys.clone()
+            };
             let after = match q.page_token.as_deref() {
                 Some(t) => {
                     let (ts, key) = t.split_once(':').ok_or(StoreError::BadPageToken)?;
@@ -1075,14 +1171,13 @@ impl Store for ScyllaStore {
                 None => None,
             };
             let want = q.limit as usize + 1;
-            let (t, d) = (q.tenant.as_str(), q.device.as_str());
             let (first, last) = (
                 q.from_ms.div_euclid(self.cfg.bucket_ms),
                 (q.to_ms - 1).div_euclid(self.cfg.bucket_ms),
             );
             // Read each key's points in order up to `want` past the token, then merge.
             let mut all: Vec<Point> = Vec::new();
-            for key in &q.keys {
+            for key in &keys {
                 let buckets: Vec<(i64,)> = rows(
                     self.exec("buckets", (t, d, key.as_str(), first, last))
                         .await?,

@@ -550,6 +550,8 @@ impl Store for SqliteStore {
         self.run(move |c, _| {
             let tx = c.transaction().map_err(sql_err)?;
             let (t, d) = (tenant.as_str(), device.as_str());
+            // The `series` ids stay: they are only names for (tenant, device, key), cached
+            // by writers, and a device made again reuses them.
             let n = tx
                 .execute("DELETE FROM devices WHERE tenant = ?1 AND id = ?2", [t, d])
                 .map_err(sql_err)?;
@@ -558,6 +560,14 @@ impl Store for SqliteStore {
                 "DELETE FROM device_tokens WHERE tenant = ?1 AND device = ?2",
                 "DELETE FROM attribute_defs WHERE tenant = ?1 AND device = ?2",
                 "DELETE FROM attributes WHERE tenant = ?1 AND device = ?2",
+                "DELETE FROM ts_kv WHERE series IN \
+                   (SELECT id FROM series WHERE tenant = ?1 AND device = ?2)",
+                "DELETE FROM ts_latest WHERE series IN \
+                   (SELECT id FROM series WHERE tenant = ?1 AND device = ?2)",
+                "DELETE FROM command_history WHERE id IN \
+                   (SELECT id FROM commands WHERE tenant = ?1 AND device = ?2)",
+                "DELETE FROM commands WHERE tenant = ?1 AND device = ?2",
+                "DELETE FROM connection_log WHERE tenant = ?1 AND device = ?2",
             ] {
                 tx.execute(sql, [t, d]).map_err(sql_err)?;
             }
@@ -583,6 +593,26 @@ impl Store for SqliteStore {
                 .query_map(params![tenant.as_str(), after, limit], read_device)
                 .map_err(sql_err)?;
             rows.map(|r| r.map_err(sql_err).and_then(rows::device)).collect()
+        })
+    }
+
+    fn device_named(
+        &self,
+        tenant: TenantId,
+        name: DeviceName,
+    ) -> BoxFuture<'_, Result<Option<Device>>> {
+        self.run(move |c, _| {
+            let id: Option<String> = c
+                .prepare_cached("SELECT device FROM device_names WHERE tenant = ?1 AND name = ?2")
+                .and_then(|mut s| {
+                    s.query_row([tenant.as_str(), name.as_str()], |r| r.get(0))
+                        .optional()
+                })
+                .map_err(sql_err)?;
+            match id {
+                Some(id) => load_device(c, tenant.as_str(), &id),
+                None => Ok(None),
+            }
         })
     }
 
@@ -901,7 +931,7 @@ impl Store for SqliteStore {
 
     fn query(&self, q: RangeQuery) -> BoxFuture<'_, Result<PointPage>> {
         self.run(move |c, now| {
-            if q.keys.is_empty() || q.limit == 0 {
+            if q.limit == 0 {
                 return Ok(PointPage {
                     points: Vec::new(),
                     next: None,
@@ -916,8 +946,12 @@ impl Store for SqliteStore {
             let mut sql = format!(
                 "SELECT s.key, k.ts, k.vtype, k.v FROM series s JOIN ts_kv k ON k.series = s.id
                  WHERE s.tenant = ?1 AND s.device = ?2 AND k.ts >= ?3 AND k.ts < ?4
-                 AND (k.expires_at IS NULL OR k.expires_at > ?5) AND s.key IN ({})",
-                keys_clause(6, n)
+                 AND (k.expires_at IS NULL OR k.expires_at > ?5){}",
+                if n == 0 {
+                    String::new() // every key
+                } else {
+                    format!(" AND s.key IN ({})", keys_clause(6, n))
+                }
             );
             let mut p: Vec<SqlValue> = vec![
                 SqlValue::Text(q.tenant.as_str().to_owned()),

@@ -315,7 +315,7 @@ pub struct RangeQuery {
     pub tenant: TenantId,
     /// Device.
     pub device: DeviceId,
-    /// Keys (empty: none).
+    /// Keys (empty: every key of the device).
     pub keys: Vec<String>,
     /// Window start, epoch ms, inclusive.
     pub from_ms: i64,

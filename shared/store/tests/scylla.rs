@@ -1,8 +1,8 @@
 //! The store contract on the ScyllaDB adapter, through the real `scylla` driver: against a
-//! real CQL database when `SCYLLA_URI=host:port` is set (CI: Apache Cassandra 5.0 from
-//! `scripts/services/cassandra`; each test uses its own keyspace), else on the CQL test
-//! double, saying so (under `CI` a missing `SCYLLA_URI` fails). Plus fault tests that only
-//! the double can inject.
+//! real CQL database at `SCYLLA_URI=host:port` (CI: Apache Cassandra 5.0 from
+//! `scripts/services/cassandra`; each test uses its own keyspace); without it they say they
+//! are ignored (under `CI` they fail). Plus fault tests on the CQL test double, for the
+//! faults only it can inject.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -26,48 +26,24 @@ fn config(node: String) -> ScyllaConfig {
     }
 }
 
-/// A store on a real ScyllaDB (`SCYLLA_URI`) or on a fresh CQL test double (kept alive
-/// by the returned handle).
-async fn harness() -> (Harness, Option<CqlDouble>) {
-    let uri = std::env::var("SCYLLA_URI")
-        .ok()
-        .filter(|u| !u.trim().is_empty());
-    if uri.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "SCYLLA_URI is not set; CI must start Cassandra (scripts/services/cassandra)"
-        );
-        eprintln!(
-            "store contract: SCYLLA_URI is not set, running on the CQL test double instead of a real CQL database"
-        );
-    }
-    if let Some(uri) = uri {
-        let store = ScyllaStore::connect(config(uri)).await.unwrap();
-        return (
-            Harness {
-                store: Arc::new(store),
-                dump: None,
-            },
-            None,
-        );
-    }
-    let double = CqlDouble::start().await.unwrap();
-    let store = ScyllaStore::connect(config(double.addr().to_string()))
-        .await
-        .unwrap();
-    let h = Harness {
+/// A store on the real CQL database at `SCYLLA_URI` (its own keyspace); `None` without
+/// one, after saying the test is ignored (under `CI` that fails instead).
+async fn harness(test: &str) -> Option<Harness> {
+    let (uri, _) = fluxgate_testkit::cql::node(test)?;
+    let store = ScyllaStore::connect(config(uri)).await.unwrap();
+    Some(Harness {
         store: Arc::new(store),
-        dump: Some(Box::new(double.dump_handle())),
-    };
-    (h, Some(double))
+        dump: None,
+    })
 }
 
 macro_rules! contract_test {
     ($name:ident, $f:path) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
-            let (h, _double) = harness().await;
-            $f(&h).await;
+            if let Some(h) = harness(stringify!($name)).await {
+                $f(&h).await;
+            }
         }
     };
 }
@@ -91,6 +67,10 @@ contract_test!(
 contract_test!(scylla_registry_round_trips, contract::registry_round_trips);
 contract_test!(scylla_command_transitions, contract::command_transitions);
 contract_test!(scylla_logs, contract::logs);
+contract_test!(
+    scylla_delete_then_recreate_starts_empty,
+    contract::delete_then_recreate_starts_empty
+);
 
 fn one_point(tenant: &TenantId, ts: i64) -> Vec<SampleBatch> {
     let mut values = Values::new();

@@ -97,6 +97,10 @@ contract_test!(
 contract_test!(sqlite_registry_round_trips, contract::registry_round_trips);
 contract_test!(sqlite_command_transitions, contract::command_transitions);
 contract_test!(sqlite_logs, contract::logs);
+contract_test!(
+    sqlite_delete_then_recreate_starts_empty,
+    contract::delete_then_recreate_starts_empty
+);
 
 /// Data survives closing and reopening the file, and migrate is idempotent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -62,14 +62,22 @@ pub fn kafka_brokers(test: &str) -> Option<String> {
     service_from_env("KAFKA_BROKERS", test)
 }
 
-fn service_from_env(var: &str, test: &str) -> Option<String> {
+/// The service address in `var`; `None` (after saying "ignored: needs `var`") when it is
+/// unset on a developer machine; a panic when it is unset under CI. The line goes to the
+/// process's stderr directly, not through the test harness's capture, so `cargo test`
+/// shows it next to the test's `ok`.
+pub(crate) fn service_from_env(var: &str, test: &str) -> Option<String> {
+    use std::io::Write;
     match std::env::var(var) {
         Ok(v) if !v.trim().is_empty() => Some(v),
         _ if std::env::var_os("CI").is_some() => {
             panic!("{test}: {var} is not set; CI must provide the service (see .ci/run)")
         }
         _ => {
-            eprintln!("{test}: skipped, {var} is not set (see README: running the Kafka tests)");
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "{test}: ignored: needs {var} (see README: tests that need Kafka or a CQL database)"
+            );
             None
         }
     }

@@ -194,6 +194,10 @@ pub async fn range_query_pages(h: &Harness) {
     let mut rev = asc.clone();
     rev.reverse();
     assert_eq!(desc, rev);
+    // No keys named: every key of the device (and none of another device's).
+    assert_eq!(all_pages(s, q(&t, "d", &[], 7, Order::Asc)).await, asc);
+    let other = all_pages(s, q(&t, "other", &[], 7, Order::Asc)).await;
+    assert_eq!(other.len(), 1);
     // Window [1050, 1100) of key a only.
     let mut w = q(&t, "d", &["a"], 100, Order::Asc);
     w.from_ms = 1050;
@@ -706,4 +710,142 @@ pub async fn logs(h: &Harness) {
         .await
         .unwrap();
     assert_eq!(one[0].code, ReasonCode::UndefinedAttribute);
+}
+
+/// Deleting a device deletes its data: the device made again under the same id shows
+/// nothing of the old one, and what the new one writes is all there, even values whose
+/// time is older than the delete (on Cassandra a wall-clock tombstone would hide those).
+pub async fn delete_then_recreate_starts_empty(h: &Harness) {
+    let s = &*h.store;
+    let t = tenant();
+    let device = Device {
+        tenant: t.clone(),
+        id: dev("d"),
+        name: "Again".into(),
+        kind: DeviceKind::Standalone,
+        peripheral_policy: None,
+        tags: vec![],
+        profile: None,
+        created_ms: NOW,
+        updated_ms: NOW,
+    };
+    s.put_device(device.clone()).await.unwrap();
+    let old = vec![
+        (
+            NOW,
+            vals(&[("temp", Value::Float(1.0)), ("hum", Value::Integer(40))]),
+        ),
+        (NOW + 1_000, vals(&[("temp", Value::Float(2.0))])),
+    ];
+    s.write_samples(vec![batch(&t, "d", old)]).await.unwrap();
+    s.put_attributes(
+        t.clone(),
+        dev("d"),
+        AttributeScope::Client,
+        vals(&[("fw", Value::String("1.0".into()))]),
+        NOW + 5_000,
+    )
+    .await
+    .unwrap();
+    s.log_connection(ConnectionEvent {
+        tenant: t.clone(),
+        device: dev("d"),
+        at_ms: NOW,
+        connected: true,
+        front: Some("front-0".into()),
+        remote_addr: None,
+        reason: None,
+        via: None,
+    })
+    .await
+    .unwrap();
+    let cmd = MessageId::from_parts(NOW as u64, 7);
+    s.put_command(CommandRecord {
+        id: cmd,
+        tenant: t.clone(),
+        device: dev("d"),
+        command: Command {
+            name: "reboot".into(),
+            payload: serde_json::json!({}),
+            time_ms: None,
+            two_way: true,
+            persistent: true,
+            expires_ms: None,
+        },
+        status: CommandStatus::Queued,
+        created_ms: NOW,
+        updated_ms: NOW,
+        reply: None,
+    })
+    .await
+    .unwrap();
+    s.set_command_status(cmd, CommandStatus::Sent, NOW + 1, None, None)
+        .await
+        .unwrap();
+
+    assert!(s.delete_device(t.clone(), dev("d")).await.unwrap());
+    s.put_device(device).await.unwrap();
+
+    let keys = ["temp", "hum"];
+    assert!(
+        s.latest(t.clone(), dev("d"), None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        all_pages(s, q(&t, "d", &keys, 10, Order::Asc))
+            .await
+            .is_empty()
+    );
+    let client = s.attributes(t.clone(), dev("d"), AttributeScope::Client, None);
+    assert!(client.await.unwrap().is_empty());
+    assert!(
+        s.connection_log(t.clone(), dev("d"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        s.commands(t.clone(), dev("d"), None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(s.command(cmd).await.unwrap(), None);
+    assert!(
+        awaiting(s).await.iter().all(|id| *id != cmd),
+        "the deleted device's RPC timer is gone"
+    );
+
+    // The new device: a point older than the old device's, and newer values.
+    let new = vec![
+        (NOW - 1_000, vals(&[("temp", Value::Float(9.0))])),
+        (NOW + 2_000, vals(&[("temp", Value::Float(3.0))])),
+    ];
+    s.write_samples(vec![batch(&t, "d", new)]).await.unwrap();
+    s.put_attributes(
+        t.clone(),
+        dev("d"),
+        AttributeScope::Client,
+        vals(&[("fw", Value::String("2.0".into()))]),
+        NOW + 6_000,
+    )
+    .await
+    .unwrap();
+    let points = all_pages(s, q(&t, "d", &keys, 10, Order::Asc)).await;
+    let seen: Vec<i64> = points.iter().map(|p| p.ts_ms).collect();
+    assert_eq!(seen, vec![NOW - 1_000, NOW + 2_000], "only the new points");
+    let latest = s.latest(t.clone(), dev("d"), None).await.unwrap();
+    assert_eq!(latest.len(), 1, "no `hum` from the old device: {latest:?}");
+    assert_eq!(
+        (latest[0].ts_ms, &latest[0].value),
+        (NOW + 2_000, &Value::Float(3.0))
+    );
+    let client = s.attributes(t.clone(), dev("d"), AttributeScope::Client, None);
+    assert_eq!(
+        client.await.unwrap()["fw"],
+        Value::String("2.0".into()),
+        "an attribute set after the recreate, with a time before the delete, is seen"
+    );
 }

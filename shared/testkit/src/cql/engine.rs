@@ -283,8 +283,14 @@ pub(crate) fn bind_types(engine: &Engine, stmt: &Stmt) -> Result<Vec<(String, Cq
                 push(&r.term, &r.col, def.type_of(&r.col)?)?;
             }
         }
-        Stmt::Delete { ks, table, rels } => {
+        Stmt::Delete {
+            ks,
+            table,
+            rels,
+            using: u,
+        } => {
             let def = engine.def(ks, table)?;
+            using(u, &mut push)?;
             for r in rels {
                 push(&r.term, &r.col, def.type_of(&r.col)?)?;
             }
@@ -591,7 +597,9 @@ impl Engine {
                 }
                 Ok(Outcome::Void)
             }
-            Stmt::Delete { ks, table, rels } => {
+            Stmt::Delete {
+                ks, table, rels, ..
+            } => {
                 let def = self.def(ks, table)?.clone();
                 let (pk, restrictions) = self.keys(&def, rels, o)?;
                 if let Some(t) = self.tables.get_mut(&(ks.clone(), table.clone()))

@@ -4,8 +4,9 @@
 //! **What it is for:** the faults a real database cannot give on demand (injected
 //! timeouts, "unavailable", "overloaded", added latency), in the store's and the writer's
 //! fault tests. Everything else runs on a real CQL database at `SCYLLA_URI` (Apache
-//! Cassandra 5.0 in CI, `scripts/services/cassandra`; see [`node`]); only on a developer
-//! machine without one does [`node`] fall back to the double, and the test says so.
+//! Cassandra 5.0 in CI, `scripts/services/cassandra`; see [`node`]): no test uses the
+//! double where the real server would do, and without `SCYLLA_URI` those tests say they
+//! are ignored.
 //!
 //! **What it models:**
 //! - The connection handshake the driver performs. OPTIONS → SUPPORTED, without any
@@ -733,26 +734,13 @@ pub struct CqlDouble {
     stop: watch::Sender<bool>,
 }
 
-/// A CQL node for a test that needs a database but no injected faults: the real one at
-/// `SCYLLA_URI` (Cassandra in CI), else a fresh [`CqlDouble`], saying so (under `CI` a
-/// missing `SCYLLA_URI` fails the test). Keep the returned double alive for the test.
-/// Also returns a keyspace name no other test uses.
-pub async fn node(test: &str) -> (String, Option<CqlDouble>, String) {
-    let keyspace = crate::unique_name("fg").replace('-', "_");
-    match std::env::var("SCYLLA_URI") {
-        Ok(uri) if !uri.trim().is_empty() => (uri, None, keyspace),
-        _ => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "{test}: SCYLLA_URI is not set; CI must start Cassandra (scripts/services/cassandra)"
-            );
-            eprintln!("{test}: SCYLLA_URI is not set; using the CQL test double");
-            let double = CqlDouble::start()
-                .await
-                .unwrap_or_else(|e| panic!("{test}: CQL double: {e}"));
-            (double.addr().to_string(), Some(double), keyspace)
-        }
-    }
+/// The real CQL node for a test that needs a database but no injected faults:
+/// `SCYLLA_URI` (Cassandra in CI), and a keyspace name no other test uses. `None` on a
+/// developer machine without one, after saying "ignored: needs SCYLLA_URI" where `cargo
+/// test` shows it; under `CI` a missing `SCYLLA_URI` fails the test.
+pub fn node(test: &str) -> Option<(String, String)> {
+    let uri = crate::service_from_env("SCYLLA_URI", test)?;
+    Some((uri, crate::unique_name("fg").replace('-', "_")))
 }
 
 impl CqlDouble {

@@ -4,7 +4,7 @@
 //! ks.t (col type, ..., PRIMARY KEY ((p1, p2), c1, ...)) [WITH ...]`, `INSERT INTO ks.t
 //! (cols) VALUES (terms) [IF NOT EXISTS] [USING TTL t [AND TIMESTAMP t]]`, `SELECT cols|*
 //! FROM ks.t [WHERE rel AND ...] [ORDER BY c ASC|DESC] [LIMIT t]`, `UPDATE ks.t [USING
-//! ...] SET c = t, ... WHERE rel AND ...`, `DELETE FROM ks.t WHERE rel AND ...`. Terms are
+//! ...] SET c = t, ... WHERE rel AND ...`, `DELETE FROM ks.t [USING TIMESTAMP t] WHERE rel AND ...`. Terms are
 //! `?` or literals (strings, integers, floats, true/false, null). Types: text, varchar,
 //! ascii, bigint, int, boolean, double, blob, timestamp.
 
@@ -175,6 +175,9 @@ pub(crate) enum Stmt {
         table: String,
         /// WHERE.
         rels: Vec<Rel>,
+        /// USING TIMESTAMP (parsed; the double keeps no tombstones, so a delete removes
+        /// the rows whatever its timestamp).
+        using: Using,
     },
 }
 
@@ -580,9 +583,15 @@ pub(crate) fn parse(q: &str) -> Result<(Stmt, usize), SyntaxError> {
     } else if p.kw("delete") {
         p.expect_kw("from")?;
         let (ks, table) = p.qualified()?;
+        let using = p.using()?;
         p.expect_kw("where")?;
         let rels = p.rels()?;
-        Stmt::Delete { ks, table, rels }
+        Stmt::Delete {
+            ks,
+            table,
+            rels,
+            using,
+        }
     } else {
         return p.err("a statement the double executes");
     };
