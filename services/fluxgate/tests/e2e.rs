@@ -182,6 +182,20 @@ async fn losant_devices_gateways_commands_and_access_rules() {
         .map(|p| (p["ts_ms"].as_i64().unwrap(), p["value"].as_i64().unwrap()))
         .collect();
     assert_eq!(levels, [(1_700_000_001_000, 3), (1_700_000_002_000, 4)]);
+    // Without `keys`: every key (the first query a new user runs).
+    let all = fg
+        .ok(
+            "GET",
+            "/applications/plant/devices/p1/data?from=1700000000000&to=1700000003000",
+            &admin,
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(
+        all["points"], series["points"],
+        "all keys = the one key p1 has"
+    );
 
     // A command sent over HTTP reaches the subscribed device.
     d.subscribe("losant/dev1/command").await;

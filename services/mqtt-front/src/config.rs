@@ -92,10 +92,13 @@ pub struct FrontConfig {
     pub tcp_addr: Option<String>,
     /// MQTT over TLS listener (`None`: off; needs `tls`).
     pub tls_addr: Option<String>,
-    /// MQTT over WebSocket listener, path `/mqtt` (`None`: off).
+    /// MQTT over WebSocket listener, at `ws_paths` (`None`: off).
     pub ws_addr: Option<String>,
-    /// MQTT over secure WebSocket listener, path `/mqtt` (`None`: off; needs `tls`).
+    /// MQTT over secure WebSocket listener, at `ws_paths` (`None`: off; needs `tls`).
     pub wss_addr: Option<String>,
+    /// The paths the WebSocket listeners upgrade; any other gets HTTP 404. MQTT.js and
+    /// Losant's docs use `/` (`ws://host:port`), most brokers `/mqtt`.
+    pub ws_paths: Vec<String>,
     /// Certificate and key of the TLS listeners.
     pub tls: Option<TlsFiles>,
     /// `/metrics`, `/healthz`, `/readyz` listener (`None`: off).
@@ -143,6 +146,7 @@ impl Default for FrontConfig {
             tls_addr: None,
             ws_addr: None,
             wss_addr: None,
+            ws_paths: vec!["/".into(), "/mqtt".into()],
             tls: None,
             http_addr: Some("0.0.0.0:9101".into()),
             workers: 2,
@@ -193,6 +197,15 @@ impl FrontConfig {
         }
         if (self.tls_addr.is_some() || self.wss_addr.is_some()) && self.tls.is_none() {
             return bad("tls", "tls_addr or wss_addr needs cert_path and key_path");
+        }
+        if (self.ws_addr.is_some() || self.wss_addr.is_some()) && self.ws_paths.is_empty() {
+            return bad("ws_paths", "ws_addr or wss_addr needs at least one path");
+        }
+        if let Some(p) = self.ws_paths.iter().find(|p| !p.starts_with('/')) {
+            return Err(ConfigError {
+                field: "ws_paths",
+                problem: format!("{p:?} does not start with /"),
+            });
         }
         if self.workers == 0 {
             return bad("workers", "must be at least 1");

@@ -479,8 +479,8 @@ pub(crate) fn tls_service(
         .and_then(mqtt_service(front).map_err(|e| io::Error::other(format!("{e:?}"))))
 }
 
-/// Accepts the WebSocket upgrade of `GET /mqtt` (echoing the `mqtt` subprotocol that MQTT
-/// clients ask for) and switches the connection to the WebSocket transport.
+/// Accepts the WebSocket upgrade (the path was checked; echoing the `mqtt` subprotocol that
+/// MQTT clients ask for) and switches the connection to the WebSocket transport.
 fn ws_upgrade<F: Filter>() -> impl ServiceFactory<
     (Request, Io<F>, h1::Codec),
     SharedCfg,
@@ -490,12 +490,6 @@ fn ws_upgrade<F: Filter>() -> impl ServiceFactory<
 > {
     fn_service(
         move |(req, io, codec): (Request, Io<F>, h1::Codec)| async move {
-            if req.path() != "/mqtt" {
-                return Err(io::Error::other(format!(
-                    "websocket upgrade of {}: MQTT is served at /mqtt",
-                    req.path()
-                )));
-            }
             let mut res = ws::handshake(req.head()).map_err(|e| io::Error::other(e.to_string()))?;
             let asks_mqtt = req
                 .headers()
@@ -520,11 +514,15 @@ fn ws_upgrade<F: Filter>() -> impl ServiceFactory<
 pub(crate) fn ws_service<F: Filter>(
     front: Arc<Front>,
 ) -> impl ServiceFactory<Io<F>, SharedCfg, Response = (), Error = io::Error, InitError = ()> {
-    HttpService::new(|_req: Request| {
-        Ready::Ok::<_, io::Error>(Response::NotFound().body("MQTT over WebSocket is at /mqtt"))
+    let paths = front.cfg.ws_paths.clone();
+    let not_here = format!("MQTT over WebSocket is at {}", paths.join(", "));
+    let plain_404 = not_here.clone();
+    HttpService::new(move |_req: Request| {
+        Ready::Ok::<_, io::Error>(Response::NotFound().body(plain_404.clone()))
     })
     .h1_control(fn_factory(move || {
         let front = front.clone();
+        let (paths, not_here) = (paths.clone(), not_here.clone());
         async move {
             let cfg = mqtt_config(&front);
             let ws_svc = Pipeline::new(
@@ -536,8 +534,13 @@ pub(crate) fn ws_service<F: Filter>(
             Ok::<_, ()>(fn_service(move |msg: h1::Control<_, _>| {
                 let ack = match msg {
                     h1::Control::Upgrade(ctl) => {
-                        let ws = ws_svc.clone();
-                        ctl.handle(move |req, io, codec| ws.call_static((req, io, codec)))
+                        if paths.iter().any(|p| p == ctl.get_ref().path()) {
+                            let ws = ws_svc.clone();
+                            ctl.handle(move |req, io, codec| ws.call_static((req, io, codec)))
+                        } else {
+                            // Answered, not dropped: the client sees why.
+                            ctl.fail_with(Response::NotFound().body(not_here.clone()))
+                        }
                     }
                     _ => msg.ack(),
                 };

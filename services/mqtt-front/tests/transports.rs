@@ -25,6 +25,8 @@ async fn every_listener_serves_mqtt() {
     let cases = [
         ("tls", Via::Tls(client_tls.clone()), tls),
         ("ws", Via::Ws(format!("http://{ws}/mqtt")), ws),
+        // `ws://host:port`, as MQTT.js users and Losant's docs write it.
+        ("ws at /", Via::Ws(format!("http://{ws}/")), ws),
         (
             "wss",
             Via::Wss(
@@ -68,17 +70,33 @@ async fn every_listener_serves_mqtt() {
     }
 }
 
+/// A WebSocket upgrade at a path that is not in `ws_paths` is answered with an HTTP 404
+/// (it used to be a closed socket with no status); a plain GET too.
 #[ntex::test]
-async fn websocket_is_served_only_at_slash_mqtt() {
+async fn websocket_upgrades_elsewhere_get_http_404() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut cfg = Rig::config();
     cfg.ws_addr = Some("127.0.0.1:0".into());
     let rig = Rig::memory(cfg).await;
     let ws = rig.front.as_ref().unwrap().listening.ws.unwrap();
     let reply = http_get(ws, "/").await;
-    assert!(
-        reply.starts_with("HTTP/1.1 404") || reply.starts_with("HTTP/1.0 404"),
-        "{reply}"
-    );
+    assert!(reply.starts_with("HTTP/1.0 404"), "{reply}");
+    for path in ["/elsewhere", "/mqtt/x"] {
+        let mut s = tokio::net::TcpStream::connect(ws).await.unwrap();
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Protocol: mqtt\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 512];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("an answer within 5 s")
+            .unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]);
+        assert!(head.starts_with("HTTP/1.1 404"), "{path}: {head:?}");
+    }
 }
 
 #[test]

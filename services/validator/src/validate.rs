@@ -95,6 +95,17 @@ pub async fn validate(
 ) -> Result<Vec<Output>, StoreError> {
     // 1. Resolve the device.
     let device: Device = match &env.device {
+        // Seed 001: a disconnect of a device ThingsBoard does not know is ignored.
+        DeviceRef::Name(name) if matches!(env.body, Body::Disconnect { .. }) => {
+            match store.device_named(env.tenant.clone(), name.clone()).await? {
+                Some(d) => d,
+                None => {
+                    tracing::debug!(tenant = %env.tenant, device = %name,
+                        "validator: gateway disconnect of an unknown device ignored");
+                    return Ok(Vec::new());
+                }
+            }
+        }
         DeviceRef::Name(name) => {
             let profile = match &env.body {
                 Body::Connect {

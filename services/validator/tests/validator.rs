@@ -391,6 +391,25 @@ async fn seconds_sent_as_milliseconds_are_refused_and_events_pass_resolved() {
             .any(|d| d.name == "Pump 7" && d.profile.as_deref() == Some("Pumps"))
     );
 
+    // Seed 001: a gateway's disconnect of a name it never connected is ignored, not
+    // created; a known one passes resolved.
+    for name in ["Never Seen", "Pump 7"] {
+        let mut disconnect = connect.clone();
+        disconnect.device = DeviceRef::Name(DeviceName::new(name).unwrap());
+        disconnect.body = Body::Disconnect {
+            reason: None,
+            session: None,
+        };
+        rig.raw(&disconnect).await;
+    }
+    let ev = Envelope::from_bytes(&next(&rig.events).await).unwrap();
+    assert!(matches!(ev.body, Body::Disconnect { .. }));
+    let pump = created.iter().find(|d| d.name == "Pump 7").unwrap();
+    assert_eq!(ev.device, DeviceRef::Id(pump.id.clone()), "only Pump 7's");
+    let now = rig.store.devices(tenant(), None, 10).await.unwrap();
+    assert!(now.iter().all(|d| d.name != "Never Seen"), "{now:?}");
+    assert_eq!(now.len(), created.len());
+
     // An unknown device id is refused.
     rig.raw(&state(
         DeviceRef::Id(dev("ghost")),
