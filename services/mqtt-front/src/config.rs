@@ -44,14 +44,21 @@ pub struct Rate {
     pub window_secs: u32,
 }
 
-/// Rate limits (Losant's published figures are the defaults).
+/// Rate limits. `per_topic` and `per_connection` are Losant's (its published figures are
+/// the defaults) and apply to Losant connections; ThingsBoard connections have their own,
+/// per device, since one gateway topic carries all of a gateway's devices.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimits {
-    /// Publishes per topic per connection.
+    /// Losant: publishes per topic per connection.
     pub per_topic: Rate,
-    /// Publishes per connection.
+    /// Losant: publishes per connection.
     pub per_connection: Rate,
+    /// ThingsBoard: messages per device, on its own connection or through a gateway (a
+    /// gateway message counts once for each device it names).
+    pub thingsboard_per_device: Rate,
+    /// ThingsBoard: publishes of one gateway connection, its own and its devices'.
+    pub thingsboard_gateway: Rate,
     /// New connections per application, per front.
     pub new_connections_per_application: Rate,
     /// How long a client that went over a limit is refused, in seconds (doubles for each
@@ -70,6 +77,14 @@ impl Default for RateLimits {
             },
             per_connection: Rate {
                 messages: 300,
+                window_secs: 15,
+            },
+            thingsboard_per_device: Rate {
+                messages: 300,
+                window_secs: 15,
+            },
+            thingsboard_gateway: Rate {
+                messages: 3_000,
                 window_secs: 15,
             },
             new_connections_per_application: Rate {
@@ -225,6 +240,8 @@ impl FrontConfig {
             for (field, rate) in [
                 ("per_topic", r.per_topic),
                 ("per_connection", r.per_connection),
+                ("thingsboard_per_device", r.thingsboard_per_device),
+                ("thingsboard_gateway", r.thingsboard_gateway),
                 (
                     "new_connections_per_application",
                     r.new_connections_per_application,

@@ -281,7 +281,7 @@ impl Front {
                 .inc();
             return Err(Refusal::RateLimited);
         }
-        let rl = self.rate_limits(&identity.tenant);
+        let limits = ConnLimits::new(&identity.principal, self.rate_limits(&identity.tenant));
         let (tx, rx) = mpsc::channel(self.cfg.max_pending_deliveries.max(1));
         let conn = Rc::new(Conn {
             id: self.next_conn.fetch_add(1, Ordering::Relaxed),
@@ -290,7 +290,7 @@ impl Front {
             sink,
             subs: std::cell::RefCell::new(Subs::default()),
             order: Sequencer::default(),
-            limits: ConnLimits::new(rl.per_connection, rl.per_topic),
+            limits,
             in_flight: std::cell::Cell::new(0),
             idle: tokio::sync::Notify::new(),
             closing: std::cell::Cell::new(None),
@@ -512,14 +512,7 @@ impl Front {
             return (kind, Err(Verdict::RetainRefused));
         }
         if let Err(over) = conn.limits.check(topic) {
-            let limit = match over {
-                Over::Topic => "topic",
-                Over::Connection => "connection",
-            };
-            self.metrics.rate_limited.with_label_values(&[limit]).inc();
-            self.block(conn);
-            self.close_after_acks(conn, CloseReason::RateLimited);
-            return (kind, Err(Verdict::RateLimited));
+            return (kind, Err(self.rate_limited(conn, topic, over)));
         }
         match &class.check {
             Check::None => {}
@@ -575,6 +568,19 @@ impl Front {
             Ok(e) => e,
             Err(r) => return (kind, Err(Verdict::Malformed(r))),
         };
+        // A ThingsBoard gateway's message counts once for each device it is about.
+        let mut named: Vec<&str> = envs
+            .iter()
+            .filter_map(|e| match &e.device {
+                DeviceRef::Name(n) => Some(n.as_str()),
+                DeviceRef::Id(_) => None,
+            })
+            .collect();
+        named.sort_unstable();
+        named.dedup();
+        if let Err(over) = conn.limits.check_devices(named) {
+            return (kind, Err(self.rate_limited(conn, topic, over)));
+        }
         if let [env] = envs.as_slice()
             && let Body::RpcRequest {
                 request_id, method, ..
@@ -589,6 +595,24 @@ impl Front {
             .map(|e| traced(OutRecord::new(&self.names.raw, e.key(), e.to_bytes())))
             .collect();
         (kind, self.send_all(recs).await.map(Some))
+    }
+
+    /// A publish over a rate limit: counted, logged, and the connection closed (after the
+    /// acks of the publishes before it) and refused for a while.
+    fn rate_limited(&self, conn: &Rc<Conn>, topic: &ByteString, over: Over) -> Verdict {
+        let limit = over.label(&conn.limits);
+        self.metrics.rate_limited.with_label_values(&[limit]).inc();
+        let id = &conn.identity;
+        let behind = match &over {
+            Over::Device(name) => name.as_str(),
+            _ => "",
+        };
+        tracing::warn!(tenant = %id.tenant, device = %id.principal.device(), limit, %topic,
+            device_behind_gateway = behind,
+            "rate limit exceeded: closing the connection and refusing it for a while");
+        self.block(conn);
+        self.close_after_acks(conn, CloseReason::RateLimited);
+        Verdict::RateLimited
     }
 
     async fn send_all(
@@ -608,7 +632,7 @@ impl Front {
     /// ThingsBoard's SDK asks for the limits right after connecting; the answer is the
     /// limits this front enforces, in ThingsBoard's format.
     async fn answer_session_limits(&self, conn: &Conn, request_id: CorrelationId) {
-        let rl = &self.cfg.rate_limits;
+        let rl = self.rate_limits(&conn.identity.tenant);
         let rate = |r: crate::config::Rate| {
             if r.messages == 0 {
                 String::new()
@@ -616,15 +640,27 @@ impl Front {
                 format!("{}:{}", r.messages, r.window_secs)
             }
         };
-        let data = serde_json::json!({
+        // In ThingsBoard's format: `rateLimits` are the connected device's own (for a
+        // gateway: the gateway as a device), `gatewayRateLimits` those of the devices
+        // behind a gateway, which its SDK applies to them all together: the gateway's.
+        let own = rate(rl.thingsboard_per_device);
+        let mut data = serde_json::json!({
             "maxPayloadSize": self.cfg.limits.max_payload_bytes,
             "maxInflightMessages": self.cfg.max_in_flight,
             "rateLimits": {
-                "messages": rate(rl.per_connection),
-                "telemetryMessages": rate(rl.per_topic),
+                "messages": own,
+                "telemetryMessages": own,
                 "telemetryDataPoints": "",
             },
         });
+        if conn.identity.principal.is_gateway() {
+            let gw = rate(rl.thingsboard_gateway);
+            data["gatewayRateLimits"] = serde_json::json!({
+                "messages": gw,
+                "telemetryMessages": gw,
+                "telemetryDataPoints": "",
+            });
+        }
         let d = Delivery {
             v: ENVELOPE_VERSION,
             id: new_id(),

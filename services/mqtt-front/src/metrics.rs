@@ -7,7 +7,7 @@
 //! | `fluxgate_mqtt_front_messages_total` | counter | `dialect`, `kind` (the publish operation, `custom`, `unknown`), `outcome`: accepted, answered, denied, malformed, rate_limited, failed, retain_refused, dropped (taken in while the connection was closing: not stored, not acked) |
 //! | `fluxgate_mqtt_front_received_bytes_total` | counter | `dialect` |
 //! | `fluxgate_mqtt_front_publish_ack_seconds` | histogram | — (publish received to bus ack) |
-//! | `fluxgate_mqtt_front_rate_limited_total` | counter | `limit`: topic, connection, new_connections |
+//! | `fluxgate_mqtt_front_rate_limited_total` | counter | `limit`: topic, connection (Losant); device, gateway (ThingsBoard; `device` also for a device behind a gateway); new_connections |
 //! | `fluxgate_mqtt_front_in_flight` | gauge | — (publishes taken in that have no verdict yet) |
 //! | `fluxgate_mqtt_front_deliveries_total` | counter | `outcome`: delivered, not_subscribed, failed, backlog_full, unrenderable |
 //! | `fluxgate_mqtt_front_protocol_errors_total` | counter | — (malformed packets, packets over the size limit, QoS 2) |

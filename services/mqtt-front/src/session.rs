@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use fluxgate_model::{Delivery, DeviceId, Subscription, TenantId};
+use fluxgate_model::{Delivery, DeviceId, Principal, Subscription, TenantId};
 use futures_channel::mpsc;
 use governor::state::keyed::HashMapStateStore;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter, clock::DefaultClock};
@@ -30,7 +30,7 @@ use ntex_mqtt::{QoS, TopicFilter, v3, v5};
 use tokio::sync::Notify;
 
 use crate::auth::Identity;
-use crate::config::Rate;
+use crate::config::{Rate, RateLimits};
 
 /// Something for one connection, from the inbound task.
 #[derive(Debug)]
@@ -225,14 +225,24 @@ impl Drop for Turn<'_> {
     }
 }
 
-/// Per-connection rate limiters (`None`: that limit is off).
+/// Per-connection rate limiters (`None`: that limit is off), by dialect: a Losant
+/// connection counts per topic and per connection; a ThingsBoard device counts its own
+/// messages; a ThingsBoard gateway counts its publishes and, per device it names, the
+/// messages about that device.
 #[derive(Debug)]
 pub(crate) struct ConnLimits {
     per_connection: Option<DefaultDirectRateLimiter>,
-    /// Keyed by topic in a plain `HashMap` (empty until used): governor's default keyed
-    /// store is a sharded `DashMap`, about 1 KiB per connection before the first publish.
-    per_topic: Option<RateLimiter<ByteString, HashMapStateStore<ByteString>, DefaultClock>>,
+    /// Keyed by topic (Losant) in a plain `HashMap` (empty until used): governor's default
+    /// keyed store is a sharded `DashMap`, about 1 KiB per connection before the first
+    /// publish.
+    per_topic: Option<KeyedLimiter>,
+    /// Keyed by the device name a ThingsBoard gateway uses.
+    per_device: Option<KeyedLimiter>,
+    /// What `per_connection` limits, as the metric label says it.
+    connection_label: &'static str,
 }
+
+type KeyedLimiter = RateLimiter<ByteString, HashMapStateStore<ByteString>, DefaultClock>;
 
 /// `rate.messages` per `rate.window_secs`, as a burst-capable GCRA quota.
 pub(crate) fn quota(rate: Rate) -> Option<Quota> {
@@ -242,35 +252,91 @@ pub(crate) fn quota(rate: Rate) -> Option<Quota> {
 }
 
 /// Which limit a publish went over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Over {
+    /// A Losant topic's.
     Topic,
+    /// The connection's (for a ThingsBoard device: the device's; for a gateway: the
+    /// gateway's).
     Connection,
+    /// The device behind a ThingsBoard gateway of this name.
+    Device(String),
+}
+
+impl Over {
+    /// The `limit` label of `fluxgate_mqtt_front_rate_limited_total`.
+    pub(crate) fn label(&self, limits: &ConnLimits) -> &'static str {
+        match self {
+            Over::Topic => "topic",
+            Over::Connection => limits.connection_label,
+            Over::Device(_) => "device",
+        }
+    }
+}
+
+/// Counts `key` in `l`, keeping the map bounded for clients that use ever new keys.
+fn check_keyed(l: &KeyedLimiter, key: &ByteString) -> bool {
+    let ok = l.check_key(key).is_ok();
+    if l.len() > 256 {
+        l.retain_recent();
+    }
+    ok
 }
 
 impl ConnLimits {
-    pub(crate) fn new(per_connection: Rate, per_topic: Rate) -> Self {
-        ConnLimits {
-            per_connection: quota(per_connection).map(governor::RateLimiter::direct),
-            per_topic: quota(per_topic).map(RateLimiter::hashmap),
+    /// The limits of a connection of `principal`.
+    pub(crate) fn new(principal: &Principal, rl: &RateLimits) -> Self {
+        let keyed = |r| quota(r).map(RateLimiter::hashmap);
+        let direct = |r| quota(r).map(governor::RateLimiter::direct);
+        match principal {
+            Principal::Losant { .. } => ConnLimits {
+                per_connection: direct(rl.per_connection),
+                per_topic: keyed(rl.per_topic),
+                per_device: None,
+                connection_label: "connection",
+            },
+            Principal::ThingsBoard { gateway: false, .. } => ConnLimits {
+                per_connection: direct(rl.thingsboard_per_device),
+                per_topic: None,
+                per_device: None,
+                connection_label: "device",
+            },
+            Principal::ThingsBoard { gateway: true, .. } => ConnLimits {
+                per_connection: direct(rl.thingsboard_gateway),
+                per_topic: None,
+                per_device: keyed(rl.thingsboard_per_device),
+                connection_label: "gateway",
+            },
         }
     }
 
     /// Counts one publish to `topic`.
     pub(crate) fn check(&self, topic: &ByteString) -> Result<(), Over> {
-        if let Some(l) = &self.per_topic {
-            if l.check_key(topic).is_err() {
-                return Err(Over::Topic);
-            }
-            // A client publishing to ever new (custom) topics must not grow this forever.
-            if l.len() > 256 {
-                l.retain_recent();
-            }
+        if let Some(l) = &self.per_topic
+            && !check_keyed(l, topic)
+        {
+            return Err(Over::Topic);
         }
         if let Some(l) = &self.per_connection
             && l.check().is_err()
         {
             return Err(Over::Connection);
+        }
+        Ok(())
+    }
+
+    /// Counts one message about each of `devices` (named by a ThingsBoard gateway).
+    pub(crate) fn check_devices<'a>(
+        &self,
+        devices: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), Over> {
+        let Some(l) = &self.per_device else {
+            return Ok(());
+        };
+        for d in devices {
+            if !check_keyed(l, &ByteString::from(d)) {
+                return Err(Over::Device(d.to_owned()));
+            }
         }
         Ok(())
     }
@@ -534,18 +600,28 @@ mod tests {
         assert_eq!(s.custom("a/b"), None);
     }
 
+    fn limits(principal: &Principal) -> ConnLimits {
+        let rate = |messages| Rate {
+            messages,
+            window_secs: 15,
+        };
+        let rl = RateLimits {
+            per_connection: rate(5),
+            per_topic: rate(3),
+            thingsboard_per_device: rate(2),
+            thingsboard_gateway: rate(4),
+            ..RateLimits::default()
+        };
+        ConnLimits::new(principal, &rl)
+    }
+
     #[test]
     fn rate_limits_allow_a_window_then_refuse() {
-        let l = ConnLimits::new(
-            Rate {
-                messages: 5,
-                window_secs: 15,
-            },
-            Rate {
-                messages: 3,
-                window_secs: 15,
-            },
-        );
+        let d = fluxgate_model::DeviceId::new("d").unwrap();
+        let l = limits(&Principal::Losant {
+            device: d.clone(),
+            gateway: false,
+        });
         let (a, b) = (ByteString::from("a"), ByteString::from("b"));
         for _ in 0..3 {
             l.check(&a).unwrap();
@@ -556,5 +632,30 @@ mod tests {
         l.check(&b).unwrap();
         l.check(&b).unwrap();
         assert_eq!(l.check(&b), Err(Over::Connection));
+
+        // ThingsBoard: no topic limit; a gateway counts per device it names, and in all.
+        let gw = limits(&Principal::ThingsBoard {
+            device: d.clone(),
+            gateway: true,
+        });
+        let t = ByteString::from("v1/gateway/telemetry");
+        gw.check(&t).unwrap();
+        gw.check_devices(["A", "B", "C"]).unwrap();
+        gw.check(&t).unwrap();
+        gw.check_devices(["A", "B", "C"]).unwrap();
+        assert_eq!(gw.check_devices(["C"]), Err(Over::Device("C".into())));
+        gw.check(&t).unwrap();
+        gw.check(&t).unwrap();
+        let over = gw.check(&t).unwrap_err();
+        assert_eq!((over.label(&gw), over), ("gateway", Over::Connection));
+        let dev = limits(&Principal::ThingsBoard {
+            device: d,
+            gateway: false,
+        });
+        let t = ByteString::from("v1/devices/me/telemetry");
+        dev.check(&t).unwrap();
+        dev.check(&t).unwrap();
+        let over = dev.check(&t).unwrap_err();
+        assert_eq!(over.label(&dev), "device");
     }
 }

@@ -669,6 +669,60 @@ async fn over_a_rate_limit_the_connection_closes_and_the_client_is_blocked() {
     );
 }
 
+/// ThingsBoard limits are per device: a gateway's 40 devices sending one sample each
+/// through the one gateway topic are 40 devices' first message, not 40 messages of one
+/// topic over Losant's 30 (which disconnected real gateways); one device behind the gateway
+/// over its own limit is counted as that device, and `getSessionLimits` reports both.
+#[ntex::test]
+async fn thingsboard_gateways_are_limited_per_device_behind_them() {
+    let mut cfg = Rig::config();
+    cfg.rate_limits.thingsboard_per_device = fluxgate_mqtt_front::Rate {
+        messages: 5,
+        window_secs: 15,
+    };
+    let rig = Rig::memory(cfg).await;
+    let _events = rig.tap(Topic::DeviceEvents);
+    let mut raw = rig.tap(Topic::IngestRaw);
+    let mut gw = v5(rig.addr, "gw", Some("tok-gw"), None).await.unwrap();
+    use v5::codec::PublishAckReason as R;
+    for i in 0..40 {
+        let body = format!(r#"{{"Sensor {i}":[{{"ts":1700000000000,"values":{{"t":{i}}}}}]}}"#);
+        assert_eq!(
+            gw.publish("v1/gateway/telemetry", body.as_bytes()).await,
+            Ok(R::Success),
+            "device {i}"
+        );
+    }
+    for _ in 0..40 {
+        raw.next_envelope().await;
+    }
+    gw.subscribe("v1/devices/me/rpc/response/+").await;
+    let ask = br#"{"method":"getSessionLimits","params":{}}"#;
+    assert_eq!(
+        gw.publish("v1/devices/me/rpc/request/9", ask).await,
+        Ok(R::Success)
+    );
+    let (_, payload) = recv(&mut gw.inbox).await;
+    let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(v["rateLimits"]["messages"], "5:15", "{v}");
+    assert_eq!(v["gatewayRateLimits"]["messages"], "3000:15", "{v}");
+    // Sensor 0 has sent 1; four more pass, the sixth is over its limit.
+    let one = br#"{"Sensor 0":{"ts":1700000000001,"values":{"t":1}}}"#;
+    for _ in 0..4 {
+        assert_eq!(
+            gw.publish("v1/gateway/telemetry", one).await,
+            Ok(R::Success)
+        );
+    }
+    assert!(gw.publish("v1/gateway/telemetry", one).await.is_err());
+    assert!(gw.closed().await);
+    let m = rig.metrics().await;
+    assert!(
+        m.contains(r#"fluxgate_mqtt_front_rate_limited_total{limit="device"} 1"#),
+        "{m}"
+    );
+}
+
 #[ntex::test]
 async fn oversize_retained_and_qos2_publishes_close_the_connection() {
     let mut cfg = Rig::config();
