@@ -10,8 +10,10 @@
 //! Secrets are compared as SHA-256 hashes in constant time, and a secret is hashed even when
 //! its key does not exist, so timing tells nothing about which keys exist. Registry reads
 //! go through `fluxgate_store::CachedStore`: cached for `auth_cache_ttl_secs` and dropped
-//! early on `fluxgate.registry.changes` ([`Registry::invalidate`]). Failed attempts are counted per address and slow down the
-//! next failure's answer ([`FailureDelay`]).
+//! early on `fluxgate.registry.changes` ([`Registry::invalidate`]). Failed attempts are
+//! counted per address and credential (client id + username: one misconfigured device
+//! behind a NAT does not slow the others) and slow down the next failure's answer
+//! ([`FailureDelay`]).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -208,10 +210,12 @@ impl Registry {
     }
 }
 
-/// Slows down repeated failures from one address.
+/// Slows down repeated failures of one credential from one address.
 #[derive(Debug, Clone)]
 pub struct FailureDelay {
-    failures: Cache<IpAddr, u32>,
+    /// By address and a hash of (client id, username).
+    failures: Cache<(IpAddr, u64), u32>,
+    seed: std::hash::RandomState,
     base_ms: u64,
     max_ms: u64,
 }
@@ -225,16 +229,20 @@ impl FailureDelay {
                 .max_capacity(100_000)
                 .time_to_idle(Duration::from_secs(600))
                 .build(),
+            seed: std::hash::RandomState::new(),
             base_ms,
             max_ms,
         }
     }
 
-    /// Records a failure from `ip` and returns how long to wait before answering it.
-    pub async fn failed(&self, ip: IpAddr) -> Duration {
+    /// Records a failure of `client_id` + `username` from `ip` and returns how long to
+    /// wait before answering it.
+    pub async fn failed(&self, ip: IpAddr, client_id: &str, username: Option<&str>) -> Duration {
+        use std::hash::BuildHasher;
+        let who = self.seed.hash_one((client_id, username));
         let n = self
             .failures
-            .entry(ip)
+            .entry((ip, who))
             .and_upsert_with(|e| async move { e.map_or(1, |e| e.into_value().saturating_add(1)) })
             .await
             .into_value();
@@ -251,18 +259,33 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn failures_from_one_address_grow_slower() {
+    async fn failures_of_one_credential_from_one_address_grow_slower() {
         let d = FailureDelay::new(100, 1000);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        assert_eq!(d.failed(a).await, Duration::ZERO);
-        assert_eq!(d.failed(a).await, Duration::from_millis(100));
-        assert_eq!(d.failed(a).await, Duration::from_millis(200));
-        assert_eq!(d.failed(a).await, Duration::from_millis(400));
+        assert_eq!(d.failed(a, "c", Some("k")).await, Duration::ZERO);
+        assert_eq!(
+            d.failed(a, "c", Some("k")).await,
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            d.failed(a, "c", Some("k")).await,
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            d.failed(a, "c", Some("k")).await,
+            Duration::from_millis(400)
+        );
         for _ in 0..10 {
-            d.failed(a).await;
+            d.failed(a, "c", Some("k")).await;
         }
-        assert_eq!(d.failed(a).await, Duration::from_millis(1000));
-        assert_eq!(d.failed(b).await, Duration::ZERO);
+        assert_eq!(
+            d.failed(a, "c", Some("k")).await,
+            Duration::from_millis(1000)
+        );
+        assert_eq!(d.failed(b, "c", Some("k")).await, Duration::ZERO);
+        // Another device behind the same address is not slowed by that one's failures.
+        assert_eq!(d.failed(a, "other", Some("k")).await, Duration::ZERO);
+        assert_eq!(d.failed(a, "c", Some("k2")).await, Duration::ZERO);
     }
 }

@@ -42,7 +42,8 @@ pub(crate) enum Refusal {
     Blocked,
     /// The application opens connections faster than allowed.
     RateLimited,
-    /// CleanSession = 0 on v3 (persistent sessions are not supported).
+    /// CleanSession = 0 on v3 (persistent sessions are not supported; v3 has no CONNACK
+    /// code that says so, "identifier rejected" is the nearest).
     PersistentSession,
     /// The presence event could not be produced.
     Unavailable,
@@ -55,7 +56,7 @@ impl Refusal {
             Refusal::Draining => "draining",
             Refusal::Blocked => "blocked",
             Refusal::RateLimited => "rate_limited",
-            Refusal::PersistentSession => "session_refused",
+            Refusal::PersistentSession => "persistent_session_unsupported",
             Refusal::Unavailable => "unavailable",
         }
     }
@@ -229,13 +230,27 @@ impl Front {
         if let Err(Refusal::Auth(AuthError::BadCredentials | AuthError::NotAuthorized(_))) = &r
             && let Some(ip) = remote.map(|a| a.ip())
         {
-            let wait = self.failures.failed(ip).await;
+            let wait = self
+                .failures
+                .failed(ip, creds.client_id, creds.username)
+                .await;
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
         }
-        if let Err(e) = &r {
-            tracing::info!(client_id = creds.client_id, ?remote, reason = ?e, "connect refused");
+        match &r {
+            Err(Refusal::PersistentSession) => tracing::info!(
+                client_id = creds.client_id,
+                ?remote,
+                reason = "persistent_session_unsupported",
+                "connect refused: CleanSession=0 asks for a persistent session, which fluxgate \
+                 does not keep; connect with CleanSession=1 (a v3 client reads the answer as \
+                 'identifier rejected', the nearest CONNACK code; the client id is fine)"
+            ),
+            Err(e) => {
+                tracing::info!(client_id = creds.client_id, ?remote, reason = ?e, "connect refused")
+            }
+            Ok(_) => {}
         }
         r
     }

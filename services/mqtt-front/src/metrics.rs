@@ -3,7 +3,7 @@
 //! | name | type | labels |
 //! |---|---|---|
 //! | `fluxgate_mqtt_front_connections` | gauge | `dialect` |
-//! | `fluxgate_mqtt_front_connects_total` | counter | `outcome`: accepted, bad_credentials, not_authorized, unavailable, rate_limited, blocked, session_refused, draining |
+//! | `fluxgate_mqtt_front_connects_total` | counter | `outcome`: accepted, bad_credentials, not_authorized, unavailable, rate_limited, blocked, persistent_session_unsupported (v3 CleanSession=0), draining |
 //! | `fluxgate_mqtt_front_messages_total` | counter | `dialect`, `kind` (the publish operation, `custom`, `unknown`), `outcome`: accepted, answered, denied, malformed, rate_limited, failed, retain_refused, dropped (taken in while the connection was closing: not stored, not acked) |
 //! | `fluxgate_mqtt_front_received_bytes_total` | counter | `dialect` |
 //! | `fluxgate_mqtt_front_publish_ack_seconds` | histogram | — (publish received to bus ack) |

@@ -123,6 +123,37 @@ async fn connack_codes_for_every_refusal() {
         m.contains(r#"fluxgate_mqtt_front_connects_total{outcome="not_authorized"} 4"#),
         "{m}"
     );
+    assert!(
+        m.contains(
+            r#"fluxgate_mqtt_front_connects_total{outcome="persistent_session_unsupported"} 1"#
+        ),
+        "the metric says why, not just 'refused': {m}"
+    );
+}
+
+/// The failed-login delay grows for the credential that keeps failing from an address, not
+/// for every device behind that address (a NAT): a misconfigured device does not slow its
+/// fleet.
+#[ntex::test]
+async fn failed_logins_slow_down_that_credential_not_the_address() {
+    let mut cfg = Rig::config();
+    cfg.auth_failure_delay_ms = 400;
+    cfg.auth_failure_delay_max_ms = 400;
+    let rig = Rig::memory(cfg).await;
+    let _events = rig.tap(Topic::DeviceEvents);
+    let a = rig.addr;
+    use v3::codec::ConnectAckReason as C3;
+    let timed = |client: &'static str| async move {
+        let t = std::time::Instant::now();
+        let r = v3(a, client, Some("key-dev1"), Some("wrong")).await.err();
+        assert_eq!(r, Some(C3::BadUserNameOrPassword));
+        t.elapsed()
+    };
+    timed("dev1").await;
+    // The second failure of the same credential waits for the delay.
+    assert!(timed("dev1").await >= std::time::Duration::from_millis(400));
+    // Another device's first failure, from the same address, is answered at once.
+    assert!(timed("dev2").await < std::time::Duration::from_millis(400));
 }
 
 #[ntex::test]

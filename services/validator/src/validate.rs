@@ -19,20 +19,28 @@ pub enum Output {
     Rejected(Rejection),
 }
 
+/// A refusal of `env` (whole), its body as the log's excerpt.
 fn rejected(env: &Envelope, reject: &Reject) -> Output {
+    rejected_with(env, reject, &env.body)
+}
+
+/// A refusal of part of `env`: `part` (a sample, a value) is the excerpt.
+fn rejected_with(env: &Envelope, reject: &Reject, part: &impl serde::Serialize) -> Output {
+    let excerpt = serde_json::to_vec(part).unwrap_or_default();
     Output::Rejected(Rejection::new(
         env.tenant.clone(),
         env.device.as_str(),
         env.received_ms,
         reject,
-        b"",
+        &excerpt,
     ))
 }
 
 /// Converts `v` to the defined attribute type where that loses nothing (Losant rules:
 /// `"72"` becomes 72 for a number, `"true"` a boolean, numbers and booleans become text
-/// for a string, a gps value is a `"lat,lon"` string in range).
-fn convert(key: &str, v: Value, ty: AttributeType) -> Result<Value, Reject> {
+/// for a string, a gps value is a `"lat,lon"` string in range). A refused value is handed
+/// back with the reason, for the rejected log.
+fn convert(key: &str, v: Value, ty: AttributeType) -> Result<Value, (Reject, Value)> {
     let mismatch = || Reject::TypeMismatch {
         key: key.to_owned(),
         expected: match ty {
@@ -52,7 +60,7 @@ fn convert(key: &str, v: Value, ty: AttributeType) -> Result<Value, Reject> {
             } else {
                 match t.parse::<f64>() {
                     Ok(f) if f.is_finite() => Value::Float(f),
-                    _ => return Err(mismatch()),
+                    _ => return Err((mismatch(), Value::String(s))),
                 }
             }
         }
@@ -67,7 +75,7 @@ fn convert(key: &str, v: Value, ty: AttributeType) -> Result<Value, Reject> {
             match s.trim().to_ascii_lowercase().as_str() {
                 "true" | "1" => Value::Bool(true),
                 "false" | "0" => Value::Bool(false),
-                _ => return Err(mismatch()),
+                _ => return Err((mismatch(), Value::String(s))),
             }
         }
         (AttributeType::Gps, Value::String(s)) => {
@@ -76,12 +84,12 @@ fn convert(key: &str, v: Value, ty: AttributeType) -> Result<Value, Reject> {
                     (Ok(a), Ok(o)) if (-90.0..=90.0).contains(&a) && (-180.0..=180.0).contains(&o))
             });
             if !ok {
-                return Err(mismatch());
+                return Err((mismatch(), Value::String(s)));
             }
             Value::String(s)
         }
         (AttributeType::Json, v) => v,
-        _ => return Err(mismatch()),
+        (_, v) => return Err((mismatch(), v)),
     })
 }
 
@@ -150,7 +158,7 @@ pub async fn validate(
                 _ => Vec::new(),
             };
             if let Err(r) = cfg.limits.check_items("samples", taken.len()) {
-                return Ok(vec![rejected(&env, &r)]);
+                return Ok(vec![rejected_with(&env, &r, &taken)]);
             }
             // Timestamps and limits: samples outside them are refused (the rest is kept).
             let mut kept = Vec::with_capacity(taken.len());
@@ -161,7 +169,7 @@ pub async fn validate(
                     .and_then(|()| cfg.limits.check_values(&s.values));
                 match checked {
                     Ok(()) => kept.push(s),
-                    Err(r) => out.push(rejected(&env, &r)),
+                    Err(r) => out.push(rejected_with(&env, &r, &s)),
                 }
             }
             // Losant: only defined attributes, converted to their types.
@@ -169,31 +177,34 @@ pub async fn validate(
                 let defs = store
                     .attribute_defs(env.tenant.clone(), device.id.clone())
                     .await?;
-                let mut undefined: Vec<String> = Vec::new();
+                // Undefined keys, with their first value (the rejected log's excerpt).
+                let mut undefined = std::collections::BTreeMap::<String, Value>::new();
                 for s in &mut kept {
                     let mut values = Values::new();
                     for (k, v) in std::mem::take(&mut s.values) {
                         match defs.iter().find(|d| d.name == k.as_str()) {
                             None => {
-                                if !undefined.contains(&k) {
-                                    undefined.push(k);
-                                }
+                                undefined.entry(k).or_insert(v);
                             }
                             Some(d) => match convert(&k, v, d.kind) {
                                 Ok(v) => {
                                     values.insert(k, v);
                                 }
-                                Err(r) => out.push(rejected(&env, &r)),
+                                Err((r, v)) => {
+                                    let part = std::collections::BTreeMap::from([(&k, v)]);
+                                    out.push(rejected_with(&env, &r, &part));
+                                }
                             },
                         }
                     }
                     s.values = values;
                 }
                 if !undefined.is_empty() {
+                    let keys: Vec<&str> = undefined.keys().map(String::as_str).collect();
                     let reject = Reject::UndefinedAttribute {
-                        key: undefined.join(", "),
+                        key: keys.join(", "),
                     };
-                    out.push(rejected(&env, &reject));
+                    out.push(rejected_with(&env, &reject, &undefined));
                 }
                 kept.retain(|s| !s.values.is_empty());
                 merge_same_millisecond(&mut kept);
@@ -249,12 +260,14 @@ mod tests {
         assert_eq!(
             convert("k", Value::from("hot"), T::Number)
                 .unwrap_err()
+                .0
                 .code(),
             ReasonCode::TypeMismatch
         );
         assert_eq!(
             convert("k", Value::Bool(true), T::Number)
                 .unwrap_err()
+                .0
                 .code(),
             ReasonCode::TypeMismatch
         );

@@ -233,6 +233,22 @@ async fn losant_state_is_checked_against_attribute_definitions() {
     let rej = Rejection::from_bytes(&next(&rig.rejected).await).unwrap();
     assert_eq!(rej.reason.code, ReasonCode::UndefinedAttribute);
     assert!(rej.reason.message.contains("extra"));
+    // The rejected log shows what was refused, as the front's entries do.
+    assert_eq!(rej.excerpt, r#"{"extra":5}"#);
+
+    // A value of the wrong type: its key and value are the excerpt.
+    rig.raw(&state(
+        DeviceRef::Id(dev("d1")),
+        None,
+        Dialect::Losant,
+        ts,
+        &[("temp", Value::from("hot")), ("on", Value::Bool(false))],
+    ))
+    .await;
+    next(&rig.valid).await;
+    let rej = Rejection::from_bytes(&next(&rig.rejected).await).unwrap();
+    assert_eq!(rej.reason.code, ReasonCode::TypeMismatch);
+    assert_eq!(rej.excerpt, r#"{"temp":"hot"}"#);
 
     // A state that is only undefined keys is refused whole; nothing goes to valid.
     rig.raw(&state(
