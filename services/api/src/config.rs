@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// API settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     /// Listen address of the API (also serves `/metrics`, `/healthz`, `/readyz`).

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Command dispatcher settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DispatchConfig {
     /// Consumer group of the dispatchers.

@@ -17,7 +17,7 @@ use fluxgate_validator::ValidatorConfig;
 use serde::{Deserialize, Serialize};
 
 /// Which bus the roles use (standalone always uses the in-process one).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum BusKind {
     /// Kafka (`bus.kafka`).
@@ -27,7 +27,7 @@ pub(crate) enum BusKind {
 }
 
 /// Bus settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct BusConfig {
     /// `kafka` or `memory`.
@@ -46,7 +46,7 @@ impl Default for BusConfig {
 }
 
 /// Which store the roles use (standalone always uses SQLite under `data_dir`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum StoreKind {
     /// ScyllaDB (`store.scylla`).
@@ -56,7 +56,7 @@ pub(crate) enum StoreKind {
 }
 
 /// Store settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct StoreConfig {
     /// `scylla` or `sqlite`.
@@ -78,7 +78,7 @@ impl Default for StoreConfig {
 }
 
 /// Log settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct LogConfig {
     /// Filter, `RUST_LOG` syntax (`RUST_LOG` itself wins when set).
@@ -97,7 +97,7 @@ impl Default for LogConfig {
 }
 
 /// Every setting.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct Config {
     /// Where standalone keeps its database and generated secrets.
@@ -179,11 +179,6 @@ impl Config {
         })?;
         Ok(cfg)
     }
-
-    /// The defaults as TOML (`fluxgate config`).
-    pub(crate) fn default_toml() -> anyhow::Result<String> {
-        Ok(toml::to_string_pretty(&Config::default())?)
-    }
 }
 
 #[cfg(test)]
@@ -195,7 +190,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("fg-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("fluxgate.toml");
-        std::fs::write(&file, Config::default_toml().unwrap()).unwrap();
+        std::fs::write(&file, crate::config_doc::annotated_toml().unwrap()).unwrap();
         assert_eq!(Config::load(Some(&file)).unwrap(), Config::default());
 
         std::fs::write(&file, "[front]\nconnect_timeout_secs = \"soon\"\n").unwrap();

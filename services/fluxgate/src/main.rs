@@ -10,6 +10,7 @@
 //! The binary only reads configuration, sets up logs and calls the roles' `run`/`start`.
 
 mod config;
+mod config_doc;
 mod standalone;
 
 use std::path::PathBuf;
@@ -55,8 +56,12 @@ enum Cmd {
     Dispatcher,
     /// Create the store schema and the Kafka topics, then exit.
     Migrate,
-    /// Print the default configuration.
-    Config,
+    /// Print every setting with its default and a one-line doc, as TOML.
+    Config {
+        /// The reference as Markdown instead (`docs/configuration.md`).
+        #[arg(long)]
+        markdown: bool,
+    },
 }
 
 fn init_logs(cfg: &config::LogConfig) {
@@ -74,8 +79,12 @@ fn init_logs(cfg: &config::LogConfig) {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Cmd::Config = cli.cmd {
-        print!("{}", Config::default_toml()?);
+    if let Cmd::Config { markdown } = cli.cmd {
+        if markdown {
+            print!("{}", config_doc::markdown()?);
+        } else {
+            print!("{}", config_doc::annotated_toml()?);
+        }
         return Ok(());
     }
     let cfg = Config::load(cli.config.as_deref())?;
@@ -84,7 +93,7 @@ fn main() -> anyhow::Result<()> {
         match cli.cmd {
             Cmd::Standalone { demo } => standalone::run(cfg, demo).await,
             Cmd::Migrate => migrate(cfg).await,
-            Cmd::Config => Ok(()),
+            Cmd::Config { .. } => Ok(()),
             role => run_role(cfg, role).await,
         }
     })
@@ -246,7 +255,7 @@ async fn run_role(cfg: Config, role: Cmd) -> anyhow::Result<()> {
             .await?;
             obs.stop().await;
         }
-        Cmd::Standalone { .. } | Cmd::Migrate | Cmd::Config => {}
+        Cmd::Standalone { .. } | Cmd::Migrate | Cmd::Config { .. } => {}
     }
     tracing::info!("stopped");
     Ok(())

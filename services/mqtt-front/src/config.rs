@@ -6,7 +6,7 @@ use fluxgate_model::Limits;
 use serde::{Deserialize, Serialize};
 
 /// What to do on MQTT 3.1.1, which has no negative PUBACK, when a publish is refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum V3Refusal {
     /// Close the connection (ThingsBoard's behaviour; the client learns something is wrong).
@@ -16,7 +16,7 @@ pub enum V3Refusal {
 }
 
 /// TLS certificate and key, PEM files.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     /// Certificate chain, PEM.
@@ -35,7 +35,7 @@ fn default_reload_secs() -> u64 {
 }
 
 /// One rate: `messages` per `window_secs`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rate {
     /// How many in one window (0 turns the limit off).
@@ -47,7 +47,7 @@ pub struct Rate {
 /// Rate limits. `per_topic` and `per_connection` are Losant's (its published figures are
 /// the defaults) and apply to Losant connections; ThingsBoard connections have their own,
 /// per device, since one gateway topic carries all of a gateway's devices.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimits {
     /// Losant: publishes per topic per connection.
@@ -98,7 +98,7 @@ impl Default for RateLimits {
 }
 
 /// MQTT front settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FrontConfig {
     /// This instance's id, reported in presence events (defaults to the host name).

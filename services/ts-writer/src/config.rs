@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Time-series writer settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct WriterConfig {
     /// Consumer group of the writers.

@@ -4,7 +4,7 @@ use fluxgate_model::{Limits, TimeWindow};
 use serde::{Deserialize, Serialize};
 
 /// Validator settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ValidatorConfig {
     /// Consumer group of the validators.

@@ -57,7 +57,7 @@ impl Topic {
 }
 
 /// How topics are named and created.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TopicsConfig {
     /// Prepended to every topic name (`fluxgate.` gives `fluxgate.ingest.raw`).

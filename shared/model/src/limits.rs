@@ -6,7 +6,7 @@ use crate::reject::Reject;
 use crate::value::{Value, Values};
 
 /// Limits applied while parsing device payloads. Defaults follow Losant's published ones.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest accepted payload, in bytes (Losant and ThingsBoard: 256 KB).

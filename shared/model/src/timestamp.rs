@@ -65,7 +65,7 @@ pub fn format_iso8601_ms(ms: i64) -> String {
 }
 
 /// The accepted range of sample timestamps, relative to the receive time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TimeWindow {
     /// How far in the past a timestamp may lie, in milliseconds (default: 10 years).

@@ -40,7 +40,9 @@ use crate::types::*;
 use crate::{BoxFuture, Result, Store, StoreError};
 
 /// ScyllaDB settings.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScyllaConfig {
     /// Contact points, `host:port`.

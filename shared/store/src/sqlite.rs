@@ -93,7 +93,9 @@ CREATE TABLE IF NOT EXISTS rejected_log (
 "#;
 
 /// SQLite settings.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(deny_unknown_fields, default)]
 pub struct SqliteConfig {
     /// `PRAGMA synchronous`: `FULL` (default; survives power loss) or `NORMAL` (survives
