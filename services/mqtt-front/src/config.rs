@@ -124,9 +124,15 @@ pub struct FrontConfig {
     pub max_connections: usize,
     /// Time a client has to send CONNECT after opening the socket, in seconds.
     pub connect_timeout_secs: u16,
-    /// QoS 1 publishes of one connection being produced at once; when all wait for the
-    /// bus, the front stops reading that socket.
+    /// MQTT 3.1.1: QoS 1 publishes of one connection being produced at once; when all
+    /// wait for the bus, the front stops reading that socket. (Also the
+    /// `maxInflightMessages` a ThingsBoard SDK is told.)
     pub max_in_flight: u16,
+    /// Bytes of unacknowledged publishes one connection may hold; above it the front stops
+    /// reading that socket until acks free room. MQTT 5 clients are told Receive Maximum
+    /// 65535, since clients in the field (MQTT.js, paho 2) do not keep to a lower one and
+    /// the MQTT 5 answer to that is to drop the connection with what was in flight.
+    pub max_in_flight_bytes: usize,
     /// Deliveries waiting for one connection; more are reported as not delivered.
     pub max_pending_deliveries: usize,
     /// v3 publish to a topic the client may not use.
@@ -168,6 +174,7 @@ impl Default for FrontConfig {
             max_connections: 100_000,
             connect_timeout_secs: 10,
             max_in_flight: 16,
+            max_in_flight_bytes: 64 * 1024,
             max_pending_deliveries: 64,
             v3_on_denied: V3Refusal::Close,
             v3_on_malformed: V3Refusal::Close,
@@ -227,6 +234,9 @@ impl FrontConfig {
         }
         if self.max_in_flight == 0 {
             return bad("max_in_flight", "must be at least 1");
+        }
+        if self.max_in_flight_bytes == 0 {
+            return bad("max_in_flight_bytes", "must be at least 1");
         }
         if self.limits.max_payload_bytes == 0 {
             return bad("limits.max_payload_bytes", "must be at least 1");

@@ -67,7 +67,9 @@ pub(crate) fn mqtt_config(front: &Front) -> SharedCfg {
             MqttServiceConfig::new()
                 .set_max_qos(QoS::AtLeastOnce)
                 .set_max_size(max_packet)
+                // v3 counts publishes in flight; a v5 client is told 65535 (at CONNACK).
                 .set_max_receive(c.max_in_flight)
+                .set_max_receive_size(c.max_in_flight_bytes)
                 .set_connect_timeout(ntex::time::Seconds(c.connect_timeout_secs))
                 // A publish read from the socket is handled even when the client's
                 // DISCONNECT (or its closing the socket) was read right behind it, as
@@ -135,6 +137,10 @@ async fn handshake_v5(
                 ack.shared_subscription_available = false;
                 ack.subscription_identifiers_available = false;
                 ack.session_expiry_interval_secs = Some(0);
+                // Back-pressure is by bytes in flight (`max_in_flight_bytes`): a client
+                // that sends more than a small Receive Maximum (MQTT.js has no limit,
+                // paho 2 keeps 20) is slowed down, not disconnected with its publishes.
+                ack.receive_max = std::num::NonZeroU16::MAX;
             }));
         }
         Err(Refusal::Auth(AuthError::BadCredentials)) => C::BadUserNameOrPassword,

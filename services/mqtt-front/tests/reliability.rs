@@ -469,3 +469,48 @@ async fn a_refused_v3_publish_closes_only_after_the_acks_of_the_valid_ones() {
     );
     assert_eq!(acks, stored, "acked = stored");
 }
+
+/// An MQTT 5 client that pipelines more QoS 1 publishes than a small Receive Maximum (as
+/// MQTT.js, which keeps no limit, and paho 2, which keeps 20, do when they flush readings
+/// buffered offline) gets every one acknowledged and stored: the front slows its socket
+/// down instead of answering DISCONNECT 0x93 and dropping what was in flight.
+#[ntex::test]
+async fn a_v5_burst_past_a_small_receive_maximum_is_all_acked_and_stored() {
+    let rig = Rig::memory(unlimited()).await;
+    let _events = rig.tap(Topic::DeviceEvents);
+    let mut raw_tap = rig.tap(Topic::IngestRaw);
+    const N: u16 = 200;
+    let (mut rd, mut wr) = TcpStream::connect(rig.addr).await.unwrap().into_split();
+    let mut burst = raw::connect(V::V5, "dev1", "key-dev1", SECRET);
+    for id in 1..=N {
+        let p = raw::publish(
+            V::V5,
+            "losant/dev1/state",
+            Some(id),
+            &state_n(u64::from(id)),
+        );
+        burst.extend(p);
+    }
+    wr.write_all(&burst).await.unwrap();
+    let mut buf = Vec::new();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while acked(&got).len() < usize::from(N) {
+        match tokio::time::timeout_at(deadline, rd.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => {
+                buf.extend_from_slice(&chunk[..n]);
+                got.extend(raw::parse(&mut buf));
+            }
+            other => panic!("closed or timed out ({other:?}) after {got:?}"),
+        }
+    }
+    assert!(
+        !got.iter().any(|g| matches!(g, Got::Disconnect(_))),
+        "{got:?}"
+    );
+    wr.write_all(&raw::disconnect()).await.unwrap();
+    let mut ns = stored_ns(&mut raw_tap).await;
+    ns.sort_unstable();
+    assert_eq!(ns, (1..=u64::from(N)).collect::<Vec<_>>());
+}
