@@ -1,0 +1,188 @@
+"""ThingsBoard's Python device SDK (`tb_device_mqtt.TBDeviceMqttClient` from tb-mqtt-client,
+on tb-paho-mqtt-client, MQTT 5) against fluxgate."""
+
+import copy
+import logging
+import os
+import sys
+import threading
+import time
+
+import tb_device_mqtt
+from tb_device_mqtt import TBDeviceMqttClient
+
+from fgcompat import MQTT_HOST, MQTT_PORT, Api, Suite, fail, now_ms, provision, wait_for
+
+logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                    format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+P = provision()
+A = Api(P)
+DEV = P["tb_device"]["id"]
+MAX_PAYLOAD = int(os.environ["FG_MAX_PAYLOAD"])
+
+# What the SDK sees, recorded by the callbacks it calls.
+session_answers = []
+shared_pushes = []
+rpc_requests = []
+
+client = TBDeviceMqttClient(MQTT_HOST, port=MQTT_PORT, username=P["tb_device"]["token"])
+# Record the getSessionLimits answer on its way to the SDK's own handler (which applies it).
+_apply = client.service_configuration_callback
+
+
+def _record_session_answer(request_id, response, *args, **kwargs):
+    session_answers.append(copy.deepcopy(response))
+    return _apply(request_id, response, *args, **kwargs)
+
+
+client.service_configuration_callback = _record_session_answer
+
+
+def _on_rpc(request_id, request):
+    rpc_requests.append((request_id, request))
+    client.send_rpc_reply(request_id, {"method": request.get("method"),
+                                       "echo": request.get("params")})
+
+
+client.set_server_side_rpc_request_handler(_on_rpc)
+
+
+def check_connect_and_session_limits():
+    client.connect(keepalive=30)
+    wait_for("the SDK connected", client.is_connected, 5)
+    answer = wait_for("an answer to the SDK's getSessionLimits RPC",
+                      lambda: session_answers[0] if session_answers else None, 5)
+    if not isinstance(answer, dict) or "rateLimits" not in answer:
+        fail(f"getSessionLimits answer without rateLimits: {answer!r}")
+    wait_for("the SDK applying the answer (rate_limits_received)",
+             lambda: client.rate_limits_received, 2)
+    if answer.get("maxPayloadSize") != MAX_PAYLOAD:
+        fail(f"maxPayloadSize {answer.get('maxPayloadSize')!r}, fluxgate runs with {MAX_PAYLOAD}")
+    want = int(MAX_PAYLOAD * tb_device_mqtt.DEFAULT_RATE_LIMIT_PERCENTAGE / 100)
+    if client.max_payload_size != want:
+        fail(f"the SDK did not apply maxPayloadSize: {client.max_payload_size} != {want}")
+    if not A.connection(DEV)["connected"]:
+        fail("GET .../connection does not show the device connected")
+
+
+def check_telemetry():
+    ts = now_ms() - 60_000
+    values = {"temperature": 22.5, "on": True, "label": "tb-sdk", "count": 41,
+              "obj": {"a": 1, "b": [1, 2]}}
+    rc = client.send_telemetry({"ts": ts, "values": values}).get()
+    if rc != 0:
+        fail(f"telemetry with ts: publish result {rc}")
+    before = now_ms()
+    rc = client.send_telemetry({"humidity": 55}).get()
+    if rc != 0:
+        fail(f"telemetry without ts: publish result {rc}")
+    after = now_ms()
+    def stored():
+        pts = A.data(DEV, keys=list(values), frm=ts, to=ts + 1)
+        return pts if len(pts) >= len(values) else None
+
+    pts = wait_for("telemetry with ts in GET .../data", stored)
+    got = {p["key"]: p["value"] for p in pts}
+    if got != values:
+        fail(f"sent {values!r} at {ts}, the API has {got!r}")
+    hum = wait_for("telemetry without ts in GET .../state",
+                   lambda: [p for p in A.state(DEV) if p["key"] == "humidity"])[0]
+    if hum["value"] != 55 or not before - 1000 <= hum["ts_ms"] <= after + 1000:
+        fail(f"humidity without ts: the API has {hum!r} (sent between {before} and {after})")
+
+
+def check_client_attributes():
+    attrs = {"app_version": "1.2.3", "slots": 4, "calibrated": False}
+    rc = client.send_attributes(attrs).get()
+    if rc != 0:
+        fail(f"publish result {rc}")
+    def stored():
+        a = A.attributes(DEV, "client")
+        return a if all(k in a for k in attrs) else None
+
+    got = wait_for("client attributes in GET .../attributes/client", stored)
+    for k, v in attrs.items():
+        if got[k] != v:
+            fail(f"{k}: sent {v!r}, the API has {got[k]!r}")
+
+
+def check_attribute_request():
+    A.shared_set(DEV, {"target_temp": 19.5, "mode": "eco"})
+    client_now = A.attributes(DEV, "client")
+    shared_now = A.attributes(DEV, "shared")
+    if "app_version" not in client_now:
+        fail("needs the client attribute app_version (tb-device-client-attributes)")
+    answers = []
+    done = threading.Event()
+
+    def on_answer(content, error):
+        answers.append((content, error))
+        done.set()
+
+    client.request_attributes(client_keys=["app_version"], shared_keys=["target_temp", "mode"],
+                              callback=on_answer)
+    if not done.wait(5):
+        fail("no answer to the SDK's attribute request within 5 s")
+    content, error = answers[0]
+    if error is not None:
+        fail(f"the SDK reported {error!r}")
+    want = {"client": {"app_version": client_now["app_version"]},
+            "shared": {"target_temp": shared_now["target_temp"], "mode": shared_now["mode"]}}
+    if content != want:
+        fail(f"answer {content!r}; the API has {want!r}")
+
+
+def check_shared_attribute_push():
+    client.subscribe_to_all_attributes(lambda content, error: shared_pushes.append(content))
+    update = {"led": "on", "interval": 30}
+    A.shared_set(DEV, update)
+    got = wait_for("the shared-attribute update at the SDK's callback",
+                   lambda: next((c for c in shared_pushes if isinstance(c, dict) and "led" in c), None))
+    stored = A.attributes(DEV, "shared")
+    if {k: got.get(k) for k in update} != update:
+        fail(f"the SDK got {got!r}, the API set {update!r}")
+    if {k: stored.get(k) for k in update} != update:
+        fail(f"GET .../attributes/shared has {stored!r}, set {update!r}")
+
+
+def check_server_side_rpc():
+    params = {"pin": 7, "value": True}
+    status, body = A.rpc("twoway", DEV, {"method": "setGpio", "params": params, "timeout": 5000})
+    if not rpc_requests:
+        fail(f"the SDK's RPC handler was not called (API answered {status}: {body!r})")
+    want = {"method": "setGpio", "echo": params}
+    if status != 200 or body != want:
+        fail(f"POST /api/rpc/twoway answered {status} {body!r}, the SDK replied {want!r}")
+    cmds = [c for c in A.commands(DEV) if c["command"]["name"] == "setGpio"]
+    if not cmds or cmds[0]["status"] != "replied" or cmds[0].get("reply") != want:
+        fail(f"GET .../commands: {cmds[:1]!r}")
+
+
+def main():
+    s = Suite()
+    try:
+        s.run("tb-device-connect-session-limits", check_connect_and_session_limits)
+        if client.is_connected():
+            s.run("tb-device-telemetry", check_telemetry)
+            s.run("tb-device-client-attributes", check_client_attributes)
+            s.run("tb-device-attribute-request", check_attribute_request)
+            s.run("tb-device-shared-attribute-push", check_shared_attribute_push)
+            s.run("tb-device-server-rpc", check_server_side_rpc)
+        else:
+            for n in ("telemetry", "client-attributes", "attribute-request",
+                      "shared-attribute-push", "server-rpc"):
+                print(f"FAIL tb-device-{n}: the SDK is not connected", flush=True)
+                s.failed += 1
+    finally:
+        client.stop()
+        try:
+            client.disconnect()
+        except Exception:  # noqa: BLE001 - cleanup only
+            pass
+        time.sleep(0.2)
+    s.exit()
+
+
+if __name__ == "__main__":
+    main()
