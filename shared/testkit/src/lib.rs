@@ -7,16 +7,20 @@
 //! - Unique names, so tests sharing one broker never see each other's topics or groups.
 //! - [`cql`]: the CQL test double the ScyllaDB adapter is tested against.
 //! - [`Stoppable`]: a role's `run(…, shutdown)` spawned until the test stops it.
+//! - `cluster` (feature `cluster`): every role of the real binary as its own process.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod cql;
 pub mod http;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
+pub mod raw;
 
 /// A task that runs until the test stops it: a role's `run(…, shutdown)`.
 #[derive(Debug)]

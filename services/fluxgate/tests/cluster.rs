@@ -1,0 +1,298 @@
+//! The deployment shape: every role its own process of the real binary, on real Kafka
+//! (`KAFKA_BROKERS`) and a real CQL database (`SCYLLA_URI`), driven only through MQTT and
+//! the HTTP API. Without either service the tests say they are ignored (under `CI` they
+//! fail).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fluxgate_testkit::cluster::{Cluster, Role, Spec};
+use fluxgate_testkit::http::call;
+use fluxgate_testkit::raw::{self, Got, V};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Front settings without the Losant per-topic and per-connection limits.
+const UNLIMITED: &str = "[front.rate_limits.per_topic]\nmessages = 0\n[front.rate_limits.per_connection]\nmessages = 0\n";
+
+/// The cluster for a test, or `None` (said) without the services.
+async fn cluster(test: &str, spec: Spec) -> Option<Cluster> {
+    let kafka = fluxgate_testkit::kafka_brokers(test)?;
+    let (cql, _) = fluxgate_testkit::cql::node(test)?;
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_fluxgate"));
+    Some(Cluster::start(bin, &kafka, &cql, spec).await.unwrap())
+}
+
+async fn ok(api: SocketAddr, method: &str, path: &str, token: &str, body: Value) -> Value {
+    let body = (!body.is_null()).then_some(body);
+    let (status, v) = call(api, method, path, Some(token), body).await.unwrap();
+    assert!(
+        (200..300).contains(&status),
+        "{method} {path}: {status} {v}"
+    );
+    v
+}
+
+/// Application `app`, devices `d0..dN` with a number attribute `n`, an access key for all.
+async fn provision(c: &Cluster, app: &str, devices: usize) -> (String, String, String) {
+    let api = c.api(0);
+    ok(api, "POST", "/applications", &c.token, json!({"id": app})).await;
+    let t = ok(
+        api,
+        "POST",
+        &format!("/applications/{app}/tokens"),
+        &c.token,
+        json!({"name": "cluster", "scope": "admin"}),
+    )
+    .await;
+    let admin = t["secret"].as_str().unwrap().to_owned();
+    for i in 0..devices {
+        let body = json!({"id": format!("d{i}"), "attributes": [{"name": "n", "kind": "number"}]});
+        ok(
+            api,
+            "POST",
+            &format!("/applications/{app}/devices"),
+            &admin,
+            body,
+        )
+        .await;
+    }
+    let k = ok(
+        api,
+        "POST",
+        &format!("/applications/{app}/keys"),
+        &admin,
+        json!({}),
+    )
+    .await;
+    (
+        admin,
+        k["key"].as_str().unwrap().to_owned(),
+        k["secret"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// A QoS 1 publisher over raw MQTT 3.1.1 that survives its front going away: one publish
+/// in flight; a publish counts as acknowledged only when its PUBACK arrived; on any error it
+/// reconnects (to the next front) and sends the same message again.
+struct Publisher {
+    device: String,
+    key: String,
+    secret: String,
+    fronts: Vec<SocketAddr>,
+    turn: usize,
+    conn: Option<(TcpStream, Vec<u8>)>,
+}
+
+impl Publisher {
+    async fn connect(&mut self) -> Result<(), String> {
+        let addr = self.fronts[self.turn % self.fronts.len()];
+        self.turn += 1;
+        let mut s = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        s.write_all(&raw::connect(V::V3, &self.device, &self.key, &self.secret))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        match Self::next(&mut s, &mut buf).await? {
+            Got::ConnAck(0) => {
+                self.conn = Some((s, buf));
+                Ok(())
+            }
+            other => Err(format!("connect answered {other:?}")),
+        }
+    }
+
+    async fn next(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Got, String> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(g) = raw::parse(buf).into_iter().next() {
+                return Ok(g);
+            }
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+                .await
+                .map_err(|_| "no answer in 10 s".to_string())?
+                .map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("closed".into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Publishes until acknowledged (or `deadline`); `true` when acknowledged.
+    async fn publish(&mut self, id: u16, payload: &[u8], deadline: tokio::time::Instant) -> bool {
+        let topic = format!("losant/{}/state", self.device);
+        while tokio::time::Instant::now() < deadline {
+            if self.conn.is_none() && self.connect().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            let (s, buf) = self.conn.as_mut().unwrap();
+            let sent = s
+                .write_all(&raw::publish(V::V3, &topic, Some(id), payload))
+                .await;
+            let answer = match sent {
+                Ok(()) => Self::next(s, buf).await,
+                Err(e) => Err(e.to_string()),
+            };
+            match answer {
+                Ok(Got::PubAck(got, _)) if got == id => return true,
+                _ => self.conn = None,
+            }
+        }
+        false
+    }
+}
+
+/// The `n` values stored for `device` (each point's value is its sequence number), with how
+/// many times each appears.
+async fn stored(c: &Cluster, app: &str, admin: &str, device: &str) -> BTreeMap<i64, usize> {
+    let mut out = BTreeMap::new();
+    let mut page: Option<String> = None;
+    loop {
+        let mut path =
+            format!("/applications/{app}/devices/{device}/data?keys=n&from=0&limit=10000");
+        if let Some(p) = &page {
+            path.push_str(&format!("&page={p}"));
+        }
+        let (status, v) = call(c.api(0), "GET", &path, Some(admin), None)
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{v}");
+        for p in v["points"].as_array().unwrap() {
+            *out.entry(p["value"].as_i64().unwrap()).or_insert(0) += 1;
+        }
+        match v["next"].as_str() {
+            Some(n) => page = Some(n.to_owned()),
+            None => return out,
+        }
+    }
+}
+
+/// The kill test, short form: QoS 1 Losant states from several devices over two fronts
+/// while a nemesis kill -9's and restarts, in turn, the writer, a validator, a front, the
+/// dispatcher and an API replica. Every acknowledged state must be stored, once.
+#[tokio::test]
+async fn kafka_kill_every_role_and_lose_nothing_acknowledged() {
+    const TEST: &str = "kafka_kill_every_role_and_lose_nothing_acknowledged";
+    let spec = Spec {
+        fronts: 2,
+        apis: 2,
+        validators: 2,
+        writers: 1,
+        dispatchers: 1,
+        // Load, not a rate-limit test: Losant's 30 messages / 15 s per topic would block the
+        // publishers.
+        front_config: UNLIMITED,
+    };
+    let Some(mut c) = cluster(TEST, spec).await else {
+        return;
+    };
+    const DEVICES: usize = 6;
+    let (admin, key, secret) = provision(&c, "kill", DEVICES).await;
+    let fronts = vec![c.front(0), c.front(1)];
+    let acked: Arc<Mutex<BTreeMap<String, BTreeSet<i64>>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let base = 1_700_000_000_000i64;
+    let mut publishers = Vec::new();
+    for d in 0..DEVICES {
+        let mut p = Publisher {
+            device: format!("d{d}"),
+            key: key.clone(),
+            secret: secret.clone(),
+            fronts: fronts.clone(),
+            turn: d,
+            conn: None,
+        };
+        let (acked, stop) = (acked.clone(), stop.clone());
+        publishers.push(tokio::spawn(async move {
+            let mut seq: i64 = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                seq += 1;
+                let body = format!(r#"{{"time":{},"data":{{"n":{seq}}}}}"#, base + seq);
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                let id = u16::try_from(seq % 60_000 + 1).unwrap();
+                if p.publish(id, body.as_bytes(), deadline).await {
+                    acked
+                        .lock()
+                        .unwrap()
+                        .entry(p.device.clone())
+                        .or_default()
+                        .insert(seq);
+                }
+            }
+        }));
+    }
+    let count = |acked: &Arc<Mutex<BTreeMap<String, BTreeSet<i64>>>>| -> usize {
+        acked.lock().unwrap().values().map(BTreeSet::len).sum()
+    };
+    // The nemesis: each role in turn, kill -9, a moment down under load, start again.
+    let mut cycle = Vec::new();
+    for (role, index) in [
+        (Role::Writer, 0),
+        (Role::Validator, 0),
+        (Role::Front, 0),
+        (Role::Dispatcher, 0),
+        (Role::Api, 1),
+        (Role::Validator, 1),
+        (Role::Front, 1),
+    ] {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let before = count(&acked);
+        c.kill(role, index).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        c.restart(role, index)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", c.logs(20)));
+        cycle.push(format!(
+            "{}-{index} killed at {before} acked",
+            role.command()
+        ));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for p in publishers {
+        tokio::time::timeout(Duration::from_secs(90), p)
+            .await
+            .expect("publishers stop")
+            .unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    let total: usize = acked.values().map(BTreeSet::len).sum();
+    assert!(total > 100, "too little load to mean anything: {total}");
+    // The checker: everything acknowledged is readable, once (the pipeline may still be
+    // catching up after the kills: bounded wait).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let (mut lost, mut duplicated);
+    loop {
+        lost = 0;
+        duplicated = 0;
+        for (device, seqs) in &acked {
+            let got = stored(&c, "kill", &admin, device).await;
+            lost += seqs.iter().filter(|s| !got.contains_key(s)).count();
+            duplicated += got.values().filter(|&&n| n > 1).count();
+        }
+        if lost == 0 || tokio::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    eprintln!(
+        "kill test: {total} acknowledged, {lost} lost, {duplicated} duplicated; {}",
+        cycle.join(", ")
+    );
+    assert_eq!(
+        (lost, duplicated),
+        (0, 0),
+        "{total} acknowledged\n{}",
+        c.logs(40)
+    );
+}
