@@ -296,3 +296,181 @@ async fn kafka_kill_every_role_and_lose_nothing_acknowledged() {
         c.logs(40)
     );
 }
+
+/// Scale-out through MQTT and the API only: a command sent through API replica 1 reaches
+/// a device held by front 0 and ends `delivered`; a custom-topic publish on front 1
+/// reaches a subscriber on front 0. Then a rolling restart: SIGTERM to front 0 while its
+/// devices publish QoS 1 — it drains and exits cleanly, its MQTT 5 client is told "server
+/// shutting down" (0x8B), the publishers move to front 1, and every acknowledged state is
+/// stored once.
+#[ntex::test]
+async fn kafka_scale_out_and_a_rolling_front_restart() {
+    use fluxgate_testkit::mqtt::{recv, v5};
+    const TEST: &str = "kafka_scale_out_and_a_rolling_front_restart";
+    let spec = Spec {
+        fronts: 2,
+        apis: 2,
+        validators: 1,
+        writers: 1,
+        dispatchers: 1,
+        front_config: UNLIMITED,
+    };
+    let Some(mut c) = cluster(TEST, spec).await else {
+        return;
+    };
+    let (admin, key, secret) = provision(&c, "scale", 4).await;
+    let custom = ok(
+        c.api(0),
+        "POST",
+        "/applications/scale/keys",
+        &admin,
+        json!({"custom_topics": true}),
+    )
+    .await;
+    let (ckey, csecret) = (
+        custom["key"].as_str().unwrap().to_owned(),
+        custom["secret"].as_str().unwrap().to_owned(),
+    );
+
+    // A command through the other API replica, to the device on front 0.
+    let mut d0 = v5(c.front(0), "d0", Some(&key), Some(&secret))
+        .await
+        .unwrap();
+    d0.subscribe("losant/d0/command").await;
+    let out = ok(
+        c.api(1),
+        "POST",
+        "/applications/scale/devices/d0/command",
+        &admin,
+        json!({"name": "blink", "payload": {"times": 3}}),
+    )
+    .await;
+    let (topic, payload) = recv(&mut d0.inbox).await;
+    assert_eq!(topic, "losant/d0/command");
+    let cmd: Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(cmd["payload"]["times"], 3, "{cmd}");
+    let id = out["commandId"].as_str().unwrap().to_owned();
+    let mut status = Value::Null;
+    for _ in 0..100 {
+        let path = format!("/applications/scale/commands/{id}");
+        status = ok(c.api(0), "GET", &path, &admin, Value::Null).await;
+        if status["command"]["status"] == "delivered" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status["command"]["status"], "delivered", "{status}");
+
+    // A custom topic across fronts.
+    let mut sub = v5(c.front(0), "d2", Some(&ckey), Some(&csecret))
+        .await
+        .unwrap();
+    sub.subscribe("plant/+/alarms").await;
+    let publ = v5(c.front(1), "d3", Some(&ckey), Some(&csecret))
+        .await
+        .unwrap();
+    let mut got = None;
+    for _ in 0..50 {
+        // Until the subscription has reached every front (it is announced, not routed).
+        publ.publish("plant/7/alarms", br#"{"hot":true}"#)
+            .await
+            .unwrap();
+        if let Ok((t, p)) =
+            tokio::time::timeout(Duration::from_millis(200), recv(&mut sub.inbox)).await
+        {
+            got = Some((t, p));
+            break;
+        }
+    }
+    let (t, p) = got.expect("the subscriber on front 0 gets the publish on front 1");
+    assert_eq!(
+        (t.as_str(), &p[..]),
+        ("plant/7/alarms", &br#"{"hot":true}"#[..])
+    );
+
+    // Rolling restart of front 0 under QoS 1 load.
+    let acked: Arc<Mutex<BTreeMap<String, BTreeSet<i64>>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let base = 1_700_000_000_000i64;
+    let mut publishers = Vec::new();
+    for d in [1usize, 2] {
+        let mut p = Publisher {
+            device: format!("d{d}"),
+            key: key.clone(),
+            secret: secret.clone(),
+            fronts: vec![c.front(0), c.front(1)],
+            turn: 0,
+            conn: None,
+        };
+        let (acked, stop) = (acked.clone(), stop.clone());
+        publishers.push(tokio::spawn(async move {
+            let mut seq: i64 = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                seq += 1;
+                let body = format!(r#"{{"time":{},"data":{{"n":{seq}}}}}"#, base + seq);
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                let id = u16::try_from(seq % 60_000 + 1).unwrap();
+                if p.publish(id, body.as_bytes(), deadline).await {
+                    acked
+                        .lock()
+                        .unwrap()
+                        .entry(p.device.clone())
+                        .or_default()
+                        .insert(seq);
+                }
+            }
+        }));
+    }
+    // A raw MQTT 5 session on front 0, to read what the drain tells it.
+    let mut watcher = TcpStream::connect(c.front(0)).await.unwrap();
+    watcher
+        .write_all(&raw::connect(V::V5, "d3", &key, &secret))
+        .await
+        .unwrap();
+    let mut wbuf = Vec::new();
+    assert_eq!(
+        Publisher::next(&mut watcher, &mut wbuf).await,
+        Ok(Got::ConnAck(0))
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = std::time::Instant::now();
+    let status = c
+        .terminate(Role::Front, 0, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs(30)));
+    let drained = started.elapsed();
+    assert!(status.success(), "front-0 exit {status}");
+    assert!(d0.closed().await, "front 0's MQTT 5 session is closed");
+    assert_eq!(
+        Publisher::next(&mut watcher, &mut wbuf).await,
+        Ok(Got::Disconnect(0x8B)),
+        "MQTT 5: DISCONNECT 'server shutting down'"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for p in publishers {
+        tokio::time::timeout(Duration::from_secs(90), p)
+            .await
+            .expect("publishers stop")
+            .unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    let total: usize = acked.values().map(BTreeSet::len).sum();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut lost;
+    loop {
+        lost = 0;
+        for (device, seqs) in &acked {
+            let got = stored(&c, "scale", &admin, device).await;
+            lost += seqs.iter().filter(|s| !got.contains_key(s)).count();
+            assert!(got.values().all(|&n| n == 1), "a duplicate for {device}");
+        }
+        if lost == 0 || tokio::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    eprintln!("rolling restart: front-0 drained in {drained:?}; {total} acknowledged, {lost} lost");
+    assert!(total > 50, "too little load: {total}");
+    assert_eq!(lost, 0, "{}", c.logs(40));
+}
