@@ -57,6 +57,10 @@ contract_test!(
     kafka_lag_counts_unfinished_records,
     contract::lag_counts_unfinished_records
 );
+contract_test!(
+    kafka_lag_counts_records_behind_a_paused_consumer,
+    contract::lag_counts_records_behind_a_paused_consumer
+);
 contract_test!(kafka_rebalance_two_members, contract::rebalance_two_members);
 contract_test!(
     kafka_rebalance_with_records_in_flight,

@@ -51,6 +51,11 @@ async fn memory_lag_counts_unfinished_records() {
 }
 
 #[tokio::test]
+async fn memory_lag_counts_records_behind_a_paused_consumer() {
+    contract::lag_counts_records_behind_a_paused_consumer(&harness()).await;
+}
+
+#[tokio::test]
 async fn memory_rebalance_two_members() {
     contract::rebalance_two_members(&harness()).await;
 }

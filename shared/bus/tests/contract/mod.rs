@@ -392,6 +392,37 @@ pub async fn lag_counts_unfinished_records(h: &Harness) {
     tokio::time::timeout(PATIENCE, bg).await.unwrap().unwrap();
 }
 
+/// Records waiting behind a paused consumer (the writer while its store is down, a role
+/// under backpressure) are lag too, though the consumer has not fetched them.
+pub async fn lag_counts_records_behind_a_paused_consumer(h: &Harness) {
+    let topic = h.topic(1).await;
+    let mut c = h.member(&unique_name("g"), &topic);
+    c.wait_assigned().await;
+    let first = h.produce_background(&topic, vec![("k".to_string(), 0)]).await;
+    let r = c.next().await;
+    c.consumer.ack(&r.position);
+    tokio::time::timeout(PATIENCE, first).await.unwrap().unwrap();
+    c.consumer.pause();
+    let records: Vec<(String, u32)> = (1..=6).map(|i| ("k".to_string(), i)).collect();
+    let bg = h.produce_background(&topic, records).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while c.consumer.lag() != 6 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "lag {} instead of 6 while paused",
+            c.consumer.lag()
+        );
+        // Paused consumers keep polling (membership); nothing is delivered.
+        assert!(c.next_within(Duration::from_millis(100)).await.is_none());
+    }
+    c.consumer.resume();
+    for _ in 0..6 {
+        let r = c.next().await;
+        c.consumer.ack(&r.position);
+    }
+    tokio::time::timeout(PATIENCE, bg).await.unwrap().unwrap();
+}
+
 /// Two members of one group split the partitions; together they see every record.
 pub async fn rebalance_two_members(h: &Harness) {
     let topic = h.topic(4).await;
