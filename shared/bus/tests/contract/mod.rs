@@ -398,10 +398,15 @@ pub async fn lag_counts_records_behind_a_paused_consumer(h: &Harness) {
     let topic = h.topic(1).await;
     let mut c = h.member(&unique_name("g"), &topic);
     c.wait_assigned().await;
-    let first = h.produce_background(&topic, vec![("k".to_string(), 0)]).await;
+    let first = h
+        .produce_background(&topic, vec![("k".to_string(), 0)])
+        .await;
     let r = c.next().await;
     c.consumer.ack(&r.position);
-    tokio::time::timeout(PATIENCE, first).await.unwrap().unwrap();
+    tokio::time::timeout(PATIENCE, first)
+        .await
+        .unwrap()
+        .unwrap();
     c.consumer.pause();
     let records: Vec<(String, u32)> = (1..=6).map(|i| ("k".to_string(), i)).collect();
     let bg = h.produce_background(&topic, records).await;
