@@ -285,9 +285,14 @@ async fn kafka_kill_every_role_and_lose_nothing_acknowledged() {
     let (admin, key, secret) = provision(&c, "kill", DEVICES).await;
     let devices: Vec<String> = (0..DEVICES).map(|d| format!("d{d}")).collect();
     let load = Load::start(&devices, &key, &secret, &[c.front(0), c.front(1)]);
-    // The nemesis: each role in turn, kill -9, a moment down under load, start again.
+    // The nemesis: each role in turn, kill -9, a moment down under load, start again;
+    // KILL_TEST_CYCLES rounds (1 in CI; the long form runs more).
+    let cycles: usize = std::env::var("KILL_TEST_CYCLES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
     let mut cycle = Vec::new();
-    for (role, index) in [
+    let round = [
         (Role::Writer, 0),
         (Role::Validator, 0),
         (Role::Front, 0),
@@ -295,7 +300,8 @@ async fn kafka_kill_every_role_and_lose_nothing_acknowledged() {
         (Role::Api, 1),
         (Role::Validator, 1),
         (Role::Front, 1),
-    ] {
+    ];
+    for (role, index) in std::iter::repeat_n(round, cycles).flatten() {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let before = load.count();
         c.kill(role, index).await.unwrap();
@@ -313,7 +319,7 @@ async fn kafka_kill_every_role_and_lose_nothing_acknowledged() {
     let (total, lost, duplicated) = check(&c, "kill", &admin, &acked).await;
     assert!(total > 100, "too little load to mean anything: {total}");
     eprintln!(
-        "kill test: {total} acknowledged, {lost} lost, {duplicated} duplicated; {}",
+        "kill test: {cycles} cycle(s), {total} acknowledged, {lost} lost, {duplicated} duplicated; {}",
         cycle.join(", ")
     );
     assert_eq!(
@@ -450,5 +456,61 @@ async fn kafka_scale_out_and_a_rolling_front_restart() {
         "rolling restart: front-0 drained in {drained:?}; {total} acknowledged, {lost} lost, {duplicated} duplicated"
     );
     assert!(total > 50, "too little load: {total}");
+    assert_eq!((lost, duplicated), (0, 0), "{}", c.logs(40));
+}
+
+/// The kill test's second half: the cluster on a Kafka broker and a Cassandra node of its
+/// own, each killed with -9 under load and started again on its data. Acks wait while the
+/// broker is down, the writer retries while the database is down, and every acknowledged
+/// state is stored once.
+#[tokio::test]
+async fn kafka_kill_the_broker_and_the_database_and_lose_nothing_acknowledged() {
+    use fluxgate_testkit::services::{Kind, Private};
+    const TEST: &str = "kafka_kill_the_broker_and_the_database_and_lose_nothing_acknowledged";
+    // Where the shared servers run, a private pair can run too (Java, Maven, the jars).
+    if fluxgate_testkit::kafka_brokers(TEST).is_none()
+        || fluxgate_testkit::cql::node(TEST).is_none()
+    {
+        return;
+    }
+    let kafka = Arc::new(Private::start(Kind::Kafka).unwrap());
+    let cassandra = Arc::new(Private::start(Kind::Cassandra).unwrap());
+    let spec = Spec {
+        fronts: 2,
+        apis: 1,
+        validators: 1,
+        writers: 1,
+        dispatchers: 1,
+        front_config: UNLIMITED,
+    };
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_fluxgate"));
+    let c = Cluster::start(bin, &kafka.addr(), &cassandra.addr(), spec)
+        .await
+        .unwrap();
+    let (admin, key, secret) = provision(&c, "servers", 4).await;
+    let devices: Vec<String> = (0..4).map(|d| format!("d{d}")).collect();
+    let load = Load::start(&devices, &key, &secret, &[c.front(0), c.front(1)]);
+    let mut cycle = Vec::new();
+    for (name, server) in [("kafka", &kafka), ("cassandra", &cassandra)] {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        cycle.push(format!("{name} killed at {} acked", load.count()));
+        server.kill_9().unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let t = std::time::Instant::now();
+        let s = Arc::clone(server);
+        tokio::task::spawn_blocking(move || s.restart())
+            .await
+            .unwrap()
+            .unwrap();
+        cycle.push(format!("{name} back after {:?}", t.elapsed()));
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let acked = load.stop().await;
+    let (total, lost, duplicated) = check(&c, "servers", &admin, &acked).await;
+    eprintln!(
+        "server kill test: {total} acknowledged, {lost} lost, {duplicated} duplicated; {}",
+        cycle.join(", ")
+    );
+    assert!(total > 100, "too little load: {total}");
     assert_eq!((lost, duplicated), (0, 0), "{}", c.logs(40));
 }

@@ -7,7 +7,8 @@
 //! - Unique names, so tests sharing one broker never see each other's topics or groups.
 //! - [`cql`]: the CQL test double the ScyllaDB adapter is tested against.
 //! - [`Stoppable`]: a role's `run(…, shutdown)` spawned until the test stops it.
-//! - `cluster` (feature `cluster`): every role of the real binary as its own process.
+//! - `cluster` (feature `cluster`): every role of the real binary as its own process;
+//!   [`services`]: a private Kafka or Cassandra a test may kill.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,6 +22,7 @@ pub mod http;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
 pub mod raw;
+pub mod services;
 
 /// A task that runs until the test stops it: a role's `run(…, shutdown)`.
 #[derive(Debug)]
