@@ -157,6 +157,10 @@ pub struct FrontConfig {
     pub limits: Limits,
     /// Time to finish in-flight acks when shutting down, in seconds.
     pub drain_grace_secs: u64,
+    /// Sessions closed per second when shutting down (0: all at once), so the clients of
+    /// a large front reconnect to the others spread out, not in one storm. Whatever is
+    /// still open when `drain_grace_secs` is nearly over is closed at once.
+    pub drain_closes_per_sec: u32,
 }
 
 impl Default for FrontConfig {
@@ -185,6 +189,7 @@ impl Default for FrontConfig {
             application_rate_limits: Default::default(),
             limits: Limits::default(),
             drain_grace_secs: 10,
+            drain_closes_per_sec: 2_000,
         }
     }
 }

@@ -355,12 +355,23 @@ async fn serve_mqtt(
 async fn drain(front: &Front, srv: &ntex::server::Server) {
     front.draining.store(true, Ordering::Relaxed);
     srv.pause().await;
-    for e in front.sessions.all() {
+    let started = tokio::time::Instant::now();
+    let grace = Duration::from_secs(front.cfg.drain_grace_secs);
+    // Paced: `drain_closes_per_sec`, up to the last second of the grace, then the rest.
+    let rate = front.cfg.drain_closes_per_sec;
+    let sessions = front.sessions.all();
+    let total = sessions.len();
+    for (i, e) in sessions.into_iter().enumerate() {
+        if rate > 0 {
+            let due = started + Duration::from_secs_f64(i as f64 / f64::from(rate));
+            if due < started + grace.saturating_sub(Duration::from_secs(1)) {
+                tokio::time::sleep_until(due).await;
+            }
+        }
         e.close(CloseReason::Shutdown).await;
     }
-    let deadline = tokio::time::Instant::now()
-        + Duration::from_secs(front.cfg.drain_grace_secs)
-        + Duration::from_secs(1);
+    tracing::info!(sessions = total, took = ?started.elapsed(), "drain: every session asked to close");
+    let deadline = started + grace + Duration::from_secs(1);
     while front.sessions.len() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -868,6 +868,51 @@ async fn drain_finishes_in_flight_acks_then_closes_sessions() {
     assert!(tokio::net::TcpStream::connect(rig.addr).await.is_err());
 }
 
+/// A draining front closes its sessions at `drain_closes_per_sec`, so their clients
+/// reconnect elsewhere spread out rather than all in the same instant.
+#[ntex::test]
+async fn drain_paces_the_closes() {
+    let mut cfg = Rig::config();
+    cfg.drain_closes_per_sec = 10;
+    let mut rig = Rig::memory(cfg).await;
+    let _events = rig.tap(Topic::DeviceEvents);
+    let mut clients = Vec::new();
+    for d in ["dev1", "dev2", "gw1", "gw2", "tagged"] {
+        clients.push(
+            v5(rig.addr, d, Some("key-all"), Some(SECRET))
+                .await
+                .unwrap(),
+        );
+    }
+    let front = rig.front.take().unwrap();
+    let started = std::time::Instant::now();
+    let stopped = ntex::rt::spawn(async move { front.shutdown().await });
+    // Each client watched on its own, so each close is timed when it happens.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for c in &clients {
+        let (sink, tx) = (c.sink.clone(), tx.clone());
+        ntex::rt::spawn(async move {
+            while sink.is_open() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let _ = tx.send(started.elapsed());
+        });
+    }
+    let mut closed_at = Vec::new();
+    for _ in &clients {
+        let t = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+        closed_at.push(t.unwrap().unwrap());
+    }
+    tokio::time::timeout(Duration::from_secs(15), stopped)
+        .await
+        .unwrap()
+        .unwrap();
+    closed_at.sort();
+    let spread = closed_at[4] - closed_at[0];
+    // Five closes at 10 per second: 0.4 s from the first to the last.
+    assert!(spread >= Duration::from_millis(300), "{closed_at:?}");
+}
+
 #[ntex::test]
 async fn health_and_metrics_are_served_over_http() {
     let rig = Rig::memory(Rig::config()).await;
