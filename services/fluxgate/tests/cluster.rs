@@ -153,8 +153,14 @@ impl Publisher {
 }
 
 /// The `n` values stored for `device` (each point's value is its sequence number), with how
-/// many times each appears.
-async fn stored(c: &Cluster, app: &str, admin: &str, device: &str) -> BTreeMap<i64, usize> {
+/// many times each appears; `Err` when the API cannot answer yet (503 while its store
+/// connection comes back after a database restart).
+async fn stored(
+    c: &Cluster,
+    app: &str,
+    admin: &str,
+    device: &str,
+) -> Result<BTreeMap<i64, usize>, String> {
     let mut out = BTreeMap::new();
     let mut page: Option<String> = None;
     loop {
@@ -165,14 +171,16 @@ async fn stored(c: &Cluster, app: &str, admin: &str, device: &str) -> BTreeMap<i
         }
         let (status, v) = call(c.api(0), "GET", &path, Some(admin), None)
             .await
-            .unwrap();
-        assert_eq!(status, 200, "{v}");
+            .map_err(|e| e.to_string())?;
+        if status != 200 {
+            return Err(format!("{status} {v}"));
+        }
         for p in v["points"].as_array().unwrap() {
             *out.entry(p["value"].as_i64().unwrap()).or_insert(0) += 1;
         }
         match v["next"].as_str() {
             Some(n) => page = Some(n.to_owned()),
-            None => return out,
+            None => return Ok(out),
         }
     }
 }
@@ -249,13 +257,21 @@ async fn check(
     let total = acked.values().map(BTreeSet::len).sum();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
-        let (mut lost, mut duplicated) = (0, 0);
+        let (mut lost, mut duplicated, mut unanswered) = (0, 0, None);
         for (device, seqs) in acked {
-            let got = stored(c, app, admin, device).await;
-            lost += seqs.iter().filter(|s| !got.contains_key(s)).count();
-            duplicated += got.values().filter(|&&n| n > 1).count();
+            match stored(c, app, admin, device).await {
+                Ok(got) => {
+                    lost += seqs.iter().filter(|s| !got.contains_key(s)).count();
+                    duplicated += got.values().filter(|&&n| n > 1).count();
+                }
+                Err(e) => unanswered = Some(e),
+            }
         }
-        if lost == 0 || tokio::time::Instant::now() > deadline {
+        let done = lost == 0 && unanswered.is_none();
+        if done || tokio::time::Instant::now() > deadline {
+            if let Some(e) = unanswered {
+                panic!("the API could not answer the checker within 90 s: {e}");
+            }
             return (total, lost, duplicated);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -100,7 +100,8 @@ impl Proc {
     }
 }
 
-/// A running cluster. Every process is killed when it is dropped.
+/// A running cluster. Every process is killed when it is dropped, and its folder removed
+/// unless the test is failing.
 #[derive(Debug)]
 pub struct Cluster {
     bin: PathBuf,
@@ -109,6 +110,8 @@ pub struct Cluster {
     /// The bootstrap admin token of the APIs.
     pub token: String,
     procs: Vec<Proc>,
+    /// Leave `dir` behind when dropped.
+    keep: bool,
 }
 
 /// A free TCP port on 127.0.0.1 (bound, then released for the process to take).
@@ -190,6 +193,7 @@ filter = "info"
             dir,
             token,
             procs: Vec::new(),
+            keep: false,
         };
         let roles = [
             (Role::Validator, spec.validators),
@@ -314,6 +318,11 @@ filter = "info"
             .unwrap_or_else(|| panic!("no {}-{index} in this cluster", role.command()))
     }
 
+    /// Leaves the folder (configs, logs) behind when the cluster is dropped.
+    pub fn keep_folder(&mut self) {
+        self.keep = true;
+    }
+
     /// The process `role`-`index`.
     pub fn proc(&self, role: Role, index: usize) -> &Proc {
         &self.procs[self.find(role, index)]
@@ -404,6 +413,21 @@ filter = "info"
             ));
         }
         out
+    }
+}
+
+impl Drop for Cluster {
+    /// Kills every process; removes the folder unless the test is failing (its logs are
+    /// what to read then).
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            if let Some(c) = p.child.as_mut() {
+                let _ = c.start_kill();
+            }
+        }
+        if !self.keep && !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

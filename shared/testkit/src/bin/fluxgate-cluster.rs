@@ -47,7 +47,8 @@ fn main() -> std::io::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let cluster = Cluster::start(&bin, &kafka, &cql, spec).await?;
+        let mut cluster = Cluster::start(&bin, &kafka, &cql, spec).await?;
+        cluster.keep_folder();
         println!("cluster up (configs and logs in {})", cluster.dir.display());
         println!("admin token: {}", cluster.token);
         for p in cluster.procs() {
