@@ -198,6 +198,35 @@ def check_payload_too_large():
     wait_for("a rejected-log entry", lambda: [r for r in A.rejected(dev) if r.get("at_ms", 0) >= started])
 
 
+def check_puback_payload_format_invalid():
+    """Malformed JSON: PUBACK 0x99 (payload format invalid) with a reason, a rejected-log
+    entry saying why, and the connection's next publish still accepted and stored."""
+    dev = "paho-v5-malformed"
+    started = now_ms() - 1000
+    c = Conn(dev, KEY, SECRET)
+    c.connected()
+    seq = now_ms()
+    try:
+        c.c.publish(f"losant/{dev}/state", '{"data": {"seq": 1,', qos=1)
+        bad = c.until("PUBACK", lambda: c.of("puback") or c.of("disconnect"))[0]
+        if bad[0] != "puback" or bad[2].value != 0x99:
+            fail(f"expected PUBACK 0x99 (payload format invalid), got {c.describe()}")
+        if not getattr(bad[3], "ReasonString", None):
+            fail("PUBACK 0x99 without a reason string")
+        c.c.publish(f"losant/{dev}/state", state_payload(seq=seq), qos=1)
+        good = c.until("the second PUBACK", lambda: len(c.of("puback")) >= 2 and c.of("puback"))[1]
+        if good[2].value != 0:
+            fail(f"the next publish was refused: {c.describe()}")
+    finally:
+        c.close()
+    wait_for("the next publish's state through the API",
+             lambda: [p for p in A.state(dev) if p["key"] == "seq" and p["value"] == seq])
+    rejected = wait_for("a rejected-log entry",
+                        lambda: [r for r in A.rejected(dev) if r.get("at_ms", 0) >= started])
+    if rejected[0].get("code") != "malformed_json":
+        fail(f"rejected-log entry says {rejected[0]!r}, expected code malformed_json")
+
+
 BURST = 25
 
 
@@ -271,6 +300,7 @@ def main():
     s.run("paho-v5-qos2-refused", check_qos2_refused)
     s.run("paho-v5-packet-too-large", check_packet_too_large)
     s.run("paho-v5-payload-too-large", check_payload_too_large)
+    s.run("paho-v5-puback-payload-format-invalid", check_puback_payload_format_invalid)
     s.run("paho-v5-burst-25-qos1", check_v5_burst)
     s.run("paho-v311-publish", check_v311_publish)
     s.run("paho-v311-connack-bad-credentials", check_v311_bad_credentials)

@@ -37,6 +37,7 @@ LOSANT_DEVICES = [
     "paho-v5-qos2",
     "paho-v5-big",
     "paho-v5-payload",
+    "paho-v5-malformed",
     "paho-v5-burst",
     "paho-v3",
     "mqttjs-v3-tcp",
