@@ -12,7 +12,8 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
-BIN=${FLUXGATE_BIN:-target/debug/fluxgate}
+# The debug binary `cargo test` builds: under CARGO_TARGET_DIR when that is set.
+BIN=${FLUXGATE_BIN:-${CARGO_TARGET_DIR:-target}/debug/fluxgate}
 case $BIN in /*) ;; *) BIN="$REPO/$BIN" ;; esac
 SEEDS=${FLUXGATE_SEEDS:-$REPO/../shared/seeds}
 
