@@ -483,9 +483,16 @@ pub async fn rebalance_with_records_in_flight(h: &Harness) {
     a.wait_assigned().await;
     let records = keyed(20, 10);
     let bg = h.produce_background(&topic, records.clone()).await;
-    // `a` takes 40 records (and later more) and finishes none of them yet.
-    let mut held = Vec::new();
-    while held.len() < 40 {
+    // `a` takes 40 records (and later more), at least one of every partition, so whichever
+    // partitions move, a record `a` holds moves with them; it finishes none of them yet.
+    let mut held: Vec<Record> = Vec::new();
+    let partitions = |held: &[Record]| {
+        held.iter()
+            .map(|r| r.position.partition)
+            .collect::<BTreeSet<_>>()
+            .len()
+    };
+    while held.len() < 40 || partitions(&held) < 4 {
         held.push(a.next().await);
     }
     let mut b = h.member(&group, &topic);
@@ -511,10 +518,11 @@ pub async fn rebalance_with_records_in_flight(h: &Harness) {
             seen.len(),
             records.len()
         );
-        // Once `b` holds partitions the group has rebalanced: `a` finishes what it held,
+        // Once `b` has records of its partitions the group has rebalanced (and `b` started
+        // where the group had committed, before what `a` holds): `a` finishes what it held,
         // late. Until then it finishes nothing (but keeps polling, so the group can
         // rebalance at all).
-        if !released && b.consumer.assigned() > 0 {
+        if !released && !b_parts.is_empty() {
             for r in &held {
                 a.consumer.ack(&r.position);
                 seen.insert(seq_of(r));
