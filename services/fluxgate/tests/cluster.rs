@@ -285,14 +285,10 @@ async fn check(
 async fn kafka_kill_every_role_and_lose_nothing_acknowledged() {
     const TEST: &str = "kafka_kill_every_role_and_lose_nothing_acknowledged";
     let spec = Spec {
-        fronts: 2,
-        apis: 2,
-        validators: 2,
-        writers: 1,
-        dispatchers: 1,
         // Load, not a rate-limit test: Losant's 30 messages / 15 s per topic would block the
         // publishers.
         front_config: UNLIMITED,
+        ..Spec::default() // 2 fronts, 2 APIs, 2 validators, a writer, a dispatcher
     };
     let Some(mut c) = cluster(TEST, spec).await else {
         return;

@@ -3,72 +3,21 @@
 //! every acked record is consumed exactly once (after dedup by partition and offset; the
 //! idempotent producer leaves no duplicates of its own).
 //!
-//! The test runs its own broker (`scripts/services/kafka` with a private folder and ports),
-//! so killing it disturbs no other test. It runs where the Kafka tests run (`KAFKA_BROKERS`
+//! The test runs its own broker (`fluxgate_testkit::services`: `scripts/services/kafka` with
+//! a private folder and ports), so killing it disturbs no other test. It runs where the Kafka tests run (`KAFKA_BROKERS`
 //! set: the machine has Java, Maven and the broker's jars) and fails in CI when they
 //! cannot.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use fluxgate_bus::{
     Bus, ConsumerSpec, KafkaBus, KafkaConfig, OutRecord, Topic, TopicSpec, TopicsConfig,
 };
-
-/// The broker of this test: its own run folder and ports.
-struct Broker {
-    run: PathBuf,
-    port: u16,
-}
-
-impl Broker {
-    fn script() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/services/kafka")
-    }
-
-    fn call(&self, what: &str) {
-        let out = std::process::Command::new("bash")
-            .arg(Self::script())
-            .arg(what)
-            .env("FLUXGATE_SERVICES_RUN", &self.run)
-            .env("KAFKA_PORT", self.port.to_string())
-            .env("KAFKA_CONTROLLER_PORT", (self.port + 1).to_string())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kafka {what}: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn kill_9(&self) {
-        let pid = std::fs::read_to_string(self.run.join("kafka/kafka.pid")).unwrap();
-        let pid = pid.trim();
-        let ok = std::process::Command::new("kill")
-            .args(["-9", pid])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -9 {pid}");
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("bash")
-            .arg(Self::script())
-            .arg("stop")
-            .env("FLUXGATE_SERVICES_RUN", &self.run)
-            .env("KAFKA_PORT", self.port.to_string())
-            .status();
-    }
-}
+use fluxgate_testkit::services::{Kind, Private};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_acks_pending_across_a_broker_kill_resolve_and_nothing_is_lost_or_doubled() {
@@ -79,16 +28,12 @@ async fn kafka_acks_pending_across_a_broker_kill_resolve_and_nothing_is_lost_or_
     {
         return;
     }
-    let broker = Broker {
-        run: std::env::temp_dir().join(fluxgate_testkit::unique_name("fg-kafka-restart")),
-        port: 19_292,
-    };
     // The scripts block until the broker serves (seconds): off the async workers.
-    tokio::task::block_in_place(|| broker.call("start"));
+    let broker = tokio::task::block_in_place(|| Private::start(Kind::Kafka)).unwrap();
 
     let bus: Arc<dyn Bus> = Arc::new(
         KafkaBus::new(KafkaConfig {
-            brokers: format!("127.0.0.1:{}", broker.port),
+            brokers: broker.addr(),
             // Long enough to outlive the broker's absence.
             produce_timeout_ms: 120_000,
             session_timeout_ms: 6_000,
@@ -128,12 +73,12 @@ async fn kafka_acks_pending_across_a_broker_kill_resolve_and_nothing_is_lost_or_
             .unwrap();
     }
     // Sent while the broker is killed: their acks are pending.
-    broker.kill_9();
+    broker.kill_9().unwrap();
     for i in BEFORE..BEFORE + DURING {
         acks.push(p.send(send(i)).await.unwrap());
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    tokio::task::block_in_place(|| broker.call("restart"));
+    tokio::task::block_in_place(|| broker.restart()).unwrap();
     let mut acked = BTreeSet::new();
     for (i, a) in acks.into_iter().enumerate() {
         let r = tokio::time::timeout(Duration::from_secs(120), a)

@@ -114,11 +114,6 @@ pub struct Cluster {
     keep: bool,
 }
 
-/// A free TCP port on 127.0.0.1 (bound, then released for the process to take).
-fn free_port() -> std::io::Result<SocketAddr> {
-    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
-}
-
 fn other(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
@@ -225,12 +220,12 @@ filter = "info"
         index: usize,
         front_config: &str,
     ) -> std::io::Result<Proc> {
-        let http = free_port()?;
+        let http = crate::free_addr()?;
         let mut own = String::new();
         let mut mqtt = None;
         match role {
             Role::Front => {
-                let m = free_port()?;
+                let m = crate::free_addr()?;
                 mqtt = Some(m);
                 own.push_str(&format!(
                     "\n[front]\ninstance_id = \"front-{index}\"\ntcp_addr = \"{m}\"\nhttp_addr = \"{http}\"\n{front_config}\n"

@@ -89,6 +89,12 @@ pub(crate) fn service_from_env(var: &str, test: &str) -> Option<String> {
     }
 }
 
+/// A free TCP address on 127.0.0.1, for a process a test starts (bound, then released for
+/// the process to take).
+pub(crate) fn free_addr() -> std::io::Result<std::net::SocketAddr> {
+    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
 /// A name no other test run uses: `<prefix>-<pid>-<time>-<counter>`.
 pub fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);

@@ -23,12 +23,6 @@ pub struct Private {
     port: u16,
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 impl Private {
     /// Starts a fresh server (its jars fetched once into the shared cache).
     pub fn start(kind: Kind) -> std::io::Result<Private> {
@@ -36,7 +30,7 @@ impl Private {
         let p = Private {
             kind,
             run,
-            port: free_port()?,
+            port: crate::free_addr()?.port(),
         };
         p.call("start")?;
         Ok(p)
