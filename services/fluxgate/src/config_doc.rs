@@ -63,25 +63,19 @@ fn one_line(s: &Json) -> String {
 }
 
 fn type_name(s: &Json) -> String {
-    let choices = |alts: &Vec<Json>| {
-        alts.iter()
-            .filter_map(|a| {
-                a.get("const")
-                    .or_else(|| a.get("enum").and_then(|e| e.get(0)))
-                    .map(|v| v.to_string())
-            })
-            .collect::<Vec<_>>()
-    };
     if let Some(e) = s.get("enum").and_then(Json::as_array) {
-        return format!(
-            "one of {}",
-            choices(&e.iter().map(|v| serde_json::json!({"const": v})).collect()).join(", ")
-        );
+        let names: Vec<String> = e.iter().map(Json::to_string).collect();
+        return format!("one of {}", names.join(", "));
     }
+    // Unit variants with docs: one `const` (or one-value `enum`) schema each.
     if let Some(alts) = s.get("oneOf").and_then(Json::as_array) {
-        let c = choices(alts);
-        if c.len() == alts.len() {
-            return format!("one of {}", c.join(", "));
+        let names: Vec<String> = alts
+            .iter()
+            .filter_map(|a| a.get("const").or_else(|| a.get("enum")?.get(0)))
+            .map(Json::to_string)
+            .collect();
+        if names.len() == alts.len() {
+            return format!("one of {}", names.join(", "));
         }
     }
     let base = match s.get("type") {

@@ -583,16 +583,11 @@ impl Front {
             Ok(e) => e,
             Err(r) => return (kind, Err(Verdict::Malformed(r))),
         };
-        // A ThingsBoard gateway's message counts once for each device it is about.
-        let mut named: Vec<&str> = envs
-            .iter()
-            .filter_map(|e| match &e.device {
-                DeviceRef::Name(n) => Some(n.as_str()),
-                DeviceRef::Id(_) => None,
-            })
-            .collect();
-        named.sort_unstable();
-        named.dedup();
+        // A ThingsBoard gateway's message counts for each device it is about.
+        let named = envs.iter().filter_map(|e| match &e.device {
+            DeviceRef::Name(n) => Some(n.as_str()),
+            DeviceRef::Id(_) => None,
+        });
         if let Err(over) = conn.limits.check_devices(named) {
             return (kind, Err(self.rate_limited(conn, topic, over)));
         }

@@ -359,12 +359,13 @@ async fn drain(front: &Front, srv: &ntex::server::Server) {
     let grace = Duration::from_secs(front.cfg.drain_grace_secs);
     // Paced: `drain_closes_per_sec`, up to the last second of the grace, then the rest.
     let rate = front.cfg.drain_closes_per_sec;
+    let paced_until = started + grace.saturating_sub(Duration::from_secs(1));
     let sessions = front.sessions.all();
     let total = sessions.len();
     for (i, e) in sessions.into_iter().enumerate() {
         if rate > 0 {
             let due = started + Duration::from_secs_f64(i as f64 / f64::from(rate));
-            if due < started + grace.saturating_sub(Duration::from_secs(1)) {
+            if due < paced_until {
                 tokio::time::sleep_until(due).await;
             }
         }

@@ -325,7 +325,9 @@ impl ConnLimits {
         Ok(())
     }
 
-    /// Counts one message about each of `devices` (named by a ThingsBoard gateway).
+    /// Counts one message about each of `devices` (named by a ThingsBoard gateway; a
+    /// device named twice in one message counts once). Nothing to do for connections
+    /// without a per-device limit.
     pub(crate) fn check_devices<'a>(
         &self,
         devices: impl IntoIterator<Item = &'a str>,
@@ -333,6 +335,9 @@ impl ConnLimits {
         let Some(l) = &self.per_device else {
             return Ok(());
         };
+        let mut devices: Vec<&str> = devices.into_iter().collect();
+        devices.sort_unstable();
+        devices.dedup();
         for d in devices {
             if !check_keyed(l, &ByteString::from(d)) {
                 return Err(Over::Device(d.to_owned()));

@@ -475,6 +475,13 @@ where
     Ok(out)
 }
 
+/// The write timestamp (microseconds) of a cell that holds a value of sample time `ts_ms`:
+/// latest values and attributes are written with it, so last-write-wins goes by sample
+/// time, and deleted with it, so a tombstone covers exactly what was written.
+fn cell_time(ts_ms: i64) -> i64 {
+    ts_ms.saturating_mul(1000)
+}
+
 impl ScyllaStore {
     /// Connects, creates the schema if needed (see [`Store::migrate`]) and prepares every
     /// statement.
@@ -633,12 +640,12 @@ impl ScyllaStore {
     /// wrote. What is left: a new value older than the old device's newest of the same key
     /// stays hidden from `latest`/`attributes` (not from `query`) until a newer one comes.
     async fn purge_device_data(&self, t: &str, d: &str) -> Result<()> {
+        // Each tombstone at the cell time its row was written with.
         for scope in [AttributeScope::Client, AttributeScope::Shared] {
             let s = scope.as_str();
             let keys: Vec<(String, i64)> = rows(self.exec("attr_keys", (t, d, s)).await?)?;
             for (key, ts) in keys {
-                let at = ts.saturating_mul(1000);
-                self.exec("del_attr_at", (at, t, d, s, key.as_str()))
+                self.exec("del_attr_at", (cell_time(ts), t, d, s, key.as_str()))
                     .await?;
             }
         }
@@ -651,8 +658,7 @@ impl ScyllaStore {
                 self.exec("del_points", (t, d, k, bucket)).await?;
             }
             self.exec("del_buckets", (t, d, k)).await?;
-            self.exec("del_latest_at", (ts.saturating_mul(1000), t, d, k))
-                .await?;
+            self.exec("del_latest_at", (cell_time(ts), t, d, k)).await?;
         }
         let commands: Vec<(String, String)> = rows(self.exec("cmds_of", (t, d)).await?)?;
         for (cid, _) in commands {
@@ -996,7 +1002,7 @@ impl Store for ScyllaStore {
             for (k, v) in &values {
                 let (vt, l, f, s, b) = typed(v);
                 // Write time = sample time: an older report never overwrites a newer one.
-                let write_ts = ts_ms.saturating_mul(1000);
+                let write_ts = cell_time(ts_ms);
                 self.exec(
                     "put_attr",
                     (
@@ -1100,7 +1106,7 @@ impl Store for ScyllaStore {
                     let (vt, l, f, s, bo) = typed(v);
                     self.exec(
                         "put_latest",
-                        (t, d, key, ts, vt, l, f, s, bo, ttl, ts.saturating_mul(1000)),
+                        (t, d, key, ts, vt, l, f, s, bo, ttl, cell_time(ts)),
                     )
                     .await?;
                 }
