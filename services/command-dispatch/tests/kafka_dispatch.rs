@@ -135,8 +135,6 @@ async fn kafka_command_lifecycle_across_a_dispatcher_restart() {
         assert!(tokio::time::Instant::now() < deadline, "front never joined");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Let the broadcast consumer resolve its start position before anything is sent.
-    tokio::time::sleep(Duration::from_secs(1)).await;
     let mut next_delivery = async || {
         tokio::time::timeout(Duration::from_secs(60), deliveries.recv())
             .await

@@ -6,13 +6,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rdkafka::Offset;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
+    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, RebalanceProtocol,
+    StreamConsumer,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers as _, Message};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{Offset, TopicPartitionList};
 
 use super::KafkaConfig;
 use crate::ack::{Step, Tracker};
@@ -34,8 +36,44 @@ impl Shared {
 }
 
 /// Rebalance hooks: revoked partitions' in-flight positions become stale; partitions
-/// assigned while paused start paused.
-struct Ctx(Arc<Shared>);
+/// assigned while paused start paused; a broadcast consumer's new partitions start at
+/// offsets resolved before they are assigned.
+struct Ctx {
+    shared: Arc<Shared>,
+    broadcast: bool,
+}
+
+/// How long a broadcast consumer waits for the end offsets of its new partitions.
+const END_OFFSETS_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Ctx {
+    /// Sets every partition of `tpl` to its current end offset, as a number. Left to
+    /// librdkafka, "latest" is resolved some time after the assignment, and a record
+    /// produced in between is skipped although `assigned()` already counted the partition
+    /// (a front then looks ready and misses a delivery).
+    fn start_at_end(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let mut query = tpl.clone();
+        if query.set_all_offsets(Offset::End).is_err() {
+            return;
+        }
+        match consumer.offsets_for_times(query, END_OFFSETS_TIMEOUT) {
+            Ok(ends) => {
+                for e in ends.elements() {
+                    if let Offset::Offset(end) = e.offset()
+                        && let Some(mut p) = tpl.find_partition(e.topic(), e.partition())
+                        && let Err(err) = p.set_offset(Offset::Offset(end))
+                    {
+                        tracing::warn!(error = %err, "kafka consumer: could not set a start offset");
+                    }
+                }
+            }
+            // Left to librdkafka's own "latest": a record produced right now may be missed.
+            Err(e) => {
+                tracing::warn!(error = %e, "kafka consumer: end offsets of new partitions unknown")
+            }
+        }
+    }
+}
 
 /// How often librdkafka reports statistics (the consumer lag is read from them).
 const STATS_INTERVAL_MS: u32 = 5_000;
@@ -56,14 +94,67 @@ impl ClientContext for Ctx {
                 }
             })
             .sum();
-        self.0.lag.store(lag.max(0) as u64, Ordering::Relaxed);
+        self.shared.lag.store(lag.max(0) as u64, Ordering::Relaxed);
     }
 }
 
 impl ConsumerContext for Ctx {
+    /// librdkafka's rebalance with the hooks below, through the safe assign calls; a
+    /// broadcast consumer's assignment carries explicit start offsets.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                if self.broadcast {
+                    self.start_at_end(consumer, tpl);
+                }
+                self.pre_rebalance(consumer, &Rebalance::Assign(tpl));
+                let r = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "kafka consumer: assign failed");
+                }
+                self.post_rebalance(consumer, &Rebalance::Assign(tpl));
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.pre_rebalance(consumer, &Rebalance::Revoke(tpl));
+                let r = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "kafka consumer: unassign failed");
+                }
+                self.post_rebalance(consumer, &Rebalance::Revoke(tpl));
+            }
+            other => {
+                let code: RDKafkaErrorCode = other.into();
+                tracing::error!(error = %code, "kafka consumer: rebalance error");
+                // As librdkafka's default: drop the assignment.
+                if let Err(e) = consumer.unassign() {
+                    tracing::error!(error = %e, "kafka consumer: unassign failed");
+                }
+                let error = Rebalance::Error(KafkaError::Rebalance(code));
+                self.post_rebalance(consumer, &error);
+            }
+        }
+    }
+
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            let mut tracker = self.0.tracker();
+            let mut tracker = self.shared.tracker();
             for e in tpl.elements() {
                 tracker.reset(e.topic(), e.partition());
             }
@@ -76,7 +167,7 @@ impl ConsumerContext for Ctx {
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
-            if self.0.paused.load(Ordering::SeqCst)
+            if self.shared.paused.load(Ordering::SeqCst)
                 && let Err(e) = consumer.pause(tpl)
             {
                 tracing::warn!(error = %e, "kafka consumer: could not pause newly assigned partitions");
@@ -87,7 +178,7 @@ impl ConsumerContext for Ctx {
             );
         }
         let n = consumer.assignment().map(|a| a.count()).unwrap_or(0);
-        self.0.assigned.store(n, Ordering::SeqCst);
+        self.shared.assigned.store(n, Ordering::SeqCst);
     }
 }
 
@@ -131,7 +222,10 @@ impl KafkaConsumer {
         cfg.extra(&mut c);
         let shared = Arc::new(Shared::default());
         let consumer: StreamConsumer<Ctx> = c
-            .create_with_context(Ctx(shared.clone()))
+            .create_with_context(Ctx {
+                shared: shared.clone(),
+                broadcast: spec.broadcast,
+            })
             .map_err(|e| BusError::Config(e.to_string()))?;
         let topics: Vec<&str> = spec.topics.iter().map(String::as_str).collect();
         consumer
