@@ -231,7 +231,7 @@ async fn send_command(
         Dialect::Losant,
         Body::Command(command),
     );
-    produce_all(st, &st.names.commands, &[env]).await?;
+    produce_all(st, &st.names.control, &[env]).await?;
     Ok(id)
 }
 
@@ -437,7 +437,7 @@ async fn shared_attributes(
         Dialect::ThingsBoard,
         Body::Attributes { values },
     );
-    produce_all(st, &st.names.commands, &[env]).await?;
+    produce_all(st, &st.names.control, &[env]).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "success": true })))
 }
 

@@ -4,9 +4,10 @@
 //! registry (applications, devices, keys, tokens, attribute definitions) ──> store
 //!                                                   └─ registry change ──> fluxgate.registry.changes
 //! Losant REST state ──normalize──> fluxgate.ingest.raw (same path as MQTT; 200 after the bus ack)
-//! Losant command, ThingsBoard RPC ──> fluxgate.commands ──> dispatcher ──> the device's front
+//! Losant command, ThingsBoard RPC ──> fluxgate.device.events ──> dispatcher ──> the device's front
+//!   (on the device's key, behind its connects and disconnects: their order holds)
 //!     two-way RPC: waits for the command's reply in the store, 504 on timeout
-//! shared attributes ──> store + fluxgate.commands (pushed to the device by the dispatcher)
+//! shared attributes ──> store + fluxgate.device.events (pushed to the device by the dispatcher)
 //! queries ──> store: time series, latest state, connection log, commands, rejected log
 //! ```
 //!
@@ -42,7 +43,8 @@ pub(crate) use fluxgate_bus::now_ms;
 #[derive(Debug, Clone)]
 struct Names {
     raw: String,
-    commands: String,
+    /// The device control stream: commands, RPC, shared-attribute pushes.
+    control: String,
     changes: String,
 }
 
@@ -101,7 +103,7 @@ impl ApiState {
             producer: bus.producer(),
             names: Names {
                 raw: topics.name(Topic::IngestRaw),
-                commands: topics.name(Topic::Commands),
+                control: topics.name(Topic::DeviceEvents),
                 changes: topics.name(Topic::RegistryChanges),
             },
             tokens,

@@ -397,10 +397,10 @@ async fn losant_device_rest_state_enters_the_pipeline() {
 }
 
 #[actix_rt::test]
-async fn commands_and_rpc_go_to_the_commands_topic() {
+async fn commands_and_rpc_go_on_the_device_key_of_the_events_topic() {
     let r = rig().await;
     let admin = r.app("a1").await;
-    let mut commands = r.tap(Topic::Commands);
+    let mut commands = r.tap(Topic::DeviceEvents);
     r.call(
         "POST",
         "/applications/a1/devices",
@@ -418,6 +418,8 @@ async fn commands_and_rpc_go_to_the_commands_topic() {
         .await;
     assert_eq!(s, 200, "{out}");
     let e = next(&mut commands).await;
+    // The key of the device's connects and disconnects: the command comes after them.
+    assert_eq!(e.key(), "a1/dev1");
     let Body::Command(c) = e.body else {
         panic!("{e:?}")
     };
@@ -550,7 +552,7 @@ fn nested(depth: usize) -> Value {
 async fn too_deep_bodies_are_refused_before_anything_is_produced() {
     let r = rig().await;
     let admin = r.app("a1").await;
-    let mut commands = r.tap(Topic::Commands);
+    let mut commands = r.tap(Topic::DeviceEvents);
     let mut raw = r.tap(Topic::IngestRaw);
     r.call(
         "POST",

@@ -10,10 +10,6 @@ pub struct DispatchConfig {
     pub group: String,
     /// How long a two-way RPC waits for its reply when the caller gave no expiry, in ms.
     pub rpc_timeout_ms: u64,
-    /// How long a lightweight command for a device that looks offline waits for the
-    /// device's connect before it fails, in ms: the connect may still be on its way on the
-    /// events topic while the command arrives on the commands topic. 0 fails at once.
-    pub offline_grace_ms: u64,
     /// First retry delay after a store or bus failure, in milliseconds.
     pub retry_initial_ms: u64,
     /// Longest retry delay, in milliseconds.
@@ -25,7 +21,6 @@ impl Default for DispatchConfig {
         DispatchConfig {
             group: "fluxgate-command-dispatch".into(),
             rpc_timeout_ms: 10_000,
-            offline_grace_ms: 1_000,
             retry_initial_ms: 100,
             retry_max_ms: 5_000,
         }

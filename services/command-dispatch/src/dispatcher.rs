@@ -1,6 +1,6 @@
 //! The dispatcher actor.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -186,6 +186,27 @@ async fn produce_all(
     Ok(())
 }
 
+/// A connect or disconnect as the connection log keeps it.
+fn connection_event(
+    env: &Envelope,
+    device: DeviceId,
+    connected: bool,
+    session: Option<fluxgate_model::SessionInfo>,
+    reason: Option<String>,
+) -> fluxgate_store::ConnectionEvent {
+    let (front, remote_addr) = session.map_or((None, None), |s| (Some(s.front), s.remote_addr));
+    fluxgate_store::ConnectionEvent {
+        tenant: env.tenant.clone(),
+        device,
+        at_ms: env.received_ms,
+        connected,
+        front,
+        remote_addr,
+        reason,
+        via: env.via.clone(),
+    }
+}
+
 /// A connected device.
 #[derive(Debug, Clone)]
 struct Online {
@@ -197,7 +218,6 @@ type Key = (TenantId, DeviceId);
 
 #[derive(Debug, Clone)]
 struct Names {
-    commands: String,
     deliveries: String,
     rejected: String,
     dead_letter: String,
@@ -208,7 +228,8 @@ struct Names {
 enum Presence {
     /// An event of it was seen since the dispatcher started (`None`: offline).
     Seen(Option<Online>),
-    /// Nothing seen yet: ask the store.
+    /// Nothing seen yet: the connection log says, which the dispatcher that owned the
+    /// device's partition before wrote before it committed past the device's events.
     Unknown,
 }
 
@@ -218,9 +239,6 @@ enum After {
     Online(Key, Online),
     Offline(Key),
     Timer(MessageId, Duration),
-    /// A lightweight command for a device that looks offline: fails after the grace
-    /// unless the device's connect sends it first.
-    Park(MessageId),
 }
 
 /// The dispatcher.
@@ -234,8 +252,6 @@ pub struct Dispatcher {
     /// Presence seen on the events topic since this dispatcher started: `None` is a
     /// device known to be offline. Devices not in the map are looked up in the store.
     online: HashMap<Key, Option<Online>>,
-    /// Lightweight commands waiting out the offline grace.
-    parked: HashSet<MessageId>,
     draining: bool,
     fetching: Option<SpawnHandle>,
     lifeline: Option<Lifeline>,
@@ -378,26 +394,6 @@ impl Ctx {
         }
     }
 
-    /// Fails the lightweight commands still queued (their device did not connect in time).
-    /// Run inside the actor's `wait`, so no record is handled meanwhile: a connect that
-    /// sent one first leaves it `sent`.
-    async fn fail_if_queued(self, ids: Vec<MessageId>) {
-        for id in ids {
-            match self.store.command(id).await {
-                Ok(Some(c)) if c.status == CommandStatus::Queued && !c.command.persistent => {
-                    let why = Some("device offline".into());
-                    if let Err(e) = self.set(id, CommandStatus::Failed, why, None).await {
-                        tracing::warn!(command = %id, error = %e, "dispatcher: could not fail an undeliverable command");
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(command = %id, error = %e, "dispatcher: could not read an undeliverable command");
-                }
-            }
-        }
-    }
-
     /// A two-way RPC's time is up: unless answered, it timed out. Store failures are
     /// retried a few times; after that the command stays open until a restart's sweep.
     async fn expire(&self, id: MessageId) {
@@ -423,8 +419,10 @@ impl Ctx {
         tracing::warn!(command = %id, "dispatcher: could not record an RPC timeout");
     }
 
-    /// Where `device` is connected according to the store's connection log: the presence
-    /// of a device this dispatcher has seen no event of since it started.
+    /// Where `device` is connected according to the connection log: the presence of a
+    /// device this dispatcher has seen no event of since it started. Dispatchers write
+    /// that log themselves, each entry before the event's offset is committed, so it is
+    /// exact for every event before this one on the device's key.
     async fn presence_from_store(
         &self,
         tenant: &TenantId,
@@ -458,30 +456,28 @@ impl Ctx {
     }
 
     /// Handles one record; returns what the actor must change afterwards.
-    async fn step(&self, topic: &str, env: Envelope, presence: Presence) -> Result<After, String> {
+    async fn step(&self, env: Envelope, presence: Presence) -> Result<After, String> {
         let DeviceRef::Id(device) = env.device.clone() else {
             return Ok(After::Nothing);
         };
         let key = (env.tenant.clone(), device.clone());
         let store_err = |e: StoreError| e.to_string();
         let online = match (presence, &env.body) {
-            (Presence::Seen(seen), _) => seen,
-            // The request came over the device's own connection.
-            (Presence::Unknown, Body::AttributeRequest { .. }) => Some(Online {
+            // The request came over the connection that reaches the device: answered
+            // there, whatever was seen of it before.
+            (_, Body::AttributeRequest { .. }) => Some(Online {
                 via: env.via.clone(),
                 dialect: env.dialect,
             }),
-            (Presence::Unknown, Body::Command(_) | Body::Attributes { .. })
-                if topic == self.names.commands =>
-            {
-                self.presence_from_store(&env.tenant, &device, env.dialect)
-                    .await
-                    .map_err(store_err)?
-            }
+            (Presence::Seen(seen), _) => seen,
+            (Presence::Unknown, Body::Command(_) | Body::Attributes { .. }) => self
+                .presence_from_store(&env.tenant, &device, env.dialect)
+                .await
+                .map_err(store_err)?,
             (Presence::Unknown, _) => None,
         };
         match env.body {
-            Body::Command(command) if topic == self.names.commands => {
+            Body::Command(command) => {
                 let record = match self.store.command(env.id).await.map_err(store_err)? {
                     // Redelivered after a crash between storing and sending it: go on.
                     Some(c) if c.status == CommandStatus::Queued => c,
@@ -505,10 +501,11 @@ impl Ctx {
                     }
                 };
                 let timer = self.timeout_of(&record).map(|d| After::Timer(record.id, d));
+                // The device's connects and disconnects come before this on its key: offline
+                // here is offline when the command was made.
                 match online {
                     Some(o) => self.send(&record, &o).await?,
                     None if record.command.persistent => return Ok(After::Nothing),
-                    None if self.cfg.offline_grace_ms > 0 => return Ok(After::Park(record.id)),
                     None => {
                         self.set(
                             record.id,
@@ -523,11 +520,13 @@ impl Ctx {
                 }
                 Ok(timer.unwrap_or(After::Nothing))
             }
-            Body::Connect { .. } => {
+            Body::Connect { ref session, .. } => {
                 let o = Online {
                     via: env.via.clone(),
                     dialect: env.dialect,
                 };
+                let e = connection_event(&env, device.clone(), true, session.clone(), None);
+                self.store.log_connection(e).await.map_err(store_err)?;
                 let queued = self
                     .store
                     .commands(
@@ -552,7 +551,15 @@ impl Ctx {
                 }
                 Ok(After::Online(key, o))
             }
-            Body::Disconnect { .. } => Ok(After::Offline(key)),
+            Body::Disconnect {
+                ref session,
+                ref reason,
+            } => {
+                let (session, reason) = (session.clone(), reason.clone());
+                let e = connection_event(&env, device.clone(), false, session, reason);
+                self.store.log_connection(e).await.map_err(store_err)?;
+                Ok(After::Offline(key))
+            }
             Body::RpcResponse { request_id, data } => {
                 let CorrelationId::Int(rid) = request_id else {
                     return Ok(After::Nothing);
@@ -629,7 +636,7 @@ impl Ctx {
             // Shared attributes changed through the API (already in the store): pushed to the
             // device, or through its gateway, when it is online. An offline device reads them
             // with an attribute request when it comes back (ThingsBoard's behaviour).
-            Body::Attributes { values } if topic == self.names.commands => {
+            Body::Attributes { values } => {
                 if let Some(o) = online {
                     let body = Outbound::SharedAttributes { values };
                     self.deliver(&env.tenant, &device, &o, env.id, body).await?;
@@ -642,7 +649,7 @@ impl Ctx {
 }
 
 impl Dispatcher {
-    /// A dispatcher over `consumer` (subscribed to the commands and events topics).
+    /// A dispatcher over `consumer` (subscribed to the device events topic).
     pub fn new(
         consumer: Arc<dyn Consumer>,
         producer: Arc<dyn Producer>,
@@ -656,7 +663,6 @@ impl Dispatcher {
             producer,
             store,
             names: Names {
-                commands: topics.name(Topic::Commands),
                 deliveries: topics.name(Topic::Deliveries),
                 rejected: topics.name(Topic::IngestRejected),
                 dead_letter: topics.name(Topic::DeadLetter),
@@ -664,7 +670,6 @@ impl Dispatcher {
             cfg,
             stats,
             online: HashMap::new(),
-            parked: HashSet::new(),
             draining: false,
             fetching: None,
             lifeline: None,
@@ -721,11 +726,9 @@ impl Dispatcher {
             DeviceRef::Name(_) => Presence::Seen(None),
         };
         let (work, consumer) = (self.ctx(), self.consumer.clone());
-        let topic: Arc<str> = rec.position.topic.clone();
         let fut = self.retrying("a record", move || {
-            let (work, topic, env, online) =
-                (work.clone(), topic.clone(), env.clone(), online.clone());
-            async move { work.step(&topic, env, online).await }
+            let (work, env, online) = (work.clone(), env.clone(), online.clone());
+            async move { work.step(env, online).await }
         });
         ctx.wait(fut.into_actor(self).map(move |after, act, ctx| {
             match after {
@@ -733,28 +736,12 @@ impl Dispatcher {
                 After::Online(k, o) => {
                     act.online.insert(k, Some(o));
                 }
+                // The devices behind a gateway get disconnects of their own, on their
+                // keys, when the gateway's session ends (the front sends them).
                 After::Offline(k) => {
-                    // A gateway going away takes the devices behind it along.
-                    let (tenant, gateway) = (&k.0, &k.1);
-                    for ((t, _), o) in act.online.iter_mut() {
-                        if t == tenant
-                            && o.as_ref().is_some_and(|o| o.via.as_ref() == Some(gateway))
-                        {
-                            *o = None;
-                        }
-                    }
                     act.online.insert(k, None);
                 }
                 After::Timer(id, d) => act.ctx().start_timer(id, d),
-                After::Park(id) => {
-                    act.parked.insert(id);
-                    let grace = Duration::from_millis(act.cfg.offline_grace_ms);
-                    ctx.run_later(grace, move |act, ctx| {
-                        if act.parked.remove(&id) {
-                            ctx.wait(act.ctx().fail_if_queued(vec![id]).into_actor(act));
-                        }
-                    });
-                }
             }
             consumer.ack(&rec.position);
             act.fetch(ctx);
@@ -776,10 +763,7 @@ impl Handler<Drain> for Dispatcher {
         if let Some(h) = self.fetching.take() {
             ctx.cancel_future(h);
         }
-        // Commands waiting out the offline grace fail now rather than linger as queued.
-        let parked: Vec<MessageId> = self.parked.drain().collect();
-        let fail = self.ctx().fail_if_queued(parked);
-        ctx.wait(fail.into_actor(self).map(|(), _, ctx| ctx.stop()));
+        ctx.stop();
     }
 }
 
@@ -805,14 +789,8 @@ pub async fn run_with(
     stats: Arc<DispatchStats>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<Arc<DispatchStats>, fluxgate_bus::BusError> {
-    let (commands, events) = (
-        topics.name(Topic::Commands),
-        topics.name(Topic::DeviceEvents),
-    );
-    let consumer = bus.consumer(fluxgate_bus::ConsumerSpec::group(
-        &cfg.group,
-        &[&commands, &events],
-    ))?;
+    let events = topics.name(Topic::DeviceEvents);
+    let consumer = bus.consumer(fluxgate_bus::ConsumerSpec::group(&cfg.group, &[&events]))?;
     let producer = bus.producer();
     let make = || {
         let (c, p, s) = (consumer.clone(), producer.clone(), store.clone());

@@ -1,26 +1,36 @@
 //! `fluxgate-command-dispatch`: commands and RPC to devices, and their lifecycle.
 //!
 //! ```text
-//! fluxgate.commands ──────┐                     ┌─> fluxgate.deliveries (every front; the one
-//! fluxgate.device.events ─┴─> Dispatcher ───────┤     holding the connection delivers)
-//!   connect/disconnect, RPC replies,            └─> store: command status + history
-//!   attribute requests, delivery outcomes
+//!                          one key per device (tenant/device): its order holds
+//! fluxgate.device.events ────> Dispatcher ──┬─> fluxgate.deliveries (every front; the one
+//!   front:     connect/disconnect,          │     holding the connection delivers)
+//!              delivery outcomes            ├─> store: connection log (presence)
+//!   validator: a gateway's devices' connect/ └─> store: command status + history
+//!              disconnect, RPC replies, attribute requests
+//!   API:       commands, RPC, shared-attribute pushes
 //! ```
 //!
-//! Presence (which devices are connected, directly or behind which gateway, in which
-//! dialect) is learned from connect/disconnect events. A command arriving for an online
-//! device is delivered at once (`sent`); for an offline one it fails fast unless it is
-//! persistent, in which case it waits (`queued`) and is sent when the device or its gateway
-//! connects, unless it expired first. The front's delivery outcome moves it to `delivered`
-//! (or back to `queued` / `failed`); a two-way RPC's reply moves it to `replied`, matched
-//! by its RPC id; a timer moves an unanswered two-way RPC to `timed_out`. Attribute
-//! requests are answered from the store.
+//! The dispatcher owns presence: which devices are connected, directly or behind which
+//! gateway, in which dialect. It learns it from the connects and disconnects on a
+//! device's key and writes each to the connection log before the event is acked, so the
+//! instance that takes the partition over reads exact presence back from the store. A
+//! device behind a gateway is connected by the gateway's `connect`, by any other gateway
+//! message about it, or (Losant) by the gateway's subscription to its command topic; the
+//! end of the gateway's session disconnects each of them, on their own keys (the front
+//! sends those).
+//!
+//! A command comes after every connect and disconnect of its device on the same key, so
+//! "offline" means offline when the command was made: a lightweight command fails at
+//! once, a persistent one waits (`queued`) and is sent when the device or its gateway
+//! connects, unless it expired first. The front's delivery outcome moves it to
+//! `delivered` (or back to `queued` / `failed`); a two-way RPC's reply moves it to
+//! `replied`, matched by its RPC id; a timer moves an unanswered two-way RPC to
+//! `timed_out`. Attribute requests are answered over the connection they came on, from
+//! the store; shared attributes changed through the API are pushed to online devices.
 //!
 //! Commands live in the store from the moment they arrive, so a restarted dispatcher
-//! loses none: queued commands are read back when their device connects. Shared attributes
-//! changed through the API arrive on `fluxgate.commands` and are pushed to online devices.
-//! Not yet here: timers of two-way RPCs that were in flight across a restart (they stay
-//! `sent`).
+//! loses none: queued commands are read back when their device connects, and the timers
+//! of two-way RPCs in flight are re-armed from the store at start.
 
 mod config;
 mod dispatcher;

@@ -79,13 +79,10 @@ impl Rig {
     }
 
     fn dispatcher(&self, arbiter: Option<&Arbiter>) -> Arc<DispatchStats> {
-        let names = [
-            self.topics.name(Topic::Commands),
-            self.topics.name(Topic::DeviceEvents),
-        ];
+        let events = self.topics.name(Topic::DeviceEvents);
         let consumer = self
             .bus
-            .consumer(ConsumerSpec::group("dispatchers", &[&names[0], &names[1]]))
+            .consumer(ConsumerSpec::group("dispatchers", &[&events]))
             .unwrap();
         let stats = Arc::new(DispatchStats::default());
         let d = Dispatcher::new(
@@ -116,11 +113,8 @@ impl Rig {
         bus: Arc<dyn Bus>,
         cfg: DispatchConfig,
     ) -> (Arc<DispatchStats>, Stoppable<()>) {
-        let names = [
-            self.topics.name(Topic::Commands),
-            self.topics.name(Topic::DeviceEvents),
-        ];
-        let group = ConsumerSpec::group(&cfg.group, &[&names[0], &names[1]]);
+        let events = self.topics.name(Topic::DeviceEvents);
+        let group = ConsumerSpec::group(&cfg.group, &[&events]);
         drop(self.bus.consumer(group).unwrap());
         let stats = Arc::new(DispatchStats::default());
         let (store, topics, counted) = (self.store.clone(), self.topics.clone(), stats.clone());
@@ -165,7 +159,7 @@ impl Rig {
             expires_ms,
         };
         self.send(
-            Topic::Commands,
+            Topic::DeviceEvents,
             &envelope(id, device, None, dialect, Body::Command(cmd)),
         )
         .await;
@@ -342,14 +336,15 @@ async fn rpc_through_a_gateway_names_the_device_and_times_out_unanswered() {
     assert_eq!(payload["data"]["id"], rpc_id(id));
     rig.status(id, CommandStatus::TimedOut).await;
 
-    // The gateway disconnects: the device behind it is offline too.
+    // The gateway's session ends: the front disconnects the device behind it, on the
+    // device's key.
     let gone = envelope(
         rig.id(),
-        "gw",
-        None,
+        "tb-a",
+        Some("gw"),
         Dialect::ThingsBoard,
         Body::Disconnect {
-            reason: None,
+            reason: Some("gateway session ended: client disconnect".into()),
             session: None,
         },
     );
@@ -367,6 +362,27 @@ async fn rpc_through_a_gateway_names_the_device_and_times_out_unanswered() {
         .command("tb-a", Dialect::ThingsBoard, false, false, None)
         .await;
     rig.status(late, CommandStatus::Failed).await;
+    // The dispatcher, which owns presence, logged both.
+    let log = rig
+        .store
+        .connection_log(tenant(), dev("tb-a"), 10)
+        .await
+        .unwrap();
+    let seen: Vec<_> = log
+        .iter()
+        .map(|e| (e.connected, e.via.clone(), e.reason.clone()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (
+                false,
+                Some(dev("gw")),
+                Some("gateway session ended: client disconnect".into())
+            ),
+            (true, Some(dev("gw")), None),
+        ]
+    );
 }
 
 #[actix_rt::test]
@@ -517,22 +533,31 @@ async fn a_new_dispatcher_rearms_the_timers_of_rpcs_sent_before_it() {
 }
 
 #[actix_rt::test]
-async fn a_lightweight_command_that_overtakes_its_devices_connect_is_still_sent() {
+async fn a_command_right_behind_a_connect_or_a_disconnect_sees_it() {
     let rig = Rig::new();
     rig.dispatcher(None);
-    // The command is read before the connect (they travel on different topics): the
-    // device looks offline, but the command waits out the grace instead of failing.
+    // Nothing waits: the connect and the command are on one key, in that order.
+    rig.connect("quick", None, Dialect::Losant, false).await;
     let cmd = rig
-        .command("late", Dialect::Losant, false, false, None)
+        .command("quick", Dialect::Losant, false, false, None)
         .await;
-    rig.status(cmd, CommandStatus::Queued).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    rig.connect("late", None, Dialect::Losant, false).await;
     assert_eq!(rig.delivery().await.id, cmd);
     rig.status(cmd, CommandStatus::Sent).await;
-    // The grace runs out later and leaves the sent command alone.
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
-    rig.status(cmd, CommandStatus::Sent).await;
+    rig.event(
+        "quick",
+        None,
+        Dialect::Losant,
+        Body::Disconnect {
+            reason: Some("client disconnect".into()),
+            session: None,
+        },
+    )
+    .await;
+    let after = rig
+        .command("quick", Dialect::Losant, false, false, None)
+        .await;
+    rig.status(after, CommandStatus::Failed).await;
+    assert!(rig.no_delivery().await);
 }
 
 #[actix_rt::test]
@@ -573,7 +598,7 @@ async fn an_undecodable_command_is_dead_lettered_and_the_next_one_is_handled() {
     let producer = rig.bus.producer();
     let ack = producer
         .send(fluxgate_bus::OutRecord::new(
-            rig.topics.name(Topic::Commands),
+            rig.topics.name(Topic::DeviceEvents),
             "app/d1",
             b"{\"v\": 1, \"body\": {\"command\": [[[".to_vec(),
         ))

@@ -101,8 +101,9 @@ async fn kafka_command_lifecycle_across_a_dispatcher_restart() {
             .await
             .unwrap(),
     );
+    // Commands travel on the events topic, on their device's key.
     let (commands, events) = (
-        topics.name(Topic::Commands),
+        topics.name(Topic::DeviceEvents),
         topics.name(Topic::DeviceEvents),
     );
     let cfg = DispatchConfig {

@@ -1,8 +1,7 @@
 //! `fluxgate-ts-writer`: moves what the pipeline accepted into the store.
 //!
 //! ```text
-//! fluxgate.ingest.valid    ─┐                 ┌─ write_samples / put_attributes
-//! fluxgate.device.events   ─┼─> TsWriter ─────┼─ log_connection
+//! fluxgate.ingest.valid    ─┬─> TsWriter ─────┬─ write_samples / put_attributes
 //! fluxgate.ingest.rejected ─┘   (batch)       └─ log_rejected      ──> ack (commit)
 //! ```
 //!
@@ -13,11 +12,8 @@
 //! retrying with exponential backoff for as long as the store fails — the consumer is
 //! paused meanwhile, nothing is dropped — and only then acks the batch's records, so an
 //! offset is never committed past an unwritten record. Writes are idempotent, so a record
-//! redelivered after a crash is written again harmlessly.
-//!
-//! Not yet here (issue 6): supervision/restart inside the process (a crash is recovered by
-//! redelivery to the next consumer), Prometheus metrics and the HTTP health endpoints
-//! (counters are kept in [`WriterStats`] for them), SIGTERM handling in `fluxgate`.
+//! redelivered after a crash is written again harmlessly. The connection log is not
+//! here: the dispatcher, which owns presence, writes it.
 
 mod config;
 mod writer;

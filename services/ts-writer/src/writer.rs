@@ -12,7 +12,7 @@ use fluxgate_bus::{
     Topic, TopicsConfig,
 };
 use fluxgate_model::{Body, DeviceId, DeviceRef, Envelope, Rejection, TenantId, Values};
-use fluxgate_store::{AttributeScope, ConnectionEvent, RejectedEntry, SampleBatch, Store};
+use fluxgate_store::{AttributeScope, RejectedEntry, SampleBatch, Store};
 
 use crate::WriterConfig;
 
@@ -161,7 +161,6 @@ impl WriterStats {
 struct Batch {
     samples: Vec<SampleBatch>,
     attributes: Vec<(TenantId, DeviceId, Values, i64)>,
-    connections: Vec<ConnectionEvent>,
     rejected: Vec<RejectedEntry>,
     /// Dead-letter copies of undecodable records, produced before the batch is acked.
     dead_letters: Vec<OutRecord>,
@@ -180,7 +179,6 @@ impl Batch {
 #[derive(Debug, Clone)]
 struct Topics {
     valid: String,
-    events: String,
     rejected: String,
     dead_letter: String,
 }
@@ -204,7 +202,7 @@ impl std::fmt::Debug for TsWriter {
 }
 
 impl TsWriter {
-    /// A writer over `consumer` (subscribed to the valid, events and rejected topics);
+    /// A writer over `consumer` (subscribed to the valid and rejected topics);
     /// `producer` keeps undecodable records on the dead-letter topic.
     pub fn new(
         consumer: Arc<dyn Consumer>,
@@ -220,7 +218,6 @@ impl TsWriter {
             store,
             topics: Topics {
                 valid: topics.name(Topic::IngestValid),
-                events: topics.name(Topic::DeviceEvents),
                 rejected: topics.name(Topic::IngestRejected),
                 dead_letter: topics.name(Topic::DeadLetter),
             },
@@ -274,31 +271,7 @@ impl TsWriter {
                 b.attributes
                     .push((env.tenant, device, values, env.received_ms));
             }
-            Body::Connect { session, .. } if topic == self.topics.events => {
-                let e = connection_event(
-                    env.tenant,
-                    device,
-                    env.received_ms,
-                    env.via,
-                    true,
-                    session,
-                    None,
-                );
-                b.connections.push(e);
-            }
-            Body::Disconnect { session, reason } if topic == self.topics.events => {
-                let e = connection_event(
-                    env.tenant,
-                    device,
-                    env.received_ms,
-                    env.via,
-                    false,
-                    session,
-                    reason,
-                );
-                b.connections.push(e);
-            }
-            // RPC replies, attribute requests, claims: the dispatcher's business.
+            // Nothing else is on the valid topic.
             _ => {}
         }
     }
@@ -389,29 +362,6 @@ fn rejected_entry(r: Rejection) -> RejectedEntry {
     }
 }
 
-/// A connect or disconnect as the connection log keeps it.
-fn connection_event(
-    tenant: TenantId,
-    device: DeviceId,
-    at_ms: i64,
-    via: Option<DeviceId>,
-    connected: bool,
-    session: Option<fluxgate_model::SessionInfo>,
-    reason: Option<String>,
-) -> ConnectionEvent {
-    let (front, remote_addr) = session.map_or((None, None), |s| (Some(s.front), s.remote_addr));
-    ConnectionEvent {
-        tenant,
-        device,
-        at_ms,
-        connected,
-        front,
-        remote_addr,
-        reason,
-        via,
-    }
-}
-
 /// Writes everything in `batch`, retrying with backoff until the store takes it (the
 /// consumer is paused meanwhile). Parts already written are not written again. Returns the
 /// positions to ack.
@@ -486,10 +436,6 @@ async fn write_store(store: &dyn Store, b: &mut Batch) -> fluxgate_store::Result
             .await?;
         b.attributes.remove(0);
     }
-    while let Some(e) = b.connections.first().cloned() {
-        store.log_connection(e).await?;
-        b.connections.remove(0);
-    }
     while let Some(e) = b.rejected.first().cloned() {
         store.log_rejected(e).await?;
         b.rejected.remove(0);
@@ -563,7 +509,6 @@ pub async fn run_with(
 ) -> Result<Arc<WriterStats>, BusError> {
     let names = [
         topics.name(Topic::IngestValid),
-        topics.name(Topic::DeviceEvents),
         topics.name(Topic::IngestRejected),
     ];
     let names: Vec<&str> = names.iter().map(String::as_str).collect();

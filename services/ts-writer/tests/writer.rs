@@ -12,7 +12,7 @@ use actix::prelude::*;
 use fluxgate_bus::{Bus, ConsumerSpec, MemoryBus, OutRecord, Topic, TopicsConfig};
 use fluxgate_model::{
     Body, Channel, DeviceId, DeviceRef, Dialect, ENVELOPE_VERSION, Envelope, MessageId, ReasonCode,
-    Reject, Rejection, Sample, SessionInfo, TenantId, Value, Values,
+    Reject, Rejection, Sample, TenantId, Value, Values,
 };
 use fluxgate_store::sqlite::SqliteStore;
 use fluxgate_store::{AttributeScope, Order, RangeQuery, Store};
@@ -64,14 +64,10 @@ fn start(
     arbiter: Option<&Arbiter>,
 ) -> (Addr<TsWriter>, Arc<WriterStats>) {
     let topics = TopicsConfig::default();
-    let names: Vec<String> = [
-        Topic::IngestValid,
-        Topic::DeviceEvents,
-        Topic::IngestRejected,
-    ]
-    .iter()
-    .map(|t| topics.name(*t))
-    .collect();
+    let names: Vec<String> = [Topic::IngestValid, Topic::IngestRejected]
+        .iter()
+        .map(|t| topics.name(*t))
+        .collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let consumer = bus
         .consumer(ConsumerSpec::group(&cfg.group, &names))
@@ -95,12 +91,7 @@ fn run(
     cfg: WriterConfig,
 ) -> (Arc<WriterStats>, Stoppable<()>) {
     let topics = TopicsConfig::default();
-    let names = [
-        Topic::IngestValid,
-        Topic::DeviceEvents,
-        Topic::IngestRejected,
-    ]
-    .map(|t| topics.name(t));
+    let names = [Topic::IngestValid, Topic::IngestRejected].map(|t| topics.name(t));
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     drop(
         memory
@@ -160,10 +151,6 @@ async fn writes_every_kind_and_commits_only_after_the_write() {
 
     let mut attrs = Values::new();
     attrs.insert("fw", Value::from("1.2"));
-    let session = Some(SessionInfo {
-        front: "front-0".into(),
-        remote_addr: Some("127.0.0.1:5000".into()),
-    });
     let records = vec![
         record(
             &topics,
@@ -182,34 +169,6 @@ async fn writes_every_kind_and_commits_only_after_the_write() {
             Topic::IngestValid,
             "app/d1",
             envelope("d1", 9, Body::Attributes { values: attrs }).to_bytes(),
-        ),
-        record(
-            &topics,
-            Topic::DeviceEvents,
-            "app/d1",
-            envelope(
-                "d1",
-                10,
-                Body::Connect {
-                    profile: None,
-                    session: session.clone(),
-                },
-            )
-            .to_bytes(),
-        ),
-        record(
-            &topics,
-            Topic::DeviceEvents,
-            "app/d1",
-            envelope(
-                "d1",
-                11,
-                Body::Disconnect {
-                    reason: Some("keepalive".into()),
-                    session,
-                },
-            )
-            .to_bytes(),
         ),
         record(
             &topics,
@@ -261,13 +220,6 @@ async fn writes_every_kind_and_commits_only_after_the_write() {
         .await
         .unwrap();
     assert_eq!(client["fw"], Value::from("1.2"));
-    let log = store
-        .connection_log(tenant(), DeviceId::new("d1").unwrap(), 10)
-        .await
-        .unwrap();
-    assert_eq!(log.len(), 2);
-    assert_eq!(log[0].reason.as_deref(), Some("keepalive"));
-    assert_eq!(log[1].front.as_deref(), Some("front-0"));
     let rejected = store.rejected_log(tenant(), None, 10).await.unwrap();
     let by_code = |c: ReasonCode| rejected.iter().find(|r| r.code == c).unwrap();
     assert_eq!(by_code(ReasonCode::MalformedJson).excerpt, "{oops");

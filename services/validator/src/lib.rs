@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! fluxgate.ingest.raw ─> Validator ─┬─> fluxgate.ingest.valid     telemetry, client attributes
-//!                                   ├─> fluxgate.device.events    connect/disconnect, RPC, attribute requests, claims
+//!                                   ├─> fluxgate.device.events    connect/disconnect of devices behind a gateway,
+//!                                   │                             RPC, attribute requests, claims (on the device's key)
 //!                                   └─> fluxgate.ingest.rejected  what cannot be stored, with its reason
 //! ```
 //!
@@ -11,9 +12,7 @@
 //! output is acknowledged (at-least-once; outputs are idempotent downstream).
 //!
 //! Registry reads go through `fluxgate_store::CachedStore`, invalidated from
-//! `fluxgate.registry.changes`. Not yet here (issue 6): per-reason Prometheus metrics
-//! (counted in [`ValidatorStats`] for now), the value-size and attribute-count re-checks of
-//! REST input (the MQTT parsers enforce them), and supervision.
+//! `fluxgate.registry.changes`.
 
 mod actor;
 mod config;

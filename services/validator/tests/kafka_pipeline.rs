@@ -270,6 +270,19 @@ async fn kafka_every_kind_ends_in_its_table_and_a_raced_name_becomes_one_device(
                 .map(|_| ())
         }));
     }
+    {
+        // The connection log is the dispatcher's (it owns presence).
+        let cfg = fluxgate_command_dispatch::DispatchConfig {
+            group: format!("{group}-d"),
+            ..Default::default()
+        };
+        let (bus, store, topics) = (bus.clone(), store.clone(), topics.clone());
+        roles.push(Stoppable::spawn_local(|done| async move {
+            fluxgate_command_dispatch::run(bus, store, &topics, cfg, done)
+                .await
+                .map(|_| ())
+        }));
+    }
     // Both validators must hold partitions before the race is produced: warm up with
     // records for unknown devices (refused) under many keys until each has handled one.
     let count = |v: &Arc<ValidatorStats>| v.records.load(std::sync::atomic::Ordering::Relaxed);

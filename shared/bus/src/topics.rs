@@ -11,10 +11,11 @@ pub enum Topic {
     IngestValid,
     /// Refused messages with their reason (validator, front -> ts-writer, metrics).
     IngestRejected,
-    /// Presence, RPC replies, attribute requests (front -> dispatcher, ts-writer).
+    /// Everything about one device's presence and control, on one key (`tenant/device`)
+    /// so that its order holds: connects and disconnects (front, validator for devices
+    /// behind a gateway), commands, RPC and shared-attribute pushes (API), RPC replies,
+    /// attribute requests and delivery outcomes (front, validator) -> dispatcher.
     DeviceEvents,
-    /// Commands and RPC requests (API -> dispatcher).
-    Commands,
     /// Messages for devices (dispatcher -> every front; broadcast).
     Deliveries,
     /// Custom-topic MQTT messages between fronts (broadcast).
@@ -28,12 +29,11 @@ pub enum Topic {
 
 impl Topic {
     /// Every topic.
-    pub const ALL: [Topic; 9] = [
+    pub const ALL: [Topic; 8] = [
         Topic::IngestRaw,
         Topic::IngestValid,
         Topic::IngestRejected,
         Topic::DeviceEvents,
-        Topic::Commands,
         Topic::Deliveries,
         Topic::MqttCustom,
         Topic::RegistryChanges,
@@ -47,7 +47,6 @@ impl Topic {
             Topic::IngestValid => "ingest.valid",
             Topic::IngestRejected => "ingest.rejected",
             Topic::DeviceEvents => "device.events",
-            Topic::Commands => "commands",
             Topic::Deliveries => "deliveries",
             Topic::MqttCustom => "mqtt.custom",
             Topic::RegistryChanges => "registry.changes",
