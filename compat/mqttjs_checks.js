@@ -29,6 +29,20 @@ async function api(path) {
   return JSON.parse(text);
 }
 
+async function apiPost(path, body) {
+  const res = await fetch(API + path, {
+    method: 'POST',
+    headers: {
+      Authorization: `Bearer ${P.write_token}`, Accept: 'application/json', 'Content-Type': 'application/json',
+    },
+    body: JSON.stringify(body),
+    signal: AbortSignal.timeout(10000),
+  });
+  const text = await res.text();
+  if (!res.ok) fail(`POST ${path} answered ${res.status}: ${oneLine(text)}`);
+  return JSON.parse(text);
+}
+
 const devPath = (id) => `/applications/${encodeURIComponent(P.app)}/devices/${encodeURIComponent(id)}`;
 
 async function waitFor(what, probe, timeoutMs = 5000) {
@@ -140,12 +154,46 @@ async function burst(deviceId, n) {
   }
 }
 
+/** Seed 000, with the seed's own client: a gateway subscribed to a peripheral's command
+ * topic gets the peripheral's commands; when the gateway leaves, the peripheral shows
+ * disconnected, with the reason. */
+async function gatewayPeripheralCommand() {
+  const { gateway, peripheral } = P.losant_gateway;
+  const { client } = await connect(`mqtt://${HOST}:${PORT}`, { clientId: gateway, protocolVersion: 4 });
+  const got = [];
+  client.on('message', (topic, payload) => got.push({ topic, payload: payload.toString() }));
+  const topic = `losant/${peripheral}/command`;
+  try {
+    const granted = await client.subscribeAsync(topic, { qos: 1 });
+    if (!granted.length || granted[0].qos !== 1) fail(`SUBACK ${JSON.stringify(granted)}`);
+    const sent = await apiPost(`${devPath(peripheral)}/command`, { name: 'blink', payload: { times: 2 } });
+    const msg = await waitFor(`the command on ${topic}`, async () => got.find((m) => m.topic === topic));
+    const cmd = JSON.parse(msg.payload);
+    if (cmd.name !== 'blink' || !cmd.payload || cmd.payload.times !== 2) fail(`the gateway got ${msg.payload}`);
+    await waitFor('the command delivered in GET /commands/{id}', async () => {
+      const c = await api(`/applications/${encodeURIComponent(P.app)}/commands/${sent.commandId}`);
+      return c.command.status === 'delivered' ? c : null;
+    });
+  } finally {
+    await Promise.race([client.endAsync(), after(2000)]);
+  }
+  const conn = await waitFor('the peripheral disconnected in GET .../connection', async () => {
+    const c = await api(`${devPath(peripheral)}/connection`);
+    return c.connected ? null : c;
+  });
+  const last = conn.log[0] || {};
+  if (last.via !== gateway || !String(last.reason || '').startsWith('gateway session ended')) {
+    fail(`last connection-log entry ${JSON.stringify(last)}`);
+  }
+}
+
 const checks = [
   ['mqttjs-v311-tcp', () => publishAndReadBack(`mqtt://${HOST}:${PORT}`, 'mqttjs-v3-tcp', 4)],
   ['mqttjs-v5-tcp', () => publishAndReadBack(`mqtt://${HOST}:${PORT}`, 'mqttjs-v5-tcp', 5)],
   ['mqttjs-v5-burst-25-qos1', () => burst('mqttjs-v5-burst', 25)],
   ['mqttjs-ws-path-mqtt', () => publishAndReadBack(`ws://${HOST}:${WS_PORT}/mqtt`, 'mqttjs-ws-mqtt', 4)],
   ['mqttjs-ws-path-root', () => publishAndReadBack(`ws://${HOST}:${WS_PORT}`, 'mqttjs-ws-root', 4)],
+  ['mqttjs-losant-gateway-peripheral-command', gatewayPeripheralCommand],
 ];
 
 (async () => {

@@ -7,7 +7,8 @@ it to $FG_PROVISION as JSON. Uses the bootstrap admin token in $FG_BOOTSTRAP_TOK
   opens only `compat-other`;
 - ThingsBoard devices with access tokens: a device, a gateway, a gateway for the 50-device
   burst (a rate-limited gateway is blocked for a while, so it gets its own), and a gateway
-  for the seed document's command lines.
+  for the seed document's command lines;
+- a Losant gateway and a peripheral that any gateway may act for (seed 000).
 """
 
 import json
@@ -49,6 +50,9 @@ LOSANT_DEVICES = [
     "compat-other",
 ]
 
+LOSANT_GATEWAY = "losant-gw"
+LOSANT_PERIPHERAL = "losant-gw-peripheral"
+
 TB_DEVICES = {
     "tb_device": ("tb-device", "standalone"),
     "tb_gateway": ("tb-gateway", "gateway"),
@@ -65,6 +69,10 @@ def main():
     write = ok("POST", f"/applications/{APP}/tokens", {"name": "compat-write", "scope": "write"}, token=admin)
     for d in LOSANT_DEVICES:
         ok("POST", f"/applications/{APP}/devices", {"id": d, "attributes": ATTRIBUTES}, token=admin)
+    ok("POST", f"/applications/{APP}/devices", {"id": LOSANT_GATEWAY, "kind": "gateway"}, token=admin)
+    ok("POST", f"/applications/{APP}/devices",
+       {"id": LOSANT_PERIPHERAL, "kind": "peripheral", "attributes": ATTRIBUTES,
+        "peripheral_policy": {"policy": "any_gateway"}}, token=admin)
     key = ok("POST", f"/applications/{APP}/keys", {}, token=admin)
     scoped = ok("POST", f"/applications/{APP}/keys", {"devices": ["compat-other"]}, token=admin)
     tb = {}
@@ -83,6 +91,7 @@ def main():
         "losant": {"key": key["key"], "secret": key["secret"]},
         "losant_scoped": {"key": scoped["key"], "secret": scoped["secret"], "opens": "compat-other"},
         "losant_devices": LOSANT_DEVICES,
+        "losant_gateway": {"gateway": LOSANT_GATEWAY, "peripheral": LOSANT_PERIPHERAL},
         **tb,
     }
     with open(out_path, "w", encoding="utf-8") as f:

@@ -285,6 +285,48 @@ def check_session_end_disconnects_devices():
         time.sleep(0.1)
 
 
+def check_restart_without_connect():
+    """A restarted gateway (ThingsBoard IoT Gateway's behaviour) does not send
+    `v1/gateway/connect` again for the devices it remembers. Its attribute request for a
+    device that is offline now is answered, and its telemetry about a device connects that
+    device through it: RPC reaches it again."""
+    dev = the_device()
+    other = A.device_by_name("Compat GW Dev 2")
+    if other is None or A.connection(other["id"])["connected"]:
+        fail("needs Compat GW Dev 2 offline (tb-gw-session-end-disconnects-devices)")
+    if A.connection(dev["id"])["connected"]:
+        fail(f"needs {DEVNAME!r} offline (tb-gw-disconnect-device)")
+    A.shared_set(other["id"], {"mode": "night"})
+    calls = []
+
+    def on_rpc(gw, content):
+        calls.append(content)
+        data = content.get("data") or {}
+        gw.gw_send_rpc_reply(content.get("device"), data.get("id"), {"ok": True, "again": True})
+
+    again = gateway_client(P["tb_gateway"]["token"], [])
+    again.gw_set_server_side_rpc_request_handler(on_rpc)
+    try:
+        again.connect(keepalive=30)
+        wait_for("the restarted gateway connected", again.is_connected, 5)
+        content = ask(lambda cb: again.gw_request_shared_attributes("Compat GW Dev 2", ["mode"], cb))
+        if content.get("device") != "Compat GW Dev 2" or answer_values(content) != {"mode": "night"}:
+            fail(f"attribute request for an offline device: answer {content!r}")
+        published(again.gw_send_telemetry(DEVNAME, {"ts": now_ms(), "values": {"restarts": 1}}),
+                  "gw_send_telemetry")
+        wait_for(f"{DEVNAME!r} connected again through the gateway, without a connect",
+                 lambda: A.connection(dev["id"])["connected"])
+        status, body = A.rpc("twoway", dev["id"], {"method": "after_restart", "timeout": 5000})
+        if status != 200 or body != {"ok": True, "again": True}:
+            fail(f"POST /api/rpc/twoway answered {status} {body!r}; the gateway got {calls!r}")
+    finally:
+        again.stop()
+        try:
+            again.disconnect()
+        except Exception:  # noqa: BLE001 - cleanup only
+            pass
+
+
 def check_burst():
     """One gateway, 50 devices, one telemetry message each, at once: every point stored."""
     gw_id = P["tb_gateway_burst"]["id"]
@@ -363,6 +405,7 @@ def main():
                 s.run(name, fn)
             else:
                 s.run(name, fail, "the gateway SDK is not connected")
+        s.run("tb-gw-restart-without-connect", check_restart_without_connect)
         s.run("tb-gw-telemetry-burst-50", check_burst)
     finally:
         client.stop()

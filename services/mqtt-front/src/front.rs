@@ -23,13 +23,31 @@ use crate::auth::{AuthError, Credentials, FailureDelay, Registry};
 use crate::config::FrontConfig;
 use crate::metrics::{FrontMetrics, dialect_label, op_label};
 use crate::session::{
-    CloseReason, Conn, ConnLimits, Entry, Job, NotQueued, Over, Sequencer, SessionMap, Sink, Subs,
-    ToSession, next, quota,
+    CloseReason, Conn, ConnLimits, Entry, Job, NotQueued, Over, Reached, Sequencer, SessionMap,
+    Sink, Subs, ToSession, next, quota,
 };
 pub(crate) use fluxgate_bus::now_ms;
 
 /// Header carrying the MQTT topic of a custom-topic record on `fluxgate.mqtt.custom`.
 pub(crate) const CUSTOM_TOPIC_HEADER: &str = "mqtt-topic";
+
+/// Why a SUBSCRIBE filter is refused.
+#[derive(Debug)]
+pub(crate) enum SubscribeRefused {
+    /// Not allowed to this client.
+    Denied(Reject),
+    /// Allowed, but what it implies could not be put on the bus (try again).
+    Unavailable(String),
+}
+
+impl SubscribeRefused {
+    pub(crate) fn message(&self) -> String {
+        match self {
+            SubscribeRefused::Denied(r) => r.message(),
+            SubscribeRefused::Unavailable(e) => format!("bus unavailable: {e}"),
+        }
+    }
+}
 
 /// Why a CONNECT is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,6 +220,17 @@ impl Front {
         }
     }
 
+    /// A connect or disconnect of `device`, reached through the gateway `conn`: on the raw
+    /// topic, behind the gateway's other messages about it, for the validator to resolve.
+    fn reached_event(&self, conn: &Conn, device: DeviceRef, body: Body) -> OutRecord {
+        let env = Envelope {
+            device,
+            via: Some(conn.identity.principal.device().clone()),
+            ..self.event(conn, body)
+        };
+        traced(OutRecord::new(&self.names.raw, env.key(), env.to_bytes()))
+    }
+
     async fn produce_event(&self, env: &Envelope) -> Result<(), ProduceError> {
         let rec = traced(OutRecord::new(
             &self.names.events,
@@ -311,9 +340,12 @@ impl Front {
             closing: std::cell::Cell::new(None),
             client_disconnected: std::cell::Cell::new(false),
             wants_custom: Arc::new(AtomicBool::new(false)),
+            reached: Reached::default(),
         });
-        let entry = Entry::new(conn.id, tx, conn.wants_custom.clone());
+        let entry = Entry::new(conn.id, tx, conn.wants_custom.clone(), conn.reached.clone());
         if let Some(old) = self.sessions.insert(key.clone(), entry) {
+            // The devices the old session of a gateway reached stay reached, through this one.
+            conn.reached.adopt(&old.reached);
             // The old connection's disconnect is announced here, before the new connect, so
             // that presence ends "online" whatever order the sockets close in.
             old.close(CloseReason::Takeover).await;
@@ -600,11 +632,39 @@ impl Front {
             self.answer_session_limits(conn, request_id.clone()).await;
             return (kind, Ok(None));
         }
-        let recs = envs
-            .iter()
-            .map(|e| traced(OutRecord::new(&self.names.raw, e.key(), e.to_bytes())))
-            .collect();
-        (kind, self.send_all(recs).await.map(Some))
+        // Any gateway message about a device connects it through the gateway (as
+        // ThingsBoard does: a restarted gateway does not announce the devices it
+        // remembers), once per session, just before the message.
+        let about = envs.iter().filter(|e| {
+            e.via.is_some() && !matches!(e.body, Body::Connect { .. } | Body::Disconnect { .. })
+        });
+        let implicit = conn.reached.new_of(about.map(|e| &e.device));
+        let mut recs = Vec::with_capacity(envs.len() + implicit.len());
+        for d in &implicit {
+            let connect = Body::Connect {
+                profile: None,
+                session: Some(self.session_info(conn.remote)),
+            };
+            recs.push(self.reached_event(conn, d.clone(), connect));
+        }
+        recs.extend(
+            envs.iter()
+                .map(|e| traced(OutRecord::new(&self.names.raw, e.key(), e.to_bytes()))),
+        );
+        let sent = self.send_all(recs).await;
+        if sent.is_ok() {
+            for d in implicit {
+                conn.reached.insert(d);
+            }
+            for e in envs.iter().filter(|e| e.via.is_some()) {
+                match e.body {
+                    Body::Connect { .. } => conn.reached.insert(e.device.clone()),
+                    Body::Disconnect { .. } => conn.reached.remove(&e.device),
+                    _ => {}
+                }
+            }
+        }
+        (kind, sent.map(Some))
     }
 
     /// A publish over a rate limit: counted, logged, and the connection closed (after the
@@ -779,16 +839,16 @@ impl Front {
         conn: &Conn,
         filter: &str,
         qos: QoS,
-    ) -> Result<QoS, Reject> {
+    ) -> Result<QoS, SubscribeRefused> {
         let id = &conn.identity;
-        let class = classify_subscribe(&id.principal, filter)?;
+        let class = classify_subscribe(&id.principal, filter).map_err(SubscribeRefused::Denied)?;
         let denied = || Reject::TopicNotAllowed {
             topic: filter.to_owned(),
         };
         match &class.check {
             Check::None => {}
             Check::CustomTopics if id.custom_topics => {}
-            Check::CustomTopics => return Err(denied()),
+            Check::CustomTopics => return Err(SubscribeRefused::Denied(denied())),
             Check::Peripheral {
                 gateway,
                 peripheral,
@@ -799,10 +859,14 @@ impl Front {
                     .await
                     .unwrap_or(false);
                 if !ok {
-                    return Err(Reject::PeripheralNotAllowed {
+                    return Err(SubscribeRefused::Denied(Reject::PeripheralNotAllowed {
                         gateway: gateway.to_string(),
                         peripheral: peripheral.to_string(),
-                    });
+                    }));
+                }
+                // Seed 000: a gateway subscribed to a peripheral's commands reaches it.
+                if let Err(v) = self.reach(conn, DeviceRef::Id(peripheral.clone())).await {
+                    return Err(SubscribeRefused::Unavailable(format!("{v:?}")));
                 }
             }
         }
@@ -814,7 +878,9 @@ impl Front {
         match class.target {
             SubscribeTarget::Platform(s) => conn.subs.borrow_mut().add_platform(s, granted),
             SubscribeTarget::Custom => {
-                let parsed: TopicFilter = filter.parse().map_err(|_| denied())?;
+                let parsed: TopicFilter = filter
+                    .parse()
+                    .map_err(|_| SubscribeRefused::Denied(denied()))?;
                 conn.subs
                     .borrow_mut()
                     .add_custom(filter.to_owned(), parsed, granted);
@@ -822,6 +888,26 @@ impl Front {
             }
         }
         Ok(granted)
+    }
+
+    /// Connects `device` through the gateway `conn` unless this session reached it already;
+    /// returns once the connect is on the bus.
+    async fn reach(&self, conn: &Conn, device: DeviceRef) -> Result<(), Verdict> {
+        let Some(d) = conn.reached.new_of([&device]).pop() else {
+            return Ok(());
+        };
+        let connect = Body::Connect {
+            profile: None,
+            session: Some(self.session_info(conn.remote)),
+        };
+        for ack in self
+            .send_all(vec![self.reached_event(conn, d.clone(), connect)])
+            .await?
+        {
+            ack.await.map_err(|e| Verdict::Failed(e.to_string()))?;
+        }
+        conn.reached.insert(d);
+        Ok(())
     }
 
     /// Handles one UNSUBSCRIBE filter.
@@ -862,6 +948,30 @@ impl Front {
         );
         if let Err(e) = self.produce_event(&ev).await {
             tracing::warn!(error = %e, "disconnect event not produced");
+        }
+        // Every device the gateway reached is disconnected with it, each on its own key.
+        let why = format!("gateway session ended: {reason}");
+        let recs: Vec<OutRecord> = (conn.reached.take().into_iter())
+            .map(|d| {
+                let body = Body::Disconnect {
+                    reason: Some(why.clone()),
+                    session: Some(self.session_info(conn.remote)),
+                };
+                self.reached_event(conn, d, body)
+            })
+            .collect();
+        let count = recs.len();
+        match self.send_all(recs).await {
+            Ok(acks) => {
+                for a in acks {
+                    if let Err(e) = a.await {
+                        tracing::warn!(error = %e, "disconnect of a device behind a gateway not produced");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(devices = count, error = ?e, "disconnects of the devices behind a gateway not produced")
+            }
         }
     }
 

@@ -6,6 +6,9 @@
 //!   ^                     custom topics ─────────────────────────────> fluxgate.mqtt.custom
 //!   │                     refused / malformed ──> PUBACK reason (v5) or close (v3) + fluxgate.ingest.rejected
 //!   │        PUBACK only after the bus acknowledged every record of the publish
+//!   │        a gateway's first message about a device (or, Losant, its subscription to the
+//!   │        device's command topic) ──> connect of that device ──> fluxgate.ingest.raw;
+//!   │        the gateway's session end ──> disconnect of each device it reached
 //!   │
 //!   └── session task <── inbound task <── fluxgate.deliveries, fluxgate.mqtt.custom (broadcast)
 //!                                     <── fluxgate.registry.changes (cache invalidation)

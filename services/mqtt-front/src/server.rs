@@ -289,7 +289,10 @@ async fn protocol_v5(
                     Err(r) => {
                         let filter = fluxgate_model::bounded(&filter, 128);
                         tracing::info!(device = %conn.identity.principal.device(), %filter, reason = %r.message(), "subscribe refused");
-                        sub.fail(R::NotAuthorized);
+                        sub.fail(match r {
+                            crate::front::SubscribeRefused::Denied(_) => R::NotAuthorized,
+                            crate::front::SubscribeRefused::Unavailable(_) => R::UnspecifiedError,
+                        });
                     }
                 }
             }

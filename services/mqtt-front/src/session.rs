@@ -13,7 +13,7 @@
 //! some of them wait for the registry.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::rc::Rc;
@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use fluxgate_model::{Delivery, DeviceId, Principal, Subscription, TenantId};
+use fluxgate_model::{Delivery, DeviceId, DeviceRef, Principal, Subscription, TenantId};
 use futures_channel::mpsc;
 use governor::state::keyed::HashMapStateStore;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter, clock::DefaultClock};
@@ -375,6 +375,54 @@ pub(crate) struct Conn {
     pub(crate) client_disconnected: Cell<bool>,
     /// Shared with the [`SessionMap`] entry: the connection has custom subscriptions.
     pub(crate) wants_custom: Arc<AtomicBool>,
+    /// Shared with the [`SessionMap`] entry: the devices a gateway's session reached.
+    pub(crate) reached: Reached,
+}
+
+/// The devices a gateway connection has announced, implicitly or not: each got a connect
+/// through it, and each gets a disconnect when the gateway's session ends. A connection
+/// that takes over the gateway's session takes them over too.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Reached(Arc<Mutex<HashSet<DeviceRef>>>);
+
+impl Reached {
+    fn set(&self) -> MutexGuard<'_, HashSet<DeviceRef>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Of `devices`, those not reached yet (each once, in order).
+    pub(crate) fn new_of<'a>(
+        &self,
+        devices: impl IntoIterator<Item = &'a DeviceRef>,
+    ) -> Vec<DeviceRef> {
+        let set = self.set();
+        let mut out: Vec<DeviceRef> = Vec::new();
+        for d in devices {
+            if !set.contains(d) && !out.contains(d) {
+                out.push(d.clone());
+            }
+        }
+        out
+    }
+
+    pub(crate) fn insert(&self, d: DeviceRef) {
+        self.set().insert(d);
+    }
+
+    pub(crate) fn remove(&self, d: &DeviceRef) {
+        self.set().remove(d);
+    }
+
+    /// Everything reached, emptied.
+    pub(crate) fn take(&self) -> Vec<DeviceRef> {
+        self.set().drain().collect()
+    }
+
+    /// Adds what `other` reached (a takeover).
+    pub(crate) fn adopt(&self, other: &Reached) {
+        let theirs = other.take();
+        self.set().extend(theirs);
+    }
 }
 
 impl Conn {
@@ -456,6 +504,7 @@ pub(crate) struct Entry {
     pub(crate) conn: u64,
     tx: Arc<Mutex<mpsc::Sender<ToSession>>>,
     pub(crate) wants_custom: Arc<AtomicBool>,
+    pub(crate) reached: Reached,
 }
 
 /// Why a message was not queued for a connection.
@@ -472,11 +521,13 @@ impl Entry {
         conn: u64,
         tx: mpsc::Sender<ToSession>,
         wants_custom: Arc<AtomicBool>,
+        reached: Reached,
     ) -> Self {
         Entry {
             conn,
             tx: Arc::new(Mutex::new(tx)),
             wants_custom,
+            reached,
         }
     }
 

@@ -284,18 +284,48 @@ async fn gateways_act_only_for_peripherals_that_allow_them() {
         gw1.subscribe("losant/p-any/command").await,
         vec![S::GrantedQos1]
     );
-    let env = raw.next_envelope().await;
-    assert_eq!(env.device, DeviceRef::Id(dev("p-any")));
-    assert_eq!(env.via, Some(dev("gw1")));
+    // The gateway's first message about the peripheral connects it through the gateway
+    // (the subscription that follows has nothing left to announce).
+    for want in ["connect", "telemetry"] {
+        let env = raw.next_envelope().await;
+        assert_eq!(env.body.kind().as_str(), want);
+        assert_eq!(env.device, DeviceRef::Id(dev("p-any")));
+        assert_eq!(env.via, Some(dev("gw1")));
+    }
 
+    // A subscription to a peripheral's commands connects it too (seed 000).
     let gw2 = v3(rig.addr, "gw2", Some("key-all"), Some(SECRET))
         .await
         .unwrap();
+    assert_eq!(
+        gw2.subscribe("losant/p-gw2/command").await,
+        vec![v3::codec::SubscribeReturnCode::Success(
+            v3::codec::QoS::AtLeastOnce
+        )]
+    );
     gw2.publish("losant/p-gw2/state", &state(3)).await.unwrap();
+    for want in ["connect", "telemetry"] {
+        let env = raw.next_envelope().await;
+        assert_eq!(env.body.kind().as_str(), want);
+        assert_eq!(
+            (env.device, env.via),
+            (DeviceRef::Id(dev("p-gw2")), Some(dev("gw2")))
+        );
+    }
+    // Its session ends: the peripherals it reached are disconnected with it.
+    gw2.sink.close();
     let env = raw.next_envelope().await;
+    assert_eq!(env.body.kind().as_str(), "disconnect");
     assert_eq!(
         (env.device, env.via),
         (DeviceRef::Id(dev("p-gw2")), Some(dev("gw2")))
+    );
+    let fluxgate_model::Body::Disconnect { reason, .. } = env.body else {
+        unreachable!()
+    };
+    assert_eq!(
+        reason.as_deref(),
+        Some("gateway session ended: client disconnect")
     );
     // A plain device may not subscribe to another device's commands.
     let d = v3(rig.addr, "dev1", Some("key-dev1"), Some(SECRET))
@@ -1020,10 +1050,11 @@ async fn every_thingsboard_topic_reaches_the_bus_at_qos_0_and_1() {
             r#"{"device":"A"}"#,
             vec!["disconnect"],
         ),
+        // A and B were not announced: each is connected just before its first message.
         (
             "v1/gateway/attributes",
             r#"{"A":{"fw":"1"},"B":{"fw":"2"}}"#,
-            vec!["attributes", "attributes"],
+            vec!["connect", "connect", "attributes", "attributes"],
         ),
         (
             "v1/gateway/attributes/request",
