@@ -10,6 +10,11 @@ pub struct DispatchConfig {
     pub group: String,
     /// How long a two-way RPC waits for its reply when the caller gave no expiry, in ms.
     pub rpc_timeout_ms: u64,
+    /// How long a sent command waits for its front's delivery outcome, in ms; then a
+    /// persistent one is queued again for the device's next connect and a lightweight
+    /// one fails (no front held the session any more, or it closed with the delivery
+    /// queued).
+    pub delivery_timeout_ms: u64,
     /// First retry delay after a store or bus failure, in milliseconds.
     pub retry_initial_ms: u64,
     /// Longest retry delay, in milliseconds.
@@ -21,6 +26,7 @@ impl Default for DispatchConfig {
         DispatchConfig {
             group: "fluxgate-command-dispatch".into(),
             rpc_timeout_ms: 10_000,
+            delivery_timeout_ms: 10_000,
             retry_initial_ms: 100,
             retry_max_ms: 5_000,
         }

@@ -233,6 +233,15 @@ enum Presence {
     Unknown,
 }
 
+/// What a command's timer waits for.
+#[derive(Debug, Clone, Copy)]
+enum Deadline {
+    /// A two-way RPC's reply.
+    Reply,
+    /// The front's delivery outcome of a sent command.
+    Delivery,
+}
+
 /// What one record asks the actor to do after the async part.
 enum After {
     Nothing,
@@ -360,54 +369,88 @@ impl Ctx {
             .await?;
         self.set(c.id, CommandStatus::Sent, None, None)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        // No front may hold the session any more (it closed with the delivery queued, or
+        // the device moved): without an outcome in time, the command does not stay `sent`.
+        let after = Duration::from_millis(self.cfg.delivery_timeout_ms);
+        self.clone().start_timer(c.id, after, Deadline::Delivery);
+        Ok(())
     }
 
-    /// Starts an RPC's timer. It runs outside the actor, so it outlives a restart of the
-    /// actor; [`Ctx::rearm_timers`] covers a restart of the process.
-    fn start_timer(self, id: MessageId, after: Duration) {
+    /// Starts a command's timer. It runs outside the actor, so it outlives a restart of
+    /// the actor; [`Ctx::rearm_timers`] covers a restart of the process.
+    fn start_timer(self, id: MessageId, after: Duration, deadline: Deadline) {
         actix::spawn(async move {
             tokio::time::sleep(after).await;
-            self.expire(id).await;
+            self.expire(id, deadline).await;
         });
     }
 
-    /// Starts again the timers of the RPCs sent before this dispatcher started (by an
-    /// earlier process, or another instance): the store keeps them.
+    /// Starts again the timers of the commands in flight before this dispatcher started
+    /// (by an earlier process, or another instance): the store keeps them.
     async fn rearm_timers(self) {
-        let pending = match self.store.pending_rpcs(100_000).await {
+        let pending = match self.store.in_flight_commands(100_000).await {
             Ok(p) => p,
             Err(e) => {
-                tracing::warn!(error = %e, "dispatcher: pending RPCs not read; their timeouts wait for their expiry");
+                tracing::warn!(error = %e, "dispatcher: commands in flight not read; their timers wait for the next restart");
                 return;
             }
         };
         let now = now_ms();
+        let until = |at: i64| Duration::from_millis((at - now).max(0) as u64);
+        let ms = |d: u64| i64::try_from(d).unwrap_or(i64::MAX);
         for c in pending {
-            let rpc_timeout = i64::try_from(self.cfg.rpc_timeout_ms).unwrap_or(i64::MAX);
-            let deadline = c
-                .command
-                .expires_ms
-                .unwrap_or(c.updated_ms.saturating_add(rpc_timeout));
-            let after = Duration::from_millis((deadline - now).max(0) as u64);
-            self.clone().start_timer(c.id, after);
+            if c.status == CommandStatus::Sent {
+                let at = c
+                    .updated_ms
+                    .saturating_add(ms(self.cfg.delivery_timeout_ms));
+                self.clone()
+                    .start_timer(c.id, until(at), Deadline::Delivery);
+            }
+            if c.command.two_way {
+                let at = c
+                    .command
+                    .expires_ms
+                    .unwrap_or(c.updated_ms.saturating_add(ms(self.cfg.rpc_timeout_ms)));
+                self.clone().start_timer(c.id, until(at), Deadline::Reply);
+            }
         }
     }
 
-    /// A two-way RPC's time is up: unless answered, it timed out. Store failures are
-    /// retried a few times; after that the command stays open until a restart's sweep.
-    async fn expire(&self, id: MessageId) {
+    /// A command's time is up. A two-way RPC not answered timed out; a command still
+    /// `sent` (no front reported its delivery) is queued again for the next connect if
+    /// persistent, and fails if not. Store failures are retried a few times; after that
+    /// the command stays open until a restart re-arms it.
+    async fn expire(&self, id: MessageId, deadline: Deadline) {
         let mut delay = Duration::from_millis(self.cfg.retry_initial_ms.max(1));
+        let undelivered = format!("not delivered within {} ms", self.cfg.delivery_timeout_ms);
         for _ in 0..8 {
-            let done = match self.store.command(id).await {
-                Ok(Some(c)) if !c.status.is_final() => {
-                    let why = Some("no reply in time".into());
-                    self.set(id, CommandStatus::TimedOut, why, None)
-                        .await
-                        .is_ok()
+            let next = match self.store.command(id).await {
+                Ok(Some(c)) => match deadline {
+                    Deadline::Reply if !c.status.is_final() => {
+                        Some((CommandStatus::TimedOut, "no reply in time".to_owned()))
+                    }
+                    Deadline::Delivery if c.status == CommandStatus::Sent => {
+                        if c.command.persistent {
+                            let why = format!("{undelivered}; queued for the next connect");
+                            Some((CommandStatus::Queued, why))
+                        } else {
+                            Some((CommandStatus::Failed, undelivered.clone()))
+                        }
+                    }
+                    _ => None,
+                },
+                Ok(None) => None,
+                Err(_) => {
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_millis(self.cfg.retry_max_ms.max(1)));
+                    continue;
                 }
-                Ok(_) => true,
-                Err(_) => false,
+            };
+            let done = match next {
+                None => true,
+                Some((to, why)) => self.set(id, to, Some(why), None).await.is_ok(),
             };
             if done {
                 return;
@@ -416,7 +459,7 @@ impl Ctx {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(self.cfg.retry_max_ms.max(1)));
         }
-        tracing::warn!(command = %id, "dispatcher: could not record an RPC timeout");
+        tracing::warn!(command = %id, ?deadline, "dispatcher: could not record a command's timeout");
     }
 
     /// Where `device` is connected according to the connection log: the presence of a
@@ -545,7 +588,7 @@ impl Ctx {
                     } else {
                         self.send(c, &o).await?;
                         if let Some(d) = self.timeout_of(c) {
-                            self.clone().start_timer(c.id, d);
+                            self.clone().start_timer(c.id, d, Deadline::Reply);
                         }
                     }
                 }
@@ -741,7 +784,7 @@ impl Dispatcher {
                 After::Offline(k) => {
                     act.online.insert(k, None);
                 }
-                After::Timer(id, d) => act.ctx().start_timer(id, d),
+                After::Timer(id, d) => act.ctx().start_timer(id, d, Deadline::Reply),
             }
             consumer.ack(&rec.position);
             act.fetch(ctx);

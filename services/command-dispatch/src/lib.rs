@@ -23,14 +23,18 @@
 //! "offline" means offline when the command was made: a lightweight command fails at
 //! once, a persistent one waits (`queued`) and is sent when the device or its gateway
 //! connects, unless it expired first. The front's delivery outcome moves it to
-//! `delivered` (or back to `queued` / `failed`); a two-way RPC's reply moves it to
+//! `delivered` (or back to `queued` / `failed`); without an outcome within
+//! `delivery_timeout_ms` (no front held the session any more, or it closed with the
+//! delivery queued) it goes back to `queued` if persistent and fails if not, so nothing
+//! stays `sent`. A two-way RPC's reply moves it to
 //! `replied`, matched by its RPC id; a timer moves an unanswered two-way RPC to
 //! `timed_out`. Attribute requests are answered over the connection they came on, from
 //! the store; shared attributes changed through the API are pushed to online devices.
 //!
 //! Commands live in the store from the moment they arrive, so a restarted dispatcher
 //! loses none: queued commands are read back when their device connects, and the timers
-//! of two-way RPCs in flight are re-armed from the store at start.
+//! of the commands in flight (RPC replies, delivery deadlines) are re-armed from the
+//! store at start.
 
 mod config;
 mod dispatcher;

@@ -438,6 +438,58 @@ async fn a_restarted_dispatcher_keeps_pending_commands() {
     assert!(rig.no_delivery().await);
 }
 
+/// A command no front delivers (its session closed with the delivery queued, or no front
+/// holds it) does not stay `sent`: a lightweight one fails, a persistent one is queued
+/// again and sent at the next connect.
+#[actix_rt::test]
+async fn a_sent_command_that_no_front_delivers_fails_or_is_queued_again() {
+    let rig = Rig::new();
+    let cfg = DispatchConfig {
+        delivery_timeout_ms: 300,
+        ..DispatchConfig::default()
+    };
+    let (_, running) = rig.run_on(Arc::new(rig.bus.clone()), cfg);
+    rig.connect("gone", None, Dialect::Losant, true).await;
+    let light = rig
+        .command("gone", Dialect::Losant, false, false, None)
+        .await;
+    let kept = rig
+        .command("gone", Dialect::Losant, false, true, None)
+        .await;
+    // The test front reads both deliveries and reports nothing, as a front whose session
+    // went away does.
+    let mut delivered = [rig.delivery().await.id, rig.delivery().await.id];
+    delivered.sort();
+    let mut want = [light, kept];
+    want.sort();
+    assert_eq!(delivered, want);
+    rig.status(light, CommandStatus::Failed).await;
+    rig.status(kept, CommandStatus::Queued).await;
+    let detail = |h: Vec<fluxgate_store::StatusChange>| h.last().unwrap().detail.clone();
+    assert_eq!(
+        detail(rig.store.command_history(light).await.unwrap()).as_deref(),
+        Some("not delivered within 300 ms")
+    );
+    assert_eq!(
+        detail(rig.store.command_history(kept).await.unwrap()).as_deref(),
+        Some("not delivered within 300 ms; queued for the next connect")
+    );
+    // Sent again at the next connect; delivered this time, and it stays delivered.
+    rig.connect("gone", None, Dialect::Losant, false).await;
+    assert_eq!(rig.delivery().await.id, kept);
+    rig.status(kept, CommandStatus::Sent).await;
+    let outcome = Body::DeliveryOutcome {
+        delivery: kept,
+        delivered: true,
+        reason: None,
+    };
+    rig.event("gone", None, Dialect::Losant, outcome).await;
+    rig.status(kept, CommandStatus::Delivered).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    rig.status(kept, CommandStatus::Delivered).await;
+    running.stop(Duration::from_secs(5)).await;
+}
+
 #[actix_rt::test]
 async fn run_stops_on_shutdown() {
     let rig = Rig::new();

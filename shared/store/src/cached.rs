@@ -342,8 +342,8 @@ impl Store for CachedStore {
     ) -> BoxFuture<'_, Result<Vec<CommandRecord>>> {
         self.inner.commands(tenant, device, status, limit)
     }
-    fn pending_rpcs(&self, limit: u32) -> BoxFuture<'_, Result<Vec<CommandRecord>>> {
-        self.inner.pending_rpcs(limit)
+    fn in_flight_commands(&self, limit: u32) -> BoxFuture<'_, Result<Vec<CommandRecord>>> {
+        self.inner.in_flight_commands(limit)
     }
     fn log_connection(&self, event: ConnectionEvent) -> BoxFuture<'_, Result<()>> {
         self.inner.log_connection(event)

@@ -231,9 +231,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         limit: u32,
     ) -> BoxFuture<'_, Result<Vec<CommandRecord>>>;
 
-    /// Two-way commands sent and not answered or ended yet (status sent or delivered),
-    /// oldest first: the RPC timers a restarted dispatcher must run again.
-    fn pending_rpcs(&self, limit: u32) -> BoxFuture<'_, Result<Vec<CommandRecord>>>;
+    /// Commands in flight, oldest first: two-way ones sent and not answered or ended yet
+    /// (status sent or delivered) and one-way ones sent and not delivered yet (status
+    /// sent). Their RPC timers and delivery deadlines are what a restarted dispatcher
+    /// must run again.
+    fn in_flight_commands(&self, limit: u32) -> BoxFuture<'_, Result<Vec<CommandRecord>>>;
 
     /// Records a connect/disconnect.
     fn log_connection(&self, event: ConnectionEvent) -> BoxFuture<'_, Result<()>>;

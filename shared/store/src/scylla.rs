@@ -123,8 +123,9 @@ const TABLES: &[&str] = &[
        status text, created_ms bigint, updated_ms bigint, reply text)",
     "CREATE TABLE IF NOT EXISTS {ks}.commands_by_device (tenant text, device text, created_ms bigint, id text,
        status text, PRIMARY KEY ((tenant, device), created_ms, id)) WITH CLUSTERING ORDER BY (created_ms DESC, id DESC)",
-    // Two-way commands awaiting their reply (one partition: RPCs in flight are few).
-    "CREATE TABLE IF NOT EXISTS {ks}.rpcs_awaiting_reply (shard int, id text, PRIMARY KEY ((shard), id))",
+    // Commands in flight: sent and not delivered, or two-way and not answered (one
+    // partition: commands in flight are few).
+    "CREATE TABLE IF NOT EXISTS {ks}.commands_in_flight (shard int, id text, PRIMARY KEY ((shard), id))",
     "CREATE TABLE IF NOT EXISTS {ks}.command_history (id text, seq int, status text, at_ms bigint, detail text,
        PRIMARY KEY ((id), seq))",
     "CREATE TABLE IF NOT EXISTS {ks}.connection_log (tenant text, device text, at_ms bigint, uid text, connected boolean,
@@ -330,15 +331,15 @@ const STATEMENTS: &[(&str, &str)] = &[
     ),
     (
         "put_awaiting",
-        "INSERT INTO {ks}.rpcs_awaiting_reply (shard, id) VALUES (0, ?)",
+        "INSERT INTO {ks}.commands_in_flight (shard, id) VALUES (0, ?)",
     ),
     (
         "del_awaiting",
-        "DELETE FROM {ks}.rpcs_awaiting_reply WHERE shard = 0 AND id = ?",
+        "DELETE FROM {ks}.commands_in_flight WHERE shard = 0 AND id = ?",
     ),
     (
         "get_awaiting",
-        "SELECT id FROM {ks}.rpcs_awaiting_reply WHERE shard = 0 LIMIT ?",
+        "SELECT id FROM {ks}.commands_in_flight WHERE shard = 0 LIMIT ?",
     ),
     (
         "put_conn",
@@ -473,6 +474,15 @@ where
         .map(|r| r.map_err(read_err))
         .collect::<Result<Vec<T>>>()?;
     Ok(out)
+}
+
+/// Whether a command in `status` is in flight (see `Store::in_flight_commands`).
+fn in_flight(c: &fluxgate_model::Command, status: CommandStatus) -> bool {
+    match status {
+        CommandStatus::Sent => true,
+        CommandStatus::Delivered => c.two_way,
+        _ => false,
+    }
 }
 
 /// The write timestamp (microseconds) of a cell that holds a value of sample time `ts_ms`:
@@ -1349,15 +1359,12 @@ impl Store for ScyllaStore {
                 ),
             )
             .await?;
-            if current.command.two_way {
-                let awaiting = matches!(to, CommandStatus::Sent | CommandStatus::Delivered);
-                let stmt = if awaiting {
-                    "put_awaiting"
-                } else {
-                    "del_awaiting"
-                };
-                self.exec(stmt, (key.as_str(),)).await?;
-            }
+            let stmt = if in_flight(&current.command, to) {
+                "put_awaiting"
+            } else {
+                "del_awaiting"
+            };
+            self.exec(stmt, (key.as_str(),)).await?;
             let history: Vec<(i32, String, i64, Option<String>)> =
                 rows(self.exec("get_hist", (key.as_str(),)).await?)?;
             let seq = history.iter().map(|h| h.0).max().map_or(0, |m| m + 1);
@@ -1413,14 +1420,14 @@ impl Store for ScyllaStore {
         })
     }
 
-    fn pending_rpcs(&self, limit: u32) -> BoxFuture<'_, Result<Vec<CommandRecord>>> {
+    fn in_flight_commands(&self, limit: u32) -> BoxFuture<'_, Result<Vec<CommandRecord>>> {
         Box::pin(async move {
             let limit = i32::try_from(limit).unwrap_or(i32::MAX);
             let ids: Vec<(String,)> = rows(self.exec("get_awaiting", (limit,)).await?)?;
             let mut out = Vec::new();
             for (cid,) in ids {
                 if let Some(c) = self.load_command(&cid).await?
-                    && matches!(c.status, CommandStatus::Sent | CommandStatus::Delivered)
+                    && in_flight(&c.command, c.status)
                 {
                     out.push(c);
                 }

@@ -1119,17 +1119,21 @@ impl Store for SqliteStore {
         })
     }
 
-    fn pending_rpcs(&self, limit: u32) -> BoxFuture<'_, Result<Vec<CommandRecord>>> {
+    fn in_flight_commands(&self, limit: u32) -> BoxFuture<'_, Result<Vec<CommandRecord>>> {
         self.run(move |c, _| {
             let mut s = c
                 .prepare_cached(&format!(
                     "SELECT {COMMAND_COLS} FROM commands
-                     WHERE status IN ('sent', 'delivered') AND json_extract(command, '$.two_way') = 1
+                     WHERE status = 'sent'
+                        OR (status = 'delivered' AND json_extract(command, '$.two_way') = 1)
                      ORDER BY updated_ms LIMIT ?1"
                 ))
                 .map_err(sql_err)?;
-            let rows = s.query_map(params![limit], command_from_row).map_err(sql_err)?;
-            rows.map(|r| r.map_err(sql_err).and_then(rows::command)).collect()
+            let rows = s
+                .query_map(params![limit], command_from_row)
+                .map_err(sql_err)?;
+            rows.map(|r| r.map_err(sql_err).and_then(rows::command))
+                .collect()
         })
     }
 

@@ -571,7 +571,7 @@ pub async fn command_transitions(h: &Harness) {
         reply: None,
     };
     s.put_command(record.clone()).await.unwrap();
-    assert_eq!(s.command(id).await.unwrap(), Some(record));
+    assert_eq!(s.command(id).await.unwrap(), Some(record.clone()));
     s.set_command_status(
         id,
         CommandStatus::Sent,
@@ -654,11 +654,38 @@ pub async fn command_transitions(h: &Harness) {
     assert_eq!(replied.len(), 2, "the copy was stored with status replied");
     let all = s.commands(t.clone(), dev("d"), None, 10).await.unwrap();
     assert_eq!(all[0].id, other, "newest first");
+
+    // A one-way command is in flight while sent, until its delivery.
+    let one_way = MessageId::from_parts(NOW as u64 + 7, 1);
+    let mut cmd = record.command.clone();
+    cmd.two_way = false;
+    s.put_command(CommandRecord {
+        id: one_way,
+        command: cmd,
+        status: CommandStatus::Queued,
+        created_ms: NOW + 7,
+        updated_ms: NOW + 7,
+        ..record
+    })
+    .await
+    .unwrap();
+    assert!(
+        !awaiting(s).await.contains(&one_way),
+        "queued: not in flight"
+    );
+    s.set_command_status(one_way, CommandStatus::Sent, NOW + 8, None, None)
+        .await
+        .unwrap();
+    assert!(awaiting(s).await.contains(&one_way), "sent: in flight");
+    s.set_command_status(one_way, CommandStatus::Delivered, NOW + 9, None, None)
+        .await
+        .unwrap();
+    assert!(!awaiting(s).await.contains(&one_way), "delivered: done");
 }
 
-/// The ids of the two-way commands awaiting their reply.
+/// The ids of the commands in flight.
 async fn awaiting(s: &dyn fluxgate_store::Store) -> Vec<MessageId> {
-    s.pending_rpcs(100)
+    s.in_flight_commands(100)
         .await
         .unwrap()
         .iter()
