@@ -17,8 +17,11 @@
 //! flight; time-outs, unavailable and overload answers are retried with exponential
 //! backoff up to [`ScyllaConfig::retries`] times, then surface as
 //! [`StoreError::Unavailable`]; unlogged batches are used only within one partition.
-//! Command status changes are read-check-write: one dispatcher owns a device's commands
-//! (they arrive keyed by device), so they are not raced.
+//! A command's status change is one lightweight transaction (`UPDATE ... IF status = ?
+//! AND hist_seq = ?`): the dispatcher's record handling, its timers and a late delivery
+//! outcome can race on one command, and exactly one of two racing changes applies; the
+//! other is judged again against what did. The history entry's seq comes from the same
+//! transaction, so two changes never share one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -93,7 +96,11 @@ impl ScyllaConfig {
 }
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
+
+/// Columns added in schema version 3: `(table, column, type)`, added to a keyspace an
+/// older build made.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[("commands", "hist_seq", "int")];
 
 const TABLES: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.schema_version (id int PRIMARY KEY, version int)",
@@ -119,8 +126,10 @@ const TABLES: &[&str] = &[
        PRIMARY KEY ((tenant, device, key), bucket))",
     "CREATE TABLE IF NOT EXISTS {ks}.ts_latest (tenant text, device text, key text, ts bigint, vtype int,
        v_long bigint, v_double double, v_text text, v_bool boolean, PRIMARY KEY ((tenant, device), key))",
+    // `hist_seq`: the seq of the command's last history entry; every status change is
+    // one lightweight transaction conditional on it and on the status.
     "CREATE TABLE IF NOT EXISTS {ks}.commands (id text PRIMARY KEY, tenant text, device text, command text,
-       status text, created_ms bigint, updated_ms bigint, reply text)",
+       status text, created_ms bigint, updated_ms bigint, reply text, hist_seq int)",
     "CREATE TABLE IF NOT EXISTS {ks}.commands_by_device (tenant text, device text, created_ms bigint, id text,
        status text, PRIMARY KEY ((tenant, device), created_ms, id)) WITH CLUSTERING ORDER BY (created_ms DESC, id DESC)",
     // Commands in flight: sent and not delivered, or two-way and not answered (one
@@ -297,7 +306,7 @@ const STATEMENTS: &[(&str, &str)] = &[
     ),
     (
         "put_cmd",
-        "INSERT INTO {ks}.commands (id, tenant, device, command, status, created_ms, updated_ms, reply) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO {ks}.commands (id, tenant, device, command, status, created_ms, updated_ms, reply, hist_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
     ),
     (
         "get_cmd",
@@ -305,7 +314,11 @@ const STATEMENTS: &[(&str, &str)] = &[
     ),
     (
         "set_cmd",
-        "UPDATE {ks}.commands SET status = ?, updated_ms = ?, reply = ? WHERE id = ?",
+        "UPDATE {ks}.commands SET status = ?, updated_ms = ?, reply = ?, hist_seq = ? WHERE id = ? IF status = ? AND hist_seq = ?",
+    ),
+    (
+        "get_cmd_seq",
+        "SELECT hist_seq FROM {ks}.commands WHERE id = ?",
     ),
     (
         "put_cmd_idx",
@@ -476,6 +489,18 @@ where
     Ok(out)
 }
 
+/// Whether a lightweight transaction applied: `[applied]` comes first; one that did not
+/// may carry the row's current columns after it.
+fn applied(r: QueryResult) -> Result<bool> {
+    let rs = r.into_rows_result().map_err(read_err)?;
+    Ok(rs
+        .rows::<(bool,)>()
+        .ok()
+        .and_then(|mut it| it.next())
+        .and_then(|r| r.ok())
+        .is_some_and(|(a,)| a))
+}
+
 /// Whether a command in `status` is in flight (see `Store::in_flight_commands`).
 fn in_flight(c: &fluxgate_model::Command, status: CommandStatus) -> bool {
     match status {
@@ -563,6 +588,28 @@ impl ScyllaStore {
                 .query_unpaged(t.replace("{ks}", ks), &[])
                 .await
                 .map_err(exec_err)?;
+        }
+        // A keyspace an older build made lacks the columns added since.
+        let version: Option<i32> = session
+            .query_unpaged(
+                format!("SELECT version FROM {ks}.schema_version WHERE id = 1"),
+                &[],
+            )
+            .await
+            .map_err(exec_err)
+            .and_then(rows::<(i32,)>)?
+            .first()
+            .map(|(v,)| *v);
+        if version.is_some_and(|v| v < 3) {
+            for (table, column, kind) in ADDED_COLUMNS {
+                let alter = format!("ALTER TABLE {ks}.{table} ADD {column} {kind}");
+                match session.query_unpaged(alter, &[]).await {
+                    Ok(_) => {}
+                    // Added by a start that stopped before it recorded the version.
+                    Err(e) if e.to_string().contains("already exists") => {}
+                    Err(e) => return Err(exec_err(e)),
+                }
+            }
         }
         Ok(())
     }
@@ -834,16 +881,7 @@ impl Store for ScyllaStore {
             let (t, n) = (tenant.as_str(), name.as_str());
             let fresh = new_device_id(now_ms, n)?;
             let r = self.exec("claim_name", (t, n, fresh.as_str())).await?;
-            let rs = r.into_rows_result().map_err(read_err)?;
-            // `[applied]` first; a failed claim may carry the existing row's columns after it.
-            let applied = rs
-                .rows::<(bool,)>()
-                .ok()
-                .and_then(|mut it| it.next())
-                .and_then(|r| r.ok())
-                .map(|(a,)| a)
-                .unwrap_or(false);
-            if applied {
+            if applied(r)? {
                 let device = Device {
                     tenant: tenant.clone(),
                     id: fresh,
@@ -1331,23 +1369,54 @@ impl Store for ScyllaStore {
     ) -> BoxFuture<'_, Result<CommandRecord>> {
         Box::pin(async move {
             let key = cid.to_string();
-            let current = self
-                .load_command(&key)
-                .await?
-                .ok_or_else(|| StoreError::NotFound(format!("command {cid}")))?;
-            if !current.status.can_become(to) {
-                return Err(StoreError::InvalidTransition {
-                    id: cid,
-                    from: current.status.as_str(),
-                    to: to.as_str(),
-                });
-            }
-            let reply_json = reply
-                .as_ref()
-                .map(to_json)
-                .or_else(|| current.reply.as_ref().map(to_json));
-            self.exec("set_cmd", (to.as_str(), at_ms, reply_json, key.as_str()))
-                .await?;
+            // One lightweight transaction per change, conditional on the status and the
+            // history seq read just before: of two racing changes one applies, and the
+            // other reads again and is judged against what applied.
+            let mut attempts = 0;
+            let (current, seq) = loop {
+                attempts += 1;
+                if attempts > 16 {
+                    return Err(StoreError::Unavailable(format!(
+                        "command {cid}: its status kept changing under 16 attempts"
+                    )));
+                }
+                let current = self
+                    .load_command(&key)
+                    .await?
+                    .ok_or_else(|| StoreError::NotFound(format!("command {cid}")))?;
+                if !current.status.can_become(to) {
+                    return Err(StoreError::InvalidTransition {
+                        id: cid,
+                        from: current.status.as_str(),
+                        to: to.as_str(),
+                    });
+                }
+                let seq: Vec<(Option<i32>,)> =
+                    rows(self.exec("get_cmd_seq", (key.as_str(),)).await?)?;
+                let seen = seq.into_iter().next().and_then(|(s,)| s);
+                let next = seen.map_or(1, |s| s + 1);
+                let reply_json = reply
+                    .as_ref()
+                    .map(to_json)
+                    .or_else(|| current.reply.as_ref().map(to_json));
+                let r = self
+                    .exec(
+                        "set_cmd",
+                        (
+                            to.as_str(),
+                            at_ms,
+                            reply_json,
+                            next,
+                            key.as_str(),
+                            current.status.as_str(),
+                            seen,
+                        ),
+                    )
+                    .await?;
+                if applied(r)? {
+                    break (current, next);
+                }
+            };
             self.exec(
                 "put_cmd_idx",
                 (
@@ -1365,9 +1434,6 @@ impl Store for ScyllaStore {
                 "del_awaiting"
             };
             self.exec(stmt, (key.as_str(),)).await?;
-            let history: Vec<(i32, String, i64, Option<String>)> =
-                rows(self.exec("get_hist", (key.as_str(),)).await?)?;
-            let seq = history.iter().map(|h| h.0).max().map_or(0, |m| m + 1);
             self.exec("put_hist", (key.as_str(), seq, to.as_str(), at_ms, detail))
                 .await?;
             self.load_command(&key)

@@ -1054,11 +1054,22 @@ impl Store for SqliteStore {
                 });
             }
             let reply_json = reply.as_ref().map(to_json);
-            tx.execute(
-                "UPDATE commands SET status = ?2, updated_ms = ?3, reply = coalesce(?4, reply) WHERE id = ?1",
-                params![key, to.as_str(), at_ms, reply_json],
-            )
-            .map_err(sql_err)?;
+            // Conditional on the status read (the immediate transaction already holds the
+            // write lock; the condition keeps the rule in the statement, as on Cassandra).
+            let changed = tx
+                .execute(
+                    "UPDATE commands SET status = ?2, updated_ms = ?3, reply = coalesce(?4, reply)
+                     WHERE id = ?1 AND status = ?5",
+                    params![key, to.as_str(), at_ms, reply_json, current.status.as_str()],
+                )
+                .map_err(sql_err)?;
+            if changed != 1 {
+                return Err(StoreError::InvalidTransition {
+                    id: cid,
+                    from: current.status.as_str(),
+                    to: to.as_str(),
+                });
+            }
             let seq = next_seq(&tx, "SELECT max(seq) FROM command_history WHERE id = ?1", &[&key])?;
             tx.execute(
                 "INSERT INTO command_history (id, seq, status, at_ms, detail) VALUES (?1, ?2, ?3, ?4, ?5)",

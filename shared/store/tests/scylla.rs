@@ -147,3 +147,7 @@ async fn scylla_slow_store_still_writes() {
     assert!(started.elapsed() >= Duration::from_millis(100));
     assert_eq!(store.retries(), 0);
 }
+contract_test!(
+    scylla_racing_transitions_leave_one_terminal_status,
+    contract::racing_transitions_leave_one_terminal_status
+);

@@ -178,3 +178,7 @@ fn sqlite_bad_config_names_the_field() {
         "{err}"
     );
 }
+contract_test!(
+    sqlite_racing_transitions_leave_one_terminal_status,
+    contract::racing_transitions_leave_one_terminal_status
+);

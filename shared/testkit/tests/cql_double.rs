@@ -240,6 +240,27 @@ async fn paging_lwt_ttl_timestamps_and_batches() {
             .unwrap()
     ));
 
+    // UPDATE ... IF: applied only while every condition holds; a missing cell is null.
+    let cas = s
+        .prepare(
+            "UPDATE fg.ts SET s = ?, n = ? WHERE dev = ? AND key = ? AND ts = ? IF s = ? AND n = ?",
+        )
+        .await
+        .unwrap();
+    let step = |to: &'static str, n: i32, from: &'static str, seen: Option<i32>| {
+        s.execute_unpaged(&cas, (to, n, "n", "k", 1i64, from, seen))
+    };
+    assert!(applied(step("second", 1, "first", None).await.unwrap()));
+    assert!(
+        !applied(step("third", 2, "first", Some(1)).await.unwrap()),
+        "s changed"
+    );
+    assert!(
+        !applied(step("third", 2, "second", None).await.unwrap()),
+        "n changed"
+    );
+    assert!(applied(step("third", 2, "second", Some(1)).await.unwrap()));
+
     // USING TIMESTAMP: the later timestamp wins whatever the arrival order.
     let stamped = s
         .prepare("UPDATE fg.ts USING TIMESTAMP ? SET s = ? WHERE dev = ? AND key = ? AND ts = ?")

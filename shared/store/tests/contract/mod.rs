@@ -876,3 +876,59 @@ pub async fn delete_then_recreate_starts_empty(h: &Harness) {
         "an attribute set after the recreate, with a time before the delete, is seen"
     );
 }
+
+/// A reply and a timeout at the same instant, many times over: each command ends with
+/// exactly one terminal status, the one whose write succeeded, and its history shows one
+/// terminal entry, last (every transition is one conditional write).
+pub async fn racing_transitions_leave_one_terminal_status(h: &Harness) {
+    let s = &*h.store;
+    let t = tenant();
+    for i in 0..20u128 {
+        let id = MessageId::from_parts(NOW as u64 + 100, 1000 + i);
+        s.put_command(CommandRecord {
+            id,
+            tenant: t.clone(),
+            device: dev("race"),
+            command: Command {
+                name: "rpc".into(),
+                payload: serde_json::json!({}),
+                time_ms: None,
+                two_way: true,
+                persistent: false,
+                expires_ms: None,
+            },
+            status: CommandStatus::Queued,
+            created_ms: NOW,
+            updated_ms: NOW,
+            reply: None,
+        })
+        .await
+        .unwrap();
+        s.set_command_status(id, CommandStatus::Sent, NOW + 1, None, None)
+            .await
+            .unwrap();
+        let reply = Some(serde_json::json!({"ok": true}));
+        let (replied, timed_out) = tokio::join!(
+            s.set_command_status(id, CommandStatus::Replied, NOW + 2, None, reply),
+            s.set_command_status(id, CommandStatus::TimedOut, NOW + 2, None, None),
+        );
+        let won = match (&replied, &timed_out) {
+            (Ok(_), Err(StoreError::InvalidTransition { .. })) => CommandStatus::Replied,
+            (Err(StoreError::InvalidTransition { .. }), Ok(_)) => CommandStatus::TimedOut,
+            other => panic!("round {i}: both or neither applied: {other:?}"),
+        };
+        assert_eq!(s.command(id).await.unwrap().unwrap().status, won);
+        let history: Vec<CommandStatus> = s
+            .command_history(id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| c.status)
+            .collect();
+        assert_eq!(
+            history,
+            [CommandStatus::Queued, CommandStatus::Sent, won],
+            "round {i}"
+        );
+    }
+}

@@ -1,7 +1,7 @@
 //! In-memory tables that execute the parsed CQL subset with Cassandra's rules where the
 //! adapter relies on them: partition-key lookups, clustering-order ranges, last-write-wins
 //! cells by write timestamp (`USING TIMESTAMP`), TTL per write, `INSERT ... IF NOT
-//! EXISTS` answering `[applied]`, LIMIT and paging.
+//! EXISTS` and `UPDATE ... IF col = ?` answering `[applied]`, LIMIT and paging.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -170,6 +170,15 @@ struct Table {
     data: BTreeMap<Vec<V>, BTreeMap<Vec<V>, Row>>,
 }
 
+/// The one-row answer of a lightweight transaction.
+fn applied(a: bool) -> Outcome {
+    Outcome::Rows {
+        columns: vec![("[applied]".into(), ColumnType::Col(CqlType::Boolean))],
+        rows: vec![vec![Some(vec![u8::from(a)])]],
+        paging_state: None,
+    }
+}
+
 /// The outcome of a statement.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Outcome {
@@ -273,6 +282,7 @@ pub(crate) fn bind_types(engine: &Engine, stmt: &Stmt) -> Result<Vec<(String, Cq
             set,
             rels,
             using: u,
+            conditions,
         } => {
             let def = engine.def(ks, table)?;
             using(u, &mut push)?;
@@ -281,6 +291,9 @@ pub(crate) fn bind_types(engine: &Engine, stmt: &Stmt) -> Result<Vec<(String, Cq
             }
             for r in rels {
                 push(&r.term, &r.col, def.type_of(&r.col)?)?;
+            }
+            for (c, t) in conditions {
+                push(t, c, def.type_of(c)?)?;
             }
         }
         Stmt::Delete {
@@ -321,6 +334,9 @@ pub(crate) fn result_columns(
             if_not_exists: true,
             ..
         } => Some(vec![("[applied]".into(), CqlType::Boolean)]),
+        Stmt::Update { conditions, .. } if !conditions.is_empty() => {
+            Some(vec![("[applied]".into(), CqlType::Boolean)])
+        }
         _ => None,
     })
 }
@@ -551,13 +567,8 @@ impl Engine {
                 let (pk, ck) = (key_of(&def.partition)?, key_of(&def.clustering)?);
                 let t = self.tables.entry((ks.clone(), table.clone())).or_default();
                 let row = t.data.entry(pk).or_default().entry(ck).or_default();
-                let applied_col = |applied: bool| Outcome::Rows {
-                    columns: vec![("[applied]".into(), ColumnType::Col(CqlType::Boolean))],
-                    rows: vec![vec![Some(vec![u8::from(applied)])]],
-                    paging_state: None,
-                };
                 if *if_not_exists && Self::row_alive(row, now_us) {
-                    return Ok(applied_col(false));
+                    return Ok(applied(false));
                 }
                 Self::put(row, "", Some(V::Bool(true)), ts, expires);
                 for (c, v) in cells {
@@ -566,7 +577,7 @@ impl Engine {
                     }
                 }
                 Ok(if *if_not_exists {
-                    applied_col(true)
+                    applied(true)
                 } else {
                     Outcome::Void
                 })
@@ -577,6 +588,7 @@ impl Engine {
                 set,
                 rels,
                 using,
+                conditions,
             } => {
                 let def = self.def(ks, table)?.clone();
                 let (ts, expires) = self.write_ts(using, o, now_us)?;
@@ -590,7 +602,30 @@ impl Engine {
                 for (c, t) in set {
                     values.push((c.clone(), self.value(t, def.type_of(c)?, o)?));
                 }
+                let mut wanted = Vec::new();
+                for (c, t) in conditions {
+                    wanted.push((c.clone(), self.value(t, def.type_of(c)?, o)?));
+                }
                 let t = self.tables.entry((ks.clone(), table.clone())).or_default();
+                if !conditions.is_empty() {
+                    // A missing row or cell compares as null, as in Cassandra.
+                    let row = t.data.get(&pk).and_then(|p| p.get(&ck));
+                    let holds = wanted.iter().all(|(c, want)| {
+                        let have = row
+                            .and_then(|r| r.get(c))
+                            .filter(|cell| cell.alive(now_us))
+                            .and_then(|cell| cell.v.as_ref());
+                        have == want.as_ref()
+                    });
+                    if !holds {
+                        return Ok(applied(false));
+                    }
+                    let row = t.data.entry(pk).or_default().entry(ck).or_default();
+                    for (c, v) in values {
+                        Self::put(row, &c, v, ts, expires);
+                    }
+                    return Ok(applied(true));
+                }
                 let row = t.data.entry(pk).or_default().entry(ck).or_default();
                 for (c, v) in values {
                     Self::put(row, &c, v, ts, expires);

@@ -24,7 +24,9 @@
 //!   - paging, with the page size and paging state of the request;
 //!   - last-write-wins cells by write timestamp (`USING TIMESTAMP`, or the client's
 //!     default timestamp) and TTL per write;
-//!   - `INSERT ... IF NOT EXISTS` answering `[applied]`.
+//!   - `INSERT ... IF NOT EXISTS` and `UPDATE ... IF col = ? AND ...` answering
+//!     `[applied]` (one node, so every lightweight transaction is simply atomic; a
+//!     refused one answers `[applied] = false` without the row's current columns).
 //! - Faults on demand ([`CqlDouble::inject`]): write timeout, read timeout, unavailable
 //!   and overloaded, with the bodies the driver parses into typed errors. Added latency
 //!   ([`CqlDouble::set_latency`]).
@@ -38,7 +40,7 @@
 //! - tombstones: a DELETE removes rows outright, so a later write with an older
 //!   timestamp reappears here where Cassandra would hide it;
 //! - secondary indexes, filtering, `IN`, collections in user tables, counters, UDTs,
-//!   conditional UPDATE/DELETE (`IF ...`);
+//!   conditional DELETE, `IF EXISTS` and conditions other than `=`;
 //! - a batch that fails halfway: there is no rollback, but an injected fault fails the
 //!   whole batch before any statement runs;
 //! - query planning costs: latency is only what is injected.

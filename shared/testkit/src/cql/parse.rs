@@ -166,6 +166,8 @@ pub(crate) enum Stmt {
         rels: Vec<Rel>,
         /// USING.
         using: Using,
+        /// `IF column = term AND ...`: a lightweight transaction, answering `[applied]`.
+        conditions: Vec<(String, Term)>,
     },
     /// DELETE
     Delete {
@@ -573,12 +575,24 @@ pub(crate) fn parse(q: &str) -> Result<(Stmt, usize), SyntaxError> {
         })?;
         p.expect_kw("where")?;
         let rels = p.rels()?;
+        let mut conditions = Vec::new();
+        if p.kw("if") {
+            loop {
+                let c = p.ident()?;
+                p.expect_sym("=")?;
+                conditions.push((c, p.term()?));
+                if !p.kw("and") {
+                    break;
+                }
+            }
+        }
         Stmt::Update {
             ks,
             table,
             set,
             rels,
             using,
+            conditions,
         }
     } else if p.kw("delete") {
         p.expect_kw("from")?;
