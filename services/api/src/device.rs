@@ -213,6 +213,7 @@ async fn send_command(
     st: &ApiState,
     app: &TenantId,
     device: &DeviceId,
+    id: MessageId,
     command: Command,
 ) -> Result<MessageId, ApiError> {
     // The dispatcher, the front and the device must all read the payload back.
@@ -220,7 +221,6 @@ async fn send_command(
         .check_json(&command.payload)
         .map_err(|r| ApiError::from_reject(&r))?;
     st.existing_device(app, device).await?;
-    let id = new_id();
     // The dispatcher renders it in the dialect the device is connected with.
     let env = envelope(
         id,
@@ -253,6 +253,7 @@ async fn post_command(
         &st,
         &app,
         &device,
+        new_id(),
         Command {
             name: body.name,
             payload: body.payload,
@@ -334,10 +335,14 @@ async fn rpc(
     } else {
         None
     };
-    let id = send_command(
+    let id = new_id();
+    // Registered before the command is sent, so its end cannot be announced in between.
+    let waiter = st.outcomes.wait_for(id);
+    send_command(
         st,
         &app,
         &device,
+        id,
         Command {
             name: body.method,
             payload: body.params,
@@ -351,9 +356,10 @@ async fn rpc(
     if !two_way || body.persistent {
         return Ok(HttpResponse::Ok().json(serde_json::json!({ "rpcId": id })));
     }
-    // Wait for the dispatcher's verdict in the store: replied, or not.
+    // Woken by the announcement of its end, then answered from the store; the store is
+    // read every second anyway (an announcement can be missed while the API's consumer
+    // joins).
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
-    let mut wait = Duration::from_millis(10);
     loop {
         if let Some(c) = st.store.command(id).await? {
             match c.status {
@@ -378,8 +384,8 @@ async fn rpc(
                 "no reply to RPC {id} within {timeout_ms} ms"
             )));
         }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_millis(200));
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        waiter.woken(left.min(Duration::from_secs(1))).await;
     }
 }
 

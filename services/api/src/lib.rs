@@ -6,7 +6,8 @@
 //! Losant REST state ──normalize──> fluxgate.ingest.raw (same path as MQTT; 200 after the bus ack)
 //! Losant command, ThingsBoard RPC ──> fluxgate.device.events ──> dispatcher ──> the device's front
 //!   (on the device's key, behind its connects and disconnects: their order holds)
-//!     two-way RPC: waits for the command's reply in the store, 504 on timeout
+//!     two-way RPC: woken by fluxgate.command.outcomes (broadcast: any replica), answers
+//!     from the store; 504 on timeout
 //! shared attributes ──> store + fluxgate.device.events (pushed to the device by the dispatcher)
 //! queries ──> store: time series, latest state, connection log, commands, rejected log
 //! ```
@@ -21,6 +22,7 @@ mod config;
 mod device;
 pub mod error;
 pub mod openapi;
+mod outcomes;
 mod query;
 mod registry;
 
@@ -28,7 +30,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
-use fluxgate_bus::{Bus, OutRecord, Producer, Topic, TopicsConfig};
+use fluxgate_bus::{Bus, ConsumerSpec, OutRecord, Producer, Topic, TopicsConfig};
 use fluxgate_model::{Limits, RegistryChange, TenantId};
 use fluxgate_observability::Health;
 use fluxgate_store::Store;
@@ -58,6 +60,7 @@ pub struct ApiState {
     tokens: DeviceTokens,
     limits: Limits,
     metrics: ApiMetrics,
+    outcomes: Arc<outcomes::Outcomes>,
 }
 
 /// The API's metrics.
@@ -98,7 +101,14 @@ impl ApiState {
         let tokens = DeviceTokens::new(&cfg.device_token_secret, cfg.device_token_ttl_secs)?;
         let metrics = ApiMetrics::new(registry)
             .map_err(|e| ApiError::unavailable(format!("metrics: {e}")))?;
+        let consumer = bus
+            .consumer(ConsumerSpec::broadcast(
+                "fluxgate-api",
+                &[&topics.name(Topic::CommandOutcomes)],
+            ))
+            .map_err(|e| ApiError::unavailable(format!("command outcomes: {e}")))?;
         Ok(ApiState {
+            outcomes: Arc::new(outcomes::Outcomes::new(consumer)),
             store,
             producer: bus.producer(),
             names: Names {
@@ -236,6 +246,7 @@ pub fn start(
 ) -> std::io::Result<RunningApi> {
     let addr = state.cfg.http_addr.clone();
     let workers = state.cfg.workers.max(1);
+    actix_web::rt::spawn(state.outcomes.clone().run());
     let state = web::Data::new(state);
     let obs = web::Data::new((registry, health));
     let server = HttpServer::new(move || {

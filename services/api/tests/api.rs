@@ -603,3 +603,84 @@ async fn too_deep_bodies_are_refused_before_anything_is_produced() {
         "no state was produced"
     );
 }
+
+/// A two-way RPC's request is woken by the announcement of its end on
+/// `fluxgate.command.outcomes` (which any API replica reads) and answers from the store,
+/// instead of waiting for its next read of the store (every second).
+#[actix_rt::test]
+async fn a_two_way_rpc_is_answered_when_its_end_is_announced() {
+    let r = rig().await;
+    let admin = r.app("a1").await;
+    let mut commands = r.tap(Topic::DeviceEvents);
+    r.call(
+        "POST",
+        "/applications/a1/devices",
+        Some(&admin),
+        Some(json!({"id": "dev1"})),
+    )
+    .await;
+    let (addr, token) = (r.addr, admin.clone());
+    let pending = actix_rt::spawn(async move {
+        let body = json!({"method": "getTime", "params": {}, "timeout": 5000});
+        call(
+            addr,
+            "POST",
+            "/api/rpc/twoway/dev1",
+            Some(&token),
+            Some(body),
+        )
+        .await
+        .unwrap()
+    });
+    let e = next(&mut commands).await;
+    let Body::Command(command) = e.body.clone() else {
+        panic!("{e:?}")
+    };
+    // What the dispatcher does when the device answers: the store, then the announcement.
+    let s = &r.store;
+    s.put_command(fluxgate_store::CommandRecord {
+        id: e.id,
+        tenant: e.tenant.clone(),
+        device: fluxgate_model::DeviceId::new("dev1").unwrap(),
+        command,
+        status: fluxgate_store::CommandStatus::Queued,
+        created_ms: e.received_ms,
+        updated_ms: e.received_ms,
+        reply: None,
+    })
+    .await
+    .unwrap();
+    use fluxgate_store::CommandStatus as S;
+    s.set_command_status(e.id, S::Sent, e.received_ms + 1, None, None)
+        .await
+        .unwrap();
+    let reply = json!({"time": 1700000000000i64});
+    s.set_command_status(
+        e.id,
+        S::Replied,
+        e.received_ms + 2,
+        None,
+        Some(reply.clone()),
+    )
+    .await
+    .unwrap();
+    let announced = std::time::Instant::now();
+    let id = e.id.to_string();
+    let rec = fluxgate_bus::OutRecord::new(
+        r.topics.name(Topic::CommandOutcomes),
+        id.clone(),
+        id.into_bytes(),
+    );
+    let _ack = r.bus.producer().send(rec).await.unwrap();
+    let (status, out) = tokio::time::timeout(Duration::from_secs(10), pending)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((status, out), (200, reply));
+    // Woken: well before the next read of the store, a second after the first.
+    assert!(
+        announced.elapsed() < Duration::from_millis(800),
+        "answered {:?} after the announcement",
+        announced.elapsed()
+    );
+}

@@ -219,6 +219,7 @@ type Key = (TenantId, DeviceId);
 #[derive(Debug, Clone)]
 struct Names {
     deliveries: String,
+    outcomes: String,
     rejected: String,
     dead_letter: String,
 }
@@ -304,6 +305,9 @@ impl Ctx {
                 ) {
                     self.stats.failed.fetch_add(1, Ordering::Relaxed);
                 }
+                if to.is_final() {
+                    self.announce_outcome(id).await;
+                }
                 Ok(())
             }
             // A redelivered event may try a move already made; that is not a failure.
@@ -314,6 +318,16 @@ impl Ctx {
                 Ok(())
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Tells every API instance that command `id` ended (best effort: a waiting request
+    /// also reads the store now and then).
+    async fn announce_outcome(&self, id: MessageId) {
+        let key = id.to_string();
+        let rec = OutRecord::new(&self.names.outcomes, key.clone(), key.into_bytes());
+        if let Err(e) = self.producer.produce(rec).await {
+            tracing::warn!(command = %id, error = %e, "dispatcher: command outcome not announced");
         }
     }
 
@@ -707,6 +721,7 @@ impl Dispatcher {
             store,
             names: Names {
                 deliveries: topics.name(Topic::Deliveries),
+                outcomes: topics.name(Topic::CommandOutcomes),
                 rejected: topics.name(Topic::IngestRejected),
                 dead_letter: topics.name(Topic::DeadLetter),
             },

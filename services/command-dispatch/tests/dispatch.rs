@@ -277,6 +277,13 @@ async fn offline_devices_fail_lightweight_commands_and_get_persistent_ones_on_co
 #[actix_rt::test]
 async fn a_two_way_rpc_is_answered_by_the_device() {
     let rig = Rig::new();
+    let outcomes = rig
+        .bus
+        .consumer(ConsumerSpec::broadcast(
+            "api",
+            &[&rig.topics.name(Topic::CommandOutcomes)],
+        ))
+        .unwrap();
     rig.dispatcher(None);
     rig.connect("t1", None, Dialect::ThingsBoard, true).await;
     let id = rig
@@ -292,6 +299,12 @@ async fn a_two_way_rpc_is_answered_by_the_device() {
     };
     rig.event("t1", None, Dialect::ThingsBoard, reply).await;
     rig.status(id, CommandStatus::Replied).await;
+    // Its end is announced to every API instance, keyed by the command id.
+    let announced = tokio::time::timeout(Duration::from_secs(5), outcomes.recv())
+        .await
+        .expect("an announcement")
+        .unwrap();
+    assert_eq!(announced.key, id.to_string().as_bytes());
     assert_eq!(
         rig.store.command(id).await.unwrap().unwrap().reply,
         Some(serde_json::json!({"ok": true}))

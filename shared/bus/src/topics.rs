@@ -18,6 +18,10 @@ pub enum Topic {
     DeviceEvents,
     /// Messages for devices (dispatcher -> every front; broadcast).
     Deliveries,
+    /// A command reached its end (replied, failed, timed out, expired): its id, keyed by
+    /// it (dispatcher -> every API instance; broadcast). Wakes the HTTP request waiting
+    /// on a two-way RPC, whichever API replica holds it.
+    CommandOutcomes,
     /// Custom-topic MQTT messages between fronts (broadcast).
     MqttCustom,
     /// Registry changes (API -> caches in fronts and validators); compacted.
@@ -29,12 +33,13 @@ pub enum Topic {
 
 impl Topic {
     /// Every topic.
-    pub const ALL: [Topic; 8] = [
+    pub const ALL: [Topic; 9] = [
         Topic::IngestRaw,
         Topic::IngestValid,
         Topic::IngestRejected,
         Topic::DeviceEvents,
         Topic::Deliveries,
+        Topic::CommandOutcomes,
         Topic::MqttCustom,
         Topic::RegistryChanges,
         Topic::DeadLetter,
@@ -48,6 +53,7 @@ impl Topic {
             Topic::IngestRejected => "ingest.rejected",
             Topic::DeviceEvents => "device.events",
             Topic::Deliveries => "deliveries",
+            Topic::CommandOutcomes => "command.outcomes",
             Topic::MqttCustom => "mqtt.custom",
             Topic::RegistryChanges => "registry.changes",
             Topic::DeadLetter => "dead-letter",
