@@ -934,9 +934,6 @@ impl Front {
         if !self.sessions.remove(&conn.key(), conn.id) {
             return;
         }
-        // A DISCONNECT read right behind a publish reaches the control service once that
-        // publish has its verdict: wait for it, or the client's leaving looks like a loss.
-        settled(conn, Duration::from_secs(self.cfg.drain_grace_secs)).await;
         let reason = match conn.closing.get() {
             Some(r) => r.as_str(),
             None if conn.client_disconnected.get() => "client disconnect",
@@ -989,26 +986,21 @@ impl Front {
         let grace = Duration::from_secs(self.cfg.drain_grace_secs);
         let conn = conn.clone();
         ntex::rt::spawn(async move {
-            settled(&conn, grace).await;
+            let idle = async {
+                loop {
+                    let n = conn.idle.notified();
+                    if conn.in_flight.get() == 0 {
+                        return;
+                    }
+                    n.await;
+                }
+            };
+            let _ = tokio::time::timeout(grace, idle).await;
+            // The last verdict's ack is written by ntex right after the publish returns.
+            tokio::task::yield_now().await;
             conn.sink.close(reason);
         });
     }
-}
-
-/// Waits (at most `grace`) until every publish `conn` took in has its verdict, then lets
-/// ntex run what it queued behind them (the last PUBACK, a DISCONNECT read after them).
-async fn settled(conn: &Conn, grace: Duration) {
-    let idle = async {
-        loop {
-            let n = conn.idle.notified();
-            if conn.in_flight.get() == 0 {
-                return;
-            }
-            n.await;
-        }
-    };
-    let _ = tokio::time::timeout(grace, idle).await;
-    tokio::task::yield_now().await;
 }
 
 async fn session_task(
