@@ -39,6 +39,36 @@ async fn ok(api: SocketAddr, method: &str, path: &str, token: &str, body: Value)
 }
 
 /// Application `app`, devices `d0..dN` with a number attribute `n`, an access key for all.
+/// The id of the device `name` behind a gateway, once the connection log shows it
+/// connected for the `round`-th time (each gateway session connects it once, implicitly).
+async fn gateway_device_connected(c: &Cluster, admin: &str, name: &str, round: u32) -> String {
+    let mut last = Value::Null;
+    for _ in 0..300 {
+        let path = "/applications/scale/devices?limit=1000";
+        let list = ok(c.api(0), "GET", path, admin, Value::Null).await;
+        let found = list["items"]
+            .as_array()
+            .and_then(|ds| ds.iter().find(|d| d["name"] == name))
+            .and_then(|d| d["id"].as_str())
+            .map(str::to_owned);
+        if let Some(id) = found {
+            let path = format!("/applications/scale/devices/{id}/connection");
+            last = ok(c.api(0), "GET", &path, admin, Value::Null).await;
+            let connects = last["log"]
+                .as_array()
+                .map_or(0, |l| l.iter().filter(|e| e["connected"] == true).count());
+            if last["connected"] == true && connects >= round as usize {
+                return id;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{name} not connected through the gateway (round {round}): {last}\n{}",
+        c.logs(40)
+    );
+}
+
 async fn provision(c: &Cluster, app: &str, devices: usize) -> (String, String, String) {
     let api = c.api(0);
     ok(api, "POST", "/applications", &c.token, json!({"id": app})).await;
@@ -344,7 +374,9 @@ async fn kafka_kill_every_role_and_lose_nothing_acknowledged() {
 
 /// Scale-out through MQTT and the API only: a command sent through API replica 1 reaches
 /// a device held by front 0 and ends `delivered`; a custom-topic publish on front 1
-/// reaches a subscriber on front 0. Then a rolling restart: SIGTERM to front 0 while its
+/// reaches a subscriber on front 0. A ThingsBoard gateway that never sends `connect`
+/// gets a two-way RPC through API replica 1 on front 1, then again after it moved to
+/// front 0 (its telemetry connects the device each time). Then a rolling restart: SIGTERM to front 0 while its
 /// devices publish QoS 1 — it drains and exits cleanly, its MQTT 5 client is told "server
 /// shutting down" (0x8B), the publishers move to front 1, and every acknowledged state is
 /// stored once.
@@ -441,6 +473,60 @@ async fn kafka_scale_out_and_a_rolling_front_restart() {
         (t.as_str(), &p[..]),
         ("plant/7/alarms", &br#"{"hot":true}"#[..])
     );
+
+    // A ThingsBoard gateway on front 1 that never sends `connect`: its telemetry
+    // connects the device; an RPC through API replica 1 is answered through it. Then the
+    // gateway moves to front 0 and the same holds there.
+    ok(
+        c.api(0),
+        "POST",
+        "/applications/scale/devices",
+        &admin,
+        json!({"id": "tbgw", "kind": "gateway"}),
+    )
+    .await;
+    let tok = ok(
+        c.api(0),
+        "POST",
+        "/applications/scale/devices/tbgw/tokens",
+        &admin,
+        Value::Null,
+    )
+    .await;
+    let gw_token = tok["secret"].as_str().unwrap().to_owned();
+    let mut pump = None;
+    for (round, front) in [(1u32, 1usize), (2, 0)] {
+        let mut gw = fluxgate_testkit::mqtt::v3(c.front(front), "tbgw", Some(&gw_token), None)
+            .await
+            .unwrap();
+        gw.subscribe("v1/gateway/rpc").await;
+        let telemetry = json!({"Pump 1": [{"values": {"rpm": round}}]});
+        gw.publish("v1/gateway/telemetry", &telemetry.to_string())
+            .await
+            .unwrap();
+        let id = gateway_device_connected(&c, &admin, "Pump 1", round).await;
+        // One device for one name, whichever front the gateway is on.
+        assert_eq!(pump.get_or_insert_with(|| id.clone()), &id);
+        let path = format!("/api/rpc/twoway/{id}");
+        let body = json!({"method": "getRpm", "params": {}, "timeout": 10000});
+        let (api, token) = (c.api(1), admin.clone());
+        let rpc =
+            tokio::spawn(async move { call(api, "POST", &path, Some(&token), Some(body)).await });
+        let (topic, payload) = tokio::time::timeout(Duration::from_secs(15), gw.inbox.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no RPC at the gateway on front {front}\n{}", c.logs(40)))
+            .unwrap();
+        assert_eq!(topic, "v1/gateway/rpc");
+        let req: Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(req["device"], "Pump 1", "{req}");
+        let reply = json!({"device": "Pump 1", "id": req["data"]["id"], "data": {"rpm": round}});
+        gw.publish("v1/gateway/rpc", &reply.to_string())
+            .await
+            .unwrap();
+        let (status, out) = rpc.await.unwrap().unwrap();
+        assert_eq!((status, out), (200, json!({"rpm": round})), "round {round}");
+        gw.sink.close();
+    }
 
     // Rolling restart of front 0 under QoS 1 load.
     let devices = ["d1".to_string(), "d2".to_string()];
