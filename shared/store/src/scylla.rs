@@ -318,7 +318,7 @@ const STATEMENTS: &[(&str, &str)] = &[
     ),
     (
         "get_cmd_seq",
-        "SELECT hist_seq FROM {ks}.commands WHERE id = ?",
+        "SELECT id, tenant, device, command, status, created_ms, updated_ms, reply, hist_seq FROM {ks}.commands WHERE id = ?",
     ),
     (
         "put_cmd_idx",
@@ -732,6 +732,29 @@ impl ScyllaStore {
     async fn load_command(&self, cid: &str) -> Result<Option<CommandRecord>> {
         let r: Vec<CommandRow> = rows(self.exec("get_cmd", (cid,)).await?)?;
         r.into_iter().next().map(codec::command).transpose()
+    }
+
+    /// [`Self::load_command`] with the command's history seq (`None`: never changed
+    /// since a build without it wrote the row).
+    async fn load_command_seq(&self, cid: &str) -> Result<Option<(CommandRecord, Option<i32>)>> {
+        type WithSeq = (
+            String,
+            String,
+            String,
+            String,
+            String,
+            i64,
+            i64,
+            Option<String>,
+            Option<i32>,
+        );
+        let r: Vec<WithSeq> = rows(self.exec("get_cmd_seq", (cid,)).await?)?;
+        r.into_iter()
+            .next()
+            .map(|(a, b, c, d, e, f, g, h, seq)| {
+                Ok((codec::command((a, b, c, d, e, f, g, h))?, seq))
+            })
+            .transpose()
     }
 
     async fn insert_device(&self, d: &Device) -> Result<()> {
@@ -1380,8 +1403,10 @@ impl Store for ScyllaStore {
                         "command {cid}: its status kept changing under 16 attempts"
                     )));
                 }
-                let current = self
-                    .load_command(&key)
+                // The command and its history seq, in one read: the condition below is on
+                // the pair as it was.
+                let (current, seen) = self
+                    .load_command_seq(&key)
                     .await?
                     .ok_or_else(|| StoreError::NotFound(format!("command {cid}")))?;
                 if !current.status.can_become(to) {
@@ -1391,9 +1416,6 @@ impl Store for ScyllaStore {
                         to: to.as_str(),
                     });
                 }
-                let seq: Vec<(Option<i32>,)> =
-                    rows(self.exec("get_cmd_seq", (key.as_str(),)).await?)?;
-                let seen = seq.into_iter().next().and_then(|(s,)| s);
                 let next = seen.map_or(1, |s| s + 1);
                 let reply_json = reply
                     .as_ref()
