@@ -234,6 +234,28 @@ enum Presence {
     Unknown,
 }
 
+/// What `c` becomes when its `deadline` passes, with why; `None` if it is past that.
+fn expiry(
+    c: &CommandRecord,
+    deadline: Deadline,
+    delivery_timeout_ms: u64,
+) -> Option<(CommandStatus, String)> {
+    let undelivered = || format!("not delivered within {delivery_timeout_ms} ms");
+    match deadline {
+        Deadline::Reply if !c.status.is_final() => {
+            Some((CommandStatus::TimedOut, "no reply in time".to_owned()))
+        }
+        Deadline::Delivery if c.status == CommandStatus::Sent && c.command.persistent => Some((
+            CommandStatus::Queued,
+            format!("{}; queued for the next connect", undelivered()),
+        )),
+        Deadline::Delivery if c.status == CommandStatus::Sent => {
+            Some((CommandStatus::Failed, undelivered()))
+        }
+        _ => None,
+    }
+}
+
 /// What a command's timer waits for.
 #[derive(Debug, Clone, Copy)]
 enum Deadline {
@@ -437,34 +459,14 @@ impl Ctx {
     /// the command stays open until a restart re-arms it.
     async fn expire(&self, id: MessageId, deadline: Deadline) {
         let mut delay = Duration::from_millis(self.cfg.retry_initial_ms.max(1));
-        let undelivered = format!("not delivered within {} ms", self.cfg.delivery_timeout_ms);
         for _ in 0..8 {
-            let next = match self.store.command(id).await {
-                Ok(Some(c)) => match deadline {
-                    Deadline::Reply if !c.status.is_final() => {
-                        Some((CommandStatus::TimedOut, "no reply in time".to_owned()))
-                    }
-                    Deadline::Delivery if c.status == CommandStatus::Sent => {
-                        if c.command.persistent {
-                            let why = format!("{undelivered}; queued for the next connect");
-                            Some((CommandStatus::Queued, why))
-                        } else {
-                            Some((CommandStatus::Failed, undelivered.clone()))
-                        }
-                    }
-                    _ => None,
+            let done = match self.store.command(id).await {
+                Ok(Some(c)) => match expiry(&c, deadline, self.cfg.delivery_timeout_ms) {
+                    Some((to, why)) => self.set(id, to, Some(why), None).await.is_ok(),
+                    None => true,
                 },
-                Ok(None) => None,
-                Err(_) => {
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_millis(self.cfg.retry_max_ms.max(1)));
-                    continue;
-                }
-            };
-            let done = match next {
-                None => true,
-                Some((to, why)) => self.set(id, to, Some(why), None).await.is_ok(),
+                Ok(None) => true,
+                Err(_) => false,
             };
             if done {
                 return;
