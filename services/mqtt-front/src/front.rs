@@ -231,6 +231,15 @@ impl Front {
         traced(OutRecord::new(&self.names.raw, env.key(), env.to_bytes()))
     }
 
+    /// The connect of `device` through the gateway `conn` ([`Front::reached_event`]).
+    fn reached_connect(&self, conn: &Conn, device: DeviceRef) -> OutRecord {
+        let connect = Body::Connect {
+            profile: None,
+            session: Some(self.session_info(conn.remote)),
+        };
+        self.reached_event(conn, device, connect)
+    }
+
     async fn produce_event(&self, env: &Envelope) -> Result<(), ProduceError> {
         let rec = traced(OutRecord::new(
             &self.names.events,
@@ -641,11 +650,7 @@ impl Front {
         let implicit = conn.reached.new_of(about.map(|e| &e.device));
         let mut recs = Vec::with_capacity(envs.len() + implicit.len());
         for d in &implicit {
-            let connect = Body::Connect {
-                profile: None,
-                session: Some(self.session_info(conn.remote)),
-            };
-            recs.push(self.reached_event(conn, d.clone(), connect));
+            recs.push(self.reached_connect(conn, d.clone()));
         }
         recs.extend(
             envs.iter()
@@ -896,12 +901,8 @@ impl Front {
         let Some(d) = conn.reached.new_of([&device]).pop() else {
             return Ok(());
         };
-        let connect = Body::Connect {
-            profile: None,
-            session: Some(self.session_info(conn.remote)),
-        };
         for ack in self
-            .send_all(vec![self.reached_event(conn, d.clone(), connect)])
+            .send_all(vec![self.reached_connect(conn, d.clone())])
             .await?
         {
             ack.await.map_err(|e| Verdict::Failed(e.to_string()))?;
