@@ -168,6 +168,16 @@ class Api:
         return http("POST", f"/api/rpc/{kind}/{q(device)}", body, token=self.write, timeout=timeout)
 
 
+def stop_sdk(client):
+    """Stops a tb-mqtt-client client (device or gateway) and disconnects it, whatever
+    state it is in (cleanup only: errors of a client already gone are ignored)."""
+    client.stop()
+    try:
+        client.disconnect()
+    except Exception:  # noqa: BLE001 - cleanup only
+        pass
+
+
 def latest_values(points):
     return {p["key"]: p["value"] for p in points}
 

@@ -11,7 +11,7 @@ import time
 import tb_device_mqtt
 from tb_device_mqtt import TBDeviceMqttClient
 
-from fgcompat import MQTT_HOST, MQTT_PORT, Api, Suite, fail, now_ms, provision, wait_for
+from fgcompat import MQTT_HOST, MQTT_PORT, Api, Suite, fail, now_ms, provision, stop_sdk, wait_for
 
 logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                     format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -175,11 +175,7 @@ def main():
                 print(f"FAIL tb-device-{n}: the SDK is not connected", flush=True)
                 s.failed += 1
     finally:
-        client.stop()
-        try:
-            client.disconnect()
-        except Exception:  # noqa: BLE001 - cleanup only
-            pass
+        stop_sdk(client)
         time.sleep(0.2)
     s.exit()
 

@@ -11,7 +11,7 @@ import time
 
 from tb_gateway_mqtt import GATEWAY_ATTRIBUTES_REQUEST_TOPIC, TBGatewayMqttClient
 
-from fgcompat import MQTT_HOST, MQTT_PORT, Api, Suite, fail, now_ms, provision, wait_for
+from fgcompat import MQTT_HOST, MQTT_PORT, Api, Suite, fail, now_ms, provision, stop_sdk, wait_for
 
 logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                     format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -320,11 +320,7 @@ def check_restart_without_connect():
         if status != 200 or body != {"ok": True, "again": True}:
             fail(f"POST /api/rpc/twoway answered {status} {body!r}; the gateway got {calls!r}")
     finally:
-        again.stop()
-        try:
-            again.disconnect()
-        except Exception:  # noqa: BLE001 - cleanup only
-            pass
+        stop_sdk(again)
 
 
 def check_burst():
@@ -377,11 +373,7 @@ def check_burst():
                  f"{BURST - len(by_name)} devices not created, the SDK got {len(sent)} of "
                  f"{BURST} publishes out (announced gatewayRateLimits: {limits!r}){why}")
     finally:
-        burst.stop()
-        try:
-            burst.disconnect()
-        except Exception:  # noqa: BLE001 - cleanup only
-            pass
+        stop_sdk(burst)
 
 
 def main():
@@ -408,11 +400,7 @@ def main():
         s.run("tb-gw-restart-without-connect", check_restart_without_connect)
         s.run("tb-gw-telemetry-burst-50", check_burst)
     finally:
-        client.stop()
-        try:
-            client.disconnect()
-        except Exception:  # noqa: BLE001 - cleanup only
-            pass
+        stop_sdk(client)
         time.sleep(0.2)
     s.exit()
 

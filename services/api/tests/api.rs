@@ -82,6 +82,15 @@ impl Rig {
         t["secret"].as_str().unwrap().to_owned()
     }
 
+    /// Creates device `id` in application `app`.
+    async fn device(&self, admin: &str, app: &str, id: &str) {
+        let path = format!("/applications/{app}/devices");
+        let (s, out) = self
+            .call("POST", &path, Some(admin), Some(json!({ "id": id })))
+            .await;
+        assert_eq!(s, 201, "{out}");
+    }
+
     /// Reads `topic` in a group of its own, acking and committing (so produces resolve).
     fn tap(&self, topic: Topic) -> tokio::sync::mpsc::UnboundedReceiver<Envelope> {
         let c = self
@@ -401,13 +410,7 @@ async fn commands_and_rpc_go_on_the_device_key_of_the_events_topic() {
     let r = rig().await;
     let admin = r.app("a1").await;
     let mut commands = r.tap(Topic::DeviceEvents);
-    r.call(
-        "POST",
-        "/applications/a1/devices",
-        Some(&admin),
-        Some(json!({"id": "dev1"})),
-    )
-    .await;
+    r.device(&admin, "a1", "dev1").await;
     let (s, out) = r
         .call(
             "POST",
@@ -554,13 +557,7 @@ async fn too_deep_bodies_are_refused_before_anything_is_produced() {
     let admin = r.app("a1").await;
     let mut commands = r.tap(Topic::DeviceEvents);
     let mut raw = r.tap(Topic::IngestRaw);
-    r.call(
-        "POST",
-        "/applications/a1/devices",
-        Some(&admin),
-        Some(json!({"id": "dev1"})),
-    )
-    .await;
+    r.device(&admin, "a1", "dev1").await;
     // 126 levels parse (serde_json stops at 128) but the envelope around them would not.
     let deep = nested(126);
     let refused = [
@@ -612,13 +609,7 @@ async fn a_two_way_rpc_is_answered_when_its_end_is_announced() {
     let r = rig().await;
     let admin = r.app("a1").await;
     let mut commands = r.tap(Topic::DeviceEvents);
-    r.call(
-        "POST",
-        "/applications/a1/devices",
-        Some(&admin),
-        Some(json!({"id": "dev1"})),
-    )
-    .await;
+    r.device(&admin, "a1", "dev1").await;
     let (addr, token) = (r.addr, admin.clone());
     let pending = actix_rt::spawn(async move {
         let body = json!({"method": "getTime", "params": {}, "timeout": 5000});

@@ -683,6 +683,33 @@ pub async fn command_transitions(h: &Harness) {
     assert!(!awaiting(s).await.contains(&one_way), "delivered: done");
 }
 
+/// A two-way command `name` for `device`, queued at `NOW`, no expiry.
+fn queued_rpc(
+    id: MessageId,
+    t: &TenantId,
+    device: &str,
+    name: &str,
+    persistent: bool,
+) -> CommandRecord {
+    CommandRecord {
+        id,
+        tenant: t.clone(),
+        device: dev(device),
+        command: Command {
+            name: name.into(),
+            payload: serde_json::json!({}),
+            time_ms: None,
+            two_way: true,
+            persistent,
+            expires_ms: None,
+        },
+        status: CommandStatus::Queued,
+        created_ms: NOW,
+        updated_ms: NOW,
+        reply: None,
+    }
+}
+
 /// The ids of the commands in flight.
 async fn awaiting(s: &dyn fluxgate_store::Store) -> Vec<MessageId> {
     s.in_flight_commands(100)
@@ -787,25 +814,9 @@ pub async fn delete_then_recreate_starts_empty(h: &Harness) {
     .await
     .unwrap();
     let cmd = MessageId::from_parts(NOW as u64, 7);
-    s.put_command(CommandRecord {
-        id: cmd,
-        tenant: t.clone(),
-        device: dev("d"),
-        command: Command {
-            name: "reboot".into(),
-            payload: serde_json::json!({}),
-            time_ms: None,
-            two_way: true,
-            persistent: true,
-            expires_ms: None,
-        },
-        status: CommandStatus::Queued,
-        created_ms: NOW,
-        updated_ms: NOW,
-        reply: None,
-    })
-    .await
-    .unwrap();
+    s.put_command(queued_rpc(cmd, &t, "d", "reboot", true))
+        .await
+        .unwrap();
     s.set_command_status(cmd, CommandStatus::Sent, NOW + 1, None, None)
         .await
         .unwrap();
@@ -885,25 +896,9 @@ pub async fn racing_transitions_leave_one_terminal_status(h: &Harness) {
     let t = tenant();
     for i in 0..20u128 {
         let id = MessageId::from_parts(NOW as u64 + 100, 1000 + i);
-        s.put_command(CommandRecord {
-            id,
-            tenant: t.clone(),
-            device: dev("race"),
-            command: Command {
-                name: "rpc".into(),
-                payload: serde_json::json!({}),
-                time_ms: None,
-                two_way: true,
-                persistent: false,
-                expires_ms: None,
-            },
-            status: CommandStatus::Queued,
-            created_ms: NOW,
-            updated_ms: NOW,
-            reply: None,
-        })
-        .await
-        .unwrap();
+        s.put_command(queued_rpc(id, &t, "race", "rpc", false))
+            .await
+            .unwrap();
         s.set_command_status(id, CommandStatus::Sent, NOW + 1, None, None)
             .await
             .unwrap();
