@@ -395,6 +395,11 @@ impl Reached {
         &self,
         devices: impl IntoIterator<Item = &'a DeviceRef>,
     ) -> Vec<DeviceRef> {
+        let mut devices = devices.into_iter().peekable();
+        // Most publishes are a device's own: no lock on that path.
+        if devices.peek().is_none() {
+            return Vec::new();
+        }
         let set = self.set();
         let mut out: Vec<DeviceRef> = Vec::new();
         for d in devices {
