@@ -163,6 +163,10 @@ class Api:
     def shared_set(self, device, values):
         return ok("POST", self.dev(device) + "/attributes/shared", values, token=self.write)
 
+    def claim(self, device, body):
+        """Claims a device; returns (status, body)."""
+        return http("POST", self.dev(device) + "/claim", body, token=self.write)
+
     def rpc(self, kind, device, body, timeout=15.0):
         """ThingsBoard REST RPC; returns (status, body)."""
         return http("POST", f"/api/rpc/{kind}/{q(device)}", body, token=self.write, timeout=timeout)

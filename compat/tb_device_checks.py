@@ -11,7 +11,8 @@ import time
 import tb_device_mqtt
 from tb_device_mqtt import TBDeviceMqttClient
 
-from fgcompat import MQTT_HOST, MQTT_PORT, Api, Suite, fail, now_ms, provision, stop_sdk, wait_for
+from fgcompat import (MQTT_HOST, MQTT_PORT, Api, Suite, fail, http, now_ms, ok, provision, q,
+                      stop_sdk, wait_for)
 
 logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                     format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -159,6 +160,32 @@ def check_server_side_rpc():
         fail(f"GET .../commands: {cmds[:1]!r}")
 
 
+def check_claim():
+    secret = f"fg-claim-{now_ms()}"
+    client.claim(secret_key=secret, duration=60000).get()
+    wait_for("the claiming window the SDK opened (GET .../claim windowOpen)",
+             lambda: ok("GET", A.dev(DEV) + "/claim", token=A.read).get("windowOpen"))
+    status, body = A.claim(DEV, {"secretKey": "not-" + secret})
+    if status != 403:
+        fail(f"a claim with the wrong secret answered {status} {body!r}, want 403")
+    status, body = A.claim(DEV, {"secretKey": secret, "owner": "customer-a"})
+    if status != 200 or body.get("response") != "SUCCESS" or body.get("owner") != "customer-a":
+        fail(f"the claim with the SDK's secret answered {status} {body!r}")
+    # ThingsBoard's own route, by device name: already this owner's.
+    name = A.device(DEV)["name"]
+    status, body = http("POST", f"/api/customer/device/{q(name)}/claim",
+                        {"secretKey": secret, "owner": "customer-a"}, token=A.write)
+    if status != 200 or body.get("response") != "CLAIMED":
+        fail(f"POST /api/customer/device/{name}/claim answered {status} {body!r}, want CLAIMED")
+    status, body = A.claim(DEV, {"secretKey": secret, "owner": "customer-b"})
+    if status != 409:
+        fail(f"a second owner's claim answered {status} {body!r}, want 409")
+    ok("DELETE", A.dev(DEV) + "/claim", token=A.write)
+    status, body = A.claim(DEV, {"secretKey": secret, "owner": "customer-b"})
+    if status != 409:
+        fail(f"a claim after unclaiming, with no new window, answered {status} {body!r}")
+
+
 def main():
     s = Suite()
     try:
@@ -169,9 +196,10 @@ def main():
             s.run("tb-device-attribute-request", check_attribute_request)
             s.run("tb-device-shared-attribute-push", check_shared_attribute_push)
             s.run("tb-device-server-rpc", check_server_side_rpc)
+            s.run("tb-device-claim", check_claim)
         else:
             for n in ("telemetry", "client-attributes", "attribute-request",
-                      "shared-attribute-push", "server-rpc"):
+                      "shared-attribute-push", "server-rpc", "claim"):
                 print(f"FAIL tb-device-{n}: the SDK is not connected", flush=True)
                 s.failed += 1
     finally:

@@ -11,7 +11,8 @@ import time
 
 from tb_gateway_mqtt import GATEWAY_ATTRIBUTES_REQUEST_TOPIC, TBGatewayMqttClient
 
-from fgcompat import MQTT_HOST, MQTT_PORT, Api, Suite, fail, now_ms, provision, stop_sdk, wait_for
+from fgcompat import (MQTT_HOST, MQTT_PORT, Api, Suite, fail, now_ms, ok, provision, stop_sdk,
+                      wait_for)
 
 logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                     format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -226,6 +227,20 @@ def check_rpc():
         fail(f"GET .../commands: {cmds[:1]!r}")
 
 
+def check_claim():
+    dev = the_device()
+    secret = f"fg-gw-claim-{now_ms()}"
+    published(client.gw_claim(DEVNAME, secret, 60000), "gw_claim")
+    wait_for(f"the claiming window the gateway opened for {DEVNAME!r}",
+             lambda: ok("GET", A.dev(dev["id"]) + "/claim", token=A.read).get("windowOpen"))
+    status, body = A.claim(dev["id"], {"secretKey": "wrong"})
+    if status != 403:
+        fail(f"a claim with the wrong secret answered {status} {body!r}, want 403")
+    status, body = A.claim(dev["id"], {"secretKey": secret, "owner": "customer-gw"})
+    if status != 200 or body.get("response") != "SUCCESS":
+        fail(f"the claim with the gateway's secret answered {status} {body!r}")
+
+
 def check_disconnect_device():
     dev = the_device()
     started = now_ms() - 1000
@@ -386,6 +401,7 @@ def main():
         ("tb-gw-attribute-request-documented", check_attribute_request_documented),
         ("tb-gw-shared-attribute-push", check_shared_push),
         ("tb-gw-rpc", check_rpc),
+        ("tb-gw-claim", check_claim),
         ("tb-gw-disconnect-device", check_disconnect_device),
         ("tb-gw-disconnect-unknown-device", check_disconnect_unknown),
         ("tb-gw-session-end-disconnects-devices", check_session_end_disconnects_devices),

@@ -24,6 +24,8 @@ pub enum Caller {
         tenant: TenantId,
         /// What it may do.
         scope: ApiScope,
+        /// Its name (who claims a device, when the claim names nobody).
+        name: String,
     },
     /// A Losant device token.
     Device {
@@ -35,12 +37,23 @@ pub enum Caller {
 }
 
 impl Caller {
+    /// Who the caller is, for records that name a person or program (a claim's owner).
+    pub fn who(&self) -> String {
+        match self {
+            Caller::Admin => "admin".to_owned(),
+            Caller::App { name, .. } => format!("token:{name}"),
+            Caller::Device { device, .. } => format!("device:{device}"),
+        }
+    }
+
     /// Allows the call if the caller may act with `scope` in application `app`:
     /// 403 for another application's token or a lower scope, 403 for device tokens.
     pub fn require(&self, app: &TenantId, scope: ApiScope) -> Result<(), ApiError> {
         match self {
             Caller::Admin => Ok(()),
-            Caller::App { tenant, scope: s } if tenant == app => {
+            Caller::App {
+                tenant, scope: s, ..
+            } if tenant == app => {
                 if s.allows(scope) {
                     Ok(())
                 } else {
@@ -175,6 +188,7 @@ pub async fn authenticate(
         Some(t) => Ok(Caller::App {
             tenant: t.tenant,
             scope: t.scope,
+            name: t.name,
         }),
         None => Err(ApiError::unauthorized("unknown or expired token")),
     }
@@ -233,6 +247,7 @@ mod tests {
         let w = Caller::App {
             tenant: app.clone(),
             scope: ApiScope::Write,
+            name: "ops".into(),
         };
         assert!(w.require(&app, ApiScope::Read).is_ok());
         assert!(w.require(&app, ApiScope::Write).is_ok());

@@ -79,6 +79,11 @@ impl ApiError {
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(409, "conflict", message)
     }
+    /// A refusal with its own status and code (a claim with the wrong secret, or outside
+    /// the device's window).
+    pub fn refused(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(status, code, message)
+    }
     /// 400 naming the field.
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         ApiError {

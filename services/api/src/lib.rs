@@ -18,6 +18,7 @@
 //! named. The OpenAPI 3 document is at `/openapi.json` ([`openapi`]).
 
 pub mod auth;
+mod claim;
 mod config;
 mod device;
 pub mod error;
@@ -68,6 +69,7 @@ pub struct ApiState {
 struct ApiMetrics {
     requests: prometheus::IntCounterVec,
     latency: prometheus::Histogram,
+    claims: prometheus::IntCounterVec,
 }
 
 impl ApiMetrics {
@@ -83,9 +85,21 @@ impl ApiMetrics {
             "fluxgate_api_request_seconds",
             "API request handling time.",
         ))?;
+        let claims = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "fluxgate_api_claims_total",
+                "Device claim attempts by outcome (claimed, already_yours, owned, no_window, wrong_secret).",
+            ),
+            &["outcome"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
-        Ok(ApiMetrics { requests, latency })
+        registry.register(Box::new(claims.clone()))?;
+        Ok(ApiMetrics {
+            requests,
+            latency,
+            claims,
+        })
     }
 }
 
@@ -216,6 +230,7 @@ pub fn configure(state: web::Data<ApiState>) -> impl FnOnce(&mut web::ServiceCon
             )
             .route("/openapi.json", web::get().to(openapi::serve))
             .configure(registry::routes)
+            .configure(claim::routes)
             .configure(device::routes)
             .configure(query::routes);
     }

@@ -157,6 +157,41 @@ pub const OPERATIONS: &[(&str, &str, &str, &str, Option<&str>)] = &[
         Some("Object"),
     ),
     (
+        "post",
+        "/applications/{app}/devices/{id}/claim",
+        "Claim a device within the claiming window it opened, with its secret; 403 wrong secret, 409 no open window or another owner",
+        "write",
+        Some("Claim"),
+    ),
+    (
+        "get",
+        "/applications/{app}/devices/{id}/claim",
+        "A device's owner and whether its claiming window is open",
+        "read",
+        None,
+    ),
+    (
+        "delete",
+        "/applications/{app}/devices/{id}/claim",
+        "Unclaim a device; 404 if it has no owner",
+        "write",
+        None,
+    ),
+    (
+        "post",
+        "/api/customer/device/{deviceName}/claim",
+        "ThingsBoard: claim a device by name (`?application=` with the admin token)",
+        "write",
+        Some("Claim"),
+    ),
+    (
+        "delete",
+        "/api/customer/device/{deviceName}/claim",
+        "ThingsBoard: unclaim a device by name",
+        "write",
+        None,
+    ),
+    (
         "get",
         "/applications/{app}/devices/{id}/data",
         "Time series (`keys`, `from`, `to`, `limit`, `order`, `page`)",
@@ -243,6 +278,8 @@ fn schemas() -> Value {
         "Rpc": {"type": "object", "required": ["method"], "properties": {
             "method": {"type": "string"}, "params": {}, "timeout": {"type": "integer"},
             "persistent": {"type": "boolean"}, "expirationTime": {"type": "integer"}}},
+        "Claim": {"type": "object", "properties": {
+            "secretKey": {"type": "string"}, "owner": {"type": "string"}}},
         "Object": {"type": "object"}
     })
 }

@@ -522,7 +522,8 @@ async fn every_documented_operation_is_routed() {
             .replace("{token}", "t")
             .replace("{key}", "k")
             .replace("{scope}", "client")
-            .replace("{command}", "c");
+            .replace("{command}", "c")
+            .replace("{deviceName}", "D1");
         for method in ops.as_object().unwrap().keys() {
             let m = method.to_uppercase();
             let (status, body) = r.call(&m, &concrete, None, Some(json!({}))).await;
@@ -673,5 +674,102 @@ async fn a_two_way_rpc_is_answered_when_its_end_is_announced() {
         announced.elapsed() < Duration::from_millis(800),
         "answered {:?} after the announcement",
         announced.elapsed()
+    );
+}
+
+/// Claiming over HTTP: 409 before the device opened a window, 403 with the wrong secret,
+/// then the owner is recorded (SUCCESS, then CLAIMED for the same owner, 409 for another),
+/// ThingsBoard's by-name route agrees, and DELETE unclaims.
+#[actix_rt::test]
+async fn a_device_is_claimed_within_its_window_with_its_secret() {
+    let r = rig().await;
+    let app = "claims";
+    let write = r.app(app).await;
+    let write = write.as_str();
+    let (s, out) = r
+        .call(
+            "POST",
+            &format!("/applications/{app}/devices"),
+            Some(write),
+            Some(json!({"id": "c1", "name": "Claimable 1"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{out}");
+    let path = format!("/applications/{app}/devices/c1/claim");
+    let (s, b) = r
+        .call("POST", &path, Some(write), Some(json!({"secretKey": "k"})))
+        .await;
+    assert_eq!(
+        (s, &b["error"]["code"]),
+        (409, &json!("claim_window_closed")),
+        "{b}"
+    );
+
+    let until = fluxgate_bus::now_ms() + 60_000;
+    r.store
+        .open_claim_window(
+            fluxgate_model::TenantId::new(app).unwrap(),
+            fluxgate_model::DeviceId::new("c1").unwrap(),
+            fluxgate_store::hash_secret("k"),
+            until,
+        )
+        .await
+        .unwrap();
+    let (s, b) = r.call("GET", &path, Some(write), None).await;
+    assert_eq!(
+        (s, &b["windowOpen"], &b["claimed"]),
+        (200, &json!(true), &json!(false)),
+        "{b}"
+    );
+    let (s, b) = r
+        .call("POST", &path, Some(write), Some(json!({"secretKey": "x"})))
+        .await;
+    assert_eq!(
+        (s, &b["error"]["code"]),
+        (403, &json!("claim_secret_mismatch")),
+        "{b}"
+    );
+    let body = json!({"secretKey": "k", "owner": "customer-a"});
+    let (s, b) = r.call("POST", &path, Some(write), Some(body.clone())).await;
+    assert_eq!(
+        (s, &b["response"], &b["owner"]),
+        (200, &json!("SUCCESS"), &json!("customer-a")),
+        "{b}"
+    );
+    let tb = "/api/customer/device/Claimable%201/claim";
+    let (s, b) = r.call("POST", tb, Some(write), Some(body)).await;
+    assert_eq!((s, &b["response"]), (200, &json!("CLAIMED")), "{b}");
+    let other = json!({"secretKey": "k", "owner": "customer-b"});
+    let (s, b) = r
+        .call("POST", &path, Some(write), Some(other.clone()))
+        .await;
+    assert_eq!(
+        (s, &b["error"]["code"]),
+        (409, &json!("claimed_by_another")),
+        "{b}"
+    );
+    let (s, b) = r.call("GET", &path, Some(write), None).await;
+    assert_eq!(
+        (s, &b["claimed"], &b["owner"]),
+        (200, &json!(true), &json!("customer-a")),
+        "{b}"
+    );
+
+    let (s, _) = r.call("DELETE", tb, Some(write), None).await;
+    assert_eq!(s, 200);
+    let (s, _) = r.call("DELETE", &path, Some(write), None).await;
+    assert_eq!(s, 404, "nothing left to unclaim");
+    let (s, b) = r.call("POST", &path, Some(write), Some(other)).await;
+    assert_eq!(
+        (s, &b["error"]["code"]),
+        (409, &json!("claim_window_closed")),
+        "{b}"
+    );
+    let (_, m) = r.call("GET", "/metrics", None, None).await;
+    assert!(
+        m.as_str()
+            .unwrap()
+            .contains("fluxgate_api_claims_total{outcome=\"wrong_secret\"} 1"),
+        "{m}"
     );
 }

@@ -14,7 +14,9 @@ use fluxgate_model::{
     Body, CorrelationId, Delivery, DeviceId, DeviceName, DeviceRef, Dialect, ENVELOPE_VERSION,
     Envelope, KeySelection, MessageId, Outbound, TenantId, Values,
 };
-use fluxgate_store::{AttributeScope, CommandRecord, CommandStatus, Store, StoreError};
+use fluxgate_store::{
+    AttributeScope, CommandRecord, CommandStatus, Store, StoreError, hash_secret,
+};
 
 use crate::DispatchConfig;
 
@@ -31,6 +33,8 @@ pub struct DispatchStats {
     pub deliveries: Arc<AtomicU64>,
     /// Commands that ended failed, timed out or expired.
     pub failed: Arc<AtomicU64>,
+    /// Claiming windows devices opened.
+    pub claim_windows: Arc<AtomicU64>,
     /// Store or bus failures retried.
     pub retries: Arc<AtomicU64>,
     /// Records that were not envelopes, kept on the dead-letter topic (and in the rejected
@@ -74,6 +78,12 @@ impl DispatchStats {
                 "Commands that ended failed, timed out or expired.",
                 &[],
                 &self.failed,
+            ),
+            def(
+                "fluxgate_command_dispatch_claim_windows_total",
+                "Claiming windows devices opened (ThingsBoard claim messages).",
+                &[],
+                &self.claim_windows,
             ),
             def(
                 "fluxgate_command_dispatch_retries_total",
@@ -702,7 +712,27 @@ impl Ctx {
                 }
                 Ok(After::Nothing)
             }
-            _ => Ok(After::Nothing),
+            // The device opens its claiming window: an application claims it through the
+            // API with the secret, until the window closes.
+            Body::Claim {
+                secret_key,
+                duration_ms,
+            } => {
+                let ms = duration_ms.unwrap_or(self.cfg.claim_duration_ms);
+                let until = env
+                    .received_ms
+                    .saturating_add(i64::try_from(ms).unwrap_or(i64::MAX));
+                let secret = hash_secret(secret_key.as_deref().unwrap_or(""));
+                self.store
+                    .open_claim_window(env.tenant.clone(), device, secret, until)
+                    .await
+                    .map_err(store_err)?;
+                self.stats.claim_windows.fetch_add(1, Ordering::Relaxed);
+                Ok(After::Nothing)
+            }
+            // Not for the dispatcher: telemetry goes to the writer, client-side RPC is
+            // answered by the front (`getSessionLimits`).
+            Body::Telemetry { .. } | Body::RpcRequest { .. } => Ok(After::Nothing),
         }
     }
 }

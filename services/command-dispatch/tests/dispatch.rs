@@ -697,3 +697,62 @@ async fn an_undecodable_command_is_dead_lettered_and_the_next_one_is_handled() {
     let next = rig.command("d1", Dialect::Losant, false, false, None).await;
     rig.status(next, CommandStatus::Failed).await; // offline: handled, not stuck
 }
+
+/// A device's claim message (and a gateway's, for a device behind it) opens a claiming
+/// window in the store, with the device's secret (only its hash) and duration, or the
+/// configured default of neither is given.
+#[actix_rt::test]
+async fn a_claim_message_opens_the_devices_claiming_window() {
+    let rig = Rig::new();
+    let stats = rig.dispatcher(None);
+    let sent = now_ms();
+    let claim = |secret: Option<&str>, duration_ms| Body::Claim {
+        secret_key: secret.map(str::to_owned),
+        duration_ms,
+    };
+    rig.event(
+        "c1",
+        None,
+        Dialect::ThingsBoard,
+        claim(Some("s3"), Some(60_000)),
+    )
+    .await;
+    rig.event("c2", Some("gw"), Dialect::ThingsBoard, claim(None, None))
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while stats
+        .claim_windows
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < 2
+    {
+        assert!(tokio::time::Instant::now() < deadline, "claims not handled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let c1 = rig
+        .store
+        .device_claim(tenant(), dev("c1"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(c1.secret_hash, fluxgate_store::hash_secret("s3"));
+    assert!(!format!("{c1:?}").contains("\"s3\""));
+    let left = c1.window_until_ms - sent;
+    assert!(
+        (59_000..=61_000).contains(&left),
+        "window of {left} ms, asked 60 000"
+    );
+    assert_eq!(c1.owner, None);
+    let c2 = rig
+        .store
+        .device_claim(tenant(), dev("c2"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(c2.secret_hash, fluxgate_store::hash_secret(""));
+    let default = DispatchConfig::default().claim_duration_ms as i64;
+    let left = c2.window_until_ms - sent;
+    assert!(
+        (default - 1_000..=default + 1_000).contains(&left),
+        "window of {left} ms"
+    );
+}

@@ -345,6 +345,37 @@ impl Store for CachedStore {
     fn in_flight_commands(&self, limit: u32) -> BoxFuture<'_, Result<Vec<CommandRecord>>> {
         self.inner.in_flight_commands(limit)
     }
+    fn device_claim(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+    ) -> BoxFuture<'_, Result<Option<DeviceClaim>>> {
+        self.inner.device_claim(tenant, device)
+    }
+    fn open_claim_window(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        secret_hash: String,
+        until_ms: i64,
+    ) -> BoxFuture<'_, Result<()>> {
+        self.inner
+            .open_claim_window(tenant, device, secret_hash, until_ms)
+    }
+    fn set_claim_owner(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        seen_until_ms: i64,
+        owner: String,
+        at_ms: i64,
+    ) -> BoxFuture<'_, Result<bool>> {
+        self.inner
+            .set_claim_owner(tenant, device, seen_until_ms, owner, at_ms)
+    }
+    fn clear_claim(&self, tenant: TenantId, device: DeviceId) -> BoxFuture<'_, Result<bool>> {
+        self.inner.clear_claim(tenant, device)
+    }
     fn log_connection(&self, event: ConnectionEvent) -> BoxFuture<'_, Result<()>> {
         self.inner.log_connection(event)
     }

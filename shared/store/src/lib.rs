@@ -16,6 +16,8 @@
 //! - A ThingsBoard device name maps to exactly one device even when two callers create it
 //!   at once.
 //! - Command status moves only along [`CommandStatus::can_become`].
+//! - A device is claimed by at most one owner, within the window it opened, with its
+//!   secret, even when two claims race.
 //! - Deleting a device deletes its data: a device made again under the same id shows
 //!   none of the old one's points, latest values, attributes, commands or connections.
 
@@ -98,6 +100,50 @@ pub fn secret_matches(secret: &str, stored_hash: Option<&str>) -> bool {
     let given = hash_secret(secret);
     let stored = stored_hash.unwrap_or("");
     given.as_bytes().ct_eq(stored.as_bytes()).into() && stored_hash.is_some()
+}
+
+/// Claims `device` for `owner` with the secret the device set, at `now_ms` (ThingsBoard's
+/// device claiming): within the window the device opened, with its secret, by one owner.
+pub async fn claim_device(
+    store: &dyn Store,
+    tenant: TenantId,
+    device: DeviceId,
+    secret: &str,
+    owner: String,
+    now_ms: i64,
+) -> Result<ClaimOutcome> {
+    let Some(claim) = store.device_claim(tenant.clone(), device.clone()).await? else {
+        return Ok(ClaimOutcome::NoWindow);
+    };
+    match &claim.owner {
+        Some(o) if *o == owner => return Ok(ClaimOutcome::AlreadyYours(claim)),
+        Some(_) => return Ok(ClaimOutcome::Owned),
+        None => {}
+    }
+    if claim.window_until_ms <= now_ms {
+        return Ok(ClaimOutcome::NoWindow);
+    }
+    if !secret_matches(secret, Some(&claim.secret_hash)) {
+        return Ok(ClaimOutcome::WrongSecret);
+    }
+    let seen = claim.window_until_ms;
+    if !store
+        .set_claim_owner(tenant.clone(), device.clone(), seen, owner.clone(), now_ms)
+        .await?
+    {
+        // Another claim (or a new window) came first: judged against what is there now.
+        return Ok(match store.device_claim(tenant, device).await? {
+            Some(c) if c.owner.as_deref() == Some(owner.as_str()) => ClaimOutcome::AlreadyYours(c),
+            Some(c) if c.owner.is_some() => ClaimOutcome::Owned,
+            _ => ClaimOutcome::NoWindow,
+        });
+    }
+    Ok(ClaimOutcome::Claimed(DeviceClaim {
+        window_until_ms: 0,
+        owner: Some(owner),
+        claimed_ms: Some(now_ms),
+        ..claim
+    }))
 }
 
 /// Everything fluxgate keeps.
@@ -236,6 +282,36 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// sent). Their RPC timers and delivery deadlines are what a restarted dispatcher
     /// must run again.
     fn in_flight_commands(&self, limit: u32) -> BoxFuture<'_, Result<Vec<CommandRecord>>>;
+
+    /// A device's claim record, if it ever opened a claiming window.
+    fn device_claim(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+    ) -> BoxFuture<'_, Result<Option<DeviceClaim>>>;
+    /// Opens (or reopens) a device's claiming window: claims presenting the secret that
+    /// hashes to `secret_hash` succeed until `until_ms`. An owner stays.
+    fn open_claim_window(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        secret_hash: String,
+        until_ms: i64,
+    ) -> BoxFuture<'_, Result<()>>;
+    /// Records `owner` and closes the window, if the window is still the one read
+    /// (`seen_until_ms`) and nobody owns the device: one conditional write, so of two
+    /// racing claims exactly one applies. Returns whether this one did.
+    fn set_claim_owner(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        seen_until_ms: i64,
+        owner: String,
+        at_ms: i64,
+    ) -> BoxFuture<'_, Result<bool>>;
+    /// Unclaims a device: drops its owner and any open window (the device opens a new one
+    /// to be claimed again). `false` if it had no owner.
+    fn clear_claim(&self, tenant: TenantId, device: DeviceId) -> BoxFuture<'_, Result<bool>>;
 
     /// Records a connect/disconnect.
     fn log_connection(&self, event: ConnectionEvent) -> BoxFuture<'_, Result<()>>;

@@ -96,7 +96,7 @@ impl ScyllaConfig {
 }
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Columns added in schema version 3: `(table, column, type)`, added to a keyspace an
 /// older build made.
@@ -137,6 +137,8 @@ const TABLES: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.commands_in_flight (shard int, id text, PRIMARY KEY ((shard), id))",
     "CREATE TABLE IF NOT EXISTS {ks}.command_history (id text, seq int, status text, at_ms bigint, detail text,
        PRIMARY KEY ((id), seq))",
+    "CREATE TABLE IF NOT EXISTS {ks}.device_claims (tenant text, device text, secret_hash text,
+       window_until_ms bigint, owner text, claimed_ms bigint, PRIMARY KEY ((tenant, device)))",
     "CREATE TABLE IF NOT EXISTS {ks}.connection_log (tenant text, device text, at_ms bigint, uid text, connected boolean,
        front text, remote_addr text, reason text, via text, PRIMARY KEY ((tenant, device), at_ms, uid))",
     "CREATE TABLE IF NOT EXISTS {ks}.rejected_log (tenant text, day bigint, at_ms bigint, uid text, device text,
@@ -353,6 +355,22 @@ const STATEMENTS: &[(&str, &str)] = &[
     (
         "get_awaiting",
         "SELECT id FROM {ks}.commands_in_flight WHERE shard = 0 LIMIT ?",
+    ),
+    (
+        "get_claim",
+        "SELECT secret_hash, window_until_ms, owner, claimed_ms FROM {ks}.device_claims WHERE tenant = ? AND device = ?",
+    ),
+    (
+        "open_claim",
+        "UPDATE {ks}.device_claims SET secret_hash = ?, window_until_ms = ? WHERE tenant = ? AND device = ?",
+    ),
+    (
+        "set_claim_owner",
+        "UPDATE {ks}.device_claims SET owner = ?, claimed_ms = ?, window_until_ms = 0 WHERE tenant = ? AND device = ? IF window_until_ms = ? AND owner = null",
+    ),
+    (
+        "del_claim",
+        "DELETE FROM {ks}.device_claims WHERE tenant = ? AND device = ?",
     ),
     (
         "put_conn",
@@ -726,6 +744,7 @@ impl ScyllaStore {
         }
         self.exec("del_cmd_idx", (t, d)).await?;
         self.exec("del_conn", (t, d)).await?;
+        self.exec("del_claim", (t, d)).await?;
         Ok(())
     }
 
@@ -1522,6 +1541,79 @@ impl Store for ScyllaStore {
             }
             out.sort_by_key(|c| c.updated_ms);
             Ok(out)
+        })
+    }
+
+    fn device_claim(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+    ) -> BoxFuture<'_, Result<Option<DeviceClaim>>> {
+        Box::pin(async move {
+            type Row = (String, i64, Option<String>, Option<i64>);
+            let r: Vec<Row> = rows(
+                self.exec("get_claim", (tenant.as_str(), device.as_str()))
+                    .await?,
+            )?;
+            Ok(r.into_iter()
+                .next()
+                .map(
+                    |(secret_hash, window_until_ms, owner, claimed_ms)| DeviceClaim {
+                        tenant,
+                        device,
+                        secret_hash,
+                        window_until_ms,
+                        owner,
+                        claimed_ms,
+                    },
+                ))
+        })
+    }
+
+    fn open_claim_window(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        secret_hash: String,
+        until_ms: i64,
+    ) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let (t, d) = (tenant.as_str(), device.as_str());
+            self.exec("open_claim", (secret_hash, until_ms, t, d))
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn set_claim_owner(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        seen_until_ms: i64,
+        owner: String,
+        at_ms: i64,
+    ) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(async move {
+            let (t, d) = (tenant.as_str(), device.as_str());
+            // A lightweight transaction: of two racing claims one applies.
+            let r = self
+                .exec("set_claim_owner", (owner, at_ms, t, d, seen_until_ms))
+                .await?;
+            applied(r)
+        })
+    }
+
+    fn clear_claim(&self, tenant: TenantId, device: DeviceId) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(async move {
+            let owned = self
+                .device_claim(tenant.clone(), device.clone())
+                .await?
+                .is_some_and(|c| c.owner.is_some());
+            if owned {
+                self.exec("del_claim", (tenant.as_str(), device.as_str()))
+                    .await?;
+            }
+            Ok(owned)
         })
     }
 

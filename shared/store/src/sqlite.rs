@@ -21,7 +21,7 @@ use crate::types::*;
 use crate::{BoxFuture, Result, Store, StoreError};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -79,6 +79,11 @@ CREATE INDEX IF NOT EXISTS commands_awaiting_reply ON commands (updated_ms)
 CREATE TABLE IF NOT EXISTS command_history (
   id TEXT NOT NULL, seq INTEGER NOT NULL, status TEXT NOT NULL, at_ms INTEGER NOT NULL,
   detail TEXT, PRIMARY KEY (id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS device_claims (
+  tenant TEXT NOT NULL, device TEXT NOT NULL, secret_hash TEXT NOT NULL,
+  window_until_ms INTEGER NOT NULL, owner TEXT, claimed_ms INTEGER,
+  PRIMARY KEY (tenant, device)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS connection_log (
   tenant TEXT NOT NULL, device TEXT NOT NULL, at_ms INTEGER NOT NULL, seq INTEGER NOT NULL,
@@ -570,6 +575,7 @@ impl Store for SqliteStore {
                    (SELECT id FROM commands WHERE tenant = ?1 AND device = ?2)",
                 "DELETE FROM commands WHERE tenant = ?1 AND device = ?2",
                 "DELETE FROM connection_log WHERE tenant = ?1 AND device = ?2",
+                "DELETE FROM device_claims WHERE tenant = ?1 AND device = ?2",
             ] {
                 tx.execute(sql, [t, d]).map_err(sql_err)?;
             }
@@ -1145,6 +1151,90 @@ impl Store for SqliteStore {
                 .map_err(sql_err)?;
             rows.map(|r| r.map_err(sql_err).and_then(rows::command))
                 .collect()
+        })
+    }
+
+    fn device_claim(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+    ) -> BoxFuture<'_, Result<Option<DeviceClaim>>> {
+        self.run(move |c, _| {
+            c.query_row(
+                "SELECT secret_hash, window_until_ms, owner, claimed_ms FROM device_claims
+                 WHERE tenant = ?1 AND device = ?2",
+                [tenant.as_str(), device.as_str()],
+                |r| {
+                    Ok(DeviceClaim {
+                        tenant: tenant.clone(),
+                        device: device.clone(),
+                        secret_hash: r.get(0)?,
+                        window_until_ms: r.get(1)?,
+                        owner: r.get(2)?,
+                        claimed_ms: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(sql_err)
+        })
+    }
+
+    fn open_claim_window(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        secret_hash: String,
+        until_ms: i64,
+    ) -> BoxFuture<'_, Result<()>> {
+        self.run(move |c, _| {
+            c.execute(
+                "INSERT INTO device_claims (tenant, device, secret_hash, window_until_ms)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (tenant, device) DO UPDATE
+                 SET secret_hash = excluded.secret_hash, window_until_ms = excluded.window_until_ms",
+                params![tenant.as_str(), device.as_str(), secret_hash, until_ms],
+            )
+            .map_err(sql_err)?;
+            Ok(())
+        })
+    }
+
+    fn set_claim_owner(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        seen_until_ms: i64,
+        owner: String,
+        at_ms: i64,
+    ) -> BoxFuture<'_, Result<bool>> {
+        self.run(move |c, _| {
+            let n = c
+                .execute(
+                    "UPDATE device_claims SET owner = ?4, claimed_ms = ?5, window_until_ms = 0
+                     WHERE tenant = ?1 AND device = ?2 AND window_until_ms = ?3 AND owner IS NULL",
+                    params![
+                        tenant.as_str(),
+                        device.as_str(),
+                        seen_until_ms,
+                        owner,
+                        at_ms
+                    ],
+                )
+                .map_err(sql_err)?;
+            Ok(n == 1)
+        })
+    }
+
+    fn clear_claim(&self, tenant: TenantId, device: DeviceId) -> BoxFuture<'_, Result<bool>> {
+        self.run(move |c, _| {
+            let n = c
+                .execute(
+                    "DELETE FROM device_claims WHERE tenant = ?1 AND device = ?2 AND owner IS NOT NULL",
+                    [tenant.as_str(), device.as_str()],
+                )
+                .map_err(sql_err)?;
+            Ok(n == 1)
         })
     }
 

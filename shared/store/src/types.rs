@@ -496,3 +496,39 @@ pub struct NamedDevice {
 
 /// The name → id lookup key of a ThingsBoard device.
 pub type NameKey = (TenantId, DeviceName);
+
+/// A device's claim (ThingsBoard's device claiming): the window the device opened, and
+/// who claimed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceClaim {
+    /// Tenant.
+    pub tenant: TenantId,
+    /// Device.
+    pub device: DeviceId,
+    /// SHA-256 of the secret the device set for its window ([`crate::hash_secret`]; the
+    /// empty secret when the device set none).
+    pub secret_hash: String,
+    /// Claims succeed until then, epoch ms; 0 when no window is open (never opened, or
+    /// used by a claim).
+    pub window_until_ms: i64,
+    /// Who claimed it.
+    pub owner: Option<String>,
+    /// When, epoch ms.
+    pub claimed_ms: Option<i64>,
+}
+
+/// What a claim attempt came to ([`crate::claim_device`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// Claimed now, by the caller.
+    Claimed(DeviceClaim),
+    /// The caller had already claimed it (ThingsBoard answers `CLAIMED`).
+    AlreadyYours(DeviceClaim),
+    /// Another owner holds it.
+    Owned,
+    /// No claiming window is open: the device never opened one, it expired, or a claim
+    /// used it.
+    NoWindow,
+    /// The secret is not the one the device set.
+    WrongSecret,
+}

@@ -151,3 +151,4 @@ contract_test!(
     scylla_racing_transitions_leave_one_terminal_status,
     contract::racing_transitions_leave_one_terminal_status
 );
+contract_test!(scylla_claims, contract::claims);

@@ -182,3 +182,4 @@ contract_test!(
     sqlite_racing_transitions_leave_one_terminal_status,
     contract::racing_transitions_leave_one_terminal_status
 );
+contract_test!(sqlite_claims, contract::claims);

@@ -927,3 +927,101 @@ pub async fn racing_transitions_leave_one_terminal_status(h: &Harness) {
         );
     }
 }
+
+/// Claiming: within the window the device opened, with its secret, by one owner, even
+/// when two claims race; unclaiming ends it; a deleted device's claim is gone.
+pub async fn claims(h: &Harness) {
+    let s = &*h.store;
+    let t = tenant();
+    let secret = "s3cret-of-the-claim";
+    let claim = |d: &'static str, secret: &'static str, owner: &'static str, at: i64| {
+        claim_device(s, t.clone(), dev(d), secret, owner.to_owned(), at)
+    };
+    assert_eq!(
+        claim("c", secret, "alice", NOW).await.unwrap(),
+        ClaimOutcome::NoWindow
+    );
+    s.open_claim_window(t.clone(), dev("c"), hash_secret(secret), NOW + 60_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        claim("c", "guess", "alice", NOW).await.unwrap(),
+        ClaimOutcome::WrongSecret
+    );
+    assert_eq!(
+        claim("c", secret, "alice", NOW + 60_000).await.unwrap(),
+        ClaimOutcome::NoWindow,
+        "the window has closed"
+    );
+    let ClaimOutcome::Claimed(c) = claim("c", secret, "alice", NOW + 1).await.unwrap() else {
+        panic!("the right secret within the window claims");
+    };
+    assert_eq!(
+        (c.owner.as_deref(), c.claimed_ms),
+        (Some("alice"), Some(NOW + 1))
+    );
+    let stored = s.device_claim(t.clone(), dev("c")).await.unwrap().unwrap();
+    assert_eq!(stored, c, "what the claim returned is what is stored");
+    assert!(matches!(
+        claim("c", secret, "alice", NOW + 2).await.unwrap(),
+        ClaimOutcome::AlreadyYours(_)
+    ));
+    assert_eq!(
+        claim("c", secret, "bob", NOW + 2).await.unwrap(),
+        ClaimOutcome::Owned
+    );
+    if let Some(dump) = &h.dump {
+        assert!(
+            !dump().contains(secret),
+            "a claim secret is stored only hashed"
+        );
+    }
+
+    // Unclaimed, the device must open a new window to be claimed again.
+    assert!(s.clear_claim(t.clone(), dev("c")).await.unwrap());
+    assert!(!s.clear_claim(t.clone(), dev("c")).await.unwrap());
+    assert_eq!(
+        claim("c", secret, "bob", NOW + 3).await.unwrap(),
+        ClaimOutcome::NoWindow
+    );
+
+    // Two owners at once, many times over: exactly one wins.
+    for i in 0..10 {
+        let d = dev(&format!("race-{i}"));
+        s.open_claim_window(t.clone(), d.clone(), hash_secret(""), NOW + 60_000)
+            .await
+            .unwrap();
+        let (a, b) = tokio::join!(
+            claim_device(s, t.clone(), d.clone(), "", "alice".into(), NOW + 5),
+            claim_device(s, t.clone(), d.clone(), "", "bob".into(), NOW + 5),
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let winner = match (&a, &b) {
+            (ClaimOutcome::Claimed(_), ClaimOutcome::Owned) => "alice",
+            (ClaimOutcome::Owned, ClaimOutcome::Claimed(_)) => "bob",
+            other => panic!("round {i}: not exactly one owner: {other:?}"),
+        };
+        let stored = s.device_claim(t.clone(), d).await.unwrap().unwrap();
+        assert_eq!(stored.owner.as_deref(), Some(winner), "round {i}");
+    }
+
+    // A deleted device takes its claim with it.
+    s.put_device(Device {
+        tenant: t.clone(),
+        id: dev("race-0"),
+        name: "Claimed".into(),
+        kind: DeviceKind::Standalone,
+        peripheral_policy: None,
+        tags: vec![],
+        profile: None,
+        created_ms: NOW,
+        updated_ms: NOW,
+    })
+    .await
+    .unwrap();
+    assert!(s.delete_device(t.clone(), dev("race-0")).await.unwrap());
+    assert_eq!(
+        s.device_claim(t.clone(), dev("race-0")).await.unwrap(),
+        None
+    );
+}
