@@ -141,15 +141,12 @@ pub fn start(
     let registry = prometheus::Registry::new();
     let metrics = metrics::FrontMetrics::new(&registry)?;
     let health = Health::new();
-    let names = InboundTopics {
-        deliveries: topics.name(Topic::Deliveries),
-        custom: topics.name(Topic::MqttCustom),
-        changes: topics.name(Topic::RegistryChanges),
-    };
+    let subscribed = Inbound::TOPICS.map(|t| topics.name(t));
     let consumer = bus.consumer(ConsumerSpec::broadcast(
         format!("fluxgate-front-{}", cfg.instance_id),
-        &[&names.deliveries, &names.custom, &names.changes],
+        &subscribed.iter().map(String::as_str).collect::<Vec<_>>(),
     ))?;
+    let names = topics.clone();
     let tls = cfg
         .tls
         .as_ref()
@@ -259,10 +256,66 @@ fn serve_http(
         .map_err(|_| FrontError::Start("the http thread exited".into()))?
 }
 
-struct InboundTopics {
-    deliveries: String,
-    custom: String,
-    changes: String,
+/// What a front consumes, decoded once where it is read: one variant per topic, each
+/// with the one message type its topic carries.
+enum Inbound {
+    /// `fluxgate.deliveries`: for a session of this front, or of another.
+    Delivery(Delivery),
+    /// `fluxgate.mqtt.custom`: a custom-topic message of an application, keyed by it.
+    Custom {
+        tenant: TenantId,
+        topic: ByteString,
+        payload: Bytes,
+    },
+    /// `fluxgate.registry.changes`: what the registry cache must forget.
+    Change(RegistryChange),
+}
+
+impl Inbound {
+    /// The topics a front subscribes to.
+    const TOPICS: [Topic; 3] = [Topic::Deliveries, Topic::MqttCustom, Topic::RegistryChanges];
+
+    /// The record as what its topic carries, or why it cannot be read (with the topic's
+    /// label for the metric).
+    fn decode(
+        topics: &TopicsConfig,
+        rec: &fluxgate_bus::Record,
+    ) -> Result<Inbound, (&'static str, String)> {
+        let topic = topics.topic_of(&rec.position.topic);
+        let label = topic.map_or("unknown", Topic::label);
+        let bad = |e: &dyn std::fmt::Display| (label, e.to_string());
+        match topic {
+            Some(Topic::Deliveries) => Delivery::from_bytes(&rec.payload)
+                .map(Inbound::Delivery)
+                .map_err(|e| bad(&e)),
+            Some(Topic::MqttCustom) => {
+                let tenant = std::str::from_utf8(&rec.key)
+                    .map_err(|e| bad(&e))
+                    .and_then(|t| TenantId::new(t).map_err(|e| bad(&e)))?;
+                let mqtt_topic = rec
+                    .headers
+                    .get(CUSTOM_TOPIC_HEADER)
+                    .ok_or_else(|| bad(&format!("no {CUSTOM_TOPIC_HEADER} header")))
+                    .and_then(|t| std::str::from_utf8(t).map_err(|e| bad(&e)))?;
+                Ok(Inbound::Custom {
+                    tenant,
+                    topic: ByteString::from(mqtt_topic),
+                    payload: Bytes::copy_from_slice(&rec.payload),
+                })
+            }
+            Some(Topic::RegistryChanges) => RegistryChange::from_bytes(&rec.payload)
+                .map(Inbound::Change)
+                .map_err(|e| bad(&e)),
+            Some(other) => Err(bad(&format!(
+                "a record of {}, not a front's topic",
+                other.label()
+            ))),
+            None => Err(bad(&format!(
+                "a record of {}, not a fluxgate topic",
+                rec.position.topic
+            ))),
+        }
+    }
 }
 
 /// The bound listeners and the TLS settings they need.
@@ -322,7 +375,7 @@ async fn serve_mqtt(
     front: Arc<Front>,
     sockets: Sockets,
     consumer: Arc<dyn Consumer>,
-    names: InboundTopics,
+    names: TopicsConfig,
     health: Arc<Health>,
     stop: oneshot::Receiver<()>,
     started: std::sync::mpsc::Sender<Result<(), String>>,
@@ -383,7 +436,7 @@ async fn drain(front: &Front, srv: &ntex::server::Server) {
 }
 
 /// Deliveries, custom-topic messages and registry changes from the bus.
-async fn inbound(front: Arc<Front>, consumer: Arc<dyn Consumer>, names: InboundTopics) {
+async fn inbound(front: Arc<Front>, consumer: Arc<dyn Consumer>, topics: TopicsConfig) {
     loop {
         let rec = match consumer.recv().await {
             Ok(r) => r,
@@ -394,29 +447,15 @@ async fn inbound(front: Arc<Front>, consumer: Arc<dyn Consumer>, names: InboundT
                 continue;
             }
         };
-        let topic = &*rec.position.topic;
-        if topic == names.deliveries {
-            match Delivery::from_bytes(&rec.payload) {
-                Ok(d) => route_delivery(&front, d),
-                Err(e) => unreadable(&front, &rec, "deliveries", &e),
-            }
-        } else if topic == names.custom {
-            let tenant = std::str::from_utf8(&rec.key)
-                .ok()
-                .and_then(|t| TenantId::new(t).ok());
-            let mqtt_topic = rec
-                .headers
-                .get(CUSTOM_TOPIC_HEADER)
-                .and_then(|t| std::str::from_utf8(t).ok());
-            if let (Some(tenant), Some(t)) = (tenant, mqtt_topic) {
-                let payload = Bytes::copy_from_slice(&rec.payload);
-                route_custom(&front, &tenant, ByteString::from(t), payload);
-            }
-        } else if topic == names.changes {
-            match RegistryChange::from_bytes(&rec.payload) {
-                Ok(c) => front.registry.invalidate(&c).await,
-                Err(e) => unreadable(&front, &rec, "registry_changes", &e),
-            }
+        match Inbound::decode(&topics, &rec) {
+            Ok(Inbound::Delivery(d)) => route_delivery(&front, d),
+            Ok(Inbound::Custom {
+                tenant,
+                topic,
+                payload,
+            }) => route_custom(&front, &tenant, topic, payload),
+            Ok(Inbound::Change(c)) => front.registry.invalidate(&c).await,
+            Err((label, e)) => unreadable(&front, &rec, label, &e),
         }
         consumer.ack(&rec.position);
         if let Err(e) = consumer.commit().await {

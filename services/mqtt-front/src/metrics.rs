@@ -11,7 +11,7 @@
 //! | `fluxgate_mqtt_front_in_flight` | gauge | — (publishes taken in that have no verdict yet) |
 //! | `fluxgate_mqtt_front_deliveries_total` | counter | `outcome`: delivered, not_subscribed, failed, backlog_full, unrenderable |
 //! | `fluxgate_mqtt_front_protocol_errors_total` | counter | — (malformed packets, packets over the size limit, QoS 2) |
-//! | `fluxgate_mqtt_front_undecodable_total` | counter | `topic`: deliveries, registry_changes (broadcast records this front could not read; the record stays on its topic) |
+//! | `fluxgate_mqtt_front_undecodable_total` | counter | `topic`: deliveries, mqtt_custom, registry_changes (broadcast records this front could not read; the record stays on its topic) |
 
 use fluxgate_model::{Dialect, PublishOp};
 use prometheus::{

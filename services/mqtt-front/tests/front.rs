@@ -1123,3 +1123,43 @@ async fn an_application_can_have_its_own_rate_limits() {
         "{m}"
     );
 }
+
+/// Broadcast records a front cannot read (a delivery that is not one, a custom-topic
+/// message without its MQTT topic) are counted by topic and skipped; the good records
+/// around them still arrive.
+#[ntex::test]
+async fn unreadable_broadcast_records_are_counted_and_skipped() {
+    let rig = Rig::memory(Rig::config()).await;
+    let _events = rig.tap(Topic::DeviceEvents);
+    let mut sub = v5(rig.addr, "dev2", Some("key-all"), Some(SECRET))
+        .await
+        .unwrap();
+    assert_eq!(
+        sub.subscribe("plant/+/temp").await,
+        vec![v5::codec::SubscribeAckReason::GrantedQos1]
+    );
+    rig.produce(Topic::Deliveries, "app1/dev2", b"not a delivery".to_vec())
+        .await;
+    rig.produce(Topic::MqttCustom, "app1", b"21.5".to_vec())
+        .await;
+    let publisher = v3(rig.addr, "dev1", Some("key-all"), Some(SECRET))
+        .await
+        .unwrap();
+    publisher.publish("plant/8/temp", "22").await.unwrap();
+    let (topic, payload) = recv(&mut sub.inbox).await;
+    assert_eq!((topic.as_str(), &payload[..]), ("plant/8/temp", &b"22"[..]));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = rig.metrics().await;
+        let counted = ["deliveries", "mqtt_custom"].iter().all(|t| {
+            m.contains(&format!(
+                "fluxgate_mqtt_front_undecodable_total{{topic=\"{t}\"}} 1"
+            ))
+        });
+        if counted {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

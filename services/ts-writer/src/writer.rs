@@ -178,9 +178,40 @@ impl Batch {
 /// Which topic a record came from.
 #[derive(Debug, Clone)]
 struct Topics {
-    valid: String,
-    rejected: String,
+    config: TopicsConfig,
     dead_letter: String,
+}
+
+/// What the writer consumes, decoded once where it is read: one variant per topic.
+enum Input {
+    /// `fluxgate.ingest.valid`: validated telemetry and attributes.
+    Valid(Envelope),
+    /// `fluxgate.ingest.rejected`: a refused message, for the rejected log.
+    Rejected(Rejection),
+}
+
+impl Input {
+    /// The topics the writer subscribes to.
+    const TOPICS: [Topic; 2] = [Topic::IngestValid, Topic::IngestRejected];
+
+    fn decode(topics: &TopicsConfig, rec: &Record) -> Result<Input, String> {
+        match topics.topic_of(&rec.position.topic) {
+            Some(Topic::IngestValid) => Envelope::from_bytes(&rec.payload)
+                .map(Input::Valid)
+                .map_err(|e| e.to_string()),
+            Some(Topic::IngestRejected) => Rejection::from_bytes(&rec.payload)
+                .map(Input::Rejected)
+                .map_err(|e| e.to_string()),
+            Some(other) => Err(format!(
+                "a record of {}, not the writer's topic",
+                other.label()
+            )),
+            None => Err(format!(
+                "a record of {}, not a fluxgate topic",
+                rec.position.topic
+            )),
+        }
+    }
 }
 
 /// The writer: one consumer, one batch, flushes that block reading until written.
@@ -217,8 +248,7 @@ impl TsWriter {
             producer,
             store,
             topics: Topics {
-                valid: topics.name(Topic::IngestValid),
-                rejected: topics.name(Topic::IngestRejected),
+                config: topics.clone(),
                 dead_letter: topics.name(Topic::DeadLetter),
             },
             cfg,
@@ -240,17 +270,10 @@ impl TsWriter {
         let b = &mut self.batch;
         b.opened.get_or_insert_with(Instant::now);
         b.positions.push(rec.position.clone());
-        let topic = &*rec.position.topic;
-        if topic == self.topics.rejected {
-            match Rejection::from_bytes(&rec.payload) {
-                Ok(r) => b.rejected.push(rejected_entry(r)),
-                Err(e) => self.undecodable(&rec, &e.to_string()),
-            }
-            return;
-        }
-        let env = match Envelope::from_bytes(&rec.payload) {
-            Ok(env) => env,
-            Err(e) => return self.undecodable(&rec, &e.to_string()),
+        let env = match Input::decode(&self.topics.config, &rec) {
+            Ok(Input::Rejected(r)) => return b.rejected.push(rejected_entry(r)),
+            Ok(Input::Valid(env)) => env,
+            Err(e) => return self.undecodable(&rec, &e),
         };
         let DeviceRef::Id(device) = env.device.clone() else {
             // Names are resolved by the validator; a name here has nothing to be stored under.
@@ -258,7 +281,7 @@ impl TsWriter {
         };
         let b = &mut self.batch;
         match env.body {
-            Body::Telemetry { samples, .. } if topic == self.topics.valid => {
+            Body::Telemetry { samples, .. } => {
                 b.points += samples.iter().map(|s| s.values.len()).sum::<usize>();
                 b.samples.push(SampleBatch {
                     tenant: env.tenant,
@@ -266,13 +289,21 @@ impl TsWriter {
                     samples,
                 });
             }
-            Body::Attributes { values } if topic == self.topics.valid => {
+            Body::Attributes { values } => {
                 b.points += values.len();
                 b.attributes
                     .push((env.tenant, device, values, env.received_ms));
             }
-            // Nothing else is on the valid topic.
-            _ => {}
+            // Nothing else is on the valid topic (the validator sends the rest to the
+            // dispatcher).
+            Body::Connect { .. }
+            | Body::Disconnect { .. }
+            | Body::AttributeRequest { .. }
+            | Body::RpcRequest { .. }
+            | Body::RpcResponse { .. }
+            | Body::Claim { .. }
+            | Body::Command(_)
+            | Body::DeliveryOutcome { .. } => {}
         }
     }
 
@@ -507,10 +538,7 @@ pub async fn run_with(
     stats: Arc<WriterStats>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Arc<WriterStats>, BusError> {
-    let names = [
-        topics.name(Topic::IngestValid),
-        topics.name(Topic::IngestRejected),
-    ];
+    let names = Input::TOPICS.map(|t| topics.name(t));
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let consumer = bus.consumer(ConsumerSpec::group(&cfg.group, &names))?;
     let producer = bus.producer();

@@ -45,6 +45,21 @@ impl Topic {
         Topic::DeadLetter,
     ];
 
+    /// A short name for metrics labels and logs (`registry_changes`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Topic::IngestRaw => "ingest_raw",
+            Topic::IngestValid => "ingest_valid",
+            Topic::IngestRejected => "ingest_rejected",
+            Topic::DeviceEvents => "device_events",
+            Topic::Deliveries => "deliveries",
+            Topic::CommandOutcomes => "command_outcomes",
+            Topic::MqttCustom => "mqtt_custom",
+            Topic::RegistryChanges => "registry_changes",
+            Topic::DeadLetter => "dead_letter",
+        }
+    }
+
     /// The name after the prefix.
     pub fn suffix(self) -> &'static str {
         match self {
@@ -90,6 +105,13 @@ impl TopicsConfig {
     /// The full name of `topic`.
     pub fn name(&self, topic: Topic) -> String {
         format!("{}{}", self.prefix, topic.suffix())
+    }
+
+    /// Which of fluxgate's topics the full name `name` is: where a consumed record's topic
+    /// becomes a [`Topic`], so that actors match on topics, never on their names.
+    pub fn topic_of(&self, name: &str) -> Option<Topic> {
+        let suffix = name.strip_prefix(self.prefix.as_str())?;
+        Topic::ALL.into_iter().find(|t| t.suffix() == suffix)
     }
 
     /// What bootstrap creates: every topic with the configured partitions and
@@ -162,5 +184,20 @@ mod tests {
         assert!(reg.compacted && reg.retention_ms.is_none());
         let raw = specs.iter().find(|s| s.name == "test.ingest.raw").unwrap();
         assert!(!raw.compacted && raw.retention_ms == Some(7 * 86_400_000));
+    }
+
+    #[test]
+    fn every_name_maps_back_to_its_topic() {
+        let c = TopicsConfig {
+            prefix: "test.".into(),
+            ..TopicsConfig::default()
+        };
+        for t in Topic::ALL {
+            assert_eq!(c.topic_of(&c.name(t)), Some(t));
+        }
+        assert_eq!(c.topic_of("test.ingest"), None);
+        assert_eq!(c.topic_of("fluxgate.ingest.raw"), None, "another prefix");
+        let labels: std::collections::HashSet<_> = Topic::ALL.iter().map(|t| t.label()).collect();
+        assert_eq!(labels.len(), Topic::ALL.len());
     }
 }
