@@ -18,6 +18,8 @@ case $BIN in /*) ;; *) BIN="$REPO/$BIN" ;; esac
 SEEDS=${FLUXGATE_SEEDS:-$REPO/../shared/seeds}
 
 MQTT_PORT=21883
+CLIENT_RPC_TIMEOUT_MS=1500
+export FG_CLIENT_RPC_TIMEOUT_MS=$CLIENT_RPC_TIMEOUT_MS
 WS_PORT=21884
 API_PORT=28080
 FRONT_METRICS_PORT=29101
@@ -140,6 +142,10 @@ max_payload_bytes = $MAX_PAYLOAD
 http_addr = "127.0.0.1:$API_PORT"
 bootstrap_token = "$BOOTSTRAP"
 device_token_secret = "$DEVICE_TOKEN_SECRET"
+
+[dispatcher]
+# Short, so that the client-side RPC timeout check sees its error reply quickly.
+client_rpc_timeout_ms = $CLIENT_RPC_TIMEOUT_MS
 
 [log]
 filter = "info"

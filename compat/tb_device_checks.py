@@ -160,6 +160,39 @@ def check_server_side_rpc():
         fail(f"GET .../commands: {cmds[:1]!r}")
 
 
+def check_client_side_rpc():
+    answers = []
+    client.send_rpc_call("getTime", {"tz": "UTC"}, lambda rid, resp, *a: answers.append(resp))
+    pending = wait_for("the SDK's getTime request in GET .../rpc/requests?status=pending",
+                       lambda: [r for r in ok("GET", A.dev(DEV) + "/rpc/requests?status=pending",
+                                              token=A.read)["items"] if r["method"] == "getTime"])
+    rpc = pending[0]
+    if rpc.get("params") != {"tz": "UTC"}:
+        fail(f"the stored request {rpc!r}")
+    answer = {"time": now_ms()}
+    ok("POST", A.dev(DEV) + f"/rpc/requests/{rpc['id']}/answer", answer, token=A.write)
+    got = wait_for("the answer at the SDK's RPC callback", lambda: answers[0] if answers else None)
+    if got != answer:
+        fail(f"the SDK got {got!r}, the application answered {answer!r}")
+    status, body = http("POST", A.dev(DEV) + f"/rpc/requests/{rpc['id']}/answer", {}, token=A.write)
+    if status != 409:
+        fail(f"a second answer got {status} {body!r}, want 409")
+
+
+def check_client_side_rpc_timeout():
+    answers = []
+    client.send_rpc_call("nobodyAnswers", {}, lambda rid, resp, *a: answers.append(resp))
+    timeout_s = int(os.environ["FG_CLIENT_RPC_TIMEOUT_MS"]) / 1000
+    got = wait_for("an error reply at the SDK's RPC callback once the timeout passed",
+                   lambda: answers[0] if answers else None, timeout_s + 5)
+    if not isinstance(got, dict) or "error" not in got:
+        fail(f"the SDK got {got!r}, want an error reply")
+    timed_out = [r for r in ok("GET", A.dev(DEV) + "/rpc/requests?status=timed_out",
+                               token=A.read)["items"] if r["method"] == "nobodyAnswers"]
+    if not timed_out:
+        fail("GET .../rpc/requests?status=timed_out does not list the request")
+
+
 def check_claim():
     secret = f"fg-claim-{now_ms()}"
     client.claim(secret_key=secret, duration=60000).get()
@@ -197,9 +230,12 @@ def main():
             s.run("tb-device-shared-attribute-push", check_shared_attribute_push)
             s.run("tb-device-server-rpc", check_server_side_rpc)
             s.run("tb-device-claim", check_claim)
+            s.run("tb-device-client-side-rpc", check_client_side_rpc)
+            s.run("tb-device-client-side-rpc-timeout", check_client_side_rpc_timeout)
         else:
             for n in ("telemetry", "client-attributes", "attribute-request",
-                      "shared-attribute-push", "server-rpc", "claim"):
+                      "shared-attribute-push", "server-rpc", "claim", "client-side-rpc",
+                      "client-side-rpc-timeout"):
                 print(f"FAIL tb-device-{n}: the SDK is not connected", flush=True)
                 s.failed += 1
     finally:

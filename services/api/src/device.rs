@@ -37,7 +37,7 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
         );
 }
 
-fn new_id() -> MessageId {
+pub(crate) fn new_id() -> MessageId {
     use ring::rand::SecureRandom;
     let mut b = [0u8; 16];
     // Ids need uniqueness, not secrecy; the clock part keeps them unique if this fails.
@@ -45,7 +45,7 @@ fn new_id() -> MessageId {
     MessageId::from_parts(now_ms().max(0) as u64, u128::from_le_bytes(b))
 }
 
-fn envelope(
+pub(crate) fn envelope(
     id: MessageId,
     part: u32,
     tenant: &TenantId,
@@ -111,7 +111,11 @@ async fn auth_device(
 }
 
 /// Produces envelopes and waits for the bus to acknowledge every one.
-async fn produce_all(st: &ApiState, topic: &str, envs: &[Envelope]) -> Result<(), ApiError> {
+pub(crate) async fn produce_all(
+    st: &ApiState,
+    topic: &str,
+    envs: &[Envelope],
+) -> Result<(), ApiError> {
     let mut acks = Vec::with_capacity(envs.len());
     for e in envs {
         acks.push(

@@ -19,6 +19,7 @@
 
 pub mod auth;
 mod claim;
+mod client_rpc;
 mod config;
 mod device;
 pub mod error;
@@ -231,6 +232,7 @@ pub fn configure(state: web::Data<ApiState>) -> impl FnOnce(&mut web::ServiceCon
             .route("/openapi.json", web::get().to(openapi::serve))
             .configure(registry::routes)
             .configure(claim::routes)
+            .configure(client_rpc::routes)
             .configure(device::routes)
             .configure(query::routes);
     }

@@ -157,6 +157,27 @@ pub const OPERATIONS: &[(&str, &str, &str, &str, Option<&str>)] = &[
         Some("Object"),
     ),
     (
+        "get",
+        "/applications/{app}/devices/{id}/rpc/requests",
+        "The device's client-side RPC requests, newest first (`status`: pending, answered, timed_out; `limit`)",
+        "read",
+        None,
+    ),
+    (
+        "get",
+        "/applications/{app}/devices/{id}/rpc/requests/{rpc}",
+        "One client-side RPC request",
+        "read",
+        None,
+    ),
+    (
+        "post",
+        "/applications/{app}/devices/{id}/rpc/requests/{rpc}/answer",
+        "Answer a pending client-side RPC with the JSON body, sent to the device; 409 if it was answered or timed out",
+        "write",
+        Some("Object"),
+    ),
+    (
         "post",
         "/applications/{app}/devices/{id}/claim",
         "Claim a device within the claiming window it opened, with its secret; 403 wrong secret, 409 no open window or another owner",

@@ -523,7 +523,8 @@ async fn every_documented_operation_is_routed() {
             .replace("{key}", "k")
             .replace("{scope}", "client")
             .replace("{command}", "c")
-            .replace("{deviceName}", "D1");
+            .replace("{deviceName}", "D1")
+            .replace("{rpc}", "0");
         for method in ops.as_object().unwrap().keys() {
             let m = method.to_uppercase();
             let (status, body) = r.call(&m, &concrete, None, Some(json!({}))).await;
@@ -771,5 +772,92 @@ async fn a_device_is_claimed_within_its_window_with_its_secret() {
             .unwrap()
             .contains("fluxgate_api_claims_total{outcome=\"wrong_secret\"} 1"),
         "{m}"
+    );
+}
+
+/// Client-side RPC over HTTP: a device's pending request is listed, answered once (the
+/// answer goes to the dispatcher on the device's key), and a second answer gets 409.
+#[actix_rt::test]
+async fn a_client_side_rpc_is_listed_and_answered_once() {
+    let r = rig().await;
+    let app = "asks";
+    let admin = r.app(app).await;
+    r.device(&admin, app, "t1").await;
+    let mut events = r.tap(Topic::DeviceEvents);
+    let tenant = fluxgate_model::TenantId::new(app).unwrap();
+    let now = fluxgate_bus::now_ms();
+    let id = fluxgate_model::MessageId::from_parts(now as u64, 77);
+    let rpc = fluxgate_store::ClientRpc {
+        id,
+        tenant: tenant.clone(),
+        device: fluxgate_model::DeviceId::new("t1").unwrap(),
+        request_id: fluxgate_model::CorrelationId::Int(5),
+        method: "getTime".into(),
+        params: json!({}),
+        status: fluxgate_store::ClientRpcStatus::Pending,
+        created_ms: now,
+        deadline_ms: now + 60_000,
+        updated_ms: now,
+        answer: None,
+    };
+    assert!(r.store.put_client_rpc(rpc).await.unwrap());
+    let base = format!("/applications/{app}/devices/t1/rpc/requests");
+    let (s, b) = r
+        .call("GET", &format!("{base}?status=pending"), Some(&admin), None)
+        .await;
+    assert_eq!(
+        (s, b["items"][0]["method"].as_str()),
+        (200, Some("getTime")),
+        "{b}"
+    );
+    let answer_path = format!("{base}/{id}/answer");
+    let (s, b) = r
+        .call(
+            "POST",
+            &answer_path,
+            Some(&admin),
+            Some(json!({"time": 42})),
+        )
+        .await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("answered")), "{b}");
+    let env = next(&mut events).await;
+    assert_eq!(env.key(), format!("{app}/t1"));
+    match env.body {
+        Body::RpcAnswer {
+            request,
+            request_id,
+            data,
+        } => {
+            assert_eq!(request, id);
+            assert_eq!(request_id, fluxgate_model::CorrelationId::Int(5));
+            assert_eq!(data, json!({"time": 42}));
+        }
+        other => panic!("{other:?}"),
+    }
+    let (s, b) = r
+        .call("POST", &answer_path, Some(&admin), Some(json!({})))
+        .await;
+    assert_eq!(s, 409, "{b}");
+    let (s, b) = r
+        .call("GET", &format!("{base}/{id}"), Some(&admin), None)
+        .await;
+    assert_eq!((s, &b["answer"]), (200, &json!({"time": 42})), "{b}");
+    let unknown = fluxgate_model::MessageId::from_parts(now as u64, 78);
+    let (s, _) = r
+        .call(
+            "POST",
+            &format!("{base}/{unknown}/answer"),
+            Some(&admin),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(s, 404);
+    let (s, b) = r
+        .call("GET", &format!("{base}?status=pending"), Some(&admin), None)
+        .await;
+    assert_eq!(
+        (s, b["items"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{b}"
     );
 }

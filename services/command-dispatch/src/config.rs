@@ -15,6 +15,9 @@ pub struct DispatchConfig {
     /// one fails (no front held the session any more, or it closed with the delivery
     /// queued).
     pub delivery_timeout_ms: u64,
+    /// How long a device's client-side RPC waits for an application's answer, in ms;
+    /// then the device gets an error reply (ThingsBoard's default: 60 s).
+    pub client_rpc_timeout_ms: u64,
     /// How long a device's claiming window stays open when the device gave no
     /// `durationMs`, in ms (ThingsBoard's default: one day).
     pub claim_duration_ms: u64,
@@ -30,6 +33,7 @@ impl Default for DispatchConfig {
             group: "fluxgate-command-dispatch".into(),
             rpc_timeout_ms: 10_000,
             delivery_timeout_ms: 10_000,
+            client_rpc_timeout_ms: 60_000,
             claim_duration_ms: 86_400_000,
             retry_initial_ms: 100,
             retry_max_ms: 5_000,

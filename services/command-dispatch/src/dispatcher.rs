@@ -15,7 +15,8 @@ use fluxgate_model::{
     Envelope, KeySelection, MessageId, Outbound, TenantId, Values,
 };
 use fluxgate_store::{
-    AttributeScope, CommandRecord, CommandStatus, Store, StoreError, hash_secret,
+    AttributeScope, ClientRpc, ClientRpcStatus, CommandRecord, CommandStatus, Store, StoreError,
+    hash_secret,
 };
 
 use crate::DispatchConfig;
@@ -33,6 +34,14 @@ pub struct DispatchStats {
     pub deliveries: Arc<AtomicU64>,
     /// Commands that ended failed, timed out or expired.
     pub failed: Arc<AtomicU64>,
+    /// Client-side RPC requests of devices, stored for an application to answer.
+    pub client_rpcs: Arc<AtomicU64>,
+    /// Client-side RPC answers sent to their device.
+    pub client_rpc_answers: Arc<AtomicU64>,
+    /// Client-side RPC answers whose device was offline (not sent).
+    pub client_rpc_undelivered: Arc<AtomicU64>,
+    /// Client-side RPC requests nobody answered in time (the device got an error reply).
+    pub client_rpc_timed_out: Arc<AtomicU64>,
     /// Claiming windows devices opened.
     pub claim_windows: Arc<AtomicU64>,
     /// Store or bus failures retried.
@@ -78,6 +87,30 @@ impl DispatchStats {
                 "Commands that ended failed, timed out or expired.",
                 &[],
                 &self.failed,
+            ),
+            def(
+                "fluxgate_command_dispatch_client_rpcs_total",
+                "Client-side RPC requests of devices, stored for an application to answer.",
+                &[],
+                &self.client_rpcs,
+            ),
+            def(
+                "fluxgate_command_dispatch_client_rpc_answers_total",
+                "Client-side RPC answers sent to their device.",
+                &[],
+                &self.client_rpc_answers,
+            ),
+            def(
+                "fluxgate_command_dispatch_client_rpc_undelivered_total",
+                "Client-side RPC answers not sent: the device was offline.",
+                &[],
+                &self.client_rpc_undelivered,
+            ),
+            def(
+                "fluxgate_command_dispatch_client_rpc_timed_out_total",
+                "Client-side RPC requests nobody answered in time; the device got an error reply.",
+                &[],
+                &self.client_rpc_timed_out,
             ),
             def(
                 "fluxgate_command_dispatch_claim_windows_total",
@@ -423,6 +456,83 @@ impl Ctx {
         Ok(())
     }
 
+    /// Sends a client-side RPC's answer (or its timeout's error) to the device if it is
+    /// online; counted either way.
+    async fn answer_client_rpc(
+        &self,
+        tenant: &TenantId,
+        device: &DeviceId,
+        online: Option<&Online>,
+        id: MessageId,
+        body: Outbound,
+    ) -> Result<(), String> {
+        match online {
+            Some(o) => {
+                self.deliver(tenant, device, o, id, body).await?;
+                self.stats
+                    .client_rpc_answers
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                tracing::info!(%tenant, %device, rpc = %id, "dispatcher: client-side RPC answered while its device is offline; not sent");
+                self.stats
+                    .client_rpc_undelivered
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a client-side RPC's timeout: unanswered by its deadline, it ends timed out
+    /// and the device gets an error reply.
+    fn start_client_rpc_timer(self, rpc: ClientRpc) {
+        let after = Duration::from_millis((rpc.deadline_ms - now_ms()).max(0) as u64);
+        actix::spawn(async move {
+            tokio::time::sleep(after).await;
+            let mut delay = Duration::from_millis(self.cfg.retry_initial_ms.max(1));
+            for _ in 0..8 {
+                match self.time_out_client_rpc(&rpc).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::warn!(rpc = %rpc.id, error = %e, "dispatcher: client-side RPC timeout not recorded; retrying")
+                    }
+                }
+                self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(self.cfg.retry_max_ms.max(1)));
+            }
+        });
+    }
+
+    async fn time_out_client_rpc(&self, rpc: &ClientRpc) -> Result<(), String> {
+        let (t, d) = (rpc.tenant.clone(), rpc.device.clone());
+        let ended = self
+            .store
+            .end_client_rpc(t, d, rpc.id, ClientRpcStatus::TimedOut, None, now_ms())
+            .await
+            .map_err(|e| e.to_string())?;
+        if ended.is_none() {
+            return Ok(()); // answered (or gone with its device) first
+        }
+        self.stats
+            .client_rpc_timed_out
+            .fetch_add(1, Ordering::Relaxed);
+        // Presence from the connection log, which this dispatcher keeps exact for every
+        // event it has handled (the timer runs outside the actor).
+        let online = self
+            .presence_from_store(&rpc.tenant, &rpc.device, Dialect::ThingsBoard)
+            .await
+            .map_err(|e| e.to_string())?;
+        let body = Outbound::RpcResponse {
+            request_id: rpc.request_id.clone(),
+            data: serde_json::json!({
+                "error": format!("no answer within {} ms", self.cfg.client_rpc_timeout_ms),
+            }),
+        };
+        self.answer_client_rpc(&rpc.tenant, &rpc.device, online.as_ref(), rpc.id, body)
+            .await
+    }
+
     /// Starts a command's timer. It runs outside the actor, so it outlives a restart of
     /// the actor; [`Ctx::rearm_timers`] covers a restart of the process.
     fn start_timer(self, id: MessageId, after: Duration, deadline: Deadline) {
@@ -435,6 +545,16 @@ impl Ctx {
     /// Starts again the timers of the commands in flight before this dispatcher started
     /// (by an earlier process, or another instance): the store keeps them.
     async fn rearm_timers(self) {
+        match self.store.pending_client_rpcs(100_000).await {
+            Ok(rpcs) => {
+                for rpc in rpcs {
+                    self.clone().start_client_rpc_timer(rpc);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "dispatcher: pending client-side RPCs not read; their timeouts wait for the next restart");
+            }
+        }
         let pending = match self.store.in_flight_commands(100_000).await {
             Ok(p) => p,
             Err(e) => {
@@ -539,7 +659,10 @@ impl Ctx {
                 dialect: env.dialect,
             }),
             (Presence::Seen(seen), _) => seen,
-            (Presence::Unknown, Body::Command(_) | Body::Attributes { .. }) => self
+            (
+                Presence::Unknown,
+                Body::Command(_) | Body::Attributes { .. } | Body::RpcAnswer { .. },
+            ) => self
                 .presence_from_store(&env.tenant, &device, env.dialect)
                 .await
                 .map_err(store_err)?,
@@ -730,9 +853,54 @@ impl Ctx {
                 self.stats.claim_windows.fetch_add(1, Ordering::Relaxed);
                 Ok(After::Nothing)
             }
-            // Not for the dispatcher: telemetry goes to the writer, client-side RPC is
-            // answered by the front (`getSessionLimits`).
-            Body::Telemetry { .. } | Body::RpcRequest { .. } => Ok(After::Nothing),
+            // A device's client-side RPC: kept for an application to answer through the
+            // API, or to time out with an error reply.
+            Body::RpcRequest {
+                request_id,
+                method,
+                params,
+            } => {
+                let ms = i64::try_from(self.cfg.client_rpc_timeout_ms).unwrap_or(i64::MAX);
+                let rpc = ClientRpc {
+                    id: env.id,
+                    tenant: env.tenant.clone(),
+                    device,
+                    request_id,
+                    method,
+                    params,
+                    status: ClientRpcStatus::Pending,
+                    created_ms: env.received_ms,
+                    deadline_ms: env.received_ms.saturating_add(ms),
+                    updated_ms: env.received_ms,
+                    answer: None,
+                };
+                if self
+                    .store
+                    .put_client_rpc(rpc.clone())
+                    .await
+                    .map_err(store_err)?
+                {
+                    self.stats.client_rpcs.fetch_add(1, Ordering::Relaxed);
+                }
+                // Armed again on a redelivery too (its timer may have died with an
+                // earlier process); a timeout ends only a request still pending.
+                self.clone().start_client_rpc_timer(rpc);
+                Ok(After::Nothing)
+            }
+            // An application answered a client-side RPC (the API ended it in the store):
+            // to the device, over the connection that reaches it now.
+            Body::RpcAnswer {
+                request,
+                request_id,
+                data,
+            } => {
+                let body = Outbound::RpcResponse { request_id, data };
+                self.answer_client_rpc(&env.tenant, &device, online.as_ref(), request, body)
+                    .await?;
+                Ok(After::Nothing)
+            }
+            // Not for the dispatcher: telemetry goes to the writer.
+            Body::Telemetry { .. } => Ok(After::Nothing),
         }
     }
 }

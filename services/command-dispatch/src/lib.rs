@@ -5,9 +5,11 @@
 //! fluxgate.device.events ────> Dispatcher ──┬─> fluxgate.deliveries (every front; the one
 //!   front:     connect/disconnect,          │     holding the connection delivers)
 //!              delivery outcomes            ├─> store: connection log (presence)
-//!   validator: a gateway's devices' connect/ └─> store: command status + history
-//!              disconnect, RPC replies, attribute requests
-//!   API:       commands, RPC, shared-attribute pushes
+//!   validator: a gateway's devices' connect/ ├─> store: command status + history
+//!              disconnect, RPC replies,      ├─> store: client-side RPC requests, claim
+//!              attribute requests, client-   │          windows
+//!              side RPC requests, claims     └─> fluxgate.command.outcomes (every API)
+//!   API:       commands, RPC, shared-attribute pushes, client-side RPC answers
 //! ```
 //!
 //! The dispatcher owns presence: which devices are connected, directly or behind which
@@ -30,6 +32,14 @@
 //! `replied`, matched by its RPC id; a timer moves an unanswered two-way RPC to
 //! `timed_out`. Attribute requests are answered over the connection they came on, from
 //! the store; shared attributes changed through the API are pushed to online devices.
+//!
+//! A device's client-side RPC (ThingsBoard `v1/devices/me/rpc/request/{id}`, other than
+//! `getSessionLimits`, which the front answers) is stored `pending` for an application to
+//! answer through the API; the API ends it `answered` (one conditional write) and sends
+//! the answer on the device's key, and the dispatcher delivers it on
+//! `.../rpc/response/{id}` if the device is online. Unanswered within
+//! `client_rpc_timeout_ms`, it ends `timed_out` and the device gets `{"error": ...}`. A
+//! claim message opens the device's claiming window in the store, for the API's claim.
 //!
 //! Commands live in the store from the moment they arrive, so a restarted dispatcher
 //! loses none: queued commands are read back when their device connects, and the timers

@@ -14,7 +14,7 @@ use fluxgate_model::{
     Dialect, ENVELOPE_VERSION, Envelope, KeySelection, MessageId, TenantId, Value, Values,
 };
 use fluxgate_store::sqlite::SqliteStore;
-use fluxgate_store::{AttributeScope, CommandStatus, Device, DeviceKind, Store};
+use fluxgate_store::{AttributeScope, ClientRpcStatus, CommandStatus, Device, DeviceKind, Store};
 use fluxgate_testkit::Stoppable;
 
 fn now_ms() -> i64 {
@@ -755,4 +755,116 @@ async fn a_claim_message_opens_the_devices_claiming_window() {
         (default - 1_000..=default + 1_000).contains(&left),
         "window of {left} ms"
     );
+}
+
+/// A device's client-side RPC is stored pending; the answer an application gives (the
+/// API ends the request, then sends `rpc_answer`) reaches the device on its response
+/// topic; a request nobody answers ends `timed_out` and the device gets an error reply.
+#[actix_rt::test]
+async fn client_side_rpc_is_answered_or_times_out_with_an_error_reply() {
+    let rig = Rig::new();
+    let cfg = DispatchConfig {
+        client_rpc_timeout_ms: 400,
+        ..DispatchConfig::default()
+    };
+    let (stats, running) = rig.run_on(Arc::new(rig.bus.clone()), cfg);
+    rig.connect("t1", None, Dialect::ThingsBoard, true).await;
+    let ask = |n: i64, method: &str| Body::RpcRequest {
+        request_id: CorrelationId::Int(n),
+        method: method.into(),
+        params: serde_json::json!({"n": n}),
+    };
+    let first = rig.id();
+    rig.send(
+        Topic::DeviceEvents,
+        &envelope(first, "t1", None, Dialect::ThingsBoard, ask(1, "getTime")),
+    )
+    .await;
+    let stored = loop {
+        let found = rig
+            .store
+            .client_rpc(tenant(), dev("t1"), first)
+            .await
+            .unwrap();
+        if let Some(r) = found {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        (stored.method.as_str(), stored.status),
+        ("getTime", ClientRpcStatus::Pending)
+    );
+
+    // Answered as the API does: ended in the store, then handed to the dispatcher.
+    let answer = serde_json::json!({"time": 1_700_000_000_000i64});
+    let ended = rig.store.end_client_rpc(
+        tenant(),
+        dev("t1"),
+        first,
+        ClientRpcStatus::Answered,
+        Some(answer.clone()),
+        now_ms(),
+    );
+    assert!(ended.await.unwrap().is_some());
+    let body = Body::RpcAnswer {
+        request: first,
+        request_id: CorrelationId::Int(1),
+        data: answer.clone(),
+    };
+    rig.event("t1", None, Dialect::ThingsBoard, body).await;
+    let d = rig.delivery().await;
+    let r = d.render().unwrap();
+    assert_eq!(r.topic, "v1/devices/me/rpc/response/1");
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&r.payload).unwrap(),
+        answer
+    );
+
+    // Nobody answers the second one: it times out, and the device hears so.
+    let second = rig.id();
+    rig.send(
+        Topic::DeviceEvents,
+        &envelope(
+            second,
+            "t1",
+            None,
+            Dialect::ThingsBoard,
+            ask(2, "getConfig"),
+        ),
+    )
+    .await;
+    let d = rig.delivery().await;
+    let r = d.render().unwrap();
+    assert_eq!(r.topic, "v1/devices/me/rpc/response/2");
+    let err: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+    assert!(err["error"].as_str().unwrap().contains("400 ms"), "{err}");
+    let late = rig
+        .store
+        .client_rpc(tenant(), dev("t1"), second)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(late.status, ClientRpcStatus::TimedOut);
+    let first_now = rig
+        .store
+        .client_rpc(tenant(), dev("t1"), first)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        first_now.status,
+        ClientRpcStatus::Answered,
+        "the answered one stays answered"
+    );
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        (
+            count(&stats.client_rpcs),
+            count(&stats.client_rpc_answers),
+            count(&stats.client_rpc_timed_out)
+        ),
+        (2, 2, 1)
+    );
+    running.stop(Duration::from_secs(10)).await;
 }

@@ -302,6 +302,7 @@ impl TsWriter {
             | Body::RpcRequest { .. }
             | Body::RpcResponse { .. }
             | Body::Claim { .. }
+            | Body::RpcAnswer { .. }
             | Body::Command(_)
             | Body::DeliveryOutcome { .. } => {}
         }

@@ -214,6 +214,17 @@ pub enum Body {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         duration_ms: Option<u64>,
     },
+    /// An application's answer to a device's client-side RPC ([`Body::RpcRequest`]), to
+    /// send to the device (API -> dispatcher).
+    RpcAnswer {
+        /// The request's id ([`Envelope::id`] of its [`Body::RpcRequest`]).
+        request: MessageId,
+        /// The device's own id of the request, echoed in the answer topic.
+        request_id: CorrelationId,
+        /// The answer.
+        #[serde(default)]
+        data: serde_json::Value,
+    },
     /// A command or RPC to send to the device.
     Command(Command),
     /// The front's report on a [`crate::Delivery`]: the client acknowledged it (PUBACK for
@@ -249,6 +260,8 @@ pub enum Kind {
     RpcResponse,
     /// [`Body::Claim`].
     Claim,
+    /// [`Body::RpcAnswer`].
+    RpcAnswer,
     /// [`Body::Command`].
     Command,
     /// [`Body::DeliveryOutcome`].
@@ -267,6 +280,7 @@ impl Kind {
             Kind::RpcRequest => "rpc_request",
             Kind::RpcResponse => "rpc_response",
             Kind::Claim => "claim",
+            Kind::RpcAnswer => "rpc_answer",
             Kind::Command => "command",
             Kind::DeliveryOutcome => "delivery_outcome",
         }
@@ -285,6 +299,7 @@ impl Body {
             Body::RpcRequest { .. } => Kind::RpcRequest,
             Body::RpcResponse { .. } => Kind::RpcResponse,
             Body::Claim { .. } => Kind::Claim,
+            Body::RpcAnswer { .. } => Kind::RpcAnswer,
             Body::Command(_) => Kind::Command,
             Body::DeliveryOutcome { .. } => Kind::DeliveryOutcome,
         }
@@ -431,6 +446,11 @@ mod tests {
             Body::Claim {
                 secret_key: None,
                 duration_ms: Some(60000),
+            },
+            Body::RpcAnswer {
+                request: MessageId::from_parts(3, 4),
+                request_id: CorrelationId::Int(2),
+                data: serde_json::json!({"time": 1}),
             },
             Body::Command(Command {
                 name: "set-temperature".into(),

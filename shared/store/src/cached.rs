@@ -345,6 +345,41 @@ impl Store for CachedStore {
     fn in_flight_commands(&self, limit: u32) -> BoxFuture<'_, Result<Vec<CommandRecord>>> {
         self.inner.in_flight_commands(limit)
     }
+    fn put_client_rpc(&self, rpc: ClientRpc) -> BoxFuture<'_, Result<bool>> {
+        self.inner.put_client_rpc(rpc)
+    }
+    fn client_rpc(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        id: MessageId,
+    ) -> BoxFuture<'_, Result<Option<ClientRpc>>> {
+        self.inner.client_rpc(tenant, device, id)
+    }
+    fn client_rpcs(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        status: Option<ClientRpcStatus>,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<ClientRpc>>> {
+        self.inner.client_rpcs(tenant, device, status, limit)
+    }
+    fn end_client_rpc(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        id: MessageId,
+        to: ClientRpcStatus,
+        answer: Option<serde_json::Value>,
+        at_ms: i64,
+    ) -> BoxFuture<'_, Result<Option<ClientRpc>>> {
+        self.inner
+            .end_client_rpc(tenant, device, id, to, answer, at_ms)
+    }
+    fn pending_client_rpcs(&self, limit: u32) -> BoxFuture<'_, Result<Vec<ClientRpc>>> {
+        self.inner.pending_client_rpcs(limit)
+    }
     fn device_claim(
         &self,
         tenant: TenantId,

@@ -16,6 +16,7 @@
 //! - A ThingsBoard device name maps to exactly one device even when two callers create it
 //!   at once.
 //! - Command status moves only along [`CommandStatus::can_become`].
+//! - A client-side RPC ends once: answered or timed out, never both.
 //! - A device is claimed by at most one owner, within the window it opened, with its
 //!   secret, even when two claims race.
 //! - Deleting a device deletes its data: a device made again under the same id shows
@@ -282,6 +283,41 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// sent). Their RPC timers and delivery deadlines are what a restarted dispatcher
     /// must run again.
     fn in_flight_commands(&self, limit: u32) -> BoxFuture<'_, Result<Vec<CommandRecord>>>;
+
+    /// Stores a device's new client-side RPC (status [`ClientRpcStatus::Pending`]);
+    /// `false` if it was stored already (a redelivered request), which changes nothing.
+    fn put_client_rpc(&self, rpc: ClientRpc) -> BoxFuture<'_, Result<bool>>;
+    /// A client-side RPC of a device.
+    fn client_rpc(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        id: MessageId,
+    ) -> BoxFuture<'_, Result<Option<ClientRpc>>>;
+    /// A device's client-side RPCs, newest first, optionally of one status (among its
+    /// 1000 newest).
+    fn client_rpcs(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        status: Option<ClientRpcStatus>,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<ClientRpc>>>;
+    /// Ends a pending client-side RPC (`Answered` with its answer, or `TimedOut`): one
+    /// conditional write, so an answer and a timeout at the same instant leave one of
+    /// them. Returns the ended request, or `None` if it was not pending (or not there).
+    fn end_client_rpc(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        id: MessageId,
+        to: ClientRpcStatus,
+        answer: Option<serde_json::Value>,
+        at_ms: i64,
+    ) -> BoxFuture<'_, Result<Option<ClientRpc>>>;
+    /// Pending client-side RPCs of every device, oldest first: the timeouts a restarted
+    /// dispatcher must run again.
+    fn pending_client_rpcs(&self, limit: u32) -> BoxFuture<'_, Result<Vec<ClientRpc>>>;
 
     /// A device's claim record, if it ever opened a claiming window.
     fn device_claim(

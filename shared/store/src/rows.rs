@@ -166,3 +166,55 @@ pub(crate) fn device_token(r: TokenRow) -> Result<DeviceToken> {
         device: stored_id(device, DeviceId::new)?,
     })
 }
+
+/// The client-side RPC columns: id, tenant, device, request id JSON, method, params JSON,
+/// status, created, deadline, updated, answer JSON.
+pub(crate) const CLIENT_RPC_COLS: &str = "id, tenant, device, request_id, method, params, status, created_ms, deadline_ms, updated_ms, answer";
+
+/// A client-side RPC row as read (see [`CLIENT_RPC_COLS`]).
+pub(crate) type ClientRpcRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    i64,
+    Option<String>,
+);
+
+/// A client-side RPC from its row.
+pub(crate) fn client_rpc(r: ClientRpcRow) -> Result<ClientRpc> {
+    let (
+        id,
+        tenant,
+        device,
+        request_id,
+        method,
+        params,
+        st,
+        created_ms,
+        deadline_ms,
+        updated_ms,
+        answer,
+    ) = r;
+    Ok(ClientRpc {
+        id: id
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("client RPC id {id}")))?,
+        tenant: stored_id(tenant, TenantId::new)?,
+        device: stored_id(device, DeviceId::new)?,
+        request_id: json(&request_id)?,
+        method,
+        params: json(&params)?,
+        status: ClientRpcStatus::parse(&st)
+            .ok_or_else(|| StoreError::Corrupt(format!("client RPC status {st}")))?,
+        created_ms,
+        deadline_ms,
+        updated_ms,
+        answer: answer.as_deref().map(json).transpose()?,
+    })
+}

@@ -38,7 +38,9 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use tokio::sync::Semaphore;
 
-use crate::rows::{self as codec, CommandRow, DeviceRow, new_device_id, stored_id as id, to_json};
+use crate::rows::{
+    self as codec, ClientRpcRow, CommandRow, DeviceRow, new_device_id, stored_id as id, to_json,
+};
 use crate::types::*;
 use crate::{BoxFuture, Result, Store, StoreError};
 
@@ -96,7 +98,7 @@ impl ScyllaConfig {
 }
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// Columns added in schema version 3: `(table, column, type)`, added to a keyspace an
 /// older build made.
@@ -137,6 +139,11 @@ const TABLES: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.commands_in_flight (shard int, id text, PRIMARY KEY ((shard), id))",
     "CREATE TABLE IF NOT EXISTS {ks}.command_history (id text, seq int, status text, at_ms bigint, detail text,
        PRIMARY KEY ((id), seq))",
+    "CREATE TABLE IF NOT EXISTS {ks}.client_rpcs (tenant text, device text, id text, request_id text,
+       method text, params text, status text, created_ms bigint, deadline_ms bigint, updated_ms bigint,
+       answer text, PRIMARY KEY ((tenant, device), id)) WITH CLUSTERING ORDER BY (id DESC)",
+    "CREATE TABLE IF NOT EXISTS {ks}.client_rpcs_pending (shard int, id text, tenant text, device text,
+       PRIMARY KEY ((shard), id))",
     "CREATE TABLE IF NOT EXISTS {ks}.device_claims (tenant text, device text, secret_hash text,
        window_until_ms bigint, owner text, claimed_ms bigint, PRIMARY KEY ((tenant, device)))",
     "CREATE TABLE IF NOT EXISTS {ks}.connection_log (tenant text, device text, at_ms bigint, uid text, connected boolean,
@@ -355,6 +362,38 @@ const STATEMENTS: &[(&str, &str)] = &[
     (
         "get_awaiting",
         "SELECT id FROM {ks}.commands_in_flight WHERE shard = 0 LIMIT ?",
+    ),
+    (
+        "put_crpc",
+        "INSERT INTO {ks}.client_rpcs (id, tenant, device, request_id, method, params, status, created_ms, deadline_ms, updated_ms, answer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS",
+    ),
+    (
+        "get_crpc",
+        "SELECT id, tenant, device, request_id, method, params, status, created_ms, deadline_ms, updated_ms, answer FROM {ks}.client_rpcs WHERE tenant = ? AND device = ? AND id = ?",
+    ),
+    (
+        "crpcs_of",
+        "SELECT id, tenant, device, request_id, method, params, status, created_ms, deadline_ms, updated_ms, answer FROM {ks}.client_rpcs WHERE tenant = ? AND device = ? ORDER BY id DESC LIMIT 1000",
+    ),
+    (
+        "end_crpc",
+        "UPDATE {ks}.client_rpcs SET status = ?, answer = ?, updated_ms = ? WHERE tenant = ? AND device = ? AND id = ? IF status = ?",
+    ),
+    (
+        "del_crpcs",
+        "DELETE FROM {ks}.client_rpcs WHERE tenant = ? AND device = ?",
+    ),
+    (
+        "put_crpc_pending",
+        "INSERT INTO {ks}.client_rpcs_pending (shard, id, tenant, device) VALUES (0, ?, ?, ?)",
+    ),
+    (
+        "del_crpc_pending",
+        "DELETE FROM {ks}.client_rpcs_pending WHERE shard = 0 AND id = ?",
+    ),
+    (
+        "get_crpc_pending",
+        "SELECT id, tenant, device FROM {ks}.client_rpcs_pending WHERE shard = 0 LIMIT ?",
     ),
     (
         "get_claim",
@@ -745,7 +784,17 @@ impl ScyllaStore {
         self.exec("del_cmd_idx", (t, d)).await?;
         self.exec("del_conn", (t, d)).await?;
         self.exec("del_claim", (t, d)).await?;
+        let rpcs: Vec<ClientRpcRow> = rows(self.exec("crpcs_of", (t, d)).await?)?;
+        for (key, ..) in rpcs {
+            self.exec("del_crpc_pending", (key.as_str(),)).await?;
+        }
+        self.exec("del_crpcs", (t, d)).await?;
         Ok(())
+    }
+
+    async fn load_client_rpc(&self, t: &str, d: &str, key: &str) -> Result<Option<ClientRpc>> {
+        let r: Vec<ClientRpcRow> = rows(self.exec("get_crpc", (t, d, key)).await?)?;
+        r.into_iter().next().map(codec::client_rpc).transpose()
     }
 
     async fn load_command(&self, cid: &str) -> Result<Option<CommandRecord>> {
@@ -1540,6 +1589,127 @@ impl Store for ScyllaStore {
                 }
             }
             out.sort_by_key(|c| c.updated_ms);
+            Ok(out)
+        })
+    }
+
+    fn put_client_rpc(&self, rpc: ClientRpc) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(async move {
+            let key = rpc.id.to_string();
+            let (t, d) = (rpc.tenant.as_str(), rpc.device.as_str());
+            // The index first: an index entry without its request is dropped when read, a
+            // request without its entry would never time out after a restart.
+            self.exec("put_crpc_pending", (key.as_str(), t, d)).await?;
+            let r = self
+                .exec(
+                    "put_crpc",
+                    (
+                        key.as_str(),
+                        t,
+                        d,
+                        to_json(&rpc.request_id),
+                        rpc.method.as_str(),
+                        to_json(&rpc.params),
+                        rpc.status.as_str(),
+                        rpc.created_ms,
+                        rpc.deadline_ms,
+                        rpc.updated_ms,
+                        rpc.answer.as_ref().map(to_json),
+                    ),
+                )
+                .await?;
+            applied(r)
+        })
+    }
+
+    fn client_rpc(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        rid: MessageId,
+    ) -> BoxFuture<'_, Result<Option<ClientRpc>>> {
+        Box::pin(async move {
+            self.load_client_rpc(tenant.as_str(), device.as_str(), &rid.to_string())
+                .await
+        })
+    }
+
+    fn client_rpcs(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        status: Option<ClientRpcStatus>,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<ClientRpc>>> {
+        Box::pin(async move {
+            let r: Vec<ClientRpcRow> = rows(
+                self.exec("crpcs_of", (tenant.as_str(), device.as_str()))
+                    .await?,
+            )?;
+            let mut out = Vec::new();
+            for row in r {
+                let rpc = codec::client_rpc(row)?;
+                if status.is_none_or(|s| s == rpc.status) {
+                    out.push(rpc);
+                }
+                if out.len() >= limit as usize {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn end_client_rpc(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        rid: MessageId,
+        to: ClientRpcStatus,
+        answer: Option<serde_json::Value>,
+        at_ms: i64,
+    ) -> BoxFuture<'_, Result<Option<ClientRpc>>> {
+        Box::pin(async move {
+            let (t, d, key) = (tenant.as_str(), device.as_str(), rid.to_string());
+            // A lightweight transaction: of an answer and a timeout, one applies.
+            let r = self
+                .exec(
+                    "end_crpc",
+                    (
+                        to.as_str(),
+                        answer.as_ref().map(to_json),
+                        at_ms,
+                        t,
+                        d,
+                        key.as_str(),
+                        ClientRpcStatus::Pending.as_str(),
+                    ),
+                )
+                .await?;
+            if !applied(r)? {
+                return Ok(None);
+            }
+            self.exec("del_crpc_pending", (key.as_str(),)).await?;
+            self.load_client_rpc(t, d, &key).await
+        })
+    }
+
+    fn pending_client_rpcs(&self, limit: u32) -> BoxFuture<'_, Result<Vec<ClientRpc>>> {
+        Box::pin(async move {
+            let limit = i32::try_from(limit).unwrap_or(i32::MAX);
+            let ids: Vec<(String, String, String)> =
+                rows(self.exec("get_crpc_pending", (limit,)).await?)?;
+            let mut out = Vec::new();
+            for (key, t, d) in ids {
+                match self.load_client_rpc(&t, &d, &key).await? {
+                    Some(rpc) if rpc.status == ClientRpcStatus::Pending => out.push(rpc),
+                    // Ended (or deleted) since: the entry is stale.
+                    _ => {
+                        self.exec("del_crpc_pending", (key.as_str(),)).await?;
+                    }
+                }
+            }
+            out.sort_by_key(|r| r.created_ms);
             Ok(out)
         })
     }

@@ -15,13 +15,14 @@ use rusqlite::types::{Value as SqlValue, ValueRef};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
 
 use crate::rows::{
-    self, COMMAND_COLS, CommandRow, DEVICE_COLS, DeviceRow, new_device_id, stored_id as id, to_json,
+    self, CLIENT_RPC_COLS, COMMAND_COLS, ClientRpcRow, CommandRow, DEVICE_COLS, DeviceRow,
+    new_device_id, stored_id as id, to_json,
 };
 use crate::types::*;
 use crate::{BoxFuture, Result, Store, StoreError};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -80,6 +81,13 @@ CREATE TABLE IF NOT EXISTS command_history (
   id TEXT NOT NULL, seq INTEGER NOT NULL, status TEXT NOT NULL, at_ms INTEGER NOT NULL,
   detail TEXT, PRIMARY KEY (id, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS client_rpcs (
+  id TEXT NOT NULL, tenant TEXT NOT NULL, device TEXT NOT NULL, request_id TEXT NOT NULL,
+  method TEXT NOT NULL, params TEXT NOT NULL, status TEXT NOT NULL, created_ms INTEGER NOT NULL,
+  deadline_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL, answer TEXT,
+  PRIMARY KEY (tenant, device, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS client_rpcs_pending ON client_rpcs (created_ms) WHERE status = 'pending';
 CREATE TABLE IF NOT EXISTS device_claims (
   tenant TEXT NOT NULL, device TEXT NOT NULL, secret_hash TEXT NOT NULL,
   window_until_ms INTEGER NOT NULL, owner TEXT, claimed_ms INTEGER,
@@ -409,6 +417,32 @@ fn load_command(c: &Connection, cid: &str) -> Result<Option<CommandRecord>> {
     row.map(rows::command).transpose()
 }
 
+fn client_rpc_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClientRpcRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+        r.get(10)?,
+    ))
+}
+
+fn load_client_rpc(c: &Connection, t: &str, d: &str, rid: &str) -> Result<Option<ClientRpc>> {
+    let row = c
+        .prepare_cached(&format!(
+            "SELECT {CLIENT_RPC_COLS} FROM client_rpcs WHERE tenant = ?1 AND device = ?2 AND id = ?3"
+        ))
+        .and_then(|mut s| s.query_row([t, d, rid], client_rpc_from_row).optional())
+        .map_err(sql_err)?;
+    row.map(rows::client_rpc).transpose()
+}
+
 fn next_seq(c: &Connection, sql: &str, p: &[&dyn rusqlite::ToSql]) -> Result<i64> {
     c.prepare_cached(sql)
         .and_then(|mut s| s.query_row(p, |r| r.get::<_, Option<i64>>(0)))
@@ -576,6 +610,7 @@ impl Store for SqliteStore {
                 "DELETE FROM commands WHERE tenant = ?1 AND device = ?2",
                 "DELETE FROM connection_log WHERE tenant = ?1 AND device = ?2",
                 "DELETE FROM device_claims WHERE tenant = ?1 AND device = ?2",
+                "DELETE FROM client_rpcs WHERE tenant = ?1 AND device = ?2",
             ] {
                 tx.execute(sql, [t, d]).map_err(sql_err)?;
             }
@@ -1150,6 +1185,109 @@ impl Store for SqliteStore {
                 .query_map(params![limit], command_from_row)
                 .map_err(sql_err)?;
             rows.map(|r| r.map_err(sql_err).and_then(rows::command))
+                .collect()
+        })
+    }
+
+    fn put_client_rpc(&self, rpc: ClientRpc) -> BoxFuture<'_, Result<bool>> {
+        self.run(move |c, _| {
+            let n = c
+                .execute(
+                    &format!(
+                        "INSERT OR IGNORE INTO client_rpcs ({CLIENT_RPC_COLS})
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                    ),
+                    params![
+                        rpc.id.to_string(),
+                        rpc.tenant.as_str(),
+                        rpc.device.as_str(),
+                        to_json(&rpc.request_id),
+                        rpc.method,
+                        to_json(&rpc.params),
+                        rpc.status.as_str(),
+                        rpc.created_ms,
+                        rpc.deadline_ms,
+                        rpc.updated_ms,
+                        rpc.answer.as_ref().map(to_json),
+                    ],
+                )
+                .map_err(sql_err)?;
+            Ok(n == 1)
+        })
+    }
+
+    fn client_rpc(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        rid: MessageId,
+    ) -> BoxFuture<'_, Result<Option<ClientRpc>>> {
+        self.run(move |c, _| load_client_rpc(c, tenant.as_str(), device.as_str(), &rid.to_string()))
+    }
+
+    fn client_rpcs(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        status: Option<ClientRpcStatus>,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<ClientRpc>>> {
+        self.run(move |c, _| {
+            let mut s = c
+                .prepare_cached(&format!(
+                    "SELECT {CLIENT_RPC_COLS} FROM client_rpcs
+                     WHERE tenant = ?1 AND device = ?2 AND (?3 IS NULL OR status = ?3)
+                     ORDER BY id DESC LIMIT ?4"
+                ))
+                .map_err(sql_err)?;
+            let st = status.map(ClientRpcStatus::as_str);
+            let rows = s
+                .query_map(
+                    params![tenant.as_str(), device.as_str(), st, limit.min(1000)],
+                    client_rpc_from_row,
+                )
+                .map_err(sql_err)?;
+            rows.map(|r| r.map_err(sql_err).and_then(rows::client_rpc))
+                .collect()
+        })
+    }
+
+    fn end_client_rpc(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        rid: MessageId,
+        to: ClientRpcStatus,
+        answer: Option<serde_json::Value>,
+        at_ms: i64,
+    ) -> BoxFuture<'_, Result<Option<ClientRpc>>> {
+        self.run(move |c, _| {
+            let (t, d, key) = (tenant.as_str(), device.as_str(), rid.to_string());
+            let n = c
+                .execute(
+                    "UPDATE client_rpcs SET status = ?4, answer = ?5, updated_ms = ?6
+                     WHERE tenant = ?1 AND device = ?2 AND id = ?3 AND status = 'pending'",
+                    params![t, d, key, to.as_str(), answer.as_ref().map(to_json), at_ms],
+                )
+                .map_err(sql_err)?;
+            if n == 1 {
+                load_client_rpc(c, t, d, &key)
+            } else {
+                Ok(None)
+            }
+        })
+    }
+
+    fn pending_client_rpcs(&self, limit: u32) -> BoxFuture<'_, Result<Vec<ClientRpc>>> {
+        self.run(move |c, _| {
+            let mut s = c
+                .prepare_cached(&format!(
+                    "SELECT {CLIENT_RPC_COLS} FROM client_rpcs WHERE status = 'pending'
+                     ORDER BY created_ms LIMIT ?1"
+                ))
+                .map_err(sql_err)?;
+            let rows = s.query_map([limit], client_rpc_from_row).map_err(sql_err)?;
+            rows.map(|r| r.map_err(sql_err).and_then(rows::client_rpc))
                 .collect()
         })
     }

@@ -532,3 +532,66 @@ pub enum ClaimOutcome {
     /// The secret is not the one the device set.
     WrongSecret,
 }
+
+/// Where a device's client-side RPC stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientRpcStatus {
+    /// Waiting for an application's answer.
+    Pending,
+    /// An application answered it.
+    Answered,
+    /// Nobody answered within its timeout; the device got an error reply.
+    TimedOut,
+}
+
+impl ClientRpcStatus {
+    /// Every status.
+    pub const ALL: [ClientRpcStatus; 3] = [
+        ClientRpcStatus::Pending,
+        ClientRpcStatus::Answered,
+        ClientRpcStatus::TimedOut,
+    ];
+
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientRpcStatus::Pending => "pending",
+            ClientRpcStatus::Answered => "answered",
+            ClientRpcStatus::TimedOut => "timed_out",
+        }
+    }
+
+    /// The status named `s`.
+    pub fn parse(s: &str) -> Option<Self> {
+        ClientRpcStatus::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+/// A client-side RPC: a device's request to the server (ThingsBoard
+/// `v1/devices/me/rpc/request/{id}`), for an application to answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientRpc {
+    /// Its id (the id of the envelope that carried it).
+    pub id: MessageId,
+    /// Tenant.
+    pub tenant: TenantId,
+    /// The device that asked.
+    pub device: DeviceId,
+    /// The device's own id of the request, echoed in the answer's topic.
+    pub request_id: fluxgate_model::CorrelationId,
+    /// The method called.
+    pub method: String,
+    /// Its parameters.
+    pub params: serde_json::Value,
+    /// Where it stands.
+    pub status: ClientRpcStatus,
+    /// Received, epoch ms.
+    pub created_ms: i64,
+    /// Unanswered by then, it times out; epoch ms.
+    pub deadline_ms: i64,
+    /// Last status change, epoch ms.
+    pub updated_ms: i64,
+    /// The application's answer.
+    pub answer: Option<serde_json::Value>,
+}

@@ -152,3 +152,4 @@ contract_test!(
     contract::racing_transitions_leave_one_terminal_status
 );
 contract_test!(scylla_claims, contract::claims);
+contract_test!(scylla_client_rpcs, contract::client_rpcs);

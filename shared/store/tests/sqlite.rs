@@ -183,3 +183,4 @@ contract_test!(
     contract::racing_transitions_leave_one_terminal_status
 );
 contract_test!(sqlite_claims, contract::claims);
+contract_test!(sqlite_client_rpcs, contract::client_rpcs);

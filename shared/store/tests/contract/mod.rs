@@ -1025,3 +1025,148 @@ pub async fn claims(h: &Harness) {
         None
     );
 }
+
+async fn pending_of(s: &dyn Store, t: &TenantId) -> Vec<MessageId> {
+    let all = s.pending_client_rpcs(1000).await.unwrap();
+    all.into_iter()
+        .filter(|r| r.tenant == *t)
+        .map(|r| r.id)
+        .collect()
+}
+
+fn client_rpc(t: &TenantId, d: &str, n: u128, method: &str) -> ClientRpc {
+    ClientRpc {
+        id: MessageId::from_parts(NOW as u64 + n as u64, n),
+        tenant: t.clone(),
+        device: dev(d),
+        request_id: fluxgate_model::CorrelationId::Int(n as i64),
+        method: method.into(),
+        params: serde_json::json!({"n": n as u64}),
+        status: ClientRpcStatus::Pending,
+        created_ms: NOW + n as i64,
+        deadline_ms: NOW + 10_000,
+        updated_ms: NOW + n as i64,
+        answer: None,
+    }
+}
+
+/// Client-side RPC: stored once (a redelivery changes nothing), listed newest first and
+/// by status, pending ones found for their timers, and ended exactly once even when an
+/// answer and a timeout race; a deleted device's requests are gone.
+pub async fn client_rpcs(h: &Harness) {
+    let s = &*h.store;
+    let t = tenant();
+    let (a, b) = (
+        client_rpc(&t, "d", 1, "getTime"),
+        client_rpc(&t, "d", 2, "getFw"),
+    );
+    assert!(s.put_client_rpc(a.clone()).await.unwrap());
+    assert!(s.put_client_rpc(b.clone()).await.unwrap());
+    let mut again = a.clone();
+    again.method = "changed".into();
+    assert!(
+        !s.put_client_rpc(again).await.unwrap(),
+        "a redelivery is not new"
+    );
+    assert_eq!(
+        s.client_rpc(t.clone(), dev("d"), a.id).await.unwrap(),
+        Some(a.clone())
+    );
+    let listed = s.client_rpcs(t.clone(), dev("d"), None, 10).await.unwrap();
+    assert_eq!(listed, vec![b.clone(), a.clone()], "newest first");
+    assert_eq!(pending_of(s, &t).await, vec![a.id, b.id], "oldest first");
+
+    let answer = serde_json::json!({"time": 42});
+    let ended = s
+        .end_client_rpc(
+            t.clone(),
+            dev("d"),
+            a.id,
+            ClientRpcStatus::Answered,
+            Some(answer.clone()),
+            NOW + 50,
+        )
+        .await
+        .unwrap()
+        .expect("a pending request ends");
+    assert_eq!(
+        (ended.status, ended.answer.as_ref(), ended.updated_ms),
+        (ClientRpcStatus::Answered, Some(&answer), NOW + 50)
+    );
+    let late = s.end_client_rpc(
+        t.clone(),
+        dev("d"),
+        a.id,
+        ClientRpcStatus::TimedOut,
+        None,
+        NOW + 60,
+    );
+    assert_eq!(late.await.unwrap(), None, "ended once");
+    assert_eq!(
+        s.client_rpc(t.clone(), dev("d"), a.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        ClientRpcStatus::Answered
+    );
+    let only = s.client_rpcs(t.clone(), dev("d"), Some(ClientRpcStatus::Pending), 10);
+    assert_eq!(only.await.unwrap(), vec![b.clone()]);
+    assert_eq!(pending_of(s, &t).await, vec![b.id]);
+
+    // An answer and a timeout at the same instant, many times over: one of them.
+    for i in 10..20u128 {
+        let r = client_rpc(&t, "race", i, "m");
+        s.put_client_rpc(r.clone()).await.unwrap();
+        let (x, y) = tokio::join!(
+            s.end_client_rpc(
+                t.clone(),
+                dev("race"),
+                r.id,
+                ClientRpcStatus::Answered,
+                Some(answer.clone()),
+                NOW
+            ),
+            s.end_client_rpc(
+                t.clone(),
+                dev("race"),
+                r.id,
+                ClientRpcStatus::TimedOut,
+                None,
+                NOW
+            ),
+        );
+        let won = match (x.unwrap(), y.unwrap()) {
+            (Some(e), None) | (None, Some(e)) => e.status,
+            other => panic!("round {i}: not exactly one end: {other:?}"),
+        };
+        let stored = s
+            .client_rpc(t.clone(), dev("race"), r.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.status, won, "round {i}");
+    }
+
+    s.put_device(Device {
+        tenant: t.clone(),
+        id: dev("d"),
+        name: "Asker".into(),
+        kind: DeviceKind::Standalone,
+        peripheral_policy: None,
+        tags: vec![],
+        profile: None,
+        created_ms: NOW,
+        updated_ms: NOW,
+    })
+    .await
+    .unwrap();
+    assert!(s.delete_device(t.clone(), dev("d")).await.unwrap());
+    assert!(
+        s.client_rpcs(t.clone(), dev("d"), None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(pending_of(s, &t).await, Vec::<MessageId>::new());
+}
