@@ -80,9 +80,10 @@ def q(s):
     return urllib.parse.quote(str(s), safe="")
 
 
-def wait_for(what, probe, timeout=5.0, interval=0.1):
+def wait_for(what, probe, timeout=5.0, interval=0.1, raise_on_timeout=True):
     """Polls `probe()` until it returns something truthy (returned) or `timeout` seconds
-    pass; then fails with `what` and the last value probed."""
+    pass; then fails with `what` and the last value probed (or, without
+    `raise_on_timeout`, returns that falsy value)."""
     deadline = time.monotonic() + timeout
     last = None
     while True:
@@ -90,6 +91,8 @@ def wait_for(what, probe, timeout=5.0, interval=0.1):
         if last:
             return last
         if time.monotonic() >= deadline:
+            if not raise_on_timeout:
+                return last
             fail(f"{what} (not seen within {timeout:g} s; last: {one_line(repr(last), 200)})")
         time.sleep(interval)
 

@@ -219,6 +219,33 @@ def check_claim():
         fail(f"a claim after unclaiming, with no new window, answered {status} {body!r}")
 
 
+def check_persistent_rpc_at_reconnect():
+    """A persistent RPC sent while the device is offline waits `queued`, and reaches the
+    device when it connects again (the SDK subscribes right after CONNACK)."""
+    stop_sdk(client)
+    wait_for("the device offline", lambda: not A.connection(DEV)["connected"])
+    status, body = A.rpc("oneway", DEV, {"method": "whileAway", "params": {"n": 1},
+                                         "persistent": True})
+    if status != 200 or "rpcId" not in body:
+        fail(f"POST /api/rpc/oneway (persistent) answered {status} {body!r}")
+    rpc_id = body["rpcId"]
+    wait_for("the persistent RPC queued", lambda: A.command(rpc_id)["command"]["status"] == "queued")
+    got = []
+    again = TBDeviceMqttClient(MQTT_HOST, port=MQTT_PORT, username=P["tb_device"]["token"])
+    again.set_server_side_rpc_request_handler(lambda rid, req: got.append(req))
+    try:
+        again.connect(keepalive=30)
+        wait_for("the device connected again", again.is_connected, 5)
+        if not wait_for("the persistent RPC at the SDK's RPC handler",
+                        lambda: [r for r in got if r.get("method") == "whileAway"], 5,
+                        raise_on_timeout=False):
+            fail(f"the SDK did not get the persistent RPC; its history: {A.command(rpc_id)['history']!r}")
+        wait_for("the persistent RPC delivered",
+                 lambda: A.command(rpc_id)["command"]["status"] == "delivered")
+    finally:
+        stop_sdk(again)
+
+
 def main():
     s = Suite()
     try:
@@ -232,10 +259,11 @@ def main():
             s.run("tb-device-claim", check_claim)
             s.run("tb-device-client-side-rpc", check_client_side_rpc)
             s.run("tb-device-client-side-rpc-timeout", check_client_side_rpc_timeout)
+            s.run("tb-device-persistent-rpc-at-reconnect", check_persistent_rpc_at_reconnect)
         else:
             for n in ("telemetry", "client-attributes", "attribute-request",
                       "shared-attribute-push", "server-rpc", "claim", "client-side-rpc",
-                      "client-side-rpc-timeout"):
+                      "client-side-rpc-timeout", "persistent-rpc-at-reconnect"):
                 print(f"FAIL tb-device-{n}: the SDK is not connected", flush=True)
                 s.failed += 1
     finally:

@@ -456,6 +456,38 @@ impl Ctx {
         Ok(())
     }
 
+    /// Sends the device's queued commands, oldest first (expired ones end `expired`).
+    async fn send_queued(
+        &self,
+        tenant: &TenantId,
+        device: &DeviceId,
+        online: &Online,
+    ) -> Result<(), String> {
+        let queued = self
+            .store
+            .commands(
+                tenant.clone(),
+                device.clone(),
+                Some(CommandStatus::Queued),
+                1000,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        for c in queued.iter().rev() {
+            if c.command.expires_ms.is_some_and(|at| at <= now_ms()) {
+                self.set(c.id, CommandStatus::Expired, None, None)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            } else {
+                self.send(c, online).await?;
+                if let Some(d) = self.timeout_of(c) {
+                    self.clone().start_timer(c.id, d, Deadline::Reply);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Sends a client-side RPC's answer (or its timeout's error) to the device if it is
     /// online; counted either way.
     async fn answer_client_rpc(
@@ -661,7 +693,10 @@ impl Ctx {
             (Presence::Seen(seen), _) => seen,
             (
                 Presence::Unknown,
-                Body::Command(_) | Body::Attributes { .. } | Body::RpcAnswer { .. },
+                Body::Command(_)
+                | Body::Attributes { .. }
+                | Body::RpcAnswer { .. }
+                | Body::Subscribed,
             ) => self
                 .presence_from_store(&env.tenant, &device, env.dialect)
                 .await
@@ -719,29 +754,23 @@ impl Ctx {
                 };
                 let e = connection_event(&env, device.clone(), true, session.clone(), None);
                 self.store.log_connection(e).await.map_err(store_err)?;
-                let queued = self
-                    .store
-                    .commands(
-                        env.tenant.clone(),
-                        device.clone(),
-                        Some(CommandStatus::Queued),
-                        1000,
-                    )
-                    .await
-                    .map_err(store_err)?;
-                for c in queued.iter().rev() {
-                    if c.command.expires_ms.is_some_and(|at| at <= now_ms()) {
-                        self.set(c.id, CommandStatus::Expired, None, None)
-                            .await
-                            .map_err(store_err)?;
-                    } else {
-                        self.send(c, &o).await?;
-                        if let Some(d) = self.timeout_of(c) {
-                            self.clone().start_timer(c.id, d, Deadline::Reply);
-                        }
-                    }
+                // A device behind a ThingsBoard gateway gets its commands on the gateway's
+                // `v1/gateway/rpc`, subscribed when the gateway's session began. Any other
+                // device subscribes after connecting: its queued commands wait for that
+                // (`Subscribed`), or they would reach a connection not listening yet.
+                if env.via.is_some() && env.dialect == Dialect::ThingsBoard {
+                    self.send_queued(&env.tenant, &device, &o).await?;
                 }
                 Ok(After::Online(key, o))
+            }
+            Body::Subscribed => {
+                match &online {
+                    Some(o) => self.send_queued(&env.tenant, &device, o).await?,
+                    None => {
+                        tracing::info!(tenant = %env.tenant, %device, "dispatcher: subscription of a device not connected; ignored");
+                    }
+                }
+                Ok(After::Nothing)
             }
             Body::Disconnect {
                 ref session,

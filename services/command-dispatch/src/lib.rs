@@ -23,8 +23,10 @@
 //!
 //! A command comes after every connect and disconnect of its device on the same key, so
 //! "offline" means offline when the command was made: a lightweight command fails at
-//! once, a persistent one waits (`queued`) and is sent when the device or its gateway
-//! connects, unless it expired first. The front's delivery outcome moves it to
+//! once, a persistent one waits (`queued`) and is sent when the device is ready for it,
+//! unless it expired first: when its connection subscribes to its commands (the front's
+//! `subscribed` event, after the connect on the same key), or, behind a ThingsBoard
+//! gateway whose `v1/gateway/rpc` is subscribed already, at its connect. The front's delivery outcome moves it to
 //! `delivered` (or back to `queued` / `failed`); without an outcome within
 //! `delivery_timeout_ms` (no front held the session any more, or it closed with the
 //! delivery queued) it goes back to `queued` if persistent and fails if not, so nothing

@@ -175,21 +175,33 @@ impl Rig {
         .await;
     }
 
-    /// Announces the device. With `settle`, waits until the dispatcher has handled it (the
+    /// Announces the device and, unless it is behind a ThingsBoard gateway (whose RPC feed
+    /// is subscribed already), its subscription to its commands, as a front does once the
+    /// client subscribes. With `settle`, waits until the dispatcher has handled both (the
     /// in-process ack resolves once the dispatcher committed the event), so presence is
-    /// known before the next command; without, returns at once (a connect that sends queued
+    /// known before the next command; without, returns at once (an event that sends queued
     /// commands completes only when the test's front has read them).
     async fn connect(&self, device: &str, via: Option<&str>, dialect: Dialect, settle: bool) {
-        let env = envelope(
-            self.id(),
-            device,
-            via,
-            dialect,
-            Body::Connect {
-                profile: None,
-                session: None,
-            },
-        );
+        let connect = Body::Connect {
+            profile: None,
+            session: None,
+        };
+        self.announce(device, via, dialect, connect, settle).await;
+        if via.is_none() || dialect == Dialect::Losant {
+            self.announce(device, via, dialect, Body::Subscribed, settle)
+                .await;
+        }
+    }
+
+    async fn announce(
+        &self,
+        device: &str,
+        via: Option<&str>,
+        dialect: Dialect,
+        body: Body,
+        settle: bool,
+    ) {
+        let env = envelope(self.id(), device, via, dialect, body);
         let rec = OutRecord::new(
             self.topics.name(Topic::DeviceEvents),
             env.key(),
@@ -199,7 +211,7 @@ impl Rig {
         if settle {
             tokio::time::timeout(Duration::from_secs(10), ack)
                 .await
-                .expect("connect handled")
+                .expect("event handled")
                 .unwrap();
         }
     }
@@ -867,4 +879,30 @@ async fn client_side_rpc_is_answered_or_times_out_with_an_error_reply() {
         (2, 2, 1)
     );
     running.stop(Duration::from_secs(10)).await;
+}
+
+/// A device that connects gets its queued commands once its connection subscribed to its
+/// commands, not before: sent at the connect, they would reach a connection that does not
+/// listen yet (and go back to the queue until the next connect).
+#[actix_rt::test]
+async fn queued_commands_wait_for_the_subscription_not_the_connect() {
+    let rig = Rig::new();
+    rig.dispatcher(None);
+    let kept = rig
+        .command("w1", Dialect::ThingsBoard, false, true, None)
+        .await;
+    rig.status(kept, CommandStatus::Queued).await;
+    let connect = Body::Connect {
+        profile: None,
+        session: None,
+    };
+    rig.announce("w1", None, Dialect::ThingsBoard, connect, true)
+        .await;
+    assert!(rig.no_delivery().await, "nothing is sent at the connect");
+    rig.status(kept, CommandStatus::Queued).await;
+    rig.announce("w1", None, Dialect::ThingsBoard, Body::Subscribed, false)
+        .await;
+    let d = rig.delivery().await;
+    assert_eq!(d.id, kept);
+    rig.status(kept, CommandStatus::Sent).await;
 }

@@ -161,12 +161,14 @@ async fn kafka_command_lifecycle_across_a_dispatcher_restart() {
     first.stop(Duration::from_secs(30)).await;
     let second = dispatcher(&bus, &store, &topics, &cfg);
 
-    // The device connects: the queued command is sent by the new dispatcher.
+    // The device connects ...
     let connect = Body::Connect {
         profile: None,
         session: None,
     };
     send(&events, envelope(id(), "d1", connect)).await;
+    // ... and subscribes to its commands, which sends the queued one.
+    send(&events, envelope(id(), "d1", Body::Subscribed)).await;
     let d = next_delivery().await;
     assert_eq!(d.id, kept);
     assert_eq!(d.render().unwrap().topic, "losant/d1/command");

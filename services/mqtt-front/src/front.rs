@@ -880,8 +880,28 @@ impl Front {
         } else {
             QoS::AtLeastOnce
         };
+        // The feed a device's commands come on: once it is registered, the dispatcher may
+        // send the commands queued for the device (`Body::Subscribed`).
+        let commands_of = match &class.target {
+            SubscribeTarget::Platform(Subscription::TbRpcRequests) => Some(None),
+            SubscribeTarget::Platform(Subscription::LosantCommands { device })
+                if device != id.principal.device() =>
+            {
+                Some(Some(device.clone()))
+            }
+            SubscribeTarget::Platform(Subscription::LosantCommands { .. }) => Some(None),
+            _ => None,
+        };
         match class.target {
-            SubscribeTarget::Platform(s) => conn.subs.borrow_mut().add_platform(s, granted),
+            SubscribeTarget::Platform(s) => {
+                conn.subs.borrow_mut().add_platform(s.clone(), granted);
+                if let Some(peripheral) = commands_of
+                    && let Err(e) = self.announce_subscribed(conn, peripheral).await
+                {
+                    conn.subs.borrow_mut().remove(Some(&s), filter);
+                    return Err(SubscribeRefused::Unavailable(e));
+                }
+            }
             SubscribeTarget::Custom => {
                 let parsed: TopicFilter = filter
                     .parse()
@@ -893,6 +913,35 @@ impl Front {
             }
         }
         Ok(granted)
+    }
+
+    /// Tells the dispatcher that the connection now listens for the commands of its own
+    /// device, or of the `peripheral` it reaches: on the key and topic of that device's
+    /// connect, behind it. Returns once it is on the bus.
+    async fn announce_subscribed(
+        &self,
+        conn: &Conn,
+        peripheral: Option<DeviceId>,
+    ) -> Result<(), String> {
+        let rec = match peripheral {
+            Some(p) => self.reached_event(conn, DeviceRef::Id(p), Body::Subscribed),
+            None => {
+                let env = self.event(conn, Body::Subscribed);
+                traced(OutRecord::new(
+                    &self.names.events,
+                    env.key(),
+                    env.to_bytes(),
+                ))
+            }
+        };
+        for ack in self
+            .send_all(vec![rec])
+            .await
+            .map_err(|v| format!("{v:?}"))?
+        {
+            ack.await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     /// Connects `device` through the gateway `conn` unless this session reached it already;

@@ -285,8 +285,8 @@ async fn gateways_act_only_for_peripherals_that_allow_them() {
         vec![S::GrantedQos1]
     );
     // The gateway's first message about the peripheral connects it through the gateway
-    // (the subscription that follows has nothing left to announce).
-    for want in ["connect", "telemetry"] {
+    // (the subscription that follows has no connect left to announce, only itself).
+    for want in ["connect", "telemetry", "subscribed"] {
         let env = raw.next_envelope().await;
         assert_eq!(env.body.kind().as_str(), want);
         assert_eq!(env.device, DeviceRef::Id(dev("p-any")));
@@ -304,7 +304,7 @@ async fn gateways_act_only_for_peripherals_that_allow_them() {
         )]
     );
     gw2.publish("losant/p-gw2/state", &state(3)).await.unwrap();
-    for want in ["connect", "telemetry"] {
+    for want in ["connect", "subscribed", "telemetry"] {
         let env = raw.next_envelope().await;
         assert_eq!(env.body.kind().as_str(), want);
         assert_eq!(
@@ -481,6 +481,16 @@ async fn deliveries_reach_subscribed_sessions_and_report_outcomes() {
         vec![v3::codec::SubscribeReturnCode::Success(
             v3::codec::QoS::AtLeastOnce
         )]
+    );
+    // The subscription is announced on the device's key, so queued commands follow it.
+    let subscribed = events.next_envelope().await;
+    assert!(
+        matches!(subscribed.body, Body::Subscribed),
+        "{subscribed:?}"
+    );
+    assert_eq!(
+        (subscribed.device, subscribed.via),
+        (DeviceRef::Id(dev("dev1")), None)
     );
     let cmd = delivery("dev1", None, Dialect::Losant, command("reboot"));
     rig.produce(Topic::Deliveries, "app1/dev1", cmd.to_bytes())

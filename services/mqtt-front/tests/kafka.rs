@@ -38,6 +38,8 @@ async fn kafka_front_end_to_end() {
 
     // A command through fluxgate.deliveries reaches the subscribed device.
     c.subscribe("losant/dev1/command").await;
+    let ev = events.next_envelope().await;
+    assert!(matches!(ev.body, Body::Subscribed), "{ev:?}");
     let d = Delivery {
         v: ENVELOPE_VERSION,
         id: MessageId::from_parts(1_700_000_000_000, 99),

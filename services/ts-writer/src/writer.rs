@@ -298,6 +298,7 @@ impl TsWriter {
             // dispatcher).
             Body::Connect { .. }
             | Body::Disconnect { .. }
+            | Body::Subscribed
             | Body::AttributeRequest { .. }
             | Body::RpcRequest { .. }
             | Body::RpcResponse { .. }

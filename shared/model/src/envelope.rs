@@ -176,6 +176,10 @@ pub enum Body {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         session: Option<SessionInfo>,
     },
+    /// The connection that reaches the device subscribed to the feed its commands come on
+    /// (its own command or RPC topic, or a Losant gateway to a peripheral's): commands
+    /// queued for it can be sent now (front -> dispatcher, after the device's connect).
+    Subscribed,
     /// The device asks for attribute values.
     AttributeRequest {
         /// Echoed in the answer.
@@ -252,6 +256,8 @@ pub enum Kind {
     Connect,
     /// [`Body::Disconnect`].
     Disconnect,
+    /// [`Body::Subscribed`].
+    Subscribed,
     /// [`Body::AttributeRequest`].
     AttributeRequest,
     /// [`Body::RpcRequest`].
@@ -276,6 +282,7 @@ impl Kind {
             Kind::Attributes => "attributes",
             Kind::Connect => "connect",
             Kind::Disconnect => "disconnect",
+            Kind::Subscribed => "subscribed",
             Kind::AttributeRequest => "attribute_request",
             Kind::RpcRequest => "rpc_request",
             Kind::RpcResponse => "rpc_response",
@@ -295,6 +302,7 @@ impl Body {
             Body::Attributes { .. } => Kind::Attributes,
             Body::Connect { .. } => Kind::Connect,
             Body::Disconnect { .. } => Kind::Disconnect,
+            Body::Subscribed => Kind::Subscribed,
             Body::AttributeRequest { .. } => Kind::AttributeRequest,
             Body::RpcRequest { .. } => Kind::RpcRequest,
             Body::RpcResponse { .. } => Kind::RpcResponse,
@@ -428,6 +436,7 @@ mod tests {
                 reason: Some("keepalive".into()),
                 session: None,
             },
+            Body::Subscribed,
             Body::AttributeRequest {
                 request_id: CorrelationId::Int(1),
                 client: KeySelection::Keys(vec!["a".into()]),
