@@ -8,6 +8,7 @@ use fluxgate_store::{ApiScope, ClaimOutcome, DeviceClaim, claim_device};
 use serde::Deserialize;
 
 use crate::auth::Caller;
+use crate::device::{AppQuery, rpc_app};
 use crate::error::ApiError;
 use crate::{ApiState, now_ms};
 
@@ -42,13 +43,6 @@ struct ClaimIn {
     #[serde(default)]
     secret_key: String,
     owner: Option<String>,
-}
-
-/// `?application=` for the admin token on ThingsBoard's paths, which carry none.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AppQuery {
-    application: Option<String>,
 }
 
 fn claim_json(c: &DeviceClaim, response: &str) -> serde_json::Value {
@@ -177,24 +171,15 @@ async fn delete_claim(
     unclaim(&st, app, device).await
 }
 
-/// The application of a ThingsBoard path, and the device its name names.
+/// The application of a ThingsBoard path (as for its RPC routes), and the device its
+/// name names.
 async fn tb_device(
     st: &ApiState,
-    caller: &Caller,
+    req: &HttpRequest,
     q: &AppQuery,
     name: &str,
 ) -> Result<(TenantId, DeviceId), ApiError> {
-    let app = match (caller, &q.application) {
-        (_, Some(a)) => crate::app_id(a)?,
-        (Caller::App { tenant, .. }, None) => tenant.clone(),
-        _ => {
-            return Err(ApiError::invalid(
-                "application",
-                "the admin token must name the application (?application=)",
-            ));
-        }
-    };
-    caller.require(&app, ApiScope::Write)?;
+    let app = rpc_app(st, req, q).await?;
     let name = DeviceName::new(name).map_err(|e| ApiError::invalid("deviceName", e.to_string()))?;
     let device = st
         .store
@@ -212,7 +197,7 @@ async fn tb_claim(
     body: web::Json<ClaimIn>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = st.caller(&req).await?;
-    let (app, device) = tb_device(&st, &caller, &q, &path).await?;
+    let (app, device) = tb_device(&st, &req, &q, &path).await?;
     claim(&st, &caller, app, device, body.into_inner()).await
 }
 
@@ -222,7 +207,6 @@ async fn tb_unclaim(
     path: web::Path<String>,
     q: web::Query<AppQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = st.caller(&req).await?;
-    let (app, device) = tb_device(&st, &caller, &q, &path).await?;
+    let (app, device) = tb_device(&st, &req, &q, &path).await?;
     unclaim(&st, app, device).await
 }

@@ -298,11 +298,15 @@ struct RpcIn {
 /// `?application=` for the admin token (ThingsBoard's RPC paths carry no application).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AppQuery {
+pub(crate) struct AppQuery {
     application: Option<String>,
 }
 
-async fn rpc_app(st: &ApiState, req: &HttpRequest, q: &AppQuery) -> Result<TenantId, ApiError> {
+pub(crate) async fn rpc_app(
+    st: &ApiState,
+    req: &HttpRequest,
+    q: &AppQuery,
+) -> Result<TenantId, ApiError> {
     let caller = st.caller(req).await?;
     let app = match (&caller, &q.application) {
         (_, Some(a)) => app_id(a)?,
