@@ -1,8 +1,8 @@
 //! The dispatcher actor.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -12,7 +12,7 @@ use fluxgate_bus::{
 };
 use fluxgate_model::{
     Body, CorrelationId, Delivery, DeviceId, DeviceName, DeviceRef, Dialect, ENVELOPE_VERSION,
-    Envelope, KeySelection, MessageId, Outbound, TenantId, Values,
+    Envelope, KeySelection, MessageId, Outbound, TenantId, Values, device_key,
 };
 use fluxgate_store::{
     AttributeScope, ClientRpc, ClientRpcStatus, CommandRecord, CommandStatus, Store, StoreError,
@@ -53,6 +53,11 @@ pub struct DispatchStats {
     pub restarts: Arc<AtomicU64>,
     /// The consumer's lag: records read from the bus but not finished yet, or not read.
     pub lag: Arc<AtomicU64>,
+    /// Timers running now (RPC replies, delivery deadlines, client-side RPC timeouts),
+    /// of the devices whose partitions this dispatcher holds.
+    pub timers: Arc<AtomicU64>,
+    /// Timers started again from the store when partitions were assigned.
+    pub timers_rearmed: Arc<AtomicU64>,
 }
 
 impl DispatchStats {
@@ -131,6 +136,12 @@ impl DispatchStats {
                 &self.undecodable,
             ),
             def(
+                "fluxgate_command_dispatch_timers_rearmed_total",
+                "Timers of commands and client-side RPCs started again from the store when partitions were assigned.",
+                &[],
+                &self.timers_rearmed,
+            ),
+            def(
                 "fluxgate_command_dispatch_restarts_total",
                 "Times the dispatcher actor died and was restarted; its unfinished records were redelivered.",
                 &[],
@@ -138,12 +149,20 @@ impl DispatchStats {
             ),
         ])
         .and_then(|set| {
-            set.with_gauges(vec![def(
-                "fluxgate_command_dispatch_consumer_lag_records",
-                "Records of the assigned partitions not finished yet (consumer lag).",
-                &[],
-                &self.lag,
-            )])
+            set.with_gauges(vec![
+                def(
+                    "fluxgate_command_dispatch_consumer_lag_records",
+                    "Records of the assigned partitions not finished yet (consumer lag).",
+                    &[],
+                    &self.lag,
+                ),
+                def(
+                    "fluxgate_command_dispatch_timers",
+                    "Timers running (RPC replies, delivery deadlines, client-side RPC timeouts) of the devices whose partitions this dispatcher holds.",
+                    &[],
+                    &self.timers,
+                ),
+            ])
         })
     }
 }
@@ -261,6 +280,8 @@ type Key = (TenantId, DeviceId);
 
 #[derive(Debug, Clone)]
 struct Names {
+    /// The topic this dispatcher consumes (its partitions decide whose timers it runs).
+    events: String,
     deliveries: String,
     outcomes: String,
     rejected: String,
@@ -300,7 +321,7 @@ fn expiry(
 }
 
 /// What a command's timer waits for.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Deadline {
     /// A two-way RPC's reply.
     Reply,
@@ -308,13 +329,53 @@ enum Deadline {
     Delivery,
 }
 
+/// One timer: at most one runs per command and deadline, or per client-side RPC, in a
+/// process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum TimerId {
+    Command(MessageId, Deadline),
+    ClientRpc(MessageId),
+}
+
+/// The timers running in this process. A timer belongs to the dispatcher holding its
+/// device's partition: one that fires after the partition moved does nothing (the new
+/// holder started it again from the store when the partition was assigned to it).
+#[derive(Debug, Default)]
+struct Timers {
+    running: Mutex<HashSet<TimerId>>,
+}
+
+impl Timers {
+    /// Whether `id` was not running (and now is).
+    fn arm(&self, id: TimerId, stats: &DispatchStats) -> bool {
+        let new = self.lock().insert(id);
+        if new {
+            stats.timers.fetch_add(1, Ordering::Relaxed);
+        }
+        new
+    }
+
+    fn disarm(&self, id: TimerId, stats: &DispatchStats) {
+        if self.lock().remove(&id) {
+            stats.timers.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<TimerId>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// What one record asks the actor to do after the async part.
 enum After {
     Nothing,
     Online(Key, Online),
     Offline(Key),
-    Timer(MessageId, Duration),
+    Timer(Box<CommandRecord>, Duration),
 }
+
+/// How often the dispatcher looks whether its consumer's assignment changed.
+const ASSIGNMENT_CHECK: Duration = Duration::from_millis(250);
 
 /// The dispatcher.
 pub struct Dispatcher {
@@ -327,6 +388,9 @@ pub struct Dispatcher {
     /// Presence seen on the events topic since this dispatcher started: `None` is a
     /// device known to be offline. Devices not in the map are looked up in the store.
     online: HashMap<Key, Option<Online>>,
+    timers: Arc<Timers>,
+    /// The consumer's assignment generation the timers were last re-armed for.
+    generation: u64,
     draining: bool,
     fetching: Option<SpawnHandle>,
     lifeline: Option<Lifeline>,
@@ -343,11 +407,13 @@ impl std::fmt::Debug for Dispatcher {
 /// Everything a step needs, cloned out of the actor.
 #[derive(Clone)]
 struct Ctx {
+    consumer: Arc<dyn Consumer>,
     producer: Arc<dyn Producer>,
     store: Arc<dyn Store>,
     names: Names,
     cfg: DispatchConfig,
     stats: Arc<DispatchStats>,
+    timers: Arc<Timers>,
 }
 
 impl Ctx {
@@ -452,7 +518,7 @@ impl Ctx {
         // No front may hold the session any more (it closed with the delivery queued, or
         // the device moved): without an outcome in time, the command does not stay `sent`.
         let after = Duration::from_millis(self.cfg.delivery_timeout_ms);
-        self.clone().start_timer(c.id, after, Deadline::Delivery);
+        self.clone().start_timer(c, after, Deadline::Delivery);
         Ok(())
     }
 
@@ -481,7 +547,7 @@ impl Ctx {
             } else {
                 self.send(c, online).await?;
                 if let Some(d) = self.timeout_of(c) {
-                    self.clone().start_timer(c.id, d, Deadline::Reply);
+                    self.clone().start_timer(c, d, Deadline::Reply);
                 }
             }
         }
@@ -517,10 +583,19 @@ impl Ctx {
 
     /// Starts a client-side RPC's timeout: unanswered by its deadline, it ends timed out
     /// and the device gets an error reply.
-    fn start_client_rpc_timer(self, rpc: ClientRpc) {
+    fn start_client_rpc_timer(self, rpc: ClientRpc) -> bool {
+        let timer = TimerId::ClientRpc(rpc.id);
+        if !self.timers.arm(timer, &self.stats) {
+            return false;
+        }
+        let key = device_key(&rpc.tenant, &rpc.device);
         let after = Duration::from_millis((rpc.deadline_ms - now_ms()).max(0) as u64);
         actix::spawn(async move {
             tokio::time::sleep(after).await;
+            self.timers.disarm(timer, &self.stats);
+            if !self.holds(&key) {
+                return; // its partition moved: the new holder runs it
+            }
             let mut delay = Duration::from_millis(self.cfg.retry_initial_ms.max(1));
             for _ in 0..8 {
                 match self.time_out_client_rpc(&rpc).await {
@@ -534,6 +609,7 @@ impl Ctx {
                 delay = (delay * 2).min(Duration::from_millis(self.cfg.retry_max_ms.max(1)));
             }
         });
+        true
     }
 
     async fn time_out_client_rpc(&self, rpc: &ClientRpc) -> Result<(), String> {
@@ -565,22 +641,48 @@ impl Ctx {
             .await
     }
 
-    /// Starts a command's timer. It runs outside the actor, so it outlives a restart of
-    /// the actor; [`Ctx::rearm_timers`] covers a restart of the process.
-    fn start_timer(self, id: MessageId, after: Duration, deadline: Deadline) {
-        actix::spawn(async move {
-            tokio::time::sleep(after).await;
-            self.expire(id, deadline).await;
-        });
+    /// Whether this dispatcher holds the partition of the device keyed `key`.
+    fn holds(&self, key: &str) -> bool {
+        self.consumer.holds(&self.names.events, key.as_bytes())
     }
 
-    /// Starts again the timers of the commands in flight before this dispatcher started
-    /// (by an earlier process, or another instance): the store keeps them.
+    /// Starts a command's timer unless it runs already. It runs outside the actor, so it
+    /// outlives a restart of the actor; [`Ctx::rearm_timers`] covers a restart of the
+    /// process and a partition taken over from another dispatcher.
+    fn start_timer(self, c: &CommandRecord, after: Duration, deadline: Deadline) -> bool {
+        let (id, timer) = (c.id, TimerId::Command(c.id, deadline));
+        if !self.timers.arm(timer, &self.stats) {
+            return false;
+        }
+        let key = device_key(&c.tenant, &c.device);
+        actix::spawn(async move {
+            let mut after = after;
+            loop {
+                tokio::time::sleep(after).await;
+                if !self.holds(&key) {
+                    break; // its partition moved: the new holder runs it
+                }
+                match self.expire(id, deadline).await {
+                    Some(later) => after = later,
+                    None => break,
+                }
+            }
+            self.timers.disarm(timer, &self.stats);
+        });
+        true
+    }
+
+    /// Starts again the timers of the commands in flight and the pending client-side
+    /// RPCs of the devices whose partitions this dispatcher holds now (after a restart,
+    /// or a partition taken over from another instance): the store keeps them.
     async fn rearm_timers(self) {
+        let mut started = 0;
         match self.store.pending_client_rpcs(100_000).await {
             Ok(rpcs) => {
                 for rpc in rpcs {
-                    self.clone().start_client_rpc_timer(rpc);
+                    if self.holds(&device_key(&rpc.tenant, &rpc.device)) {
+                        started += u64::from(self.clone().start_client_rpc_timer(rpc));
+                    }
                 }
             }
             Err(e) => {
@@ -598,31 +700,46 @@ impl Ctx {
         let until = |at: i64| Duration::from_millis((at - now).max(0) as u64);
         let ms = |d: u64| i64::try_from(d).unwrap_or(i64::MAX);
         for c in pending {
+            if !self.holds(&device_key(&c.tenant, &c.device)) {
+                continue;
+            }
             if c.status == CommandStatus::Sent {
                 let at = c
                     .updated_ms
                     .saturating_add(ms(self.cfg.delivery_timeout_ms));
-                self.clone()
-                    .start_timer(c.id, until(at), Deadline::Delivery);
+                started += u64::from(self.clone().start_timer(&c, until(at), Deadline::Delivery));
             }
             if c.command.two_way {
                 let at = c
                     .command
                     .expires_ms
                     .unwrap_or(c.updated_ms.saturating_add(ms(self.cfg.rpc_timeout_ms)));
-                self.clone().start_timer(c.id, until(at), Deadline::Reply);
+                started += u64::from(self.clone().start_timer(&c, until(at), Deadline::Reply));
             }
         }
+        self.stats
+            .timers_rearmed
+            .fetch_add(started, Ordering::Relaxed);
     }
 
     /// A command's time is up. A two-way RPC not answered timed out; a command still
     /// `sent` (no front reported its delivery) is queued again for the next connect if
-    /// persistent, and fails if not. Store failures are retried a few times; after that
-    /// the command stays open until a restart re-arms it.
-    async fn expire(&self, id: MessageId, deadline: Deadline) {
+    /// persistent, and fails if not. A command sent again since this timer started has a
+    /// later deadline: the time left to it is returned, to wait again. Store failures are
+    /// retried a few times; after that the command stays open until a re-arm.
+    async fn expire(&self, id: MessageId, deadline: Deadline) -> Option<Duration> {
         let mut delay = Duration::from_millis(self.cfg.retry_initial_ms.max(1));
+        let timeout = i64::try_from(self.cfg.delivery_timeout_ms).unwrap_or(i64::MAX);
         for _ in 0..8 {
             let done = match self.store.command(id).await {
+                Ok(Some(c))
+                    if deadline == Deadline::Delivery
+                        && c.status == CommandStatus::Sent
+                        && c.updated_ms.saturating_add(timeout) > now_ms() =>
+                {
+                    let left = c.updated_ms.saturating_add(timeout) - now_ms();
+                    return Some(Duration::from_millis(left.max(1) as u64));
+                }
                 Ok(Some(c)) => match expiry(&c, deadline, self.cfg.delivery_timeout_ms) {
                     Some((to, why)) => self.set(id, to, Some(why), None).await.is_ok(),
                     None => true,
@@ -631,13 +748,14 @@ impl Ctx {
                 Err(_) => false,
             };
             if done {
-                return;
+                return None;
             }
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(self.cfg.retry_max_ms.max(1)));
         }
         tracing::warn!(command = %id, ?deadline, "dispatcher: could not record a command's timeout");
+        None
     }
 
     /// Where `device` is connected according to the connection log: the presence of a
@@ -727,7 +845,9 @@ impl Ctx {
                         record
                     }
                 };
-                let timer = self.timeout_of(&record).map(|d| After::Timer(record.id, d));
+                let timer = self
+                    .timeout_of(&record)
+                    .map(|d| After::Timer(Box::new(record.clone()), d));
                 // The device's connects and disconnects come before this on its key: offline
                 // here is offline when the command was made.
                 match online {
@@ -949,6 +1069,7 @@ impl Dispatcher {
             producer,
             store,
             names: Names {
+                events: topics.name(Topic::DeviceEvents),
                 deliveries: topics.name(Topic::Deliveries),
                 outcomes: topics.name(Topic::CommandOutcomes),
                 rejected: topics.name(Topic::IngestRejected),
@@ -957,9 +1078,21 @@ impl Dispatcher {
             cfg,
             stats,
             online: HashMap::new(),
+            timers: Arc::default(),
+            generation: 0,
             draining: false,
             fetching: None,
             lifeline: None,
+        }
+    }
+
+    /// Re-arms, from the store, the timers of the partitions assigned since the last
+    /// look (at start: all the consumer holds).
+    fn watch_assignment(&mut self) {
+        let generation = self.consumer.generation();
+        if generation != self.generation && !self.draining {
+            self.generation = generation;
+            actix::spawn(self.ctx().rearm_timers());
         }
     }
 
@@ -971,6 +1104,8 @@ impl Dispatcher {
 
     fn ctx(&self) -> Ctx {
         Ctx {
+            consumer: self.consumer.clone(),
+            timers: self.timers.clone(),
             producer: self.producer.clone(),
             store: self.store.clone(),
             names: self.names.clone(),
@@ -1028,7 +1163,9 @@ impl Dispatcher {
                 After::Offline(k) => {
                     act.online.insert(k, None);
                 }
-                After::Timer(id, d) => act.ctx().start_timer(id, d, Deadline::Reply),
+                After::Timer(c, d) => {
+                    act.ctx().start_timer(&c, d, Deadline::Reply);
+                }
             }
             consumer.ack(&rec.position);
             act.fetch(ctx);
@@ -1079,11 +1216,14 @@ pub async fn run_with(
     let events = topics.name(Topic::DeviceEvents);
     let consumer = bus.consumer(fluxgate_bus::ConsumerSpec::group(&cfg.group, &[&events]))?;
     let producer = bus.producer();
+    let timers: Arc<Timers> = Arc::default();
     let make = || {
         let (c, p, s) = (consumer.clone(), producer.clone(), store.clone());
-        Dispatcher::new(c, p, s, topics, cfg.clone(), stats.clone())
+        let mut d = Dispatcher::new(c, p, s, topics, cfg.clone(), stats.clone());
+        // A restarted actor finds the timers of the one before it running.
+        d.timers = timers.clone();
+        d
     };
-    make().ctx().rearm_timers().await;
     // A dispatcher that dies (a panic) is restarted; its unfinished records come again.
     // Presence is rebuilt from the events that follow and the store's connection log.
     let start = |lifeline| make().supervised(lifeline).start();
@@ -1098,6 +1238,8 @@ impl Actor for Dispatcher {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(16);
+        self.watch_assignment();
+        ctx.run_interval(ASSIGNMENT_CHECK, |act, _| act.watch_assignment());
         self.fetch(ctx);
     }
 

@@ -44,9 +44,14 @@
 //! claim message opens the device's claiming window in the store, for the API's claim.
 //!
 //! Commands live in the store from the moment they arrive, so a restarted dispatcher
-//! loses none: queued commands are read back when their device connects, and the timers
-//! of the commands in flight (RPC replies, delivery deadlines) are re-armed from the
-//! store at start.
+//! loses none: queued commands are read back when their device connects. Timers (RPC
+//! replies, delivery deadlines, client-side RPC timeouts) belong to the dispatcher that
+//! holds the device's partition of `fluxgate.device.events`: whenever its assignment
+//! changes ([`fluxgate_bus::Consumer::generation`]) it re-arms, from the store, the
+//! timers of the devices it holds now ([`fluxgate_bus::Consumer::holds`]), and a timer
+//! that fires after its partition moved away does nothing. Each timer's transition is one
+//! conditional write, so a reply and a timeout at the same instant leave one terminal
+//! status, even while two holders overlap during a rebalance.
 
 mod config;
 mod dispatcher;

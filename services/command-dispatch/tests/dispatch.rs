@@ -12,6 +12,7 @@ use fluxgate_command_dispatch::{DispatchConfig, DispatchStats, Dispatcher, rpc_i
 use fluxgate_model::{
     AttributeReplyShape, Body, Channel, Command, CorrelationId, Delivery, DeviceId, DeviceRef,
     Dialect, ENVELOPE_VERSION, Envelope, KeySelection, MessageId, TenantId, Value, Values,
+    device_key,
 };
 use fluxgate_store::sqlite::SqliteStore;
 use fluxgate_store::{AttributeScope, ClientRpcStatus, CommandStatus, Device, DeviceKind, Store};
@@ -79,6 +80,15 @@ impl Rig {
     }
 
     fn dispatcher(&self, arbiter: Option<&Arbiter>) -> Arc<DispatchStats> {
+        self.dispatcher_with(arbiter, DispatchConfig::default()).1
+    }
+
+    /// A dispatcher of the group `dispatchers`, and the consumer it reads with.
+    fn dispatcher_with(
+        &self,
+        arbiter: Option<&Arbiter>,
+        cfg: DispatchConfig,
+    ) -> (Arc<dyn Consumer>, Arc<DispatchStats>) {
         let events = self.topics.name(Topic::DeviceEvents);
         let consumer = self
             .bus
@@ -86,11 +96,11 @@ impl Rig {
             .unwrap();
         let stats = Arc::new(DispatchStats::default());
         let d = Dispatcher::new(
-            consumer,
+            consumer.clone(),
             self.bus.producer(),
             self.store.clone(),
             &self.topics,
-            DispatchConfig::default(),
+            cfg,
             stats.clone(),
         );
         match arbiter {
@@ -101,7 +111,7 @@ impl Rig {
                 d.start();
             }
         }
-        stats
+        (consumer, stats)
     }
 
     /// `fluxgate_command_dispatch::run_with` on `bus` (this rig's bus, or a wrapper of it)
@@ -607,6 +617,107 @@ async fn a_new_dispatcher_rearms_the_timers_of_rpcs_sent_before_it() {
         "timed out by the new dispatcher's timer"
     );
     running.stop(Duration::from_secs(5)).await;
+}
+
+/// Timers belong to the dispatcher holding the device's partition. One that takes a
+/// partition over from a dispatcher that died runs the deadlines of the commands the dead
+/// one sent after the survivor had started (which no start-up re-arm sees): none stays
+/// `sent`. The survivor runs no timer of a partition it did not hold.
+#[actix_rt::test]
+async fn a_dispatcher_taking_over_a_partition_runs_its_timers() {
+    let rig = Rig::new();
+    let cfg = DispatchConfig {
+        delivery_timeout_ms: 800,
+        ..DispatchConfig::default()
+    };
+    let arbiter = Arbiter::new();
+    let (a, a_stats) = rig.dispatcher_with(Some(&arbiter), cfg.clone());
+    let (b, b_stats) = rig.dispatcher_with(None, cfg);
+    let events = rig.topics.name(Topic::DeviceEvents);
+    let held_by = |c: &Arc<dyn Consumer>, d: &str| {
+        c.holds(&events, device_key(&tenant(), &dev(d)).as_bytes())
+    };
+    let device = (0..64)
+        .map(|i| format!("moved-{i}"))
+        .find(|d| held_by(&a, d))
+        .expect("a holds some partition");
+    assert!(!held_by(&b, &device), "one holder per key");
+    drop(a); // the dispatcher's own handle is all that keeps it in the group
+    rig.connect(&device, None, Dialect::Losant, true).await;
+    let light = rig
+        .command(&device, Dialect::Losant, false, false, None)
+        .await;
+    assert_eq!(rig.delivery().await.id, light);
+    rig.status(light, CommandStatus::Sent).await;
+    let relaxed = std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(
+        a_stats.timers.load(relaxed),
+        1,
+        "the sender runs the deadline"
+    );
+    assert_eq!(
+        b_stats.timers.load(relaxed),
+        0,
+        "the other dispatcher does not"
+    );
+    // The sender dies with its timer; the survivor gets the partition and the deadline.
+    arbiter.stop();
+    rig.status(light, CommandStatus::Failed).await;
+    assert!(held_by(&b, &device));
+    assert_eq!(b_stats.timers_rearmed.load(relaxed), 1);
+    let history = rig.store.command_history(light).await.unwrap();
+    assert_eq!(
+        history.last().unwrap().detail.as_deref(),
+        Some("not delivered within 800 ms")
+    );
+}
+
+/// A command queued again after a failed delivery and sent once more gets the full
+/// delivery deadline from its new send: the first send's timer does not cut it short.
+#[actix_rt::test]
+async fn a_command_sent_again_gets_its_delivery_deadline_from_the_new_send() {
+    let rig = Rig::new();
+    let cfg = DispatchConfig {
+        delivery_timeout_ms: 1_500,
+        ..DispatchConfig::default()
+    };
+    let (_, stats) = rig.dispatcher_with(None, cfg);
+    rig.connect("again", None, Dialect::Losant, true).await;
+    let kept = rig
+        .command("again", Dialect::Losant, false, true, None)
+        .await;
+    assert_eq!(rig.delivery().await.id, kept);
+    // The front could not deliver it (the session closed): queued again.
+    let failed = Body::DeliveryOutcome {
+        delivery: kept,
+        delivered: false,
+        reason: Some("session closed".into()),
+    };
+    rig.event("again", None, Dialect::Losant, failed).await;
+    rig.status(kept, CommandStatus::Queued).await;
+    // Sent again 1 s after the first send, when the device subscribes again.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    rig.connect("again", None, Dialect::Losant, false).await;
+    assert_eq!(rig.delivery().await.id, kept);
+    rig.status(kept, CommandStatus::Sent).await;
+    let resent = now_ms();
+    // Past the first send's deadline it is still `sent`; at the new one it is queued.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let c = rig.store.command(kept).await.unwrap().unwrap();
+    assert_eq!(
+        c.status,
+        CommandStatus::Sent,
+        "the first send's deadline passed"
+    );
+    rig.status(kept, CommandStatus::Queued).await;
+    let history = rig.store.command_history(kept).await.unwrap();
+    let requeued = history.last().unwrap();
+    assert!(
+        requeued.at_ms >= resent + 1_400,
+        "queued {} ms after the new send",
+        requeued.at_ms - resent
+    );
+    assert_eq!(stats.timers.load(std::sync::atomic::Ordering::Relaxed), 0);
 }
 
 #[actix_rt::test]

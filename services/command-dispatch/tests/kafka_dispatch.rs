@@ -206,3 +206,137 @@ async fn kafka_command_lifecycle_across_a_dispatcher_restart() {
 
     second.stop(Duration::from_secs(30)).await;
 }
+
+/// Timers belong to the dispatcher holding the device's partition, on Kafka's own
+/// assignment: when the holder dies, the dispatcher the group gives the partition to runs
+/// the deadline of the command the dead one sent, and before that it ran none of it.
+#[actix_rt::test]
+async fn kafka_a_dispatcher_taking_over_a_partition_runs_its_timers() {
+    use actix::{Actor, Arbiter};
+    use fluxgate_command_dispatch::{DispatchStats, Dispatcher};
+    use std::sync::atomic::Ordering::Relaxed;
+
+    let test = "kafka_a_dispatcher_taking_over_a_partition_runs_its_timers";
+    let Some(brokers) = fluxgate_testkit::kafka_brokers(test) else {
+        return;
+    };
+    let (bus, topics) = fluxgate_bus::testing::kafka_with_fresh_topics(brokers, "takeover", 2)
+        .await
+        .unwrap();
+    let Some((node, keyspace)) = fluxgate_testkit::cql::node(test) else {
+        return;
+    };
+    let store: Arc<dyn Store> = Arc::new(
+        ScyllaStore::connect(ScyllaConfig::single_node(node, &keyspace))
+            .await
+            .unwrap(),
+    );
+    let events = topics.name(Topic::DeviceEvents);
+    let cfg = DispatchConfig {
+        group: fluxgate_testkit::unique_name("dispatchers"),
+        delivery_timeout_ms: 3_000,
+        ..DispatchConfig::default()
+    };
+    let make = |cfg: &DispatchConfig| {
+        let consumer = bus
+            .consumer(ConsumerSpec::group(&cfg.group, &[&events]))
+            .unwrap();
+        let stats = Arc::new(DispatchStats::default());
+        let d = Dispatcher::new(
+            consumer.clone(),
+            bus.producer(),
+            store.clone(),
+            &topics,
+            cfg.clone(),
+            stats.clone(),
+        );
+        (consumer, stats, d)
+    };
+    let arbiter = Arbiter::new();
+    let (a, a_stats, d) = make(&cfg);
+    Dispatcher::start_in_arbiter(&arbiter.handle(), |_| d);
+    let (b, b_stats, d) = make(&cfg);
+    d.start();
+    let front = bus
+        .consumer(ConsumerSpec::broadcast(
+            "front",
+            &[&topics.name(Topic::Deliveries)],
+        ))
+        .unwrap();
+    let (tx, mut deliveries) = tokio::sync::mpsc::unbounded_channel();
+    let reader = front.clone();
+    let _reading = actix_rt::spawn(async move {
+        loop {
+            if let Ok(r) = reader.recv().await {
+                reader.ack(&r.position);
+                if let Ok(d) = Delivery::from_bytes(&r.payload) {
+                    let _ = tx.send(d);
+                }
+            }
+        }
+    });
+    // Both dispatchers hold a partition, and the front reads.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while a.assigned() == 0 || b.assigned() == 0 || front.assigned() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no assignment");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let tenant = TenantId::new("app").unwrap();
+    let held_by = |c: &Arc<dyn fluxgate_bus::Consumer>, d: &str| {
+        let key = fluxgate_model::device_key(&tenant, &DeviceId::new(d).unwrap());
+        c.holds(&events, key.as_bytes())
+    };
+    let device = (0..64)
+        .map(|i| format!("moved-{i}"))
+        .find(|d| held_by(&a, d))
+        .expect("a holds a partition");
+    assert!(!held_by(&b, &device), "one holder per key");
+    drop(a);
+
+    let p = bus.producer();
+    let send = async |env: Envelope| {
+        p.produce(OutRecord::new(&events, env.key(), env.to_bytes()))
+            .await
+            .unwrap();
+    };
+    let mut n = 0u128;
+    let mut id = || {
+        n += 1;
+        MessageId::from_parts(now_ms() as u64, n)
+    };
+    let connect = Body::Connect {
+        profile: None,
+        session: None,
+    };
+    send(envelope(id(), &device, connect)).await;
+    send(envelope(id(), &device, Body::Subscribed)).await;
+    let light = id();
+    send(envelope(light, &device, command(false, false))).await;
+    let d = tokio::time::timeout(Duration::from_secs(60), deliveries.recv())
+        .await
+        .expect("a delivery")
+        .unwrap();
+    assert_eq!(d.id, light);
+    status(&store, light, CommandStatus::Sent).await;
+    assert_eq!(
+        a_stats.timers.load(Relaxed),
+        1,
+        "the sender runs the deadline"
+    );
+    assert_eq!(
+        b_stats.timers.load(Relaxed),
+        0,
+        "the other dispatcher does not"
+    );
+    // The sender dies (its consumer leaves the group) before the deadline; no front
+    // reports the delivery.
+    arbiter.stop();
+    status(&store, light, CommandStatus::Failed).await;
+    assert!(held_by(&b, &device), "the survivor holds the partition now");
+    assert_eq!(b_stats.timers_rearmed.load(Relaxed), 1);
+    let history = store.command_history(light).await.unwrap();
+    assert_eq!(
+        history.last().unwrap().detail.as_deref(),
+        Some("not delivered within 3000 ms")
+    );
+}

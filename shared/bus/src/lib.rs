@@ -298,6 +298,13 @@ pub trait Consumer: Send + Sync + fmt::Debug {
     fn commit(&self) -> BoxFuture<'_, Result<(), ConsumeError>>;
     /// Number of partitions currently assigned to this consumer.
     fn assigned(&self) -> usize;
+    /// Whether a record keyed `key` on `topic` goes to a partition this consumer holds now
+    /// (by the producers' partitioner). State kept per key outside the bus, such as a
+    /// timer, belongs to the consumer that holds the key.
+    fn holds(&self, topic: &str, key: &[u8]) -> bool;
+    /// Changes whenever this consumer's assignment changes: compare it to learn when to
+    /// take over the per-key state of newly held partitions.
+    fn generation(&self) -> u64;
     /// Consumer lag: records in the assigned partitions past the committed (acked)
     /// position, i.e. not finished yet. Kafka's figure comes from librdkafka's statistics,
     /// refreshed every 5 s; the in-process bus's is exact.

@@ -80,6 +80,8 @@ struct Member {
     tracker: Tracker,
     paused: bool,
     wake: Arc<Notify>,
+    /// Grows at every rebalance ([`Consumer::generation`]).
+    generation: u64,
 }
 
 struct Group {
@@ -224,6 +226,7 @@ impl State {
                 .collect();
             m.tracker.reset_all();
             m.cursor = 0;
+            m.generation += 1;
             m.wake.notify_one();
         }
     }
@@ -498,6 +501,20 @@ impl Consumer for MemoryConsumer {
         self.with_member(|m, _| m.assigned.len()).unwrap_or(0)
     }
 
+    fn holds(&self, topic: &str, key: &[u8]) -> bool {
+        let partition = partition_of(key, self.bus.inner.cfg.partitions);
+        self.with_member(|m, _| {
+            m.assigned
+                .iter()
+                .any(|(t, p)| &**t == topic && *p == partition)
+        })
+        .unwrap_or(false)
+    }
+
+    fn generation(&self) -> u64 {
+        self.with_member(|m, _| m.generation).unwrap_or(0)
+    }
+
     fn lag(&self) -> u64 {
         let st = self.bus.inner.lock();
         let Some(g) = st.groups.get(&self.group) else {
@@ -599,6 +616,7 @@ impl Bus for MemoryBus {
                     tracker: Tracker::default(),
                     paused: false,
                     wake: wake.clone(),
+                    generation: 0,
                 },
             );
         }

@@ -157,4 +157,10 @@ impl Consumer for FaultyConsumer {
     fn lag(&self) -> u64 {
         self.inner.lag()
     }
+    fn holds(&self, topic: &str, key: &[u8]) -> bool {
+        self.inner.holds(topic, key)
+    }
+    fn generation(&self) -> u64 {
+        self.inner.generation()
+    }
 }

@@ -63,6 +63,10 @@ contract_test!(
 );
 contract_test!(kafka_rebalance_two_members, contract::rebalance_two_members);
 contract_test!(
+    kafka_holds_names_the_member_a_key_goes_to,
+    contract::holds_names_the_member_a_key_goes_to
+);
+contract_test!(
     kafka_rebalance_with_records_in_flight,
     contract::rebalance_with_records_in_flight
 );

@@ -61,6 +61,11 @@ async fn memory_rebalance_two_members() {
 }
 
 #[tokio::test]
+async fn memory_holds_names_the_member_a_key_goes_to() {
+    contract::holds_names_the_member_a_key_goes_to(&harness()).await;
+}
+
+#[tokio::test]
 async fn memory_rebalance_with_records_in_flight() {
     contract::rebalance_with_records_in_flight(&harness()).await;
 }

@@ -341,6 +341,20 @@ pub struct Envelope {
     pub body: Body,
 }
 
+/// The bus record key of everything about `device` ([`Envelope::key`]): whoever keeps
+/// state per device key (a dispatcher's timers) finds the partition with it.
+pub fn device_key(tenant: &TenantId, device: &DeviceId) -> String {
+    key_of(tenant, device.as_str())
+}
+
+fn key_of(tenant: &TenantId, dev: &str) -> String {
+    let mut k = String::with_capacity(tenant.as_str().len() + 1 + dev.len());
+    k.push_str(tenant.as_str());
+    k.push('/');
+    k.push_str(dev);
+    k
+}
+
 impl Envelope {
     /// The bus record key: `tenant/device` for everything about one device, so that one
     /// device's messages stay in order on one partition. A device still known only by the
@@ -353,11 +367,7 @@ impl Envelope {
             (DeviceRef::Name(_), Some(gw)) => gw.as_str(),
             (DeviceRef::Name(n), None) => n.as_str(),
         };
-        let mut k = String::with_capacity(self.tenant.as_str().len() + 1 + dev.len());
-        k.push_str(self.tenant.as_str());
-        k.push('/');
-        k.push_str(dev);
-        k
+        key_of(&self.tenant, dev)
     }
 
     /// Serializes to the JSON bytes put on the bus.

@@ -36,7 +36,7 @@ pub mod value;
 pub use delivery::{Delivery, Outbound, RenderError, Rendered};
 pub use envelope::{
     AttributeReplyShape, Body, Channel, Command, DeviceRef, Dialect, ENVELOPE_VERSION, Envelope,
-    EnvelopeError, KeySelection, Kind, Sample, SessionInfo,
+    EnvelopeError, KeySelection, Kind, Sample, SessionInfo, device_key,
 };
 pub use ids::{CorrelationId, DeviceId, DeviceName, IdError, MessageId, TenantId};
 pub use limits::Limits;

@@ -1,6 +1,6 @@
 //! The Kafka consumer: at-least-once over librdkafka's stored offsets.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -27,11 +27,27 @@ struct Shared {
     assigned: AtomicUsize,
     /// Consumer lag of the assigned partitions, from librdkafka's statistics.
     lag: AtomicU64,
+    /// Per topic: its partition count and the partitions held now.
+    held: Mutex<HashMap<String, Held>>,
+    /// Grows at every assignment and revocation.
+    generation: AtomicU64,
+}
+
+/// The partitions of one topic this consumer holds.
+#[derive(Debug, Default)]
+struct Held {
+    /// The topic's partition count; `None` if its metadata could not be read.
+    count: Option<u32>,
+    partitions: HashSet<i32>,
 }
 
 impl Shared {
     fn tracker(&self) -> MutexGuard<'_, Tracker> {
         self.tracker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn held(&self) -> MutexGuard<'_, HashMap<String, Held>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -45,6 +61,8 @@ struct Ctx {
 
 /// How long a broadcast consumer waits for the end offsets of its new partitions.
 const END_OFFSETS_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a rebalance waits for the partition counts of the assigned topics.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Ctx {
     /// Sets every partition of `tpl` to its current end offset, as a number. Left to
@@ -177,8 +195,33 @@ impl ConsumerContext for Ctx {
                 "kafka consumer: partitions assigned"
             );
         }
-        let n = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+        let assignment = consumer.assignment().ok();
+        let n = assignment.as_ref().map_or(0, |a| a.count());
+        let mut held: HashMap<String, Held> = HashMap::new();
+        for e in assignment.iter().flat_map(|a| a.elements()) {
+            held.entry(e.topic().to_owned())
+                .or_default()
+                .partitions
+                .insert(e.partition());
+        }
+        for (topic, h) in &mut held {
+            // The count, not the assignment, decides where a key goes.
+            h.count = match consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT) {
+                Ok(md) => md
+                    .topics()
+                    .first()
+                    .and_then(|t| u32::try_from(t.partitions().len()).ok())
+                    .filter(|&c| c > 0),
+                Err(e) => {
+                    tracing::warn!(error = %e, topic = %topic,
+                        "kafka consumer: partition count unknown; every key of the topic counts as held");
+                    None
+                }
+            };
+        }
+        *self.shared.held() = held;
         self.shared.assigned.store(n, Ordering::SeqCst);
+        self.shared.generation.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -188,6 +231,8 @@ pub(crate) struct KafkaConsumer {
     broadcast: bool,
     group: String,
     names: Mutex<HashMap<String, Arc<str>>>,
+    /// Whether [`super::murmur2_partition`] is the producers' partitioner.
+    partitioner_known: bool,
 }
 
 impl std::fmt::Debug for KafkaConsumer {
@@ -237,6 +282,7 @@ impl KafkaConsumer {
             broadcast: spec.broadcast,
             group,
             names: Mutex::new(HashMap::new()),
+            partitioner_known: cfg.partitioner_known(),
         })
     }
 
@@ -371,5 +417,24 @@ impl Consumer for KafkaConsumer {
 
     fn assigned(&self) -> usize {
         self.shared.assigned.load(Ordering::SeqCst)
+    }
+
+    fn holds(&self, topic: &str, key: &[u8]) -> bool {
+        let held = self.shared.held();
+        let Some(h) = held.get(topic) else {
+            return false;
+        };
+        match h.count {
+            // Unknown partitioner or partition count: every key may be ours. Its holders
+            // then race, which the callers' conditional writes settle.
+            Some(count) if self.partitioner_known && !key.is_empty() => {
+                h.partitions.contains(&super::murmur2_partition(key, count))
+            }
+            _ => !h.partitions.is_empty(),
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        self.shared.generation.load(Ordering::SeqCst)
     }
 }

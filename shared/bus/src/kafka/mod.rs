@@ -84,6 +84,14 @@ impl KafkaConfig {
         c
     }
 
+    /// Whether producers use the partitioner [`murmur2_partition`] reproduces (not if a
+    /// `librdkafka` entry sets another one).
+    fn partitioner_known(&self) -> bool {
+        self.librdkafka
+            .get("partitioner")
+            .is_none_or(|p| p == "murmur2" || p == PARTITIONER)
+    }
+
     fn extra(&self, c: &mut ClientConfig) {
         for (k, v) in &self.librdkafka {
             c.set(k, v);
@@ -97,6 +105,9 @@ impl KafkaConfig {
             .set("message.timeout.ms", self.produce_timeout_ms.to_string())
             .set("linger.ms", self.linger_ms.to_string())
             .set("compression.type", &self.compression)
+            // Java's default, so that a consumer can tell which keys its partitions hold
+            // ([`murmur2_partition`]) and a Java producer agrees on a device's partition.
+            .set("partitioner", PARTITIONER)
             // Room for every permit, so an enqueue never meets a full local queue.
             .set(
                 "queue.buffering.max.messages",
@@ -105,6 +116,17 @@ impl KafkaConfig {
         self.extra(&mut c);
         c
     }
+}
+
+/// The producers' partitioner: murmur2 for keyed records (random for empty keys).
+const PARTITIONER: &str = "murmur2_random";
+
+/// The partition Kafka's murmur2 partitioner (the Java client's default, librdkafka's
+/// `murmur2_random`) gives a non-empty `key` on a topic of `partitions` partitions.
+pub fn murmur2_partition(key: &[u8], partitions: u32) -> i32 {
+    let h = murmur2::murmur2(key, murmur2::KAFKA_SEED) & 0x7fff_ffff;
+    // Below `partitions`, so it fits in an i32.
+    (h % partitions.max(1)) as i32
 }
 
 /// Maps a delivery or enqueue error to the contract's error.

@@ -473,6 +473,65 @@ pub async fn rebalance_two_members(h: &Harness) {
     tokio::time::timeout(PATIENCE, bg).await.unwrap().unwrap();
 }
 
+/// `holds` names, for every key, the member its records go to (the producers'
+/// partitioner over the topic's partitions), and `generation` changes when a member's
+/// assignment does: what per-key state outside the bus (timers) relies on.
+pub async fn holds_names_the_member_a_key_goes_to(h: &Harness) {
+    let topic = h.topic(4).await;
+    let group = unique_name("g");
+    let mut a = h.member(&group, &topic);
+    a.wait_assigned().await;
+    let alone = a.consumer.generation();
+    assert!(alone > 0, "an assignment counts as a generation");
+    let mut b = h.member(&group, &topic);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (na, nb) = (a.consumer.assigned(), b.consumer.assigned());
+        if na > 0 && nb > 0 && na + nb == 4 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no rebalance: {na} + {nb}"
+        );
+        let _ = a.next_within(Duration::from_millis(20)).await;
+        let _ = b.next_within(Duration::from_millis(20)).await;
+    }
+    assert_ne!(
+        a.consumer.generation(),
+        alone,
+        "the rebalance changed a's generation"
+    );
+    let records = keyed(20, 5);
+    let bg = h.produce_background(&topic, records.clone()).await;
+    let (mut got_a, mut got_b) = (0, 0);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while got_a + got_b < records.len() {
+        assert!(tokio::time::Instant::now() < deadline, "records missing");
+        let (r, mine, other) = tokio::select! {
+            Some(r) = a.rx.recv() => { got_a += 1; (r, &a.consumer, &b.consumer) }
+            Some(r) = b.rx.recv() => { got_b += 1; (r, &b.consumer, &a.consumer) }
+            _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+        };
+        let key = String::from_utf8_lossy(&r.key).into_owned();
+        assert!(mine.holds(&topic, &r.key), "{key}: its receiver holds it");
+        assert!(
+            !other.holds(&topic, &r.key),
+            "{key}: the other member does not"
+        );
+        mine.ack(&r.position);
+    }
+    assert!(
+        got_a > 0 && got_b > 0,
+        "both members got keys: {got_a} / {got_b}"
+    );
+    assert!(
+        !a.consumer.holds("another-topic", b"k"),
+        "a topic not consumed is not held"
+    );
+    tokio::time::timeout(PATIENCE, bg).await.unwrap().unwrap();
+}
+
 /// A rebalance while a member holds records it has not finished: records of the
 /// partitions that move are redelivered to the new owner (the old owner's late acks for
 /// them are ignored), and nothing is lost.
