@@ -246,6 +246,31 @@ def check_persistent_rpc_at_reconnect():
         stop_sdk(again)
 
 
+def check_shared_attributes_at_reconnect():
+    """A shared attribute set while the device is offline reaches it when it connects
+    again and subscribes to its attribute updates; what it had already got is not pushed
+    again."""
+    stop_sdk(client)
+    wait_for("the device offline", lambda: not A.connection(DEV)["connected"])
+    A.shared_set(DEV, {"away_setpoint": 17})
+    got = []
+    again = TBDeviceMqttClient(MQTT_HOST, port=MQTT_PORT, username=P["tb_device"]["token"])
+    again.subscribe_to_all_attributes(lambda content, error: got.append(content))
+    try:
+        again.connect(keepalive=30)
+        wait_for("the device connected again", again.is_connected, 5)
+        push = wait_for("the attribute set while away, at the SDK's callback",
+                        lambda: next((c for c in got if isinstance(c, dict)
+                                      and "away_setpoint" in c), None), 5,
+                        raise_on_timeout=False)
+        if not push:
+            fail(f"the SDK got no push of the attribute set while it was away; it got {got!r}")
+        if push != {"away_setpoint": 17}:
+            fail(f"the push at reconnect is {push!r}: only what changed while away was expected")
+    finally:
+        stop_sdk(again)
+
+
 def main():
     s = Suite()
     try:
@@ -260,10 +285,13 @@ def main():
             s.run("tb-device-client-side-rpc", check_client_side_rpc)
             s.run("tb-device-client-side-rpc-timeout", check_client_side_rpc_timeout)
             s.run("tb-device-persistent-rpc-at-reconnect", check_persistent_rpc_at_reconnect)
+            s.run("tb-device-shared-attributes-at-reconnect",
+                  check_shared_attributes_at_reconnect)
         else:
             for n in ("telemetry", "client-attributes", "attribute-request",
                       "shared-attribute-push", "server-rpc", "claim", "client-side-rpc",
-                      "client-side-rpc-timeout", "persistent-rpc-at-reconnect"):
+                      "client-side-rpc-timeout", "persistent-rpc-at-reconnect",
+                      "shared-attributes-at-reconnect"):
                 print(f"FAIL tb-device-{n}: the SDK is not connected", flush=True)
                 s.failed += 1
     finally:

@@ -441,7 +441,8 @@ async fn shared_attributes(
             now_ms(),
         )
         .await?;
-    // The dispatcher pushes the change to the device (or its gateway) if it is online.
+    // The dispatcher pushes the change to the device (or its gateway) if it is online;
+    // an offline one gets it when it subscribes to its attribute updates again.
     let env = envelope(
         new_id(),
         0,

@@ -131,7 +131,7 @@ pub const OPERATIONS: &[(&str, &str, &str, &str, Option<&str>)] = &[
     (
         "post",
         "/applications/{app}/devices/{id}/attributes/shared",
-        "Set shared attributes; pushed to the device",
+        "Set shared attributes: stored, pushed to the device (or through its gateway) if it is online; an offline device gets what changed while it was away when it subscribes to its attribute updates again",
         "write",
         Some("Object"),
     ),
@@ -152,7 +152,7 @@ pub const OPERATIONS: &[(&str, &str, &str, &str, Option<&str>)] = &[
     (
         "post",
         "/api/plugins/telemetry/DEVICE/{id}/SHARED_SCOPE",
-        "ThingsBoard: set shared attributes",
+        "ThingsBoard: set shared attributes (pushed as the route above)",
         "write",
         Some("Object"),
     ),

@@ -58,6 +58,9 @@ pub struct DispatchStats {
     pub timers: Arc<AtomicU64>,
     /// Timers started again from the store when partitions were assigned.
     pub timers_rearmed: Arc<AtomicU64>,
+    /// Pushes, at a (re)subscription, of the shared attributes changed while the device
+    /// was away.
+    pub missed_attribute_pushes: Arc<AtomicU64>,
 }
 
 impl DispatchStats {
@@ -134,6 +137,12 @@ impl DispatchStats {
                 "Records that were not envelopes, kept on the dead-letter topic and in the rejected log.",
                 &[],
                 &self.undecodable,
+            ),
+            def(
+                "fluxgate_command_dispatch_missed_attribute_pushes_total",
+                "Pushes of the shared attributes changed while a device was away, when it subscribed again.",
+                &[],
+                &self.missed_attribute_pushes,
             ),
             def(
                 "fluxgate_command_dispatch_timers_rearmed_total",
@@ -554,6 +563,47 @@ impl Ctx {
         Ok(())
     }
 
+    /// Pushes the shared attributes written since the device's last disconnect (all of
+    /// them if the connection log shows none): what it missed while away, pushes to a
+    /// connection not yet subscribed included. Values are the current ones, so a push
+    /// already received is repeated, never reordered. The delivery takes the id of the
+    /// event that made it (`id`).
+    async fn push_missed_attributes(
+        &self,
+        id: MessageId,
+        tenant: &TenantId,
+        device: &DeviceId,
+        online: &Online,
+    ) -> Result<(), String> {
+        let log = self
+            .store
+            .connection_log(tenant.clone(), device.clone(), 50)
+            .await
+            .map_err(|e| e.to_string())?;
+        let since = log
+            .iter()
+            .find(|e| !e.connected)
+            .map_or(i64::MIN, |e| e.at_ms);
+        let values = self
+            .store
+            .attributes_since(
+                tenant.clone(),
+                device.clone(),
+                AttributeScope::Shared,
+                since,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if values.is_empty() {
+            return Ok(());
+        }
+        self.stats
+            .missed_attribute_pushes
+            .fetch_add(1, Ordering::Relaxed);
+        let body = Outbound::SharedAttributes { values };
+        self.deliver(tenant, device, online, id, body).await
+    }
+
     /// Sends a client-side RPC's answer (or its timeout's error) to the device if it is
     /// online; counted either way.
     async fn answer_client_rpc(
@@ -814,7 +864,8 @@ impl Ctx {
                 Body::Command(_)
                 | Body::Attributes { .. }
                 | Body::RpcAnswer { .. }
-                | Body::Subscribed,
+                | Body::Subscribed
+                | Body::SubscribedAttributes,
             ) => self
                 .presence_from_store(&env.tenant, &device, env.dialect)
                 .await
@@ -878,8 +929,11 @@ impl Ctx {
                 // `v1/gateway/rpc`, subscribed when the gateway's session began. Any other
                 // device subscribes after connecting: its queued commands wait for that
                 // (`Subscribed`), or they would reach a connection not listening yet.
+                // The same for its shared attributes, on `v1/gateway/attributes`.
                 if env.via.is_some() && env.dialect == Dialect::ThingsBoard {
                     self.send_queued(&env.tenant, &device, &o).await?;
+                    self.push_missed_attributes(env.id, &env.tenant, &device, &o)
+                        .await?;
                 }
                 Ok(After::Online(key, o))
             }
@@ -888,6 +942,18 @@ impl Ctx {
                     Some(o) => self.send_queued(&env.tenant, &device, o).await?,
                     None => {
                         tracing::info!(tenant = %env.tenant, %device, "dispatcher: subscription of a device not connected; ignored");
+                    }
+                }
+                Ok(After::Nothing)
+            }
+            Body::SubscribedAttributes => {
+                match &online {
+                    Some(o) => {
+                        self.push_missed_attributes(env.id, &env.tenant, &device, o)
+                            .await?
+                    }
+                    None => {
+                        tracing::info!(tenant = %env.tenant, %device, "dispatcher: attribute subscription of a device not connected; ignored");
                     }
                 }
                 Ok(After::Nothing)
@@ -975,8 +1041,9 @@ impl Ctx {
                 Ok(After::Nothing)
             }
             // Shared attributes changed through the API (already in the store): pushed to the
-            // device, or through its gateway, when it is online. An offline device reads them
-            // with an attribute request when it comes back (ThingsBoard's behaviour).
+            // device, or through its gateway, when it is online. An offline device gets what
+            // changed while it was away when it subscribes to its attribute updates again
+            // (`SubscribedAttributes`; behind a ThingsBoard gateway, at its connect).
             Body::Attributes { values } => {
                 if let Some(o) = online {
                     let body = Outbound::SharedAttributes { values };

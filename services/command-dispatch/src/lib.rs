@@ -3,12 +3,12 @@
 //! ```text
 //!                          one key per device (tenant/device): its order holds
 //! fluxgate.device.events ────> Dispatcher ──┬─> fluxgate.deliveries (every front; the one
-//!   front:     connect/disconnect,          │     holding the connection delivers)
+//!   front:     (dis)connect, subscribed,    │     holding the connection delivers)
 //!              delivery outcomes            ├─> store: connection log (presence)
-//!   validator: a gateway's devices' connect/ ├─> store: command status + history
-//!              disconnect, RPC replies,      ├─> store: client-side RPC requests, claim
-//!              attribute requests, client-   │          windows
-//!              side RPC requests, claims     └─> fluxgate.command.outcomes (every API)
+//!   validator: a gateway's devices' connect/├─> store: command status + history
+//!              disconnect, RPC replies,     ├─> store: client-side RPC requests, claim
+//!              attribute requests, client-  │          windows
+//!              side RPC requests, claims    └─> fluxgate.command.outcomes (every API)
 //!   API:       commands, RPC, shared-attribute pushes, client-side RPC answers
 //! ```
 //!
@@ -33,7 +33,10 @@
 //! stays `sent`. A two-way RPC's reply moves it to
 //! `replied`, matched by its RPC id; a timer moves an unanswered two-way RPC to
 //! `timed_out`. Attribute requests are answered over the connection they came on, from
-//! the store; shared attributes changed through the API are pushed to online devices.
+//! the store; shared attributes changed through the API are pushed to online devices,
+//! and a device that was away gets those written since its last disconnect when it
+//! subscribes to its attribute updates again (the front's `subscribed_attributes`; behind
+//! a ThingsBoard gateway, at its connect).
 //!
 //! A device's client-side RPC (ThingsBoard `v1/devices/me/rpc/request/{id}`, other than
 //! `getSessionLimits`, which the front answers) is stored `pending` for an application to

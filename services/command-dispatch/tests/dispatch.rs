@@ -1017,3 +1017,79 @@ async fn queued_commands_wait_for_the_subscription_not_the_connect() {
     assert_eq!(d.id, kept);
     rig.status(kept, CommandStatus::Sent).await;
 }
+
+/// Shared attributes changed while a device is away are pushed when it is back: a device
+/// of its own when it subscribes to its attribute updates, one behind a ThingsBoard
+/// gateway at its connect (the gateway's `v1/gateway/attributes` is subscribed already).
+/// Only what changed since its last disconnect is pushed.
+#[actix_rt::test]
+async fn shared_attributes_changed_while_away_are_pushed_when_the_device_is_back() {
+    use fluxgate_model::Outbound;
+    let rig = Rig::new();
+    let stats = rig.dispatcher(None);
+    let set = async |device: &str, via: Option<&str>, key: &str, v: f64| {
+        let mut values = Values::new();
+        values.insert(key, Value::Float(v));
+        rig.store
+            .put_attributes(
+                tenant(),
+                dev(device),
+                AttributeScope::Shared,
+                values.clone(),
+                now_ms(),
+            )
+            .await
+            .unwrap();
+        rig.event(
+            device,
+            via,
+            Dialect::ThingsBoard,
+            Body::Attributes { values },
+        )
+        .await;
+    };
+    let gone = || Body::Disconnect {
+        reason: None,
+        session: None,
+    };
+    let pushed = |d: Delivery| match d.body {
+        Outbound::SharedAttributes { values } => values,
+        other => panic!("not a shared-attribute push: {other:?}"),
+    };
+    for (device, via) in [("away", None), ("child", Some("gw"))] {
+        rig.connect(device, via, Dialect::ThingsBoard, true).await;
+        set(device, via, "seen", 1.0).await;
+        assert_eq!(
+            pushed(rig.delivery().await).len(),
+            1,
+            "{device}: pushed online"
+        );
+        rig.announce(device, via, Dialect::ThingsBoard, gone(), true)
+            .await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        set(device, via, "missed", 2.0).await;
+        assert!(rig.no_delivery().await, "{device}: offline, nothing sent");
+        rig.connect(device, via, Dialect::ThingsBoard, false).await;
+        if via.is_none() {
+            // Connected and subscribed to its RPC, not yet to its attribute updates.
+            assert!(rig.no_delivery().await, "{device}: not listening yet");
+            rig.announce(
+                device,
+                None,
+                Dialect::ThingsBoard,
+                Body::SubscribedAttributes,
+                false,
+            )
+            .await;
+        }
+        let values = pushed(rig.delivery().await);
+        assert_eq!(
+            values.keys().collect::<Vec<_>>(),
+            ["missed"],
+            "{device}: only what changed while away"
+        );
+        assert_eq!(values["missed"], Value::Float(2.0));
+    }
+    let relaxed = std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(stats.missed_attribute_pushes.load(relaxed), 2);
+}

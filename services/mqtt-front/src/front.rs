@@ -880,23 +880,32 @@ impl Front {
         } else {
             QoS::AtLeastOnce
         };
-        // The feed a device's commands come on: once it is registered, the dispatcher may
-        // send the commands queued for the device (`Body::Subscribed`).
-        let commands_of = match &class.target {
-            SubscribeTarget::Platform(Subscription::TbRpcRequests) => Some(None),
+        // The feeds a device's commands and shared attributes come on: once one is
+        // registered, the dispatcher may send the commands queued for the device
+        // (`Body::Subscribed`) or the shared attributes it missed while away
+        // (`Body::SubscribedAttributes`).
+        let announce = match &class.target {
+            SubscribeTarget::Platform(Subscription::TbRpcRequests) => {
+                Some((Body::Subscribed, None))
+            }
+            SubscribeTarget::Platform(Subscription::TbAttributeUpdates) => {
+                Some((Body::SubscribedAttributes, None))
+            }
             SubscribeTarget::Platform(Subscription::LosantCommands { device })
                 if device != id.principal.device() =>
             {
-                Some(Some(device.clone()))
+                Some((Body::Subscribed, Some(device.clone())))
             }
-            SubscribeTarget::Platform(Subscription::LosantCommands { .. }) => Some(None),
+            SubscribeTarget::Platform(Subscription::LosantCommands { .. }) => {
+                Some((Body::Subscribed, None))
+            }
             _ => None,
         };
         match class.target {
             SubscribeTarget::Platform(s) => {
                 conn.subs.borrow_mut().add_platform(s.clone(), granted);
-                if let Some(peripheral) = commands_of
-                    && let Err(e) = self.announce_subscribed(conn, peripheral).await
+                if let Some((body, peripheral)) = announce
+                    && let Err(e) = self.announce_subscribed(conn, peripheral, body).await
                 {
                     conn.subs.borrow_mut().remove(Some(&s), filter);
                     return Err(SubscribeRefused::Unavailable(e));
@@ -915,18 +924,20 @@ impl Front {
         Ok(granted)
     }
 
-    /// Tells the dispatcher that the connection now listens for the commands of its own
-    /// device, or of the `peripheral` it reaches: on the key and topic of that device's
-    /// connect, behind it. Returns once it is on the bus.
+    /// Tells the dispatcher that the connection now listens for the commands (or shared
+    /// attributes: `body` says which) of its own device, or of the `peripheral` it
+    /// reaches: on the key and topic of that device's connect, behind it. Returns once it
+    /// is on the bus.
     async fn announce_subscribed(
         &self,
         conn: &Conn,
         peripheral: Option<DeviceId>,
+        body: Body,
     ) -> Result<(), String> {
         let rec = match peripheral {
-            Some(p) => self.reached_event(conn, DeviceRef::Id(p), Body::Subscribed),
+            Some(p) => self.reached_event(conn, DeviceRef::Id(p), body),
             None => {
-                let env = self.event(conn, Body::Subscribed);
+                let env = self.event(conn, body);
                 traced(OutRecord::new(
                     &self.names.events,
                     env.key(),

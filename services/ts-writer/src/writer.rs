@@ -299,6 +299,7 @@ impl TsWriter {
             Body::Connect { .. }
             | Body::Disconnect { .. }
             | Body::Subscribed
+            | Body::SubscribedAttributes
             | Body::AttributeRequest { .. }
             | Body::RpcRequest { .. }
             | Body::RpcResponse { .. }

@@ -180,6 +180,10 @@ pub enum Body {
     /// (its own command or RPC topic, or a Losant gateway to a peripheral's): commands
     /// queued for it can be sent now (front -> dispatcher, after the device's connect).
     Subscribed,
+    /// The connection that reaches the device subscribed to its shared-attribute updates
+    /// (ThingsBoard `v1/devices/me/attributes`): the shared attributes changed while it
+    /// was away can be pushed now (front -> dispatcher, after the device's connect).
+    SubscribedAttributes,
     /// The device asks for attribute values.
     AttributeRequest {
         /// Echoed in the answer.
@@ -258,6 +262,8 @@ pub enum Kind {
     Disconnect,
     /// [`Body::Subscribed`].
     Subscribed,
+    /// [`Body::SubscribedAttributes`].
+    SubscribedAttributes,
     /// [`Body::AttributeRequest`].
     AttributeRequest,
     /// [`Body::RpcRequest`].
@@ -283,6 +289,7 @@ impl Kind {
             Kind::Connect => "connect",
             Kind::Disconnect => "disconnect",
             Kind::Subscribed => "subscribed",
+            Kind::SubscribedAttributes => "subscribed_attributes",
             Kind::AttributeRequest => "attribute_request",
             Kind::RpcRequest => "rpc_request",
             Kind::RpcResponse => "rpc_response",
@@ -303,6 +310,7 @@ impl Body {
             Body::Connect { .. } => Kind::Connect,
             Body::Disconnect { .. } => Kind::Disconnect,
             Body::Subscribed => Kind::Subscribed,
+            Body::SubscribedAttributes => Kind::SubscribedAttributes,
             Body::AttributeRequest { .. } => Kind::AttributeRequest,
             Body::RpcRequest { .. } => Kind::RpcRequest,
             Body::RpcResponse { .. } => Kind::RpcResponse,
@@ -447,6 +455,7 @@ mod tests {
                 session: None,
             },
             Body::Subscribed,
+            Body::SubscribedAttributes,
             Body::AttributeRequest {
                 request_id: CorrelationId::Int(1),
                 client: KeySelection::Keys(vec!["a".into()]),

@@ -300,6 +300,15 @@ impl Store for CachedStore {
     ) -> BoxFuture<'_, Result<Values>> {
         self.inner.attributes(tenant, device, scope, keys)
     }
+    fn attributes_since(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        scope: AttributeScope,
+        since_ms: i64,
+    ) -> BoxFuture<'_, Result<Values>> {
+        self.inner.attributes_since(tenant, device, scope, since_ms)
+    }
     fn write_samples(&self, batches: Vec<SampleBatch>) -> BoxFuture<'_, Result<usize>> {
         self.inner.write_samples(batches)
     }

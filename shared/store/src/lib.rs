@@ -240,6 +240,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         scope: AttributeScope,
         keys: Option<Vec<String>>,
     ) -> BoxFuture<'_, Result<Values>>;
+    /// Attributes of one scope whose value was written after `since_ms` (their timestamp
+    /// is later): what changed while a device was away.
+    fn attributes_since(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        scope: AttributeScope,
+        since_ms: i64,
+    ) -> BoxFuture<'_, Result<Values>>;
 
     /// Writes samples (idempotently) and updates latest values; returns points written.
     fn write_samples(&self, batches: Vec<SampleBatch>) -> BoxFuture<'_, Result<usize>>;

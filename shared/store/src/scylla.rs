@@ -262,6 +262,10 @@ const STATEMENTS: &[(&str, &str)] = &[
         "SELECT key, vtype, v_long, v_double, v_text, v_bool FROM {ks}.attributes WHERE tenant = ? AND device = ? AND scope = ?",
     ),
     (
+        "get_attrs_ts",
+        "SELECT key, ts, vtype, v_long, v_double, v_text, v_bool FROM {ks}.attributes WHERE tenant = ? AND device = ? AND scope = ?",
+    ),
+    (
         "attr_keys",
         "SELECT key, ts FROM {ks}.attributes WHERE tenant = ? AND device = ? AND scope = ?",
     ),
@@ -1193,6 +1197,42 @@ impl Store for ScyllaStore {
                     continue;
                 }
                 out.insert(key, untyped((vt, l, f, s, b))?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn attributes_since(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        scope: AttributeScope,
+        since_ms: i64,
+    ) -> BoxFuture<'_, Result<Values>> {
+        Box::pin(async move {
+            type Row = (
+                String,
+                i64,
+                i32,
+                Option<i64>,
+                Option<f64>,
+                Option<String>,
+                Option<bool>,
+            );
+            // A device's attributes of one scope are one small partition: read it whole
+            // (ts is not a clustering column to range over).
+            let r: Vec<Row> = rows(
+                self.exec(
+                    "get_attrs_ts",
+                    (tenant.as_str(), device.as_str(), scope.as_str()),
+                )
+                .await?,
+            )?;
+            let mut out = Values::new();
+            for (key, ts, vt, l, f, s, b) in r {
+                if ts > since_ms {
+                    out.insert(key, untyped((vt, l, f, s, b))?);
+                }
             }
             Ok(out)
         })

@@ -922,6 +922,35 @@ impl Store for SqliteStore {
         })
     }
 
+    fn attributes_since(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        scope: AttributeScope,
+        since_ms: i64,
+    ) -> BoxFuture<'_, Result<Values>> {
+        self.run(move |c, _| {
+            let mut out = Values::new();
+            let mut s = c
+                .prepare_cached("SELECT key, vtype, v FROM attributes WHERE tenant = ?1 AND device = ?2 AND scope = ?3 AND ts > ?4")
+                .map_err(sql_err)?;
+            let mut rows = s
+                .query(rusqlite::params![
+                    tenant.as_str(),
+                    device.as_str(),
+                    scope.as_str(),
+                    since_ms
+                ])
+                .map_err(sql_err)?;
+            while let Some(r) = rows.next().map_err(sql_err)? {
+                let key: String = r.get(0).map_err(sql_err)?;
+                let v = value_from_sql(r.get(1).map_err(sql_err)?, r.get_ref(2).map_err(sql_err)?)?;
+                out.insert(key, v);
+            }
+            Ok(out)
+        })
+    }
+
     fn write_samples(&self, batches: Vec<SampleBatch>) -> BoxFuture<'_, Result<usize>> {
         let cache = self.series.clone();
         self.run(move |c, now| {

@@ -530,6 +530,27 @@ pub async fn registry_round_trips(h: &Harness) {
         .await
         .unwrap();
     assert_eq!(only.len(), 1);
+    // What changed after a moment: written later than it, by its own timestamp.
+    s.put_attributes(
+        t.clone(),
+        dev("p1"),
+        AttributeScope::Shared,
+        vals(&[("mode", "eco".into())]),
+        20,
+    )
+    .await
+    .unwrap();
+    let since = |at| s.attributes_since(t.clone(), dev("p1"), AttributeScope::Shared, at);
+    let later = since(10).await.unwrap();
+    assert_eq!(later.keys().collect::<Vec<_>>(), ["mode"]);
+    assert_eq!(later["mode"], Value::String("eco".into()));
+    assert_eq!(since(9).await.unwrap().len(), 2);
+    assert!(since(20).await.unwrap().is_empty());
+    let client_since = s
+        .attributes_since(t.clone(), dev("p1"), AttributeScope::Client, 0)
+        .await
+        .unwrap();
+    assert_eq!(client_since.len(), 2, "one scope only: {client_since:?}");
 
     assert!(s.delete_device(t.clone(), dev("p1")).await.unwrap());
     assert!(!s.delete_device(t.clone(), dev("p1")).await.unwrap());
