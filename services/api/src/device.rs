@@ -118,11 +118,7 @@ pub(crate) async fn produce_all(
 ) -> Result<(), ApiError> {
     let mut acks = Vec::with_capacity(envs.len());
     for e in envs {
-        acks.push(
-            st.producer
-                .send(OutRecord::new(topic, e.key(), e.to_bytes()))
-                .await?,
-        );
+        acks.push(st.producer.send(OutRecord::of(topic, &e)).await?);
     }
     for a in acks {
         a.await?;

@@ -156,7 +156,7 @@ impl ApiState {
 
     /// Announces a registry change (best effort: caches also expire on their TTL).
     pub(crate) async fn announce(&self, change: RegistryChange) {
-        let rec = OutRecord::new(&self.names.changes, change.key(), change.to_bytes());
+        let rec = OutRecord::of(&self.names.changes, &change);
         if let Err(e) = self.producer.produce(rec).await {
             tracing::warn!(error = %e, ?change, "registry change not announced; caches catch up on their TTL");
         }

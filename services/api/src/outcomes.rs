@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fluxgate_bus::{ConsumeError, Consumer};
-use fluxgate_model::MessageId;
+use fluxgate_model::{CommandEnded, MessageId};
 use tokio::sync::Notify;
 
 /// The waiters of one API instance, and the consumer that wakes them.
@@ -54,11 +54,8 @@ impl Outcomes {
             match self.consumer.recv().await {
                 Ok(rec) => {
                     self.consumer.ack(&rec.position);
-                    let id = std::str::from_utf8(&rec.key)
-                        .ok()
-                        .and_then(|k| k.parse::<MessageId>().ok());
-                    match id {
-                        Some(id) => {
+                    match CommandEnded::from_key(&rec.key) {
+                        Some(CommandEnded(id)) => {
                             if let Some(n) = self.map().get(&id) {
                                 n.notify_one();
                             }

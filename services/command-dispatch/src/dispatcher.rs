@@ -11,8 +11,8 @@ use fluxgate_bus::{
     ConsumeError, Consumer, OutRecord, Producer, Record, Topic, TopicsConfig, now_ms,
 };
 use fluxgate_model::{
-    Body, CorrelationId, Delivery, DeviceId, DeviceName, DeviceRef, Dialect, ENVELOPE_VERSION,
-    Envelope, KeySelection, MessageId, Outbound, TenantId, Values, device_key,
+    Body, CommandEnded, CorrelationId, Delivery, DeviceId, DeviceName, DeviceRef, Dialect,
+    ENVELOPE_VERSION, Envelope, KeySelection, MessageId, Outbound, TenantId, Values, device_key,
 };
 use fluxgate_store::{
     AttributeScope, ClientRpc, ClientRpcStatus, CommandRecord, CommandStatus, Store, StoreError,
@@ -223,11 +223,7 @@ impl Dispatcher {
         if let Some(r) =
             fluxgate_model::Rejection::undecodable(&rec.key, now_ms(), ROLE, error, &rec.payload)
         {
-            outputs.push(OutRecord::new(
-                &self.names.rejected,
-                rec.key.clone(),
-                r.to_bytes(),
-            ));
+            outputs.push(OutRecord::of(&self.names.rejected, &r));
         }
         let producer = self.producer.clone();
         let fut = self.retrying("a dead letter", move || {
@@ -464,8 +460,7 @@ impl Ctx {
     /// Tells every API instance that command `id` ended (best effort: a waiting request
     /// also reads the store now and then).
     async fn announce_outcome(&self, id: MessageId) {
-        let key = id.to_string();
-        let rec = OutRecord::new(&self.names.outcomes, key.clone(), key.into_bytes());
+        let rec = OutRecord::of(&self.names.outcomes, &CommandEnded(id));
         if let Err(e) = self.producer.produce(rec).await {
             tracing::warn!(command = %id, error = %e, "dispatcher: command outcome not announced");
         }
@@ -501,8 +496,7 @@ impl Ctx {
             dialect: online.dialect,
             body,
         };
-        let key = format!("{tenant}/{}", delivery.connection());
-        let rec = OutRecord::new(&self.names.deliveries, key, delivery.to_bytes());
+        let rec = OutRecord::of(&self.names.deliveries, &delivery);
         self.producer
             .produce(rec)
             .await

@@ -147,7 +147,7 @@ impl Rig {
     }
 
     async fn send(&self, topic: Topic, env: &Envelope) {
-        let rec = OutRecord::new(self.topics.name(topic), env.key(), env.to_bytes());
+        let rec = OutRecord::of(self.topics.name(topic), &env);
         let _ack = self.bus.producer().send(rec).await.unwrap();
     }
 
@@ -212,11 +212,7 @@ impl Rig {
         settle: bool,
     ) {
         let env = envelope(self.id(), device, via, dialect, body);
-        let rec = OutRecord::new(
-            self.topics.name(Topic::DeviceEvents),
-            env.key(),
-            env.to_bytes(),
-        );
+        let rec = OutRecord::of(self.topics.name(Topic::DeviceEvents), &env);
         let ack = self.bus.producer().send(rec).await.unwrap();
         if settle {
             tokio::time::timeout(Duration::from_secs(10), ack)
@@ -383,11 +379,7 @@ async fn rpc_through_a_gateway_names_the_device_and_times_out_unanswered() {
             session: None,
         },
     );
-    let rec = OutRecord::new(
-        rig.topics.name(Topic::DeviceEvents),
-        gone.key(),
-        gone.to_bytes(),
-    );
+    let rec = OutRecord::of(rig.topics.name(Topic::DeviceEvents), &gone);
     let ack = rig.bus.producer().send(rec).await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), ack)
         .await

@@ -144,9 +144,7 @@ async fn kafka_command_lifecycle_across_a_dispatcher_restart() {
     };
     let p = bus.producer();
     let send = async |topic: &str, env: Envelope| {
-        p.produce(OutRecord::new(topic, env.key(), env.to_bytes()))
-            .await
-            .unwrap();
+        p.produce(OutRecord::of(topic, &env)).await.unwrap();
     };
     let mut n = 0u128;
     let mut id = || {
@@ -295,9 +293,7 @@ async fn kafka_a_dispatcher_taking_over_a_partition_runs_its_timers() {
 
     let p = bus.producer();
     let send = async |env: Envelope| {
-        p.produce(OutRecord::new(&events, env.key(), env.to_bytes()))
-            .await
-            .unwrap();
+        p.produce(OutRecord::of(&events, &env)).await.unwrap();
     };
     let mut n = 0u128;
     let mut id = || {

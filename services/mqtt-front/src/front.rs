@@ -228,7 +228,7 @@ impl Front {
             via: Some(conn.identity.principal.device().clone()),
             ..self.event(conn, body)
         };
-        traced(OutRecord::new(&self.names.raw, env.key(), env.to_bytes()))
+        traced(OutRecord::of(&self.names.raw, &env))
     }
 
     /// The connect of `device` through the gateway `conn` ([`Front::reached_event`]).
@@ -241,11 +241,7 @@ impl Front {
     }
 
     async fn produce_event(&self, env: &Envelope) -> Result<(), ProduceError> {
-        let rec = traced(OutRecord::new(
-            &self.names.events,
-            env.key(),
-            env.to_bytes(),
-        ));
+        let rec = traced(OutRecord::of(&self.names.events, env));
         self.producer.produce(rec).await.map(|_| ())
     }
 
@@ -397,12 +393,7 @@ impl Front {
             reject,
             payload,
         );
-        let key = format!(
-            "{}/{}",
-            conn.identity.tenant,
-            conn.identity.principal.device()
-        );
-        let rec = OutRecord::new(&self.names.rejected, key, r.to_bytes());
+        let rec = OutRecord::of(&self.names.rejected, &r);
         let producer = self.producer.clone();
         // The rejected log is best effort: the client already got its answer.
         ntex::rt::spawn(async move {
@@ -654,7 +645,7 @@ impl Front {
         }
         recs.extend(
             envs.iter()
-                .map(|e| traced(OutRecord::new(&self.names.raw, e.key(), e.to_bytes()))),
+                .map(|e| traced(OutRecord::of(&self.names.raw, e))),
         );
         let sent = self.send_all(recs).await;
         if sent.is_ok() {
@@ -815,11 +806,7 @@ impl Front {
                 reason: failure.map(str::to_owned),
             },
         };
-        traced(OutRecord::new(
-            &self.names.events,
-            env.key(),
-            env.to_bytes(),
-        ))
+        traced(OutRecord::of(&self.names.events, &env))
     }
 
     /// Produces a delivery outcome for the dispatcher.
@@ -938,11 +925,7 @@ impl Front {
             Some(p) => self.reached_event(conn, DeviceRef::Id(p), body),
             None => {
                 let env = self.event(conn, body);
-                traced(OutRecord::new(
-                    &self.names.events,
-                    env.key(),
-                    env.to_bytes(),
-                ))
+                traced(OutRecord::of(&self.names.events, &env))
             }
         };
         for ack in self

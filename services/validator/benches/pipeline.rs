@@ -146,11 +146,7 @@ impl Pipeline {
             // Acks are not awaited: on the in-process bus they resolve only when the
             // writer commits, which is what the loop below waits for anyway.
             let _ack = p
-                .send(OutRecord::new(
-                    self.topics.name(Topic::IngestRaw),
-                    env.key(),
-                    env.to_bytes(),
-                ))
+                .send(OutRecord::of(self.topics.name(Topic::IngestRaw), &env))
                 .await
                 .unwrap();
         }

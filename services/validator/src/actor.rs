@@ -350,7 +350,7 @@ fn undecodable(rec: &Record, names: &Names, error: &str) -> Vec<(OutputKind, Out
     if let Some(r) = Rejection::undecodable(&rec.key, now_ms(), ROLE, error, &rec.payload) {
         out.push((
             OutputKind::Rejected(r.reason.code),
-            OutRecord::new(&names.rejected, rec.key.clone(), r.to_bytes()),
+            OutRecord::of(&names.rejected, &r),
         ));
     }
     out
@@ -368,21 +368,11 @@ async fn attempt(
     Ok(outputs
         .iter()
         .map(|o| match o {
-            Output::Valid(e) => (
-                OutputKind::Valid,
-                OutRecord::new(&names.valid, e.key(), e.to_bytes()),
-            ),
-            Output::Event(e) => (
-                OutputKind::Event,
-                OutRecord::new(&names.events, e.key(), e.to_bytes()),
-            ),
+            Output::Valid(e) => (OutputKind::Valid, OutRecord::of(&names.valid, &e)),
+            Output::Event(e) => (OutputKind::Event, OutRecord::of(&names.events, &e)),
             Output::Rejected(r) => (
                 OutputKind::Rejected(r.reason.code),
-                OutRecord::new(
-                    &names.rejected,
-                    format!("{}/{}", r.tenant, r.device),
-                    r.to_bytes(),
-                ),
+                OutRecord::of(&names.rejected, &r),
             ),
         })
         .collect())

@@ -150,11 +150,7 @@ async fn kafka_raw_state_reaches_the_store_through_validator_and_writer() {
         },
     };
     bus.producer()
-        .produce(OutRecord::new(
-            topics.name(Topic::IngestRaw),
-            env.key(),
-            env.to_bytes(),
-        ))
+        .produce(OutRecord::of(topics.name(Topic::IngestRaw), &env))
         .await
         .unwrap();
 
@@ -300,7 +296,7 @@ async fn kafka_every_kind_ends_in_its_table_and_a_raced_name_becomes_one_device(
             telemetry(now_ms(), &[("x", Value::Integer(0))]),
             1000 + u128::from(warmups),
         );
-        let rec = OutRecord::new(topics.name(Topic::IngestRaw), env.key(), env.to_bytes());
+        let rec = OutRecord::of(topics.name(Topic::IngestRaw), &env);
         bus.producer().produce(rec).await.unwrap();
         warmups += 1;
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -384,11 +380,7 @@ async fn kafka_every_kind_ends_in_its_table_and_a_raced_name_becomes_one_device(
     let producer = bus.producer();
     for env in &inputs {
         producer
-            .produce(OutRecord::new(
-                topics.name(Topic::IngestRaw),
-                env.key(),
-                env.to_bytes(),
-            ))
+            .produce(OutRecord::of(topics.name(Topic::IngestRaw), &env))
             .await
             .unwrap();
     }
@@ -543,13 +535,9 @@ async fn kafka_an_undecodable_record_is_dead_lettered_before_it_is_acked() {
         telemetry(ts, &[("temp", Value::Integer(3))]),
         9,
     );
-    p.produce(OutRecord::new(
-        topics.name(Topic::IngestRaw),
-        env.key(),
-        env.to_bytes(),
-    ))
-    .await
-    .unwrap();
+    p.produce(OutRecord::of(topics.name(Topic::IngestRaw), &env))
+        .await
+        .unwrap();
 
     let within = |c: Arc<dyn fluxgate_bus::Consumer>| async move {
         tokio::time::timeout(Duration::from_secs(30), c.recv())

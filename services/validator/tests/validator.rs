@@ -159,11 +159,7 @@ impl Rig {
     async fn raw(&self, env: &Envelope) {
         // The ack of the raw record waits for the validator to ack it, which waits for its
         // outputs, which wait for the test's readers: don't await it here.
-        let rec = OutRecord::new(
-            self.topics.name(Topic::IngestRaw),
-            env.key(),
-            env.to_bytes(),
-        );
+        let rec = OutRecord::of(self.topics.name(Topic::IngestRaw), &env);
         let _ack = self.bus.producer().send(rec).await.unwrap();
     }
 }
@@ -509,11 +505,7 @@ async fn registry_reads_are_cached_until_a_registry_change() {
         tenant: tenant(),
         device: dev("late"),
     };
-    let rec = OutRecord::new(
-        rig.topics.name(Topic::RegistryChanges),
-        change.key(),
-        change.to_bytes(),
-    );
+    let rec = OutRecord::of(rig.topics.name(Topic::RegistryChanges), &change);
     let _ack = rig.bus.producer().send(rec).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     rig.raw(&data(3)).await;

@@ -108,6 +108,11 @@ impl OutRecord {
             headers: Headers::new(),
         }
     }
+
+    /// The record of `message`, keyed by its type ([`fluxgate_model::Keyed`]).
+    pub fn of(topic: impl Into<String>, message: &impl fluxgate_model::Keyed) -> Self {
+        OutRecord::new(topic, message.record_key(), message.record_value())
+    }
 }
 
 /// Headers of a dead-letter record: where the original was, who could not read it, why.

@@ -355,7 +355,7 @@ pub fn device_key(tenant: &TenantId, device: &DeviceId) -> String {
     key_of(tenant, device.as_str())
 }
 
-fn key_of(tenant: &TenantId, dev: &str) -> String {
+pub(crate) fn key_of(tenant: &TenantId, dev: &str) -> String {
     let mut k = String::with_capacity(tenant.as_str().len() + 1 + dev.len());
     k.push_str(tenant.as_str());
     k.push('/');

@@ -23,6 +23,7 @@
 pub mod delivery;
 pub mod envelope;
 pub mod ids;
+pub mod keyed;
 pub mod limits;
 pub mod losant;
 pub mod normalize;
@@ -39,6 +40,7 @@ pub use envelope::{
     EnvelopeError, KeySelection, Kind, Sample, SessionInfo, device_key,
 };
 pub use ids::{CorrelationId, DeviceId, DeviceName, IdError, MessageId, TenantId};
+pub use keyed::{CommandEnded, Keyed};
 pub use limits::Limits;
 pub use normalize::{Ingress, normalize};
 pub use registry::RegistryChange;
