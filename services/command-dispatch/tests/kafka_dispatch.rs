@@ -66,6 +66,36 @@ fn dispatcher(
     })
 }
 
+/// A front: a broadcast consumer of deliveries, polling (and so joining) from now on, and
+/// what it reads.
+fn front(
+    bus: &Arc<dyn Bus>,
+    topics: &TopicsConfig,
+) -> (
+    Arc<dyn fluxgate_bus::Consumer>,
+    tokio::sync::mpsc::UnboundedReceiver<Delivery>,
+) {
+    let front = bus
+        .consumer(ConsumerSpec::broadcast(
+            "front",
+            &[&topics.name(Topic::Deliveries)],
+        ))
+        .unwrap();
+    let (tx, deliveries) = tokio::sync::mpsc::unbounded_channel();
+    let reader = front.clone();
+    actix_rt::spawn(async move {
+        loop {
+            if let Ok(r) = reader.recv().await {
+                reader.ack(&r.position);
+                if let Ok(d) = Delivery::from_bytes(&r.payload) {
+                    let _ = tx.send(d);
+                }
+            }
+        }
+    });
+    (front, deliveries)
+}
+
 async fn status(store: &Arc<dyn Store>, id: MessageId, want: CommandStatus) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -112,25 +142,7 @@ async fn kafka_command_lifecycle_across_a_dispatcher_restart() {
         ..DispatchConfig::default()
     };
     let first = dispatcher(&bus, &store, &topics, &cfg);
-    // A front: a broadcast consumer of deliveries, polling (and so joining) from now on.
-    let front = bus
-        .consumer(ConsumerSpec::broadcast(
-            "front",
-            &[&topics.name(Topic::Deliveries)],
-        ))
-        .unwrap();
-    let (tx, mut deliveries) = tokio::sync::mpsc::unbounded_channel();
-    let reader = front.clone();
-    let _reading = actix_rt::spawn(async move {
-        loop {
-            if let Ok(r) = reader.recv().await {
-                reader.ack(&r.position);
-                if let Ok(d) = Delivery::from_bytes(&r.payload) {
-                    let _ = tx.send(d);
-                }
-            }
-        }
-    });
+    let (front, mut deliveries) = front(&bus, &topics);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while front.assigned() == 0 {
         assert!(tokio::time::Instant::now() < deadline, "front never joined");
@@ -255,24 +267,7 @@ async fn kafka_a_dispatcher_taking_over_a_partition_runs_its_timers() {
     Dispatcher::start_in_arbiter(&arbiter.handle(), |_| d);
     let (b, b_stats, d) = make(&cfg);
     d.start();
-    let front = bus
-        .consumer(ConsumerSpec::broadcast(
-            "front",
-            &[&topics.name(Topic::Deliveries)],
-        ))
-        .unwrap();
-    let (tx, mut deliveries) = tokio::sync::mpsc::unbounded_channel();
-    let reader = front.clone();
-    let _reading = actix_rt::spawn(async move {
-        loop {
-            if let Ok(r) = reader.recv().await {
-                reader.ack(&r.position);
-                if let Ok(d) = Delivery::from_bytes(&r.payload) {
-                    let _ = tx.send(d);
-                }
-            }
-        }
-    });
+    let (front, mut deliveries) = front(&bus, &topics);
     // Both dispatchers hold a partition, and the front reads.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while a.assigned() == 0 || b.assigned() == 0 || front.assigned() == 0 {
@@ -330,9 +325,15 @@ async fn kafka_a_dispatcher_taking_over_a_partition_runs_its_timers() {
     status(&store, light, CommandStatus::Failed).await;
     assert!(held_by(&b, &device), "the survivor holds the partition now");
     assert_eq!(b_stats.timers_rearmed.load(Relaxed), 1);
-    let history = store.command_history(light).await.unwrap();
-    assert_eq!(
-        history.last().unwrap().detail.as_deref(),
-        Some("not delivered within 3000 ms")
-    );
+    // The history entry is written right after the status (not in one transaction).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let last = loop {
+        let history = store.command_history(light).await.unwrap();
+        match history.last() {
+            Some(h) if h.status == CommandStatus::Failed => break h.clone(),
+            _ => assert!(tokio::time::Instant::now() < deadline, "{history:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(last.detail.as_deref(), Some("not delivered within 3000 ms"));
 }

@@ -258,10 +258,6 @@ const STATEMENTS: &[(&str, &str)] = &[
         "INSERT INTO {ks}.attributes (tenant, device, scope, key, ts, vtype, v_long, v_double, v_text, v_bool) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
     ),
     (
-        "get_attrs",
-        "SELECT key, vtype, v_long, v_double, v_text, v_bool FROM {ks}.attributes WHERE tenant = ? AND device = ? AND scope = ?",
-    ),
-    (
         "get_attrs_ts",
         "SELECT key, ts, vtype, v_long, v_double, v_text, v_bool FROM {ks}.attributes WHERE tenant = ? AND device = ? AND scope = ?",
     ),
@@ -579,6 +575,35 @@ fn cell_time(ts_ms: i64) -> i64 {
 }
 
 impl ScyllaStore {
+    /// A device's attributes of one scope, with their timestamps: one small partition,
+    /// read whole (`ts` is not a clustering column to range over).
+    async fn attribute_rows(
+        &self,
+        tenant: &TenantId,
+        device: &DeviceId,
+        scope: AttributeScope,
+    ) -> Result<Vec<(String, i64, Value)>> {
+        type Row = (
+            String,
+            i64,
+            i32,
+            Option<i64>,
+            Option<f64>,
+            Option<String>,
+            Option<bool>,
+        );
+        let r: Vec<Row> = rows(
+            self.exec(
+                "get_attrs_ts",
+                (tenant.as_str(), device.as_str(), scope.as_str()),
+            )
+            .await?,
+        )?;
+        r.into_iter()
+            .map(|(key, ts, vt, l, f, s, b)| Ok((key, ts, untyped((vt, l, f, s, b))?)))
+            .collect()
+    }
+
     /// Connects, creates the schema if needed (see [`Store::migrate`]) and prepares every
     /// statement.
     pub async fn connect(cfg: ScyllaConfig) -> Result<Self> {
@@ -1176,29 +1201,12 @@ impl Store for ScyllaStore {
         keys: Option<Vec<String>>,
     ) -> BoxFuture<'_, Result<Values>> {
         Box::pin(async move {
-            type Row = (
-                String,
-                i32,
-                Option<i64>,
-                Option<f64>,
-                Option<String>,
-                Option<bool>,
-            );
-            let r: Vec<Row> = rows(
-                self.exec(
-                    "get_attrs",
-                    (tenant.as_str(), device.as_str(), scope.as_str()),
-                )
-                .await?,
-            )?;
-            let mut out = Values::new();
-            for (key, vt, l, f, s, b) in r {
-                if keys.as_ref().is_some_and(|ks| !ks.contains(&key)) {
-                    continue;
-                }
-                out.insert(key, untyped((vt, l, f, s, b))?);
-            }
-            Ok(out)
+            let rows = self.attribute_rows(&tenant, &device, scope).await?;
+            Ok(rows
+                .into_iter()
+                .filter(|(key, _, _)| keys.as_ref().is_none_or(|ks| ks.contains(key)))
+                .map(|(key, _, v)| (key, v))
+                .collect())
         })
     }
 
@@ -1210,31 +1218,12 @@ impl Store for ScyllaStore {
         since_ms: i64,
     ) -> BoxFuture<'_, Result<Values>> {
         Box::pin(async move {
-            type Row = (
-                String,
-                i64,
-                i32,
-                Option<i64>,
-                Option<f64>,
-                Option<String>,
-                Option<bool>,
-            );
-            // A device's attributes of one scope are one small partition: read it whole
-            // (ts is not a clustering column to range over).
-            let r: Vec<Row> = rows(
-                self.exec(
-                    "get_attrs_ts",
-                    (tenant.as_str(), device.as_str(), scope.as_str()),
-                )
-                .await?,
-            )?;
-            let mut out = Values::new();
-            for (key, ts, vt, l, f, s, b) in r {
-                if ts > since_ms {
-                    out.insert(key, untyped((vt, l, f, s, b))?);
-                }
-            }
-            Ok(out)
+            let rows = self.attribute_rows(&tenant, &device, scope).await?;
+            Ok(rows
+                .into_iter()
+                .filter(|&(_, ts, _)| ts > since_ms)
+                .map(|(key, _, v)| (key, v))
+                .collect())
         })
     }
 

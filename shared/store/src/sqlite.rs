@@ -328,6 +328,34 @@ fn value_to_sql(v: &Value) -> (i64, SqlValue) {
     }
 }
 
+/// A device's attributes of one scope written after `since_ms`.
+fn attribute_rows(
+    c: &rusqlite::Connection,
+    tenant: &TenantId,
+    device: &DeviceId,
+    scope: AttributeScope,
+    since_ms: i64,
+) -> Result<Vec<(String, Value)>> {
+    let mut s = c
+        .prepare_cached("SELECT key, vtype, v FROM attributes WHERE tenant = ?1 AND device = ?2 AND scope = ?3 AND ts > ?4")
+        .map_err(sql_err)?;
+    let mut rows = s
+        .query(rusqlite::params![
+            tenant.as_str(),
+            device.as_str(),
+            scope.as_str(),
+            since_ms
+        ])
+        .map_err(sql_err)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(sql_err)? {
+        let key: String = r.get(0).map_err(sql_err)?;
+        let v = value_from_sql(r.get(1).map_err(sql_err)?, r.get_ref(2).map_err(sql_err)?)?;
+        out.push((key, v));
+    }
+    Ok(out)
+}
+
 fn value_from_sql(vtype: i64, v: ValueRef<'_>) -> Result<Value> {
     let bad = || StoreError::Corrupt(format!("value of type {vtype} unreadable"));
     Ok(match (vtype, v) {
@@ -903,22 +931,11 @@ impl Store for SqliteStore {
         keys: Option<Vec<String>>,
     ) -> BoxFuture<'_, Result<Values>> {
         self.run(move |c, _| {
-            let mut out = Values::new();
-            let mut s = c
-                .prepare_cached("SELECT key, vtype, v FROM attributes WHERE tenant = ?1 AND device = ?2 AND scope = ?3")
-                .map_err(sql_err)?;
-            let mut rows = s
-                .query([tenant.as_str(), device.as_str(), scope.as_str()])
-                .map_err(sql_err)?;
-            while let Some(r) = rows.next().map_err(sql_err)? {
-                let key: String = r.get(0).map_err(sql_err)?;
-                if keys.as_ref().is_some_and(|ks| !ks.contains(&key)) {
-                    continue;
-                }
-                let v = value_from_sql(r.get(1).map_err(sql_err)?, r.get_ref(2).map_err(sql_err)?)?;
-                out.insert(key, v);
-            }
-            Ok(out)
+            let rows = attribute_rows(c, &tenant, &device, scope, i64::MIN)?;
+            Ok(rows
+                .into_iter()
+                .filter(|(key, _)| keys.as_ref().is_none_or(|ks| ks.contains(key)))
+                .collect())
         })
     }
 
@@ -930,24 +947,8 @@ impl Store for SqliteStore {
         since_ms: i64,
     ) -> BoxFuture<'_, Result<Values>> {
         self.run(move |c, _| {
-            let mut out = Values::new();
-            let mut s = c
-                .prepare_cached("SELECT key, vtype, v FROM attributes WHERE tenant = ?1 AND device = ?2 AND scope = ?3 AND ts > ?4")
-                .map_err(sql_err)?;
-            let mut rows = s
-                .query(rusqlite::params![
-                    tenant.as_str(),
-                    device.as_str(),
-                    scope.as_str(),
-                    since_ms
-                ])
-                .map_err(sql_err)?;
-            while let Some(r) = rows.next().map_err(sql_err)? {
-                let key: String = r.get(0).map_err(sql_err)?;
-                let v = value_from_sql(r.get(1).map_err(sql_err)?, r.get_ref(2).map_err(sql_err)?)?;
-                out.insert(key, v);
-            }
-            Ok(out)
+            let rows = attribute_rows(c, &tenant, &device, scope, since_ms)?;
+            Ok(rows.into_iter().collect())
         })
     }
 

@@ -36,8 +36,9 @@ struct Shared {
 /// The partitions of one topic this consumer holds.
 #[derive(Debug, Default)]
 struct Held {
-    /// The topic's partition count; `None` if its metadata could not be read.
-    count: Option<u32>,
+    /// The topic's partition count, read at the first `holds` after the assignment;
+    /// `Some(None)` if its metadata could not be read.
+    count: Option<Option<u32>>,
     partitions: HashSet<i32>,
 }
 
@@ -61,7 +62,7 @@ struct Ctx {
 
 /// How long a broadcast consumer waits for the end offsets of its new partitions.
 const END_OFFSETS_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a rebalance waits for the partition counts of the assigned topics.
+/// How long `holds` waits for a topic's partition count.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Ctx {
@@ -195,6 +196,8 @@ impl ConsumerContext for Ctx {
                 "kafka consumer: partitions assigned"
             );
         }
+        // Partition counts are read when `holds` first needs them: nothing blocking here,
+        // in librdkafka's poll.
         let assignment = consumer.assignment().ok();
         let n = assignment.as_ref().map_or(0, |a| a.count());
         let mut held: HashMap<String, Held> = HashMap::new();
@@ -203,21 +206,6 @@ impl ConsumerContext for Ctx {
                 .or_default()
                 .partitions
                 .insert(e.partition());
-        }
-        for (topic, h) in &mut held {
-            // The count, not the assignment, decides where a key goes.
-            h.count = match consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT) {
-                Ok(md) => md
-                    .topics()
-                    .first()
-                    .and_then(|t| u32::try_from(t.partitions().len()).ok())
-                    .filter(|&c| c > 0),
-                Err(e) => {
-                    tracing::warn!(error = %e, topic = %topic,
-                        "kafka consumer: partition count unknown; every key of the topic counts as held");
-                    None
-                }
-            };
         }
         *self.shared.held() = held;
         self.shared.assigned.store(n, Ordering::SeqCst);
@@ -294,6 +282,22 @@ impl KafkaConsumer {
         let t: Arc<str> = topic.into();
         names.insert(topic.to_owned(), t.clone());
         t
+    }
+
+    /// The topic's partition count, from the cluster's metadata (one request).
+    fn partition_count(&self, topic: &str) -> Option<u32> {
+        match self.consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT) {
+            Ok(md) => md
+                .topics()
+                .first()
+                .and_then(|t| u32::try_from(t.partitions().len()).ok())
+                .filter(|&c| c > 0),
+            Err(e) => {
+                tracing::warn!(error = %e, topic = %topic,
+                    "kafka consumer: partition count unknown; every key of the topic counts as held");
+                None
+            }
+        }
     }
 
     fn set_paused(&self, paused: bool) {
@@ -420,11 +424,21 @@ impl Consumer for KafkaConsumer {
     }
 
     fn holds(&self, topic: &str, key: &[u8]) -> bool {
-        let held = self.shared.held();
-        let Some(h) = held.get(topic) else {
+        let cached = match self.shared.held().get(topic) {
+            None => return false,
+            Some(h) => h.count,
+        };
+        // Read without the lock held: the rebalance callback takes it.
+        let count = cached.unwrap_or_else(|| self.partition_count(topic));
+        let mut held = self.shared.held();
+        let Some(h) = held.get_mut(topic) else {
             return false;
         };
-        match h.count {
+        // Kept unless a rebalance replaced the entry meanwhile (it reads it again).
+        if cached.is_none() && h.count.is_none() {
+            h.count = Some(count);
+        }
+        match count {
             // Unknown partitioner or partition count: every key may be ours. Its holders
             // then race, which the callers' conditional writes settle.
             Some(count) if self.partitioner_known && !key.is_empty() => {

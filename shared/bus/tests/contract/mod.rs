@@ -436,21 +436,7 @@ pub async fn rebalance_two_members(h: &Harness) {
     a.wait_assigned().await;
     let mut b = h.member(&group, &topic);
     // Both must hold partitions (the group rebalanced) before producing.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        // Kafka only rebalances while both poll; the collectors are polling.
-        let (na, nb) = (a.consumer.assigned(), b.consumer.assigned());
-        if na > 0 && nb > 0 && na + nb == 4 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no rebalance: {na} + {nb}"
-        );
-        // Drain anything (nothing is produced yet).
-        let _ = a.next_within(Duration::from_millis(20)).await;
-        let _ = b.next_within(Duration::from_millis(20)).await;
-    }
+    both_hold_partitions(&mut a, &mut b, 4).await;
     let records = keyed(20, 10);
     let bg = h.produce_background(&topic, records.clone()).await;
     let mut seen_a = BTreeSet::new();
@@ -473,6 +459,24 @@ pub async fn rebalance_two_members(h: &Harness) {
     tokio::time::timeout(PATIENCE, bg).await.unwrap().unwrap();
 }
 
+/// Waits until `a` and `b` share the topic's `partitions` between them. Kafka only
+/// rebalances while both poll: they drain (nothing is produced yet).
+async fn both_hold_partitions(a: &mut Collector, b: &mut Collector, partitions: usize) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (na, nb) = (a.consumer.assigned(), b.consumer.assigned());
+        if na > 0 && nb > 0 && na + nb == partitions {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no rebalance: {na} + {nb}"
+        );
+        let _ = a.next_within(Duration::from_millis(20)).await;
+        let _ = b.next_within(Duration::from_millis(20)).await;
+    }
+}
+
 /// `holds` names, for every key, the member its records go to (the producers'
 /// partitioner over the topic's partitions), and `generation` changes when a member's
 /// assignment does: what per-key state outside the bus (timers) relies on.
@@ -484,19 +488,7 @@ pub async fn holds_names_the_member_a_key_goes_to(h: &Harness) {
     let alone = a.consumer.generation();
     assert!(alone > 0, "an assignment counts as a generation");
     let mut b = h.member(&group, &topic);
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let (na, nb) = (a.consumer.assigned(), b.consumer.assigned());
-        if na > 0 && nb > 0 && na + nb == 4 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no rebalance: {na} + {nb}"
-        );
-        let _ = a.next_within(Duration::from_millis(20)).await;
-        let _ = b.next_within(Duration::from_millis(20)).await;
-    }
+    both_hold_partitions(&mut a, &mut b, 4).await;
     assert_ne!(
         a.consumer.generation(),
         alone,
