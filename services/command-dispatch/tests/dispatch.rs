@@ -642,11 +642,15 @@ async fn a_dispatcher_taking_over_a_partition_runs_its_timers() {
     assert_eq!(rig.delivery().await.id, light);
     rig.status(light, CommandStatus::Sent).await;
     let relaxed = std::sync::atomic::Ordering::Relaxed;
-    assert_eq!(
-        a_stats.timers.load(relaxed),
-        1,
-        "the sender runs the deadline"
-    );
+    // The status is written just before the timer starts.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while a_stats.timers.load(relaxed) != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sender runs the deadline"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(
         b_stats.timers.load(relaxed),
         0,

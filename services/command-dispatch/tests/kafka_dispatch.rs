@@ -309,11 +309,15 @@ async fn kafka_a_dispatcher_taking_over_a_partition_runs_its_timers() {
         .unwrap();
     assert_eq!(d.id, light);
     status(&store, light, CommandStatus::Sent).await;
-    assert_eq!(
-        a_stats.timers.load(Relaxed),
-        1,
-        "the sender runs the deadline"
-    );
+    // The status is written just before the timer starts.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while a_stats.timers.load(Relaxed) != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sender runs the deadline"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(
         b_stats.timers.load(Relaxed),
         0,
