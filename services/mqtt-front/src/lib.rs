@@ -28,12 +28,12 @@ pub mod auth;
 mod config;
 mod front;
 pub mod metrics;
+mod rate_limit;
 mod server;
 mod session;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use fluxgate_bus::{Bus, BusError, Consumer, ConsumerSpec, Topic, TopicsConfig};
@@ -400,16 +400,30 @@ async fn serve_mqtt(
         }
     });
     let inbound = ntex::rt::spawn(inbound(front.clone(), consumer, names));
+    let (side_stop, side_stopped) = oneshot::channel::<()>();
+    let side = ntex::rt::spawn({
+        let front = front.clone();
+        async move {
+            front
+                .run_side_channel(async {
+                    let _ = side_stopped.await;
+                })
+                .await;
+        }
+    });
     let _ = stop.await;
     ready.cancel();
     drain(&front, &srv).await;
     inbound.cancel();
+    // What the sessions left on the side queue is sent before the front reports stopped.
+    let _ = side_stop.send(());
+    let _ = side.await;
 }
 
 /// Refuses new connections, asks every session to close once its publishes are acked,
 /// and stops the listeners.
 async fn drain(front: &Front, srv: &ntex::server::Server) {
-    front.draining.store(true, Ordering::Relaxed);
+    front.admission.drain();
     srv.pause().await;
     let started = tokio::time::Instant::now();
     let grace = Duration::from_secs(front.cfg.drain_grace_secs);
@@ -425,12 +439,18 @@ async fn drain(front: &Front, srv: &ntex::server::Server) {
                 tokio::time::sleep_until(due).await;
             }
         }
-        e.close(CloseReason::Shutdown).await;
+        e.close(CloseReason::Shutdown);
     }
     tracing::info!(sessions = total, took = ?started.elapsed(), "drain: every session asked to close");
     let deadline = started + grace + Duration::from_secs(1);
-    while front.sessions.len() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    if tokio::time::timeout_at(deadline, front.sessions.empty())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            sessions = front.sessions.len(),
+            "drain: sessions still open at the end of the grace"
+        );
     }
     srv.stop(true).await;
 }

@@ -10,6 +10,7 @@
 //! | `fluxgate_mqtt_front_rate_limited_total` | counter | `limit`: topic, connection (Losant); device, gateway (ThingsBoard; `device` also for a device behind a gateway); new_connections |
 //! | `fluxgate_mqtt_front_in_flight` | gauge | — (publishes taken in that have no verdict yet) |
 //! | `fluxgate_mqtt_front_deliveries_total` | counter | `outcome`: delivered, not_subscribed, failed, backlog_full, unrenderable |
+//! | `fluxgate_mqtt_front_side_dropped_total` | counter | `kind`: rejection, delivery_outcome (best-effort records dropped because the side queue was full) |
 //! | `fluxgate_mqtt_front_protocol_errors_total` | counter | — (malformed packets, packets over the size limit, QoS 2) |
 //! | `fluxgate_mqtt_front_undecodable_total` | counter | `topic`: deliveries, mqtt_custom, registry_changes (broadcast records this front could not read; the record stays on its topic) |
 
@@ -37,6 +38,8 @@ pub struct FrontMetrics {
     pub in_flight: IntGauge,
     /// Deliveries to clients by outcome.
     pub deliveries: IntCounterVec,
+    /// Best-effort records dropped because the side queue was full.
+    pub side_dropped: IntCounterVec,
     /// Connections closed for protocol violations.
     pub protocol_errors: IntCounter,
     /// Broadcast records (deliveries, registry changes) that could not be decoded.
@@ -88,6 +91,13 @@ impl FrontMetrics {
                 Opts::new(p("deliveries_total"), "Deliveries to clients by outcome."),
                 &["outcome"],
             )?,
+            side_dropped: IntCounterVec::new(
+                Opts::new(
+                    p("side_dropped_total"),
+                    "Best-effort records (rejected log, outcomes of deliveries no session took) dropped because the side queue was full.",
+                ),
+                &["kind"],
+            )?,
             protocol_errors: IntCounter::new(
                 p("protocol_errors_total"),
                 "Connections closed for a protocol violation (malformed or oversize packet, QoS 2).",
@@ -108,6 +118,7 @@ impl FrontMetrics {
         registry.register(Box::new(m.rate_limited.clone()))?;
         registry.register(Box::new(m.in_flight.clone()))?;
         registry.register(Box::new(m.deliveries.clone()))?;
+        registry.register(Box::new(m.side_dropped.clone()))?;
         registry.register(Box::new(m.protocol_errors.clone()))?;
         registry.register(Box::new(m.undecodable.clone()))?;
         Ok(m)

@@ -198,7 +198,7 @@ async fn publish_v3(
     let topic = p.topic().get_ref().clone();
     let v = handle_detached(&front, &conn, job, topic, payload, p.retain()).await;
     match v {
-        Verdict::Accepted => Ok(()),
+        Verdict::Accepted | Verdict::Answered => Ok(()),
         Verdict::Denied(_) if front.cfg.v3_on_denied == V3Refusal::Drop => Ok(()),
         Verdict::Malformed(_) if front.cfg.v3_on_malformed == V3Refusal::Drop => Ok(()),
         // The connection is closing (the front began it with the verdict): v3 has no
@@ -224,7 +224,7 @@ async fn publish_v5(
     let topic = p.topic().get_ref().clone();
     let v = handle_detached(&front, &conn, job, topic, payload, p.retain()).await;
     let (code, reason) = match v {
-        Verdict::Accepted => return Ok(p.ack()),
+        Verdict::Accepted | Verdict::Answered => return Ok(p.ack()),
         Verdict::Denied(r) => (R::NotAuthorized, r.message()),
         Verdict::Malformed(r) if r.is_payload_format() => (R::PayloadFormatInvalid, r.message()),
         Verdict::Malformed(r) => (R::ImplementationSpecificError, r.message()),

@@ -15,22 +15,18 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
-use fluxgate_model::{Delivery, DeviceId, DeviceRef, Principal, Subscription, TenantId};
+use fluxgate_model::{Delivery, DeviceId, DeviceRef, Subscription, TenantId};
 use futures_channel::mpsc;
-use governor::state::keyed::HashMapStateStore;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter, clock::DefaultClock};
 use ntex::util::{ByteString, Bytes};
 use ntex_mqtt::{QoS, TopicFilter, v3, v5};
 use tokio::sync::Notify;
 
 use crate::auth::Identity;
-use crate::config::{Rate, RateLimits};
+use crate::rate_limit::ConnLimits;
 
 /// Something for one connection, from the inbound task.
 #[derive(Debug)]
@@ -40,8 +36,35 @@ pub(crate) enum ToSession {
     /// A custom-topic message of the connection's application: topic and payload (boxed:
     /// every connection's channel holds a block of these, so the enum stays small).
     Custom(Box<(ByteString, Bytes)>),
-    /// Close the connection.
-    Close(CloseReason),
+}
+
+/// A request to close a connection, beside its delivery queue: it never waits for room
+/// there. The first reason asked for wins.
+#[derive(Debug, Default)]
+pub(crate) struct CloseSignal {
+    reason: Mutex<Option<CloseReason>>,
+    notify: Notify,
+}
+
+impl CloseSignal {
+    /// Asks for the close (a no-op if one was asked for already).
+    pub(crate) fn request(&self, reason: CloseReason) {
+        let mut r = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        if r.is_none() {
+            *r = Some(reason);
+            self.notify.notify_one();
+        }
+    }
+
+    /// Waits for a close request and returns its reason.
+    pub(crate) async fn requested(&self) -> CloseReason {
+        loop {
+            if let Some(r) = *self.reason.lock().unwrap_or_else(|p| p.into_inner()) {
+                return r;
+            }
+            self.notify.notified().await;
+        }
+    }
 }
 
 /// Why the front closes a connection.
@@ -225,128 +248,6 @@ impl Drop for Turn<'_> {
     }
 }
 
-/// Per-connection rate limiters (`None`: that limit is off), by dialect: a Losant
-/// connection counts per topic and per connection; a ThingsBoard device counts its own
-/// messages; a ThingsBoard gateway counts its publishes and, per device it names, the
-/// messages about that device.
-#[derive(Debug)]
-pub(crate) struct ConnLimits {
-    per_connection: Option<DefaultDirectRateLimiter>,
-    /// Keyed by topic (Losant) in a plain `HashMap` (empty until used): governor's default
-    /// keyed store is a sharded `DashMap`, about 1 KiB per connection before the first
-    /// publish.
-    per_topic: Option<KeyedLimiter>,
-    /// Keyed by the device name a ThingsBoard gateway uses.
-    per_device: Option<KeyedLimiter>,
-    /// What `per_connection` limits, as the metric label says it.
-    connection_label: &'static str,
-}
-
-type KeyedLimiter = RateLimiter<ByteString, HashMapStateStore<ByteString>, DefaultClock>;
-
-/// `rate.messages` per `rate.window_secs`, as a burst-capable GCRA quota.
-pub(crate) fn quota(rate: Rate) -> Option<Quota> {
-    let n = NonZeroU32::new(rate.messages)?;
-    let window = Duration::from_secs(u64::from(rate.window_secs.max(1)));
-    Quota::with_period(window / rate.messages).map(|q| q.allow_burst(n))
-}
-
-/// Which limit a publish went over.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Over {
-    /// A Losant topic's.
-    Topic,
-    /// The connection's (for a ThingsBoard device: the device's; for a gateway: the
-    /// gateway's).
-    Connection,
-    /// The device behind a ThingsBoard gateway of this name.
-    Device(String),
-}
-
-impl Over {
-    /// The `limit` label of `fluxgate_mqtt_front_rate_limited_total`.
-    pub(crate) fn label(&self, limits: &ConnLimits) -> &'static str {
-        match self {
-            Over::Topic => "topic",
-            Over::Connection => limits.connection_label,
-            Over::Device(_) => "device",
-        }
-    }
-}
-
-/// Counts `key` in `l`, keeping the map bounded for clients that use ever new keys.
-fn check_keyed(l: &KeyedLimiter, key: &ByteString) -> bool {
-    let ok = l.check_key(key).is_ok();
-    if l.len() > 256 {
-        l.retain_recent();
-    }
-    ok
-}
-
-impl ConnLimits {
-    /// The limits of a connection of `principal`.
-    pub(crate) fn new(principal: &Principal, rl: &RateLimits) -> Self {
-        let keyed = |r| quota(r).map(RateLimiter::hashmap);
-        let direct = |r| quota(r).map(governor::RateLimiter::direct);
-        match principal {
-            Principal::Losant { .. } => ConnLimits {
-                per_connection: direct(rl.per_connection),
-                per_topic: keyed(rl.per_topic),
-                per_device: None,
-                connection_label: "connection",
-            },
-            Principal::ThingsBoard { gateway: false, .. } => ConnLimits {
-                per_connection: direct(rl.thingsboard_per_device),
-                per_topic: None,
-                per_device: None,
-                connection_label: "device",
-            },
-            Principal::ThingsBoard { gateway: true, .. } => ConnLimits {
-                per_connection: direct(rl.thingsboard_gateway),
-                per_topic: None,
-                per_device: keyed(rl.thingsboard_per_device),
-                connection_label: "gateway",
-            },
-        }
-    }
-
-    /// Counts one publish to `topic`.
-    pub(crate) fn check(&self, topic: &ByteString) -> Result<(), Over> {
-        if let Some(l) = &self.per_topic
-            && !check_keyed(l, topic)
-        {
-            return Err(Over::Topic);
-        }
-        if let Some(l) = &self.per_connection
-            && l.check().is_err()
-        {
-            return Err(Over::Connection);
-        }
-        Ok(())
-    }
-
-    /// Counts one message about each of `devices` (named by a ThingsBoard gateway; a
-    /// device named twice in one message counts once). Nothing to do for connections
-    /// without a per-device limit.
-    pub(crate) fn check_devices<'a>(
-        &self,
-        devices: impl IntoIterator<Item = &'a str>,
-    ) -> Result<(), Over> {
-        let Some(l) = &self.per_device else {
-            return Ok(());
-        };
-        let mut devices: Vec<&str> = devices.into_iter().collect();
-        devices.sort_unstable();
-        devices.dedup();
-        for d in devices {
-            if !check_keyed(l, &ByteString::from(d)) {
-                return Err(Over::Device(d.to_owned()));
-            }
-        }
-        Ok(())
-    }
-}
-
 /// One connection's state, owned by its worker thread.
 #[derive(Debug)]
 pub(crate) struct Conn {
@@ -508,6 +409,7 @@ impl Drop for InFlight {
 pub(crate) struct Entry {
     pub(crate) conn: u64,
     tx: Arc<Mutex<mpsc::Sender<ToSession>>>,
+    close: Arc<CloseSignal>,
     pub(crate) wants_custom: Arc<AtomicBool>,
     pub(crate) reached: Reached,
 }
@@ -525,12 +427,14 @@ impl Entry {
     pub(crate) fn new(
         conn: u64,
         tx: mpsc::Sender<ToSession>,
+        close: Arc<CloseSignal>,
         wants_custom: Arc<AtomicBool>,
         reached: Reached,
     ) -> Self {
         Entry {
             conn,
             tx: Arc::new(Mutex::new(tx)),
+            close,
             wants_custom,
             reached,
         }
@@ -550,19 +454,9 @@ impl Entry {
 }
 
 impl Entry {
-    /// Asks the connection to close, waiting (up to a second) for room in its queue: a full
-    /// queue drains quickly, since its session task is writing.
-    pub(crate) async fn close(&self, reason: CloseReason) {
-        for _ in 0..100 {
-            match self.try_send(ToSession::Close(reason)) {
-                Err(NotQueued::Full(_)) => tokio::time::sleep(Duration::from_millis(10)).await,
-                _ => return,
-            }
-        }
-        tracing::warn!(
-            conn = self.conn,
-            "close request not queued: the session is stuck"
-        );
+    /// Asks the connection to close; what is queued for it before is still written.
+    pub(crate) fn close(&self, reason: CloseReason) {
+        self.close.request(reason);
     }
 }
 
@@ -576,6 +470,8 @@ pub(crate) async fn next(rx: &mut mpsc::Receiver<ToSession>) -> Option<ToSession
 #[derive(Debug, Default)]
 pub(crate) struct SessionMap {
     inner: Mutex<HashMap<(TenantId, DeviceId), Entry>>,
+    /// Notified when the last connection is removed.
+    emptied: Notify,
 }
 
 impl SessionMap {
@@ -595,6 +491,9 @@ impl SessionMap {
         let mut map = self.lock();
         if map.get(key).is_some_and(|e| e.conn == conn) {
             map.remove(key);
+            if map.is_empty() {
+                self.emptied.notify_waiters();
+            }
             true
         } else {
             false
@@ -623,6 +522,19 @@ impl SessionMap {
     /// How many connections are registered.
     pub(crate) fn len(&self) -> usize {
         self.lock().len()
+    }
+
+    /// Resolves once no connection is registered.
+    pub(crate) async fn empty(&self) {
+        loop {
+            let emptied = self.emptied.notified();
+            let mut emptied = std::pin::pin!(emptied);
+            emptied.as_mut().enable();
+            if self.lock().is_empty() {
+                return;
+            }
+            emptied.await;
+        }
     }
 }
 
@@ -659,64 +571,5 @@ mod tests {
         s.remove(None, "a/#");
         assert_eq!(s.custom("a/b/c"), Some(QoS::AtMostOnce));
         assert_eq!(s.custom("a/b"), None);
-    }
-
-    fn limits(principal: &Principal) -> ConnLimits {
-        let rate = |messages| Rate {
-            messages,
-            window_secs: 15,
-        };
-        let rl = RateLimits {
-            per_connection: rate(5),
-            per_topic: rate(3),
-            thingsboard_per_device: rate(2),
-            thingsboard_gateway: rate(4),
-            ..RateLimits::default()
-        };
-        ConnLimits::new(principal, &rl)
-    }
-
-    #[test]
-    fn rate_limits_allow_a_window_then_refuse() {
-        let d = fluxgate_model::DeviceId::new("d").unwrap();
-        let l = limits(&Principal::Losant {
-            device: d.clone(),
-            gateway: false,
-        });
-        let (a, b) = (ByteString::from("a"), ByteString::from("b"));
-        for _ in 0..3 {
-            l.check(&a).unwrap();
-        }
-        assert_eq!(l.check(&a), Err(Over::Topic));
-        // The connection has used 3 of 5 (the refused publish was stopped by the topic
-        // limit before the connection limit counted it).
-        l.check(&b).unwrap();
-        l.check(&b).unwrap();
-        assert_eq!(l.check(&b), Err(Over::Connection));
-
-        // ThingsBoard: no topic limit; a gateway counts per device it names, and in all.
-        let gw = limits(&Principal::ThingsBoard {
-            device: d.clone(),
-            gateway: true,
-        });
-        let t = ByteString::from("v1/gateway/telemetry");
-        gw.check(&t).unwrap();
-        gw.check_devices(["A", "B", "C"]).unwrap();
-        gw.check(&t).unwrap();
-        gw.check_devices(["A", "B", "C"]).unwrap();
-        assert_eq!(gw.check_devices(["C"]), Err(Over::Device("C".into())));
-        gw.check(&t).unwrap();
-        gw.check(&t).unwrap();
-        let over = gw.check(&t).unwrap_err();
-        assert_eq!((over.label(&gw), over), ("gateway", Over::Connection));
-        let dev = limits(&Principal::ThingsBoard {
-            device: d,
-            gateway: false,
-        });
-        let t = ByteString::from("v1/devices/me/telemetry");
-        dev.check(&t).unwrap();
-        dev.check(&t).unwrap();
-        let over = dev.check(&t).unwrap_err();
-        assert_eq!(over.label(&dev), "device");
     }
 }

@@ -1,0 +1,314 @@
+//! Admission: whether a CONNECT may become a session, before and after its credentials
+//! are checked — the front is not draining, the session is not persistent, the client is
+//! not blocked after a rate-limit offence, its application opens connections within its
+//! limit — and what a refusal costs: a failed login waits longer each time it repeats
+//! ([`FailureDelay`]), a rate-limit offence blocks the client for a time that doubles
+//! with each repeat ([`Admission::block`]). The session itself is registered by
+//! `presence`.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use fluxgate_model::{DeviceId, TenantId};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter};
+use moka::future::Cache;
+
+use super::Front;
+use crate::auth::{AuthError, Credentials, Identity};
+use crate::config::{FrontConfig, RateLimits};
+use crate::metrics::FrontMetrics;
+use crate::rate_limit::quota;
+use crate::session::{Conn, Sink};
+
+/// Why a CONNECT is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// Credentials (see [`AuthError`]).
+    Auth(AuthError),
+    /// The front is shutting down.
+    Draining,
+    /// The client is blocked after going over a rate limit.
+    Blocked,
+    /// The application opens connections faster than allowed.
+    RateLimited,
+    /// CleanSession = 0 on v3 (persistent sessions are not supported; v3 has no CONNACK
+    /// code that says so, "identifier rejected" is the nearest).
+    PersistentSession,
+    /// The presence event could not be produced.
+    Unavailable,
+}
+
+impl Refusal {
+    pub(super) fn label(&self) -> &'static str {
+        match self {
+            Refusal::Auth(e) => e.label(),
+            Refusal::Draining => "draining",
+            Refusal::Blocked => "blocked",
+            Refusal::RateLimited => "rate_limited",
+            Refusal::PersistentSession => "persistent_session_unsupported",
+            Refusal::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// A client blocked after a rate-limit offence.
+#[derive(Debug, Clone, Copy)]
+struct Block {
+    offences: u32,
+    until: Instant,
+}
+
+/// Who may connect now.
+pub(crate) struct Admission {
+    failures: FailureDelay,
+    new_conns: Option<DefaultKeyedRateLimiter<TenantId>>,
+    /// New-connection limiters of the applications with their own rate limits.
+    app_new_conns: HashMap<String, Option<DefaultDirectRateLimiter>>,
+    blocks: moka::sync::Cache<(TenantId, DeviceId), Block>,
+    draining: AtomicBool,
+}
+
+impl Admission {
+    pub(crate) fn new(cfg: &FrontConfig) -> Self {
+        let new_conns = quota(cfg.rate_limits.new_connections_per_application)
+            .map(governor::RateLimiter::keyed);
+        let app_new_conns = cfg
+            .application_rate_limits
+            .iter()
+            .map(|(app, r)| {
+                let l = quota(r.new_connections_per_application).map(governor::RateLimiter::direct);
+                (app.clone(), l)
+            })
+            .collect();
+        Admission {
+            failures: FailureDelay::new(cfg.auth_failure_delay_ms, cfg.auth_failure_delay_max_ms),
+            new_conns,
+            app_new_conns,
+            blocks: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(Duration::from_secs(3600))
+                .build(),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// From now on every CONNECT is refused (`Draining`).
+    pub(crate) fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// The checks made before the credentials are read.
+    pub(super) fn before_auth(&self, clean_session: bool) -> Result<(), Refusal> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Err(Refusal::Draining);
+        }
+        if !clean_session {
+            return Err(Refusal::PersistentSession);
+        }
+        Ok(())
+    }
+
+    /// The checks made once the client is known: blocks, then the application's rate of
+    /// new connections (counted here).
+    pub(super) fn after_auth(
+        &self,
+        identity: &Identity,
+        metrics: &FrontMetrics,
+    ) -> Result<(), Refusal> {
+        let key = (identity.tenant.clone(), identity.principal.device().clone());
+        if self
+            .blocks
+            .get(&key)
+            .is_some_and(|b| b.until > Instant::now())
+        {
+            return Err(Refusal::Blocked);
+        }
+        let over = match self.app_new_conns.get(identity.tenant.as_str()) {
+            Some(app) => app.as_ref().is_some_and(|l| l.check().is_err()),
+            None => self
+                .new_conns
+                .as_ref()
+                .is_some_and(|l| l.check_key(&identity.tenant).is_err()),
+        };
+        if over {
+            metrics
+                .rate_limited
+                .with_label_values(&["new_connections"])
+                .inc();
+            return Err(Refusal::RateLimited);
+        }
+        Ok(())
+    }
+
+    /// Blocks the client `key` after a rate-limit offence: `block_secs`, doubled for each
+    /// repeat, at most `block_max_secs`.
+    pub(crate) fn block(&self, key: (TenantId, DeviceId), rl: &RateLimits) {
+        let offences = self.blocks.get(&key).map_or(0, |b| b.offences) + 1;
+        let secs = rl
+            .block_secs
+            .saturating_mul(1u64 << (offences - 1).min(16))
+            .min(rl.block_max_secs.max(rl.block_secs));
+        self.blocks.insert(
+            key,
+            Block {
+                offences,
+                until: Instant::now() + Duration::from_secs(secs),
+            },
+        );
+    }
+}
+
+/// Slows down repeated failures of one credential from one address.
+#[derive(Debug, Clone)]
+pub(crate) struct FailureDelay {
+    /// By address and a hash of (client id, username).
+    failures: Cache<(IpAddr, u64), u32>,
+    seed: std::hash::RandomState,
+    base_ms: u64,
+    max_ms: u64,
+}
+
+impl FailureDelay {
+    /// `base_ms × 2^(n-1)` for the n-th failure after the first, at most `max_ms`; counts
+    /// are forgotten after ten minutes without failures.
+    pub(crate) fn new(base_ms: u64, max_ms: u64) -> Self {
+        FailureDelay {
+            failures: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(Duration::from_secs(600))
+                .build(),
+            seed: std::hash::RandomState::new(),
+            base_ms,
+            max_ms,
+        }
+    }
+
+    /// Records a failure of `client_id` + `username` from `ip` and returns how long to
+    /// wait before answering it.
+    pub(crate) async fn failed(
+        &self,
+        ip: IpAddr,
+        client_id: &str,
+        username: Option<&str>,
+    ) -> Duration {
+        use std::hash::BuildHasher;
+        let who = self.seed.hash_one((client_id, username));
+        let n = self
+            .failures
+            .entry((ip, who))
+            .and_upsert_with(|e| async move { e.map_or(1, |e| e.into_value().saturating_add(1)) })
+            .await
+            .into_value();
+        if n <= 1 {
+            return Duration::ZERO;
+        }
+        let ms = self.base_ms.saturating_mul(1u64 << (n - 2).min(20));
+        Duration::from_millis(ms.min(self.max_ms))
+    }
+}
+
+impl Front {
+    /// Authenticates a CONNECT and registers the session: takes over an earlier connection
+    /// of the same device, announces the connect (durably, before the CONNACK), and starts
+    /// the task that writes deliveries to the client until `gone` resolves.
+    pub(crate) async fn connect(
+        self: &Arc<Self>,
+        creds: Credentials<'_>,
+        clean_session: bool,
+        remote: Option<SocketAddr>,
+        sink: Sink,
+        gone: impl Future<Output = ()> + 'static,
+    ) -> Result<Rc<Conn>, Refusal> {
+        let r = self
+            .try_connect(creds, clean_session, remote, sink, gone)
+            .await;
+        let outcome = r.as_ref().map_or_else(Refusal::label, |_| "accepted");
+        self.metrics.connects.with_label_values(&[outcome]).inc();
+        if let Err(Refusal::Auth(AuthError::BadCredentials | AuthError::NotAuthorized(_))) = &r
+            && let Some(ip) = remote.map(|a| a.ip())
+        {
+            let wait = self
+                .admission
+                .failures
+                .failed(ip, creds.client_id, creds.username)
+                .await;
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        match &r {
+            Err(Refusal::PersistentSession) => tracing::info!(
+                client_id = creds.client_id,
+                ?remote,
+                reason = "persistent_session_unsupported",
+                "connect refused: CleanSession=0 asks for a persistent session, which fluxgate \
+                 does not keep; connect with CleanSession=1 (a v3 client reads the answer as \
+                 'identifier rejected', the nearest CONNACK code; the client id is fine)"
+            ),
+            Err(e) => {
+                tracing::info!(client_id = creds.client_id, ?remote, reason = ?e, "connect refused")
+            }
+            Ok(_) => {}
+        }
+        r
+    }
+
+    pub(super) async fn try_connect(
+        self: &Arc<Self>,
+        creds: Credentials<'_>,
+        clean_session: bool,
+        remote: Option<SocketAddr>,
+        sink: Sink,
+        gone: impl Future<Output = ()> + 'static,
+    ) -> Result<Rc<Conn>, Refusal> {
+        self.admission.before_auth(clean_session)?;
+        let identity = self
+            .registry
+            .authenticate(creds)
+            .await
+            .map_err(Refusal::Auth)?;
+        self.admission.after_auth(&identity, &self.metrics)?;
+        self.register(identity, remote, sink, gone).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    #[tokio::test]
+    async fn failures_of_one_credential_from_one_address_grow_slower() {
+        let d = FailureDelay::new(100, 1000);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(d.failed(a, "c", Some("k")).await, Duration::ZERO);
+        assert_eq!(
+            d.failed(a, "c", Some("k")).await,
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            d.failed(a, "c", Some("k")).await,
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            d.failed(a, "c", Some("k")).await,
+            Duration::from_millis(400)
+        );
+        for _ in 0..10 {
+            d.failed(a, "c", Some("k")).await;
+        }
+        assert_eq!(
+            d.failed(a, "c", Some("k")).await,
+            Duration::from_millis(1000)
+        );
+        assert_eq!(d.failed(b, "c", Some("k")).await, Duration::ZERO);
+        // Another device behind the same address is not slowed by that one's failures.
+        assert_eq!(d.failed(a, "other", Some("k")).await, Duration::ZERO);
+        assert_eq!(d.failed(a, "c", Some("k2")).await, Duration::ZERO);
+    }
+}
