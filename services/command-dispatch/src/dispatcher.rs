@@ -190,18 +190,15 @@ impl Dispatcher {
         F: Future<Output = Result<T, E>> + 'static,
     {
         let stats = self.stats.clone();
-        let initial = Duration::from_millis(self.cfg.retry_initial_ms.max(1));
-        let max = Duration::from_millis(self.cfg.retry_max_ms.max(1));
+        let mut backoff = self.cfg.backoff();
         async move {
-            let mut delay = initial;
             loop {
                 match attempt().await {
                     Ok(v) => return v,
                     Err(e) => {
                         stats.retries.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(error = %e, "dispatcher: retrying {what}");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(max);
+                        tokio::time::sleep(backoff.next_delay()).await;
                     }
                 }
             }
@@ -640,7 +637,7 @@ impl Ctx {
             if !self.holds(&key) {
                 return; // its partition moved: the new holder runs it
             }
-            let mut delay = Duration::from_millis(self.cfg.retry_initial_ms.max(1));
+            let mut backoff = self.cfg.backoff();
             for _ in 0..8 {
                 match self.time_out_client_rpc(&rpc).await {
                     Ok(()) => return,
@@ -649,8 +646,7 @@ impl Ctx {
                     }
                 }
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_millis(self.cfg.retry_max_ms.max(1)));
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         });
         true
@@ -772,7 +768,7 @@ impl Ctx {
     /// later deadline: the time left to it is returned, to wait again. Store failures are
     /// retried a few times; after that the command stays open until a re-arm.
     async fn expire(&self, id: MessageId, deadline: Deadline) -> Option<Duration> {
-        let mut delay = Duration::from_millis(self.cfg.retry_initial_ms.max(1));
+        let mut backoff = self.cfg.backoff();
         let timeout = i64::try_from(self.cfg.delivery_timeout_ms).unwrap_or(i64::MAX);
         for _ in 0..8 {
             let done = match self.store.command(id).await {
@@ -795,8 +791,7 @@ impl Ctx {
                 return None;
             }
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(self.cfg.retry_max_ms.max(1)));
+            tokio::time::sleep(backoff.next_delay()).await;
         }
         tracing::warn!(command = %id, ?deadline, "dispatcher: could not record a command's timeout");
         None

@@ -172,6 +172,32 @@ impl Config {
                 .validate()
                 .map_err(|e| anyhow::anyhow!("invalid configuration: {role}.{e}"))?;
         }
+        // Retry backoffs of the pipeline roles.
+        for (role, initial, max) in [
+            (
+                "validator",
+                cfg.validator.retry_initial_ms,
+                cfg.validator.retry_max_ms,
+            ),
+            (
+                "writer",
+                cfg.writer.retry_initial_ms,
+                cfg.writer.retry_max_ms,
+            ),
+            (
+                "dispatcher",
+                cfg.dispatcher.retry_initial_ms,
+                cfg.dispatcher.retry_max_ms,
+            ),
+        ] {
+            fluxgate_model::Backoff::check_ms(
+                &format!("{role}.retry_initial_ms"),
+                initial,
+                &format!("{role}.retry_max_ms"),
+                max,
+            )
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        }
         // The API's limits are flat settings of its own section.
         cfg.api.limits().validate().map_err(|e| {
             let e = e.trim_start_matches("limits.");
@@ -203,5 +229,11 @@ mod tests {
         std::fs::write(&file, "[front.limits]\nmax_json_depth = 500\n").unwrap();
         let e = Config::load(Some(&file)).unwrap_err().to_string();
         assert!(e.contains("front.limits.max_json_depth"), "{e}");
+        std::fs::write(&file, "[writer]\nretry_initial_ms = 0\n").unwrap();
+        let e = Config::load(Some(&file)).unwrap_err().to_string();
+        assert!(e.contains("writer.retry_initial_ms"), "{e}");
+        std::fs::write(&file, "[dispatcher]\nretry_max_ms = 10\n").unwrap();
+        let e = Config::load(Some(&file)).unwrap_err().to_string();
+        assert!(e.contains("dispatcher.retry_max_ms"), "{e}");
     }
 }

@@ -407,7 +407,7 @@ async fn write_batch(
     stats: Arc<WriterStats>,
     mut batch: Batch,
 ) -> Vec<Position> {
-    let mut delay = Duration::from_millis(cfg.retry_initial_ms.max(1));
+    let mut backoff = cfg.backoff();
     let mut paused = false;
     loop {
         let started = Instant::now();
@@ -428,6 +428,7 @@ async fn write_batch(
             }
             Err(e) => {
                 stats.retries.fetch_add(1, Ordering::Relaxed);
+                let delay = backoff.next_delay();
                 tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64,
                     "ts-writer: store write failed; pausing intake and retrying");
                 if !paused {
@@ -435,7 +436,6 @@ async fn write_batch(
                     paused = true;
                 }
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_millis(cfg.retry_max_ms.max(1)));
             }
         }
     }

@@ -317,7 +317,7 @@ async fn prepare(
             "validator: not an envelope; keeping it on the dead-letter topic");
     }
     let permit = in_flight.acquire_owned().await.ok()?;
-    let mut delay = Duration::from_millis(cfg.retry_initial_ms.max(1));
+    let mut backoff = cfg.backoff();
     loop {
         let outputs = match &env {
             Ok(env) => attempt(env, &*store, &names, &cfg).await,
@@ -332,8 +332,7 @@ async fn prepare(
             Err(e) => {
                 stats.retries.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "validator: retrying a record");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_millis(cfg.retry_max_ms.max(1)));
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
     }

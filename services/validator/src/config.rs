@@ -35,3 +35,11 @@ impl Default for ValidatorConfig {
         }
     }
 }
+
+impl ValidatorConfig {
+    /// The retry backoff of store and bus failures (`retry_initial_ms`, doubling, at most
+    /// `retry_max_ms`; checked when the configuration is loaded).
+    pub fn backoff(&self) -> fluxgate_model::Backoff {
+        fluxgate_model::Backoff::from_ms(self.retry_initial_ms, self.retry_max_ms)
+    }
+}

@@ -81,7 +81,7 @@ async fn run<H>(
     shutdown: impl Future<Output = ()>,
 ) {
     let mut shutdown = std::pin::pin!(shutdown);
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = fluxgate_model::Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
     let mut lag_tick = tokio::time::interval(LAG_EVERY);
     lag_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -108,18 +108,18 @@ async fn run<H>(
         let partitions = consumer.rewind();
         watch.restarts.fetch_add(1, Ordering::Relaxed);
         if born.elapsed() >= HEALTHY_AFTER {
-            backoff = FIRST_BACKOFF;
+            backoff.reset();
         }
+        let pause = backoff.next_delay();
         tracing::error!(
             role,
             partitions,
-            backoff_ms = backoff.as_millis() as u64,
+            backoff_ms = pause.as_millis() as u64,
             "handler died; its unfinished records will be redelivered to a new one"
         );
         tokio::select! {
             () = &mut shutdown => return,
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(pause) => {}
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }

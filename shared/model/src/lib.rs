@@ -20,6 +20,7 @@
 //! - [`delivery`]: commands, RPC and attribute answers going to devices.
 //! - [`reject`]: typed rejections with stable reason codes.
 
+pub mod backoff;
 pub mod delivery;
 pub mod envelope;
 pub mod ids;
@@ -34,6 +35,7 @@ pub mod timestamp;
 pub mod topic;
 pub mod value;
 
+pub use backoff::Backoff;
 pub use delivery::{Delivery, Outbound, RenderError, Rendered};
 pub use envelope::{
     AttributeReplyShape, Body, Channel, Command, DeviceRef, Dialect, ENVELOPE_VERSION, Envelope,

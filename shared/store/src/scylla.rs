@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use fluxgate_model::{DeviceId, DeviceName, MessageId, TenantId, Value, Values};
+use fluxgate_model::{Backoff, DeviceId, DeviceName, MessageId, TenantId, Value, Values};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
@@ -705,6 +705,28 @@ impl ScyllaStore {
         self.retries.load(Ordering::Relaxed)
     }
 
+    /// Runs `request` until it succeeds, fails for good, or the retry budget
+    /// (`retries`, from `backoff_ms` doubling) is spent; each retry is counted.
+    async fn retrying<T, F>(&self, what: &str, mut request: impl FnMut() -> F) -> Result<T>
+    where
+        F: Future<Output = std::result::Result<T, ExecutionError>>,
+    {
+        let mut backoff = Backoff::new(Duration::from_millis(self.cfg.backoff_ms), Duration::MAX);
+        let mut attempt = 0;
+        loop {
+            match request().await {
+                Ok(r) => return Ok(r),
+                Err(e) if db_retriable(&e) && attempt < self.cfg.retries => {
+                    attempt += 1;
+                    self.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(statement = what, attempt, error = %e, "store: retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                Err(e) => return Err(exec_err(e)),
+            }
+        }
+    }
+
     /// Runs a prepared statement with the retry budget.
     async fn exec(&self, name: &str, values: impl SerializeRow + Clone) -> Result<QueryResult> {
         let stmt = self.stmts.get(name)?;
@@ -713,21 +735,8 @@ impl ScyllaStore {
             .acquire()
             .await
             .map_err(|_| StoreError::Unavailable("store closed".into()))?;
-        let mut backoff = Duration::from_millis(self.cfg.backoff_ms);
-        let mut attempt = 0;
-        loop {
-            match self.session.execute_unpaged(stmt, values.clone()).await {
-                Ok(r) => return Ok(r),
-                Err(e) if db_retriable(&e) && attempt < self.cfg.retries => {
-                    attempt += 1;
-                    self.retries.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(statement = name, attempt, error = %e, "store: retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff *= 2;
-                }
-                Err(e) => return Err(exec_err(e)),
-            }
-        }
+        self.retrying(name, || self.session.execute_unpaged(stmt, values.clone()))
+            .await
     }
 
     /// Runs an unlogged batch (one partition) with the retry budget.
@@ -746,20 +755,9 @@ impl ScyllaStore {
             .acquire()
             .await
             .map_err(|_| StoreError::Unavailable("store closed".into()))?;
-        let mut backoff = Duration::from_millis(self.cfg.backoff_ms);
-        let mut attempt = 0;
-        loop {
-            match self.session.batch(&batch, values.clone()).await {
-                Ok(_) => return Ok(()),
-                Err(e) if db_retriable(&e) && attempt < self.cfg.retries => {
-                    attempt += 1;
-                    self.retries.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(backoff).await;
-                    backoff *= 2;
-                }
-                Err(e) => return Err(exec_err(e)),
-            }
-        }
+        self.retrying("batch", || self.session.batch(&batch, values.clone()))
+            .await
+            .map(|_| ())
     }
 
     async fn ttl_secs(&self, tenant: &TenantId) -> Result<i32> {

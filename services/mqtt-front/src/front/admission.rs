@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use fluxgate_model::{DeviceId, TenantId};
+use fluxgate_model::{Backoff, DeviceId, TenantId};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter};
 use moka::future::Cache;
 
@@ -148,15 +148,16 @@ impl Admission {
     /// repeat, at most `block_max_secs`.
     pub(crate) fn block(&self, key: (TenantId, DeviceId), rl: &RateLimits) {
         let offences = self.blocks.get(&key).map_or(0, |b| b.offences) + 1;
-        let secs = rl
-            .block_secs
-            .saturating_mul(1u64 << (offences - 1).min(16))
-            .min(rl.block_max_secs.max(rl.block_secs));
+        let block = Backoff::new(
+            Duration::from_secs(rl.block_secs),
+            Duration::from_secs(rl.block_max_secs),
+        )
+        .nth(offences - 1);
         self.blocks.insert(
             key,
             Block {
                 offences,
-                until: Instant::now() + Duration::from_secs(secs),
+                until: Instant::now() + block,
             },
         );
     }
@@ -168,8 +169,7 @@ pub(crate) struct FailureDelay {
     /// By address and a hash of (client id, username).
     failures: Cache<(IpAddr, u64), u32>,
     seed: std::hash::RandomState,
-    base_ms: u64,
-    max_ms: u64,
+    delay: Backoff,
 }
 
 impl FailureDelay {
@@ -182,8 +182,7 @@ impl FailureDelay {
                 .time_to_idle(Duration::from_secs(600))
                 .build(),
             seed: std::hash::RandomState::new(),
-            base_ms,
-            max_ms,
+            delay: Backoff::from_ms(base_ms, max_ms),
         }
     }
 
@@ -206,8 +205,7 @@ impl FailureDelay {
         if n <= 1 {
             return Duration::ZERO;
         }
-        let ms = self.base_ms.saturating_mul(1u64 << (n - 2).min(20));
-        Duration::from_millis(ms.min(self.max_ms))
+        self.delay.nth(n - 2)
     }
 }
 
