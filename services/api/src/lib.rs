@@ -314,11 +314,7 @@ async fn metrics(obs: web::Data<(prometheus::Registry, Arc<Health>)>) -> HttpRes
 }
 
 async fn readyz(obs: web::Data<(prometheus::Registry, Arc<Health>)>) -> HttpResponse {
-    if obs.1.is_ready() {
-        HttpResponse::Ok().body("ready")
-    } else {
-        HttpResponse::ServiceUnavailable().body("not ready")
-    }
+    fluxgate_observability::readyz(&obs.1)
 }
 
 /// Counts requests by matched route (bounded: the route pattern, not the path) and status.

@@ -169,6 +169,31 @@ async fn migrate(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How often readiness rechecks the bus and the store (each check bounded by it too).
+const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Makes `health` ready only while `bus` answers a metadata request and `store` a ping,
+/// rechecked every [`PROBE_EVERY`] (DESIGN.md "Health").
+pub(crate) fn probe_dependencies(
+    health: &Arc<fluxgate_observability::Health>,
+    bus: &Arc<dyn Bus>,
+    store: &Arc<dyn Store>,
+) -> anyhow::Result<()> {
+    let b = bus.clone();
+    health.probe("bus", move || {
+        let b = b.clone();
+        async move { b.ping().await.map_err(|e| e.to_string()) }
+    });
+    let s = store.clone();
+    health.probe("store", move || {
+        let s = s.clone();
+        async move { s.ping().await.map_err(|e| e.to_string()) }
+    });
+    health
+        .watch(PROBE_EVERY)
+        .context("starting the readiness probes")
+}
+
 /// `/metrics`, `/healthz`, `/readyz` of a pipeline role.
 struct Observed {
     health: Arc<fluxgate_observability::Health>,
@@ -178,6 +203,7 @@ struct Observed {
 impl Observed {
     fn serve(
         addr: &str,
+        (bus, store): (&Arc<dyn Bus>, &Arc<dyn Store>),
         counters: fluxgate_observability::CounterSet,
         more: Vec<Box<dyn prometheus::core::Collector>>,
     ) -> anyhow::Result<Self> {
@@ -187,6 +213,7 @@ impl Observed {
             registry.register(c)?;
         }
         let health = fluxgate_observability::Health::new();
+        probe_dependencies(&health, bus, store)?;
         let (bound, server) = fluxgate_observability::serve(addr, registry, health.clone())
             .with_context(|| format!("metrics_addr {addr}"))?;
         tracing::info!(addr = %bound, "metrics listening");
@@ -207,13 +234,20 @@ async fn run_role(cfg: Config, role: Cmd) -> anyhow::Result<()> {
     let (bus, store) = (bus(&cfg).await?, store(&cfg).await?);
     let topics = cfg.topics.clone();
     tracing::info!(role = ?role, "starting");
+    let metrics_addr = cfg.metrics_addr.clone();
+    let observe = |counters, more| Observed::serve(&metrics_addr, (&bus, &store), counters, more);
     match role {
         Cmd::Front => {
-            fluxgate_mqtt_front::run(cfg.front, bus, store, &topics, terminated()).await?;
+            let front = fluxgate_mqtt_front::start(cfg.front, bus.clone(), store.clone(), &topics)?;
+            probe_dependencies(&front.health, &bus, &store)?;
+            tracing::info!(listening = ?front.listening, "mqtt front started");
+            terminated().await;
+            front.shutdown().await;
         }
         Cmd::Api => {
             let registry = prometheus::Registry::new();
             let health = fluxgate_observability::Health::new();
+            probe_dependencies(&health, &bus, &store)?;
             let state =
                 fluxgate_api::ApiState::new(cfg.api, bus.as_ref(), store, &topics, &registry)
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -229,21 +263,21 @@ async fn run_role(cfg: Config, role: Cmd) -> anyhow::Result<()> {
         }
         Cmd::Validator => {
             let stats = Arc::new(fluxgate_validator::ValidatorStats::default());
-            let obs = Observed::serve(&cfg.metrics_addr, stats.metrics()?, Vec::new())?;
+            let obs = observe(stats.metrics()?, Vec::new())?;
             fluxgate_validator::run_with(bus, store, &topics, cfg.validator, stats, terminated())
                 .await?;
             obs.stop().await;
         }
         Cmd::Writer => {
             let stats = Arc::new(fluxgate_ts_writer::WriterStats::default());
-            let obs = Observed::serve(&cfg.metrics_addr, stats.metrics()?, stats.histograms())?;
+            let obs = observe(stats.metrics()?, stats.histograms())?;
             fluxgate_ts_writer::run_with(bus, store, &topics, cfg.writer, stats, terminated())
                 .await?;
             obs.stop().await;
         }
         Cmd::Dispatcher => {
             let stats = Arc::new(fluxgate_command_dispatch::DispatchStats::default());
-            let obs = Observed::serve(&cfg.metrics_addr, stats.metrics()?, Vec::new())?;
+            let obs = observe(stats.metrics()?, Vec::new())?;
             fluxgate_command_dispatch::run_with(
                 bus,
                 store,

@@ -117,7 +117,9 @@ pub(crate) async fn run(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
 
     let front = fluxgate_mqtt_front::start(cfg.front.clone(), bus.clone(), store.clone(), &topics)
         .context("starting the MQTT front")?;
+    crate::probe_dependencies(&front.health, &bus, &store)?;
     let health = fluxgate_observability::Health::new();
+    crate::probe_dependencies(&health, &bus, &store)?;
     let state = fluxgate_api::ApiState::new(
         cfg.api.clone(),
         bus.as_ref(),

@@ -569,7 +569,8 @@ async fn kafka_scale_out_and_a_rolling_front_restart() {
 /// The kill test's second half: the cluster on a Kafka broker and a Cassandra node of its
 /// own, each killed with -9 under load and started again on its data. Acks wait while the
 /// broker is down, the writer retries while the database is down, and every acknowledged
-/// state is stored once.
+/// state is stored once. Readiness follows: every role answers `/readyz` 503 within
+/// seconds of either server going away (each role probes both) and 200 once it is back.
 #[tokio::test]
 async fn kafka_kill_the_broker_and_the_database_and_lose_nothing_acknowledged() {
     use fluxgate_testkit::services::{Kind, Private};
@@ -602,7 +603,11 @@ async fn kafka_kill_the_broker_and_the_database_and_lose_nothing_acknowledged() 
         tokio::time::sleep(Duration::from_secs(3)).await;
         cycle.push(format!("{name} killed at {} acked", load.count()));
         server.kill_9().unwrap();
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        match c.wait_readiness(503, Duration::from_secs(15)).await {
+            Ok(t) => cycle.push(format!("every role unready {t:?} after")),
+            Err(still) => panic!("{name} killed, still ready after 15 s:\n{still}"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let t = std::time::Instant::now();
         let s = Arc::clone(server);
         tokio::task::spawn_blocking(move || s.restart())
@@ -610,6 +615,10 @@ async fn kafka_kill_the_broker_and_the_database_and_lose_nothing_acknowledged() 
             .unwrap()
             .unwrap();
         cycle.push(format!("{name} back after {:?}", t.elapsed()));
+        match c.wait_readiness(200, Duration::from_secs(60)).await {
+            Ok(t) => cycle.push(format!("every role ready {t:?} after")),
+            Err(off) => panic!("{name} back, roles still unready after 60 s:\n{off}"),
+        }
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
     let acked = load.stop().await;

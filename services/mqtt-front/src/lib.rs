@@ -16,9 +16,19 @@
 //!
 //! - [`auth`]: CONNECT credentials and the registry reads the ACL needs, cached.
 //! - `front`: what happens to a CONNECT, PUBLISH, SUBSCRIBE and a delivery, independent
-//!   of the MQTT version; `server` maps it to v3 and v5 packets (ntex-mqtt).
+//!   of the MQTT version, one module per job: `admission` (draining, blocks, per-application
+//!   connection limits, the failed-auth delay), `acl` (the one topic check publish and
+//!   subscribe share), `publish` (normalize, produce, PUBACK after the bus ack),
+//!   `presence` (connects and disconnects, of a gateway's devices too), `subscribe`,
+//!   `deliver` (commands, RPC and attribute answers to the session holding the device),
+//!   `thingsboard` (what the front answers itself), `side` (rejections and delivery
+//!   outcomes on one bounded queue). `server` maps it to v3 and v5 packets (ntex-mqtt).
 //! - `session`: per-connection state and the front-wide map of connected devices.
+//! - `rate_limit`: per-connection message and byte quotas.
 //! - [`metrics`]: every metric the front exposes.
+//!
+//! Readiness (`/readyz`): the deliveries consumer has its partitions, and the probes the
+//! binary adds (bus metadata, store ping) pass.
 //!
 //! Each connection is served by one ntex worker thread; a bounded channel per connection
 //! carries deliveries to it from the inbound task. Per connection, at most
@@ -212,21 +222,6 @@ pub fn start(
         done: done_rx,
         http,
     })
-}
-
-/// Runs the front until `shutdown` resolves, then drains it.
-pub async fn run(
-    cfg: FrontConfig,
-    bus: Arc<dyn Bus>,
-    store: Arc<dyn Store>,
-    topics: &TopicsConfig,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), FrontError> {
-    let running = start(cfg, bus, store, topics)?;
-    tracing::info!(listening = ?running.listening, "mqtt front started");
-    shutdown.await;
-    running.shutdown().await;
-    Ok(())
 }
 
 fn serve_http(

@@ -371,6 +371,9 @@ pub trait Bus: Send + Sync + fmt::Debug {
     fn consumer(&self, spec: ConsumerSpec) -> Result<Arc<dyn Consumer>, BusError>;
     /// Creates the topics that do not exist yet (idempotent).
     fn ensure_topics<'a>(&'a self, topics: &'a [TopicSpec]) -> BoxFuture<'a, Result<(), BusError>>;
+    /// Whether the broker answers now (Kafka: a metadata request, bounded in time).
+    /// Readiness asks this periodically; it never retries.
+    fn ping(&self) -> BoxFuture<'_, Result<(), BusError>>;
 }
 
 /// The wall clock in epoch milliseconds, as every role stamps envelopes, records and store

@@ -103,6 +103,10 @@ impl Bus for FaultyBus {
     fn ensure_topics<'a>(&'a self, topics: &'a [TopicSpec]) -> BoxFuture<'a, Result<(), BusError>> {
         self.inner.ensure_topics(topics)
     }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), BusError>> {
+        self.inner.ping()
+    }
 }
 
 #[derive(Debug)]

@@ -218,3 +218,29 @@ async fn in_flight_bound_frees_on_delivery_not_on_await() {
         assert_eq!(a.await.unwrap().offset, i as i64);
     }
 }
+
+#[tokio::test]
+async fn ping_answers_while_the_broker_is_up_and_fails_while_it_is_down() {
+    let mock = cluster("t");
+    let bus = bus(&mock, 60_000);
+    bus.ping().await.unwrap();
+    mock.broker_down(BROKER).unwrap();
+    let t = Instant::now();
+    let err = bus.ping().await.unwrap_err();
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "bounded: {:?}",
+        t.elapsed()
+    );
+    assert!(err.to_string().contains("broker error"), "{err}");
+    mock.broker_up(BROKER).unwrap();
+    let mut back = false;
+    for _ in 0..20 {
+        if bus.ping().await.is_ok() {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(back, "ping answers again once the broker is up");
+}

@@ -1,27 +1,58 @@
 //! `fluxgate-observability`: what every role exposes for operators.
 //!
 //! - [`serve`]: an HTTP server with `/metrics` (Prometheus text format of a registry),
-//!   `/healthz` (200 while the process is alive) and `/readyz` (200 once [`Health`] says
-//!   the role is connected to what it needs, 503 before and during shutdown).
+//!   `/healthz` (200 while the process is alive) and `/readyz` (200 while [`Health`] says
+//!   the role has started and its probes — bus reachable, store answers — pass; 503
+//!   naming what is missing before, during shutdown and while a dependency is away).
 //! - [`CounterSet`]: counters a service already keeps as atomics (its stats structs),
 //!   exposed as Prometheus counters read at scrape time — the services stay free of
 //!   Prometheus types, and the names live in one place per role.
 //!
 //! Naming follows DESIGN.md: `fluxgate_<role>_<what>_<unit>[_total]`, base units, small
-//! fixed label sets. Traces (OpenTelemetry) come with the front and API work.
+//! fixed label sets. Traces (OpenTelemetry) are not exported yet.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 use prometheus::core::{Collector, Desc, Describer};
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{Encoder, Opts, Registry, TextEncoder};
 
+/// What a probe answers: `Err(reason)` while its dependency is away.
+pub type ProbeFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// One dependency check (bus reachable, store answers), rechecked by [`Health::watch`].
+struct Probe {
+    name: &'static str,
+    check: Box<dyn Fn() -> ProbeFuture + Send + Sync>,
+    /// `None` while passing; the reason while failing. Failing until first checked.
+    failure: Mutex<Option<String>>,
+}
+
 /// Liveness and readiness of a role.
-#[derive(Debug, Default)]
+///
+/// `/readyz` answers 200 when the role says it has started ([`Health::set_ready`]) *and*
+/// every probe passed its last check; its body names each failing probe. Probes are
+/// rechecked every [`Health::watch`] period, so a role whose broker or store goes away
+/// turns unready and comes back on its own.
+#[derive(Default)]
 pub struct Health {
-    ready: AtomicBool,
+    started: AtomicBool,
+    probes: Mutex<Vec<Arc<Probe>>>,
+    watching: AtomicBool,
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health")
+            .field("started", &self.started.load(Ordering::SeqCst))
+            .field("failing", &self.failing())
+            .finish()
+    }
 }
 
 impl Health {
@@ -30,15 +61,94 @@ impl Health {
         Arc::new(Health::default())
     }
 
-    /// Connected to what the role needs (bus, store): `/readyz` answers 200.
+    /// The role's own start is done (`true`) or it is draining (`false`). Ready also
+    /// needs every probe passing.
     pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::SeqCst);
+        self.started.store(ready, Ordering::SeqCst);
+    }
+
+    /// Adds a dependency check, failing until [`Health::watch`] first runs it.
+    pub fn probe<F, Fut>(&self, name: &'static str, check: F)
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        lock(&self.probes).push(Arc::new(Probe {
+            name,
+            check: Box::new(move || Box::pin(check())),
+            failure: Mutex::new(Some("not checked yet".into())),
+        }));
     }
 
     /// Whether `/readyz` answers 200.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        self.started.load(Ordering::SeqCst) && self.failing().is_empty()
     }
+
+    /// Each failing probe with its reason.
+    pub fn failing(&self) -> Vec<(&'static str, String)> {
+        lock(&self.probes)
+            .iter()
+            .filter_map(|p| lock(&p.failure).clone().map(|why| (p.name, why)))
+            .collect()
+    }
+
+    /// Runs every probe now, each bounded by `timeout`, and records the answers.
+    pub async fn check(&self, timeout: Duration) {
+        let probes: Vec<Arc<Probe>> = lock(&self.probes).clone();
+        let runs: Vec<_> = probes
+            .into_iter()
+            .map(|p| {
+                tokio::spawn(async move {
+                    let answer = match tokio::time::timeout(timeout, (p.check)()).await {
+                        Ok(a) => a,
+                        Err(_) => Err(format!("no answer within {timeout:?}")),
+                    };
+                    let mut failure = lock(&p.failure);
+                    match (&*failure, &answer) {
+                        (Some(_), Ok(())) => tracing::info!(probe = p.name, "dependency back"),
+                        (None, Err(why)) => {
+                            tracing::warn!(probe = p.name, error = %why, "dependency away: not ready")
+                        }
+                        _ => {}
+                    }
+                    *failure = answer.err();
+                })
+            })
+            .collect();
+        for r in runs {
+            let _ = r.await;
+        }
+    }
+
+    /// Checks the probes now and then every `every` (each bounded by `every`), on a
+    /// thread of its own so a stalled runtime of the role cannot hide it. Stops when the
+    /// last handle to this `Health` is dropped. Calling it again does nothing.
+    pub fn watch(self: &Arc<Self>, every: Duration) -> std::io::Result<()> {
+        if self.watching.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let weak = Arc::downgrade(self);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("fluxgate-readiness".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    while let Some(health) = weak.upgrade() {
+                        health.check(every).await;
+                        drop(health);
+                        tokio::time::sleep(every).await;
+                    }
+                })
+            })?;
+        Ok(())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// One exposed counter: name, help, fixed labels, and the atomic it reads.
@@ -150,6 +260,21 @@ pub fn render(registry: &Registry) -> String {
     String::from_utf8(buf).unwrap_or_default()
 }
 
+/// The `/readyz` answer: 200 `ready`, or 503 naming what is missing.
+pub fn readyz(health: &Health) -> HttpResponse {
+    if health.is_ready() {
+        return HttpResponse::Ok().body("ready");
+    }
+    let mut body = String::from("not ready");
+    if !health.started.load(Ordering::SeqCst) {
+        body.push_str("\nstarting or draining");
+    }
+    for (name, why) in health.failing() {
+        body.push_str(&format!("\n{name}: {why}"));
+    }
+    HttpResponse::ServiceUnavailable().body(body)
+}
+
 /// Serves `/metrics`, `/healthz` and `/readyz` on `addr` (e.g. `127.0.0.1:0`). Returns the
 /// bound address and the running server (await it, or `handle().stop(true)` it).
 pub fn serve(
@@ -175,13 +300,7 @@ pub fn serve(
             )
             .route(
                 "/readyz",
-                web::get().to(|s: web::Data<(Registry, Arc<Health>)>| async move {
-                    if s.1.is_ready() {
-                        HttpResponse::Ok().body("ready")
-                    } else {
-                        HttpResponse::ServiceUnavailable().body("not ready")
-                    }
-                }),
+                web::get().to(|s: web::Data<(Registry, Arc<Health>)>| async move { readyz(&s.1) }),
             )
     })
     .workers(1)

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use fluxgate_observability::{CounterDef, CounterSet, Health, serve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -105,4 +105,78 @@ async fn metrics_health_and_readiness_over_http() {
         "{body}"
     );
     handle.stop(true).await;
+}
+
+/// A probe passing while `up` is set, failing with `why` while it is not.
+fn switch(health: &Health, name: &'static str, up: &Arc<AtomicBool>, why: &'static str) {
+    let up = up.clone();
+    health.probe(name, move || {
+        let up = up.clone();
+        async move {
+            match up.load(std::sync::atomic::Ordering::SeqCst) {
+                true => Ok(()),
+                false => Err(why.to_string()),
+            }
+        }
+    });
+}
+
+#[actix_rt::test]
+async fn readiness_follows_its_probes_and_names_the_failing_one() {
+    let up = Arc::new(AtomicBool::new(true));
+    let health = Health::new();
+    switch(&health, "store", &up, "connection refused");
+    health.probe("bus", std::future::pending);
+    let (addr, server) = serve("127.0.0.1:0", prometheus::Registry::new(), health.clone()).unwrap();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    health.set_ready(true);
+
+    let (status, body) = get(addr, "/readyz").await;
+    assert_eq!(status, 503, "probes not checked yet: {body}");
+    assert!(body.contains("store: not checked yet"), "{body}");
+
+    let timeout = std::time::Duration::from_millis(50);
+    health.check(timeout).await;
+    let (status, body) = get(addr, "/readyz").await;
+    assert_eq!(status, 503, "the bus probe never answers: {body}");
+    assert!(body.contains("bus: no answer within 50ms"), "{body}");
+    assert!(!body.contains("store"), "the store passed: {body}");
+
+    up.store(false, std::sync::atomic::Ordering::SeqCst);
+    health.check(timeout).await;
+    let body = get(addr, "/readyz").await.1;
+    assert!(body.contains("store: connection refused"), "{body}");
+    handle.stop(true).await;
+}
+
+#[actix_rt::test]
+async fn watched_probes_turn_a_role_unready_and_back() {
+    let up = Arc::new(AtomicBool::new(true));
+    let health = Health::new();
+    switch(&health, "store", &up, "away");
+    health.set_ready(true);
+    health.watch(std::time::Duration::from_millis(20)).unwrap();
+    let until = |want: bool| {
+        let health = health.clone();
+        async move {
+            for _ in 0..250 {
+                if health.is_ready() == want {
+                    return true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            false
+        }
+    };
+    assert!(until(true).await, "first check passes: {health:?}");
+    up.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(until(false).await, "store away: {health:?}");
+    up.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(until(true).await, "store back: {health:?}");
+    health.set_ready(false);
+    assert!(
+        !health.is_ready(),
+        "draining is unready whatever the probes say"
+    );
 }

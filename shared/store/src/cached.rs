@@ -109,6 +109,9 @@ impl Store for CachedStore {
     fn migrate(&self) -> BoxFuture<'_, Result<u32>> {
         self.inner.migrate()
     }
+    fn ping(&self) -> BoxFuture<'_, Result<()>> {
+        self.inner.ping()
+    }
     fn put_application(&self, app: Application) -> BoxFuture<'_, Result<()>> {
         self.inner.put_application(app)
     }

@@ -151,6 +151,9 @@ pub async fn claim_device(
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Creates or updates the schema; idempotent. Returns the schema version.
     fn migrate(&self) -> BoxFuture<'_, Result<u32>>;
+    /// Whether the store answers a trivial query now; readiness asks this periodically.
+    /// Never retries.
+    fn ping(&self) -> BoxFuture<'_, Result<()>>;
 
     /// Creates or replaces an application.
     fn put_application(&self, app: Application) -> BoxFuture<'_, Result<()>>;

@@ -882,6 +882,16 @@ impl Store for ScyllaStore {
         })
     }
 
+    fn ping(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.session
+                .query_unpaged("SELECT now() FROM system.local", &[])
+                .await
+                .map(|_| ())
+                .map_err(exec_err)
+        })
+    }
+
     fn put_application(&self, app: Application) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             let ttl = app.ttl_secs.map(|t| i32::try_from(t).unwrap_or(i32::MAX));

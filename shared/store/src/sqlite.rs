@@ -565,6 +565,14 @@ impl Store for SqliteStore {
         })
     }
 
+    fn ping(&self) -> BoxFuture<'_, Result<()>> {
+        self.run(|c, _| {
+            c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                .map(|_| ())
+                .map_err(sql_err)
+        })
+    }
+
     fn put_application(&self, app: Application) -> BoxFuture<'_, Result<()>> {
         self.run(move |c, _| {
             c.execute(

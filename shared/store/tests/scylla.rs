@@ -49,6 +49,7 @@ macro_rules! contract_test {
 }
 
 contract_test!(scylla_idempotent_overwrite, contract::idempotent_overwrite);
+contract_test!(scylla_ping_answers, contract::ping_answers);
 contract_test!(
     scylla_value_types_round_trip,
     contract::value_types_round_trip

@@ -79,6 +79,7 @@ macro_rules! contract_test {
 }
 
 contract_test!(sqlite_idempotent_overwrite, contract::idempotent_overwrite);
+contract_test!(sqlite_ping_answers, contract::ping_answers);
 contract_test!(
     sqlite_value_types_round_trip,
     contract::value_types_round_trip

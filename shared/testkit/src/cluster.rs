@@ -389,6 +389,36 @@ filter = "info"
         self.wait_ready(i, deadline).await
     }
 
+    /// Waits until every running process answers `/readyz` with `status` (at most
+    /// `within`): how long that took, or each process still answering otherwise with its
+    /// status and body.
+    pub async fn wait_readiness(&self, status: u16, within: Duration) -> Result<Duration, String> {
+        let t = tokio::time::Instant::now();
+        loop {
+            let mut off = Vec::new();
+            for p in self.procs.iter().filter(|p| p.child.is_some()) {
+                match crate::http::request(p.http, "GET", "/readyz", None, None).await {
+                    Ok(r) if r.status == status => {}
+                    Ok(r) => off.push(format!(
+                        "{}-{}: {} {}",
+                        p.role.command(),
+                        p.index,
+                        r.status,
+                        r.body.replace('\n', "; ")
+                    )),
+                    Err(e) => off.push(format!("{}-{}: {e}", p.role.command(), p.index)),
+                }
+            }
+            if off.is_empty() {
+                return Ok(t.elapsed());
+            }
+            if t.elapsed() > within {
+                return Err(off.join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// The `/metrics` text of `role`-`index`.
     pub async fn metrics(&self, role: Role, index: usize) -> std::io::Result<String> {
         let p = self.proc(role, index);

@@ -340,4 +340,24 @@ impl Bus for KafkaBus {
             Ok(())
         })
     }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), BusError>> {
+        let producer = self.producer.clone();
+        Box::pin(async move {
+            // librdkafka's metadata call blocks (bounded by its timeout): off the runtime.
+            tokio::task::spawn_blocking(move || {
+                producer
+                    .producer
+                    .client()
+                    .fetch_metadata(None, PING_TIMEOUT)
+                    .map(|_| ())
+                    .map_err(|e| BusError::Broker(e.to_string()))
+            })
+            .await
+            .map_err(|e| BusError::Broker(format!("metadata task failed: {e}")))?
+        })
+    }
 }
+
+/// How long a readiness ping waits for a broker's metadata answer.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);

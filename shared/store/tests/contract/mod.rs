@@ -69,6 +69,11 @@ async fn all_pages(s: &dyn Store, mut query: RangeQuery) -> Vec<Point> {
     }
 }
 
+/// A reachable store answers the readiness ping.
+pub async fn ping_answers(h: &Harness) {
+    h.store.ping().await.unwrap();
+}
+
 /// Writing the same point twice overwrites it; nothing is duplicated.
 pub async fn idempotent_overwrite(h: &Harness) {
     let s = &*h.store;
