@@ -92,7 +92,42 @@ pub(crate) fn service_from_env(var: &str, test: &str) -> Option<String> {
 /// A free TCP address on 127.0.0.1, for a process a test starts (bound, then released for
 /// the process to take).
 pub(crate) fn free_addr() -> std::io::Result<std::net::SocketAddr> {
-    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+    Ok(std::net::SocketAddr::from(([127, 0, 0, 1], free_ports(1)?)))
+}
+
+/// The first of `n` consecutive ports free on 127.0.0.1, *below* the kernel's ephemeral
+/// range. A server that is killed and started again on its port (the kill tests) must
+/// find it free: a port from the ephemeral range can meanwhile be taken as the local end
+/// of some connection — even of a client's own retries to it, which Linux turns into a
+/// connection to itself when nothing listens.
+pub(crate) fn free_ports(n: u16) -> std::io::Result<u16> {
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    // Above the shared servers' defaults (17000, 17199, 19042, 19092).
+    let (low, high) = (20_000u16, ephemeral.saturating_sub(n));
+    if high <= low {
+        return Err(std::io::Error::other(format!(
+            "no ports between {low} and the ephemeral range ({ephemeral})"
+        )));
+    }
+    let span = u64::from(high - low);
+    let seed = unique_name("port")
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+    for i in 0..span.min(2_000) {
+        let base = low + ((seed.wrapping_add(i * 7919)) % span) as u16;
+        let free = (base..base + n).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
+        if free {
+            return Ok(base);
+        }
+    }
+    Err(std::io::Error::other(format!(
+        "no {n} consecutive free ports between {low} and {high}"
+    )))
 }
 
 /// A name no other test run uses: `<prefix>-<pid>-<time>-<counter>`.

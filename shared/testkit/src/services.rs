@@ -30,7 +30,7 @@ impl Private {
         let p = Private {
             kind,
             run,
-            port: crate::free_addr()?.port(),
+            port: crate::free_ports(3)?,
         };
         p.call("start")?;
         Ok(p)
@@ -54,7 +54,8 @@ impl Private {
         c.arg(self.script())
             .arg(what)
             .env("FLUXGATE_SERVICES_RUN", &self.run);
-        // Ports of its own, next to each other (they were free when the test began).
+        // Ports of its own, next to each other (free when the test began, and outside the
+        // ephemeral range, so still free when it starts again after a kill).
         let p = self.port;
         match self.kind {
             Kind::Kafka => c
