@@ -30,7 +30,8 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
             "/applications/{app}/devices/{id}/attributes/shared",
             web::post().to(post_shared_attributes),
         )
-        .route("/api/rpc/{kind}/{id}", web::post().to(rpc_call))
+        .route("/api/rpc/oneway/{id}", web::post().to(rpc_one_way))
+        .route("/api/rpc/twoway/{id}", web::post().to(rpc_two_way))
         .route(
             "/api/plugins/telemetry/DEVICE/{id}/SHARED_SCOPE",
             web::post().to(tb_shared_attributes),
@@ -393,19 +394,27 @@ async fn rpc(
     }
 }
 
-async fn rpc_call(
+/// ThingsBoard's one-way RPC: answered with the request's id once it is on the bus.
+async fn rpc_one_way(
     st: web::Data<ApiState>,
     req: HttpRequest,
-    path: web::Path<(String, String)>,
+    id: web::Path<String>,
     q: web::Query<AppQuery>,
     body: web::Json<RpcIn>,
 ) -> Result<HttpResponse, ApiError> {
-    let two_way = match path.0.as_str() {
-        "oneway" => false,
-        "twoway" => true,
-        other => return Err(ApiError::not_found(format!("RPC kind {other}"))),
-    };
-    rpc(&st, &req, &q, &path.1, body.into_inner(), two_way).await
+    rpc(&st, &req, &q, &id, body.into_inner(), false).await
+}
+
+/// ThingsBoard's two-way RPC: answered with the device's reply, or 504 at its timeout
+/// (a persistent one is answered with its id at once).
+async fn rpc_two_way(
+    st: web::Data<ApiState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    q: web::Query<AppQuery>,
+    body: web::Json<RpcIn>,
+) -> Result<HttpResponse, ApiError> {
+    rpc(&st, &req, &q, &id, body.into_inner(), true).await
 }
 
 async fn shared_attributes(

@@ -504,7 +504,6 @@ async fn commands_and_rpc_go_on_the_device_key_of_the_events_topic() {
         .await;
     assert_eq!(s, 200);
     assert!(list["items"].is_array());
-    let _ = r.store;
 }
 
 #[actix_rt::test]
@@ -540,6 +539,56 @@ async fn every_documented_operation_is_routed() {
     assert!(
         m.as_str().unwrap().contains("fluxgate_api_requests_total"),
         "{m}"
+    );
+}
+
+/// Every `.route("path", web::method()` the API's sources register, as (method, path).
+fn registered_routes() -> Vec<(String, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for (i, _) in text.match_indices(".route(") {
+            let rest = text[i + ".route(".len()..].trim_start();
+            let Some(rest) = rest.strip_prefix('"') else {
+                continue;
+            };
+            let Some((path, rest)) = rest.split_once('"') else {
+                continue;
+            };
+            let rest = rest.trim_start().trim_start_matches(',').trim_start();
+            let Some(rest) = rest.strip_prefix("web::") else {
+                continue;
+            };
+            let method: String = rest.chars().take_while(char::is_ascii_alphabetic).collect();
+            out.push((method, path.to_string()));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_route_is_documented() {
+    let routes = registered_routes();
+    // Served beside the API, not part of it.
+    let outside = ["/openapi.json", "/metrics", "/healthz", "/readyz"];
+    let routes: Vec<_> = routes
+        .into_iter()
+        .filter(|(_, p)| !outside.contains(&p.as_str()))
+        .collect();
+    assert!(routes.len() > 20, "the scan found the routes: {routes:?}");
+    for (method, path) in &routes {
+        assert!(
+            fluxgate_api::openapi::OPERATIONS
+                .iter()
+                .any(|(m, p, ..)| m == method && p == path),
+            "{method} {path} is routed but not in openapi::OPERATIONS"
+        );
+    }
+    assert_eq!(
+        routes.len(),
+        fluxgate_api::openapi::OPERATIONS.len(),
+        "one route per documented operation"
     );
 }
 

@@ -525,10 +525,15 @@ async fn run_stops_on_shutdown() {
     rig.status(light, CommandStatus::Failed).await;
     running.stop(Duration::from_secs(5)).await;
     assert_eq!(stats.failed.load(std::sync::atomic::Ordering::Relaxed), 1);
-    // Stopped: a new command is not handled.
+    // Stopped: a new command is not handled (for as long as we look)...
     let later = rig.command("x", Dialect::Losant, false, false, None).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(rig.store.command(later).await.unwrap().is_none());
+    // ...and is left on the bus, uncommitted, for the next dispatcher of the group.
+    let (stats, running) = rig.run_on(Arc::new(rig.bus.clone()), DispatchConfig::default());
+    rig.status(later, CommandStatus::Failed).await;
+    running.stop(Duration::from_secs(5)).await;
+    assert_eq!(stats.failed.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 
 #[actix_rt::test]
@@ -585,28 +590,27 @@ async fn a_new_dispatcher_rearms_the_timers_of_rpcs_sent_before_it() {
     rig.dispatcher(Some(&arbiter));
     rig.connect("r1", None, Dialect::ThingsBoard, true).await;
     // A two-way RPC with its own deadline, sent by the first dispatcher...
+    let deadline = now_ms() + 1_500;
     let rpc = rig
-        .command(
-            "r1",
-            Dialect::ThingsBoard,
-            true,
-            false,
-            Some(now_ms() + 1_500),
-        )
+        .command("r1", Dialect::ThingsBoard, true, false, Some(deadline))
         .await;
     assert_eq!(rig.delivery().await.id, rpc);
     rig.status(rpc, CommandStatus::Sent).await;
     // ...which dies with the timer (its whole event loop stops).
     arbiter.stop();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    arbiter.join().unwrap();
     // The next one finds the RPC in the store and times it out at its deadline.
     let (_, running) = rig.run_on(Arc::new(rig.bus.clone()), DispatchConfig::default());
     rig.status(rpc, CommandStatus::TimedOut).await;
     let history = rig.store.command_history(rpc).await.unwrap();
     let timed_out = history.last().unwrap();
+    // The first dispatcher's loop has ended, so only the new one's timer is left; it
+    // keeps the RPC's own deadline (a re-armed timer starting from scratch, or one firing
+    // at once on start, would not).
     assert!(
-        timed_out.at_ms >= now_ms() - 5_000,
-        "timed out by the new dispatcher's timer"
+        timed_out.at_ms >= deadline && timed_out.at_ms < deadline + 5_000,
+        "timed out at the RPC's deadline {deadline}, not at {}",
+        timed_out.at_ms
     );
     running.stop(Duration::from_secs(5)).await;
 }
