@@ -91,6 +91,7 @@ pub(crate) fn service_from_env(var: &str, test: &str) -> Option<String> {
 
 /// A free TCP address on 127.0.0.1, for a process a test starts (bound, then released for
 /// the process to take).
+#[cfg(feature = "cluster")]
 pub(crate) fn free_addr() -> std::io::Result<std::net::SocketAddr> {
     Ok(std::net::SocketAddr::from(([127, 0, 0, 1], free_ports(1)?)))
 }
