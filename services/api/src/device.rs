@@ -9,7 +9,7 @@ use fluxgate_model::{
     Body, Channel, Command, DeviceId, DeviceRef, Dialect, ENVELOPE_VERSION, Envelope, MessageId,
     TenantId, Values,
 };
-use fluxgate_store::{ApiScope, AttributeScope, CommandStatus, secret_matches};
+use fluxgate_store::{ApiScope, AttributeScope, CommandStatus, KeyRefusal, check_access_key};
 use serde::Deserialize;
 
 use crate::auth::{Caller, device_may_post};
@@ -83,24 +83,21 @@ async fn auth_device(
     body: web::Json<AuthIn>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let bad = || ApiError::unauthorized("bad device id, key or secret");
-    let key = st.store.access_key(body.key.clone()).await?;
-    let same = secret_matches(&body.secret, key.as_ref().map(|k| k.secret_hash.as_str()));
-    let key = match key {
-        Some(k) if same && k.active => k,
-        _ => return Err(bad()),
-    };
-    let id = DeviceId::new(body.device_id.as_str()).map_err(|_| bad())?;
-    let device = st
-        .store
-        .device(key.tenant.clone(), id.clone())
-        .await?
-        .ok_or_else(bad)?;
-    if !key.opens(&device) {
-        return Err(ApiError::forbidden(
-            "the access key does not open this device",
-        ));
-    }
+    let (key, device) =
+        check_access_key(st.store.as_ref(), &body.key, &body.secret, &body.device_id)
+            .await
+            .map_err(|refusal| match refusal {
+                KeyRefusal::NotOpened => ApiError::forbidden(refusal.to_string()),
+                KeyRefusal::Deactivated => ApiError::unauthorized(refusal.to_string()),
+                KeyRefusal::Store(e) => e.into(),
+                // Which part was wrong is not told.
+                KeyRefusal::BadCredentials
+                | KeyRefusal::NotADeviceId
+                | KeyRefusal::NoSuchDevice => {
+                    ApiError::unauthorized(KeyRefusal::BadCredentials.to_string())
+                }
+            })?;
+    let id = device.id.clone();
     let (token, expires_ms) = st.tokens.issue(&key.tenant, &id, &key.key, now_ms());
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "applicationId": key.tenant,

@@ -49,6 +49,12 @@ async fn rig() -> Rig {
 }
 
 impl Rig {
+    /// `POST /auth/device` (Losant's device authentication).
+    async fn auth_device(&self, device: &str, key: &str, secret: &str) -> (u16, Value) {
+        let body = json!({"deviceId": device, "key": key, "secret": secret});
+        self.call("POST", "/auth/device", None, Some(body)).await
+    }
+
     async fn call(
         &self,
         method: &str,
@@ -294,23 +300,9 @@ async fn losant_device_rest_state_enters_the_pipeline() {
         .await;
     let (key, secret) = (k["key"].as_str().unwrap(), k["secret"].as_str().unwrap());
 
-    let (s, _) = r
-        .call(
-            "POST",
-            "/auth/device",
-            None,
-            Some(json!({"deviceId": "gw", "key": key, "secret": "wrong"})),
-        )
-        .await;
+    let (s, _) = r.auth_device("gw", key, "wrong").await;
     assert_eq!(s, 401);
-    let (s, auth) = r
-        .call(
-            "POST",
-            "/auth/device",
-            None,
-            Some(json!({"deviceId": "gw", "key": key, "secret": secret})),
-        )
-        .await;
+    let (s, auth) = r.auth_device("gw", key, secret).await;
     assert_eq!(s, 200, "{auth}");
     assert_eq!(auth["applicationId"], "a1");
     let gw = auth["token"].as_str().unwrap().to_owned();
@@ -397,6 +389,14 @@ async fn losant_device_rest_state_enters_the_pipeline() {
         )
         .await;
     assert_eq!(s, 401);
+    // ...and the key itself: refused as deactivated, as the MQTT front refuses it (the
+    // same check), while a wrong secret stays a plain bad credential.
+    let (s, e) = r.auth_device("gw", key, secret).await;
+    assert_eq!(s, 401, "{e}");
+    assert_eq!(e["error"]["message"], "access key is deactivated", "{e}");
+    let (s, e) = r.auth_device("gw", key, "wrong").await;
+    assert_eq!(s, 401, "{e}");
+    assert_eq!(e["error"]["message"], "bad device id, key or secret", "{e}");
     assert!(
         tokio::time::timeout(Duration::from_millis(200), raw.recv())
             .await

@@ -2,7 +2,8 @@
 //!
 //! - Losant: client id = device id, username = access key, password = access secret. The
 //!   key must exist, be active, and open the device (all devices, listed devices, or a tag
-//!   the device carries).
+//!   the device carries): `fluxgate_store::check_access_key`, the check the API's
+//!   `/auth/device` makes too.
 //! - ThingsBoard: username = device access token, password empty.
 //!
 //! A CONNECT with a non-empty password is taken as Losant, one without as ThingsBoard.
@@ -18,8 +19,8 @@ use std::time::Duration;
 
 use fluxgate_model::{DeviceId, Principal, RegistryChange, TenantId};
 use fluxgate_store::{
-    AccessKey, CachedStore, Device, DeviceKind, DeviceToken, Store, StoreError, hash_secret,
-    secret_matches,
+    CachedStore, Device, DeviceKind, DeviceToken, KeyRefusal, Store, StoreError, check_access_key,
+    hash_secret,
 };
 use subtle::ConstantTimeEq;
 
@@ -90,10 +91,6 @@ impl Registry {
         }
     }
 
-    async fn access_key(&self, key: &str) -> Result<Option<AccessKey>, AuthError> {
-        Ok(self.store.access_key(key.to_owned()).await?)
-    }
-
     async fn device_token(&self, hash: String) -> Result<Option<DeviceToken>, AuthError> {
         Ok(self.store.device_token(hash).await?)
     }
@@ -139,38 +136,25 @@ impl Registry {
         username: Option<&str>,
         secret: &[u8],
     ) -> Result<Identity, AuthError> {
-        let key = match username {
-            Some(k) if !k.is_empty() => self.access_key(k).await?,
-            _ => None,
-        };
-        let matches = secret_matches(
-            &String::from_utf8_lossy(secret),
-            key.as_ref().map(|k| k.secret_hash.as_str()),
-        );
-        let key = match key {
-            Some(k) if matches => k,
-            _ => return Err(AuthError::BadCredentials),
-        };
-        if !key.active {
-            return Err(AuthError::NotAuthorized("access key is deactivated"));
-        }
-        let id = DeviceId::new(client_id)
-            .map_err(|_| AuthError::NotAuthorized("client id is not a device id"))?;
-        let device = self
-            .device(&key.tenant, &id)
-            .await?
-            .ok_or(AuthError::NotAuthorized(
-                "no such device in the key's application",
-            ))?;
-        if !key.opens(&device) {
-            return Err(AuthError::NotAuthorized(
-                "the access key does not open this device",
-            ));
-        }
+        let secret = String::from_utf8_lossy(secret);
+        let checked =
+            check_access_key(&self.store, username.unwrap_or(""), &secret, client_id).await;
+        let (key, device) = checked.map_err(|refusal| match refusal {
+            KeyRefusal::BadCredentials => AuthError::BadCredentials,
+            KeyRefusal::Deactivated => AuthError::NotAuthorized("access key is deactivated"),
+            KeyRefusal::NotADeviceId => AuthError::NotAuthorized("client id is not a device id"),
+            KeyRefusal::NoSuchDevice => {
+                AuthError::NotAuthorized("no such device in the key's application")
+            }
+            KeyRefusal::NotOpened => {
+                AuthError::NotAuthorized("the access key does not open this device")
+            }
+            KeyRefusal::Store(e) => e.into(),
+        })?;
         Ok(Identity {
             tenant: key.tenant,
             principal: Principal::Losant {
-                device: id,
+                device: device.id,
                 gateway: device.kind == DeviceKind::Gateway,
             },
             custom_topics: key.custom_topics,

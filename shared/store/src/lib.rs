@@ -103,6 +103,62 @@ pub fn secret_matches(secret: &str, stored_hash: Option<&str>) -> bool {
     given.as_bytes().ct_eq(stored.as_bytes()).into() && stored_hash.is_some()
 }
 
+/// Why Losant device credentials (access key, secret, device id) are refused. MQTT
+/// CONNECT and REST `/auth/device` both answer from [`check_access_key`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyRefusal {
+    /// Unknown key or wrong secret (indistinguishable on purpose).
+    #[error("bad device id, key or secret")]
+    BadCredentials,
+    /// The right secret of a deactivated key.
+    #[error("access key is deactivated")]
+    Deactivated,
+    /// The device id is not one.
+    #[error("the device id is not a valid device id")]
+    NotADeviceId,
+    /// No such device in the key's application.
+    #[error("no such device in the key's application")]
+    NoSuchDevice,
+    /// The key's scope leaves this device out.
+    #[error("the access key does not open this device")]
+    NotOpened,
+    /// The registry could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The one Losant credential check: `key` exists and `secret` is its secret (compared in
+/// constant time, hashed even for an unknown key), the key is active, and it opens the
+/// device `device_id` of its application. The key and the device on success.
+pub async fn check_access_key(
+    store: &dyn Store,
+    key: &str,
+    secret: &str,
+    device_id: &str,
+) -> std::result::Result<(AccessKey, Device), KeyRefusal> {
+    let found = match key {
+        "" => None,
+        k => store.access_key(k.to_owned()).await?,
+    };
+    let same = secret_matches(secret, found.as_ref().map(|k| k.secret_hash.as_str()));
+    let key = match found {
+        Some(k) if same => k,
+        _ => return Err(KeyRefusal::BadCredentials),
+    };
+    if !key.active {
+        return Err(KeyRefusal::Deactivated);
+    }
+    let id = DeviceId::new(device_id).map_err(|_| KeyRefusal::NotADeviceId)?;
+    let device = store
+        .device(key.tenant.clone(), id)
+        .await?
+        .ok_or(KeyRefusal::NoSuchDevice)?;
+    if !key.opens(&device) {
+        return Err(KeyRefusal::NotOpened);
+    }
+    Ok((key, device))
+}
+
 /// Claims `device` for `owner` with the secret the device set, at `now_ms` (ThingsBoard's
 /// device claiming): within the window the device opened, with its secret, by one owner.
 pub async fn claim_device(
