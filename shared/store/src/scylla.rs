@@ -36,6 +36,7 @@ use scylla::response::query_result::QueryResult;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
+use scylla::value::MaybeUnset;
 use tokio::sync::Semaphore;
 
 use crate::rows::{
@@ -498,16 +499,30 @@ fn read_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }
 
-/// A value as typed columns: (vtype, long, double, text, bool).
+/// A value as read from its typed columns: (vtype, long, double, text, bool).
 type Typed = (i32, Option<i64>, Option<f64>, Option<String>, Option<bool>);
 
-fn typed(v: &Value) -> Typed {
+/// A value as written to its typed columns: (vtype, long, double, text, bool). The
+/// columns of the other types are left *unset*, not null: a null is a tombstone per cell,
+/// and a time-series partition of them slows every read (Cassandra warns at 1,000
+/// tombstones per query and fails it at 100,000). Reads go by `vtype`, so a column left
+/// from an earlier value of another type is never read.
+type Cells = (
+    i32,
+    MaybeUnset<i64>,
+    MaybeUnset<f64>,
+    MaybeUnset<String>,
+    MaybeUnset<bool>,
+);
+
+fn typed(v: &Value) -> Cells {
+    use MaybeUnset::{Set, Unset};
     match v {
-        Value::Integer(i) => (0, Some(*i), None, None, None),
-        Value::Float(f) => (1, None, Some(*f), None, None),
-        Value::String(s) => (2, None, None, Some(s.clone()), None),
-        Value::Bool(b) => (3, None, None, None, Some(*b)),
-        Value::Json(j) => (4, None, None, Some(j.to_string()), None),
+        Value::Integer(i) => (0, Set(*i), Unset, Unset, Unset),
+        Value::Float(f) => (1, Unset, Set(*f), Unset, Unset),
+        Value::String(s) => (2, Unset, Unset, Set(s.clone()), Unset),
+        Value::Bool(b) => (3, Unset, Unset, Unset, Set(*b)),
+        Value::Json(j) => (4, Unset, Unset, Set(j.to_string()), Unset),
     }
 }
 

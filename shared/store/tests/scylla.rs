@@ -154,3 +154,71 @@ contract_test!(
 );
 contract_test!(scylla_claims, contract::claims);
 contract_test!(scylla_client_rpcs, contract::client_rpcs);
+
+/// Points and latest values of every type are written without tombstones: the columns of
+/// the other types are left unset, not null. Read back with CQL tracing, the database
+/// itself counts what it read ("Read N live rows and M tombstone cells").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scylla_points_leave_no_tombstones() {
+    let Some((uri, _)) = fluxgate_testkit::cql::node("scylla_points_leave_no_tombstones") else {
+        return;
+    };
+    let cfg = config(uri.clone());
+    let keyspace = cfg.keyspace.clone();
+    let store = ScyllaStore::connect(cfg).await.unwrap();
+    let t = TenantId::new("t").unwrap();
+    let kinds = [
+        Value::Integer(1),
+        Value::Float(1.5),
+        Value::String("s".into()),
+        Value::Bool(true),
+    ];
+    let samples = (0..40i64)
+        .map(|i| {
+            let mut values = Values::new();
+            values.insert("k", kinds[(i % 4) as usize].clone());
+            Sample {
+                ts_ms: 1_700_000_000_000 + i,
+                values,
+            }
+        })
+        .collect();
+    store
+        .write_samples(vec![SampleBatch {
+            tenant: t,
+            device: DeviceId::new("d").unwrap(),
+            samples,
+        }])
+        .await
+        .unwrap();
+
+    let session = scylla::client::session_builder::SessionBuilder::new()
+        .known_node(&uri)
+        .build()
+        .await
+        .unwrap();
+    for table in ["ts_kv", "ts_latest"] {
+        let mut q = scylla::statement::unprepared::Statement::new(format!(
+            "SELECT * FROM {keyspace}.{table}"
+        ));
+        q.set_tracing(true);
+        let r = session.query_unpaged(q, ()).await.unwrap();
+        let id = r.tracing_id().expect("a traced query has a tracing id");
+        let info = session.get_tracing_info(&id).await.unwrap();
+        let reads: Vec<(u64, u64)> = info
+            .events
+            .iter()
+            .filter_map(|e| {
+                let a = e.activity.as_deref()?;
+                let rest = a.strip_prefix("Read ")?;
+                let (live, rest) = rest.split_once(" live rows and ")?;
+                let tombstones = rest.split_whitespace().next()?;
+                Some((live.parse().ok()?, tombstones.parse().ok()?))
+            })
+            .collect();
+        let live: u64 = reads.iter().map(|r| r.0).sum();
+        let tombstones: u64 = reads.iter().map(|r| r.1).sum();
+        assert!(live >= 1, "{table}: the trace counts the rows read: {reads:?}");
+        assert_eq!(tombstones, 0, "{table}: {reads:?}");
+    }
+}
