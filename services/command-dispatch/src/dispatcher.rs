@@ -1269,24 +1269,78 @@ pub async fn run_with(
     stats: Arc<DispatchStats>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<Arc<DispatchStats>, fluxgate_bus::BusError> {
+    Ok(prepare(&bus, store, topics, cfg, stats)?
+        .run(shutdown)
+        .await)
+}
+
+/// The first phase of a dispatcher: its consumer is subscribed, so every event produced
+/// from now on reaches it. [`Prepared::run`] is the second.
+pub fn prepare(
+    bus: &Arc<dyn fluxgate_bus::Bus>,
+    store: Arc<dyn Store>,
+    topics: &TopicsConfig,
+    cfg: DispatchConfig,
+    stats: Arc<DispatchStats>,
+) -> Result<Prepared, fluxgate_bus::BusError> {
     let events = topics.name(Topic::DeviceEvents);
-    let consumer = bus.consumer(fluxgate_bus::ConsumerSpec::group(&cfg.group, &[&events]))?;
-    let producer = bus.producer();
-    let timers: Arc<Timers> = Arc::default();
-    let make = || {
-        let (c, p, s) = (consumer.clone(), producer.clone(), store.clone());
-        let mut d = Dispatcher::new(c, p, s, topics, cfg.clone(), stats.clone());
-        // A restarted actor finds the timers of the one before it running.
-        d.timers = timers.clone();
-        d
-    };
-    // A dispatcher that dies (a panic) is restarted; its unfinished records come again.
-    // Presence is rebuilt from the events that follow and the store's connection log.
-    let start = |lifeline| make().supervised(lifeline).start();
-    let drain = |addr: &Addr<Dispatcher>| addr.do_send(Drain);
-    let watch = stats.watch();
-    supervise("command-dispatch", &consumer, watch, start, drain, shutdown).await;
-    Ok(stats)
+    Ok(Prepared {
+        consumer: bus.consumer(fluxgate_bus::ConsumerSpec::group(&cfg.group, &[&events]))?,
+        producer: bus.producer(),
+        store,
+        topics: topics.clone(),
+        cfg,
+        stats,
+    })
+}
+
+/// A dispatcher subscribed to its topic and not yet running ([`prepare`]).
+pub struct Prepared {
+    consumer: Arc<dyn Consumer>,
+    producer: Arc<dyn Producer>,
+    store: Arc<dyn Store>,
+    topics: TopicsConfig,
+    cfg: DispatchConfig,
+    stats: Arc<DispatchStats>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("group", &self.cfg.group)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Prepared {
+    /// Runs the dispatcher until `shutdown` resolves, then drains it. Must run inside an
+    /// actix system. Returns its counters.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Arc<DispatchStats> {
+        let Prepared {
+            consumer,
+            producer,
+            store,
+            topics,
+            cfg,
+            stats,
+        } = self;
+        let timers: Arc<Timers> = Arc::default();
+        let make = || {
+            let (c, p, s) = (consumer.clone(), producer.clone(), store.clone());
+            let mut d = Dispatcher::new(c, p, s, &topics, cfg.clone(), stats.clone());
+            // A restarted actor finds the timers of the one before it running.
+            d.timers = timers.clone();
+            d
+        };
+        // A dispatcher that dies (a panic) is restarted; its unfinished records come
+        // again. Presence is rebuilt from the events that follow and the store's
+        // connection log.
+        let start = |lifeline| make().supervised(lifeline).start();
+        let drain = |addr: &Addr<Dispatcher>| addr.do_send(Drain);
+        let watch = stats.watch();
+        supervise("command-dispatch", &consumer, watch, start, drain, shutdown).await;
+        stats
+    }
 }
 
 impl Actor for Dispatcher {

@@ -7,10 +7,12 @@
 //! - `fluxgate migrate`: creates the store's schema and the Kafka topics.
 //! - `fluxgate config`: prints the default configuration (TOML).
 //!
-//! The binary only reads configuration, sets up logs and calls the roles' `run`/`start`.
+//! The binary only reads configuration, sets up logs, prepares the roles and hands them
+//! to [`role::serve`], the same for one role and for standalone.
 
 mod config;
 mod config_doc;
+mod role;
 mod standalone;
 
 use std::path::PathBuf;
@@ -219,30 +221,26 @@ impl Observed {
         tracing::info!(addr = %bound, "metrics listening");
         let handle = server.handle();
         actix_rt::spawn(server);
-        health.set_ready(true);
         Ok(Observed { health, handle })
-    }
-
-    async fn stop(self) {
-        self.health.set_ready(false);
-        self.handle.stop(true).await;
     }
 }
 
 /// One role until SIGTERM, then its drain.
 async fn run_role(cfg: Config, role: Cmd) -> anyhow::Result<()> {
+    use role::{Pipeline, Role};
     let (bus, store) = (bus(&cfg).await?, store(&cfg).await?);
     let topics = cfg.topics.clone();
     tracing::info!(role = ?role, "starting");
     let metrics_addr = cfg.metrics_addr.clone();
     let observe = |counters, more| Observed::serve(&metrics_addr, (&bus, &store), counters, more);
-    match role {
+    // The role, its observability server if the binary serves it, and the health the
+    // binary declares ready (the front declares its own, once its consumer is assigned).
+    let (role, server, health): (Box<dyn Role>, _, _) = match role {
         Cmd::Front => {
             let front = fluxgate_mqtt_front::start(cfg.front, bus.clone(), store.clone(), &topics)?;
             probe_dependencies(&front.health, &bus, &store)?;
             tracing::info!(listening = ?front.listening, "mqtt front started");
-            terminated().await;
-            front.shutdown().await;
+            (Box::new(role::Front(front)), None, None)
         }
         Cmd::Api => {
             let registry = prometheus::Registry::new();
@@ -253,44 +251,43 @@ async fn run_role(cfg: Config, role: Cmd) -> anyhow::Result<()> {
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
             let running =
                 fluxgate_api::start(state, registry, health.clone()).context("api.http_addr")?;
-            health.set_ready(true);
             tracing::info!(addr = %running.addr, "api listening");
-            let handle = running.server.handle();
-            actix_rt::spawn(running.server);
-            terminated().await;
-            health.set_ready(false);
-            handle.stop(true).await;
+            (Box::new(role::Api(running)), None, Some(health))
         }
         Cmd::Validator => {
             let stats = Arc::new(fluxgate_validator::ValidatorStats::default());
             let obs = observe(stats.metrics()?, Vec::new())?;
-            fluxgate_validator::run_with(bus, store, &topics, cfg.validator, stats, terminated())
-                .await?;
-            obs.stop().await;
+            let p = fluxgate_validator::prepare(&bus, store, &topics, cfg.validator, stats)?;
+            let role = Pipeline::new("validator", |stop| async move {
+                p.run(stop).await;
+            });
+            (role as Box<dyn Role>, Some(obs.handle), Some(obs.health))
         }
         Cmd::Writer => {
             let stats = Arc::new(fluxgate_ts_writer::WriterStats::default());
             let obs = observe(stats.metrics()?, stats.histograms())?;
-            fluxgate_ts_writer::run_with(bus, store, &topics, cfg.writer, stats, terminated())
-                .await?;
-            obs.stop().await;
+            let p = fluxgate_ts_writer::prepare(&bus, store, &topics, cfg.writer, stats)?;
+            let role = Pipeline::new("writer", |stop| async move {
+                p.run(stop).await;
+            });
+            (role as Box<dyn Role>, Some(obs.handle), Some(obs.health))
         }
         Cmd::Dispatcher => {
             let stats = Arc::new(fluxgate_command_dispatch::DispatchStats::default());
             let obs = observe(stats.metrics()?, Vec::new())?;
-            fluxgate_command_dispatch::run_with(
-                bus,
-                store,
-                &topics,
-                cfg.dispatcher,
-                stats,
-                terminated(),
-            )
-            .await?;
-            obs.stop().await;
+            let p =
+                fluxgate_command_dispatch::prepare(&bus, store, &topics, cfg.dispatcher, stats)?;
+            let role = Pipeline::new("dispatcher", |stop| async move {
+                p.run(stop).await;
+            });
+            (role as Box<dyn Role>, Some(obs.handle), Some(obs.health))
         }
-        Cmd::Standalone { .. } | Cmd::Migrate | Cmd::Config { .. } => {}
+        Cmd::Standalone { .. } | Cmd::Migrate | Cmd::Config { .. } => return Ok(()),
+    };
+    let served = role::serve(vec![role], health.as_slice(), || {}).await;
+    if let Some(handle) = server {
+        handle.stop(true).await;
     }
     tracing::info!("stopped");
-    Ok(())
+    served
 }

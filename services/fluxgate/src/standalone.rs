@@ -2,15 +2,17 @@
 //!
 //! The in-process bus resolves a produce only when every consumer group subscribed to the
 //! topic has committed it, and the pipeline commits only after SQLite has the data
-//! (`synchronous = FULL`), so a QoS 1 PUBACK here means the sample is on disk. Consumers
-//! are started before the front and the API: the bus keeps a record only for the groups
-//! subscribed when it is produced.
+//! (`synchronous = FULL`), so a QoS 1 PUBACK here means the sample is on disk. The
+//! pipeline's consumers are subscribed ([`role`]'s first phase) before the front and the
+//! API start: the bus keeps a record only for the groups subscribed when it is produced.
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
+use crate::config::Config;
+use crate::role::{self, Pipeline, Role};
 use anyhow::Context;
+pub(crate) use fluxgate_bus::now_ms;
 use fluxgate_bus::{Bus, MemoryBus};
 use fluxgate_model::{DeviceId, TenantId};
 use fluxgate_store::sqlite::SqliteStore;
@@ -18,10 +20,6 @@ use fluxgate_store::{
     AccessKey, ApiScope, ApiToken, Application, AttributeDef, AttributeType, Device, DeviceKind,
     DeviceToken, KeyScope, PeripheralPolicy, Store, hash_secret,
 };
-use tokio::sync::watch;
-
-use crate::config::Config;
-pub(crate) use fluxgate_bus::now_ms;
 
 /// A random secret of `bytes` random bytes (the API's generator), letters and digits only
 /// so that it pastes into shell lines unquoted.
@@ -66,54 +64,50 @@ pub(crate) async fn run(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
         secret(&dir, "device-token-secret", &cfg.api.device_token_secret)?;
     let topics = cfg.topics.clone();
 
-    // Pipeline consumers first.
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stop = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
+    // The pipeline first, each prepared (subscribed) before anything can produce: the
+    // bus keeps a record only for the groups subscribed when it is produced. Listed so
+    // that stopping them last to first stops each role after every role that produces
+    // to it: the API and the front, then the validator, then the writer (which stores
+    // what the validator passes) and the dispatcher (which follows both's events).
     // Their counters join the API's /metrics.
     let registry = prometheus::Registry::new();
-    let mut pipeline = Vec::new();
+    let mut roles: Vec<Box<dyn Role>> = Vec::new();
     {
-        let (b, s, t) = (bus.clone(), store.clone(), topics.clone());
-        let (c, st) = (cfg.validator.clone(), stop());
-        let stats = Arc::new(fluxgate_validator::ValidatorStats::default());
+        let stats = Arc::new(fluxgate_command_dispatch::DispatchStats::default());
         registry.register(Box::new(stats.metrics()?))?;
-        pipeline.push(actix_rt::spawn(async move {
-            fluxgate_validator::run_with(b, s, &t, c, stats, st)
-                .await
-                .map(|_| ())
+        let p = fluxgate_command_dispatch::prepare(
+            &bus,
+            store.clone(),
+            &topics,
+            cfg.dispatcher.clone(),
+            stats,
+        )?;
+        roles.push(Pipeline::new("dispatcher", |stop| async move {
+            p.run(stop).await;
         }));
-        let (b, s, t) = (bus.clone(), store.clone(), topics.clone());
-        let (c, st) = (cfg.writer.clone(), stop());
         let stats = Arc::new(fluxgate_ts_writer::WriterStats::default());
         registry.register(Box::new(stats.metrics()?))?;
         for h in stats.histograms() {
             registry.register(h)?;
         }
-        pipeline.push(actix_rt::spawn(async move {
-            fluxgate_ts_writer::run_with(b, s, &t, c, stats, st)
-                .await
-                .map(|_| ())
+        let p =
+            fluxgate_ts_writer::prepare(&bus, store.clone(), &topics, cfg.writer.clone(), stats)?;
+        roles.push(Pipeline::new("writer", |stop| async move {
+            p.run(stop).await;
         }));
-        let (b, s, t) = (bus.clone(), store.clone(), topics.clone());
-        let (c, st) = (cfg.dispatcher.clone(), stop());
-        let stats = Arc::new(fluxgate_command_dispatch::DispatchStats::default());
+        let stats = Arc::new(fluxgate_validator::ValidatorStats::default());
         registry.register(Box::new(stats.metrics()?))?;
-        pipeline.push(actix_rt::spawn(async move {
-            fluxgate_command_dispatch::run_with(b, s, &t, c, stats, st)
-                .await
-                .map(|_| ())
+        let p = fluxgate_validator::prepare(
+            &bus,
+            store.clone(),
+            &topics,
+            cfg.validator.clone(),
+            stats,
+        )?;
+        roles.push(Pipeline::new("validator", |stop| async move {
+            p.run(stop).await;
         }));
     }
-    // Let them subscribe before anything is produced.
-    for _ in 0..20 {
-        tokio::task::yield_now().await;
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await;
 
     let front = fluxgate_mqtt_front::start(cfg.front.clone(), bus.clone(), store.clone(), &topics)
         .context("starting the MQTT front")?;
@@ -130,9 +124,6 @@ pub(crate) async fn run(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let api = fluxgate_api::start(state, registry, health.clone()).context("api.http_addr")?;
     let api_addr = api.addr;
-    let api_handle = api.server.handle();
-    actix_rt::spawn(api.server);
-    health.set_ready(true);
 
     let l = &front.listening;
     println!("fluxgate standalone is running");
@@ -160,21 +151,9 @@ pub(crate) async fn run(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
             .map_or_else(|| "127.0.0.1:1883".into(), |a| a.to_string());
         demo_data(store.as_ref(), &mqtt, &api_addr.to_string()).await?;
     }
-    println!("ready");
-
-    crate::terminated().await;
-    println!("shutting down");
-    health.set_ready(false);
-    front.shutdown().await;
-    api_handle.stop(true).await;
-    let _ = stop_tx.send(true);
-    for p in pipeline {
-        match tokio::time::timeout(Duration::from_secs(30), p).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "a pipeline role stopped with an error"),
-            _ => tracing::warn!("a pipeline role did not stop in 30 s"),
-        }
-    }
+    roles.push(Box::new(role::Front(front)));
+    roles.push(Box::new(role::Api(api)));
+    role::serve(roles, &[health], || println!("ready")).await?;
     println!("stopped");
     Ok(())
 }

@@ -541,31 +541,85 @@ pub async fn run_with(
     stats: Arc<WriterStats>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Arc<WriterStats>, BusError> {
+    Ok(prepare(&bus, store, topics, cfg, stats)?
+        .run(shutdown)
+        .await)
+}
+
+/// The first phase of a writer: its consumer is subscribed, so every record produced
+/// from now on reaches it. [`Prepared::run`] is the second.
+pub fn prepare(
+    bus: &Arc<dyn Bus>,
+    store: Arc<dyn Store>,
+    topics: &TopicsConfig,
+    cfg: WriterConfig,
+    stats: Arc<WriterStats>,
+) -> Result<Prepared, BusError> {
     let names = Input::TOPICS.map(|t| topics.name(t));
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let consumer = bus.consumer(ConsumerSpec::group(&cfg.group, &names))?;
-    let producer = bus.producer();
-    // A writer that dies (a panic) is restarted; the records of its lost batch come again.
-    let start = |lifeline| {
-        let w = TsWriter::new(
-            consumer.clone(),
-            producer.clone(),
-            store.clone(),
+    Ok(Prepared {
+        consumer: bus.consumer(ConsumerSpec::group(&cfg.group, &names))?,
+        producer: bus.producer(),
+        store,
+        topics: topics.clone(),
+        cfg,
+        stats,
+    })
+}
+
+/// A writer subscribed to its topics and not yet running ([`prepare`]).
+pub struct Prepared {
+    consumer: Arc<dyn Consumer>,
+    producer: Arc<dyn Producer>,
+    store: Arc<dyn Store>,
+    topics: TopicsConfig,
+    cfg: WriterConfig,
+    stats: Arc<WriterStats>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("group", &self.cfg.group)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Prepared {
+    /// Runs the writer until `shutdown` resolves, then drains it. Must run inside an
+    /// actix system. Returns its counters.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Arc<WriterStats> {
+        let Prepared {
+            consumer,
+            producer,
+            store,
             topics,
-            cfg.clone(),
-            stats.clone(),
-        );
-        w.supervised(lifeline).start()
-    };
-    let drain = |addr: &Addr<TsWriter>| addr.do_send(Drain);
-    supervise(
-        "ts-writer",
-        &consumer,
-        stats.watch(),
-        start,
-        drain,
-        shutdown,
-    )
-    .await;
-    Ok(stats)
+            cfg,
+            stats,
+        } = self;
+        // A writer that dies (a panic) is restarted; the records of its lost batch come
+        // again.
+        let start = |lifeline| {
+            let w = TsWriter::new(
+                consumer.clone(),
+                producer.clone(),
+                store.clone(),
+                &topics,
+                cfg.clone(),
+                stats.clone(),
+            );
+            w.supervised(lifeline).start()
+        };
+        let drain = |addr: &Addr<TsWriter>| addr.do_send(Drain);
+        supervise(
+            "ts-writer",
+            &consumer,
+            stats.watch(),
+            start,
+            drain,
+            shutdown,
+        )
+        .await;
+        stats
+    }
 }

@@ -220,7 +220,7 @@ impl Validator {
                 // time); wait for their acks concurrently, so one slow downstream commit does
                 // not hold up the next record. The permit bounds records awaiting acks.
                 let position = rec.position.clone();
-                let work = prepare(
+                let work = process(
                     rec,
                     act.store.clone(),
                     act.producer.clone(),
@@ -297,12 +297,13 @@ impl OutputKind {
     }
 }
 
-type Prepared = (Vec<(OutputKind, AckFuture)>, OwnedSemaphorePermit);
+/// A record's outputs handed to the producer, and its in-flight permit.
+type Handed = (Vec<(OutputKind, AckFuture)>, OwnedSemaphorePermit);
 
 /// Validates one record and hands its outputs to the producer, retrying store and bus
 /// failures with backoff. A record that is not an envelope is kept: whole on the
 /// dead-letter topic, and in the rejected log.
-async fn prepare(
+async fn process(
     rec: Record,
     store: Arc<dyn fluxgate_store::Store>,
     producer: Arc<dyn Producer>,
@@ -310,7 +311,7 @@ async fn prepare(
     names: Names,
     cfg: ValidatorConfig,
     stats: Arc<ValidatorStats>,
-) -> Option<Prepared> {
+) -> Option<Handed> {
     let env = Envelope::from_bytes(&rec.payload).map_err(|e| e.to_string());
     if let Err(e) = &env {
         tracing::error!(offset = rec.position.offset, error = %e,
@@ -436,46 +437,104 @@ pub async fn run_with(
     stats: Arc<ValidatorStats>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<Arc<ValidatorStats>, fluxgate_bus::BusError> {
+    Ok(prepare(&bus, store, topics, cfg, stats)?
+        .run(shutdown)
+        .await)
+}
+
+/// The first phase of a validator: its consumers are subscribed, so every record
+/// produced from now on reaches it. [`Prepared::run`] is the second.
+pub fn prepare(
+    bus: &Arc<dyn fluxgate_bus::Bus>,
+    store: Arc<dyn fluxgate_store::Store>,
+    topics: &TopicsConfig,
+    cfg: ValidatorConfig,
+    stats: Arc<ValidatorStats>,
+) -> Result<Prepared, fluxgate_bus::BusError> {
     let consumer = bus.consumer(fluxgate_bus::ConsumerSpec::group(
         &cfg.group,
         &[&topics.name(Topic::IngestRaw)],
     ))?;
-    // Registry reads are cached; the API's registry changes drop stale entries.
-    let cache = fluxgate_store::CachedStore::new(
-        store,
-        Duration::from_secs(cfg.registry_cache_ttl_secs),
-        100_000,
-    );
     let changes = bus.consumer(fluxgate_bus::ConsumerSpec::broadcast(
         format!("{}-registry", cfg.group),
         &[&topics.name(Topic::RegistryChanges)],
     ))?;
-    let follow = actix::spawn(follow_changes(cache.clone(), changes));
-    let (producer, store): (_, Arc<dyn fluxgate_store::Store>) = (bus.producer(), Arc::new(cache));
-    // A validator that dies (a panic) is restarted; its unfinished records come again.
-    let start = |lifeline| {
-        let v = Validator::new(
-            consumer.clone(),
-            producer.clone(),
-            store.clone(),
+    Ok(Prepared {
+        consumer,
+        changes,
+        producer: bus.producer(),
+        store,
+        topics: topics.clone(),
+        cfg,
+        stats,
+    })
+}
+
+/// A validator subscribed to its topics and not yet running ([`prepare`]).
+pub struct Prepared {
+    consumer: Arc<dyn Consumer>,
+    changes: Arc<dyn Consumer>,
+    producer: Arc<dyn Producer>,
+    store: Arc<dyn fluxgate_store::Store>,
+    topics: TopicsConfig,
+    cfg: ValidatorConfig,
+    stats: Arc<ValidatorStats>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("group", &self.cfg.group)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Prepared {
+    /// Runs the validator until `shutdown` resolves, then drains it. Must run inside an
+    /// actix system. Returns its counters.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Arc<ValidatorStats> {
+        let Prepared {
+            consumer,
+            changes,
+            producer,
+            store,
             topics,
-            cfg.clone(),
-            stats.clone(),
+            cfg,
+            stats,
+        } = self;
+        // Registry reads are cached; the API's registry changes drop stale entries.
+        let cache = fluxgate_store::CachedStore::new(
+            store,
+            Duration::from_secs(cfg.registry_cache_ttl_secs),
+            100_000,
         );
-        v.supervised(lifeline).start()
-    };
-    let drain = |addr: &Addr<Validator>| addr.do_send(Drain);
-    supervise(
-        "validator",
-        &consumer,
-        stats.watch(),
-        start,
-        drain,
-        shutdown,
-    )
-    .await;
-    follow.abort();
-    Ok(stats)
+        let follow = actix::spawn(follow_changes(cache.clone(), changes));
+        let store: Arc<dyn fluxgate_store::Store> = Arc::new(cache);
+        // A validator that dies (a panic) is restarted; its unfinished records come again.
+        let start = |lifeline| {
+            let v = Validator::new(
+                consumer.clone(),
+                producer.clone(),
+                store.clone(),
+                &topics,
+                cfg.clone(),
+                stats.clone(),
+            );
+            v.supervised(lifeline).start()
+        };
+        let drain = |addr: &Addr<Validator>| addr.do_send(Drain);
+        supervise(
+            "validator",
+            &consumer,
+            stats.watch(),
+            start,
+            drain,
+            shutdown,
+        )
+        .await;
+        follow.abort();
+        stats
+    }
 }
 
 /// Applies registry changes to the cache until the consumer closes.
