@@ -528,6 +528,10 @@ async fn kafka_scale_out_and_a_rolling_front_restart() {
         gw.sink.close();
     }
 
+    // Every role's /metrics, after traffic went through all of them, is what Prometheus
+    // accepts without a lint complaint.
+    promtool_accepts_every_role(&c).await;
+
     // Rolling restart of front 0 under QoS 1 load.
     let devices = ["d1".to_string(), "d2".to_string()];
     let load = Load::start(&devices, &key, &secret, &[c.front(0), c.front(1)]);
@@ -629,4 +633,52 @@ async fn kafka_kill_the_broker_and_the_database_and_lose_nothing_acknowledged() 
     );
     assert!(total > 100, "too little load: {total}");
     assert_eq!((lost, duplicated), (0, 0), "{}", c.logs(40));
+}
+
+/// `promtool check metrics` (Prometheus's own linter: names, types, HELP, units) on the
+/// `/metrics` of every role process.
+async fn promtool_accepts_every_role(c: &Cluster) {
+    let how = "eval \"$(scripts/tools/promtool)\" fetches Debian's promtool";
+    let Some(promtool) = fluxgate_testkit::tool_from_env("PROMTOOL", "promtool_accepts", how)
+    else {
+        return;
+    };
+    let mut checked = Vec::new();
+    for p in c.procs() {
+        let text = c.metrics(p.role, p.index).await.unwrap();
+        assert!(
+            text.contains("# TYPE "),
+            "{:?}-{} serves metrics: {text}",
+            p.role,
+            p.index
+        );
+        let mut child = std::process::Command::new(&promtool)
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("running {promtool}: {e}"));
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(text.as_bytes()).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics on {:?}-{}:\n{}{}",
+            p.role,
+            p.index,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        checked.push(format!(
+            "{:?}-{} ({} lines)",
+            p.role,
+            p.index,
+            text.lines().count()
+        ));
+    }
+    eprintln!("promtool check metrics: clean on {}", checked.join(", "));
 }

@@ -89,6 +89,26 @@ pub(crate) fn service_from_env(var: &str, test: &str) -> Option<String> {
     }
 }
 
+/// The path of a command-line tool a test runs, from the environment variable `var`
+/// (`PROMTOOL`): `None` after saying the test is ignored, and how to get the tool; under
+/// `CI` a panic instead.
+pub fn tool_from_env(var: &str, test: &str, how: &str) -> Option<String> {
+    use std::io::Write;
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => Some(v),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("{test}: {var} is not set; CI must provide it ({how})")
+        }
+        _ => {
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "{test}: ignored: needs {var} ({how})"
+            );
+            None
+        }
+    }
+}
+
 /// A free TCP address on 127.0.0.1, for a process a test starts (bound, then released for
 /// the process to take).
 #[cfg(feature = "cluster")]
