@@ -37,6 +37,7 @@ mod ack;
 pub mod kafka;
 pub mod memory;
 pub mod supervise;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod topics;
 pub mod trace;
