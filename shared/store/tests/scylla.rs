@@ -218,7 +218,10 @@ async fn scylla_points_leave_no_tombstones() {
             .collect();
         let live: u64 = reads.iter().map(|r| r.0).sum();
         let tombstones: u64 = reads.iter().map(|r| r.1).sum();
-        assert!(live >= 1, "{table}: the trace counts the rows read: {reads:?}");
+        assert!(
+            live >= 1,
+            "{table}: the trace counts the rows read: {reads:?}"
+        );
         assert_eq!(tombstones, 0, "{table}: {reads:?}");
     }
 }
