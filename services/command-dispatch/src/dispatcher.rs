@@ -1247,33 +1247,6 @@ impl Handler<Drain> for Dispatcher {
     }
 }
 
-/// Runs a dispatcher on `bus` until `shutdown` resolves, then drains it. Must run inside
-/// an actix system. Returns the dispatcher's counters.
-pub async fn run(
-    bus: Arc<dyn fluxgate_bus::Bus>,
-    store: Arc<dyn Store>,
-    topics: &TopicsConfig,
-    cfg: DispatchConfig,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> Result<Arc<DispatchStats>, fluxgate_bus::BusError> {
-    run_with(bus, store, topics, cfg, Arc::default(), shutdown).await
-}
-
-/// [`run`] counting into `stats`, which the caller can serve as metrics while it runs
-/// ([`DispatchStats::metrics`]).
-pub async fn run_with(
-    bus: Arc<dyn fluxgate_bus::Bus>,
-    store: Arc<dyn Store>,
-    topics: &TopicsConfig,
-    cfg: DispatchConfig,
-    stats: Arc<DispatchStats>,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> Result<Arc<DispatchStats>, fluxgate_bus::BusError> {
-    Ok(prepare(&bus, store, topics, cfg, stats)?
-        .run(shutdown)
-        .await)
-}
-
 /// The first phase of a dispatcher: its consumer is subscribed, so every event produced
 /// from now on reaches it. [`Prepared::run`] is the second.
 pub fn prepare(
@@ -1295,6 +1268,7 @@ pub fn prepare(
 }
 
 /// A dispatcher subscribed to its topic and not yet running ([`prepare`]).
+#[derive(Debug)]
 pub struct Prepared {
     consumer: Arc<dyn Consumer>,
     producer: Arc<dyn Producer>,
@@ -1302,14 +1276,6 @@ pub struct Prepared {
     topics: TopicsConfig,
     cfg: DispatchConfig,
     stats: Arc<DispatchStats>,
-}
-
-impl std::fmt::Debug for Prepared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Prepared")
-            .field("group", &self.cfg.group)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Prepared {

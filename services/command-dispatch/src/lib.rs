@@ -60,4 +60,4 @@ mod config;
 mod dispatcher;
 
 pub use config::DispatchConfig;
-pub use dispatcher::{DispatchStats, Dispatcher, Drain, Prepared, prepare, rpc_id, run, run_with};
+pub use dispatcher::{DispatchStats, Dispatcher, Drain, Prepared, prepare, rpc_id};

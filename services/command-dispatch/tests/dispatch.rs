@@ -123,15 +123,12 @@ impl Rig {
         bus: Arc<dyn Bus>,
         cfg: DispatchConfig,
     ) -> (Arc<DispatchStats>, Stoppable<()>) {
-        let events = self.topics.name(Topic::DeviceEvents);
-        let group = ConsumerSpec::group(&cfg.group, &[&events]);
-        drop(self.bus.consumer(group).unwrap());
         let stats = Arc::new(DispatchStats::default());
-        let (store, topics, counted) = (self.store.clone(), self.topics.clone(), stats.clone());
+        let (store, counted) = (self.store.clone(), stats.clone());
+        let prepared =
+            fluxgate_command_dispatch::prepare(&bus, store, &self.topics, cfg, counted).unwrap();
         let running = Stoppable::spawn_local(|shutdown| async move {
-            fluxgate_command_dispatch::run_with(bus, store, &topics, cfg, counted, shutdown)
-                .await
-                .unwrap();
+            prepared.run(shutdown).await;
         });
         (stats, running)
     }

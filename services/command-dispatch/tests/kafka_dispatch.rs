@@ -50,19 +50,18 @@ fn command(two_way: bool, persistent: bool) -> Body {
     })
 }
 
-/// One dispatcher: `run_with` until it is stopped.
+/// One dispatcher, subscribed on return, running until it is stopped.
 fn dispatcher(
     bus: &Arc<dyn Bus>,
     store: &Arc<dyn Store>,
     topics: &TopicsConfig,
     cfg: &DispatchConfig,
 ) -> Stoppable<()> {
-    let (bus, store, topics, cfg) = (bus.clone(), store.clone(), topics.clone(), cfg.clone());
+    let stats = Arc::default();
+    let prepared =
+        fluxgate_command_dispatch::prepare(bus, store.clone(), topics, cfg.clone(), stats).unwrap();
     Stoppable::spawn_local(|shutdown| async move {
-        let stats = Arc::default();
-        fluxgate_command_dispatch::run_with(bus, store, &topics, cfg, stats, shutdown)
-            .await
-            .unwrap();
+        prepared.run(shutdown).await;
     })
 }
 

@@ -19,4 +19,4 @@ mod config;
 mod writer;
 
 pub use config::WriterConfig;
-pub use writer::{Drain, Prepared, TsWriter, WriterStats, prepare, run, run_with};
+pub use writer::{Drain, Prepared, TsWriter, WriterStats, prepare};

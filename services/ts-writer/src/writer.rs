@@ -519,33 +519,6 @@ impl Handler<Drain> for TsWriter {
     }
 }
 
-/// Runs a writer on `bus` until `shutdown` resolves, then drains it. Must run inside an
-/// actix system. Returns the writer's counters.
-pub async fn run(
-    bus: Arc<dyn Bus>,
-    store: Arc<dyn Store>,
-    topics: &TopicsConfig,
-    cfg: WriterConfig,
-    shutdown: impl Future<Output = ()>,
-) -> Result<Arc<WriterStats>, BusError> {
-    run_with(bus, store, topics, cfg, Arc::default(), shutdown).await
-}
-
-/// [`run`] counting into `stats`, which the caller can serve as metrics while it runs
-/// ([`WriterStats::metrics`]).
-pub async fn run_with(
-    bus: Arc<dyn Bus>,
-    store: Arc<dyn Store>,
-    topics: &TopicsConfig,
-    cfg: WriterConfig,
-    stats: Arc<WriterStats>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<Arc<WriterStats>, BusError> {
-    Ok(prepare(&bus, store, topics, cfg, stats)?
-        .run(shutdown)
-        .await)
-}
-
 /// The first phase of a writer: its consumer is subscribed, so every record produced
 /// from now on reaches it. [`Prepared::run`] is the second.
 pub fn prepare(
@@ -568,6 +541,7 @@ pub fn prepare(
 }
 
 /// A writer subscribed to its topics and not yet running ([`prepare`]).
+#[derive(Debug)]
 pub struct Prepared {
     consumer: Arc<dyn Consumer>,
     producer: Arc<dyn Producer>,
@@ -575,14 +549,6 @@ pub struct Prepared {
     topics: TopicsConfig,
     cfg: WriterConfig,
     stats: Arc<WriterStats>,
-}
-
-impl std::fmt::Debug for Prepared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Prepared")
-            .field("group", &self.cfg.group)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Prepared {

@@ -81,29 +81,18 @@ fn start(
     (addr, stats)
 }
 
-/// `fluxgate_ts_writer::run_with` on `bus` until it is stopped; `bus` is `memory`, or
-/// wraps it. The writers' group is created first (the in-process bus keeps records only for
-/// groups it knows), whenever the spawned `run_with` subscribes.
+/// A writer on `bus`, subscribed on return (the in-process bus keeps records only for
+/// the groups it knows), running until it is stopped.
 fn run(
-    memory: &MemoryBus,
     bus: Arc<dyn Bus>,
     store: Arc<dyn Store>,
     cfg: WriterConfig,
 ) -> (Arc<WriterStats>, Stoppable<()>) {
     let topics = TopicsConfig::default();
-    let names = [Topic::IngestValid, Topic::IngestRejected].map(|t| topics.name(t));
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    drop(
-        memory
-            .consumer(ConsumerSpec::group(&cfg.group, &names))
-            .unwrap(),
-    );
     let stats = Arc::new(WriterStats::default());
-    let counted = stats.clone();
+    let prepared = fluxgate_ts_writer::prepare(&bus, store, &topics, cfg, stats.clone()).unwrap();
     let running = Stoppable::spawn_local(|shutdown| async move {
-        fluxgate_ts_writer::run_with(bus, store, &topics, cfg, counted, shutdown)
-            .await
-            .unwrap();
+        prepared.run(shutdown).await;
     });
     (stats, running)
 }
@@ -273,7 +262,7 @@ async fn a_store_outage_pauses_intake_and_loses_nothing() {
     };
     let bus = MemoryBus::default();
     let topics = TopicsConfig::default();
-    let (stats, running) = run(&bus, Arc::new(bus.clone()), store.clone(), cfg);
+    let (stats, running) = run(Arc::new(bus.clone()), store.clone(), cfg);
     // An outage of about 100 write attempts (10-40 ms apart: seconds).
     double.inject(Fault::WriteTimeout, 100);
     let p = bus.producer();
@@ -438,7 +427,7 @@ async fn a_writer_that_panics_is_restarted_and_stores_every_record_once() {
     // batch is written again: idempotent).
     bus.faults().recv.store(5, Ordering::SeqCst);
     bus.faults().ack.store(1, Ordering::SeqCst);
-    let (stats, running) = run(&memory, bus, store.clone(), cfg);
+    let (stats, running) = run(bus, store.clone(), cfg);
     let p = memory.producer();
     let mut acks = Vec::new();
     for i in 0..30 {

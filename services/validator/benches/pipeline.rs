@@ -14,9 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use fluxgate_bus::{
-    Bus, ConsumerSpec, KafkaBus, KafkaConfig, MemoryBus, OutRecord, Topic, TopicsConfig,
-};
+use fluxgate_bus::{Bus, KafkaBus, KafkaConfig, MemoryBus, OutRecord, Topic, TopicsConfig};
 use fluxgate_model::{
     Body, Channel, DeviceId, DeviceRef, Dialect, ENVELOPE_VERSION, Envelope, MessageId, Sample,
     TenantId, Value, Values,
@@ -74,34 +72,13 @@ impl Pipeline {
             group: format!("{}bench-writers", topics.prefix),
             ..WriterConfig::default()
         };
-        let names = [
-            Topic::IngestValid,
-            Topic::DeviceEvents,
-            Topic::IngestRejected,
-        ]
-        .map(|t| topics.name(t));
-        let raw = topics.name(Topic::IngestRaw);
-        drop(
-            bus.consumer(ConsumerSpec::group(&vcfg.group, &[&raw]))
-                .unwrap(),
-        );
-        let written: Vec<&str> = names.iter().map(String::as_str).collect();
-        drop(
-            bus.consumer(ConsumerSpec::group(&wcfg.group, &written))
-                .unwrap(),
-        );
+        // Both subscribed before anything is produced.
         let writer = Arc::new(WriterStats::default());
-        let (b, s, t) = (bus.clone(), store.clone(), topics.clone());
-        actix::spawn(async move {
-            let stats = Arc::new(ValidatorStats::default());
-            let _ =
-                fluxgate_validator::run_with(b, s, &t, vcfg, stats, std::future::pending()).await;
-        });
-        let (b, t, w) = (bus.clone(), topics.clone(), writer.clone());
-        actix::spawn(async move {
-            let _ =
-                fluxgate_ts_writer::run_with(b, store, &t, wcfg, w, std::future::pending()).await;
-        });
+        let stats = Arc::new(ValidatorStats::default());
+        let v = fluxgate_validator::prepare(&bus, store.clone(), &topics, vcfg, stats).unwrap();
+        let w = fluxgate_ts_writer::prepare(&bus, store, &topics, wcfg, writer.clone()).unwrap();
+        actix::spawn(v.run(std::future::pending()));
+        actix::spawn(w.run(std::future::pending()));
         Pipeline {
             bus,
             topics,

@@ -415,33 +415,6 @@ impl Handler<Drain> for Validator {
     }
 }
 
-/// Runs a validator on `bus` until `shutdown` resolves, then drains it. Must run inside an
-/// actix system. Returns the validator's counters.
-pub async fn run(
-    bus: Arc<dyn fluxgate_bus::Bus>,
-    store: Arc<dyn fluxgate_store::Store>,
-    topics: &TopicsConfig,
-    cfg: ValidatorConfig,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> Result<Arc<ValidatorStats>, fluxgate_bus::BusError> {
-    run_with(bus, store, topics, cfg, Arc::default(), shutdown).await
-}
-
-/// [`run`] counting into `stats`, which the caller can serve as metrics while it runs
-/// ([`ValidatorStats::metrics`]).
-pub async fn run_with(
-    bus: Arc<dyn fluxgate_bus::Bus>,
-    store: Arc<dyn fluxgate_store::Store>,
-    topics: &TopicsConfig,
-    cfg: ValidatorConfig,
-    stats: Arc<ValidatorStats>,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> Result<Arc<ValidatorStats>, fluxgate_bus::BusError> {
-    Ok(prepare(&bus, store, topics, cfg, stats)?
-        .run(shutdown)
-        .await)
-}
-
 /// The first phase of a validator: its consumers are subscribed, so every record
 /// produced from now on reaches it. [`Prepared::run`] is the second.
 pub fn prepare(
@@ -471,6 +444,7 @@ pub fn prepare(
 }
 
 /// A validator subscribed to its topics and not yet running ([`prepare`]).
+#[derive(Debug)]
 pub struct Prepared {
     consumer: Arc<dyn Consumer>,
     changes: Arc<dyn Consumer>,
@@ -479,14 +453,6 @@ pub struct Prepared {
     topics: TopicsConfig,
     cfg: ValidatorConfig,
     stats: Arc<ValidatorStats>,
-}
-
-impl std::fmt::Debug for Prepared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Prepared")
-            .field("group", &self.cfg.group)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Prepared {

@@ -18,6 +18,6 @@ mod actor;
 mod config;
 mod validate;
 
-pub use actor::{Drain, Prepared, Validator, ValidatorStats, prepare, run, run_with};
+pub use actor::{Drain, Prepared, Validator, ValidatorStats, prepare};
 pub use config::ValidatorConfig;
 pub use validate::{Output, validate};

@@ -247,11 +247,9 @@ async fn kafka_every_kind_ends_in_its_table_and_a_raced_name_becomes_one_device(
             group: format!("{group}-v"),
             ..ValidatorConfig::default()
         };
-        let (bus, store, topics) = (bus.clone(), store.clone(), topics.clone());
+        let p = fluxgate_validator::prepare(&bus, store.clone(), &topics, cfg, stats).unwrap();
         roles.push(Stoppable::spawn_local(|done| async move {
-            fluxgate_validator::run_with(bus, store, &topics, cfg, stats, done)
-                .await
-                .map(|_| ())
+            p.run(done).await;
         }));
     }
     {
@@ -259,11 +257,10 @@ async fn kafka_every_kind_ends_in_its_table_and_a_raced_name_becomes_one_device(
             group: format!("{group}-w"),
             ..WriterConfig::default()
         };
-        let (bus, store, topics) = (bus.clone(), store.clone(), topics.clone());
+        let p =
+            fluxgate_ts_writer::prepare(&bus, store.clone(), &topics, cfg, Arc::default()).unwrap();
         roles.push(Stoppable::spawn_local(|done| async move {
-            fluxgate_ts_writer::run(bus, store, &topics, cfg, done)
-                .await
-                .map(|_| ())
+            p.run(done).await;
         }));
     }
     {
@@ -272,11 +269,11 @@ async fn kafka_every_kind_ends_in_its_table_and_a_raced_name_becomes_one_device(
             group: format!("{group}-d"),
             ..Default::default()
         };
-        let (bus, store, topics) = (bus.clone(), store.clone(), topics.clone());
+        let p =
+            fluxgate_command_dispatch::prepare(&bus, store.clone(), &topics, cfg, Arc::default())
+                .unwrap();
         roles.push(Stoppable::spawn_local(|done| async move {
-            fluxgate_command_dispatch::run(bus, store, &topics, cfg, done)
-                .await
-                .map(|_| ())
+            p.run(done).await;
         }));
     }
     // Both validators must hold partitions before the race is produced: warm up with
@@ -472,7 +469,7 @@ async fn kafka_every_kind_ends_in_its_table_and_a_raced_name_becomes_one_device(
         "each raw record handled once"
     );
     for r in roles {
-        r.stop(Duration::from_secs(30)).await.unwrap();
+        r.stop(Duration::from_secs(30)).await;
     }
 }
 

@@ -142,18 +142,17 @@ impl Rig {
 
     /// [`Rig::run`] on `bus` (this rig's bus, wrapped).
     fn run_on(&self, bus: Arc<dyn Bus>) -> Stoppable<Arc<ValidatorStats>> {
-        // The group exists before anything is produced (the in-process bus keeps a group's
-        // records for it while it has no member), whenever the spawned `run` subscribes.
-        let raw = self.topics.name(Topic::IngestRaw);
-        let group = ValidatorConfig::default().group;
-        drop(bus.consumer(ConsumerSpec::group(group, &[&raw])).unwrap());
-        let (store, topics) = (self.store.clone(), self.topics.clone());
-        Stoppable::spawn_local(|shutdown| async move {
-            let cfg = ValidatorConfig::default();
-            fluxgate_validator::run(bus, store, &topics, cfg, shutdown)
-                .await
-                .unwrap()
-        })
+        // Subscribed before anything is produced (prepare's first phase).
+        let cfg = ValidatorConfig::default();
+        let prepared = fluxgate_validator::prepare(
+            &bus,
+            self.store.clone(),
+            &self.topics,
+            cfg,
+            Arc::default(),
+        )
+        .unwrap();
+        Stoppable::spawn_local(|shutdown| async move { prepared.run(shutdown).await })
     }
 
     async fn raw(&self, env: &Envelope) {
