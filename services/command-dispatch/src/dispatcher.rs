@@ -1,19 +1,17 @@
-//! The dispatcher actor.
+//! The dispatcher stage (run by the `fluxgate_pipeline` actor).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix::prelude::*;
-use fluxgate_bus::supervise::{Lifeline, Watch, supervise};
-use fluxgate_bus::{
-    ConsumeError, Consumer, OutRecord, Producer, Record, Topic, TopicsConfig, now_ms,
-};
+use actix::AsyncContext;
+use fluxgate_bus::{Consumer, OutRecord, Producer, Record, Topic, TopicsConfig, now_ms};
 use fluxgate_model::{
     Body, CommandEnded, CorrelationId, Delivery, DeviceId, DeviceName, DeviceRef, Dialect,
     ENVELOPE_VERSION, Envelope, KeySelection, MessageId, Outbound, TenantId, Values, device_key,
 };
+use fluxgate_pipeline::{Ctx as StageCtx, PipelineStats, Stage};
 use fluxgate_store::{
     AttributeScope, ClientRpc, ClientRpcStatus, CommandRecord, CommandStatus, Store, StoreError,
     hash_secret,
@@ -44,15 +42,9 @@ pub struct DispatchStats {
     pub client_rpc_timed_out: Arc<AtomicU64>,
     /// Claiming windows devices opened.
     pub claim_windows: Arc<AtomicU64>,
-    /// Store or bus failures retried.
-    pub retries: Arc<AtomicU64>,
-    /// Records that were not envelopes, kept on the dead-letter topic (and in the rejected
-    /// log) before they were acked.
-    pub undecodable: Arc<AtomicU64>,
-    /// Times the dispatcher actor died and was restarted (its records redelivered).
-    pub restarts: Arc<AtomicU64>,
-    /// The consumer's lag: records read from the bus but not finished yet, or not read.
-    pub lag: Arc<AtomicU64>,
+    /// Records read, retried store or bus failures, undecodable records kept, restarts
+    /// and lag.
+    pub pipeline: PipelineStats,
     /// Timers running now (RPC replies, delivery deadlines, client-side RPC timeouts),
     /// of the devices whose partitions this dispatcher holds.
     pub timers: Arc<AtomicU64>,
@@ -64,16 +56,15 @@ pub struct DispatchStats {
 }
 
 impl DispatchStats {
-    /// Where the supervisor reports restarts and lag.
-    fn watch(&self) -> Watch<'_> {
-        Watch {
-            restarts: &self.restarts,
-            lag: &self.lag,
-        }
+    /// These counters as Prometheus collectors (register each in the role's registry).
+    pub fn collectors(&self) -> prometheus::Result<Vec<Box<dyn prometheus::core::Collector>>> {
+        Ok(vec![
+            Box::new(self.counters()?),
+            Box::new(self.pipeline.collector(Dispatcher::ROLE)?),
+        ])
     }
 
-    /// These counters as Prometheus metrics (register the result in the role's registry).
-    pub fn metrics(&self) -> prometheus::Result<fluxgate_observability::CounterSet> {
+    fn counters(&self) -> prometheus::Result<fluxgate_observability::CounterSet> {
         use fluxgate_observability::CounterDef;
         let def = |name, help, labels: &[(&'static str, &'static str)], value: &Arc<AtomicU64>| {
             CounterDef {
@@ -127,18 +118,6 @@ impl DispatchStats {
                 &self.claim_windows,
             ),
             def(
-                "fluxgate_command_dispatch_retries_total",
-                "Store or bus failures retried.",
-                &[],
-                &self.retries,
-            ),
-            def(
-                "fluxgate_command_dispatch_undecodable_total",
-                "Records that were not envelopes, kept on the dead-letter topic and in the rejected log.",
-                &[],
-                &self.undecodable,
-            ),
-            def(
                 "fluxgate_command_dispatch_missed_attribute_pushes_total",
                 "Pushes of the shared attributes changed while a device was away, when it subscribed again.",
                 &[],
@@ -150,28 +129,14 @@ impl DispatchStats {
                 &[],
                 &self.timers_rearmed,
             ),
-            def(
-                "fluxgate_command_dispatch_restarts_total",
-                "Times the dispatcher actor died and was restarted; its unfinished records were redelivered.",
-                &[],
-                &self.restarts,
-            ),
         ])
         .and_then(|set| {
-            set.with_gauges(vec![
-                def(
-                    "fluxgate_command_dispatch_consumer_lag_records",
-                    "Records of the assigned partitions not finished yet (consumer lag).",
-                    &[],
-                    &self.lag,
-                ),
-                def(
+            set.with_gauges(vec![def(
                     "fluxgate_command_dispatch_timers",
                     "Timers running (RPC replies, delivery deadlines, client-side RPC timeouts) of the devices whose partitions this dispatcher holds.",
                     &[],
                     &self.timers,
-                ),
-            ])
+                )])
         })
     }
 }
@@ -196,7 +161,7 @@ impl Dispatcher {
                 match attempt().await {
                     Ok(v) => return v,
                     Err(e) => {
-                        stats.retries.fetch_add(1, Ordering::Relaxed);
+                        stats.pipeline.retries.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(error = %e, "dispatcher: retrying {what}");
                         tokio::time::sleep(backoff.next_delay()).await;
                     }
@@ -207,7 +172,7 @@ impl Dispatcher {
 
     /// A record that is not an envelope: kept whole on the dead-letter topic and noted in
     /// the rejected log, retrying until both are acknowledged; then acked.
-    fn keep_undecodable(&mut self, rec: Record, error: &str, ctx: &mut Context<Self>) {
+    fn keep_undecodable(&mut self, rec: Record, error: &str, ctx: &mut StageCtx<Self>) {
         const ROLE: &str = "command-dispatch";
         tracing::error!(topic = %rec.position.topic, offset = rec.position.offset, error,
             "dispatcher: not an envelope; keeping it on the dead-letter topic");
@@ -227,11 +192,10 @@ impl Dispatcher {
             let (producer, outputs) = (producer.clone(), outputs.clone());
             async move { produce_all(&*producer, &outputs).await }
         });
-        ctx.wait(fut.into_actor(self).map(move |(), act, ctx| {
-            act.stats.undecodable.fetch_add(1, Ordering::Relaxed);
-            act.consumer.ack(&rec.position);
-            act.fetch(ctx);
-        }));
+        fluxgate_pipeline::wait(ctx, fut, move |d, (), _| {
+            d.stats.pipeline.undecodable.fetch_add(1, Ordering::Relaxed);
+            d.consumer.ack(&rec.position);
+        });
     }
 }
 
@@ -393,9 +357,6 @@ pub struct Dispatcher {
     timers: Arc<Timers>,
     /// The consumer's assignment generation the timers were last re-armed for.
     generation: u64,
-    draining: bool,
-    fetching: Option<SpawnHandle>,
-    lifeline: Option<Lifeline>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -645,7 +606,7 @@ impl Ctx {
                         tracing::warn!(rpc = %rpc.id, error = %e, "dispatcher: client-side RPC timeout not recorded; retrying")
                     }
                 }
-                self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                self.stats.pipeline.retries.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(backoff.next_delay()).await;
             }
         });
@@ -790,7 +751,7 @@ impl Ctx {
             if done {
                 return None;
             }
-            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            self.stats.pipeline.retries.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(backoff.next_delay()).await;
         }
         tracing::warn!(command = %id, ?deadline, "dispatcher: could not record a command's timeout");
@@ -1136,9 +1097,6 @@ impl Dispatcher {
             online: HashMap::new(),
             timers: Arc::default(),
             generation: 0,
-            draining: false,
-            fetching: None,
-            lifeline: None,
         }
     }
 
@@ -1146,16 +1104,10 @@ impl Dispatcher {
     /// look (at start: all the consumer holds).
     fn watch_assignment(&mut self) {
         let generation = self.consumer.generation();
-        if generation != self.generation && !self.draining {
+        if generation != self.generation {
             self.generation = generation;
             actix::spawn(self.ctx().rearm_timers());
         }
-    }
-
-    /// Ties the dispatcher to its supervisor ([`fluxgate_bus::supervise`]).
-    pub fn supervised(mut self, lifeline: Lifeline) -> Self {
-        self.lifeline = Some(lifeline);
-        self
     }
 
     fn ctx(&self) -> Ctx {
@@ -1170,28 +1122,7 @@ impl Dispatcher {
         }
     }
 
-    fn fetch(&mut self, ctx: &mut Context<Self>) {
-        if self.draining {
-            return;
-        }
-        let c = self.consumer.clone();
-        self.fetching = Some(
-            ctx.spawn(async move { c.recv().await }.into_actor(self).map(
-                |res, act, ctx| match res {
-                    Ok(rec) => {
-                        act.handle_record(rec, ctx);
-                    }
-                    Err(ConsumeError::Closed) => ctx.stop(),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "dispatcher: consume error; retrying");
-                        ctx.run_later(Duration::from_millis(100), |act, ctx| act.fetch(ctx));
-                    }
-                },
-            )),
-        );
-    }
-
-    fn handle_record(&mut self, rec: Record, ctx: &mut Context<Self>) {
+    fn handle_record(&mut self, rec: Record, ctx: &mut StageCtx<Self>) {
         let env = match Envelope::from_bytes(&rec.payload) {
             Ok(env) => env,
             Err(e) => return self.keep_undecodable(rec, &e.to_string(), ctx),
@@ -1208,7 +1139,7 @@ impl Dispatcher {
             let (work, env, online) = (work.clone(), env.clone(), online.clone());
             async move { work.step(env, online).await }
         });
-        ctx.wait(fut.into_actor(self).map(move |after, act, ctx| {
+        fluxgate_pipeline::wait(ctx, fut, move |act, after, _| {
             match after {
                 After::Nothing => {}
                 After::Online(k, o) => {
@@ -1224,26 +1155,7 @@ impl Dispatcher {
                 }
             }
             consumer.ack(&rec.position);
-            act.fetch(ctx);
-        }));
-    }
-}
-
-/// Stops reading and stops the dispatcher (a record being handled finishes first: records
-/// are handled one at a time, and messages wait for it).
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct Drain;
-
-impl Handler<Drain> for Dispatcher {
-    type Result = ();
-
-    fn handle(&mut self, _: Drain, ctx: &mut Self::Context) {
-        self.draining = true;
-        if let Some(h) = self.fetching.take() {
-            ctx.cancel_future(h);
-        }
-        ctx.stop();
+        });
     }
 }
 
@@ -1301,27 +1213,29 @@ impl Prepared {
         // A dispatcher that dies (a panic) is restarted; its unfinished records come
         // again. Presence is rebuilt from the events that follow and the store's
         // connection log.
-        let start = |lifeline| make().supervised(lifeline).start();
-        let drain = |addr: &Addr<Dispatcher>| addr.do_send(Drain);
-        let watch = stats.watch();
-        supervise("command-dispatch", &consumer, watch, start, drain, shutdown).await;
+        fluxgate_pipeline::run(&consumer, &stats.pipeline, make, shutdown).await;
         stats
     }
 }
 
-impl Actor for Dispatcher {
-    type Context = Context<Self>;
+impl Stage for Dispatcher {
+    const ROLE: &'static str = "dispatcher";
 
-    fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(16);
-        self.watch_assignment();
-        ctx.run_interval(ASSIGNMENT_CHECK, |act, _| act.watch_assignment());
-        self.fetch(ctx);
+    fn consumer(&self) -> &Arc<dyn Consumer> {
+        &self.consumer
     }
 
-    fn stopped(&mut self, _: &mut Self::Context) {
-        if let Some(l) = self.lifeline.take() {
-            l.finished();
-        }
+    fn stats(&self) -> &PipelineStats {
+        &self.stats.pipeline
+    }
+
+    fn started(&mut self, ctx: &mut StageCtx<Self>) {
+        self.watch_assignment();
+        ctx.run_interval(ASSIGNMENT_CHECK, |act, _| act.stage().watch_assignment());
+    }
+
+    /// Records are handled one at a time (each waits for the one before it).
+    fn accept(&mut self, rec: Record, ctx: &mut StageCtx<Self>) {
+        self.handle_record(rec, ctx);
     }
 }

@@ -60,4 +60,4 @@ mod config;
 mod dispatcher;
 
 pub use config::DispatchConfig;
-pub use dispatcher::{DispatchStats, Dispatcher, Drain, Prepared, prepare, rpc_id};
+pub use dispatcher::{DispatchStats, Dispatcher, Prepared, prepare, rpc_id};

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use fluxgate_pipeline::Stage;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -105,7 +106,9 @@ impl Rig {
         );
         match arbiter {
             Some(a) => {
-                Dispatcher::start_in_arbiter(&a.handle(), |_| d);
+                fluxgate_pipeline::Pipeline::start_in_arbiter(&a.handle(), |_| {
+                    fluxgate_pipeline::Pipeline::new(d)
+                });
             }
             None => {
                 d.start();
@@ -574,7 +577,13 @@ async fn a_dispatcher_that_panics_keeps_presence_and_running_timers() {
         .await;
     assert_eq!(rig.delivery().await.id, one_way);
     rig.status(one_way, CommandStatus::Sent).await;
-    assert_eq!(stats.restarts.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        stats
+            .pipeline
+            .restarts
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     // The RPC's timer outlived the actor that set it.
     rig.status(rpc, CommandStatus::TimedOut).await;
     running.stop(Duration::from_secs(5)).await;
@@ -811,7 +820,10 @@ async fn an_undecodable_command_is_dead_lettered_and_the_next_one_is_handled() {
         .expect("acked in time")
         .unwrap();
     assert_eq!(
-        stats.undecodable.load(std::sync::atomic::Ordering::Relaxed),
+        stats
+            .pipeline
+            .undecodable
+            .load(std::sync::atomic::Ordering::Relaxed),
         1
     );
     let next = rig.command("d1", Dialect::Losant, false, false, None).await;

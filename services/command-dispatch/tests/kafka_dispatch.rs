@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use fluxgate_pipeline::Stage;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -263,7 +264,9 @@ async fn kafka_a_dispatcher_taking_over_a_partition_runs_its_timers() {
     };
     let arbiter = Arbiter::new();
     let (a, a_stats, d) = make(&cfg);
-    Dispatcher::start_in_arbiter(&arbiter.handle(), |_| d);
+    fluxgate_pipeline::Pipeline::start_in_arbiter(&arbiter.handle(), |_| {
+        fluxgate_pipeline::Pipeline::new(d)
+    });
     let (b, b_stats, d) = make(&cfg);
     d.start();
     let (front, mut deliveries) = front(&bus, &topics);

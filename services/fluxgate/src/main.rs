@@ -206,12 +206,10 @@ impl Observed {
     fn serve(
         addr: &str,
         (bus, store): (&Arc<dyn Bus>, &Arc<dyn Store>),
-        counters: fluxgate_observability::CounterSet,
-        more: Vec<Box<dyn prometheus::core::Collector>>,
+        collectors: Vec<Box<dyn prometheus::core::Collector>>,
     ) -> anyhow::Result<Self> {
         let registry = prometheus::Registry::new();
-        registry.register(Box::new(counters))?;
-        for c in more {
+        for c in collectors {
             registry.register(c)?;
         }
         let health = fluxgate_observability::Health::new();
@@ -232,7 +230,7 @@ async fn run_role(cfg: Config, role: Cmd) -> anyhow::Result<()> {
     let topics = cfg.topics.clone();
     tracing::info!(role = ?role, "starting");
     let metrics_addr = cfg.metrics_addr.clone();
-    let observe = |counters, more| Observed::serve(&metrics_addr, (&bus, &store), counters, more);
+    let observe = |collectors| Observed::serve(&metrics_addr, (&bus, &store), collectors);
     // The role, its observability server if the binary serves it, and the health the
     // binary declares ready (the front declares its own, once its consumer is assigned).
     let (role, server, health): (Box<dyn Role>, _, _) = match role {
@@ -256,7 +254,7 @@ async fn run_role(cfg: Config, role: Cmd) -> anyhow::Result<()> {
         }
         Cmd::Validator => {
             let stats = Arc::new(fluxgate_validator::ValidatorStats::default());
-            let obs = observe(stats.metrics()?, Vec::new())?;
+            let obs = observe(stats.collectors()?)?;
             let p = fluxgate_validator::prepare(&bus, store, &topics, cfg.validator, stats)?;
             let role = Pipeline::new("validator", |stop| async move {
                 p.run(stop).await;
@@ -265,7 +263,7 @@ async fn run_role(cfg: Config, role: Cmd) -> anyhow::Result<()> {
         }
         Cmd::Writer => {
             let stats = Arc::new(fluxgate_ts_writer::WriterStats::default());
-            let obs = observe(stats.metrics()?, stats.histograms())?;
+            let obs = observe(stats.collectors()?)?;
             let p = fluxgate_ts_writer::prepare(&bus, store, &topics, cfg.writer, stats)?;
             let role = Pipeline::new("writer", |stop| async move {
                 p.run(stop).await;
@@ -274,7 +272,7 @@ async fn run_role(cfg: Config, role: Cmd) -> anyhow::Result<()> {
         }
         Cmd::Dispatcher => {
             let stats = Arc::new(fluxgate_command_dispatch::DispatchStats::default());
-            let obs = observe(stats.metrics()?, Vec::new())?;
+            let obs = observe(stats.collectors()?)?;
             let p =
                 fluxgate_command_dispatch::prepare(&bus, store, &topics, cfg.dispatcher, stats)?;
             let role = Pipeline::new("dispatcher", |stop| async move {

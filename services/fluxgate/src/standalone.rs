@@ -74,7 +74,9 @@ pub(crate) async fn run(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
     let mut roles: Vec<Box<dyn Role>> = Vec::new();
     {
         let stats = Arc::new(fluxgate_command_dispatch::DispatchStats::default());
-        registry.register(Box::new(stats.metrics()?))?;
+        for c in stats.collectors()? {
+            registry.register(c)?;
+        }
         let p = fluxgate_command_dispatch::prepare(
             &bus,
             store.clone(),
@@ -86,9 +88,8 @@ pub(crate) async fn run(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
             p.run(stop).await;
         }));
         let stats = Arc::new(fluxgate_ts_writer::WriterStats::default());
-        registry.register(Box::new(stats.metrics()?))?;
-        for h in stats.histograms() {
-            registry.register(h)?;
+        for c in stats.collectors()? {
+            registry.register(c)?;
         }
         let p =
             fluxgate_ts_writer::prepare(&bus, store.clone(), &topics, cfg.writer.clone(), stats)?;
@@ -96,7 +97,9 @@ pub(crate) async fn run(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
             p.run(stop).await;
         }));
         let stats = Arc::new(fluxgate_validator::ValidatorStats::default());
-        registry.register(Box::new(stats.metrics()?))?;
+        for c in stats.collectors()? {
+            registry.register(c)?;
+        }
         let p = fluxgate_validator::prepare(
             &bus,
             store.clone(),

@@ -311,6 +311,11 @@ async fn losant_devices_gateways_commands_and_access_rules() {
         "fluxgate_ts_writer_write_seconds_bucket",
         "fluxgate_ts_writer_batch_points_count",
         "fluxgate_command_dispatch_",
+        // The counters every pipeline role has, one series per role in one family.
+        "fluxgate_pipeline_records_total{role=\"validator\"}",
+        "fluxgate_pipeline_records_total{role=\"writer\"}",
+        "fluxgate_pipeline_records_total{role=\"dispatcher\"}",
+        "fluxgate_pipeline_consumer_lag_records{role=\"dispatcher\"}",
     ] {
         assert!(m.contains(name), "{name} missing from /metrics");
     }

@@ -5,7 +5,8 @@
 //! fluxgate.ingest.rejected ─┘   (batch)       └─ log_rejected      ──> ack (commit)
 //! ```
 //!
-//! One [`TsWriter`] actor owns one consumer (one group member; scale by running more
+//! One [`TsWriter`] stage (run by the `fluxgate_pipeline` actor, which fetches, supervises
+//! and drains) owns one consumer (one group member; scale by running more
 //! instances in the group). It reads records into a batch and flushes the batch when it
 //! holds [`WriterConfig::batch_max_points`] points or is
 //! [`WriterConfig::batch_max_age_ms`] old. A flush writes everything the batch holds,
@@ -19,4 +20,4 @@ mod config;
 mod writer;
 
 pub use config::WriterConfig;
-pub use writer::{Drain, Prepared, TsWriter, WriterStats, prepare};
+pub use writer::{Prepared, TsWriter, WriterStats, prepare};

@@ -5,13 +5,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use actix::prelude::*;
-use fluxgate_bus::supervise::{Lifeline, Watch, supervise};
+use actix::AsyncContext;
 use fluxgate_bus::{
-    Bus, BusError, ConsumeError, Consumer, ConsumerSpec, OutRecord, Position, Producer, Record,
-    Topic, TopicsConfig,
+    Bus, BusError, Consumer, ConsumerSpec, OutRecord, Position, Producer, Record, Topic,
+    TopicsConfig,
 };
 use fluxgate_model::{Body, DeviceId, DeviceRef, Envelope, Rejection, TenantId, Values};
+use fluxgate_pipeline::{Ctx, PipelineStats, Stage};
 use fluxgate_store::{AttributeScope, RejectedEntry, SampleBatch, Store};
 
 use crate::WriterConfig;
@@ -19,21 +19,12 @@ use crate::WriterConfig;
 /// Counters and histograms of one writer (for metrics and tests).
 #[derive(Debug)]
 pub struct WriterStats {
-    /// Records read from the bus.
-    pub records: Arc<AtomicU64>,
+    /// Records read, retried store writes, undecodable records kept, restarts and lag.
+    pub pipeline: PipelineStats,
     /// Points written to the store.
     pub points: Arc<AtomicU64>,
     /// Batches flushed.
     pub batches: Arc<AtomicU64>,
-    /// Failed store writes that were retried.
-    pub retries: Arc<AtomicU64>,
-    /// Records that could not be decoded: kept on the dead-letter topic and in the
-    /// rejected log, then acked (they can never be written as data).
-    pub undecodable: Arc<AtomicU64>,
-    /// Times the writer actor died and was restarted (its batch redelivered).
-    pub restarts: Arc<AtomicU64>,
-    /// The consumer's lag: records read from the bus but not finished yet, or not read.
-    pub lag: Arc<AtomicU64>,
     /// Time a successful batch write took in the store, in seconds.
     pub write_seconds: Option<prometheus::Histogram>,
     /// Points per written batch.
@@ -65,13 +56,9 @@ impl Default for WriterStats {
         )
         .ok();
         WriterStats {
-            records: Arc::default(),
+            pipeline: PipelineStats::default(),
             points: Arc::default(),
             batches: Arc::default(),
-            retries: Arc::default(),
-            undecodable: Arc::default(),
-            restarts: Arc::default(),
-            lag: Arc::default(),
             write_seconds,
             batch_points,
         }
@@ -79,80 +66,39 @@ impl Default for WriterStats {
 }
 
 impl WriterStats {
-    /// Where the supervisor reports restarts and lag.
-    fn watch(&self) -> Watch<'_> {
-        Watch {
-            restarts: &self.restarts,
-            lag: &self.lag,
-        }
-    }
-
-    /// The histograms, to register in the role's registry beside [`WriterStats::metrics`].
-    pub fn histograms(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
-        [&self.write_seconds, &self.batch_points]
-            .into_iter()
-            .flatten()
-            .map(|h| Box::new(h.clone()) as Box<dyn prometheus::core::Collector>)
-            .collect()
-    }
-
-    /// These counters as Prometheus metrics (register the result in the role's registry).
-    pub fn metrics(&self) -> prometheus::Result<fluxgate_observability::CounterSet> {
+    /// These counters and histograms as Prometheus collectors (register each in the
+    /// role's registry).
+    pub fn collectors(&self) -> prometheus::Result<Vec<Box<dyn prometheus::core::Collector>>> {
         use fluxgate_observability::CounterDef;
-        let def = |name, help, labels: &[(&'static str, &'static str)], value: &Arc<AtomicU64>| {
-            CounterDef {
-                name,
-                help,
-                labels: labels.to_vec(),
-                value: value.clone(),
-            }
+        let def = |name, help, value: &Arc<AtomicU64>| CounterDef {
+            name,
+            help,
+            labels: Vec::new(),
+            value: value.clone(),
         };
-        fluxgate_observability::CounterSet::new(vec![
-            def(
-                "fluxgate_ts_writer_records_total",
-                "Records read from the bus.",
-                &[],
-                &self.records,
-            ),
+        let counters = fluxgate_observability::CounterSet::new(vec![
             def(
                 "fluxgate_ts_writer_points_written_total",
                 "Points written to the store.",
-                &[],
                 &self.points,
             ),
             def(
                 "fluxgate_ts_writer_batches_total",
                 "Batches flushed to the store.",
-                &[],
                 &self.batches,
             ),
-            def(
-                "fluxgate_ts_writer_retries_total",
-                "Store writes that failed and were retried.",
-                &[],
-                &self.retries,
-            ),
-            def(
-                "fluxgate_ts_writer_undecodable_total",
-                "Records that could not be decoded, kept on the dead-letter topic and in the rejected log.",
-                &[],
-                &self.undecodable,
-            ),
-            def(
-                "fluxgate_ts_writer_restarts_total",
-                "Times the writer actor died and was restarted; its unwritten records were redelivered.",
-                &[],
-                &self.restarts,
-            ),
-        ])
-        .and_then(|set| {
-            set.with_gauges(vec![def(
-                "fluxgate_ts_writer_consumer_lag_records",
-                "Records of the assigned partitions not finished yet (consumer lag).",
-                &[],
-                &self.lag,
-            )])
-        })
+        ])?;
+        let mut all: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(counters),
+            Box::new(self.pipeline.collector(TsWriter::ROLE)?),
+        ];
+        for h in [&self.write_seconds, &self.batch_points]
+            .into_iter()
+            .flatten()
+        {
+            all.push(Box::new(h.clone()));
+        }
+        Ok(all)
     }
 }
 
@@ -223,7 +169,6 @@ pub struct TsWriter {
     cfg: WriterConfig,
     stats: Arc<WriterStats>,
     batch: Batch,
-    lifeline: Option<Lifeline>,
 }
 
 impl std::fmt::Debug for TsWriter {
@@ -254,19 +199,11 @@ impl TsWriter {
             cfg,
             stats,
             batch: Batch::default(),
-            lifeline: None,
         }
     }
 
-    /// Ties the writer to its supervisor ([`fluxgate_bus::supervise`]).
-    pub fn supervised(mut self, lifeline: Lifeline) -> Self {
-        self.lifeline = Some(lifeline);
-        self
-    }
-
     /// Adds a record's effect to the batch.
-    fn accept(&mut self, rec: Record) {
-        self.stats.records.fetch_add(1, Ordering::Relaxed);
+    fn add(&mut self, rec: Record) {
         let b = &mut self.batch;
         b.opened.get_or_insert_with(Instant::now);
         b.positions.push(rec.position.clone());
@@ -313,7 +250,10 @@ impl TsWriter {
     /// A record that can never be written as data: it is kept whole on the dead-letter
     /// topic and noted in the rejected log, both before its batch is acked.
     fn undecodable(&mut self, rec: &Record, why: &str) {
-        self.stats.undecodable.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .pipeline
+            .undecodable
+            .fetch_add(1, Ordering::Relaxed);
         tracing::error!(topic = %rec.position.topic, partition = rec.position.partition,
             offset = rec.position.offset, error = why,
             "ts-writer: record cannot be decoded; keeping it on the dead-letter topic");
@@ -321,45 +261,26 @@ impl TsWriter {
         b.dead_letters.push(fluxgate_bus::dead_letter(
             &self.topics.dead_letter,
             rec,
-            ROLE,
+            DEAD_LETTER_ROLE,
             why,
         ));
-        if let Some(r) =
-            Rejection::undecodable(&rec.key, fluxgate_bus::now_ms(), ROLE, why, &rec.payload)
-        {
+        if let Some(r) = Rejection::undecodable(
+            &rec.key,
+            fluxgate_bus::now_ms(),
+            DEAD_LETTER_ROLE,
+            why,
+            &rec.payload,
+        ) {
             b.rejected.push(rejected_entry(r));
         }
     }
 
-    /// Reads the next record, forever (until the consumer closes).
-    fn fetch(&mut self, ctx: &mut Context<Self>) {
-        let c = self.consumer.clone();
-        ctx.spawn(
-            async move { c.recv().await }
-                .into_actor(self)
-                .map(|res, act, ctx| match res {
-                    Ok(rec) => {
-                        act.accept(rec);
-                        if act.batch.points >= act.cfg.batch_max_points {
-                            act.flush(ctx);
-                        }
-                        act.fetch(ctx);
-                    }
-                    Err(ConsumeError::Closed) => ctx.stop(),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "ts-writer: consume error; retrying");
-                        ctx.run_later(Duration::from_millis(100), |act, ctx| act.fetch(ctx));
-                    }
-                }),
-        );
-    }
-
     /// Writes the batch (blocking the actor until it is written), then acks its records.
-    fn flush(&mut self, ctx: &mut Context<Self>) {
+    fn flush(&mut self, ctx: &mut Ctx<Self>) {
         if self.batch.is_empty() {
             return;
         }
-        ctx.wait(self.write_open_batch().into_actor(self));
+        fluxgate_pipeline::wait(ctx, self.write_open_batch(), |_, (), _| {});
     }
 
     /// Takes the open batch; the returned future writes it and then acks its records.
@@ -382,7 +303,7 @@ impl TsWriter {
 }
 
 /// The name the writer gives itself in dead letters and the rejected log.
-const ROLE: &str = "ts-writer";
+const DEAD_LETTER_ROLE: &str = "ts-writer";
 
 /// A rejection as the rejected log keeps it.
 fn rejected_entry(r: Rejection) -> RejectedEntry {
@@ -427,7 +348,7 @@ async fn write_batch(
                 return batch.positions;
             }
             Err(e) => {
-                stats.retries.fetch_add(1, Ordering::Relaxed);
+                stats.pipeline.retries.fetch_add(1, Ordering::Relaxed);
                 let delay = backoff.next_delay();
                 tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64,
                     "ts-writer: store write failed; pausing intake and retrying");
@@ -477,45 +398,41 @@ async fn write_store(store: &dyn Store, b: &mut Batch) -> fluxgate_store::Result
     Ok(points)
 }
 
-impl Actor for TsWriter {
-    type Context = Context<Self>;
+impl Stage for TsWriter {
+    const ROLE: &'static str = "writer";
 
-    fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(16);
-        self.fetch(ctx);
+    fn consumer(&self) -> &Arc<dyn Consumer> {
+        &self.consumer
+    }
+
+    fn stats(&self) -> &PipelineStats {
+        &self.stats.pipeline
+    }
+
+    fn started(&mut self, ctx: &mut Ctx<Self>) {
         let tick = Duration::from_millis((self.cfg.batch_max_age_ms / 2).max(1));
         ctx.run_interval(tick, |act, ctx| {
-            let due = act
+            let w = act.stage();
+            let due = w
                 .batch
                 .opened
-                .is_some_and(|t| t.elapsed() >= Duration::from_millis(act.cfg.batch_max_age_ms));
+                .is_some_and(|t| t.elapsed() >= Duration::from_millis(w.cfg.batch_max_age_ms));
             if due {
-                act.flush(ctx);
+                w.flush(ctx);
             }
         });
     }
 
-    fn stopped(&mut self, _: &mut Self::Context) {
-        if let Some(l) = self.lifeline.take() {
-            l.finished();
+    fn accept(&mut self, rec: Record, ctx: &mut Ctx<Self>) {
+        self.add(rec);
+        if self.batch.points >= self.cfg.batch_max_points {
+            self.flush(ctx);
         }
     }
-}
 
-/// Writes what is batched, then stops the writer (graceful drain).
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct Drain;
-
-impl Handler<Drain> for TsWriter {
-    type Result = ResponseActFuture<Self, ()>;
-
-    fn handle(&mut self, _: Drain, _ctx: &mut Self::Context) -> Self::Result {
-        Box::pin(
-            self.write_open_batch()
-                .into_actor(self)
-                .map(|(), _act, ctx| ctx.stop()),
-        )
+    /// Writes what is batched (graceful drain).
+    fn drain(&mut self) -> std::pin::Pin<Box<dyn Future<Output = ()>>> {
+        Box::pin(self.write_open_batch())
     }
 }
 
@@ -565,27 +482,17 @@ impl Prepared {
         } = self;
         // A writer that dies (a panic) is restarted; the records of its lost batch come
         // again.
-        let start = |lifeline| {
-            let w = TsWriter::new(
+        let make = || {
+            TsWriter::new(
                 consumer.clone(),
                 producer.clone(),
                 store.clone(),
                 &topics,
                 cfg.clone(),
                 stats.clone(),
-            );
-            w.supervised(lifeline).start()
+            )
         };
-        let drain = |addr: &Addr<TsWriter>| addr.do_send(Drain);
-        supervise(
-            "ts-writer",
-            &consumer,
-            stats.watch(),
-            start,
-            drain,
-            shutdown,
-        )
-        .await;
+        fluxgate_pipeline::run(&consumer, &stats.pipeline, make, shutdown).await;
         stats
     }
 }

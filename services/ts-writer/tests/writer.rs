@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use fluxgate_pipeline::Stage;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -62,7 +63,10 @@ fn start(
     store: Arc<dyn Store>,
     cfg: WriterConfig,
     arbiter: Option<&Arbiter>,
-) -> (Addr<TsWriter>, Arc<WriterStats>) {
+) -> (
+    Addr<fluxgate_pipeline::Pipeline<TsWriter>>,
+    Arc<WriterStats>,
+) {
     let topics = TopicsConfig::default();
     let names: Vec<String> = [Topic::IngestValid, Topic::IngestRejected]
         .iter()
@@ -75,7 +79,9 @@ fn start(
     let stats = Arc::new(WriterStats::default());
     let writer = TsWriter::new(consumer, bus.producer(), store, &topics, cfg, stats.clone());
     let addr = match arbiter {
-        Some(a) => TsWriter::start_in_arbiter(&a.handle(), |_| writer),
+        Some(a) => fluxgate_pipeline::Pipeline::start_in_arbiter(&a.handle(), |_| {
+            fluxgate_pipeline::Pipeline::new(writer)
+        }),
         None => writer.start(),
     };
     (addr, stats)
@@ -100,9 +106,9 @@ fn run(
 /// The writer's metrics as an operator scrapes them.
 fn scrape(stats: &WriterStats) -> String {
     let registry = prometheus::Registry::new();
-    registry
-        .register(Box::new(stats.metrics().unwrap()))
-        .unwrap();
+    for c in stats.collectors().unwrap() {
+        registry.register(c).unwrap();
+    }
     fluxgate_observability::render(&registry)
 }
 
@@ -228,7 +234,7 @@ async fn writes_every_kind_and_commits_only_after_the_write() {
     assert_eq!(header(h::TOPIC), topics.name(Topic::IngestValid));
     assert_eq!(header(h::ROLE), "ts-writer");
     assert!(!header(h::ERROR).is_empty());
-    assert_eq!(stats.undecodable.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.pipeline.undecodable.load(Ordering::Relaxed), 1);
     assert_eq!(stats.points.load(Ordering::Relaxed), 3);
     // The same counters, as an operator scrapes them.
     let text = scrape(&stats);
@@ -237,7 +243,7 @@ async fn writes_every_kind_and_commits_only_after_the_write() {
         "{text}"
     );
     assert!(
-        text.contains("fluxgate_ts_writer_undecodable_total 1"),
+        text.contains("fluxgate_pipeline_undecodable_total{role=\"writer\"} 1"),
         "{text}"
     );
 }
@@ -274,11 +280,11 @@ async fn a_store_outage_pauses_intake_and_loses_nothing() {
     }
     // The lag shows the records waiting behind the outage.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while stats.lag.load(Ordering::Relaxed) < 5 {
+    while stats.pipeline.lag.load(Ordering::Relaxed) < 5 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "lag {} during the outage",
-            stats.lag.load(Ordering::Relaxed)
+            stats.pipeline.lag.load(Ordering::Relaxed)
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -294,20 +300,20 @@ async fn a_store_outage_pauses_intake_and_loses_nothing() {
     }
     assert_eq!(double.pending_faults(), 0);
     assert!(
-        stats.retries.load(Ordering::Relaxed) >= 100,
+        stats.pipeline.retries.load(Ordering::Relaxed) >= 100,
         "every failed attempt was retried"
     );
     let got: Vec<i64> = points(&*store, "d2").await.iter().map(|p| p.0).collect();
     assert_eq!(got, (5000..5005).collect::<Vec<_>>(), "exactly once");
     // Caught up: the lag falls back to zero, and the metrics say all of it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while stats.lag.load(Ordering::Relaxed) != 0 {
+    while stats.pipeline.lag.load(Ordering::Relaxed) != 0 {
         assert!(tokio::time::Instant::now() < deadline, "lag back to 0");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let text = scrape(&stats);
     assert!(
-        text.contains("# TYPE fluxgate_ts_writer_consumer_lag_records gauge"),
+        text.contains("# TYPE fluxgate_pipeline_consumer_lag_records gauge"),
         "{text}"
     );
     assert!(
@@ -342,7 +348,7 @@ async fn a_writer_killed_before_its_flush_is_made_good_by_the_next() {
         );
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while first_stats.records.load(Ordering::Relaxed) < 20 {
+    while first_stats.pipeline.records.load(Ordering::Relaxed) < 20 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the first writer read everything"
@@ -365,7 +371,7 @@ async fn a_writer_killed_before_its_flush_is_made_good_by_the_next() {
             .unwrap();
     }
     assert_eq!(
-        second_stats.records.load(Ordering::Relaxed),
+        second_stats.pipeline.records.load(Ordering::Relaxed),
         20,
         "everything redelivered"
     );
@@ -399,10 +405,10 @@ async fn drain_writes_the_open_batch_and_stops() {
         ))
         .await
         .unwrap();
-    while stats.records.load(Ordering::Relaxed) < 1 {
+    while stats.pipeline.records.load(Ordering::Relaxed) < 1 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    writer.send(fluxgate_ts_writer::Drain).await.unwrap();
+    writer.send(fluxgate_pipeline::Drain).await.unwrap();
     tokio::time::timeout(Duration::from_secs(5), ack)
         .await
         .unwrap()
@@ -446,12 +452,12 @@ async fn a_writer_that_panics_is_restarted_and_stores_every_record_once() {
             .unwrap();
     }
     assert_eq!(
-        stats.restarts.load(Ordering::Relaxed),
+        stats.pipeline.restarts.load(Ordering::Relaxed),
         2,
         "two deaths, two restarts"
     );
     assert!(
-        stats.records.load(Ordering::Relaxed) > 30,
+        stats.pipeline.records.load(Ordering::Relaxed) > 30,
         "the lost records were read again"
     );
     let mut all = Vec::new();
@@ -462,7 +468,7 @@ async fn a_writer_that_panics_is_restarted_and_stores_every_record_once() {
     assert_eq!(all, (1000..1030).collect::<Vec<i64>>(), "every point once");
     let text = scrape(&stats);
     assert!(
-        text.contains("fluxgate_ts_writer_restarts_total 2"),
+        text.contains("fluxgate_pipeline_restarts_total{role=\"writer\"} 2"),
         "{text}"
     );
     running.stop(Duration::from_secs(5)).await;

@@ -1,15 +1,14 @@
-//! The validator actor: one consumer of `fluxgate.ingest.raw`, records handled in order.
+//! The validator stage: one consumer of `fluxgate.ingest.raw`, records handled in order
+//! (on the [`fluxgate_pipeline`] skeleton).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use actix::prelude::*;
-use fluxgate_bus::supervise::{Lifeline, Watch, supervise};
-use fluxgate_bus::{
-    AckFuture, ConsumeError, Consumer, OutRecord, Producer, Record, Topic, TopicsConfig, now_ms,
-};
+use actix::AsyncContext;
+use fluxgate_bus::{AckFuture, Consumer, OutRecord, Producer, Record, Topic, TopicsConfig, now_ms};
 use fluxgate_model::{Envelope, ReasonCode, Rejection};
+use fluxgate_pipeline::{Ctx, PipelineStats, Stage};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{Output, ValidatorConfig, validate};
@@ -17,23 +16,14 @@ use crate::{Output, ValidatorConfig, validate};
 /// Counters of one validator (for metrics and tests).
 #[derive(Debug)]
 pub struct ValidatorStats {
-    /// Raw records read.
-    pub records: Arc<AtomicU64>,
+    /// Records read, retries, undecodable records kept, restarts and lag.
+    pub pipeline: PipelineStats,
     /// Envelopes sent on as valid.
     pub valid: Arc<AtomicU64>,
     /// Envelopes sent on as events.
     pub events: Arc<AtomicU64>,
     /// Rejections produced.
     pub rejected: Arc<AtomicU64>,
-    /// Store or bus failures retried.
-    pub retries: Arc<AtomicU64>,
-    /// Records that were not envelopes, kept on the dead-letter topic (and in the
-    /// rejected log) before they were acked.
-    pub undecodable: Arc<AtomicU64>,
-    /// Times the validator actor died and was restarted (its records redelivered).
-    pub restarts: Arc<AtomicU64>,
-    /// The consumer's lag: records read from the bus but not finished yet, or not read.
-    pub lag: Arc<AtomicU64>,
     /// Rejections produced, by reason (every [`ReasonCode`], in [`ReasonCode::ALL`] order).
     pub reasons: Vec<(ReasonCode, Arc<AtomicU64>)>,
 }
@@ -41,14 +31,10 @@ pub struct ValidatorStats {
 impl Default for ValidatorStats {
     fn default() -> Self {
         ValidatorStats {
-            records: Arc::default(),
+            pipeline: PipelineStats::default(),
             valid: Arc::default(),
             events: Arc::default(),
             rejected: Arc::default(),
-            retries: Arc::default(),
-            undecodable: Arc::default(),
-            restarts: Arc::default(),
-            lag: Arc::default(),
             reasons: ReasonCode::ALL
                 .iter()
                 .map(|c| (*c, Arc::default()))
@@ -58,16 +44,8 @@ impl Default for ValidatorStats {
 }
 
 impl ValidatorStats {
-    /// Where the supervisor reports restarts and lag.
-    fn watch(&self) -> Watch<'_> {
-        Watch {
-            restarts: &self.restarts,
-            lag: &self.lag,
-        }
-    }
-
-    /// These counters as Prometheus metrics (register the result in the role's registry).
-    pub fn metrics(&self) -> prometheus::Result<fluxgate_observability::CounterSet> {
+    /// These counters as Prometheus collectors (register each in the role's registry).
+    pub fn collectors(&self) -> prometheus::Result<Vec<Box<dyn prometheus::core::Collector>>> {
         use fluxgate_observability::CounterDef;
         let def = |name, help, labels: &[(&'static str, &'static str)], value: &Arc<AtomicU64>| {
             CounterDef {
@@ -87,12 +65,6 @@ impl ValidatorStats {
         });
         let mut defs = vec![
             def(
-                "fluxgate_validator_records_total",
-                "Raw records read.",
-                &[],
-                &self.records,
-            ),
-            def(
                 "fluxgate_validator_outputs_total",
                 "Outputs acknowledged, by kind.",
                 &[("kind", "valid")],
@@ -110,34 +82,12 @@ impl ValidatorStats {
                 &[("kind", "rejected")],
                 &self.rejected,
             ),
-            def(
-                "fluxgate_validator_retries_total",
-                "Store or bus failures retried.",
-                &[],
-                &self.retries,
-            ),
-            def(
-                "fluxgate_validator_undecodable_total",
-                "Raw records that were not envelopes, kept on the dead-letter topic and in the rejected log.",
-                &[],
-                &self.undecodable,
-            ),
-            def(
-                "fluxgate_validator_restarts_total",
-                "Times the validator actor died and was restarted; its unfinished records were redelivered.",
-                &[],
-                &self.restarts,
-            ),
         ];
         defs.extend(by_reason);
-        fluxgate_observability::CounterSet::new(defs).and_then(|set| {
-            set.with_gauges(vec![def(
-                "fluxgate_validator_consumer_lag_records",
-                "Records of the assigned partitions not finished yet (consumer lag).",
-                &[],
-                &self.lag,
-            )])
-        })
+        Ok(vec![
+            Box::new(fluxgate_observability::CounterSet::new(defs)?),
+            Box::new(self.pipeline.collector(Validator::ROLE)?),
+        ])
     }
 }
 
@@ -158,9 +108,6 @@ pub struct Validator {
     cfg: ValidatorConfig,
     stats: Arc<ValidatorStats>,
     in_flight: Arc<Semaphore>,
-    draining: bool,
-    fetching: Option<SpawnHandle>,
-    lifeline: Option<Lifeline>,
 }
 
 /// Most records whose outputs are awaiting acknowledgement at once.
@@ -196,78 +143,69 @@ impl Validator {
             cfg,
             stats,
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
-            draining: false,
-            fetching: None,
-            lifeline: None,
         }
     }
+}
 
-    /// Ties the validator to its supervisor ([`fluxgate_bus::supervise`]).
-    pub fn supervised(mut self, lifeline: Lifeline) -> Self {
-        self.lifeline = Some(lifeline);
-        self
+impl Stage for Validator {
+    const ROLE: &'static str = "validator";
+
+    fn consumer(&self) -> &Arc<dyn Consumer> {
+        &self.consumer
     }
 
-    fn fetch(&mut self, ctx: &mut Context<Self>) {
-        if self.draining {
-            return;
-        }
-        let c = self.consumer.clone();
-        self.fetching = Some(ctx.spawn(async move { c.recv().await }.into_actor(self).map(|res, act, ctx| match res {
-            Ok(rec) => {
-                act.stats.records.fetch_add(1, Ordering::Relaxed);
-                // Validate and enqueue the outputs in record order (ctx.wait: one record at a
-                // time); wait for their acks concurrently, so one slow downstream commit does
-                // not hold up the next record. The permit bounds records awaiting acks.
-                let position = rec.position.clone();
-                let work = process(
-                    rec,
-                    act.store.clone(),
-                    act.producer.clone(),
-                    act.in_flight.clone(),
-                    act.names.clone(),
-                    act.cfg.clone(),
-                    act.stats.clone(),
-                );
-                ctx.wait(work.into_actor(act).map(move |prepared, act, ctx| {
-                    let (consumer, stats) = (act.consumer.clone(), act.stats.clone());
-                    match prepared {
-                        // The permits are never closed; were they, the record comes again.
-                        None => consumer.nack(&position),
-                        Some((acks, permit)) => {
-                            ctx.spawn(
-                                async move {
-                                    let mut ok = true;
-                                    for (kind, ack) in acks {
-                                        match ack.await {
-                                            Ok(_) => kind.count(&stats),
-                                            Err(e) => {
-                                                ok = false;
-                                                tracing::warn!(error = %e, "validator: an output was not acknowledged; redelivering");
-                                            }
-                                        }
-                                    }
-                                    if ok {
-                                        consumer.ack(&position);
-                                    } else {
-                                        stats.retries.fetch_add(1, Ordering::Relaxed);
-                                        consumer.nack(&position);
-                                    }
-                                    drop(permit);
-                                }
-                                .into_actor(act),
-                            );
+    fn stats(&self) -> &PipelineStats {
+        &self.stats.pipeline
+    }
+
+    fn accept(&mut self, rec: Record, ctx: &mut Ctx<Self>) {
+        // Validate and enqueue the outputs in record order (one record at a time); wait
+        // for their acks concurrently, so one slow downstream commit does not hold up the
+        // next record. The permit bounds records awaiting acks.
+        let position = rec.position.clone();
+        let work = process(
+            rec,
+            self.store.clone(),
+            self.producer.clone(),
+            self.in_flight.clone(),
+            self.names.clone(),
+            self.cfg.clone(),
+            self.stats.clone(),
+        );
+        fluxgate_pipeline::wait(ctx, work, move |v, handed, ctx| {
+            let (consumer, stats) = (v.consumer.clone(), v.stats.clone());
+            let Some((acks, permit)) = handed else {
+                // The permits are never closed; were they, the record comes again.
+                return consumer.nack(&position);
+            };
+            ctx.spawn(actix::fut::wrap_future(async move {
+                let mut ok = true;
+                for (kind, ack) in acks {
+                    match ack.await {
+                        Ok(_) => kind.count(&stats),
+                        Err(e) => {
+                            ok = false;
+                            tracing::warn!(error = %e, "validator: an output was not acknowledged; redelivering");
                         }
                     }
-                    act.fetch(ctx);
-                }));
-            }
-            Err(ConsumeError::Closed) => ctx.stop(),
-            Err(e) => {
-                tracing::warn!(error = %e, "validator: consume error; retrying");
-                ctx.run_later(Duration::from_millis(100), |act, ctx| act.fetch(ctx));
-            }
-        })));
+                }
+                if ok {
+                    consumer.ack(&position);
+                } else {
+                    stats.pipeline.retries.fetch_add(1, Ordering::Relaxed);
+                    consumer.nack(&position);
+                }
+                drop(permit);
+            }));
+        });
+    }
+
+    /// Every record in flight has its outputs acknowledged (and is acked).
+    fn drain(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
+        let in_flight = self.in_flight.clone();
+        Box::pin(async move {
+            let _all = in_flight.acquire_many(MAX_IN_FLIGHT as u32).await;
+        })
     }
 }
 
@@ -283,7 +221,7 @@ enum OutputKind {
 impl OutputKind {
     fn count(self, stats: &ValidatorStats) {
         let c = match self {
-            OutputKind::DeadLetter => &stats.undecodable,
+            OutputKind::DeadLetter => &stats.pipeline.undecodable,
             OutputKind::Valid => &stats.valid,
             OutputKind::Event => &stats.events,
             OutputKind::Rejected(code) => {
@@ -331,7 +269,7 @@ async fn process(
         match sent {
             Ok(acks) => return Some((acks, permit)),
             Err(e) => {
-                stats.retries.fetch_add(1, Ordering::Relaxed);
+                stats.pipeline.retries.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "validator: retrying a record");
                 tokio::time::sleep(backoff.next_delay()).await;
             }
@@ -342,12 +280,13 @@ async fn process(
 /// The outputs of a record that cannot be decoded: its dead-letter copy and its entry in
 /// the rejected log.
 fn undecodable(rec: &Record, names: &Names, error: &str) -> Vec<(OutputKind, OutRecord)> {
-    const ROLE: &str = "validator";
     let mut out = vec![(
         OutputKind::DeadLetter,
-        fluxgate_bus::dead_letter(&names.dead_letter, rec, ROLE, error),
+        fluxgate_bus::dead_letter(&names.dead_letter, rec, Validator::ROLE, error),
     )];
-    if let Some(r) = Rejection::undecodable(&rec.key, now_ms(), ROLE, error, &rec.payload) {
+    if let Some(r) =
+        Rejection::undecodable(&rec.key, now_ms(), Validator::ROLE, error, &rec.payload)
+    {
         out.push((
             OutputKind::Rejected(r.reason.code),
             OutRecord::of(&names.rejected, &r),
@@ -388,31 +327,6 @@ async fn send(
         acks.push((kind, producer.send(rec).await.map_err(|e| e.to_string())?));
     }
     Ok(acks)
-}
-
-/// Stops reading, waits until every record in flight has its outputs acknowledged (and is
-/// acked), then stops the validator.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct Drain;
-
-impl Handler<Drain> for Validator {
-    type Result = ();
-
-    fn handle(&mut self, _: Drain, ctx: &mut Self::Context) {
-        self.draining = true;
-        if let Some(h) = self.fetching.take() {
-            ctx.cancel_future(h);
-        }
-        let in_flight = self.in_flight.clone();
-        ctx.spawn(
-            async move {
-                let _all = in_flight.acquire_many(MAX_IN_FLIGHT as u32).await;
-            }
-            .into_actor(self)
-            .map(|(), _, ctx| ctx.stop()),
-        );
-    }
 }
 
 /// The first phase of a validator: its consumers are subscribed, so every record
@@ -477,27 +391,17 @@ impl Prepared {
         let follow = actix::spawn(follow_changes(cache.clone(), changes));
         let store: Arc<dyn fluxgate_store::Store> = Arc::new(cache);
         // A validator that dies (a panic) is restarted; its unfinished records come again.
-        let start = |lifeline| {
-            let v = Validator::new(
+        let make = || {
+            Validator::new(
                 consumer.clone(),
                 producer.clone(),
                 store.clone(),
                 &topics,
                 cfg.clone(),
                 stats.clone(),
-            );
-            v.supervised(lifeline).start()
+            )
         };
-        let drain = |addr: &Addr<Validator>| addr.do_send(Drain);
-        supervise(
-            "validator",
-            &consumer,
-            stats.watch(),
-            start,
-            drain,
-            shutdown,
-        )
-        .await;
+        fluxgate_pipeline::run(&consumer, &stats.pipeline, make, shutdown).await;
         follow.abort();
         stats
     }
@@ -524,20 +428,5 @@ async fn follow_changes(
         }
         changes.ack(&rec.position);
         let _ = changes.commit().await;
-    }
-}
-
-impl Actor for Validator {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(16);
-        self.fetch(ctx);
-    }
-
-    fn stopped(&mut self, _: &mut Self::Context) {
-        if let Some(l) = self.lifeline.take() {
-            l.finished();
-        }
     }
 }

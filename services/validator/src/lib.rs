@@ -7,9 +7,10 @@
 //!                                   └─> fluxgate.ingest.rejected  what cannot be stored, with its reason
 //! ```
 //!
-//! [`validate`] is the decision (store reads only, no bus); [`Validator`] is the actix actor
-//! that runs it per record, produces the outcome, and acks the raw record only when every
-//! output is acknowledged (at-least-once; outputs are idempotent downstream).
+//! [`validate`] is the decision (store reads only, no bus); [`Validator`] is the stage
+//! that runs it per record (in the `fluxgate_pipeline` actor, which fetches, supervises
+//! and drains), produces the outcome, and acks the raw record only when every output is
+//! acknowledged (at-least-once; outputs are idempotent downstream).
 //!
 //! Registry reads go through `fluxgate_store::CachedStore`, invalidated from
 //! `fluxgate.registry.changes`.
@@ -18,6 +19,6 @@ mod actor;
 mod config;
 mod validate;
 
-pub use actor::{Drain, Prepared, Validator, ValidatorStats, prepare};
+pub use actor::{Prepared, Validator, ValidatorStats, prepare};
 pub use config::ValidatorConfig;
 pub use validate::{Output, validate};

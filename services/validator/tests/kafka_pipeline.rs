@@ -4,10 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use fluxgate_pipeline::Stage;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::prelude::*;
 use fluxgate_bus::{ConsumerSpec, OutRecord, Topic};
 use fluxgate_model::{
     Body, Channel, DeviceId, DeviceRef, Dialect, ENVELOPE_VERSION, Envelope, MessageId, ReasonCode,
@@ -278,7 +278,11 @@ async fn kafka_every_kind_ends_in_its_table_and_a_raced_name_becomes_one_device(
     }
     // Both validators must hold partitions before the race is produced: warm up with
     // records for unknown devices (refused) under many keys until each has handled one.
-    let count = |v: &Arc<ValidatorStats>| v.records.load(std::sync::atomic::Ordering::Relaxed);
+    let count = |v: &Arc<ValidatorStats>| {
+        v.pipeline
+            .records
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut warmups = 0u64;
     while !validators.iter().all(|v| count(v) > 0) {
@@ -556,7 +560,12 @@ async fn kafka_an_undecodable_record_is_dead_lettered_before_it_is_acked() {
     assert_eq!(ok.id, env.id, "the record behind it is unaffected");
     // Counted once its dead letter was acknowledged.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while stats.undecodable.load(std::sync::atomic::Ordering::Relaxed) != 1 {
+    while stats
+        .pipeline
+        .undecodable
+        .load(std::sync::atomic::Ordering::Relaxed)
+        != 1
+    {
         assert!(tokio::time::Instant::now() < deadline, "not counted");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

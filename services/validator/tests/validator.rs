@@ -3,10 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use fluxgate_pipeline::Stage;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::prelude::*;
 use fluxgate_bus::{Bus, Consumer, ConsumerSpec, MemoryBus, OutRecord, Topic, TopicsConfig};
 use fluxgate_model::{
     Body, Channel, DeviceId, DeviceName, DeviceRef, Dialect, ENVELOPE_VERSION, Envelope, MessageId,
@@ -354,8 +354,13 @@ async fn thingsboard_names_become_one_device_even_with_two_validators() {
     let all = rig.store.devices(tenant(), None, 10).await.unwrap();
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].profile.as_deref(), Some("default"));
-    let handled = a.records.load(std::sync::atomic::Ordering::Relaxed)
-        + b.records.load(std::sync::atomic::Ordering::Relaxed);
+    let handled = a
+        .pipeline
+        .records
+        .load(std::sync::atomic::Ordering::Relaxed)
+        + b.pipeline
+            .records
+            .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(handled, 4);
 }
 
@@ -456,7 +461,13 @@ async fn run_drains_on_shutdown_and_reads_no_further() {
         next(&rig.valid).await;
     }
     let stats = running.stop(Duration::from_secs(5)).await;
-    assert_eq!(stats.records.load(std::sync::atomic::Ordering::Relaxed), 3);
+    assert_eq!(
+        stats
+            .pipeline
+            .records
+            .load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
     assert_eq!(
         stats.valid.load(std::sync::atomic::Ordering::Relaxed),
         3,
@@ -550,8 +561,20 @@ async fn a_validator_that_panics_is_restarted_and_loses_no_record() {
     }
     assert_eq!(seen, (0..6).map(|i| base - i).collect());
     let stats = running.stop(Duration::from_secs(5)).await;
-    assert_eq!(stats.restarts.load(std::sync::atomic::Ordering::Relaxed), 1);
-    assert!(stats.records.load(std::sync::atomic::Ordering::Relaxed) > 6);
+    assert_eq!(
+        stats
+            .pipeline
+            .restarts
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert!(
+        stats
+            .pipeline
+            .records
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 6
+    );
 }
 
 #[actix_rt::test]
@@ -621,9 +644,9 @@ async fn limits_are_checked_again_and_rejections_are_counted_by_reason() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let registry = prometheus::Registry::new();
-    registry
-        .register(Box::new(stats.metrics().unwrap()))
-        .unwrap();
+    for c in stats.collectors().unwrap() {
+        registry.register(c).unwrap();
+    }
     let text = fluxgate_observability::render(&registry);
     for (reason, n) in [
         ("too_many_attributes", 1),

@@ -20,7 +20,7 @@
 //!   [`Consumer::nack`] (the handler failed) redelivers from the first unfinished record.
 //!   Records not acked when a consumer dies are redelivered to the group.
 //!   [`Consumer::rewind`] does the same within a live consumer whose handler died, and
-//!   [`supervise::supervise`] restarts such a handler.
+//!   `fluxgate_pipeline::supervise` restarts such a handler.
 //! - **Broadcast** consumers ([`ConsumerSpec::broadcast`]) each get every record produced
 //!   after they joined (a group of their own, starting at the end), for
 //!   `fluxgate.deliveries` and `fluxgate.mqtt.custom`.
@@ -36,7 +36,6 @@ use bytes::Bytes;
 mod ack;
 pub mod kafka;
 pub mod memory;
-pub mod supervise;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod topics;

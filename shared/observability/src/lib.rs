@@ -169,6 +169,9 @@ pub struct CounterDef {
 pub struct CounterSet {
     defs: Vec<(CounterDef, MetricType)>,
     descs: Vec<Desc>,
+    /// Labels are constant (part of each series' identity in the registry), so sets
+    /// that differ only in them can share one registry.
+    constant: bool,
 }
 
 impl CounterSet {
@@ -177,6 +180,21 @@ impl CounterSet {
         let mut set = CounterSet {
             defs: Vec::new(),
             descs: Vec::new(),
+            constant: false,
+        };
+        set.add(defs, MetricType::COUNTER)?;
+        Ok(set)
+    }
+
+    /// A set whose labels are constant: each series is described with its label values,
+    /// so two sets naming the same metric with different label values (the pipeline
+    /// counters of two roles, `role="validator"` and `role="writer"`) can both be
+    /// registered in one registry.
+    pub fn constant(defs: Vec<CounterDef>) -> prometheus::Result<Self> {
+        let mut set = CounterSet {
+            defs: Vec::new(),
+            descs: Vec::new(),
+            constant: true,
         };
         set.add(defs, MetricType::COUNTER)?;
         Ok(set)
@@ -190,7 +208,15 @@ impl CounterSet {
 
     fn add(&mut self, defs: Vec<CounterDef>, kind: MetricType) -> prometheus::Result<()> {
         for d in defs {
-            if !self.descs.iter().any(|x| x.fq_name == d.name) {
+            if self.constant {
+                let labels = d
+                    .labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                    .collect();
+                self.descs
+                    .push(Opts::new(d.name, d.help).const_labels(labels).describe()?);
+            } else if !self.descs.iter().any(|x| x.fq_name == d.name) {
                 let label_names: Vec<String> =
                     d.labels.iter().map(|(k, _)| (*k).to_string()).collect();
                 self.descs.push(

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::Consumer;
+use fluxgate_bus::Consumer;
 
 /// Held by a supervised handler while it lives.
 #[derive(Debug)]
