@@ -11,7 +11,7 @@ use fluxgate_model::{
     Body, CommandEnded, CorrelationId, Delivery, DeviceId, DeviceName, DeviceRef, Dialect,
     ENVELOPE_VERSION, Envelope, KeySelection, MessageId, Outbound, TenantId, Values, device_key,
 };
-use fluxgate_pipeline::{Ctx as StageCtx, PipelineStats, Stage};
+use fluxgate_pipeline::{Ctx as StageCtx, Parts, PipelineStats, Stage};
 use fluxgate_store::{
     AttributeScope, ClientRpc, ClientRpcStatus, CommandRecord, CommandStatus, Store, StoreError,
     hash_secret,
@@ -1072,15 +1072,16 @@ impl Ctx {
 }
 
 impl Dispatcher {
-    /// A dispatcher over `consumer` (subscribed to the device events topic).
-    pub fn new(
-        consumer: Arc<dyn Consumer>,
-        producer: Arc<dyn Producer>,
-        store: Arc<dyn Store>,
-        topics: &TopicsConfig,
-        cfg: DispatchConfig,
-        stats: Arc<DispatchStats>,
-    ) -> Self {
+    /// A dispatcher over `parts.consumer` (subscribed to the device events topic).
+    pub fn new(parts: Parts<DispatchConfig, DispatchStats>) -> Self {
+        let Parts {
+            consumer,
+            producer,
+            store,
+            topics,
+            cfg,
+            stats,
+        } = parts;
         Dispatcher {
             consumer,
             producer,
@@ -1169,43 +1170,22 @@ pub fn prepare(
     stats: Arc<DispatchStats>,
 ) -> Result<Prepared, fluxgate_bus::BusError> {
     let events = topics.name(Topic::DeviceEvents);
-    Ok(Prepared {
-        consumer: bus.consumer(fluxgate_bus::ConsumerSpec::group(&cfg.group, &[&events]))?,
-        producer: bus.producer(),
-        store,
-        topics: topics.clone(),
-        cfg,
-        stats,
-    })
+    let spec = fluxgate_bus::ConsumerSpec::group(&cfg.group, &[&events]);
+    Parts::subscribe(bus, spec, store, topics, cfg, stats).map(Prepared)
 }
 
 /// A dispatcher subscribed to its topic and not yet running ([`prepare`]).
 #[derive(Debug)]
-pub struct Prepared {
-    consumer: Arc<dyn Consumer>,
-    producer: Arc<dyn Producer>,
-    store: Arc<dyn Store>,
-    topics: TopicsConfig,
-    cfg: DispatchConfig,
-    stats: Arc<DispatchStats>,
-}
+pub struct Prepared(Parts<DispatchConfig, DispatchStats>);
 
 impl Prepared {
     /// Runs the dispatcher until `shutdown` resolves, then drains it. Must run inside an
     /// actix system. Returns its counters.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Arc<DispatchStats> {
-        let Prepared {
-            consumer,
-            producer,
-            store,
-            topics,
-            cfg,
-            stats,
-        } = self;
+        let parts = self.0;
         let timers: Arc<Timers> = Arc::default();
         let make = || {
-            let (c, p, s) = (consumer.clone(), producer.clone(), store.clone());
-            let mut d = Dispatcher::new(c, p, s, &topics, cfg.clone(), stats.clone());
+            let mut d = Dispatcher::new(parts.clone());
             // A restarted actor finds the timers of the one before it running.
             d.timers = timers.clone();
             d
@@ -1213,8 +1193,8 @@ impl Prepared {
         // A dispatcher that dies (a panic) is restarted; its unfinished records come
         // again. Presence is rebuilt from the events that follow and the store's
         // connection log.
-        fluxgate_pipeline::run(&consumer, &stats.pipeline, make, shutdown).await;
-        stats
+        fluxgate_pipeline::run(&parts.consumer, &parts.stats.pipeline, make, shutdown).await;
+        parts.stats
     }
 }
 

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use fluxgate_pipeline::Stage;
+use fluxgate_pipeline::{Parts, Stage};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,14 +96,14 @@ impl Rig {
             .consumer(ConsumerSpec::group("dispatchers", &[&events]))
             .unwrap();
         let stats = Arc::new(DispatchStats::default());
-        let d = Dispatcher::new(
-            consumer.clone(),
-            self.bus.producer(),
-            self.store.clone(),
-            &self.topics,
+        let d = Dispatcher::new(Parts {
+            consumer: consumer.clone(),
+            producer: self.bus.producer(),
+            store: self.store.clone(),
+            topics: self.topics.clone(),
             cfg,
-            stats.clone(),
-        );
+            stats: stats.clone(),
+        });
         match arbiter {
             Some(a) => {
                 fluxgate_pipeline::Pipeline::start_in_arbiter(&a.handle(), |_| {

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use fluxgate_pipeline::Stage;
+use fluxgate_pipeline::{Parts, Stage};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -252,14 +252,14 @@ async fn kafka_a_dispatcher_taking_over_a_partition_runs_its_timers() {
             .consumer(ConsumerSpec::group(&cfg.group, &[&events]))
             .unwrap();
         let stats = Arc::new(DispatchStats::default());
-        let d = Dispatcher::new(
-            consumer.clone(),
-            bus.producer(),
-            store.clone(),
-            &topics,
-            cfg.clone(),
-            stats.clone(),
-        );
+        let d = Dispatcher::new(Parts {
+            consumer: consumer.clone(),
+            producer: bus.producer(),
+            store: store.clone(),
+            topics: topics.clone(),
+            cfg: cfg.clone(),
+            stats: stats.clone(),
+        });
         (consumer, stats, d)
     };
     let arbiter = Arbiter::new();

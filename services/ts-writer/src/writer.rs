@@ -11,7 +11,7 @@ use fluxgate_bus::{
     TopicsConfig,
 };
 use fluxgate_model::{Body, DeviceId, DeviceRef, Envelope, Rejection, TenantId, Values};
-use fluxgate_pipeline::{Ctx, PipelineStats, Stage};
+use fluxgate_pipeline::{Ctx, Parts, PipelineStats, Stage};
 use fluxgate_store::{AttributeScope, RejectedEntry, SampleBatch, Store};
 
 use crate::WriterConfig;
@@ -178,16 +178,17 @@ impl std::fmt::Debug for TsWriter {
 }
 
 impl TsWriter {
-    /// A writer over `consumer` (subscribed to the valid and rejected topics);
-    /// `producer` keeps undecodable records on the dead-letter topic.
-    pub fn new(
-        consumer: Arc<dyn Consumer>,
-        producer: Arc<dyn Producer>,
-        store: Arc<dyn Store>,
-        topics: &TopicsConfig,
-        cfg: WriterConfig,
-        stats: Arc<WriterStats>,
-    ) -> Self {
+    /// A writer over `parts.consumer` (subscribed to the valid and rejected topics);
+    /// its producer keeps undecodable records on the dead-letter topic.
+    pub fn new(parts: Parts<WriterConfig, WriterStats>) -> Self {
+        let Parts {
+            consumer,
+            producer,
+            store,
+            topics,
+            cfg,
+            stats,
+        } = parts;
         TsWriter {
             consumer,
             producer,
@@ -447,52 +448,23 @@ pub fn prepare(
 ) -> Result<Prepared, BusError> {
     let names = Input::TOPICS.map(|t| topics.name(t));
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    Ok(Prepared {
-        consumer: bus.consumer(ConsumerSpec::group(&cfg.group, &names))?,
-        producer: bus.producer(),
-        store,
-        topics: topics.clone(),
-        cfg,
-        stats,
-    })
+    let spec = ConsumerSpec::group(&cfg.group, &names);
+    Parts::subscribe(bus, spec, store, topics, cfg, stats).map(Prepared)
 }
 
 /// A writer subscribed to its topics and not yet running ([`prepare`]).
 #[derive(Debug)]
-pub struct Prepared {
-    consumer: Arc<dyn Consumer>,
-    producer: Arc<dyn Producer>,
-    store: Arc<dyn Store>,
-    topics: TopicsConfig,
-    cfg: WriterConfig,
-    stats: Arc<WriterStats>,
-}
+pub struct Prepared(Parts<WriterConfig, WriterStats>);
 
 impl Prepared {
     /// Runs the writer until `shutdown` resolves, then drains it. Must run inside an
     /// actix system. Returns its counters.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Arc<WriterStats> {
-        let Prepared {
-            consumer,
-            producer,
-            store,
-            topics,
-            cfg,
-            stats,
-        } = self;
+        let parts = self.0;
         // A writer that dies (a panic) is restarted; the records of its lost batch come
         // again.
-        let make = || {
-            TsWriter::new(
-                consumer.clone(),
-                producer.clone(),
-                store.clone(),
-                &topics,
-                cfg.clone(),
-                stats.clone(),
-            )
-        };
-        fluxgate_pipeline::run(&consumer, &stats.pipeline, make, shutdown).await;
-        stats
+        let make = || TsWriter::new(parts.clone());
+        fluxgate_pipeline::run(&parts.consumer, &parts.stats.pipeline, make, shutdown).await;
+        parts.stats
     }
 }

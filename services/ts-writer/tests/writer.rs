@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use fluxgate_pipeline::Stage;
+use fluxgate_pipeline::{Parts, Stage};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -77,7 +77,14 @@ fn start(
         .consumer(ConsumerSpec::group(&cfg.group, &names))
         .unwrap();
     let stats = Arc::new(WriterStats::default());
-    let writer = TsWriter::new(consumer, bus.producer(), store, &topics, cfg, stats.clone());
+    let writer = TsWriter::new(Parts {
+        consumer,
+        producer: bus.producer(),
+        store,
+        topics: topics.clone(),
+        cfg,
+        stats: stats.clone(),
+    });
     let addr = match arbiter {
         Some(a) => fluxgate_pipeline::Pipeline::start_in_arbiter(&a.handle(), |_| {
             fluxgate_pipeline::Pipeline::new(writer)

@@ -8,7 +8,7 @@ use std::time::Duration;
 use actix::AsyncContext;
 use fluxgate_bus::{AckFuture, Consumer, OutRecord, Producer, Record, Topic, TopicsConfig, now_ms};
 use fluxgate_model::{Envelope, ReasonCode, Rejection};
-use fluxgate_pipeline::{Ctx, PipelineStats, Stage};
+use fluxgate_pipeline::{Ctx, Parts, PipelineStats, Stage};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{Output, ValidatorConfig, validate};
@@ -120,16 +120,16 @@ impl std::fmt::Debug for Validator {
 }
 
 impl Validator {
-    /// A validator reading `consumer` (subscribed to the raw topic) and producing with
-    /// `producer`.
-    pub fn new(
-        consumer: Arc<dyn Consumer>,
-        producer: Arc<dyn Producer>,
-        store: Arc<dyn fluxgate_store::Store>,
-        topics: &TopicsConfig,
-        cfg: ValidatorConfig,
-        stats: Arc<ValidatorStats>,
-    ) -> Self {
+    /// A validator reading `parts.consumer` (subscribed to the raw topic).
+    pub fn new(parts: Parts<ValidatorConfig, ValidatorStats>) -> Self {
+        let Parts {
+            consumer,
+            producer,
+            store,
+            topics,
+            cfg,
+            stats,
+        } = parts;
         Validator {
             consumer,
             producer,
@@ -338,72 +338,45 @@ pub fn prepare(
     cfg: ValidatorConfig,
     stats: Arc<ValidatorStats>,
 ) -> Result<Prepared, fluxgate_bus::BusError> {
-    let consumer = bus.consumer(fluxgate_bus::ConsumerSpec::group(
-        &cfg.group,
-        &[&topics.name(Topic::IngestRaw)],
-    ))?;
+    let raw = fluxgate_bus::ConsumerSpec::group(&cfg.group, &[&topics.name(Topic::IngestRaw)]);
     let changes = bus.consumer(fluxgate_bus::ConsumerSpec::broadcast(
         format!("{}-registry", cfg.group),
         &[&topics.name(Topic::RegistryChanges)],
     ))?;
     Ok(Prepared {
-        consumer,
+        parts: Parts::subscribe(bus, raw, store, topics, cfg, stats)?,
         changes,
-        producer: bus.producer(),
-        store,
-        topics: topics.clone(),
-        cfg,
-        stats,
     })
 }
 
 /// A validator subscribed to its topics and not yet running ([`prepare`]).
 #[derive(Debug)]
 pub struct Prepared {
-    consumer: Arc<dyn Consumer>,
+    parts: Parts<ValidatorConfig, ValidatorStats>,
     changes: Arc<dyn Consumer>,
-    producer: Arc<dyn Producer>,
-    store: Arc<dyn fluxgate_store::Store>,
-    topics: TopicsConfig,
-    cfg: ValidatorConfig,
-    stats: Arc<ValidatorStats>,
 }
 
 impl Prepared {
     /// Runs the validator until `shutdown` resolves, then drains it. Must run inside an
     /// actix system. Returns its counters.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Arc<ValidatorStats> {
-        let Prepared {
-            consumer,
-            changes,
-            producer,
-            store,
-            topics,
-            cfg,
-            stats,
-        } = self;
+        let Prepared { parts, changes } = self;
         // Registry reads are cached; the API's registry changes drop stale entries.
         let cache = fluxgate_store::CachedStore::new(
-            store,
-            Duration::from_secs(cfg.registry_cache_ttl_secs),
+            parts.store.clone(),
+            Duration::from_secs(parts.cfg.registry_cache_ttl_secs),
             100_000,
         );
         let follow = actix::spawn(follow_changes(cache.clone(), changes));
-        let store: Arc<dyn fluxgate_store::Store> = Arc::new(cache);
-        // A validator that dies (a panic) is restarted; its unfinished records come again.
-        let make = || {
-            Validator::new(
-                consumer.clone(),
-                producer.clone(),
-                store.clone(),
-                &topics,
-                cfg.clone(),
-                stats.clone(),
-            )
+        let parts = Parts {
+            store: Arc::new(cache),
+            ..parts
         };
-        fluxgate_pipeline::run(&consumer, &stats.pipeline, make, shutdown).await;
+        // A validator that dies (a panic) is restarted; its unfinished records come again.
+        let make = || Validator::new(parts.clone());
+        fluxgate_pipeline::run(&parts.consumer, &parts.stats.pipeline, make, shutdown).await;
         follow.abort();
-        stats
+        parts.stats
     }
 }
 

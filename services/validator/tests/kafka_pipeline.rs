@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use fluxgate_pipeline::Stage;
+use fluxgate_pipeline::{Parts, Stage};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,14 +98,14 @@ async fn kafka_raw_state_reaches_the_store_through_validator_and_writer() {
             &[&topics.name(Topic::IngestRaw)],
         ))
         .unwrap();
-    Validator::new(
-        raw,
-        bus.producer(),
-        store.clone(),
-        &topics,
-        ValidatorConfig::default(),
-        Arc::new(ValidatorStats::default()),
-    )
+    Validator::new(Parts {
+        consumer: raw,
+        producer: bus.producer(),
+        store: store.clone(),
+        topics: topics.clone(),
+        cfg: ValidatorConfig::default(),
+        stats: Arc::new(ValidatorStats::default()),
+    })
     .start();
     let names = [
         Topic::IngestValid,
@@ -120,14 +120,14 @@ async fn kafka_raw_state_reaches_the_store_through_validator_and_writer() {
         ))
         .unwrap();
     let writer = Arc::new(WriterStats::default());
-    TsWriter::new(
-        wc,
-        bus.producer(),
-        store.clone(),
-        &topics,
-        WriterConfig::default(),
-        writer.clone(),
-    )
+    TsWriter::new(Parts {
+        consumer: wc,
+        producer: bus.producer(),
+        store: store.clone(),
+        topics: topics.clone(),
+        cfg: WriterConfig::default(),
+        stats: writer.clone(),
+    })
     .start();
 
     let ts = now_ms() - 5_000;
@@ -510,14 +510,14 @@ async fn kafka_an_undecodable_record_is_dead_lettered_before_it_is_acked() {
         read(Topic::IngestValid, "valid"),
     );
     let stats = Arc::new(ValidatorStats::default());
-    Validator::new(
-        read(Topic::IngestRaw, "v"),
-        bus.producer(),
-        store.clone(),
-        &topics,
-        ValidatorConfig::default(),
-        stats.clone(),
-    )
+    Validator::new(Parts {
+        consumer: read(Topic::IngestRaw, "v"),
+        producer: bus.producer(),
+        store: store.clone(),
+        topics: topics.clone(),
+        cfg: ValidatorConfig::default(),
+        stats: stats.clone(),
+    })
     .start();
     let p = bus.producer();
     let garbage = b"{\"v\":1, this is not an envelope".to_vec();

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use fluxgate_pipeline::Stage;
+use fluxgate_pipeline::{Parts, Stage};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -123,14 +123,14 @@ impl Rig {
             ))
             .unwrap();
         let stats = Arc::new(ValidatorStats::default());
-        Validator::new(
+        Validator::new(Parts {
             consumer,
-            self.bus.producer(),
-            self.store.clone(),
-            &self.topics,
+            producer: self.bus.producer(),
+            store: self.store.clone(),
+            topics: self.topics.clone(),
             cfg,
-            stats.clone(),
-        )
+            stats: stats.clone(),
+        })
         .start();
         stats
     }

@@ -23,7 +23,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix::prelude::*;
-use fluxgate_bus::{ConsumeError, Consumer, Record};
+use fluxgate_bus::{
+    Bus, BusError, ConsumeError, Consumer, ConsumerSpec, Producer, Record, TopicsConfig,
+};
 
 use crate::supervise::{Lifeline, Watch};
 
@@ -198,6 +200,61 @@ pub async fn run<S: Stage>(
     };
     let drain = |addr: &Addr<Pipeline<S>>| addr.do_send(Drain);
     supervise::supervise(S::ROLE, consumer, stats.watch(), start, drain, shutdown).await;
+}
+
+/// What a role's stage is built from, the same for every role: its subscribed
+/// consumer, a producer, the store, the topic names, its config and its counters. The
+/// first phase of a role ([`Parts::subscribe`]) makes them; each (re)start of its stage
+/// gets a clone.
+#[derive(Debug)]
+pub struct Parts<Cfg, Stats> {
+    /// Subscribed to the role's topics.
+    pub consumer: Arc<dyn Consumer>,
+    /// For the role's outputs (and dead letters).
+    pub producer: Arc<dyn Producer>,
+    /// The registry, time series, commands and logs.
+    pub store: Arc<dyn fluxgate_store::Store>,
+    /// Topic names.
+    pub topics: TopicsConfig,
+    /// The role's config.
+    pub cfg: Cfg,
+    /// The role's counters (their [`PipelineStats`] among them).
+    pub stats: Arc<Stats>,
+}
+
+impl<Cfg: Clone, Stats> Clone for Parts<Cfg, Stats> {
+    fn clone(&self) -> Self {
+        Parts {
+            consumer: self.consumer.clone(),
+            producer: self.producer.clone(),
+            store: self.store.clone(),
+            topics: self.topics.clone(),
+            cfg: self.cfg.clone(),
+            stats: self.stats.clone(),
+        }
+    }
+}
+
+impl<Cfg, Stats> Parts<Cfg, Stats> {
+    /// A role's first phase: its consumer is subscribed (`spec`), so every record
+    /// produced from now on reaches it.
+    pub fn subscribe(
+        bus: &Arc<dyn Bus>,
+        spec: ConsumerSpec,
+        store: Arc<dyn fluxgate_store::Store>,
+        topics: &TopicsConfig,
+        cfg: Cfg,
+        stats: Arc<Stats>,
+    ) -> Result<Self, BusError> {
+        Ok(Parts {
+            consumer: bus.consumer(spec)?,
+            producer: bus.producer(),
+            store,
+            topics: topics.clone(),
+            cfg,
+            stats,
+        })
+    }
 }
 
 /// The counters every consuming role has (its own come beside them).
