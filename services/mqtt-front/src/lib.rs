@@ -322,11 +322,18 @@ struct Sockets {
     tls_config: Option<Arc<rustls::ServerConfig>>,
 }
 
+/// How long ntex may take to stop its workers once the drain is over.
+const STOP_AFTER_DRAIN: Duration = Duration::from_secs(1);
+
 fn listeners(front: &Arc<Front>, s: Sockets) -> std::io::Result<ntex::server::ServerBuilder> {
     let cfg = &front.cfg;
     let mut b = ntex::server::Server::builder()
         .workers(cfg.workers)
         .maxconn(cfg.max_connections.div_ceil(cfg.workers).max(1))
+        // The drain has given every session `drain_grace_secs` already; what ntex still
+        // holds when it stops the listeners is dropped after this, not after ntex's
+        // default 30 s (which outlasted the role's own stop deadline).
+        .shutdown_timeout(STOP_AFTER_DRAIN)
         .disable_signals();
     let mqtt_cfg = server::mqtt_config(front);
     if let Some(l) = s.tcp {
