@@ -306,6 +306,10 @@ async fn kafka_every_kind_ends_in_its_table_and_a_raced_name_becomes_one_device(
         assert!(tokio::time::Instant::now() < deadline, "warm-up handled");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // More than `warmups` if the second validator's join revoked a partition while a
+    // warm-up record was still in flight on the first: Kafka then gives it again
+    // (at-least-once). From here on both hold their partitions.
+    let warm_handled: u64 = validators.iter().map(count).sum();
 
     let ts = now_ms() - 5_000;
     let d1 = || DeviceRef::Id(id("d1"));
@@ -468,9 +472,10 @@ async fn kafka_every_kind_ends_in_its_table_and_a_raced_name_becomes_one_device(
     }
     let handled: u64 = validators.iter().map(count).sum();
     assert_eq!(
-        handled,
-        warmups + inputs.len() as u64,
-        "each raw record handled once"
+        handled - warm_handled,
+        inputs.len() as u64,
+        "each raw record handled once after both validators hold partitions \
+         ({warmups} warm-ups, handled {warm_handled} times)"
     );
     for r in roles {
         r.stop(Duration::from_secs(30)).await;
