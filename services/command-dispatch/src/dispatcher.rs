@@ -1122,42 +1122,6 @@ impl Dispatcher {
             stats: self.stats.clone(),
         }
     }
-
-    fn handle_record(&mut self, rec: Record, ctx: &mut StageCtx<Self>) {
-        let env = match Envelope::from_bytes(&rec.payload) {
-            Ok(env) => env,
-            Err(e) => return self.keep_undecodable(rec, &e.to_string(), ctx),
-        };
-        let online = match &env.device {
-            DeviceRef::Id(d) => match self.online.get(&(env.tenant.clone(), d.clone())) {
-                Some(seen) => Presence::Seen(seen.clone()),
-                None => Presence::Unknown,
-            },
-            DeviceRef::Name(_) => Presence::Seen(None),
-        };
-        let (work, consumer) = (self.ctx(), self.consumer.clone());
-        let fut = self.retrying("a record", move || {
-            let (work, env, online) = (work.clone(), env.clone(), online.clone());
-            async move { work.step(env, online).await }
-        });
-        fluxgate_pipeline::wait(ctx, fut, move |act, after, _| {
-            match after {
-                After::Nothing => {}
-                After::Online(k, o) => {
-                    act.online.insert(k, Some(o));
-                }
-                // The devices behind a gateway get disconnects of their own, on their
-                // keys, when the gateway's session ends (the front sends them).
-                After::Offline(k) => {
-                    act.online.insert(k, None);
-                }
-                After::Timer(c, d) => {
-                    act.ctx().start_timer(&c, d, Deadline::Reply);
-                }
-            }
-            consumer.ack(&rec.position);
-        });
-    }
 }
 
 /// The first phase of a dispatcher: its consumer is subscribed, so every event produced
@@ -1216,6 +1180,38 @@ impl Stage for Dispatcher {
 
     /// Records are handled one at a time (each waits for the one before it).
     fn accept(&mut self, rec: Record, ctx: &mut StageCtx<Self>) {
-        self.handle_record(rec, ctx);
+        let env = match Envelope::from_bytes(&rec.payload) {
+            Ok(env) => env,
+            Err(e) => return self.keep_undecodable(rec, &e.to_string(), ctx),
+        };
+        let online = match &env.device {
+            DeviceRef::Id(d) => match self.online.get(&(env.tenant.clone(), d.clone())) {
+                Some(seen) => Presence::Seen(seen.clone()),
+                None => Presence::Unknown,
+            },
+            DeviceRef::Name(_) => Presence::Seen(None),
+        };
+        let (work, consumer) = (self.ctx(), self.consumer.clone());
+        let fut = self.retrying("a record", move || {
+            let (work, env, online) = (work.clone(), env.clone(), online.clone());
+            async move { work.step(env, online).await }
+        });
+        fluxgate_pipeline::wait(ctx, fut, move |act, after, _| {
+            match after {
+                After::Nothing => {}
+                After::Online(k, o) => {
+                    act.online.insert(k, Some(o));
+                }
+                // The devices behind a gateway get disconnects of their own, on their
+                // keys, when the gateway's session ends (the front sends them).
+                After::Offline(k) => {
+                    act.online.insert(k, None);
+                }
+                After::Timer(c, d) => {
+                    act.ctx().start_timer(&c, d, Deadline::Reply);
+                }
+            }
+            consumer.ack(&rec.position);
+        });
     }
 }

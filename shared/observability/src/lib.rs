@@ -177,13 +177,7 @@ pub struct CounterSet {
 impl CounterSet {
     /// A set of counters; series sharing a name form one family.
     pub fn new(defs: Vec<CounterDef>) -> prometheus::Result<Self> {
-        let mut set = CounterSet {
-            defs: Vec::new(),
-            descs: Vec::new(),
-            constant: false,
-        };
-        set.add(defs, MetricType::COUNTER)?;
-        Ok(set)
+        Self::of(defs, false)
     }
 
     /// A set whose labels are constant: each series is described with its label values,
@@ -191,10 +185,14 @@ impl CounterSet {
     /// counters of two roles, `role="validator"` and `role="writer"`) can both be
     /// registered in one registry.
     pub fn constant(defs: Vec<CounterDef>) -> prometheus::Result<Self> {
+        Self::of(defs, true)
+    }
+
+    fn of(defs: Vec<CounterDef>, constant: bool) -> prometheus::Result<Self> {
         let mut set = CounterSet {
             defs: Vec::new(),
             descs: Vec::new(),
-            constant: true,
+            constant,
         };
         set.add(defs, MetricType::COUNTER)?;
         Ok(set)

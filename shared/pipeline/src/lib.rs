@@ -74,8 +74,6 @@ pub type Ctx<S> = Context<Pipeline<S>>;
 /// The actor a [`Stage`] runs in.
 pub struct Pipeline<S: Stage> {
     stage: S,
-    consumer: Arc<dyn Consumer>,
-    records: Arc<AtomicU64>,
     draining: bool,
     fetching: Option<SpawnHandle>,
     lifeline: Option<Lifeline>,
@@ -95,8 +93,6 @@ impl<S: Stage> Pipeline<S> {
     /// benchmarks; [`run`] is the supervised one).
     pub fn new(stage: S) -> Self {
         Pipeline {
-            consumer: stage.consumer().clone(),
-            records: stage.stats().records.clone(),
             stage,
             draining: false,
             fetching: None,
@@ -113,11 +109,11 @@ impl<S: Stage> Pipeline<S> {
         if self.draining {
             return;
         }
-        let c = self.consumer.clone();
+        let c = self.stage.consumer().clone();
         let next = async move { c.recv().await }.into_actor(self);
         self.fetching = Some(ctx.spawn(next.map(|res, act, ctx| match res {
             Ok(rec) => {
-                act.records.fetch_add(1, Ordering::Relaxed);
+                act.stage.stats().records.fetch_add(1, Ordering::Relaxed);
                 act.stage.accept(rec, ctx);
                 // Spawned now, polled only once what `accept` made the actor wait for is
                 // done (actix polls nothing else while a `wait` is pending).

@@ -155,25 +155,42 @@ impl Rig {
     fn done(&self) -> Vec<String> {
         self.seen.done.lock().unwrap().clone()
     }
+
+    /// `fluxgate_pipeline::run` with stages in `mode`, until [`Running::stop`].
+    fn run(&self, mode: Mode) -> Running {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (consumer, stats, make) = (self.consumer.clone(), self.stats.clone(), self.make(mode));
+        let task = actix_rt::spawn(async move {
+            fluxgate_pipeline::run(&consumer, &stats, make, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        Running { stop, task }
+    }
+}
+
+/// A running pipeline (`Rig::run`).
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: actix_rt::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Shuts it down; `run` must return within 10 s (`what` says why it should).
+    async fn stop(self, what: &str) {
+        self.stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect(what)
+            .unwrap();
+    }
 }
 
 #[actix_rt::test]
 async fn waited_work_holds_up_the_next_record_and_records_come_in_order() {
     let rig = Rig::new();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = actix_rt::spawn({
-        let (consumer, stats, make) = (
-            rig.consumer.clone(),
-            rig.stats.clone(),
-            rig.make(Mode::Wait),
-        );
-        async move {
-            fluxgate_pipeline::run(&consumer, &stats, make, async {
-                let _ = stopped.await;
-            })
-            .await
-        }
-    });
+    let run = rig.run(Mode::Wait);
     let sent = ["0", "1", "2", "3", "4", "5"];
     rig.produce(&sent).await;
     rig.until("every record handled", |s| {
@@ -187,11 +204,7 @@ async fn waited_work_holds_up_the_next_record_and_records_come_in_order() {
         "a record was accepted while the one before it was still being waited for"
     );
     assert_eq!(rig.stats.records.load(Ordering::Relaxed), sent.len() as u64);
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), run)
-        .await
-        .expect("run returns after shutdown")
-        .unwrap();
+    run.stop("run returns after shutdown").await;
 }
 
 /// Drain waits for work the stage spawned on its own actor (the validator's acks). Had the
@@ -199,20 +212,7 @@ async fn waited_work_holds_up_the_next_record_and_records_come_in_order() {
 #[actix_rt::test]
 async fn drain_waits_for_work_spawned_on_the_stage_and_commits_it() {
     let rig = Rig::new();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = actix_rt::spawn({
-        let (consumer, stats, make) = (
-            rig.consumer.clone(),
-            rig.stats.clone(),
-            rig.make(Mode::Spawn),
-        );
-        async move {
-            fluxgate_pipeline::run(&consumer, &stats, make, async {
-                let _ = stopped.await;
-            })
-            .await
-        }
-    });
+    let run = rig.run(Mode::Spawn);
     let acks = rig.produce(&["a", "b", "c"]).await;
     rig.until("every record accepted", |s| {
         s.accepted.lock().unwrap().len() == 3
@@ -223,11 +223,7 @@ async fn drain_waits_for_work_spawned_on_the_stage_and_commits_it() {
         rig.done().len() < 3,
         "every work done before the drain began"
     );
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), run)
-        .await
-        .expect("the drain finishes: the spawned work ran")
-        .unwrap();
+    run.stop("the drain finishes: the spawned work ran").await;
     assert_eq!(rig.done(), ["a", "b", "c"]);
     // Everything was acked and committed (the in-process bus acks a producer's record
     // once every group has committed it).
@@ -244,20 +240,7 @@ async fn drain_waits_for_work_spawned_on_the_stage_and_commits_it() {
 async fn a_stage_that_dies_is_restarted_and_gets_its_record_again() {
     let rig = Rig::new();
     rig.seen.panic_once.store(true, Ordering::SeqCst);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = actix_rt::spawn({
-        let (consumer, stats, make) = (
-            rig.consumer.clone(),
-            rig.stats.clone(),
-            rig.make(Mode::Wait),
-        );
-        async move {
-            fluxgate_pipeline::run(&consumer, &stats, make, async {
-                let _ = stopped.await;
-            })
-            .await
-        }
-    });
+    let run = rig.run(Mode::Wait);
     rig.produce(&["before", "boom", "after"]).await;
     rig.until("every record handled", |s| {
         s.done.lock().unwrap().len() == 3
@@ -267,11 +250,7 @@ async fn a_stage_that_dies_is_restarted_and_gets_its_record_again() {
     assert_eq!(rig.stats.restarts.load(Ordering::Relaxed), 1);
     // "boom" was read twice: once by the stage that died, once by its successor.
     assert_eq!(rig.stats.records.load(Ordering::Relaxed), 4);
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), run)
-        .await
-        .expect("run returns after shutdown")
-        .unwrap();
+    run.stop("run returns after shutdown").await;
 }
 
 #[test]
