@@ -154,7 +154,12 @@ pub(super) async fn session_task(
     let mut gone = std::pin::pin!(gone);
     let mut closing = false;
     loop {
+        // Biased, in this order: a takeover requests the close *before* it drops the old
+        // session's registration (and with it the last sender of `rx`). Polled at random,
+        // the `None` below could win over the close request, and the task would end
+        // without closing the socket: the old client stayed connected.
         tokio::select! {
+            biased;
             () = &mut gone => break,
             reason = close.requested(), if !closing => {
                 closing = true;
