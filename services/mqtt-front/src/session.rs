@@ -56,10 +56,15 @@ impl CloseSignal {
         }
     }
 
+    /// The close asked for, if any.
+    pub(crate) fn reason(&self) -> Option<CloseReason> {
+        *self.reason.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Waits for a close request and returns its reason.
     pub(crate) async fn requested(&self) -> CloseReason {
         loop {
-            if let Some(r) = *self.reason.lock().unwrap_or_else(|p| p.into_inner()) {
+            if let Some(r) = self.reason() {
                 return r;
             }
             self.notify.notified().await;

@@ -154,12 +154,7 @@ pub(super) async fn session_task(
     let mut gone = std::pin::pin!(gone);
     let mut closing = false;
     loop {
-        // Biased, in this order: a takeover requests the close *before* it drops the old
-        // session's registration (and with it the last sender of `rx`). Polled at random,
-        // the `None` below could win over the close request, and the task would end
-        // without closing the socket: the old client stayed connected.
         tokio::select! {
-            biased;
             () = &mut gone => break,
             reason = close.requested(), if !closing => {
                 closing = true;
@@ -173,7 +168,15 @@ pub(super) async fn session_task(
                 }
             }
             msg = next(&mut rx) => match msg {
-                None => break,
+                // Every sender is gone: the session's registration was dropped. A takeover
+                // requests the close just before it drops the old registration, and this
+                // branch may be picked first; the close must still happen.
+                None => {
+                    if let (false, Some(reason)) = (closing, close.reason()) {
+                        conn.close(reason);
+                    }
+                    break;
+                }
                 // Boxed: the task of every idle connection is only as large as its
                 // resting state.
                 Some(msg) => Box::pin(front.handle(&conn, msg)).await,
