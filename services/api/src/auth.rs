@@ -8,7 +8,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use fluxgate_model::{DeviceId, TenantId};
-use fluxgate_store::{ApiScope, DeviceKind, Store, hash_secret};
+use fluxgate_store::{ApiScope, DeviceKind, RegistryStore, hash_secret};
 use ring::hmac;
 
 use crate::error::ApiError;
@@ -153,7 +153,7 @@ pub async fn authenticate(
     header: Option<&str>,
     bootstrap: &str,
     tokens: &DeviceTokens,
-    store: &dyn Store,
+    store: &dyn RegistryStore,
     now_ms: i64,
 ) -> Result<Caller, ApiError> {
     let token = header
@@ -197,7 +197,7 @@ pub async fn authenticate(
 /// Whether a device-token caller may post state for `target`: its own, or a peripheral
 /// that allows it as gateway.
 pub async fn device_may_post(
-    store: &dyn Store,
+    store: &dyn RegistryStore,
     tenant: &TenantId,
     caller: &DeviceId,
     target: &DeviceId,

@@ -22,6 +22,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fluxgate_bus::{Bus, KafkaBus, MemoryBus};
 use fluxgate_store::Store;
+use fluxgate_ts_writer::WriterStore;
 
 use crate::config::{BusKind, Config, StoreKind};
 
@@ -264,7 +265,13 @@ async fn run_role(cfg: Config, role: Cmd) -> anyhow::Result<()> {
         Cmd::Writer => {
             let stats = Arc::new(fluxgate_ts_writer::WriterStats::default());
             let obs = observe(stats.collectors()?)?;
-            let p = fluxgate_ts_writer::prepare(&bus, store, &topics, cfg.writer, stats)?;
+            let p = fluxgate_ts_writer::prepare(
+                &bus,
+                WriterStore::of(store),
+                &topics,
+                cfg.writer,
+                stats,
+            )?;
             let role = Pipeline::new("writer", |stop| async move {
                 p.run(stop).await;
             });

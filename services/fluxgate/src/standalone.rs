@@ -20,6 +20,7 @@ use fluxgate_store::{
     AccessKey, ApiScope, ApiToken, Application, AttributeDef, AttributeType, Device, DeviceKind,
     DeviceToken, KeyScope, PeripheralPolicy, Store, hash_secret,
 };
+use fluxgate_ts_writer::WriterStore;
 
 /// A random secret of `bytes` random bytes (the API's generator), letters and digits only
 /// so that it pastes into shell lines unquoted.
@@ -91,8 +92,13 @@ pub(crate) async fn run(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
         for c in stats.collectors()? {
             registry.register(c)?;
         }
-        let p =
-            fluxgate_ts_writer::prepare(&bus, store.clone(), &topics, cfg.writer.clone(), stats)?;
+        let p = fluxgate_ts_writer::prepare(
+            &bus,
+            WriterStore::of(store.clone()),
+            &topics,
+            cfg.writer.clone(),
+            stats,
+        )?;
         roles.push(Pipeline::new("writer", |stop| async move {
             p.run(stop).await;
         }));

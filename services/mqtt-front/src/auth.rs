@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use fluxgate_model::{DeviceId, Principal, RegistryChange, TenantId};
 use fluxgate_store::{
-    CachedStore, Device, DeviceKind, DeviceToken, KeyRefusal, Store, StoreError, check_access_key,
-    hash_secret,
+    CachedStore, Device, DeviceKind, DeviceToken, KeyRefusal, RegistryStore, StoreError,
+    check_access_key, hash_secret,
 };
 use subtle::ConstantTimeEq;
 
@@ -85,7 +85,7 @@ pub struct Registry {
 
 impl Registry {
     /// A registry over `store`, caching reads for `ttl`.
-    pub fn new(store: Arc<dyn Store>, ttl: Duration) -> Self {
+    pub fn new(store: Arc<dyn RegistryStore>, ttl: Duration) -> Self {
         Registry {
             store: CachedStore::new(store, ttl, 100_000),
         }

@@ -49,7 +49,7 @@ use std::time::Duration;
 use fluxgate_bus::{Bus, BusError, Consumer, ConsumerSpec, Topic, TopicsConfig};
 use fluxgate_model::{Delivery, RegistryChange, TenantId};
 use fluxgate_observability::Health;
-use fluxgate_store::Store;
+use fluxgate_store::RegistryStore;
 use ntex::util::{ByteString, Bytes};
 use tokio::sync::oneshot;
 
@@ -144,7 +144,7 @@ fn bind(addr: &str) -> Result<TcpListener, FrontError> {
 pub fn start(
     cfg: FrontConfig,
     bus: Arc<dyn Bus>,
-    store: Arc<dyn Store>,
+    store: Arc<dyn RegistryStore>,
     topics: &TopicsConfig,
 ) -> Result<RunningFront, FrontError> {
     cfg.validate()?;

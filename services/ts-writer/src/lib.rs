@@ -20,4 +20,4 @@ mod config;
 mod writer;
 
 pub use config::WriterConfig;
-pub use writer::{Prepared, TsWriter, WriterStats, prepare};
+pub use writer::{Prepared, TsWriter, WriterStats, WriterStore, prepare};

@@ -12,7 +12,7 @@ use fluxgate_bus::{
 };
 use fluxgate_model::{Body, DeviceId, DeviceRef, Envelope, Rejection, TenantId, Values};
 use fluxgate_pipeline::{Ctx, Parts, PipelineStats, Stage};
-use fluxgate_store::{AttributeScope, RejectedEntry, SampleBatch, Store};
+use fluxgate_store::{AttributeScope, LogStore, RejectedEntry, SampleBatch, Store, TelemetryStore};
 
 use crate::WriterConfig;
 
@@ -160,11 +160,31 @@ impl Input {
     }
 }
 
+/// The parts of the store the writer uses: device data (time series and client
+/// attributes) and the rejected log. It cannot reach the registry or the commands.
+#[derive(Debug, Clone)]
+pub struct WriterStore {
+    /// Where points and client attributes go.
+    pub data: Arc<dyn TelemetryStore>,
+    /// Where undecodable records are noted.
+    pub logs: Arc<dyn LogStore>,
+}
+
+impl WriterStore {
+    /// Both parts from one store.
+    pub fn of(store: Arc<dyn Store>) -> Self {
+        WriterStore {
+            data: store.clone(),
+            logs: store,
+        }
+    }
+}
+
 /// The writer: one consumer, one batch, flushes that block reading until written.
 pub struct TsWriter {
     consumer: Arc<dyn Consumer>,
     producer: Arc<dyn Producer>,
-    store: Arc<dyn Store>,
+    store: Arc<WriterStore>,
     topics: Topics,
     cfg: WriterConfig,
     stats: Arc<WriterStats>,
@@ -180,7 +200,7 @@ impl std::fmt::Debug for TsWriter {
 impl TsWriter {
     /// A writer over `parts.consumer` (subscribed to the valid and rejected topics);
     /// its producer keeps undecodable records on the dead-letter topic.
-    pub fn new(parts: Parts<WriterConfig, WriterStats>) -> Self {
+    pub fn new(parts: Parts<WriterConfig, WriterStats, WriterStore>) -> Self {
         let Parts {
             consumer,
             producer,
@@ -322,7 +342,7 @@ fn rejected_entry(r: Rejection) -> RejectedEntry {
 /// consumer is paused meanwhile). Parts already written are not written again. Returns the
 /// positions to ack.
 async fn write_batch(
-    store: Arc<dyn Store>,
+    store: Arc<WriterStore>,
     producer: Arc<dyn Producer>,
     consumer: Arc<dyn Consumer>,
     cfg: WriterConfig,
@@ -333,7 +353,7 @@ async fn write_batch(
     let mut paused = false;
     loop {
         let started = Instant::now();
-        match write_once(&*store, &*producer, &mut batch).await {
+        match write_once(&store, &*producer, &mut batch).await {
             Ok(points) => {
                 stats.points.fetch_add(points as u64, Ordering::Relaxed);
                 stats.batches.fetch_add(1, Ordering::Relaxed);
@@ -365,7 +385,7 @@ async fn write_batch(
 
 /// One attempt; what succeeds is removed from the batch so a retry does not repeat it.
 async fn write_once(
-    store: &dyn Store,
+    store: &WriterStore,
     producer: &dyn Producer,
     b: &mut Batch,
 ) -> Result<usize, String> {
@@ -379,21 +399,22 @@ async fn write_once(
 }
 
 /// The store part of [`write_once`].
-async fn write_store(store: &dyn Store, b: &mut Batch) -> fluxgate_store::Result<usize> {
+async fn write_store(store: &WriterStore, b: &mut Batch) -> fluxgate_store::Result<usize> {
     let mut points = 0;
     if !b.samples.is_empty() {
-        points += store.write_samples(b.samples.clone()).await?;
+        points += store.data.write_samples(b.samples.clone()).await?;
         b.samples.clear();
     }
     while let Some((tenant, device, values, ts)) = b.attributes.first().cloned() {
         points += values.len();
         store
+            .data
             .put_attributes(tenant, device, AttributeScope::Client, values, ts)
             .await?;
         b.attributes.remove(0);
     }
     while let Some(e) = b.rejected.first().cloned() {
-        store.log_rejected(e).await?;
+        store.logs.log_rejected(e).await?;
         b.rejected.remove(0);
     }
     Ok(points)
@@ -441,7 +462,7 @@ impl Stage for TsWriter {
 /// from now on reaches it. [`Prepared::run`] is the second.
 pub fn prepare(
     bus: &Arc<dyn Bus>,
-    store: Arc<dyn Store>,
+    store: WriterStore,
     topics: &TopicsConfig,
     cfg: WriterConfig,
     stats: Arc<WriterStats>,
@@ -449,12 +470,12 @@ pub fn prepare(
     let names = Input::TOPICS.map(|t| topics.name(t));
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let spec = ConsumerSpec::group(&cfg.group, &names);
-    Parts::subscribe(bus, spec, store, topics, cfg, stats).map(Prepared)
+    Parts::subscribe(bus, spec, Arc::new(store), topics, cfg, stats).map(Prepared)
 }
 
 /// A writer subscribed to its topics and not yet running ([`prepare`]).
 #[derive(Debug)]
-pub struct Prepared(Parts<WriterConfig, WriterStats>);
+pub struct Prepared(Parts<WriterConfig, WriterStats, WriterStore>);
 
 impl Prepared {
     /// Runs the writer until `shutdown` resolves, then drains it. Must run inside an

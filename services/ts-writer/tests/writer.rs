@@ -18,7 +18,7 @@ use fluxgate_model::{
 use fluxgate_store::sqlite::SqliteStore;
 use fluxgate_store::{AttributeScope, Order, RangeQuery, Store};
 use fluxgate_testkit::Stoppable;
-use fluxgate_ts_writer::{TsWriter, WriterConfig, WriterStats};
+use fluxgate_ts_writer::{TsWriter, WriterConfig, WriterStats, WriterStore};
 
 const NOW: i64 = 1_700_000_000_000;
 
@@ -80,7 +80,7 @@ fn start(
     let writer = TsWriter::new(Parts {
         consumer,
         producer: bus.producer(),
-        store,
+        store: Arc::new(WriterStore::of(store)),
         topics: topics.clone(),
         cfg,
         stats: stats.clone(),
@@ -103,7 +103,9 @@ fn run(
 ) -> (Arc<WriterStats>, Stoppable<()>) {
     let topics = TopicsConfig::default();
     let stats = Arc::new(WriterStats::default());
-    let prepared = fluxgate_ts_writer::prepare(&bus, store, &topics, cfg, stats.clone()).unwrap();
+    let prepared =
+        fluxgate_ts_writer::prepare(&bus, WriterStore::of(store), &topics, cfg, stats.clone())
+            .unwrap();
     let running = Stoppable::spawn_local(|shutdown| async move {
         prepared.run(shutdown).await;
     });

@@ -76,7 +76,14 @@ impl Pipeline {
         let writer = Arc::new(WriterStats::default());
         let stats = Arc::new(ValidatorStats::default());
         let v = fluxgate_validator::prepare(&bus, store.clone(), &topics, vcfg, stats).unwrap();
-        let w = fluxgate_ts_writer::prepare(&bus, store, &topics, wcfg, writer.clone()).unwrap();
+        let w = fluxgate_ts_writer::prepare(
+            &bus,
+            fluxgate_ts_writer::WriterStore::of(store),
+            &topics,
+            wcfg,
+            writer.clone(),
+        )
+        .unwrap();
         actix::spawn(v.run(std::future::pending()));
         actix::spawn(w.run(std::future::pending()));
         Pipeline {

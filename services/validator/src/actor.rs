@@ -9,6 +9,7 @@ use actix::AsyncContext;
 use fluxgate_bus::{AckFuture, Consumer, OutRecord, Producer, Record, Topic, TopicsConfig, now_ms};
 use fluxgate_model::{Envelope, ReasonCode, Rejection};
 use fluxgate_pipeline::{Ctx, Parts, PipelineStats, Stage};
+use fluxgate_store::RegistryStore;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{Output, ValidatorConfig, validate};
@@ -103,7 +104,7 @@ struct Names {
 pub struct Validator {
     consumer: Arc<dyn Consumer>,
     producer: Arc<dyn Producer>,
-    store: Arc<dyn fluxgate_store::Store>,
+    store: Arc<dyn RegistryStore>,
     names: Names,
     cfg: ValidatorConfig,
     stats: Arc<ValidatorStats>,
@@ -121,7 +122,7 @@ impl std::fmt::Debug for Validator {
 
 impl Validator {
     /// A validator reading `parts.consumer` (subscribed to the raw topic).
-    pub fn new(parts: Parts<ValidatorConfig, ValidatorStats>) -> Self {
+    pub fn new(parts: Parts<ValidatorConfig, ValidatorStats, dyn RegistryStore>) -> Self {
         let Parts {
             consumer,
             producer,
@@ -243,7 +244,7 @@ type Handed = (Vec<(OutputKind, AckFuture)>, OwnedSemaphorePermit);
 /// dead-letter topic, and in the rejected log.
 async fn process(
     rec: Record,
-    store: Arc<dyn fluxgate_store::Store>,
+    store: Arc<dyn RegistryStore>,
     producer: Arc<dyn Producer>,
     in_flight: Arc<Semaphore>,
     names: Names,
@@ -297,7 +298,7 @@ fn undecodable(rec: &Record, names: &Names, error: &str) -> Vec<(OutputKind, Out
 
 async fn attempt(
     env: &Envelope,
-    store: &dyn fluxgate_store::Store,
+    store: &dyn RegistryStore,
     names: &Names,
     cfg: &ValidatorConfig,
 ) -> Result<Vec<(OutputKind, OutRecord)>, String> {
@@ -333,7 +334,7 @@ async fn send(
 /// produced from now on reaches it. [`Prepared::run`] is the second.
 pub fn prepare(
     bus: &Arc<dyn fluxgate_bus::Bus>,
-    store: Arc<dyn fluxgate_store::Store>,
+    store: Arc<dyn RegistryStore>,
     topics: &TopicsConfig,
     cfg: ValidatorConfig,
     stats: Arc<ValidatorStats>,
@@ -352,7 +353,7 @@ pub fn prepare(
 /// A validator subscribed to its topics and not yet running ([`prepare`]).
 #[derive(Debug)]
 pub struct Prepared {
-    parts: Parts<ValidatorConfig, ValidatorStats>,
+    parts: Parts<ValidatorConfig, ValidatorStats, dyn RegistryStore>,
     changes: Arc<dyn Consumer>,
 }
 
@@ -368,10 +369,8 @@ impl Prepared {
             100_000,
         );
         let follow = actix::spawn(follow_changes(cache.clone(), changes));
-        let parts = Parts {
-            store: Arc::new(cache),
-            ..parts
-        };
+        let store: Arc<dyn RegistryStore> = Arc::new(cache);
+        let parts = Parts { store, ..parts };
         // A validator that dies (a panic) is restarted; its unfinished records come again.
         let make = || Validator::new(parts.clone());
         fluxgate_pipeline::run(&parts.consumer, &parts.stats.pipeline, make, shutdown).await;

@@ -4,7 +4,7 @@ use fluxgate_model::{
     Body, DeviceRef, Dialect, Envelope, Kind, Reject, Rejection, Sample, Value, Values,
     thingsboard::gateway::DEFAULT_PROFILE,
 };
-use fluxgate_store::{AttributeType, Device, Store, StoreError};
+use fluxgate_store::{AttributeType, Device, RegistryStore, StoreError};
 
 use crate::ValidatorConfig;
 
@@ -96,7 +96,7 @@ fn convert(key: &str, v: Value, ty: AttributeType) -> Result<Value, (Reject, Val
 /// Decides what becomes of `env`. Errors are store failures only (retry the record);
 /// everything about the envelope itself is an [`Output`].
 pub async fn validate(
-    store: &dyn Store,
+    store: &dyn RegistryStore,
     cfg: &ValidatorConfig,
     mut env: Envelope,
     now_ms: i64,

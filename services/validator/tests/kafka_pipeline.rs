@@ -16,7 +16,7 @@ use fluxgate_model::{
 use fluxgate_store::scylla::{ScyllaConfig, ScyllaStore};
 use fluxgate_store::{AttributeDef, AttributeType, Device, DeviceKind, Store};
 use fluxgate_testkit::Stoppable;
-use fluxgate_ts_writer::{TsWriter, WriterConfig, WriterStats};
+use fluxgate_ts_writer::{TsWriter, WriterConfig, WriterStats, WriterStore};
 use fluxgate_validator::{Validator, ValidatorConfig, ValidatorStats};
 
 fn now_ms() -> i64 {
@@ -123,7 +123,7 @@ async fn kafka_raw_state_reaches_the_store_through_validator_and_writer() {
     TsWriter::new(Parts {
         consumer: wc,
         producer: bus.producer(),
-        store: store.clone(),
+        store: Arc::new(WriterStore::of(store.clone())),
         topics: topics.clone(),
         cfg: WriterConfig::default(),
         stats: writer.clone(),
@@ -257,8 +257,14 @@ async fn kafka_every_kind_ends_in_its_table_and_a_raced_name_becomes_one_device(
             group: format!("{group}-w"),
             ..WriterConfig::default()
         };
-        let p =
-            fluxgate_ts_writer::prepare(&bus, store.clone(), &topics, cfg, Arc::default()).unwrap();
+        let p = fluxgate_ts_writer::prepare(
+            &bus,
+            WriterStore::of(store.clone()),
+            &topics,
+            cfg,
+            Arc::default(),
+        )
+        .unwrap();
         roles.push(Stoppable::spawn_local(|done| async move {
             p.run(done).await;
         }));

@@ -199,17 +199,18 @@ pub async fn run<S: Stage>(
 }
 
 /// What a role's stage is built from, the same for every role: its subscribed
-/// consumer, a producer, the store, the topic names, its config and its counters. The
-/// first phase of a role ([`Parts::subscribe`]) makes them; each (re)start of its stage
-/// gets a clone.
+/// consumer, a producer, the part of the store it uses (`St`: the validator a
+/// [`fluxgate_store::RegistryStore`], the writer its time series and logs), the topic
+/// names, its config and its counters. The first phase of a role ([`Parts::subscribe`])
+/// makes them; each (re)start of its stage gets a clone.
 #[derive(Debug)]
-pub struct Parts<Cfg, Stats> {
+pub struct Parts<Cfg, Stats, St: ?Sized = dyn fluxgate_store::Store> {
     /// Subscribed to the role's topics.
     pub consumer: Arc<dyn Consumer>,
     /// For the role's outputs (and dead letters).
     pub producer: Arc<dyn Producer>,
-    /// The registry, time series, commands and logs.
-    pub store: Arc<dyn fluxgate_store::Store>,
+    /// The aggregates of the store the role uses.
+    pub store: Arc<St>,
     /// Topic names.
     pub topics: TopicsConfig,
     /// The role's config.
@@ -218,7 +219,7 @@ pub struct Parts<Cfg, Stats> {
     pub stats: Arc<Stats>,
 }
 
-impl<Cfg: Clone, Stats> Clone for Parts<Cfg, Stats> {
+impl<Cfg: Clone, Stats, St: ?Sized> Clone for Parts<Cfg, Stats, St> {
     fn clone(&self) -> Self {
         Parts {
             consumer: self.consumer.clone(),
@@ -231,13 +232,13 @@ impl<Cfg: Clone, Stats> Clone for Parts<Cfg, Stats> {
     }
 }
 
-impl<Cfg, Stats> Parts<Cfg, Stats> {
+impl<Cfg, Stats, St: ?Sized> Parts<Cfg, Stats, St> {
     /// A role's first phase: its consumer is subscribed (`spec`), so every record
     /// produced from now on reaches it.
     pub fn subscribe(
         bus: &Arc<dyn Bus>,
         spec: ConsumerSpec,
-        store: Arc<dyn fluxgate_store::Store>,
+        store: Arc<St>,
         topics: &TopicsConfig,
         cfg: Cfg,
         stats: Arc<Stats>,

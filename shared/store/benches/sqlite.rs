@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use fluxgate_model::{DeviceId, Sample, TenantId, Value, Values};
+use fluxgate_store::TelemetryStore;
 use fluxgate_store::sqlite::{SqliteConfig, SqliteStore};
-use fluxgate_store::{Order, RangeQuery, SampleBatch, Store};
+use fluxgate_store::{Order, RangeQuery, SampleBatch};
 
 /// Points per `write_samples` call: 100 devices x 5 samples x 2 keys.
 const BATCH_POINTS: u64 = 1000;

@@ -5,7 +5,7 @@
 //! Cached: devices, attribute definitions, ThingsBoard name → device, access keys, device
 //! tokens, API tokens. Entries live `ttl` at most and are dropped early by
 //! [`CachedStore::invalidate`] (fed from `fluxgate.registry.changes`) and by writes made
-//! through this store. Everything else goes straight to the inner store.
+//! through this store. It wraps only the registry: the other aggregates are never cached.
 //!
 //! Misses are cached too (`None`), so a flood of unknown credentials does not reach the
 //! store; a created device or key is visible after its registry change or the TTL.
@@ -14,11 +14,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fluxgate_model::{DeviceId, DeviceName, MessageId, RegistryChange, TenantId, Values};
+use fluxgate_model::{DeviceId, DeviceName, RegistryChange, TenantId};
 use moka::future::Cache;
 
 use crate::types::*;
-use crate::{BoxFuture, Result, Store, StoreError};
+use crate::{BoxFuture, RegistryStore, Result, StoreError};
 
 fn cache<K, V>(ttl: Duration, capacity: u64) -> Cache<K, V>
 where
@@ -31,10 +31,10 @@ where
         .build()
 }
 
-/// A [`Store`] whose registry reads are cached.
+/// A [`RegistryStore`] whose reads are cached.
 #[derive(Debug, Clone)]
 pub struct CachedStore {
-    inner: Arc<dyn Store>,
+    inner: Arc<dyn RegistryStore>,
     devices: Cache<(TenantId, DeviceId), Option<Device>>,
     defs: Cache<(TenantId, DeviceId), Vec<AttributeDef>>,
     names: Cache<(TenantId, DeviceName), Device>,
@@ -49,7 +49,7 @@ fn shared(e: Arc<StoreError>) -> StoreError {
 
 impl CachedStore {
     /// Caches `inner`'s registry reads for `ttl`, at most `capacity` entries per kind.
-    pub fn new(inner: Arc<dyn Store>, ttl: Duration, capacity: u64) -> Self {
+    pub fn new(inner: Arc<dyn RegistryStore>, ttl: Duration, capacity: u64) -> Self {
         CachedStore {
             inner,
             devices: cache(ttl, capacity),
@@ -105,19 +105,15 @@ impl CachedStore {
     }
 }
 
-impl Store for CachedStore {
-    fn migrate(&self) -> BoxFuture<'_, Result<u32>> {
-        self.inner.migrate()
-    }
-    fn ping(&self) -> BoxFuture<'_, Result<()>> {
-        self.inner.ping()
-    }
+impl RegistryStore for CachedStore {
     fn put_application(&self, app: Application) -> BoxFuture<'_, Result<()>> {
         self.inner.put_application(app)
     }
+
     fn application(&self, id: TenantId) -> BoxFuture<'_, Result<Option<Application>>> {
         self.inner.application(id)
     }
+
     fn put_device(&self, device: Device) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             let change = RegistryChange::Device {
@@ -129,6 +125,7 @@ impl Store for CachedStore {
             Ok(())
         })
     }
+
     fn device(&self, tenant: TenantId, id: DeviceId) -> BoxFuture<'_, Result<Option<Device>>> {
         Box::pin(async move {
             let load = self.inner.device(tenant.clone(), id.clone());
@@ -138,6 +135,7 @@ impl Store for CachedStore {
                 .map_err(shared)
         })
     }
+
     fn delete_device(&self, tenant: TenantId, id: DeviceId) -> BoxFuture<'_, Result<bool>> {
         Box::pin(async move {
             let change = RegistryChange::Device {
@@ -149,6 +147,7 @@ impl Store for CachedStore {
             Ok(found)
         })
     }
+
     fn devices(
         &self,
         tenant: TenantId,
@@ -157,6 +156,7 @@ impl Store for CachedStore {
     ) -> BoxFuture<'_, Result<Vec<Device>>> {
         self.inner.devices(tenant, after, limit)
     }
+
     fn device_named(
         &self,
         tenant: TenantId,
@@ -202,6 +202,7 @@ impl Store for CachedStore {
             Ok(named)
         })
     }
+
     fn put_access_key(&self, key: AccessKey) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             let k = key.key.clone();
@@ -210,12 +211,14 @@ impl Store for CachedStore {
             Ok(())
         })
     }
+
     fn access_key(&self, key: String) -> BoxFuture<'_, Result<Option<AccessKey>>> {
         Box::pin(async move {
             let load = self.inner.access_key(key.clone());
             self.keys.try_get_with(key, load).await.map_err(shared)
         })
     }
+
     fn put_device_token(&self, token: DeviceToken) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             let h = token.token_hash.clone();
@@ -224,6 +227,7 @@ impl Store for CachedStore {
             Ok(())
         })
     }
+
     fn device_token(&self, token_hash: String) -> BoxFuture<'_, Result<Option<DeviceToken>>> {
         Box::pin(async move {
             let load = self.inner.device_token(token_hash.clone());
@@ -233,6 +237,7 @@ impl Store for CachedStore {
                 .map_err(shared)
         })
     }
+
     fn put_api_token(&self, token: ApiToken) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             let h = token.token_hash.clone();
@@ -241,6 +246,7 @@ impl Store for CachedStore {
             Ok(())
         })
     }
+
     fn api_token(&self, token_hash: String) -> BoxFuture<'_, Result<Option<ApiToken>>> {
         Box::pin(async move {
             let load = self.inner.api_token(token_hash.clone());
@@ -250,6 +256,7 @@ impl Store for CachedStore {
                 .map_err(shared)
         })
     }
+
     fn delete_api_token(&self, token_hash: String) -> BoxFuture<'_, Result<bool>> {
         Box::pin(async move {
             let found = self.inner.delete_api_token(token_hash.clone()).await?;
@@ -257,6 +264,7 @@ impl Store for CachedStore {
             Ok(found)
         })
     }
+
     fn put_attribute_defs(
         &self,
         tenant: TenantId,
@@ -270,6 +278,7 @@ impl Store for CachedStore {
             Ok(())
         })
     }
+
     fn attribute_defs(
         &self,
         tenant: TenantId,
@@ -283,115 +292,7 @@ impl Store for CachedStore {
                 .map_err(shared)
         })
     }
-    fn put_attributes(
-        &self,
-        tenant: TenantId,
-        device: DeviceId,
-        scope: AttributeScope,
-        values: Values,
-        ts_ms: i64,
-    ) -> BoxFuture<'_, Result<()>> {
-        self.inner
-            .put_attributes(tenant, device, scope, values, ts_ms)
-    }
-    fn attributes(
-        &self,
-        tenant: TenantId,
-        device: DeviceId,
-        scope: AttributeScope,
-        keys: Option<Vec<String>>,
-    ) -> BoxFuture<'_, Result<Values>> {
-        self.inner.attributes(tenant, device, scope, keys)
-    }
-    fn attributes_since(
-        &self,
-        tenant: TenantId,
-        device: DeviceId,
-        scope: AttributeScope,
-        since_ms: i64,
-    ) -> BoxFuture<'_, Result<Values>> {
-        self.inner.attributes_since(tenant, device, scope, since_ms)
-    }
-    fn write_samples(&self, batches: Vec<SampleBatch>) -> BoxFuture<'_, Result<usize>> {
-        self.inner.write_samples(batches)
-    }
-    fn latest(
-        &self,
-        tenant: TenantId,
-        device: DeviceId,
-        keys: Option<Vec<String>>,
-    ) -> BoxFuture<'_, Result<Vec<Point>>> {
-        self.inner.latest(tenant, device, keys)
-    }
-    fn query(&self, query: RangeQuery) -> BoxFuture<'_, Result<PointPage>> {
-        self.inner.query(query)
-    }
-    fn put_command(&self, record: CommandRecord) -> BoxFuture<'_, Result<()>> {
-        self.inner.put_command(record)
-    }
-    fn command(&self, id: MessageId) -> BoxFuture<'_, Result<Option<CommandRecord>>> {
-        self.inner.command(id)
-    }
-    fn set_command_status(
-        &self,
-        id: MessageId,
-        to: CommandStatus,
-        at_ms: i64,
-        detail: Option<String>,
-        reply: Option<serde_json::Value>,
-    ) -> BoxFuture<'_, Result<CommandRecord>> {
-        self.inner.set_command_status(id, to, at_ms, detail, reply)
-    }
-    fn command_history(&self, id: MessageId) -> BoxFuture<'_, Result<Vec<StatusChange>>> {
-        self.inner.command_history(id)
-    }
-    fn commands(
-        &self,
-        tenant: TenantId,
-        device: DeviceId,
-        status: Option<CommandStatus>,
-        limit: u32,
-    ) -> BoxFuture<'_, Result<Vec<CommandRecord>>> {
-        self.inner.commands(tenant, device, status, limit)
-    }
-    fn in_flight_commands(&self, limit: u32) -> BoxFuture<'_, Result<Vec<CommandRecord>>> {
-        self.inner.in_flight_commands(limit)
-    }
-    fn put_client_rpc(&self, rpc: ClientRpc) -> BoxFuture<'_, Result<bool>> {
-        self.inner.put_client_rpc(rpc)
-    }
-    fn client_rpc(
-        &self,
-        tenant: TenantId,
-        device: DeviceId,
-        id: MessageId,
-    ) -> BoxFuture<'_, Result<Option<ClientRpc>>> {
-        self.inner.client_rpc(tenant, device, id)
-    }
-    fn client_rpcs(
-        &self,
-        tenant: TenantId,
-        device: DeviceId,
-        status: Option<ClientRpcStatus>,
-        limit: u32,
-    ) -> BoxFuture<'_, Result<Vec<ClientRpc>>> {
-        self.inner.client_rpcs(tenant, device, status, limit)
-    }
-    fn end_client_rpc(
-        &self,
-        tenant: TenantId,
-        device: DeviceId,
-        id: MessageId,
-        to: ClientRpcStatus,
-        answer: Option<serde_json::Value>,
-        at_ms: i64,
-    ) -> BoxFuture<'_, Result<Option<ClientRpc>>> {
-        self.inner
-            .end_client_rpc(tenant, device, id, to, answer, at_ms)
-    }
-    fn pending_client_rpcs(&self, limit: u32) -> BoxFuture<'_, Result<Vec<ClientRpc>>> {
-        self.inner.pending_client_rpcs(limit)
-    }
+
     fn device_claim(
         &self,
         tenant: TenantId,
@@ -399,6 +300,7 @@ impl Store for CachedStore {
     ) -> BoxFuture<'_, Result<Option<DeviceClaim>>> {
         self.inner.device_claim(tenant, device)
     }
+
     fn open_claim_window(
         &self,
         tenant: TenantId,
@@ -409,6 +311,7 @@ impl Store for CachedStore {
         self.inner
             .open_claim_window(tenant, device, secret_hash, until_ms)
     }
+
     fn set_claim_owner(
         &self,
         tenant: TenantId,
@@ -420,29 +323,8 @@ impl Store for CachedStore {
         self.inner
             .set_claim_owner(tenant, device, seen_until_ms, owner, at_ms)
     }
+
     fn clear_claim(&self, tenant: TenantId, device: DeviceId) -> BoxFuture<'_, Result<bool>> {
         self.inner.clear_claim(tenant, device)
-    }
-    fn log_connection(&self, event: ConnectionEvent) -> BoxFuture<'_, Result<()>> {
-        self.inner.log_connection(event)
-    }
-    fn connection_log(
-        &self,
-        tenant: TenantId,
-        device: DeviceId,
-        limit: u32,
-    ) -> BoxFuture<'_, Result<Vec<ConnectionEvent>>> {
-        self.inner.connection_log(tenant, device, limit)
-    }
-    fn log_rejected(&self, entry: RejectedEntry) -> BoxFuture<'_, Result<()>> {
-        self.inner.log_rejected(entry)
-    }
-    fn rejected_log(
-        &self,
-        tenant: TenantId,
-        device: Option<String>,
-        limit: u32,
-    ) -> BoxFuture<'_, Result<Vec<RejectedEntry>>> {
-        self.inner.rejected_log(tenant, device, limit)
     }
 }

@@ -1,4 +1,5 @@
-//! `fluxgate-store`: everything fluxgate keeps, behind one [`Store`] trait.
+//! `fluxgate-store`: everything fluxgate keeps, as four aggregates ([`RegistryStore`],
+//! [`TelemetryStore`], [`CommandStore`], [`LogStore`]) of one [`Store`].
 //!
 //! - [`sqlite::SqliteStore`]: standalone mode and the embedded default (bundled SQLite,
 //!   WAL).
@@ -131,7 +132,7 @@ pub enum KeyRefusal {
 /// constant time, hashed even for an unknown key), the key is active, and it opens the
 /// device `device_id` of its application. The key and the device on success.
 pub async fn check_access_key(
-    store: &dyn Store,
+    store: &dyn RegistryStore,
     key: &str,
     secret: &str,
     device_id: &str,
@@ -162,7 +163,7 @@ pub async fn check_access_key(
 /// Claims `device` for `owner` with the secret the device set, at `now_ms` (ThingsBoard's
 /// device claiming): within the window the device opened, with its secret, by one owner.
 pub async fn claim_device(
-    store: &dyn Store,
+    store: &dyn RegistryStore,
     tenant: TenantId,
     device: DeviceId,
     secret: &str,
@@ -203,19 +204,14 @@ pub async fn claim_device(
     }))
 }
 
-/// Everything fluxgate keeps.
-pub trait Store: Send + Sync + std::fmt::Debug {
-    /// Creates or updates the schema; idempotent. Returns the schema version.
-    fn migrate(&self) -> BoxFuture<'_, Result<u32>>;
-    /// Whether the store answers a trivial query now; readiness asks this periodically.
-    /// Never retries.
-    fn ping(&self) -> BoxFuture<'_, Result<()>>;
-
+/// The registry: applications, devices and their credentials (access keys, device
+/// tokens, API tokens), attribute definitions and claims. The front and the validator read
+/// it on every connection or record ([`CachedStore`] caches it).
+pub trait RegistryStore: Send + Sync + std::fmt::Debug {
     /// Creates or replaces an application.
     fn put_application(&self, app: Application) -> BoxFuture<'_, Result<()>>;
     /// An application.
     fn application(&self, id: TenantId) -> BoxFuture<'_, Result<Option<Application>>>;
-
     /// Creates or replaces a device.
     fn put_device(&self, device: Device) -> BoxFuture<'_, Result<()>>;
     /// A device.
@@ -244,14 +240,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         profile: String,
         now_ms: i64,
     ) -> BoxFuture<'_, Result<NamedDevice>>;
-
     /// The device a ThingsBoard gateway calls `name`, if there is one; never creates it.
     fn device_named(
         &self,
         tenant: TenantId,
         name: DeviceName,
     ) -> BoxFuture<'_, Result<Option<Device>>>;
-
     /// Creates or replaces an access key.
     fn put_access_key(&self, key: AccessKey) -> BoxFuture<'_, Result<()>>;
     /// An access key by its public key.
@@ -260,14 +254,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn put_device_token(&self, token: DeviceToken) -> BoxFuture<'_, Result<()>>;
     /// The token with this hash.
     fn device_token(&self, token_hash: String) -> BoxFuture<'_, Result<Option<DeviceToken>>>;
-
     /// Creates or replaces an application API token.
     fn put_api_token(&self, token: ApiToken) -> BoxFuture<'_, Result<()>>;
     /// The API token with this hash.
     fn api_token(&self, token_hash: String) -> BoxFuture<'_, Result<Option<ApiToken>>>;
     /// Revokes an API token; `false` if absent.
     fn delete_api_token(&self, token_hash: String) -> BoxFuture<'_, Result<bool>>;
-
     /// Replaces a device's attribute definitions.
     fn put_attribute_defs(
         &self,
@@ -281,7 +273,40 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         tenant: TenantId,
         device: DeviceId,
     ) -> BoxFuture<'_, Result<Vec<AttributeDef>>>;
+    /// A device's claim record, if it ever opened a claiming window.
+    fn device_claim(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+    ) -> BoxFuture<'_, Result<Option<DeviceClaim>>>;
+    /// Opens (or reopens) a device's claiming window: claims presenting the secret that
+    /// hashes to `secret_hash` succeed until `until_ms`. An owner stays.
+    fn open_claim_window(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        secret_hash: String,
+        until_ms: i64,
+    ) -> BoxFuture<'_, Result<()>>;
+    /// Records `owner` and closes the window, if the window is still the one read
+    /// (`seen_until_ms`) and nobody owns the device: one conditional write, so of two
+    /// racing claims exactly one applies. Returns whether this one did.
+    fn set_claim_owner(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        seen_until_ms: i64,
+        owner: String,
+        at_ms: i64,
+    ) -> BoxFuture<'_, Result<bool>>;
+    /// Unclaims a device: drops its owner and any open window (the device opens a new one
+    /// to be claimed again). `false` if it had no owner.
+    fn clear_claim(&self, tenant: TenantId, device: DeviceId) -> BoxFuture<'_, Result<bool>>;
+}
 
+/// Device data: the time series the writer stores and the API reads, and attribute
+/// values (client ones reported by devices, shared ones set through the API).
+pub trait TelemetryStore: Send + Sync + std::fmt::Debug {
     /// Sets attributes of one scope (later writes win).
     fn put_attributes(
         &self,
@@ -308,7 +333,6 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         scope: AttributeScope,
         since_ms: i64,
     ) -> BoxFuture<'_, Result<Values>>;
-
     /// Writes samples (idempotently) and updates latest values; returns points written.
     fn write_samples(&self, batches: Vec<SampleBatch>) -> BoxFuture<'_, Result<usize>>;
     /// Latest value of each key of a device (all keys, or these).
@@ -320,7 +344,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> BoxFuture<'_, Result<Vec<Point>>>;
     /// Points of a device in a time window.
     fn query(&self, query: RangeQuery) -> BoxFuture<'_, Result<PointPage>>;
+}
 
+/// Commands and RPCs to devices and client-side RPCs from them, with their lifecycle.
+pub trait CommandStore: Send + Sync + std::fmt::Debug {
     /// Stores a new command (status and history start with `record.status`).
     fn put_command(&self, record: CommandRecord) -> BoxFuture<'_, Result<()>>;
     /// A command.
@@ -345,13 +372,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         status: Option<CommandStatus>,
         limit: u32,
     ) -> BoxFuture<'_, Result<Vec<CommandRecord>>>;
-
     /// Commands in flight, oldest first: two-way ones sent and not answered or ended yet
     /// (status sent or delivered) and one-way ones sent and not delivered yet (status
     /// sent). Their RPC timers and delivery deadlines are what a restarted dispatcher
     /// must run again.
     fn in_flight_commands(&self, limit: u32) -> BoxFuture<'_, Result<Vec<CommandRecord>>>;
-
     /// Stores a device's new client-side RPC (status [`ClientRpcStatus::Pending`]);
     /// `false` if it was stored already (a redelivered request), which changes nothing.
     fn put_client_rpc(&self, rpc: ClientRpc) -> BoxFuture<'_, Result<bool>>;
@@ -386,37 +411,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Pending client-side RPCs of every device, oldest first: the timeouts a restarted
     /// dispatcher must run again.
     fn pending_client_rpcs(&self, limit: u32) -> BoxFuture<'_, Result<Vec<ClientRpc>>>;
+}
 
-    /// A device's claim record, if it ever opened a claiming window.
-    fn device_claim(
-        &self,
-        tenant: TenantId,
-        device: DeviceId,
-    ) -> BoxFuture<'_, Result<Option<DeviceClaim>>>;
-    /// Opens (or reopens) a device's claiming window: claims presenting the secret that
-    /// hashes to `secret_hash` succeed until `until_ms`. An owner stays.
-    fn open_claim_window(
-        &self,
-        tenant: TenantId,
-        device: DeviceId,
-        secret_hash: String,
-        until_ms: i64,
-    ) -> BoxFuture<'_, Result<()>>;
-    /// Records `owner` and closes the window, if the window is still the one read
-    /// (`seen_until_ms`) and nobody owns the device: one conditional write, so of two
-    /// racing claims exactly one applies. Returns whether this one did.
-    fn set_claim_owner(
-        &self,
-        tenant: TenantId,
-        device: DeviceId,
-        seen_until_ms: i64,
-        owner: String,
-        at_ms: i64,
-    ) -> BoxFuture<'_, Result<bool>>;
-    /// Unclaims a device: drops its owner and any open window (the device opens a new one
-    /// to be claimed again). `false` if it had no owner.
-    fn clear_claim(&self, tenant: TenantId, device: DeviceId) -> BoxFuture<'_, Result<bool>>;
-
+/// The connection log (presence) and the rejected log.
+pub trait LogStore: Send + Sync + std::fmt::Debug {
     /// Records a connect/disconnect.
     fn log_connection(&self, event: ConnectionEvent) -> BoxFuture<'_, Result<()>>;
     /// A device's connection log, newest first.
@@ -435,6 +433,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         device: Option<String>,
         limit: u32,
     ) -> BoxFuture<'_, Result<Vec<RejectedEntry>>>;
+}
+
+/// Everything fluxgate keeps: the four aggregates of one database, and its schema. Each
+/// role takes only the aggregates it uses (the front and the validator a
+/// [`RegistryStore`], the writer a [`TelemetryStore`] and a [`LogStore`]); the binary
+/// opens one `Store` and hands out its parts.
+pub trait Store: RegistryStore + TelemetryStore + CommandStore + LogStore {
+    /// Creates or updates the schema; idempotent. Returns the schema version.
+    fn migrate(&self) -> BoxFuture<'_, Result<u32>>;
+    /// Whether the store answers a trivial query now; readiness asks this periodically.
+    /// Never retries.
+    fn ping(&self) -> BoxFuture<'_, Result<()>>;
 }
 
 #[cfg(test)]

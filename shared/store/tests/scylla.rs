@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use contract::Harness;
 use fluxgate_model::{DeviceId, Sample, TenantId, Value, Values};
+use fluxgate_store::TelemetryStore;
 use fluxgate_store::scylla::{ScyllaConfig, ScyllaStore};
-use fluxgate_store::{SampleBatch, Store, StoreError};
+use fluxgate_store::{SampleBatch, StoreError};
 use fluxgate_testkit::cql::{CqlDouble, Fault};
 
 fn config(node: String) -> ScyllaConfig {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use contract::Harness;
 use fluxgate_store::Store;
 use fluxgate_store::sqlite::{SqliteConfig, SqliteStore};
+use fluxgate_store::{RegistryStore, TelemetryStore};
 
 fn harness() -> (Harness, tempdir::Dir) {
     let dir = tempdir::Dir::new();
