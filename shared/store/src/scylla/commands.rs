@@ -8,7 +8,7 @@ impl CommandStore for ScyllaStore {
         Box::pin(async move {
             let cid = r.id.to_string();
             self.exec(
-                "put_cmd",
+                &self.stmts.put_cmd,
                 (
                     cid.as_str(),
                     r.tenant.as_str(),
@@ -22,7 +22,7 @@ impl CommandStore for ScyllaStore {
             )
             .await?;
             self.exec(
-                "put_cmd_idx",
+                &self.stmts.put_cmd_idx,
                 (
                     r.tenant.as_str(),
                     r.device.as_str(),
@@ -32,9 +32,9 @@ impl CommandStore for ScyllaStore {
                 ),
             )
             .await?;
-            self.exec("del_hist", (cid.as_str(),)).await?;
+            self.exec(&self.stmts.del_hist, (cid.as_str(),)).await?;
             self.exec(
-                "put_hist",
+                &self.stmts.put_hist,
                 (
                     cid.as_str(),
                     0i32,
@@ -93,7 +93,7 @@ impl CommandStore for ScyllaStore {
                     .or_else(|| current.reply.as_ref().map(to_json));
                 let r = self
                     .exec(
-                        "set_cmd",
+                        &self.stmts.set_cmd,
                         (
                             to.as_str(),
                             at_ms,
@@ -110,7 +110,7 @@ impl CommandStore for ScyllaStore {
                 }
             };
             self.exec(
-                "put_cmd_idx",
+                &self.stmts.put_cmd_idx,
                 (
                     current.tenant.as_str(),
                     current.device.as_str(),
@@ -121,13 +121,16 @@ impl CommandStore for ScyllaStore {
             )
             .await?;
             let stmt = if in_flight(&current.command, to) {
-                "put_awaiting"
+                &self.stmts.put_awaiting
             } else {
-                "del_awaiting"
+                &self.stmts.del_awaiting
             };
             self.exec(stmt, (key.as_str(),)).await?;
-            self.exec("put_hist", (key.as_str(), seq, to.as_str(), at_ms, detail))
-                .await?;
+            self.exec(
+                &self.stmts.put_hist,
+                (key.as_str(), seq, to.as_str(), at_ms, detail),
+            )
+            .await?;
             self.load_command(&key)
                 .await?
                 .ok_or_else(|| StoreError::NotFound(format!("command {cid}")))
@@ -137,7 +140,7 @@ impl CommandStore for ScyllaStore {
     fn command_history(&self, cid: MessageId) -> BoxFuture<'_, Result<Vec<StatusChange>>> {
         Box::pin(async move {
             let r: Vec<(i32, String, i64, Option<String>)> =
-                rows(self.exec("get_hist", (cid.to_string(),)).await?)?;
+                rows(self.exec(&self.stmts.get_hist, (cid.to_string(),)).await?)?;
             r.into_iter()
                 .map(|(_, status, at_ms, detail)| {
                     Ok(StatusChange {
@@ -159,7 +162,7 @@ impl CommandStore for ScyllaStore {
     ) -> BoxFuture<'_, Result<Vec<CommandRecord>>> {
         Box::pin(async move {
             let idx: Vec<(String, String)> = rows(
-                self.exec("cmds_of", (tenant.as_str(), device.as_str()))
+                self.exec(&self.stmts.cmds_of, (tenant.as_str(), device.as_str()))
                     .await?,
             )?;
             let mut out = Vec::new();
@@ -181,7 +184,7 @@ impl CommandStore for ScyllaStore {
     fn in_flight_commands(&self, limit: u32) -> BoxFuture<'_, Result<Vec<CommandRecord>>> {
         Box::pin(async move {
             let limit = i32::try_from(limit).unwrap_or(i32::MAX);
-            let ids: Vec<(String,)> = rows(self.exec("get_awaiting", (limit,)).await?)?;
+            let ids: Vec<(String,)> = rows(self.exec(&self.stmts.get_awaiting, (limit,)).await?)?;
             let mut out = Vec::new();
             for (cid,) in ids {
                 if let Some(c) = self.load_command(&cid).await?
@@ -201,10 +204,11 @@ impl CommandStore for ScyllaStore {
             let (t, d) = (rpc.tenant.as_str(), rpc.device.as_str());
             // The index first: an index entry without its request is dropped when read, a
             // request without its entry would never time out after a restart.
-            self.exec("put_crpc_pending", (key.as_str(), t, d)).await?;
+            self.exec(&self.stmts.put_crpc_pending, (key.as_str(), t, d))
+                .await?;
             let r = self
                 .exec(
-                    "put_crpc",
+                    &self.stmts.put_crpc,
                     (
                         key.as_str(),
                         t,
@@ -245,7 +249,7 @@ impl CommandStore for ScyllaStore {
     ) -> BoxFuture<'_, Result<Vec<ClientRpc>>> {
         Box::pin(async move {
             let r: Vec<ClientRpcRow> = rows(
-                self.exec("crpcs_of", (tenant.as_str(), device.as_str()))
+                self.exec(&self.stmts.crpcs_of, (tenant.as_str(), device.as_str()))
                     .await?,
             )?;
             let mut out = Vec::new();
@@ -276,7 +280,7 @@ impl CommandStore for ScyllaStore {
             // A lightweight transaction: of an answer and a timeout, one applies.
             let r = self
                 .exec(
-                    "end_crpc",
+                    &self.stmts.end_crpc,
                     (
                         to.as_str(),
                         answer.as_ref().map(to_json),
@@ -291,7 +295,8 @@ impl CommandStore for ScyllaStore {
             if !applied(r)? {
                 return Ok(None);
             }
-            self.exec("del_crpc_pending", (key.as_str(),)).await?;
+            self.exec(&self.stmts.del_crpc_pending, (key.as_str(),))
+                .await?;
             self.load_client_rpc(t, d, &key).await
         })
     }
@@ -300,14 +305,15 @@ impl CommandStore for ScyllaStore {
         Box::pin(async move {
             let limit = i32::try_from(limit).unwrap_or(i32::MAX);
             let ids: Vec<(String, String, String)> =
-                rows(self.exec("get_crpc_pending", (limit,)).await?)?;
+                rows(self.exec(&self.stmts.get_crpc_pending, (limit,)).await?)?;
             let mut out = Vec::new();
             for (key, t, d) in ids {
                 match self.load_client_rpc(&t, &d, &key).await? {
                     Some(rpc) if rpc.status == ClientRpcStatus::Pending => out.push(rpc),
                     // Ended (or deleted) since: the entry is stale.
                     _ => {
-                        self.exec("del_crpc_pending", (key.as_str(),)).await?;
+                        self.exec(&self.stmts.del_crpc_pending, (key.as_str(),))
+                            .await?;
                     }
                 }
             }

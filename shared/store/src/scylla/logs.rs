@@ -8,7 +8,7 @@ impl LogStore for ScyllaStore {
         Box::pin(async move {
             let ttl = self.ttl_secs(&e.tenant).await?;
             self.exec(
-                "put_conn",
+                &self.stmts.put_conn,
                 (
                     e.tenant.as_str(),
                     e.device.as_str(),
@@ -44,8 +44,11 @@ impl LogStore for ScyllaStore {
             );
             let limit = i32::try_from(limit.max(1)).unwrap_or(i32::MAX);
             let r: Vec<Row> = rows(
-                self.exec("get_conn", (tenant.as_str(), device.as_str(), limit))
-                    .await?,
+                self.exec(
+                    &self.stmts.get_conn,
+                    (tenant.as_str(), device.as_str(), limit),
+                )
+                .await?,
             )?;
             r.into_iter()
                 .map(|(at_ms, connected, front, remote_addr, reason, via)| {
@@ -69,7 +72,7 @@ impl LogStore for ScyllaStore {
             let ttl = self.ttl_secs(&e.tenant).await?;
             let day = e.at_ms.div_euclid(86_400_000);
             self.exec(
-                "put_rej",
+                &self.stmts.put_rej,
                 (
                     e.tenant.as_str(),
                     day,
@@ -83,7 +86,7 @@ impl LogStore for ScyllaStore {
                 ),
             )
             .await?;
-            self.exec("put_rej_day", (e.tenant.as_str(), day, ttl))
+            self.exec(&self.stmts.put_rej_day, (e.tenant.as_str(), day, ttl))
                 .await?;
             Ok(())
         })
@@ -96,11 +99,14 @@ impl LogStore for ScyllaStore {
         limit: u32,
     ) -> BoxFuture<'_, Result<Vec<RejectedEntry>>> {
         Box::pin(async move {
-            let days: Vec<(i64,)> = rows(self.exec("rej_days", (tenant.as_str(),)).await?)?;
+            let days: Vec<(i64,)> =
+                rows(self.exec(&self.stmts.rej_days, (tenant.as_str(),)).await?)?;
             let mut out = Vec::new();
             for (day,) in days {
-                let r: Vec<(String, i64, String, String, String)> =
-                    rows(self.exec("get_rej", (tenant.as_str(), day)).await?)?;
+                let r: Vec<(String, i64, String, String, String)> = rows(
+                    self.exec(&self.stmts.get_rej, (tenant.as_str(), day))
+                        .await?,
+                )?;
                 for (dev, at_ms, code, message, excerpt) in r {
                     if device.as_ref().is_some_and(|d| d != &dev) {
                         continue;

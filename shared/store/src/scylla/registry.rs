@@ -8,7 +8,7 @@ impl RegistryStore for ScyllaStore {
         Box::pin(async move {
             let ttl = app.ttl_secs.map(|t| i32::try_from(t).unwrap_or(i32::MAX));
             self.exec(
-                "put_app",
+                &self.stmts.put_app,
                 (app.id.as_str(), app.name.as_str(), ttl, app.created_ms),
             )
             .await?;
@@ -19,7 +19,7 @@ impl RegistryStore for ScyllaStore {
     fn application(&self, tenant: TenantId) -> BoxFuture<'_, Result<Option<Application>>> {
         Box::pin(async move {
             let r: Vec<(String, String, Option<i32>, i64)> =
-                rows(self.exec("get_app", (tenant.as_str(),)).await?)?;
+                rows(self.exec(&self.stmts.get_app, (tenant.as_str(),)).await?)?;
             r.into_iter()
                 .next()
                 .map(|(i, name, ttl, created_ms)| {
@@ -38,7 +38,7 @@ impl RegistryStore for ScyllaStore {
         Box::pin(async move {
             self.insert_device(&device).await?;
             self.exec(
-                "put_name",
+                &self.stmts.put_name,
                 (
                     device.tenant.as_str(),
                     device.name.as_str(),
@@ -60,20 +60,23 @@ impl RegistryStore for ScyllaStore {
             let Some(existing) = self.load_device(t, d).await? else {
                 return Ok(false);
             };
-            let named: Vec<(String,)> =
-                rows(self.exec("get_name", (t, existing.name.as_str())).await?)?;
+            let named: Vec<(String,)> = rows(
+                self.exec(&self.stmts.get_name, (t, existing.name.as_str()))
+                    .await?,
+            )?;
             if named.first().is_some_and(|(x,)| x == d) {
-                self.exec("del_name", (t, existing.name.as_str())).await?;
+                self.exec(&self.stmts.del_name, (t, existing.name.as_str()))
+                    .await?;
             }
-            let tokens: Vec<(String,)> = rows(self.exec("tokens_of", (t, d)).await?)?;
+            let tokens: Vec<(String,)> = rows(self.exec(&self.stmts.tokens_of, (t, d)).await?)?;
             for (h,) in tokens {
-                self.exec("del_token", (h,)).await?;
+                self.exec(&self.stmts.del_token, (h,)).await?;
             }
-            self.exec("del_token_idx", (t, d)).await?;
-            self.exec("del_defs", (t, d)).await?;
+            self.exec(&self.stmts.del_token_idx, (t, d)).await?;
+            self.exec(&self.stmts.del_defs, (t, d)).await?;
             self.purge_device_data(t, d).await?;
             // Last: a delete that fails part-way can be repeated, and finds the device.
-            self.exec("del_device", (t, d)).await?;
+            self.exec(&self.stmts.del_device, (t, d)).await?;
             Ok(true)
         })
     }
@@ -88,7 +91,7 @@ impl RegistryStore for ScyllaStore {
             let after = after.as_ref().map_or("", DeviceId::as_str);
             let limit = i32::try_from(limit.max(1)).unwrap_or(i32::MAX);
             let r: Vec<DeviceRow> = rows(
-                self.exec("list_devices", (tenant.as_str(), after, limit))
+                self.exec(&self.stmts.list_devices, (tenant.as_str(), after, limit))
                     .await?,
             )?;
             r.into_iter().map(codec::device).collect()
@@ -102,7 +105,8 @@ impl RegistryStore for ScyllaStore {
     ) -> BoxFuture<'_, Result<Option<Device>>> {
         Box::pin(async move {
             let t = tenant.as_str();
-            let owner: Vec<(String,)> = rows(self.exec("get_name", (t, name.as_str())).await?)?;
+            let owner: Vec<(String,)> =
+                rows(self.exec(&self.stmts.get_name, (t, name.as_str())).await?)?;
             match owner.into_iter().next() {
                 Some((id,)) => self.load_device(t, &id).await,
                 None => Ok(None),
@@ -120,7 +124,9 @@ impl RegistryStore for ScyllaStore {
         Box::pin(async move {
             let (t, n) = (tenant.as_str(), name.as_str());
             let fresh = new_device_id(now_ms, n)?;
-            let r = self.exec("claim_name", (t, n, fresh.as_str())).await?;
+            let r = self
+                .exec(&self.stmts.claim_name, (t, n, fresh.as_str()))
+                .await?;
             if applied(r)? {
                 let device = Device {
                     tenant: tenant.clone(),
@@ -139,7 +145,7 @@ impl RegistryStore for ScyllaStore {
                     created: true,
                 });
             }
-            let owner: Vec<(String,)> = rows(self.exec("get_name", (t, n)).await?)?;
+            let owner: Vec<(String,)> = rows(self.exec(&self.stmts.get_name, (t, n)).await?)?;
             let did = owner.into_iter().next().map(|(d,)| d).ok_or_else(|| {
                 StoreError::Unavailable(format!("name {n} claimed but not readable yet"))
             })?;
@@ -162,7 +168,7 @@ impl RegistryStore for ScyllaStore {
     fn put_access_key(&self, key: AccessKey) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             self.exec(
-                "put_key",
+                &self.stmts.put_key,
                 (
                     key.key.as_str(),
                     key.tenant.as_str(),
@@ -181,7 +187,7 @@ impl RegistryStore for ScyllaStore {
     fn access_key(&self, key: String) -> BoxFuture<'_, Result<Option<AccessKey>>> {
         Box::pin(async move {
             let r: Vec<(String, String, String, String, bool, bool, i64)> =
-                rows(self.exec("get_key", (key.as_str(),)).await?)?;
+                rows(self.exec(&self.stmts.get_key, (key.as_str(),)).await?)?;
             r.into_iter().next().map(codec::access_key).transpose()
         })
     }
@@ -193,16 +199,18 @@ impl RegistryStore for ScyllaStore {
                 token.tenant.as_str(),
                 token.device.as_str(),
             );
-            self.exec("put_token", (h, t, d)).await?;
-            self.exec("put_token_idx", (t, d, h)).await?;
+            self.exec(&self.stmts.put_token, (h, t, d)).await?;
+            self.exec(&self.stmts.put_token_idx, (t, d, h)).await?;
             Ok(())
         })
     }
 
     fn device_token(&self, token_hash: String) -> BoxFuture<'_, Result<Option<DeviceToken>>> {
         Box::pin(async move {
-            let r: Vec<(String, String, String)> =
-                rows(self.exec("get_token", (token_hash.as_str(),)).await?)?;
+            let r: Vec<(String, String, String)> = rows(
+                self.exec(&self.stmts.get_token, (token_hash.as_str(),))
+                    .await?,
+            )?;
             r.into_iter().next().map(codec::device_token).transpose()
         })
     }
@@ -216,15 +224,17 @@ impl RegistryStore for ScyllaStore {
                 token.name.as_str(),
                 token.created_ms,
             );
-            self.exec("put_api_token", row).await?;
+            self.exec(&self.stmts.put_api_token, row).await?;
             Ok(())
         })
     }
 
     fn api_token(&self, token_hash: String) -> BoxFuture<'_, Result<Option<ApiToken>>> {
         Box::pin(async move {
-            let r: Vec<crate::rows::ApiTokenRow> =
-                rows(self.exec("get_api_token", (token_hash.as_str(),)).await?)?;
+            let r: Vec<crate::rows::ApiTokenRow> = rows(
+                self.exec(&self.stmts.get_api_token, (token_hash.as_str(),))
+                    .await?,
+            )?;
             r.into_iter().next().map(codec::api_token).transpose()
         })
     }
@@ -233,7 +243,8 @@ impl RegistryStore for ScyllaStore {
         Box::pin(async move {
             let found = self.api_token(token_hash.clone()).await?.is_some();
             if found {
-                self.exec("del_api_token", (token_hash.as_str(),)).await?;
+                self.exec(&self.stmts.del_api_token, (token_hash.as_str(),))
+                    .await?;
             }
             Ok(found)
         })
@@ -247,10 +258,13 @@ impl RegistryStore for ScyllaStore {
     ) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             let (t, d) = (tenant.as_str(), device.as_str());
-            self.exec("del_defs", (t, d)).await?;
+            self.exec(&self.stmts.del_defs, (t, d)).await?;
             for def in &defs {
-                self.exec("put_def", (t, d, def.name.as_str(), def.kind.as_str()))
-                    .await?;
+                self.exec(
+                    &self.stmts.put_def,
+                    (t, d, def.name.as_str(), def.kind.as_str()),
+                )
+                .await?;
             }
             Ok(())
         })
@@ -263,7 +277,7 @@ impl RegistryStore for ScyllaStore {
     ) -> BoxFuture<'_, Result<Vec<AttributeDef>>> {
         Box::pin(async move {
             let r: Vec<(String, String)> = rows(
-                self.exec("get_defs", (tenant.as_str(), device.as_str()))
+                self.exec(&self.stmts.get_defs, (tenant.as_str(), device.as_str()))
                     .await?,
             )?;
             r.into_iter()
@@ -286,7 +300,7 @@ impl RegistryStore for ScyllaStore {
         Box::pin(async move {
             type Row = (String, i64, Option<String>, Option<i64>);
             let r: Vec<Row> = rows(
-                self.exec("get_claim", (tenant.as_str(), device.as_str()))
+                self.exec(&self.stmts.get_claim, (tenant.as_str(), device.as_str()))
                     .await?,
             )?;
             Ok(r.into_iter()
@@ -313,7 +327,7 @@ impl RegistryStore for ScyllaStore {
     ) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             let (t, d) = (tenant.as_str(), device.as_str());
-            self.exec("open_claim", (secret_hash, until_ms, t, d))
+            self.exec(&self.stmts.open_claim, (secret_hash, until_ms, t, d))
                 .await?;
             Ok(())
         })
@@ -331,7 +345,10 @@ impl RegistryStore for ScyllaStore {
             let (t, d) = (tenant.as_str(), device.as_str());
             // A lightweight transaction: of two racing claims one applies.
             let r = self
-                .exec("set_claim_owner", (owner, at_ms, t, d, seen_until_ms))
+                .exec(
+                    &self.stmts.set_claim_owner,
+                    (owner, at_ms, t, d, seen_until_ms),
+                )
                 .await?;
             applied(r)
         })
@@ -344,7 +361,7 @@ impl RegistryStore for ScyllaStore {
                 .await?
                 .is_some_and(|c| c.owner.is_some());
             if owned {
-                self.exec("del_claim", (tenant.as_str(), device.as_str()))
+                self.exec(&self.stmts.del_claim, (tenant.as_str(), device.as_str()))
                     .await?;
             }
             Ok(owned)

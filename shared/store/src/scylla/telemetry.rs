@@ -1,5 +1,7 @@
 //! The ScyllaDB/Cassandra adapter's device data: time-series writes, latest values and range queries; attribute values.
 
+use futures_util::future::try_join_all;
+
 use super::*;
 use crate::TelemetryStore;
 
@@ -18,7 +20,7 @@ impl TelemetryStore for ScyllaStore {
                 // Write time = sample time: an older report never overwrites a newer one.
                 let write_ts = cell_time(ts_ms);
                 self.exec(
-                    "put_attr",
+                    &self.stmts.put_attr,
                     (
                         tenant.as_str(),
                         device.as_str(),
@@ -73,19 +75,24 @@ impl TelemetryStore for ScyllaStore {
         })
     }
 
+    /// Every partition of the batches (one unlogged batch per `(key, bucket)`, plus its
+    /// bucket index entry) and every latest value is its own request, all run
+    /// concurrently within the store's in-flight permits. Each is idempotent (a point
+    /// is its key, and a latest value carries its sample time as cell timestamp), so a
+    /// write retried after a partial failure overwrites what it wrote before.
     fn write_samples(&self, batches: Vec<SampleBatch>) -> BoxFuture<'_, Result<usize>> {
         Box::pin(async move {
-            let mut ttls: HashMap<TenantId, i32> = HashMap::new();
-            let mut written = 0;
+            let mut ttls: HashMap<&TenantId, i32> = HashMap::new();
             for b in &batches {
-                let ttl = match ttls.get(&b.tenant) {
-                    Some(t) => *t,
-                    None => {
-                        let t = self.ttl_secs(&b.tenant).await?;
-                        ttls.insert(b.tenant.clone(), t);
-                        t
-                    }
-                };
+                if !ttls.contains_key(&b.tenant) {
+                    ttls.insert(&b.tenant, self.ttl_secs(&b.tenant).await?);
+                }
+            }
+            let mut written = 0;
+            let mut partition_writes = Vec::new();
+            let mut latest_writes = Vec::new();
+            for b in &batches {
+                let ttl = ttls[&b.tenant];
                 let (t, d) = (b.tenant.as_str(), b.device.as_str());
                 // Group points by partition (key, bucket): one unlogged batch per partition.
                 let mut partitions: HashMap<(&str, i64), Vec<(i64, &Value)>> = HashMap::new();
@@ -104,27 +111,30 @@ impl TelemetryStore for ScyllaStore {
                         written += 1;
                     }
                 }
-                for ((key, bucket), points) in &partitions {
+                for ((key, bucket), points) in partitions {
                     let values: Vec<_> = points
                         .iter()
                         .map(|(ts, v)| {
                             let (vt, l, f, s, bo) = typed(v);
-                            (t, d, *key, *bucket, *ts, vt, l, f, s, bo, ttl)
+                            (t, d, key, bucket, *ts, vt, l, f, s, bo, ttl)
                         })
                         .collect();
-                    let names = vec!["put_point"; values.len()];
-                    self.batch(&names, values).await?;
-                    self.exec("put_bucket", (t, d, *key, *bucket, ttl)).await?;
+                    partition_writes.push(async move {
+                        let stmts = vec![&self.stmts.put_point; values.len()];
+                        self.batch(&stmts, values).await?;
+                        self.exec(&self.stmts.put_bucket, (t, d, key, bucket, ttl))
+                            .await
+                            .map(|_| ())
+                    });
                 }
                 for (key, (ts, v)) in newest {
                     let (vt, l, f, s, bo) = typed(v);
-                    self.exec(
-                        "put_latest",
-                        (t, d, key, ts, vt, l, f, s, bo, ttl, cell_time(ts)),
-                    )
-                    .await?;
+                    let row = (t, d, key, ts, vt, l, f, s, bo, ttl, cell_time(ts));
+                    latest_writes.push(self.exec(&self.stmts.put_latest, row));
                 }
             }
+            try_join_all(partition_writes).await?;
+            try_join_all(latest_writes).await?;
             Ok(written)
         })
     }
@@ -146,7 +156,7 @@ impl TelemetryStore for ScyllaStore {
                 Option<bool>,
             );
             let r: Vec<Row> = rows(
-                self.exec("get_latest", (tenant.as_str(), device.as_str()))
+                self.exec(&self.stmts.get_latest, (tenant.as_str(), device.as_str()))
                     .await?,
             )?;
             let mut out = Vec::new();
@@ -177,7 +187,8 @@ impl TelemetryStore for ScyllaStore {
             let (t, d) = (q.tenant.as_str(), q.device.as_str());
             let keys = if q.keys.is_empty() {
                 // Every key: those with a latest value (every key written has one).
-                let r: Vec<(String, i64)> = rows(self.exec("latest_keys", (t, d)).await?)?;
+                let r: Vec<(String, i64)> =
+                    rows(self.exec(&self.stmts.latest_keys, (t, d)).await?)?;
                 r.into_iter().map(|(k, _)| k).collect()
             } else {
                 q.keys.clone()
@@ -201,7 +212,7 @@ impl TelemetryStore for ScyllaStore {
             let mut all: Vec<Point> = Vec::new();
             for key in &keys {
                 let buckets: Vec<(i64,)> = rows(
-                    self.exec("buckets", (t, d, key.as_str(), first, last))
+                    self.exec(&self.stmts.buckets, (t, d, key.as_str(), first, last))
                         .await?,
                 )?;
                 let mut buckets: Vec<i64> = buckets.into_iter().map(|(b,)| b).collect();
@@ -219,9 +230,9 @@ impl TelemetryStore for ScyllaStore {
                         }
                     }
                     let name = if q.order == Order::Asc {
-                        "range_asc"
+                        &self.stmts.range_asc
                     } else {
-                        "range_desc"
+                        &self.stmts.range_desc
                     };
                     let limit = i32::try_from(want + 1).unwrap_or(i32::MAX);
                     type Row = (
