@@ -18,13 +18,17 @@
 //! - [`losant`], [`thingsboard::device`], [`thingsboard::gateway`]: exact wire formats.
 //! - [`topic`]: who may publish/subscribe what, per dialect and principal.
 //! - [`delivery`]: commands, RPC and attribute answers going to devices.
+//! - [`device`]: devices, access keys and who may act for whom (peripheral policy, key
+//!   scope); [`lifecycle`]: a command's statuses and their moves.
 //! - [`reject`]: typed rejections with stable reason codes.
 
 pub mod backoff;
 pub mod delivery;
+pub mod device;
 pub mod envelope;
 pub mod ids;
 pub mod keyed;
+pub mod lifecycle;
 pub mod limits;
 pub mod losant;
 pub mod normalize;
@@ -37,12 +41,14 @@ pub mod value;
 
 pub use backoff::Backoff;
 pub use delivery::{Delivery, Outbound, RenderError, Rendered};
+pub use device::{AccessKey, Device, DeviceKind, KeyScope, PeripheralPolicy};
 pub use envelope::{
     AttributeReplyShape, Body, Channel, Command, DeviceRef, Dialect, ENVELOPE_VERSION, Envelope,
     EnvelopeError, KeySelection, Kind, Sample, SessionInfo, device_key,
 };
 pub use ids::{CorrelationId, DeviceId, DeviceName, IdError, MessageId, TenantId};
 pub use keyed::{CommandEnded, Keyed};
+pub use lifecycle::CommandStatus;
 pub use limits::Limits;
 pub use normalize::{Ingress, normalize};
 pub use registry::RegistryChange;

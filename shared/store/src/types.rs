@@ -1,5 +1,8 @@
 //! The records the store keeps.
 
+pub use fluxgate_model::{
+    AccessKey, CommandStatus, Device, DeviceKind, KeyScope, PeripheralPolicy,
+};
 use fluxgate_model::{DeviceId, DeviceName, MessageId, TenantId, Value};
 use serde::{Deserialize, Serialize};
 
@@ -15,134 +18,6 @@ pub struct Application {
     pub ttl_secs: Option<u32>,
     /// Creation time, epoch ms.
     pub created_ms: i64,
-}
-
-/// What kind of device it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeviceKind {
-    /// Connects and reports for itself only.
-    Standalone,
-    /// May act for peripherals (Losant) or devices behind it (ThingsBoard).
-    Gateway,
-    /// Reports through a gateway (Losant).
-    Peripheral,
-}
-
-impl DeviceKind {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            DeviceKind::Standalone => "standalone",
-            DeviceKind::Gateway => "gateway",
-            DeviceKind::Peripheral => "peripheral",
-        }
-    }
-    pub(crate) fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "standalone" => DeviceKind::Standalone,
-            "gateway" => DeviceKind::Gateway,
-            "peripheral" => DeviceKind::Peripheral,
-            _ => return None,
-        })
-    }
-}
-
-/// Which gateways may act for a peripheral.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "policy", content = "gateway")]
-pub enum PeripheralPolicy {
-    /// Any gateway of the application.
-    AnyGateway,
-    /// Only this gateway.
-    SpecificGateway(DeviceId),
-}
-
-impl PeripheralPolicy {
-    /// Whether `gateway` may act for a peripheral with this policy.
-    pub fn allows(&self, gateway: &DeviceId) -> bool {
-        match self {
-            PeripheralPolicy::AnyGateway => true,
-            PeripheralPolicy::SpecificGateway(g) => g == gateway,
-        }
-    }
-}
-
-/// A device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Device {
-    /// Tenant.
-    pub tenant: TenantId,
-    /// Stable id.
-    pub id: DeviceId,
-    /// Display name (for ThingsBoard devices: the name their gateway uses).
-    pub name: String,
-    /// Kind.
-    pub kind: DeviceKind,
-    /// For peripherals: which gateways may act for it.
-    pub peripheral_policy: Option<PeripheralPolicy>,
-    /// Free-form tags (access keys may be scoped by tag).
-    pub tags: Vec<String>,
-    /// ThingsBoard device type / profile.
-    pub profile: Option<String>,
-    /// Creation time, epoch ms.
-    pub created_ms: i64,
-    /// Last change, epoch ms.
-    pub updated_ms: i64,
-}
-
-impl Device {
-    /// Whether `gateway` may act for this device: it is a peripheral whose policy allows
-    /// that gateway (Losant "any gateway" / "specific gateway").
-    pub fn accepts_gateway(&self, gateway: &DeviceId) -> bool {
-        self.kind == DeviceKind::Peripheral
-            && self
-                .peripheral_policy
-                .as_ref()
-                .is_some_and(|p| p.allows(gateway))
-    }
-}
-
-/// Which devices an access key opens.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "scope", content = "values")]
-pub enum KeyScope {
-    /// Every device of the application.
-    AllDevices,
-    /// These devices.
-    Devices(Vec<DeviceId>),
-    /// Devices carrying any of these tags.
-    Tags(Vec<String>),
-}
-
-/// A Losant access key. The secret itself is never stored: only its hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AccessKey {
-    /// The key (public half; MQTT username).
-    pub key: String,
-    /// Tenant.
-    pub tenant: TenantId,
-    /// SHA-256 of the secret, hex.
-    pub secret_hash: String,
-    /// Devices it opens.
-    pub scope: KeyScope,
-    /// Whether it may use custom (non-platform) MQTT topics.
-    pub custom_topics: bool,
-    /// Deactivated keys authenticate nothing.
-    pub active: bool,
-    /// Creation time, epoch ms.
-    pub created_ms: i64,
-}
-
-impl AccessKey {
-    /// Whether this key opens `device`: all devices, listed ones, or one carrying a tag of
-    /// the key's.
-    pub fn opens(&self, device: &Device) -> bool {
-        match &self.scope {
-            KeyScope::AllDevices => true,
-            KeyScope::Devices(ids) => ids.contains(&device.id),
-            KeyScope::Tags(tags) => device.tags.iter().any(|t| tags.contains(t)),
-        }
-    }
 }
 
 /// A ThingsBoard device access token, kept only as its hash.
@@ -336,83 +211,6 @@ pub struct PointPage {
     pub points: Vec<Point>,
     /// Pass back to get the next page; `None` on the last page.
     pub next: Option<String>,
-}
-
-/// Command lifecycle states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CommandStatus {
-    /// Accepted, not yet sent (device offline, or waiting its turn).
-    Queued,
-    /// Published to the device's connection.
-    Sent,
-    /// The device acknowledged it (PUBACK).
-    Delivered,
-    /// The device answered (two-way RPC).
-    Replied,
-    /// Could not be delivered (lightweight RPC to an offline device, …).
-    Failed,
-    /// No reply within the timeout.
-    TimedOut,
-    /// Expired before it could be sent.
-    Expired,
-}
-
-impl CommandStatus {
-    /// Every status.
-    pub const ALL: [CommandStatus; 7] = [
-        CommandStatus::Queued,
-        CommandStatus::Sent,
-        CommandStatus::Delivered,
-        CommandStatus::Replied,
-        CommandStatus::Failed,
-        CommandStatus::TimedOut,
-        CommandStatus::Expired,
-    ];
-
-    /// The snake_case name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CommandStatus::Queued => "queued",
-            CommandStatus::Sent => "sent",
-            CommandStatus::Delivered => "delivered",
-            CommandStatus::Replied => "replied",
-            CommandStatus::Failed => "failed",
-            CommandStatus::TimedOut => "timed_out",
-            CommandStatus::Expired => "expired",
-        }
-    }
-
-    pub(crate) fn parse(s: &str) -> Option<Self> {
-        CommandStatus::ALL.into_iter().find(|c| c.as_str() == s)
-    }
-
-    /// No further change is possible.
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            CommandStatus::Replied
-                | CommandStatus::Failed
-                | CommandStatus::TimedOut
-                | CommandStatus::Expired
-        )
-    }
-
-    /// Whether a command may move from `self` to `to`. A sent command may go back to
-    /// queued (its connection dropped before the device acknowledged; persistent commands
-    /// are sent again on reconnect).
-    pub fn can_become(self, to: CommandStatus) -> bool {
-        use CommandStatus as S;
-        matches!(
-            (self, to),
-            (S::Queued, S::Sent | S::Failed | S::TimedOut | S::Expired)
-                | (
-                    S::Sent,
-                    S::Queued | S::Delivered | S::Replied | S::Failed | S::TimedOut | S::Expired
-                )
-                | (S::Delivered, S::Replied | S::Failed | S::TimedOut)
-        )
-    }
 }
 
 /// A command or RPC with its lifecycle.
