@@ -70,7 +70,7 @@ pub(crate) async fn run(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
     // that stopping them last to first stops each role after every role that produces
     // to it: the API and the front, then the validator, then the writer (which stores
     // what the validator passes) and the dispatcher (which follows both's events).
-    // Their counters join the API's /metrics.
+    // Their counters join the API's /metrics, as the front's do.
     let registry = prometheus::Registry::new();
     let mut roles: Vec<Box<dyn Role>> = Vec::new();
     {
@@ -118,10 +118,19 @@ pub(crate) async fn run(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
         }));
     }
 
-    let front = fluxgate_mqtt_front::start(cfg.front.clone(), bus.clone(), store.clone(), &topics)
-        .context("starting the MQTT front")?;
-    crate::probe_dependencies(&front.health, &bus, &store)?;
+    // One observability server for the process, the API's: the front's metrics join its
+    // registry, and its readiness (deliveries consumer assigned, not draining) is part of
+    // the process's.
+    let front = fluxgate_mqtt_front::start_in(
+        cfg.front.clone(),
+        bus.clone(),
+        store.clone(),
+        &topics,
+        &registry,
+    )
+    .context("starting the MQTT front")?;
     let health = fluxgate_observability::Health::new();
+    health.include("front", front.health.clone());
     crate::probe_dependencies(&health, &bus, &store)?;
     let state = fluxgate_api::ApiState::new(
         cfg.api.clone(),
@@ -149,10 +158,9 @@ pub(crate) async fn run(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
     if let Some(a) = l.wss {
         println!("  mqtt-wss: wss://{a}/mqtt");
     }
-    println!("  api:      http://{api_addr}  (OpenAPI: /openapi.json, metrics: /metrics)");
-    if let Some(a) = l.http {
-        println!("  front:    http://{a}/metrics");
-    }
+    println!(
+        "  api:      http://{api_addr}  (OpenAPI: /openapi.json; every role's /metrics, /readyz)"
+    );
     println!("  bootstrap admin token: {}", cfg.api.bootstrap_token);
     if demo {
         let mqtt = l

@@ -301,11 +301,16 @@ async fn losant_devices_gateways_commands_and_access_rules() {
         v3(fg.mqtt, "dev1", Some(&key), Some("wrong")).await.err(),
         Some(ntex_mqtt::v3::codec::ConnectAckReason::BadUserNameOrPassword)
     );
-    // One /metrics for the API and the pipeline roles; the front has its own.
+    // One /readyz for the process: the front's readiness is part of it.
+    let (status, body) = fg.call("GET", "/readyz", None, None).await;
+    assert_eq!(status, 200, "standalone ready, the front included: {body}");
+    // One /metrics for every role of the process, the front's included.
     let (_, m) = fg.call("GET", "/metrics", None, None).await;
     let m = m.as_str().unwrap().to_owned();
     for name in [
         "fluxgate_api_requests_total",
+        "fluxgate_mqtt_front_connects_total{outcome=\"bad_credentials\"}",
+        "fluxgate_mqtt_front_publish_ack_seconds_count",
         "fluxgate_validator_",
         "fluxgate_ts_writer_points_written_total",
         "fluxgate_ts_writer_write_seconds_bucket",

@@ -116,7 +116,8 @@ pub struct FrontConfig {
     pub ws_paths: Vec<String>,
     /// Certificate and key of the TLS listeners.
     pub tls: Option<TlsFiles>,
-    /// `/metrics`, `/healthz`, `/readyz` listener (`None`: off).
+    /// `/metrics`, `/healthz`, `/readyz` listener of the `front` role (`None`: off). Not
+    /// used by `standalone`, whose API serves every role's.
     pub http_addr: Option<String>,
     /// Worker threads of the MQTT listeners.
     pub workers: usize,

@@ -140,15 +140,40 @@ fn bind(addr: &str) -> Result<TcpListener, FrontError> {
 }
 
 /// Starts the front: binds its listeners (port 0 is fine; see [`RunningFront::listening`])
-/// and serves until [`RunningFront::shutdown`].
+/// and serves until [`RunningFront::shutdown`]. Its `/metrics`, `/healthz` and `/readyz`
+/// are served on `cfg.http_addr` if set (the `front` role's own process).
 pub fn start(
     cfg: FrontConfig,
     bus: Arc<dyn Bus>,
     store: Arc<dyn RegistryStore>,
     topics: &TopicsConfig,
 ) -> Result<RunningFront, FrontError> {
-    cfg.validate()?;
     let registry = prometheus::Registry::new();
+    launch(cfg, bus, store, topics, registry, true)
+}
+
+/// [`start`] inside a process that already serves `/metrics` (standalone): the front's
+/// metrics are registered in `registry`, and `cfg.http_addr` is not used. The process
+/// reads the front's readiness from [`RunningFront::health`].
+pub fn start_in(
+    cfg: FrontConfig,
+    bus: Arc<dyn Bus>,
+    store: Arc<dyn RegistryStore>,
+    topics: &TopicsConfig,
+    registry: &prometheus::Registry,
+) -> Result<RunningFront, FrontError> {
+    launch(cfg, bus, store, topics, registry.clone(), false)
+}
+
+fn launch(
+    cfg: FrontConfig,
+    bus: Arc<dyn Bus>,
+    store: Arc<dyn RegistryStore>,
+    topics: &TopicsConfig,
+    registry: prometheus::Registry,
+    own_http: bool,
+) -> Result<RunningFront, FrontError> {
+    cfg.validate()?;
     let metrics = metrics::FrontMetrics::new(&registry)?;
     let health = Health::new();
     let subscribed = Inbound::TOPICS.map(|t| topics.name(t));
@@ -179,7 +204,7 @@ pub fn start(
         http: None,
     };
     let mut http = None;
-    if let Some(addr) = &cfg.http_addr {
+    if let Some(addr) = cfg.http_addr.as_ref().filter(|_| own_http) {
         let (bound, handle) = serve_http(addr, registry.clone(), health.clone())?;
         listening.http = Some(bound);
         http = Some(handle);

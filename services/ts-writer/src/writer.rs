@@ -33,28 +33,17 @@ pub struct WriterStats {
 
 impl Default for WriterStats {
     fn default() -> Self {
-        use prometheus::{Histogram, HistogramOpts};
-        // Creating a histogram fails only on invalid options; these are fixed and valid.
-        let write_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "fluxgate_ts_writer_write_seconds",
-                "Time a successful batch write took in the store.",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]),
-        )
-        .ok();
-        let batch_points = Histogram::with_opts(
-            HistogramOpts::new(
-                "fluxgate_ts_writer_batch_points",
-                "Points per written batch.",
-            )
-            .buckets(vec![
+        use fluxgate_observability::catalogue::{
+            LATENCY_BUCKETS, WRITER_BATCH_POINTS, WRITER_WRITE_SECONDS,
+        };
+        let write_seconds = WRITER_WRITE_SECONDS
+            .histogram(LATENCY_BUCKETS.to_vec())
+            .ok();
+        let batch_points = WRITER_BATCH_POINTS
+            .histogram(vec![
                 1.0, 10.0, 50.0, 100.0, 500.0, 1_000.0, 5_000.0, 10_000.0, 50_000.0,
-            ]),
-        )
-        .ok();
+            ])
+            .ok();
         WriterStats {
             pipeline: PipelineStats::default(),
             points: Arc::default(),
@@ -70,23 +59,15 @@ impl WriterStats {
     /// role's registry).
     pub fn collectors(&self) -> prometheus::Result<Vec<Box<dyn prometheus::core::Collector>>> {
         use fluxgate_observability::CounterDef;
-        let def = |name, help, value: &Arc<AtomicU64>| CounterDef {
-            name,
-            help,
+        use fluxgate_observability::catalogue::{WRITER_BATCHES, WRITER_POINTS};
+        let def = |metric, value: &Arc<AtomicU64>| CounterDef {
+            metric,
             labels: Vec::new(),
             value: value.clone(),
         };
         let counters = fluxgate_observability::CounterSet::new(vec![
-            def(
-                "fluxgate_ts_writer_points_written_total",
-                "Points written to the store.",
-                &self.points,
-            ),
-            def(
-                "fluxgate_ts_writer_batches_total",
-                "Batches flushed to the store.",
-                &self.batches,
-            ),
+            def(&WRITER_POINTS, &self.points),
+            def(&WRITER_BATCHES, &self.batches),
         ])?;
         let mut all: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(counters),

@@ -48,43 +48,22 @@ impl ValidatorStats {
     /// These counters as Prometheus collectors (register each in the role's registry).
     pub fn collectors(&self) -> prometheus::Result<Vec<Box<dyn prometheus::core::Collector>>> {
         use fluxgate_observability::CounterDef;
-        let def = |name, help, labels: &[(&'static str, &'static str)], value: &Arc<AtomicU64>| {
-            CounterDef {
-                name,
-                help,
-                labels: labels.to_vec(),
-                value: value.clone(),
-            }
+        use fluxgate_observability::catalogue::{VALIDATOR_OUTPUTS, VALIDATOR_REJECTIONS};
+        let def = |metric, label, value: &Arc<AtomicU64>| CounterDef {
+            metric,
+            labels: vec![label],
+            value: value.clone(),
         };
-        let by_reason = self.reasons.iter().map(|(code, value)| {
-            def(
-                "fluxgate_validator_rejections_total",
-                "Rejections acknowledged on the rejected topic, by reason code.",
-                &[("reason", code.as_str())],
-                value,
-            )
-        });
         let mut defs = vec![
-            def(
-                "fluxgate_validator_outputs_total",
-                "Outputs acknowledged, by kind.",
-                &[("kind", "valid")],
-                &self.valid,
-            ),
-            def(
-                "fluxgate_validator_outputs_total",
-                "Outputs acknowledged, by kind.",
-                &[("kind", "event")],
-                &self.events,
-            ),
-            def(
-                "fluxgate_validator_outputs_total",
-                "Outputs acknowledged, by kind.",
-                &[("kind", "rejected")],
-                &self.rejected,
-            ),
+            def(&VALIDATOR_OUTPUTS, ("kind", "valid"), &self.valid),
+            def(&VALIDATOR_OUTPUTS, ("kind", "event"), &self.events),
+            def(&VALIDATOR_OUTPUTS, ("kind", "rejected"), &self.rejected),
         ];
-        defs.extend(by_reason);
+        defs.extend(
+            self.reasons
+                .iter()
+                .map(|(code, value)| def(&VALIDATOR_REJECTIONS, ("reason", code.as_str()), value)),
+        );
         Ok(vec![
             Box::new(fluxgate_observability::CounterSet::new(defs)?),
             Box::new(self.pipeline.collector(Validator::ROLE)?),

@@ -8,8 +8,13 @@
 //!   exposed as Prometheus counters read at scrape time — the services stay free of
 //!   Prometheus types, and the names live in one place per role.
 //!
+//! - [`catalogue`]: every metric of every role, with its type, unit and labels; roles
+//!   make their metrics only from it.
+//!
 //! Naming follows DESIGN.md: `fluxgate_<role>_<what>_<unit>[_total]`, base units, small
 //! fixed label sets. Traces (OpenTelemetry) are not exported yet.
+
+pub mod catalogue;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -43,6 +48,8 @@ struct Probe {
 pub struct Health {
     started: AtomicBool,
     probes: Mutex<Vec<Arc<Probe>>>,
+    /// Parts of the process with a readiness of their own, read when asked.
+    parts: Mutex<Vec<(&'static str, Arc<Health>)>>,
     watching: AtomicBool,
 }
 
@@ -80,17 +87,33 @@ impl Health {
         }));
     }
 
+    /// Makes `part`'s readiness a condition of this one, read each time this one is
+    /// asked (not on a period): one process serving several roles (standalone) is ready
+    /// when each of them is.
+    pub fn include(&self, name: &'static str, part: Arc<Health>) {
+        lock(&self.parts).push((name, part));
+    }
+
     /// Whether `/readyz` answers 200.
     pub fn is_ready(&self) -> bool {
         self.started.load(Ordering::SeqCst) && self.failing().is_empty()
     }
 
-    /// Each failing probe with its reason.
+    /// Each failing probe (or included part) with its reason.
     pub fn failing(&self) -> Vec<(&'static str, String)> {
-        lock(&self.probes)
+        let mut failing: Vec<(&'static str, String)> = lock(&self.probes)
             .iter()
             .filter_map(|p| lock(&p.failure).clone().map(|why| (p.name, why)))
-            .collect()
+            .collect();
+        for (name, part) in lock(&self.parts).iter() {
+            if !part.started.load(Ordering::SeqCst) {
+                failing.push((name, "starting or draining".to_owned()));
+            }
+            for (probe, why) in part.failing() {
+                failing.push((name, format!("{probe}: {why}")));
+            }
+        }
+        failing
     }
 
     /// Runs every probe now, each bounded by `timeout`, and records the answers.
@@ -151,13 +174,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// One exposed counter: name, help, fixed labels, and the atomic it reads.
+/// One exposed counter: its metric in the [`catalogue`], fixed labels, and the atomic
+/// it reads.
 #[derive(Debug, Clone)]
 pub struct CounterDef {
-    /// Full metric name, e.g. `fluxgate_ts_writer_points_written_total`.
-    pub name: &'static str,
-    /// Help text.
-    pub help: &'static str,
+    /// The metric (name, help, label names), e.g. [`catalogue::WRITER_POINTS`].
+    pub metric: &'static catalogue::Metric,
     /// Fixed labels of this series, e.g. `[("kind", "valid")]`.
     pub labels: Vec<(&'static str, &'static str)>,
     /// The value.
@@ -206,19 +228,28 @@ impl CounterSet {
 
     fn add(&mut self, defs: Vec<CounterDef>, kind: MetricType) -> prometheus::Result<()> {
         for d in defs {
+            debug_assert_eq!(
+                d.labels.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+                d.metric.label_names(),
+                "{}: labels as in the catalogue",
+                d.metric.name
+            );
             if self.constant {
                 let labels = d
                     .labels
                     .iter()
                     .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
                     .collect();
-                self.descs
-                    .push(Opts::new(d.name, d.help).const_labels(labels).describe()?);
-            } else if !self.descs.iter().any(|x| x.fq_name == d.name) {
+                self.descs.push(
+                    Opts::new(d.metric.name, d.metric.help)
+                        .const_labels(labels)
+                        .describe()?,
+                );
+            } else if !self.descs.iter().any(|x| x.fq_name == d.metric.name) {
                 let label_names: Vec<String> =
                     d.labels.iter().map(|(k, _)| (*k).to_string()).collect();
                 self.descs.push(
-                    Opts::new(d.name, d.help)
+                    Opts::new(d.metric.name, d.metric.help)
                         .variable_labels(label_names)
                         .describe()?,
                 );
@@ -237,12 +268,12 @@ impl Collector for CounterSet {
     fn collect(&self) -> Vec<MetricFamily> {
         let mut families: Vec<MetricFamily> = Vec::new();
         for (d, kind) in &self.defs {
-            let idx = match families.iter().position(|f| f.name() == d.name) {
+            let idx = match families.iter().position(|f| f.name() == d.metric.name) {
                 Some(i) => i,
                 None => {
                     let mut f = MetricFamily::default();
-                    f.set_name(d.name.to_string());
-                    f.set_help(d.help.to_string());
+                    f.set_name(d.metric.name.to_string());
+                    f.set_help(d.metric.help.to_string());
                     f.set_field_type(*kind);
                     families.push(f);
                     families.len() - 1

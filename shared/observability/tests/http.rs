@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
-use fluxgate_observability::{CounterDef, CounterSet, Health, serve};
+use fluxgate_observability::{CounterDef, CounterSet, Health, catalogue, serve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
@@ -33,28 +33,24 @@ async fn metrics_health_and_readiness_over_http() {
     let lag = Arc::new(AtomicU64::new(9));
     let set = CounterSet::new(vec![
         CounterDef {
-            name: "fluxgate_test_points_written_total",
-            help: "Points.",
+            metric: &catalogue::WRITER_POINTS,
             labels: vec![],
             value: points.clone(),
         },
         CounterDef {
-            name: "fluxgate_test_outputs_total",
-            help: "Outputs.",
+            metric: &catalogue::VALIDATOR_OUTPUTS,
             labels: vec![("kind", "valid")],
             value: valid,
         },
         CounterDef {
-            name: "fluxgate_test_outputs_total",
-            help: "Outputs.",
+            metric: &catalogue::VALIDATOR_OUTPUTS,
             labels: vec![("kind", "rejected")],
             value: rejected,
         },
     ])
     .unwrap()
     .with_gauges(vec![CounterDef {
-        name: "fluxgate_test_consumer_lag_records",
-        help: "Lag.",
+        metric: &catalogue::DISPATCH_TIMERS,
         labels: vec![],
         value: lag.clone(),
     }])
@@ -79,29 +75,29 @@ async fn metrics_health_and_readiness_over_http() {
     let (status, body) = get(addr, "/metrics").await;
     assert_eq!(status, 200);
     assert!(
-        body.contains("# TYPE fluxgate_test_points_written_total counter"),
+        body.contains("# TYPE fluxgate_ts_writer_points_written_total counter"),
         "{body}"
     );
     assert!(
-        body.contains("fluxgate_test_points_written_total 42"),
+        body.contains("fluxgate_ts_writer_points_written_total 42"),
         "read at scrape time: {body}"
     );
     lag.store(5, std::sync::atomic::Ordering::Relaxed);
     let body = get(addr, "/metrics").await.1;
     assert!(
-        body.contains("# TYPE fluxgate_test_consumer_lag_records gauge"),
+        body.contains("# TYPE fluxgate_command_dispatch_timers gauge"),
         "{body}"
     );
     assert!(
-        body.contains("fluxgate_test_consumer_lag_records 5"),
+        body.contains("fluxgate_command_dispatch_timers 5"),
         "{body}"
     );
     assert!(
-        body.contains("fluxgate_test_outputs_total{kind=\"valid\"} 2"),
+        body.contains("fluxgate_validator_outputs_total{kind=\"valid\"} 2"),
         "{body}"
     );
     assert!(
-        body.contains("fluxgate_test_outputs_total{kind=\"rejected\"} 3"),
+        body.contains("fluxgate_validator_outputs_total{kind=\"rejected\"} 3"),
         "{body}"
     );
     handle.stop(true).await;
@@ -179,4 +175,28 @@ async fn watched_probes_turn_a_role_unready_and_back() {
         !health.is_ready(),
         "draining is unready whatever the probes say"
     );
+}
+
+#[actix_rt::test]
+async fn a_process_is_ready_when_each_included_part_is() {
+    let process = Health::new();
+    let front = Health::new();
+    process.include("front", front.clone());
+    let (addr, server) =
+        serve("127.0.0.1:0", prometheus::Registry::new(), process.clone()).unwrap();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    process.set_ready(true);
+
+    let (status, body) = get(addr, "/readyz").await;
+    assert_eq!(status, 503, "the front has not started: {body}");
+    assert!(body.contains("front: starting or draining"), "{body}");
+    // Read when asked, not on a period: no check() between the change and the answer.
+    front.set_ready(true);
+    assert_eq!(get(addr, "/readyz").await.0, 200);
+    front.probe("bus", std::future::pending);
+    let (status, body) = get(addr, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("front: bus: not checked yet"), "{body}");
+    handle.stop(true).await;
 }

@@ -285,39 +285,22 @@ impl PipelineStats {
         &self,
         role: &'static str,
     ) -> prometheus::Result<fluxgate_observability::CounterSet> {
+        use fluxgate_observability::catalogue::{
+            PIPELINE_LAG, PIPELINE_RECORDS, PIPELINE_RESTARTS, PIPELINE_RETRIES,
+            PIPELINE_UNDECODABLE,
+        };
         use fluxgate_observability::{CounterDef, CounterSet};
-        let def = |name, help, value: &Arc<AtomicU64>| CounterDef {
-            name,
-            help,
+        let def = |metric, value: &Arc<AtomicU64>| CounterDef {
+            metric,
             labels: vec![("role", role)],
             value: value.clone(),
         };
         CounterSet::constant(vec![
-            def(
-                "fluxgate_pipeline_records_total",
-                "Records read from the bus by a consuming role.",
-                &self.records,
-            ),
-            def(
-                "fluxgate_pipeline_retries_total",
-                "Store or bus failures a consuming role retried.",
-                &self.retries,
-            ),
-            def(
-                "fluxgate_pipeline_undecodable_total",
-                "Records a consuming role could not decode, kept on the dead-letter topic and in the rejected log.",
-                &self.undecodable,
-            ),
-            def(
-                "fluxgate_pipeline_restarts_total",
-                "Times a consuming role's handler died and was restarted; its unfinished records were redelivered.",
-                &self.restarts,
-            ),
+            def(&PIPELINE_RECORDS, &self.records),
+            def(&PIPELINE_RETRIES, &self.retries),
+            def(&PIPELINE_UNDECODABLE, &self.undecodable),
+            def(&PIPELINE_RESTARTS, &self.restarts),
         ])?
-        .with_gauges(vec![def(
-            "fluxgate_pipeline_consumer_lag_records",
-            "Records of a consuming role's assigned partitions not finished yet (consumer lag).",
-            &self.lag,
-        )])
+        .with_gauges(vec![def(&PIPELINE_LAG, &self.lag)])
     }
 }

@@ -48,77 +48,32 @@ impl DispatchStats {
 
     fn counters(&self) -> prometheus::Result<fluxgate_observability::CounterSet> {
         use fluxgate_observability::CounterDef;
-        let def = |name, help, labels: &[(&'static str, &'static str)], value: &Arc<AtomicU64>| {
-            CounterDef {
-                name,
-                help,
-                labels: labels.to_vec(),
-                value: value.clone(),
-            }
+        use fluxgate_observability::catalogue as c;
+        let def = |metric, value: &Arc<AtomicU64>| CounterDef {
+            metric,
+            labels: Vec::new(),
+            value: value.clone(),
         };
         fluxgate_observability::CounterSet::new(vec![
+            def(&c::DISPATCH_DELIVERIES, &self.deliveries),
+            def(&c::DISPATCH_FAILED, &self.failed),
+            def(&c::DISPATCH_CLIENT_RPCS, &self.client_rpcs),
+            def(&c::DISPATCH_CLIENT_RPC_ANSWERS, &self.client_rpc_answers),
             def(
-                "fluxgate_command_dispatch_deliveries_total",
-                "Deliveries produced.",
-                &[],
-                &self.deliveries,
-            ),
-            def(
-                "fluxgate_command_dispatch_failed_total",
-                "Commands that ended failed, timed out or expired.",
-                &[],
-                &self.failed,
-            ),
-            def(
-                "fluxgate_command_dispatch_client_rpcs_total",
-                "Client-side RPC requests of devices, stored for an application to answer.",
-                &[],
-                &self.client_rpcs,
-            ),
-            def(
-                "fluxgate_command_dispatch_client_rpc_answers_total",
-                "Client-side RPC answers sent to their device.",
-                &[],
-                &self.client_rpc_answers,
-            ),
-            def(
-                "fluxgate_command_dispatch_client_rpc_undelivered_total",
-                "Client-side RPC answers not sent: the device was offline.",
-                &[],
+                &c::DISPATCH_CLIENT_RPC_UNDELIVERED,
                 &self.client_rpc_undelivered,
             ),
             def(
-                "fluxgate_command_dispatch_client_rpc_timed_out_total",
-                "Client-side RPC requests nobody answered in time; the device got an error reply.",
-                &[],
+                &c::DISPATCH_CLIENT_RPC_TIMED_OUT,
                 &self.client_rpc_timed_out,
             ),
+            def(&c::DISPATCH_CLAIM_WINDOWS, &self.claim_windows),
             def(
-                "fluxgate_command_dispatch_claim_windows_total",
-                "Claiming windows devices opened (ThingsBoard claim messages).",
-                &[],
-                &self.claim_windows,
-            ),
-            def(
-                "fluxgate_command_dispatch_missed_attribute_pushes_total",
-                "Pushes of the shared attributes changed while a device was away, when it subscribed again.",
-                &[],
+                &c::DISPATCH_MISSED_ATTRIBUTE_PUSHES,
                 &self.missed_attribute_pushes,
             ),
-            def(
-                "fluxgate_command_dispatch_timers_rearmed_total",
-                "Timers of commands and client-side RPCs started again from the store when partitions were assigned.",
-                &[],
-                &self.timers_rearmed,
-            ),
-        ])
-        .and_then(|set| {
-            set.with_gauges(vec![def(
-                    "fluxgate_command_dispatch_timers",
-                    "Timers running (RPC replies, delivery deadlines, client-side RPC timeouts) of the devices whose partitions this dispatcher holds.",
-                    &[],
-                    &self.timers,
-                )])
-        })
+            def(&c::DISPATCH_TIMERS_REARMED, &self.timers_rearmed),
+        ])?
+        .with_gauges(vec![def(&c::DISPATCH_TIMERS, &self.timers)])
     }
 }

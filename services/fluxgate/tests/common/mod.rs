@@ -52,7 +52,6 @@ impl Standalone {
             .args(extra)
             .env("FLUXGATE_DATA_DIR", dir)
             .env("FLUXGATE_FRONT__TCP_ADDR", "127.0.0.1:0")
-            .env("FLUXGATE_FRONT__HTTP_ADDR", "127.0.0.1:0")
             .env("FLUXGATE_API__HTTP_ADDR", "127.0.0.1:0")
             .env(
                 "RUST_LOG",
