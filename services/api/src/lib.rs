@@ -75,24 +75,10 @@ struct ApiMetrics {
 
 impl ApiMetrics {
     fn new(registry: &prometheus::Registry) -> prometheus::Result<Self> {
-        let requests = prometheus::IntCounterVec::new(
-            prometheus::Opts::new(
-                "fluxgate_api_requests_total",
-                "API requests by route and status class.",
-            ),
-            &["route", "status"],
-        )?;
-        let latency = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new(
-            "fluxgate_api_request_seconds",
-            "API request handling time.",
-        ))?;
-        let claims = prometheus::IntCounterVec::new(
-            prometheus::Opts::new(
-                "fluxgate_api_claims_total",
-                "Device claim attempts by outcome (claimed, already_yours, owned, no_window, wrong_secret).",
-            ),
-            &["outcome"],
-        )?;
+        use fluxgate_observability::catalogue::{API_CLAIMS, API_REQUEST_SECONDS, API_REQUESTS};
+        let requests = API_REQUESTS.counter_vec()?;
+        let latency = API_REQUEST_SECONDS.histogram(prometheus::DEFAULT_BUCKETS.to_vec())?;
+        let claims = API_CLAIMS.counter_vec()?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(claims.clone()))?;

@@ -278,6 +278,16 @@ mod tests {
     }
 
     #[test]
+    fn the_metrics_in_docs_are_the_catalogue() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/metrics.md");
+        let file = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            file == fluxgate_observability::catalogue::markdown(),
+            "docs/metrics.md is out of date: run `cargo run -p fluxgate -- metrics > docs/metrics.md`"
+        );
+    }
+
+    #[test]
     fn every_setting_is_documented_and_the_optional_listeners_are_shown() {
         let toml = annotated_toml().unwrap();
         for key in [

@@ -65,6 +65,9 @@ enum Cmd {
         #[arg(long)]
         markdown: bool,
     },
+    /// Print every metric of every role, with its type, unit and labels (Markdown,
+    /// `docs/metrics.md`).
+    Metrics,
 }
 
 fn init_logs(cfg: &config::LogConfig) {
@@ -82,6 +85,10 @@ fn init_logs(cfg: &config::LogConfig) {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Cmd::Metrics = cli.cmd {
+        print!("{}", fluxgate_observability::catalogue::markdown());
+        return Ok(());
+    }
     if let Cmd::Config { markdown } = cli.cmd {
         if markdown {
             print!("{}", config_doc::markdown()?);
@@ -96,7 +103,7 @@ fn main() -> anyhow::Result<()> {
         match cli.cmd {
             Cmd::Standalone { demo } => standalone::run(cfg, demo).await,
             Cmd::Migrate => migrate(cfg).await,
-            Cmd::Config { .. } => Ok(()),
+            Cmd::Config { .. } | Cmd::Metrics => Ok(()),
             role => run_role(cfg, role).await,
         }
     })
@@ -287,7 +294,9 @@ async fn run_role(cfg: Config, role: Cmd) -> anyhow::Result<()> {
             });
             (role as Box<dyn Role>, Some(obs.handle), Some(obs.health))
         }
-        Cmd::Standalone { .. } | Cmd::Migrate | Cmd::Config { .. } => return Ok(()),
+        Cmd::Standalone { .. } | Cmd::Migrate | Cmd::Config { .. } | Cmd::Metrics => {
+            return Ok(());
+        }
     };
     let served = role::serve(vec![role], health.as_slice(), || {}).await;
     if let Some(handle) = server {

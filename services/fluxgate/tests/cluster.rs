@@ -635,9 +635,21 @@ async fn kafka_kill_the_broker_and_the_database_and_lose_nothing_acknowledged() 
     assert_eq!((lost, duplicated), (0, 0), "{}", c.logs(40));
 }
 
-/// `promtool check metrics` (Prometheus's own linter: names, types, HELP, units) on the
-/// `/metrics` of every role process.
+/// The metrics catalogue, then `promtool check metrics` (Prometheus's own linter: names,
+/// types, HELP, units), on the `/metrics` of every role process.
 async fn promtool_accepts_every_role(c: &Cluster) {
+    // What each role exports is in the metrics catalogue: listed names and types, the
+    // listed label names, listed values of closed labels.
+    for p in c.procs() {
+        let text = c.metrics(p.role, p.index).await.unwrap();
+        let problems = fluxgate_observability::catalogue::disagreements(&text, &[]);
+        assert!(
+            problems.is_empty(),
+            "{:?}-{} /metrics against the catalogue: {problems:#?}",
+            p.role,
+            p.index
+        );
+    }
     let how = "eval \"$(scripts/tools/promtool)\" fetches Debian's promtool";
     let Some(promtool) = fluxgate_testkit::tool_from_env("PROMTOOL", "promtool_accepts", how)
     else {

@@ -324,6 +324,21 @@ async fn losant_devices_gateways_commands_and_access_rules() {
     ] {
         assert!(m.contains(name), "{name} missing from /metrics");
     }
+    // Every role's metrics, as the catalogue lists them (docs/metrics.md), and each one
+    // it lists exported: standalone runs every role.
+    let roles = [
+        "front",
+        "api",
+        "validator",
+        "writer",
+        "dispatcher",
+        "pipeline",
+    ];
+    let problems = fluxgate_observability::catalogue::disagreements(&m, &roles);
+    assert!(
+        problems.is_empty(),
+        "/metrics against the catalogue: {problems:#?}"
+    );
     fg.terminate().await;
 }
 

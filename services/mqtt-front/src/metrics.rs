@@ -1,23 +1,9 @@
-//! Every metric of the MQTT front, in one place.
-//!
-//! | name | type | labels |
-//! |---|---|---|
-//! | `fluxgate_mqtt_front_connections` | gauge | `dialect` |
-//! | `fluxgate_mqtt_front_connects_total` | counter | `outcome`: accepted, bad_credentials, not_authorized, unavailable, rate_limited, blocked, persistent_session_unsupported (v3 CleanSession=0), draining |
-//! | `fluxgate_mqtt_front_messages_total` | counter | `dialect`, `kind` (the publish operation, `custom`, `unknown`), `outcome`: accepted, answered, denied, malformed, rate_limited, failed, retain_refused, dropped (taken in while the connection was closing: not stored, not acked) |
-//! | `fluxgate_mqtt_front_received_bytes_total` | counter | `dialect` |
-//! | `fluxgate_mqtt_front_publish_ack_seconds` | histogram | — (publish received to bus ack) |
-//! | `fluxgate_mqtt_front_rate_limited_total` | counter | `limit`: topic, connection (Losant); device, gateway (ThingsBoard; `device` also for a device behind a gateway); new_connections |
-//! | `fluxgate_mqtt_front_in_flight` | gauge | — (publishes taken in that have no verdict yet) |
-//! | `fluxgate_mqtt_front_deliveries_total` | counter | `outcome`: delivered, not_subscribed, failed, backlog_full, unrenderable |
-//! | `fluxgate_mqtt_front_side_dropped_total` | counter | `kind`: rejection, delivery_outcome (best-effort records dropped because the side queue was full) |
-//! | `fluxgate_mqtt_front_protocol_errors_total` | counter | — (malformed packets, packets over the size limit, QoS 2) |
-//! | `fluxgate_mqtt_front_undecodable_total` | counter | `topic`: deliveries, mqtt_custom, registry_changes (broadcast records this front could not read; the record stays on its topic) |
+//! The MQTT front's metrics, made from their definitions in
+//! [`fluxgate_observability::catalogue`] (`FRONT_*`), where each is listed with its type,
+//! unit, labels and the values they take (also in `docs/metrics.md`).
 
 use fluxgate_model::{Dialect, PublishOp};
-use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 
 /// The front's metrics.
 #[derive(Debug, Clone)]
@@ -49,66 +35,19 @@ pub struct FrontMetrics {
 impl FrontMetrics {
     /// Creates the metrics and registers them in `registry`.
     pub fn new(registry: &Registry) -> prometheus::Result<Self> {
-        let p = |n: &str| format!("fluxgate_mqtt_front_{n}");
+        use fluxgate_observability::catalogue as c;
         let m = FrontMetrics {
-            connections: IntGaugeVec::new(
-                Opts::new(p("connections"), "Open MQTT connections."),
-                &["dialect"],
-            )?,
-            connects: IntCounterVec::new(
-                Opts::new(p("connects_total"), "CONNECT packets by outcome."),
-                &["outcome"],
-            )?,
-            messages: IntCounterVec::new(
-                Opts::new(
-                    p("messages_total"),
-                    "PUBLISH packets by dialect, kind and outcome.",
-                ),
-                &["dialect", "kind", "outcome"],
-            )?,
-            bytes: IntCounterVec::new(
-                Opts::new(p("received_bytes_total"), "PUBLISH payload bytes received."),
-                &["dialect"],
-            )?,
-            ack_latency: Histogram::with_opts(
-                HistogramOpts::new(
-                    p("publish_ack_seconds"),
-                    "Time from receiving a publish to the bus acknowledging it.",
-                )
-                .buckets(vec![
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                ]),
-            )?,
-            rate_limited: IntCounterVec::new(
-                Opts::new(p("rate_limited_total"), "Rate-limit hits by limit."),
-                &["limit"],
-            )?,
-            in_flight: IntGauge::new(
-                p("in_flight"),
-                "Publishes taken in that have no verdict yet.",
-            )?,
-            deliveries: IntCounterVec::new(
-                Opts::new(p("deliveries_total"), "Deliveries to clients by outcome."),
-                &["outcome"],
-            )?,
-            side_dropped: IntCounterVec::new(
-                Opts::new(
-                    p("side_dropped_total"),
-                    "Best-effort records (rejected log, outcomes of deliveries no session took) dropped because the side queue was full.",
-                ),
-                &["kind"],
-            )?,
-            protocol_errors: IntCounter::new(
-                p("protocol_errors_total"),
-                "Connections closed for a protocol violation (malformed or oversize packet, QoS 2).",
-            )?,
-            undecodable: IntCounterVec::new(
-                Opts::new(
-                    p("undecodable_total"),
-                    "Broadcast records this front could not decode (they stay on their topic).",
-                ),
-                &["topic"],
-            )?,
+            connections: c::FRONT_CONNECTIONS.gauge_vec()?,
+            connects: c::FRONT_CONNECTS.counter_vec()?,
+            messages: c::FRONT_MESSAGES.counter_vec()?,
+            bytes: c::FRONT_RECEIVED_BYTES.counter_vec()?,
+            ack_latency: c::FRONT_PUBLISH_ACK.histogram(c::LATENCY_BUCKETS.to_vec())?,
+            rate_limited: c::FRONT_RATE_LIMITED.counter_vec()?,
+            in_flight: c::FRONT_IN_FLIGHT.gauge()?,
+            deliveries: c::FRONT_DELIVERIES.counter_vec()?,
+            side_dropped: c::FRONT_SIDE_DROPPED.counter_vec()?,
+            protocol_errors: c::FRONT_PROTOCOL_ERRORS.counter()?,
+            undecodable: c::FRONT_UNDECODABLE.counter_vec()?,
         };
         registry.register(Box::new(m.connections.clone()))?;
         registry.register(Box::new(m.connects.clone()))?;

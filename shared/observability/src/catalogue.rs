@@ -214,9 +214,26 @@ pub const FRONT_MESSAGES: Metric = Metric {
     role: "front",
     labels: &[
         DIALECT,
-        open(
+        closed(
             "kind",
-            "the publish operation (state, telemetry, attributes, rpc_response, ...), custom or unknown",
+            &[
+                "state",
+                "telemetry",
+                "attributes",
+                "attribute_request",
+                "rpc_request",
+                "rpc_response",
+                "claim",
+                "gateway_connect",
+                "gateway_disconnect",
+                "gateway_attributes",
+                "gateway_attribute_request",
+                "gateway_telemetry",
+                "gateway_rpc",
+                "gateway_claim",
+                "custom",
+                "unknown",
+            ],
         ),
         closed(
             "outcome",
@@ -232,7 +249,7 @@ pub const FRONT_MESSAGES: Metric = Metric {
             ],
         ),
     ],
-    help: "PUBLISH packets by dialect, kind and outcome (answered: by the front itself; dropped: taken in while the connection was closing, not stored, not acked).",
+    help: "PUBLISH packets by dialect, kind (the platform operation, custom or unknown) and outcome (answered: by the front itself; dropped: taken in while the connection was closing, not stored, not acked).",
 };
 
 /// `fluxgate_mqtt_front_received_bytes_total`
@@ -604,12 +621,104 @@ pub fn find(name: &str) -> Option<&'static Metric> {
     })
 }
 
+/// What in a `/metrics` exposition (Prometheus text format) disagrees with the
+/// catalogue: a `fluxgate_` family that is not listed or has another type, a series whose
+/// label names differ from its metric's, a value of a closed label that is not listed,
+/// and each listed metric of `roles` that is missing (`pipeline` stands for the
+/// validator, writer and dispatcher). Empty when they agree.
+pub fn disagreements(exposition: &str, roles: &[&str]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for line in exposition.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split_whitespace();
+            let (Some(name), Some(kind)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            if !name.starts_with("fluxgate_") {
+                continue;
+            }
+            match ALL.iter().find(|m| m.name == name) {
+                None => problems.push(format!("{name}: not in the catalogue")),
+                Some(m) if m.kind.as_str() != kind => problems.push(format!(
+                    "{name}: exported as a {kind}, listed as a {}",
+                    m.kind.as_str()
+                )),
+                Some(m) => {
+                    seen.insert(m.name);
+                }
+            }
+            continue;
+        }
+        if line.starts_with('#') || !line.starts_with("fluxgate_") {
+            continue;
+        }
+        let (name, labels) = match line.find('{') {
+            Some(i) => (&line[..i], series_labels(&line[i + 1..])),
+            None => (line.split_whitespace().next().unwrap_or(line), Vec::new()),
+        };
+        let Some(m) = find(name) else { continue };
+        let names: Vec<&str> = labels
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .filter(|k| !(m.kind == Kind::Histogram && *k == "le"))
+            .collect();
+        if names != m.label_names() {
+            problems.push(format!(
+                "{name}: labels {names:?}, listed as {:?}",
+                m.label_names()
+            ));
+            continue;
+        }
+        for (k, v) in &labels {
+            let Some(l) = m.labels.iter().find(|l| l.name == k) else {
+                continue;
+            };
+            if !l.values.is_empty() && !l.values.contains(&v.as_str()) {
+                problems.push(format!("{name}: {k}=\"{v}\" is not a listed value"));
+            }
+        }
+    }
+    for m in ALL.iter().filter(|m| roles.contains(&m.role)) {
+        if !seen.contains(m.name) {
+            problems.push(format!("{}: listed for {}, not exported", m.name, m.role));
+        }
+    }
+    problems
+}
+
+/// The `name="value"` pairs of a series, from just after its `{`.
+fn series_labels(s: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        let name: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        let name = name.trim_start_matches([',', ' ']).to_owned();
+        if name.is_empty() || name.starts_with('}') || chars.next() != Some('"') {
+            return out;
+        }
+        let mut value = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some(n) = chars.next() {
+                        value.push(if n == 'n' { '\n' } else { n });
+                    }
+                }
+                '"' => break,
+                c => value.push(c),
+            }
+        }
+        out.push((name, value));
+    }
+}
+
 /// The catalogue as the Markdown of `docs/metrics.md`.
 pub fn markdown() -> String {
     let mut out = String::from(
         "# Metrics\n\n\
          Every metric fluxgate exports, by role (generated from\n\
-         `shared/observability/src/catalogue.rs` by `fluxgate metrics --markdown`; a test keeps\n\
+         `shared/observability/src/catalogue.rs` by `fluxgate metrics`; a test keeps\n\
          this file equal to it). Each role serves them on its `/metrics`; `standalone` serves\n\
          every role's on the API's. Labels whose values are listed take only those values,\n\
          and every combination is exported from zero; `pipeline` metrics are exported by\n\
@@ -695,6 +804,42 @@ mod tests {
         // Open labels (or too many combinations) are not pre-made.
         assert!(FRONT_MESSAGES.combinations().is_empty());
         assert_eq!(FRONT_CONNECTS.combinations().len(), 8);
+    }
+
+    #[test]
+    fn an_exposition_is_checked_against_the_catalogue() {
+        let registry = prometheus::Registry::new();
+        registry
+            .register(Box::new(FRONT_DELIVERIES.counter_vec().unwrap()))
+            .unwrap();
+        registry
+            .register(Box::new(
+                FRONT_PUBLISH_ACK
+                    .histogram(LATENCY_BUCKETS.to_vec())
+                    .unwrap(),
+            ))
+            .unwrap();
+        let text = crate::render(&registry);
+        assert_eq!(disagreements(&text, &[]), Vec::<String>::new(), "{text}");
+        let missing = disagreements(&text, &["front"]);
+        assert!(
+            missing
+                .contains(&"fluxgate_mqtt_front_in_flight: listed for front, not exported".into()),
+            "{missing:?}"
+        );
+        let bad = "# TYPE fluxgate_mqtt_front_deliveries_total gauge\n\
+                   fluxgate_mqtt_front_deliveries_total{outcome=\"lost\"} 1\n\
+                   fluxgate_mqtt_front_deliveries_total{outcome=\"delivered\",x=\"y\"} 1\n\
+                   # TYPE fluxgate_made_up_total counter\n";
+        assert_eq!(
+            disagreements(bad, &[]),
+            vec![
+                "fluxgate_mqtt_front_deliveries_total: exported as a gauge, listed as a counter",
+                "fluxgate_mqtt_front_deliveries_total: outcome=\"lost\" is not a listed value",
+                "fluxgate_mqtt_front_deliveries_total: labels [\"outcome\", \"x\"], listed as [\"outcome\"]",
+                "fluxgate_made_up_total: not in the catalogue",
+            ]
+        );
     }
 
     #[test]
