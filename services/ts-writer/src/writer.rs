@@ -11,7 +11,7 @@ use fluxgate_bus::{
     TopicsConfig,
 };
 use fluxgate_model::{Body, DeviceId, DeviceRef, Envelope, Rejection, TenantId, Values};
-use fluxgate_pipeline::{Ctx, Parts, PipelineStats, Stage};
+use fluxgate_pipeline::{Ctx, Parts, PipelineStats, Source, Stage};
 use fluxgate_store::{AttributeScope, LogStore, RejectedEntry, SampleBatch, Store, TelemetryStore};
 
 use crate::WriterConfig;
@@ -163,18 +163,16 @@ impl WriterStore {
 
 /// The writer: one consumer, one batch, flushes that block reading until written.
 pub struct TsWriter {
-    consumer: Arc<dyn Consumer>,
-    producer: Arc<dyn Producer>,
-    store: Arc<WriterStore>,
+    parts: Parts<WriterConfig, WriterStats, WriterStore>,
     topics: Topics,
-    cfg: WriterConfig,
-    stats: Arc<WriterStats>,
     batch: Batch,
 }
 
 impl std::fmt::Debug for TsWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TsWriter").field("cfg", &self.cfg).finish()
+        f.debug_struct("TsWriter")
+            .field("cfg", &self.parts.cfg)
+            .finish()
     }
 }
 
@@ -182,24 +180,12 @@ impl TsWriter {
     /// A writer over `parts.consumer` (subscribed to the valid and rejected topics);
     /// its producer keeps undecodable records on the dead-letter topic.
     pub fn new(parts: Parts<WriterConfig, WriterStats, WriterStore>) -> Self {
-        let Parts {
-            consumer,
-            producer,
-            store,
-            topics,
-            cfg,
-            stats,
-        } = parts;
         TsWriter {
-            consumer,
-            producer,
-            store,
             topics: Topics {
-                config: topics.clone(),
-                dead_letter: topics.name(Topic::DeadLetter),
+                config: parts.topics.clone(),
+                dead_letter: parts.topics.name(Topic::DeadLetter),
             },
-            cfg,
-            stats,
+            parts,
             batch: Batch::default(),
         }
     }
@@ -252,7 +238,8 @@ impl TsWriter {
     /// A record that can never be written as data: it is kept whole on the dead-letter
     /// topic and noted in the rejected log, both before its batch is acked.
     fn undecodable(&mut self, rec: &Record, why: &str) {
-        self.stats
+        self.parts
+            .stats
             .pipeline
             .undecodable
             .fetch_add(1, Ordering::Relaxed);
@@ -287,13 +274,13 @@ impl TsWriter {
 
     /// Takes the open batch; the returned future writes it and then acks its records.
     fn write_open_batch(&mut self) -> impl Future<Output = ()> + 'static {
-        let consumer = self.consumer.clone();
+        let consumer = self.parts.consumer.clone();
         let work = write_batch(
-            self.store.clone(),
-            self.producer.clone(),
+            self.parts.store.clone(),
+            self.parts.producer.clone(),
             consumer.clone(),
-            self.cfg.clone(),
-            self.stats.clone(),
+            self.parts.cfg.clone(),
+            self.parts.stats.clone(),
             std::mem::take(&mut self.batch),
         );
         async move {
@@ -404,22 +391,17 @@ async fn write_store(store: &WriterStore, b: &mut Batch) -> fluxgate_store::Resu
 impl Stage for TsWriter {
     const ROLE: &'static str = "writer";
 
-    fn consumer(&self) -> &Arc<dyn Consumer> {
-        &self.consumer
-    }
-
-    fn stats(&self) -> &PipelineStats {
-        &self.stats.pipeline
+    fn source(&self) -> Source<'_> {
+        Source::new(&self.parts.consumer, &self.parts.stats.pipeline)
     }
 
     fn started(&mut self, ctx: &mut Ctx<Self>) {
-        let tick = Duration::from_millis((self.cfg.batch_max_age_ms / 2).max(1));
+        let tick = Duration::from_millis((self.parts.cfg.batch_max_age_ms / 2).max(1));
         ctx.run_interval(tick, |act, ctx| {
             let w = act.stage();
-            let due = w
-                .batch
-                .opened
-                .is_some_and(|t| t.elapsed() >= Duration::from_millis(w.cfg.batch_max_age_ms));
+            let due = w.batch.opened.is_some_and(|t| {
+                t.elapsed() >= Duration::from_millis(w.parts.cfg.batch_max_age_ms)
+            });
             if due {
                 w.flush(ctx);
             }
@@ -428,7 +410,7 @@ impl Stage for TsWriter {
 
     fn accept(&mut self, rec: Record, ctx: &mut Ctx<Self>) {
         self.add(rec);
-        if self.batch.points >= self.cfg.batch_max_points {
+        if self.batch.points >= self.parts.cfg.batch_max_points {
             self.flush(ctx);
         }
     }

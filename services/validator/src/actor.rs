@@ -8,7 +8,7 @@ use std::time::Duration;
 use actix::AsyncContext;
 use fluxgate_bus::{AckFuture, Consumer, OutRecord, Producer, Record, Topic, TopicsConfig, now_ms};
 use fluxgate_model::{Envelope, ReasonCode, Rejection};
-use fluxgate_pipeline::{Ctx, Parts, PipelineStats, Stage};
+use fluxgate_pipeline::{Ctx, Parts, PipelineStats, Source, Stage};
 use fluxgate_store::RegistryStore;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -81,12 +81,8 @@ struct Names {
 
 /// The validator.
 pub struct Validator {
-    consumer: Arc<dyn Consumer>,
-    producer: Arc<dyn Producer>,
-    store: Arc<dyn RegistryStore>,
+    parts: Parts<ValidatorConfig, ValidatorStats, dyn RegistryStore>,
     names: Names,
-    cfg: ValidatorConfig,
-    stats: Arc<ValidatorStats>,
     in_flight: Arc<Semaphore>,
 }
 
@@ -95,33 +91,23 @@ const MAX_IN_FLIGHT: usize = 1024;
 
 impl std::fmt::Debug for Validator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Validator").field("cfg", &self.cfg).finish()
+        f.debug_struct("Validator")
+            .field("cfg", &self.parts.cfg)
+            .finish()
     }
 }
 
 impl Validator {
     /// A validator reading `parts.consumer` (subscribed to the raw topic).
     pub fn new(parts: Parts<ValidatorConfig, ValidatorStats, dyn RegistryStore>) -> Self {
-        let Parts {
-            consumer,
-            producer,
-            store,
-            topics,
-            cfg,
-            stats,
-        } = parts;
         Validator {
-            consumer,
-            producer,
-            store,
             names: Names {
-                valid: topics.name(Topic::IngestValid),
-                events: topics.name(Topic::DeviceEvents),
-                rejected: topics.name(Topic::IngestRejected),
-                dead_letter: topics.name(Topic::DeadLetter),
+                valid: parts.topics.name(Topic::IngestValid),
+                events: parts.topics.name(Topic::DeviceEvents),
+                rejected: parts.topics.name(Topic::IngestRejected),
+                dead_letter: parts.topics.name(Topic::DeadLetter),
             },
-            cfg,
-            stats,
+            parts,
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         }
     }
@@ -130,12 +116,8 @@ impl Validator {
 impl Stage for Validator {
     const ROLE: &'static str = "validator";
 
-    fn consumer(&self) -> &Arc<dyn Consumer> {
-        &self.consumer
-    }
-
-    fn stats(&self) -> &PipelineStats {
-        &self.stats.pipeline
+    fn source(&self) -> Source<'_> {
+        Source::new(&self.parts.consumer, &self.parts.stats.pipeline)
     }
 
     fn accept(&mut self, rec: Record, ctx: &mut Ctx<Self>) {
@@ -145,15 +127,15 @@ impl Stage for Validator {
         let position = rec.position.clone();
         let work = process(
             rec,
-            self.store.clone(),
-            self.producer.clone(),
+            self.parts.store.clone(),
+            self.parts.producer.clone(),
             self.in_flight.clone(),
             self.names.clone(),
-            self.cfg.clone(),
-            self.stats.clone(),
+            self.parts.cfg.clone(),
+            self.parts.stats.clone(),
         );
         fluxgate_pipeline::wait(ctx, work, move |v, handed, ctx| {
-            let (consumer, stats) = (v.consumer.clone(), v.stats.clone());
+            let (consumer, stats) = (v.parts.consumer.clone(), v.parts.stats.clone());
             let Some((acks, permit)) = handed else {
                 // The permits are never closed; were they, the record comes again.
                 return consumer.nack(&position);

@@ -41,11 +41,9 @@ pub trait Stage: Sized + Unpin + 'static {
     /// `dispatcher`): in the log and the `role` label of [`PipelineStats`].
     const ROLE: &'static str;
 
-    /// The consumer the stage's records come from (the one it acks them on).
-    fn consumer(&self) -> &Arc<dyn Consumer>;
-
-    /// The role's pipeline counters ([`Pipeline`] counts the records it reads).
-    fn stats(&self) -> &PipelineStats;
+    /// Where the stage's records come from: the consumer it acks them on, and the
+    /// role's pipeline counters ([`Pipeline`] counts the records it reads).
+    fn source(&self) -> Source<'_>;
 
     /// Called once when the pipeline starts, before the first fetch (timers go here).
     fn started(&mut self, _ctx: &mut Ctx<Self>) {}
@@ -65,6 +63,22 @@ pub trait Stage: Sized + Unpin + 'static {
     /// records in flight acknowledged, its open batch written).
     fn drain(&mut self) -> Pin<Box<dyn Future<Output = ()>>> {
         Box::pin(std::future::ready(()))
+    }
+}
+
+/// A stage's consumer and pipeline counters ([`Stage::source`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    /// The consumer the records come from and are acked on.
+    pub consumer: &'a Arc<dyn Consumer>,
+    /// The role's pipeline counters.
+    pub stats: &'a PipelineStats,
+}
+
+impl<'a> Source<'a> {
+    /// Records from `consumer`, counted in `stats`.
+    pub fn new(consumer: &'a Arc<dyn Consumer>, stats: &'a PipelineStats) -> Self {
+        Source { consumer, stats }
     }
 }
 
@@ -109,11 +123,15 @@ impl<S: Stage> Pipeline<S> {
         if self.draining {
             return;
         }
-        let c = self.stage.consumer().clone();
+        let c = self.stage.source().consumer.clone();
         let next = async move { c.recv().await }.into_actor(self);
         self.fetching = Some(ctx.spawn(next.map(|res, act, ctx| match res {
             Ok(rec) => {
-                act.stage.stats().records.fetch_add(1, Ordering::Relaxed);
+                act.stage
+                    .source()
+                    .stats
+                    .records
+                    .fetch_add(1, Ordering::Relaxed);
                 act.stage.accept(rec, ctx);
                 // Spawned now, polled only once what `accept` made the actor wait for is
                 // done (actix polls nothing else while a `wait` is pending).

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use actix::AsyncContext;
 use fluxgate_bus::{Bus, Consumer, ConsumerSpec, MemoryBus, MemoryConfig, OutRecord, Record};
-use fluxgate_pipeline::{Ctx, PipelineStats, Stage};
+use fluxgate_pipeline::{Ctx, PipelineStats, Source, Stage};
 use tokio::sync::Semaphore;
 
 const TOPIC: &str = "t";
@@ -50,12 +50,8 @@ const IN_FLIGHT: u32 = 64;
 impl Stage for Test {
     const ROLE: &'static str = "test";
 
-    fn consumer(&self) -> &Arc<dyn Consumer> {
-        &self.consumer
-    }
-
-    fn stats(&self) -> &PipelineStats {
-        &self.stats
+    fn source(&self) -> Source<'_> {
+        Source::new(&self.consumer, &self.stats)
     }
 
     fn accept(&mut self, rec: Record, ctx: &mut Ctx<Self>) {

@@ -17,9 +17,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use actix::AsyncContext;
-use fluxgate_bus::{Consumer, OutRecord, Producer, Record, Topic, TopicsConfig, now_ms};
+use fluxgate_bus::{OutRecord, Producer, Record, Topic, TopicsConfig, now_ms};
 use fluxgate_model::{DeviceId, DeviceRef, Envelope, MessageId, TenantId};
-use fluxgate_pipeline::{Ctx as StageCtx, Parts, PipelineStats, Stage};
+use fluxgate_pipeline::{Ctx as StageCtx, Parts, Source, Stage};
 use fluxgate_store::{CommandRecord, Store};
 
 use crate::DispatchConfig;
@@ -46,8 +46,8 @@ impl Dispatcher {
         E: std::fmt::Display + 'static,
         F: Future<Output = Result<T, E>> + 'static,
     {
-        let stats = self.stats.clone();
-        let mut backoff = self.cfg.backoff();
+        let stats = self.parts.stats.clone();
+        let mut backoff = self.parts.cfg.backoff();
         async move {
             loop {
                 match attempt().await {
@@ -79,14 +79,18 @@ impl Dispatcher {
         {
             outputs.push(OutRecord::of(&self.names.rejected, &r));
         }
-        let producer = self.producer.clone();
+        let producer = self.parts.producer.clone();
         let fut = self.retrying("a dead letter", move || {
             let (producer, outputs) = (producer.clone(), outputs.clone());
             async move { produce_all(&*producer, &outputs).await }
         });
         fluxgate_pipeline::wait(ctx, fut, move |d, (), _| {
-            d.stats.pipeline.undecodable.fetch_add(1, Ordering::Relaxed);
-            d.consumer.ack(&rec.position);
+            d.parts
+                .stats
+                .pipeline
+                .undecodable
+                .fetch_add(1, Ordering::Relaxed);
+            d.parts.consumer.ack(&rec.position);
         });
     }
 }
@@ -131,12 +135,8 @@ const ASSIGNMENT_CHECK: Duration = Duration::from_millis(250);
 
 /// The dispatcher.
 pub struct Dispatcher {
-    consumer: Arc<dyn Consumer>,
-    producer: Arc<dyn Producer>,
-    store: Arc<dyn Store>,
+    parts: Parts<DispatchConfig, DispatchStats>,
     names: Names,
-    cfg: DispatchConfig,
-    stats: Arc<DispatchStats>,
     /// Presence seen on the events topic since this dispatcher started: `None` is a
     /// device known to be offline. Devices not in the map are looked up in the store.
     online: HashMap<Key, Option<Online>>,
@@ -156,27 +156,15 @@ impl std::fmt::Debug for Dispatcher {
 impl Dispatcher {
     /// A dispatcher over `parts.consumer` (subscribed to the device events topic).
     pub fn new(parts: Parts<DispatchConfig, DispatchStats>) -> Self {
-        let Parts {
-            consumer,
-            producer,
-            store,
-            topics,
-            cfg,
-            stats,
-        } = parts;
         Dispatcher {
-            consumer,
-            producer,
-            store,
             names: Names {
-                events: topics.name(Topic::DeviceEvents),
-                deliveries: topics.name(Topic::Deliveries),
-                outcomes: topics.name(Topic::CommandOutcomes),
-                rejected: topics.name(Topic::IngestRejected),
-                dead_letter: topics.name(Topic::DeadLetter),
+                events: parts.topics.name(Topic::DeviceEvents),
+                deliveries: parts.topics.name(Topic::Deliveries),
+                outcomes: parts.topics.name(Topic::CommandOutcomes),
+                rejected: parts.topics.name(Topic::IngestRejected),
+                dead_letter: parts.topics.name(Topic::DeadLetter),
             },
-            cfg,
-            stats,
+            parts,
             online: HashMap::new(),
             timers: Arc::default(),
             generation: 0,
@@ -186,7 +174,7 @@ impl Dispatcher {
     /// Re-arms, from the store, the timers of the partitions assigned since the last
     /// look (at start: all the consumer holds).
     fn watch_assignment(&mut self) {
-        let generation = self.consumer.generation();
+        let generation = self.parts.consumer.generation();
         if generation != self.generation {
             self.generation = generation;
             actix::spawn(self.ctx().rearm_timers());
@@ -195,13 +183,13 @@ impl Dispatcher {
 
     fn ctx(&self) -> Ctx {
         Ctx {
-            consumer: self.consumer.clone(),
+            consumer: self.parts.consumer.clone(),
             timers: self.timers.clone(),
-            producer: self.producer.clone(),
-            store: self.store.clone(),
+            producer: self.parts.producer.clone(),
+            store: self.parts.store.clone(),
             names: self.names.clone(),
-            cfg: self.cfg.clone(),
-            stats: self.stats.clone(),
+            cfg: self.parts.cfg.clone(),
+            stats: self.parts.stats.clone(),
         }
     }
 }
@@ -247,12 +235,8 @@ impl Prepared {
 impl Stage for Dispatcher {
     const ROLE: &'static str = "dispatcher";
 
-    fn consumer(&self) -> &Arc<dyn Consumer> {
-        &self.consumer
-    }
-
-    fn stats(&self) -> &PipelineStats {
-        &self.stats.pipeline
+    fn source(&self) -> Source<'_> {
+        Source::new(&self.parts.consumer, &self.parts.stats.pipeline)
     }
 
     fn started(&mut self, ctx: &mut StageCtx<Self>) {
@@ -273,7 +257,7 @@ impl Stage for Dispatcher {
             },
             DeviceRef::Name(_) => Presence::Seen(None),
         };
-        let (work, consumer) = (self.ctx(), self.consumer.clone());
+        let (work, consumer) = (self.ctx(), self.parts.consumer.clone());
         let fut = self.retrying("a record", move || {
             let (work, env, online) = (work.clone(), env.clone(), online.clone());
             async move { work.step(env, online).await }
