@@ -93,7 +93,8 @@ struct Batch {
     dead_letters: Vec<OutRecord>,
     positions: Vec<Position>,
     points: usize,
-    opened: Option<Instant>,
+    /// When its first record came, on tokio's clock (paused in the tests about age).
+    opened: Option<tokio::time::Instant>,
 }
 
 impl Batch {
@@ -193,7 +194,7 @@ impl TsWriter {
     /// Adds a record's effect to the batch.
     fn add(&mut self, rec: Record) {
         let b = &mut self.batch;
-        b.opened.get_or_insert_with(Instant::now);
+        b.opened.get_or_insert_with(tokio::time::Instant::now);
         b.positions.push(rec.position.clone());
         let env = match Input::decode(&self.topics.config, &rec) {
             Ok(Input::Rejected(r)) => return b.rejected.push(rejected_entry(r)),

@@ -426,6 +426,49 @@ async fn drain_writes_the_open_batch_and_stops() {
     assert!(!writer.connected(), "stopped after the drain");
 }
 
+/// The batch age on a paused clock: the test moves time itself, so it is exact and
+/// waits for nothing (a minute of batch age takes no wall time).
+#[actix_rt::test]
+async fn an_open_batch_is_written_when_it_is_batch_max_age_old_and_not_before() {
+    tokio::time::pause();
+    let bus = MemoryBus::default();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+    let cfg = WriterConfig {
+        batch_max_age_ms: 60_000,
+        ..WriterConfig::default()
+    };
+    let (_writer, stats) = start(&bus, store.clone(), cfg, None);
+    let topics = TopicsConfig::default();
+    let ack = bus
+        .producer()
+        .send(record(
+            &topics,
+            Topic::IngestValid,
+            "app/d7",
+            telemetry("d7", 7, 7).to_bytes(),
+        ))
+        .await
+        .unwrap();
+    while stats.pipeline.records.load(Ordering::Relaxed) < 1 {
+        tokio::task::yield_now().await;
+    }
+    // 59 s after the batch opened (the writer looks every 30 s): still open. A write the
+    // writer started would finish before the paused clock moves on by itself (a blocking
+    // store call holds it), so let it move 1 ms and look.
+    tokio::time::advance(Duration::from_millis(59_000)).await;
+    let _ = tokio::time::timeout(Duration::from_millis(1), std::future::pending::<()>()).await;
+    assert_eq!(stats.batches.load(Ordering::Relaxed), 0, "written early");
+    assert!(points(&*store, "d7").await.is_empty());
+    // Past 60 s: the next look writes it, and only then is the record acked.
+    tokio::time::advance(Duration::from_millis(31_000)).await;
+    tokio::time::timeout(Duration::from_secs(5), ack)
+        .await
+        .expect("acked once its batch is written")
+        .unwrap();
+    assert_eq!(stats.batches.load(Ordering::Relaxed), 1);
+    assert_eq!(points(&*store, "d7").await.len(), 1);
+}
+
 #[actix_rt::test]
 async fn a_writer_that_panics_is_restarted_and_stores_every_record_once() {
     use fluxgate_bus::testing::FaultyBus;
