@@ -1,5 +1,14 @@
 //! The ntex-mqtt wiring: one MQTT 3.1.1 + 5 service factory per listener, mapping the
 //! front's version-independent outcomes ([`crate::front`]) to v3 and v5 packets.
+//!
+//! - `tls`: the TLS listeners' certificate, reloaded when its files change.
+//! - `websocket`: MQTT over WebSocket (`ws`, `wss`): the HTTP upgrade, then the same service.
+
+mod tls;
+mod websocket;
+
+pub(crate) use tls::{tls_config, tls_service};
+pub(crate) use websocket::{ws_service, wss_service};
 
 use std::io;
 use std::rc::Rc;
@@ -388,182 +397,4 @@ pub(crate) fn mqtt_service<F: Filter>(
         }))
     }));
     MqttServer::new().v3(v3).v5(v5)
-}
-
-fn load_pair(files: &TlsFiles) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(&files.cert_path)
-        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("tls.cert_path {}: {e}", files.cert_path.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "tls.cert_path {}: no certificate in the file",
-            files.cert_path.display()
-        ));
-    }
-    let key = PrivateKeyDer::from_pem_file(&files.key_path)
-        .map_err(|e| format!("tls.key_path {}: {e}", files.key_path.display()))?;
-    let signer = rustls::crypto::ring::sign::any_supported_type(&key)
-        .map_err(|e| format!("tls.key_path {}: {e}", files.key_path.display()))?;
-    let pair = rustls::sign::CertifiedKey::new(certs, signer);
-    pair.keys_match()
-        .map_err(|e| format!("tls: certificate and key do not match: {e}"))?;
-    Ok(Arc::new(pair))
-}
-
-fn modified(files: &TlsFiles) -> Option<(std::time::SystemTime, std::time::SystemTime)> {
-    let m = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    Some((m(&files.cert_path)?, m(&files.key_path)?))
-}
-
-/// The TLS listeners' certificate, reloaded from its files when they change.
-#[derive(Debug)]
-struct Reloading {
-    files: TlsFiles,
-    state: std::sync::Mutex<ReloadState>,
-}
-
-#[derive(Debug)]
-struct ReloadState {
-    pair: Arc<rustls::sign::CertifiedKey>,
-    stamp: Option<(std::time::SystemTime, std::time::SystemTime)>,
-    checked: std::time::Instant,
-}
-
-impl rustls::server::ResolvesServerCert for Reloading {
-    fn resolve(
-        &self,
-        _hello: rustls::server::ClientHello<'_>,
-    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let every = std::time::Duration::from_secs(self.files.reload_check_secs);
-        if st.checked.elapsed() >= every {
-            st.checked = std::time::Instant::now();
-            let stamp = modified(&self.files);
-            if stamp != st.stamp {
-                match load_pair(&self.files) {
-                    Ok(pair) => {
-                        tracing::info!(cert = %self.files.cert_path.display(), "TLS certificate reloaded");
-                        st.pair = pair;
-                        st.stamp = stamp;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "renewed TLS certificate not loaded; keeping the previous one");
-                    }
-                }
-            }
-        }
-        Some(st.pair.clone())
-    }
-}
-
-/// The TLS listeners' settings: the certificate pair (checked now, so that a bad file
-/// stops the start with the field named) and its reloading.
-pub(crate) fn tls_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, String> {
-    let stamp = modified(files);
-    let pair = load_pair(files)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("tls: {e}"))?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(Reloading {
-            files: files.clone(),
-            state: std::sync::Mutex::new(ReloadState {
-                pair,
-                stamp,
-                checked: std::time::Instant::now(),
-            }),
-        }));
-    Ok(Arc::new(cfg))
-}
-
-/// MQTT over TLS.
-pub(crate) fn tls_service(
-    front: Arc<Front>,
-    tls: Arc<rustls::ServerConfig>,
-) -> impl ServiceFactory<Io, SharedCfg, Response = (), Error = io::Error, InitError = ()> {
-    chain_factory(TlsAcceptor::new(tls))
-        .and_then(mqtt_service(front).map_err(|e| io::Error::other(format!("{e:?}"))))
-}
-
-/// Accepts the WebSocket upgrade (the path was checked; echoing the `mqtt` subprotocol that
-/// MQTT clients ask for) and switches the connection to the WebSocket transport.
-fn ws_upgrade<F: Filter>() -> impl ServiceFactory<
-    (Request, Io<F>, h1::Codec),
-    SharedCfg,
-    Response = Io<Layer<ws::WsTransport, F>>,
-    Error = io::Error,
-    InitError = (),
-> {
-    fn_service(
-        move |(req, io, codec): (Request, Io<F>, h1::Codec)| async move {
-            let mut res = ws::handshake(req.head()).map_err(|e| io::Error::other(e.to_string()))?;
-            let asks_mqtt = req
-                .headers()
-                .get(http::header::SEC_WEBSOCKET_PROTOCOL)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.split(',').any(|p| p.trim() == "mqtt"));
-            if asks_mqtt {
-                res.header(http::header::SEC_WEBSOCKET_PROTOCOL, "mqtt");
-            }
-            io.send(
-                h1::Message::Item((res.finish().drop_body(), http::body::BodySize::Empty)),
-                &codec,
-            )
-            .await
-            .map_err(|e| io::Error::other(format!("{e:?}")))?;
-            Ok(ws::WsTransport::create(io, ws::Codec::new()))
-        },
-    )
-}
-
-/// MQTT over WebSocket (any filter below: plain TCP or TLS).
-pub(crate) fn ws_service<F: Filter>(
-    front: Arc<Front>,
-) -> impl ServiceFactory<Io<F>, SharedCfg, Response = (), Error = io::Error, InitError = ()> {
-    let paths = front.cfg.ws_paths.clone();
-    let not_here = format!("MQTT over WebSocket is at {}", paths.join(", "));
-    let plain_404 = not_here.clone();
-    HttpService::new(move |_req: Request| {
-        Ready::Ok::<_, io::Error>(Response::NotFound().body(plain_404.clone()))
-    })
-    .h1_control(fn_factory(move || {
-        let front = front.clone();
-        let (paths, not_here) = (paths.clone(), not_here.clone());
-        async move {
-            let cfg = mqtt_config(&front);
-            let ws_svc = Pipeline::new(
-                chain_factory(ws_upgrade())
-                    .and_then(mqtt_service(front).map_err(|e| io::Error::other(format!("{e:?}"))))
-                    .create(cfg)
-                    .await?,
-            );
-            Ok::<_, ()>(fn_service(move |msg: h1::Control<_, _>| {
-                let ack = match msg {
-                    h1::Control::Upgrade(ctl) => {
-                        if paths.iter().any(|p| p == ctl.get_ref().path()) {
-                            let ws = ws_svc.clone();
-                            ctl.handle(move |req, io, codec| ws.call_static((req, io, codec)))
-                        } else {
-                            // Answered, not dropped: the client sees why.
-                            ctl.fail_with(Response::NotFound().body(not_here.clone()))
-                        }
-                    }
-                    _ => msg.ack(),
-                };
-                async move { Ok::<_, io::Error>(ack) }
-            }))
-        }
-    }))
-    .map_err(|e| io::Error::other(format!("{e:?}")))
-}
-
-/// MQTT over secure WebSocket.
-pub(crate) fn wss_service(
-    front: Arc<Front>,
-    tls: Arc<rustls::ServerConfig>,
-) -> impl ServiceFactory<Io, SharedCfg, Response = (), Error = io::Error, InitError = ()> {
-    chain_factory(TlsAcceptor::new(tls)).and_then(ws_service(front))
 }

@@ -11,6 +11,9 @@
 //! order. Publishes from the client are handled by the ntex publish service; their bus sends
 //! go through a [`Sequencer`] so that they reach the bus in the order they arrived even when
 //! some of them wait for the registry.
+//!
+//! - `subs`: what a connection subscribed to; `order`: the [`Sequencer`] of its bus sends;
+//!   `map`: the [`SessionMap`] and its entries (the queue to each session task).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -27,6 +30,14 @@ use tokio::sync::Notify;
 
 use crate::auth::Identity;
 use crate::rate_limit::ConnLimits;
+
+mod map;
+mod order;
+mod subs;
+
+pub(crate) use map::{Entry, NotQueued, SessionMap, next};
+pub(crate) use order::Sequencer;
+pub(crate) use subs::Subs;
 
 /// Something for one connection, from the inbound task.
 #[derive(Debug)]
@@ -161,95 +172,6 @@ impl Sink {
                 });
             }
         }
-    }
-}
-
-/// What a connection subscribed to.
-#[derive(Debug, Default)]
-pub(crate) struct Subs {
-    platform: Vec<(Subscription, QoS)>,
-    custom: Vec<(String, TopicFilter, QoS)>,
-}
-
-impl Subs {
-    pub(crate) fn add_platform(&mut self, s: Subscription, qos: QoS) {
-        self.platform.retain(|(x, _)| *x != s);
-        self.platform.push((s, qos));
-    }
-
-    pub(crate) fn add_custom(&mut self, filter: String, parsed: TopicFilter, qos: QoS) {
-        self.custom.retain(|(f, _, _)| *f != filter);
-        self.custom.push((filter, parsed, qos));
-    }
-
-    /// Removes whatever `filter` subscribed to (platform feed or custom filter).
-    pub(crate) fn remove(&mut self, feed: Option<&Subscription>, filter: &str) {
-        if let Some(f) = feed {
-            self.platform.retain(|(x, _)| x != f);
-        }
-        self.custom.retain(|(f, _, _)| f != filter);
-    }
-
-    /// The QoS the client subscribed to `feed` with.
-    pub(crate) fn feed(&self, feed: &Subscription) -> Option<QoS> {
-        self.platform
-            .iter()
-            .find(|(s, _)| s == feed)
-            .map(|(_, q)| *q)
-    }
-
-    /// The highest QoS of the custom filters matching `topic` (MQTT: one copy per client).
-    pub(crate) fn custom(&self, topic: &str) -> Option<QoS> {
-        self.custom
-            .iter()
-            .filter(|(_, f, _)| f.matches_topic(topic))
-            .map(|(_, _, q)| *q)
-            .max_by_key(|q| u8::from(*q))
-    }
-
-    pub(crate) fn has_custom(&self) -> bool {
-        !self.custom.is_empty()
-    }
-}
-
-/// Puts a connection's bus sends in arrival order.
-///
-/// A ticket is taken synchronously when the publish service is called (ntex calls it in
-/// packet order); [`Sequencer::turn`] waits until every earlier ticket was sent.
-#[derive(Debug, Default)]
-pub(crate) struct Sequencer {
-    next: Cell<u64>,
-    serving: Cell<u64>,
-    changed: Notify,
-}
-
-impl Sequencer {
-    pub(crate) fn ticket(&self) -> u64 {
-        let t = self.next.get();
-        self.next.set(t + 1);
-        t
-    }
-
-    /// Waits for `ticket`'s turn; the returned guard passes the turn on when dropped.
-    pub(crate) async fn turn(&self, ticket: u64) -> Turn<'_> {
-        loop {
-            let changed = self.changed.notified();
-            if self.serving.get() == ticket {
-                return Turn(self);
-            }
-            changed.await;
-        }
-    }
-}
-
-/// The turn to send, held while sending.
-#[derive(Debug)]
-pub(crate) struct Turn<'a>(&'a Sequencer);
-
-impl Drop for Turn<'_> {
-    fn drop(&mut self) {
-        self.0.serving.set(self.0.serving.get() + 1);
-        self.0.changed.notify_waiters();
     }
 }
 
@@ -402,179 +324,5 @@ impl Drop for InFlight {
         if n == 0 {
             self.0.idle.notify_waiters();
         }
-    }
-}
-
-/// A connected device, as the other threads see it.
-///
-/// The queue is a `futures-channel` one: its allocation is small and made per message,
-/// where tokio's bounded channel allocates a 32-slot block per connection up front. Its
-/// single sender sits behind a mutex because every clone of a sender adds a slot.
-#[derive(Debug, Clone)]
-pub(crate) struct Entry {
-    pub(crate) conn: u64,
-    tx: Arc<Mutex<mpsc::Sender<ToSession>>>,
-    close: Arc<CloseSignal>,
-    pub(crate) wants_custom: Arc<AtomicBool>,
-    pub(crate) reached: Reached,
-}
-
-/// Why a message was not queued for a connection.
-#[derive(Debug)]
-pub(crate) enum NotQueued {
-    /// The connection's queue is full.
-    Full(ToSession),
-    /// The connection is gone.
-    Gone,
-}
-
-impl Entry {
-    pub(crate) fn new(
-        conn: u64,
-        tx: mpsc::Sender<ToSession>,
-        close: Arc<CloseSignal>,
-        wants_custom: Arc<AtomicBool>,
-        reached: Reached,
-    ) -> Self {
-        Entry {
-            conn,
-            tx: Arc::new(Mutex::new(tx)),
-            close,
-            wants_custom,
-            reached,
-        }
-    }
-
-    /// Queues `msg` for the connection without waiting.
-    pub(crate) fn try_send(&self, msg: ToSession) -> Result<(), NotQueued> {
-        let mut tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        tx.try_send(msg).map_err(|e| {
-            if e.is_full() {
-                NotQueued::Full(e.into_inner())
-            } else {
-                NotQueued::Gone
-            }
-        })
-    }
-}
-
-impl Entry {
-    /// Asks the connection to close; what is queued for it before is still written.
-    pub(crate) fn close(&self, reason: CloseReason) {
-        self.close.request(reason);
-    }
-}
-
-/// The next message for a connection (`None`: every sender is gone).
-pub(crate) async fn next(rx: &mut mpsc::Receiver<ToSession>) -> Option<ToSession> {
-    use futures_core::Stream;
-    std::future::poll_fn(|cx| std::pin::Pin::new(&mut *rx).poll_next(cx)).await
-}
-
-/// Who is connected to this front, by (tenant, device).
-#[derive(Debug, Default)]
-pub(crate) struct SessionMap {
-    inner: Mutex<HashMap<(TenantId, DeviceId), Entry>>,
-    /// Notified when the last connection is removed.
-    emptied: Notify,
-}
-
-impl SessionMap {
-    fn lock(&self) -> MutexGuard<'_, HashMap<(TenantId, DeviceId), Entry>> {
-        // A panic while holding this lock cannot leave the map inconsistent (every
-        // operation is a single insert/remove), so a poisoned lock is still usable.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Registers a connection, returning the one it takes over.
-    pub(crate) fn insert(&self, key: (TenantId, DeviceId), entry: Entry) -> Option<Entry> {
-        self.lock().insert(key, entry)
-    }
-
-    /// Removes `conn`'s registration; `false` if another connection took over since.
-    pub(crate) fn remove(&self, key: &(TenantId, DeviceId), conn: u64) -> bool {
-        let mut map = self.lock();
-        if map.get(key).is_some_and(|e| e.conn == conn) {
-            map.remove(key);
-            if map.is_empty() {
-                self.emptied.notify_waiters();
-            }
-            true
-        } else {
-            false
-        }
-    }
-
-    /// The connection holding `device`.
-    pub(crate) fn get(&self, tenant: &TenantId, device: &DeviceId) -> Option<Entry> {
-        self.lock().get(&(tenant.clone(), device.clone())).cloned()
-    }
-
-    /// Connections of `tenant` with custom subscriptions.
-    pub(crate) fn custom_subscribers(&self, tenant: &TenantId) -> Vec<Entry> {
-        self.lock()
-            .iter()
-            .filter(|((t, _), e)| t == tenant && e.wants_custom.load(Ordering::Relaxed))
-            .map(|(_, e)| e.clone())
-            .collect()
-    }
-
-    /// Every connection.
-    pub(crate) fn all(&self) -> Vec<Entry> {
-        self.lock().values().cloned().collect()
-    }
-
-    /// How many connections are registered.
-    pub(crate) fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Resolves once no connection is registered.
-    pub(crate) async fn empty(&self) {
-        loop {
-            let emptied = self.emptied.notified();
-            let mut emptied = std::pin::pin!(emptied);
-            emptied.as_mut().enable();
-            if self.lock().is_empty() {
-                return;
-            }
-            emptied.await;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn sequencer_sends_in_ticket_order() {
-        let seq = std::rc::Rc::new(Sequencer::default());
-        let order = std::rc::Rc::new(RefCell::new(Vec::new()));
-        let tickets: Vec<u64> = (0..3).map(|_| seq.ticket()).collect();
-        let local = tokio::task::LocalSet::new();
-        // Start them in reverse: each still waits for the earlier tickets.
-        for &t in tickets.iter().rev() {
-            let (seq, order) = (seq.clone(), order.clone());
-            local.spawn_local(async move {
-                let _turn = seq.turn(t).await;
-                order.borrow_mut().push(t);
-            });
-        }
-        local.await;
-        assert_eq!(*order.borrow(), vec![0, 1, 2]);
-    }
-
-    #[test]
-    fn custom_filters_match_by_mqtt_rules() {
-        let mut s = Subs::default();
-        let f = |x: &str| x.parse::<TopicFilter>().unwrap();
-        s.add_custom("a/+/c".into(), f("a/+/c"), QoS::AtMostOnce);
-        s.add_custom("a/#".into(), f("a/#"), QoS::AtLeastOnce);
-        assert_eq!(s.custom("a/b/c"), Some(QoS::AtLeastOnce));
-        assert_eq!(s.custom("x/b/c"), None);
-        s.remove(None, "a/#");
-        assert_eq!(s.custom("a/b/c"), Some(QoS::AtMostOnce));
-        assert_eq!(s.custom("a/b"), None);
     }
 }
