@@ -22,10 +22,13 @@
 //!   `presence` (connects and disconnects, of a gateway's devices too), `subscribe`,
 //!   `deliver` (commands, RPC and attribute answers to the session holding the device),
 //!   `thingsboard` (what the front answers itself), `side` (rejections and delivery
-//!   outcomes on one bounded queue). `server` maps it to v3 and v5 packets (ntex-mqtt).
+//!   outcomes on one bounded queue). `server` maps it to v3 and v5 packets (ntex-mqtt),
+//!   with the TLS certificate reload and the WebSocket upgrade.
 //! - `session`: per-connection state and the front-wide map of connected devices.
+//! - `inbound`: what the front reads from the bus (deliveries, custom-topic messages,
+//!   registry changes), decoded once and routed.
 //! - `rate_limit`: per-connection message and byte quotas.
-//! - [`metrics`]: every metric the front exposes.
+//! - [`metrics`]: the front's metrics, made from `fluxgate_observability::catalogue`.
 //!
 //! Readiness (`/readyz`): the deliveries consumer has its partitions, and the probes the
 //! binary adds (bus metadata, store ping) pass.
@@ -37,6 +40,7 @@
 pub mod auth;
 mod config;
 mod front;
+mod inbound;
 pub mod metrics;
 mod rate_limit;
 mod server;
@@ -46,16 +50,15 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fluxgate_bus::{Bus, BusError, Consumer, ConsumerSpec, Topic, TopicsConfig};
-use fluxgate_model::{Delivery, RegistryChange, TenantId};
+use fluxgate_bus::{Bus, BusError, Consumer, ConsumerSpec, TopicsConfig};
 use fluxgate_observability::Health;
 use fluxgate_store::RegistryStore;
-use ntex::util::{ByteString, Bytes};
 use tokio::sync::oneshot;
 
 pub use config::{ConfigError, FrontConfig, Rate, RateLimits, TlsFiles, V3Refusal};
 
-use crate::front::{CUSTOM_TOPIC_HEADER, Front, route_custom, route_delivery};
+use crate::front::Front;
+use crate::inbound::Inbound;
 use crate::session::CloseReason;
 
 /// Why the front could not start.
@@ -276,68 +279,6 @@ fn serve_http(
         .map_err(|_| FrontError::Start("the http thread exited".into()))?
 }
 
-/// What a front consumes, decoded once where it is read: one variant per topic, each
-/// with the one message type its topic carries.
-enum Inbound {
-    /// `fluxgate.deliveries`: for a session of this front, or of another.
-    Delivery(Delivery),
-    /// `fluxgate.mqtt.custom`: a custom-topic message of an application, keyed by it.
-    Custom {
-        tenant: TenantId,
-        topic: ByteString,
-        payload: Bytes,
-    },
-    /// `fluxgate.registry.changes`: what the registry cache must forget.
-    Change(RegistryChange),
-}
-
-impl Inbound {
-    /// The topics a front subscribes to.
-    const TOPICS: [Topic; 3] = [Topic::Deliveries, Topic::MqttCustom, Topic::RegistryChanges];
-
-    /// The record as what its topic carries, or why it cannot be read (with the topic's
-    /// label for the metric).
-    fn decode(
-        topics: &TopicsConfig,
-        rec: &fluxgate_bus::Record,
-    ) -> Result<Inbound, (&'static str, String)> {
-        let topic = topics.topic_of(&rec.position.topic);
-        let label = topic.map_or("unknown", Topic::label);
-        let bad = |e: &dyn std::fmt::Display| (label, e.to_string());
-        match topic {
-            Some(Topic::Deliveries) => Delivery::from_bytes(&rec.payload)
-                .map(Inbound::Delivery)
-                .map_err(|e| bad(&e)),
-            Some(Topic::MqttCustom) => {
-                let tenant = std::str::from_utf8(&rec.key)
-                    .map_err(|e| bad(&e))
-                    .and_then(|t| TenantId::new(t).map_err(|e| bad(&e)))?;
-                let mqtt_topic = rec
-                    .headers
-                    .get(CUSTOM_TOPIC_HEADER)
-                    .ok_or_else(|| bad(&format!("no {CUSTOM_TOPIC_HEADER} header")))
-                    .and_then(|t| std::str::from_utf8(t).map_err(|e| bad(&e)))?;
-                Ok(Inbound::Custom {
-                    tenant,
-                    topic: ByteString::from(mqtt_topic),
-                    payload: Bytes::copy_from_slice(&rec.payload),
-                })
-            }
-            Some(Topic::RegistryChanges) => RegistryChange::from_bytes(&rec.payload)
-                .map(Inbound::Change)
-                .map_err(|e| bad(&e)),
-            Some(other) => Err(bad(&format!(
-                "a record of {}, not a front's topic",
-                other.label()
-            ))),
-            None => Err(bad(&format!(
-                "a record of {}, not a fluxgate topic",
-                rec.position.topic
-            ))),
-        }
-    }
-}
-
 /// The bound listeners and the TLS settings they need.
 struct Sockets {
     tcp: Option<TcpListener>,
@@ -426,7 +367,7 @@ async fn serve_mqtt(
             health.set_ready(true);
         }
     });
-    let inbound = ntex::rt::spawn(inbound(front.clone(), consumer, names));
+    let inbound = ntex::rt::spawn(inbound::inbound(front.clone(), consumer, names));
     let (side_stop, side_stopped) = oneshot::channel::<()>();
     let side = ntex::rt::spawn({
         let front = front.clone();
@@ -480,40 +421,4 @@ async fn drain(front: &Front, srv: &ntex::server::Server) {
         );
     }
     srv.stop(true).await;
-}
-
-/// Deliveries, custom-topic messages and registry changes from the bus.
-async fn inbound(front: Arc<Front>, consumer: Arc<dyn Consumer>, topics: TopicsConfig) {
-    loop {
-        let rec = match consumer.recv().await {
-            Ok(r) => r,
-            Err(fluxgate_bus::ConsumeError::Closed) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "inbound consumer error; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
-        match Inbound::decode(&topics, &rec) {
-            Ok(Inbound::Delivery(d)) => route_delivery(&front, d),
-            Ok(Inbound::Custom {
-                tenant,
-                topic,
-                payload,
-            }) => route_custom(&front, &tenant, topic, payload),
-            Ok(Inbound::Change(c)) => front.registry.invalidate(&c).await,
-            Err((label, e)) => unreadable(&front, &rec, label, &e),
-        }
-        consumer.ack(&rec.position);
-        if let Err(e) = consumer.commit().await {
-            tracing::warn!(error = %e, "inbound commit failed");
-        }
-    }
-}
-
-/// A broadcast record this front cannot read: every front reads it, and it stays on its
-/// topic, so it is counted and logged, not dead-lettered once per front.
-fn unreadable(front: &Front, rec: &fluxgate_bus::Record, topic: &str, e: &dyn std::fmt::Display) {
-    front.metrics.undecodable.with_label_values(&[topic]).inc();
-    tracing::error!(error = %e, topic, offset = rec.position.offset, "unreadable broadcast record skipped");
 }
