@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use fluxgate_model::{
     Body, Command, CorrelationId, DeviceId, DeviceRef, Envelope, KeySelection, MessageId, Outbound,
-    Values,
+    SessionInfo, Values,
 };
 use fluxgate_store::{
     AttributeScope, ClientRpc, ClientRpcStatus, CommandRecord, CommandStatus, StoreError,
@@ -49,7 +49,7 @@ impl Ctx {
         let d = &device;
         match &env.body {
             Body::Command(command) => self.command(&env, d, command, online).await,
-            Body::Connect { .. } => self.connect(&env, d).await,
+            Body::Connect { session, .. } => self.connect(&env, d, session.clone()).await,
             Body::Subscribed => {
                 match &online {
                     Some(o) => self.send_queued(&env.tenant, d, o).await?,
@@ -127,7 +127,14 @@ impl Ctx {
                 self.claim(&env, d, secret_key.as_deref(), *duration_ms)
                     .await
             }
-            Body::RpcRequest { .. } => self.rpc_request(env, device).await,
+            Body::RpcRequest {
+                request_id,
+                method,
+                params,
+            } => {
+                let (id, method, params) = (request_id.clone(), method.clone(), params.clone());
+                self.rpc_request(&env, device, id, method, params).await
+            }
             // An application answered a client-side RPC (the API ended it in the store):
             // to the device, over the connection that reaches it now.
             Body::RpcAnswer {
@@ -199,15 +206,17 @@ impl Ctx {
     }
 
     /// A device connected: logged, and behind a ThingsBoard gateway sent what waited.
-    async fn connect(&self, env: &Envelope, device: &DeviceId) -> Result<After, String> {
-        let Body::Connect { session, .. } = &env.body else {
-            return Ok(After::Nothing);
-        };
+    async fn connect(
+        &self,
+        env: &Envelope,
+        device: &DeviceId,
+        session: Option<SessionInfo>,
+    ) -> Result<After, String> {
         let o = Online {
             via: env.via.clone(),
             dialect: env.dialect,
         };
-        let e = connection_event(env, device.clone(), true, session.clone(), None);
+        let e = connection_event(env, device.clone(), true, session, None);
         self.store.log_connection(e).await.map_err(store_err)?;
         // A device behind a ThingsBoard gateway gets its commands on the gateway's
         // `v1/gateway/rpc`, subscribed when the gateway's session began. Any other
@@ -312,19 +321,18 @@ impl Ctx {
 
     /// A device's client-side RPC: kept for an application to answer through the API,
     /// or to time out with an error reply.
-    async fn rpc_request(&self, env: Envelope, device: DeviceId) -> Result<After, String> {
-        let Body::RpcRequest {
-            request_id,
-            method,
-            params,
-        } = env.body
-        else {
-            return Ok(After::Nothing);
-        };
+    async fn rpc_request(
+        &self,
+        env: &Envelope,
+        device: DeviceId,
+        request_id: CorrelationId,
+        method: String,
+        params: serde_json::Value,
+    ) -> Result<After, String> {
         let ms = i64::try_from(self.cfg.client_rpc_timeout_ms).unwrap_or(i64::MAX);
         let rpc = ClientRpc {
             id: env.id,
-            tenant: env.tenant,
+            tenant: env.tenant.clone(),
             device,
             request_id,
             method,
