@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use actix::prelude::*;
-use fluxgate_bus::{Bus, ConsumerSpec, MemoryBus, OutRecord, Topic, TopicsConfig};
+use fluxgate_bus::{AckFuture, Bus, ConsumerSpec, MemoryBus, OutRecord, Topic, TopicsConfig};
 use fluxgate_model::{
     Body, Channel, DeviceId, DeviceRef, Dialect, ENVELOPE_VERSION, Envelope, MessageId, ReasonCode,
     Reject, Rejection, Sample, TenantId, Value, Values,
@@ -394,8 +394,16 @@ async fn a_writer_killed_before_its_flush_is_made_good_by_the_next() {
     assert_eq!(total, 20, "every point stored exactly once");
 }
 
-#[actix_rt::test]
-async fn drain_writes_the_open_batch_and_stops() {
+/// A writer whose batch is written only at 60 s (or at a drain), holding one record of
+/// `device` in its open batch: the record's ack, the store, the writer and its counters.
+async fn one_record_in_an_open_batch(
+    device: &str,
+) -> (
+    AckFuture,
+    Arc<dyn Store>,
+    Addr<fluxgate_pipeline::Pipeline<TsWriter>>,
+    Arc<WriterStats>,
+) {
     let bus = MemoryBus::default();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
     let slow = WriterConfig {
@@ -409,14 +417,20 @@ async fn drain_writes_the_open_batch_and_stops() {
         .send(record(
             &topics,
             Topic::IngestValid,
-            "app/d9",
-            telemetry("d9", 9, 9).to_bytes(),
+            &format!("app/{device}"),
+            telemetry(device, 9, 9).to_bytes(),
         ))
         .await
         .unwrap();
     while stats.pipeline.records.load(Ordering::Relaxed) < 1 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
+    (ack, store, writer, stats)
+}
+
+#[actix_rt::test]
+async fn drain_writes_the_open_batch_and_stops() {
+    let (ack, store, writer, _) = one_record_in_an_open_batch("d9").await;
     writer.send(fluxgate_pipeline::Drain).await.unwrap();
     tokio::time::timeout(Duration::from_secs(5), ack)
         .await
@@ -431,27 +445,7 @@ async fn drain_writes_the_open_batch_and_stops() {
 #[actix_rt::test]
 async fn an_open_batch_is_written_when_it_is_batch_max_age_old_and_not_before() {
     tokio::time::pause();
-    let bus = MemoryBus::default();
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
-    let cfg = WriterConfig {
-        batch_max_age_ms: 60_000,
-        ..WriterConfig::default()
-    };
-    let (_writer, stats) = start(&bus, store.clone(), cfg, None);
-    let topics = TopicsConfig::default();
-    let ack = bus
-        .producer()
-        .send(record(
-            &topics,
-            Topic::IngestValid,
-            "app/d7",
-            telemetry("d7", 7, 7).to_bytes(),
-        ))
-        .await
-        .unwrap();
-    while stats.pipeline.records.load(Ordering::Relaxed) < 1 {
-        tokio::task::yield_now().await;
-    }
+    let (ack, store, _writer, stats) = one_record_in_an_open_batch("d7").await;
     // 59 s after the batch opened (the writer looks every 30 s): still open. A write the
     // writer started would finish before the paused clock moves on by itself (a blocking
     // store call holds it), so let it move 1 ms and look.
