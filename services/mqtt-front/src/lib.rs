@@ -30,8 +30,9 @@
 //! - `rate_limit`: per-connection message and byte quotas.
 //! - [`metrics`]: the front's metrics, made from `fluxgate_observability::catalogue`.
 //!
-//! Readiness (`/readyz`): the deliveries consumer has its partitions, and the probes the
-//! binary adds (bus metadata, store ping) pass.
+//! Readiness (`/readyz`): the consumer holds every topic the front reads (deliveries,
+//! custom topics, registry changes), and the probes the binary adds (bus metadata, store
+//! ping) pass.
 //!
 //! Each connection is served by one ntex worker thread; a bounded channel per connection
 //! carries deliveries to it from the inbound task. Per connection, at most
@@ -356,12 +357,14 @@ async fn serve_mqtt(
         }
     };
     let _ = started.send(Ok(()));
-    // Ready once the deliveries consumer has its partitions: before that, a command for a
-    // device connected here could be missed (broadcast consumers start at the end).
+    // Ready once the consumer holds every topic it reads: before that, a command for a
+    // device connected here could be missed (broadcast consumers start at the end). Any
+    // partition is not enough: a topic whose metadata came late is assigned later.
     let ready = ntex::rt::spawn({
         let consumer = consumer.clone();
+        let subscribed = Inbound::TOPICS.map(|t| names.name(t));
         async move {
-            while consumer.assigned() == 0 {
+            while !subscribed.iter().all(|t| consumer.holds_topic(t)) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             health.set_ready(true);

@@ -307,6 +307,10 @@ pub trait Consumer: Send + Sync + fmt::Debug {
     /// (by the producers' partitioner). State kept per key outside the bus, such as a
     /// timer, belongs to the consumer that holds the key.
     fn holds(&self, topic: &str, key: &[u8]) -> bool;
+    /// Whether this consumer holds any partition of `topic` now. A broadcast consumer of
+    /// several topics may get them in more than one assignment (a topic whose metadata
+    /// came late joins later): it has what it subscribed to once every topic is held.
+    fn holds_topic(&self, topic: &str) -> bool;
     /// Changes whenever this consumer's assignment changes: compare it to learn when to
     /// take over the per-key state of newly held partitions.
     fn generation(&self) -> u64;

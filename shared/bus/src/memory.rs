@@ -511,6 +511,11 @@ impl Consumer for MemoryConsumer {
         .unwrap_or(false)
     }
 
+    fn holds_topic(&self, topic: &str) -> bool {
+        self.with_member(|m, _| m.assigned.iter().any(|(t, _)| &**t == topic))
+            .unwrap_or(false)
+    }
+
     fn generation(&self) -> u64 {
         self.with_member(|m, _| m.generation).unwrap_or(0)
     }

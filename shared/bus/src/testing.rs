@@ -164,6 +164,9 @@ impl Consumer for FaultyConsumer {
     fn holds(&self, topic: &str, key: &[u8]) -> bool {
         self.inner.holds(topic, key)
     }
+    fn holds_topic(&self, topic: &str) -> bool {
+        self.inner.holds_topic(topic)
+    }
     fn generation(&self) -> u64 {
         self.inner.generation()
     }

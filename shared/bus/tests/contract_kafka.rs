@@ -74,6 +74,10 @@ contract_test!(
     kafka_broadcast_reaches_every_instance,
     contract::broadcast_reaches_every_instance
 );
+contract_test!(
+    kafka_broadcast_holds_every_topic_it_consumes,
+    contract::broadcast_holds_every_topic_it_consumes
+);
 contract_test!(kafka_pause_and_resume, contract::pause_and_resume);
 
 /// Durability on Kafka is the broker's ack: once it resolved, a brand-new consumer group

@@ -76,6 +76,11 @@ async fn memory_broadcast_reaches_every_instance() {
 }
 
 #[tokio::test]
+async fn memory_broadcast_holds_every_topic_it_consumes() {
+    contract::broadcast_holds_every_topic_it_consumes(&harness()).await;
+}
+
+#[tokio::test]
 async fn memory_pause_and_resume() {
     contract::pause_and_resume(&harness()).await;
 }

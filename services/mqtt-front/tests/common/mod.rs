@@ -264,7 +264,7 @@ impl Rig {
     }
 }
 
-/// Starts a front and waits until it is ready (its deliveries consumer has partitions).
+/// Starts a front and waits until it is ready (its consumer holds every topic it reads).
 pub async fn start_ready(
     cfg: FrontConfig,
     bus: &Arc<dyn Bus>,

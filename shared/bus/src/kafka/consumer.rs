@@ -448,6 +448,13 @@ impl Consumer for KafkaConsumer {
         }
     }
 
+    fn holds_topic(&self, topic: &str) -> bool {
+        self.shared
+            .held()
+            .get(topic)
+            .is_some_and(|h| !h.partitions.is_empty())
+    }
+
     fn generation(&self) -> u64 {
         self.shared.generation.load(Ordering::SeqCst)
     }

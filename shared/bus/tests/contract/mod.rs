@@ -627,6 +627,56 @@ pub async fn broadcast_reaches_every_instance(h: &Harness) {
     tokio::time::timeout(PATIENCE, bg).await.unwrap().unwrap();
 }
 
+/// A broadcast consumer of several topics gets a record produced to each of them once it
+/// holds every topic (`holds_topic`): what a front waits for before it is ready.
+pub async fn broadcast_holds_every_topic_it_consumes(h: &Harness) {
+    let topics = [h.topic(2).await, h.topic(1).await, h.topic(3).await];
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let mut c = Collector::new(
+        h.bus
+            .consumer(ConsumerSpec::broadcast(unique_name("front"), &names))
+            .unwrap(),
+    );
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !names.iter().all(|t| c.consumer.holds_topic(t)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "some topic never held: {:?}",
+            names
+                .iter()
+                .map(|t| (*t, c.consumer.holds_topic(t)))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !c.consumer.holds_topic("another-topic"),
+        "a topic not consumed is not held"
+    );
+    let mut acks = Vec::new();
+    for (i, t) in names.iter().enumerate() {
+        acks.push(
+            h.produce_background(t, vec![(format!("k{i}"), i as u32)])
+                .await,
+        );
+    }
+    let mut seen = BTreeSet::new();
+    while seen.len() < names.len() {
+        let r = c.next().await;
+        c.consumer.ack(&r.position);
+        seen.insert((r.position.topic.to_string(), seq_of(&r)));
+    }
+    let expected: BTreeSet<_> = names
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.to_string(), i as u32))
+        .collect();
+    assert_eq!(seen, expected);
+    for a in acks {
+        tokio::time::timeout(PATIENCE, a).await.unwrap().unwrap();
+    }
+}
+
 /// A paused consumer gets nothing; resumed, it gets everything.
 pub async fn pause_and_resume(h: &Harness) {
     let topic = h.topic(2).await;
