@@ -181,16 +181,24 @@ FG_BOOTSTRAP_TOKEN=$BOOTSTRAP "$PY_PAHO" "$HERE/provision.py" ||
 RESULTS="$WORK/results.txt"
 : >"$RESULTS"
 # Known failures (known-failures.txt) print as KNOWN, not FAIL; a known one that passes
-# is a FAIL, so the list cannot go stale.
+# is a FAIL, so the list cannot go stale - unless its entry says it is a race that fails
+# only sometimes ("flaky:"): then a pass prints as PASS with the issue.
 classify() {
-	local line name issue
+	local line name issue flaky
 	while IFS= read -r line; do
 		name=${line#* }
 		name=${name%%:*}
 		issue=$(awk -v n="$name" '!/^#/ && $1 == n { print $2 }' "$HERE/known-failures.txt")
+		flaky=$(awk -v n="$name" '!/^#/ && $1 == n && $3 == "flaky:" { print "yes" }' "$HERE/known-failures.txt")
 		case $line in
 		"FAIL "*) [ -n "$issue" ] && line="KNOWN ${line#FAIL } [$issue]" ;;
-		"PASS "*) [ -n "$issue" ] && line="FAIL $name: passes now; remove it from compat/known-failures.txt" ;;
+		"PASS "*)
+			if [ -n "$flaky" ]; then
+				line="$line (this time; a known race: $issue)"
+			elif [ -n "$issue" ]; then
+				line="FAIL $name: passes now; remove it from compat/known-failures.txt"
+			fi
+			;;
 		esac
 		printf '%s\n' "$line"
 	done

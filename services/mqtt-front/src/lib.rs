@@ -20,7 +20,9 @@
 //!   connection limits, the failed-auth delay), `acl` (the one topic check publish and
 //!   subscribe share), `publish` (normalize, produce, PUBACK after the bus ack),
 //!   `presence` (connects and disconnects, of a gateway's devices too), `subscribe`,
-//!   `deliver` (commands, RPC and attribute answers to the session holding the device),
+//!   `link` (the session task: the one owner of a connection's state, taking its packets
+//!   in order), `deliver` (commands, RPC and attribute answers to the session holding the
+//!   device),
 //!   `thingsboard` (what the front answers itself), `side` (rejections and delivery
 //!   outcomes on one bounded queue). `server` maps it to v3 and v5 packets (ntex-mqtt),
 //!   with the TLS certificate reload and the WebSocket upgrade.
@@ -34,8 +36,9 @@
 //! custom topics, registry changes), and the probes the binary adds (bus metadata, store
 //! ping) pass.
 //!
-//! Each connection is served by one ntex worker thread; a bounded channel per connection
-//! carries deliveries to it from the inbound task. Per connection, at most
+//! Each connection is served by one ntex worker thread and one session task there; its
+//! ntex services queue the client's packets to that task, and a bounded channel carries
+//! deliveries to it from the inbound task. Per connection, at most
 //! `max_in_flight` publishes wait for the bus; then the front stops reading the socket.
 
 pub mod auth;

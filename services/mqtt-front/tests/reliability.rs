@@ -100,7 +100,7 @@ fn acked(got: &[Got]) -> BTreeSet<u16> {
 #[ntex::test]
 async fn a_publish_followed_by_disconnect_in_one_write_is_stored_every_time() {
     let rig = Rig::memory(unlimited()).await;
-    let _events = rig.tap(Topic::DeviceEvents);
+    let mut events = rig.tap(Topic::DeviceEvents);
     let mut raw_tap = rig.tap(Topic::IngestRaw);
     const TIMES: u64 = 100;
     for v in [V::V3, V::V5] {
@@ -129,6 +129,20 @@ async fn a_publish_followed_by_disconnect_in_one_write_is_stored_every_time() {
             got.extend(rest);
             assert!(closed, "{v:?} round {n}: the server did not close: {got:?}");
             assert_eq!(got.first(), Some(&Got::ConnAck(0)), "{v:?} round {n}");
+            // The DISCONNECT read right behind the publish is the client's; a socket
+            // closed without one is a lost connection.
+            let reason = loop {
+                let e = events.next_envelope().await;
+                if let Body::Disconnect { reason, .. } = e.body {
+                    break reason.unwrap_or_default();
+                }
+            };
+            let expected = if n % 2 == 0 {
+                "client disconnect"
+            } else {
+                "connection lost"
+            };
+            assert_eq!(reason, expected, "{v:?} round {n}: the disconnect's reason");
         }
         let mut ns = stored_ns(&mut raw_tap).await;
         ns.sort_unstable();

@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -22,7 +21,7 @@ use crate::auth::{AuthError, Credentials, Identity};
 use crate::config::{FrontConfig, RateLimits};
 use crate::metrics::FrontMetrics;
 use crate::rate_limit::quota;
-use crate::session::{Conn, Sink};
+use crate::session::{Handle, Sink};
 
 /// Why a CONNECT is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,7 +211,7 @@ impl FailureDelay {
 impl Front {
     /// Authenticates a CONNECT and registers the session: takes over an earlier connection
     /// of the same device, announces the connect (durably, before the CONNACK), and starts
-    /// the task that writes deliveries to the client until `gone` resolves.
+    /// the connection's session task, which serves it until `gone` resolves.
     pub(crate) async fn connect(
         self: &Arc<Self>,
         creds: Credentials<'_>,
@@ -220,7 +219,7 @@ impl Front {
         remote: Option<SocketAddr>,
         sink: Sink,
         gone: impl Future<Output = ()> + 'static,
-    ) -> Result<Rc<Conn>, Refusal> {
+    ) -> Result<Handle, Refusal> {
         let r = self
             .try_connect(creds, clean_session, remote, sink, gone)
             .await;
@@ -262,7 +261,7 @@ impl Front {
         remote: Option<SocketAddr>,
         sink: Sink,
         gone: impl Future<Output = ()> + 'static,
-    ) -> Result<Rc<Conn>, Refusal> {
+    ) -> Result<Handle, Refusal> {
         self.admission.before_auth(clean_session)?;
         let identity = self
             .registry

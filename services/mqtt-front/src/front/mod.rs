@@ -9,7 +9,9 @@
 //! - `publish`: the publish pipeline, from PUBLISH to its verdict;
 //! - `acl`: the one access check of a topic, for publish and subscribe;
 //! - `subscribe`: SUBSCRIBE and UNSUBSCRIBE;
-//! - `deliver`: the session task, the one writer to a client;
+//! - `link`: the session task, the one owner of a connection's state and the one writer
+//!   to its client;
+//! - `deliver`: rendering and writing what is routed to a connection;
 //! - `thingsboard`: what the front answers ThingsBoard clients itself;
 //! - `side`: the bounded queue of best-effort records (rejected log, outcomes of
 //!   deliveries no session took).
@@ -17,6 +19,7 @@
 mod acl;
 mod admission;
 mod deliver;
+mod link;
 mod presence;
 mod publish;
 mod side;

@@ -7,32 +7,32 @@
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use fluxgate_bus::{OutRecord, ProduceError};
 use fluxgate_model::{Body, Channel, DeviceRef, ENVELOPE_VERSION, Envelope, SessionInfo};
 use futures_channel::mpsc;
 
 use super::admission::Refusal;
-use super::deliver::session_task;
+use super::link::Link;
 use super::publish::Verdict;
 use super::{Front, new_id, now_ms, traced};
 use crate::auth::Identity;
 use crate::metrics::dialect_label;
 use crate::rate_limit::ConnLimits;
-use crate::session::{CloseReason, CloseSignal, Conn, Entry, Reached, Sequencer, Sink, Subs};
+use crate::session::{CloseReason, CloseSignal, Conn, Entry, Handle, Reached, Sink, State};
 
 impl Front {
     /// Registers the session of an admitted client: takes over an earlier connection of
     /// the same device, announces the connect (durably, before the CONNACK), and starts
-    /// the task that writes deliveries to the client until `gone` resolves.
+    /// the connection's session task, which serves it until `gone` resolves.
     pub(super) async fn register(
         self: &Arc<Self>,
         identity: Identity,
         remote: Option<SocketAddr>,
         sink: Sink,
         gone: impl Future<Output = ()> + 'static,
-    ) -> Result<Rc<Conn>, Refusal> {
+    ) -> Result<Handle, Refusal> {
         let key = (identity.tenant.clone(), identity.principal.device().clone());
         let limits = ConnLimits::new(&identity.principal, self.rate_limits(&identity.tenant));
         let (tx, rx) = mpsc::channel(self.cfg.max_pending_deliveries.max(1));
@@ -41,24 +41,10 @@ impl Front {
             identity,
             remote,
             sink,
-            subs: std::cell::RefCell::new(Subs::default()),
-            order: Sequencer::default(),
-            limits,
-            in_flight: std::cell::Cell::new(0),
-            idle: tokio::sync::Notify::new(),
-            closing: std::cell::Cell::new(None),
-            client_disconnected: std::cell::Cell::new(false),
-            wants_custom: Arc::new(AtomicBool::new(false)),
             reached: Reached::default(),
         });
         let close = Arc::new(CloseSignal::default());
-        let entry = Entry::new(
-            conn.id,
-            tx,
-            close.clone(),
-            conn.wants_custom.clone(),
-            conn.reached.clone(),
-        );
+        let entry = Entry::new(conn.id, tx, close.clone(), conn.reached.clone());
         if let Some(old) = self.sessions.insert(key.clone(), entry) {
             // The devices the old session of a gateway reached stay reached, through this one.
             conn.reached.adopt(&old.reached);
@@ -92,8 +78,17 @@ impl Front {
             .connections
             .with_label_values(&[dialect_label(conn.identity.principal.dialect())])
             .inc();
-        ntex::rt::spawn(session_task(self.clone(), conn.clone(), rx, close, gone));
-        Ok(conn)
+        let (requests, queued) = mpsc::unbounded();
+        let link = Link::new(
+            self.clone(),
+            conn.clone(),
+            State::new(limits),
+            queued,
+            rx,
+            close,
+        );
+        ntex::rt::spawn(link.run(gone));
+        Ok(Handle::new(conn, requests))
     }
 
     pub(super) fn session_info(&self, remote: Option<SocketAddr>) -> SessionInfo {
@@ -161,7 +156,7 @@ impl Front {
 
     /// The session ended: unregister it and announce the disconnect (unless another
     /// connection took over, which announced it already).
-    pub(super) async fn gone(&self, conn: &Conn) {
+    pub(super) async fn gone(&self, conn: &Conn, state: &State) {
         self.metrics
             .connections
             .with_label_values(&[dialect_label(conn.identity.principal.dialect())])
@@ -169,9 +164,9 @@ impl Front {
         if !self.sessions.remove(&conn.key(), conn.id) {
             return;
         }
-        let reason = match conn.closing.get() {
+        let reason = match state.closing {
             Some(r) => r.as_str(),
-            None if conn.client_disconnected.get() => "client disconnect",
+            None if state.client_disconnected => "client disconnect",
             None => "connection lost",
         };
         let ev = self.event(

@@ -1,14 +1,13 @@
 //! The publish pipeline: one PUBLISH from its packet to its verdict. In packet order
-//! (the connection's [`Sequencer`](crate::session::Sequencer) turn): classify the topic,
-//! refuse retained messages, count the rate limits, check the ACL, normalize, and send
-//! the records to the bus; then, out of order, wait for their acks — the PUBACK is only
-//! sent once every record of the publish is durable. A refusal that closes the connection
-//! takes effect in packet order; a refused publish goes on the rejected log.
+//! (the session task, `link`, takes one at a time): classify the topic, refuse retained
+//! messages, count the rate limits, check the ACL, normalize, and send the records to the
+//! bus; then, out of order, wait for their acks — the PUBACK is only sent once every
+//! record of the publish is durable. A refusal that closes the connection takes effect in
+//! packet order; a refused publish goes on the rejected log.
 
 use std::rc::Rc;
-use std::time::Instant;
 
-use fluxgate_bus::OutRecord;
+use fluxgate_bus::{AckFuture, OutRecord};
 use fluxgate_model::{
     Body, Channel, DeviceRef, Ingress, PublishTarget, Reject, Rejection, classify_publish,
     normalize,
@@ -16,12 +15,12 @@ use fluxgate_model::{
 use ntex::util::{ByteString, Bytes};
 
 use super::acl::Denied;
+use super::link::Settled;
 use super::side::Side;
 use super::{CUSTOM_TOPIC_HEADER, Front, new_id, now_ms, traced};
 use crate::metrics::{dialect_label, op_label};
 use crate::rate_limit::Over;
-use crate::session::{CloseReason, Conn, Job, Sink};
-
+use crate::session::{CloseReason, Conn, Sink, State};
 /// What became of a publish.
 #[derive(Debug)]
 pub(crate) enum Verdict {
@@ -44,36 +43,11 @@ pub(crate) enum Verdict {
     Dropped,
 }
 
-impl Front {
-    /// Handles one PUBLISH. `job` was taken when the packet arrived
-    /// ([`Conn::begin_publish`]): its ticket keeps bus sends in the packets' order, and
-    /// while it lives a closing connection waits for this publish's verdict.
-    pub(crate) async fn publish(
-        &self,
-        conn: &Rc<Conn>,
-        job: Job,
-        topic: &ByteString,
-        payload: &Bytes,
-        retain: bool,
-    ) -> Verdict {
-        let started = Instant::now();
-        let dialect = conn.identity.principal.dialect();
-        self.metrics
-            .bytes
-            .with_label_values(&[dialect_label(dialect)])
-            .inc_by(payload.len() as u64);
-        let turn = conn.order.turn(job.ticket).await;
-        let (kind, verdict) = self.publish_in_turn(conn, topic, payload, retain).await;
-        // A refusal that ends the connection takes effect in packet order: the publishes
-        // behind this one are then not stored (and never acknowledged), and the ones
-        // before it get their acks before the socket closes.
-        if let Err(v) = &verdict
-            && let Some(reason) = self.closes(conn, v)
-        {
-            self.close_after_acks(conn, reason);
-        }
-        drop(turn);
-        let verdict = match verdict {
+impl Verdict {
+    /// The verdict of a publish once what its in-order part sent is acknowledged:
+    /// `Ok(Some(acks))`, wait for these; `Ok(None)`, answered by the front.
+    pub(super) async fn of(sent: Result<Option<Vec<AckFuture>>, Verdict>) -> Verdict {
+        match sent {
             Ok(Some(acks)) => {
                 let mut failed = None;
                 for ack in acks {
@@ -81,28 +55,15 @@ impl Front {
                         failed = Some(e.to_string());
                     }
                 }
-                match failed {
-                    None => {
-                        self.metrics
-                            .ack_latency
-                            .observe(started.elapsed().as_secs_f64());
-                        Verdict::Accepted
-                    }
-                    Some(e) => {
-                        // The bus failed an ack after the turn: a v3 connection closes too
-                        // (refusals found in the turn began their close above).
-                        let v = Verdict::Failed(e);
-                        if let Some(reason) = self.closes(conn, &v) {
-                            self.close_after_acks(conn, reason);
-                        }
-                        v
-                    }
-                }
+                failed.map_or(Verdict::Accepted, Verdict::Failed)
             }
             Ok(None) => Verdict::Answered,
             Err(v) => v,
-        };
-        let outcome = match &verdict {
+        }
+    }
+
+    fn label(&self) -> &'static str {
+        match self {
             Verdict::Accepted => "accepted",
             Verdict::Answered => "answered",
             Verdict::Denied(_) => "denied",
@@ -111,21 +72,40 @@ impl Front {
             Verdict::RateLimited => "rate_limited",
             Verdict::Failed(_) => "failed",
             Verdict::Dropped => "dropped",
-        };
-        self.metrics.message(dialect, kind, outcome);
-        drop(job);
-        match &verdict {
+        }
+    }
+}
+
+impl Front {
+    /// A publish has its verdict: counts it, logs a refusal and puts it on the rejected
+    /// log. Returns why the connection closes, when a bus failure after the in-order part
+    /// closes it (a v3 connection; refusals found in order began their close then).
+    pub(super) fn settled(&self, conn: &Conn, done: &Settled) -> Option<CloseReason> {
+        let dialect = conn.identity.principal.dialect();
+        self.metrics
+            .bytes
+            .with_label_values(&[dialect_label(dialect)])
+            .inc_by(done.payload.len() as u64);
+        if let Verdict::Accepted = done.verdict {
+            self.metrics
+                .ack_latency
+                .observe(done.started.elapsed().as_secs_f64());
+        }
+        self.metrics
+            .message(dialect, done.kind, done.verdict.label());
+        match &done.verdict {
             Verdict::Denied(r) | Verdict::Malformed(r) => {
-                let topic = fluxgate_model::bounded(topic, 128);
+                let topic = fluxgate_model::bounded(&done.topic, 128);
                 tracing::info!(device = %conn.identity.principal.device(), %topic, reason = %r.message(), "publish refused");
-                self.produce_rejection(conn, r, payload);
+                self.produce_rejection(conn, r, &done.payload);
+                None
             }
             Verdict::Failed(e) => {
                 tracing::warn!(device = %conn.identity.principal.device(), error = %e, "publish not acknowledged by the bus");
+                self.closes(conn, &done.verdict)
             }
-            _ => {}
+            _ => None,
         }
-        verdict
     }
 
     /// Whether a publish refused with `v` closes the connection, and why. MQTT 3.1.1 has
@@ -136,6 +116,7 @@ impl Front {
         let close = crate::config::V3Refusal::Close;
         match v {
             Verdict::RetainRefused => Some(CloseReason::Retain),
+            Verdict::RateLimited => Some(CloseReason::RateLimited),
             Verdict::Denied(_) if v3 && self.cfg.v3_on_denied == close => {
                 Some(CloseReason::Refused)
             }
@@ -152,18 +133,11 @@ impl Front {
     pub(super) async fn publish_in_turn(
         &self,
         conn: &Rc<Conn>,
+        state: &mut State,
         topic: &ByteString,
         payload: &Bytes,
         retain: bool,
-    ) -> (
-        &'static str,
-        Result<Option<Vec<fluxgate_bus::AckFuture>>, Verdict>,
-    ) {
-        // An earlier publish (in packet order) closed the connection: this one, taken in
-        // before that, is not stored.
-        if conn.closing.get().is_some() {
-            return ("unknown", Err(Verdict::Dropped));
-        }
+    ) -> (&'static str, Result<Option<Vec<AckFuture>>, Verdict>) {
         let id = &conn.identity;
         let class = match classify_publish(&id.principal, topic) {
             Ok(c) => c,
@@ -176,8 +150,8 @@ impl Front {
         if retain {
             return (kind, Err(Verdict::RetainRefused));
         }
-        if let Err(over) = conn.limits.check(topic) {
-            return (kind, Err(self.rate_limited(conn, topic, over)));
+        if let Err(over) = state.limits.check(topic) {
+            return (kind, Err(self.rate_limited(conn, state, topic, over)));
         }
         match self.allowed(id, &class.check, topic).await {
             Ok(()) => {}
@@ -215,8 +189,8 @@ impl Front {
             DeviceRef::Name(n) => Some(n.as_str()),
             DeviceRef::Id(_) => None,
         });
-        if let Err(over) = conn.limits.check_devices(named) {
-            return (kind, Err(self.rate_limited(conn, topic, over)));
+        if let Err(over) = state.limits.check_devices(named) {
+            return (kind, Err(self.rate_limited(conn, state, topic, over)));
         }
         if let [env] = envs.as_slice()
             && let Body::RpcRequest {
@@ -224,7 +198,8 @@ impl Front {
             } = &env.body
             && method == "getSessionLimits"
         {
-            self.answer_session_limits(conn, request_id.clone()).await;
+            self.answer_session_limits(conn, &state.subs, request_id.clone())
+                .await;
             return (kind, Ok(None));
         }
         // Any gateway message about a device connects it through the gateway (as
@@ -258,10 +233,16 @@ impl Front {
         (kind, sent.map(Some))
     }
 
-    /// A publish over a rate limit: counted, logged, and the connection closed (after the
-    /// acks of the publishes before it) and refused for a while.
-    pub(super) fn rate_limited(&self, conn: &Rc<Conn>, topic: &ByteString, over: Over) -> Verdict {
-        let limit = over.label(&conn.limits);
+    /// A publish over a rate limit: counted, logged, and refused for a while; the
+    /// connection closes (after the acks of the publishes before it: [`Front::closes`]).
+    pub(super) fn rate_limited(
+        &self,
+        conn: &Conn,
+        state: &State,
+        topic: &ByteString,
+        over: Over,
+    ) -> Verdict {
+        let limit = over.label(&state.limits);
         self.metrics.rate_limited.with_label_values(&[limit]).inc();
         let id = &conn.identity;
         let behind = match &over {
@@ -273,7 +254,6 @@ impl Front {
             "rate limit exceeded: closing the connection and refusing it for a while");
         self.admission
             .block(conn.key(), self.rate_limits(&conn.identity.tenant));
-        self.close_after_acks(conn, CloseReason::RateLimited);
         Verdict::RateLimited
     }
 

@@ -3,8 +3,6 @@
 //! dispatcher once a device can hear its commands or its shared attributes
 //! (`Body::Subscribed`, `Body::SubscribedAttributes`).
 
-use std::sync::atomic::Ordering;
-
 use fluxgate_model::{
     Body, Check, DeviceId, DeviceRef, Reject, SubscribeTarget, Subscription, classify_subscribe,
 };
@@ -12,7 +10,7 @@ use ntex_mqtt::{QoS, TopicFilter};
 
 use super::acl::Denied;
 use super::{Front, traced};
-use crate::session::Conn;
+use crate::session::{Conn, State};
 use fluxgate_bus::OutRecord;
 
 /// Why a SUBSCRIBE filter is refused.
@@ -39,6 +37,7 @@ impl Front {
     pub(crate) async fn subscribe(
         &self,
         conn: &Conn,
+        state: &mut State,
         filter: &str,
         qos: QoS,
     ) -> Result<QoS, SubscribeRefused> {
@@ -87,11 +86,11 @@ impl Front {
         };
         match class.target {
             SubscribeTarget::Platform(s) => {
-                conn.subs.borrow_mut().add_platform(s.clone(), granted);
+                state.subs.add_platform(s.clone(), granted);
                 if let Some((body, peripheral)) = announce
                     && let Err(e) = self.announce_subscribed(conn, peripheral, body).await
                 {
-                    conn.subs.borrow_mut().remove(Some(&s), filter);
+                    state.subs.remove(Some(&s), filter);
                     return Err(SubscribeRefused::Unavailable(e));
                 }
             }
@@ -99,10 +98,8 @@ impl Front {
                 let parsed: TopicFilter = filter
                     .parse()
                     .map_err(|_| SubscribeRefused::Denied(denied()))?;
-                conn.subs
-                    .borrow_mut()
-                    .add_custom(filter.to_owned(), parsed, granted);
-                conn.wants_custom.store(true, Ordering::Relaxed);
+                state.subs.add_custom(filter.to_owned(), parsed, granted);
+                self.sessions.set_custom(&conn.key(), conn.id, true);
             }
         }
         Ok(granted)
@@ -136,16 +133,15 @@ impl Front {
     }
 
     /// Handles one UNSUBSCRIBE filter.
-    pub(crate) fn unsubscribe(&self, conn: &Conn, filter: &str) {
+    pub(crate) fn unsubscribe(&self, conn: &Conn, state: &mut State, filter: &str) {
         let feed: Option<Subscription> = classify_subscribe(&conn.identity.principal, filter)
             .ok()
             .and_then(|c| match c.target {
                 SubscribeTarget::Platform(s) => Some(s),
                 SubscribeTarget::Custom => None,
             });
-        let mut subs = conn.subs.borrow_mut();
-        subs.remove(feed.as_ref(), filter);
-        conn.wants_custom
-            .store(subs.has_custom(), Ordering::Relaxed);
+        state.subs.remove(feed.as_ref(), filter);
+        self.sessions
+            .set_custom(&conn.key(), conn.id, state.subs.has_custom());
     }
 }

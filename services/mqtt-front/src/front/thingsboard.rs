@@ -5,12 +5,17 @@
 use fluxgate_model::{CorrelationId, Delivery, ENVELOPE_VERSION, Outbound};
 
 use super::{Front, new_id};
-use crate::session::Conn;
+use crate::session::{Conn, Subs};
 
 impl Front {
     /// ThingsBoard's SDK asks for the limits right after connecting; the answer is the
     /// limits this front enforces, in ThingsBoard's format.
-    pub(super) async fn answer_session_limits(&self, conn: &Conn, request_id: CorrelationId) {
+    pub(super) async fn answer_session_limits(
+        &self,
+        conn: &Conn,
+        subs: &Subs,
+        request_id: CorrelationId,
+    ) {
         let rl = self.rate_limits(&conn.identity.tenant);
         let rate = |r: crate::config::Rate| {
             if r.messages == 0 {
@@ -51,7 +56,7 @@ impl Front {
             body: Outbound::RpcResponse { request_id, data },
         };
         if let Ok(r) = d.render() {
-            let _ = self.write(conn, &r).await;
+            let _ = self.write(conn, subs.feed(&r.feed), &r).await;
         }
     }
 }

@@ -11,7 +11,6 @@ pub(crate) use tls::{tls_config, tls_service};
 pub(crate) use websocket::{ws_service, wss_service};
 
 use std::io;
-use std::rc::Rc;
 use std::sync::Arc;
 
 use ntex::http::{self, HttpService, Request, Response, h1};
@@ -21,14 +20,14 @@ use ntex::server::rustls::TlsAcceptor;
 use ntex::service::{
     Pipeline, ServiceFactory, chain_factory, fn_factory, fn_factory_with_config, fn_service,
 };
-use ntex::util::{ByteString, Bytes, Ready};
+use ntex::util::{ByteString, Ready};
 use ntex::{SharedCfg, ws};
 use ntex_mqtt::{MqttError, MqttServer, MqttServiceConfig, QoS, v3, v5};
 
 use crate::auth::{AuthError, Credentials};
 use crate::config::{TlsFiles, V3Refusal};
-use crate::front::{Front, Refusal, Verdict};
-use crate::session::{Conn, Job, Sink};
+use crate::front::{Front, Refusal, SubscribeRefused, Verdict};
+use crate::session::{Handle, Packet, Sink};
 
 /// The error that ends a connection (v3 has no other way to refuse a publish).
 #[derive(Debug)]
@@ -96,7 +95,7 @@ fn remote(io: &ntex::io::IoBoxed) -> Option<std::net::SocketAddr> {
 async fn handshake_v3(
     front: Arc<Front>,
     h: v3::Handshake,
-) -> Result<v3::HandshakeAck<Rc<Conn>>, Closed> {
+) -> Result<v3::HandshakeAck<Handle>, Closed> {
     let pkt = h.packet();
     let creds = Credentials {
         client_id: &pkt.client_id,
@@ -125,7 +124,7 @@ async fn handshake_v3(
 async fn handshake_v5(
     front: Arc<Front>,
     h: v5::Handshake,
-) -> Result<v5::HandshakeAck<Rc<Conn>>, Closed> {
+) -> Result<v5::HandshakeAck<Handle>, Closed> {
     use v5::codec::ConnectAckReason as C;
     let pkt = h.packet();
     let creds = Credentials {
@@ -164,24 +163,30 @@ async fn handshake_v5(
     Ok(h.failed(code))
 }
 
-/// The publish's verdict, worked out in a task of its own: ntex drops the service's
-/// future when the connection ends (a client that sends DISCONNECT right after its
-/// publishes), and a publish the server has read must still reach the bus.
-async fn handle_detached(
-    front: &Arc<Front>,
-    conn: &Rc<Conn>,
-    job: Job,
+/// Queues a PUBLISH for the connection's session task, synchronously, in packet order
+/// (ntex calls the publish service in that order), and waits for its verdict. The task
+/// handles what it was given even when ntex drops this future (a client that sends
+/// DISCONNECT right after its publishes): a publish the server has read still reaches
+/// the bus.
+fn take_in(
+    h: &Handle,
     topic: ByteString,
-    payload: Bytes,
+    payload: ntex_mqtt::Payload,
     retain: bool,
-) -> Verdict {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let (front, conn) = (front.clone(), conn.clone());
-    ntex::rt::spawn(async move {
-        let v = front.publish(&conn, job, &topic, &payload, retain).await;
-        let _ = tx.send(v);
+) -> impl Future<Output = Verdict> + use<> {
+    let (verdict, rx) = tokio::sync::oneshot::channel();
+    let queued = h.send(Packet::Publish {
+        topic,
+        payload,
+        retain,
+        verdict,
     });
-    rx.await.unwrap_or(Verdict::Dropped)
+    async move {
+        if !queued {
+            return Verdict::Dropped;
+        }
+        rx.await.unwrap_or(Verdict::Dropped)
+    }
 }
 
 /// The answer to a publish that must not be acknowledged on a connection that is closing:
@@ -193,51 +198,32 @@ async fn never_answered<T>() -> T {
 
 async fn publish_v3(
     front: Arc<Front>,
-    conn: Rc<Conn>,
-    job: Option<Job>,
-    p: v3::Publish,
+    verdict: impl Future<Output = Verdict>,
 ) -> Result<(), Closed> {
-    let Some(job) = job else {
-        return never_answered().await;
-    };
-    let payload = p
-        .read_all()
-        .await
-        .map_err(|_| Closed("payload read failed"))?;
-    let topic = p.topic().get_ref().clone();
-    let v = handle_detached(&front, &conn, job, topic, payload, p.retain()).await;
-    match v {
+    match verdict.await {
         Verdict::Accepted | Verdict::Answered => Ok(()),
         Verdict::Denied(_) if front.cfg.v3_on_denied == V3Refusal::Drop => Ok(()),
         Verdict::Malformed(_) if front.cfg.v3_on_malformed == V3Refusal::Drop => Ok(()),
-        // The connection is closing (the front began it with the verdict): v3 has no
-        // negative PUBACK, the client learns of the refusal by the close.
+        // The connection is closing (the front began it with the verdict), or the
+        // publish was not taken in: v3 has no negative PUBACK, the client learns of the
+        // refusal by the close.
         _ => never_answered().await,
     }
 }
 
 async fn publish_v5(
-    front: Arc<Front>,
-    conn: Rc<Conn>,
-    job: Option<Job>,
     p: v5::Publish,
+    verdict: impl Future<Output = Verdict>,
 ) -> Result<v5::PublishAck, Closed> {
     use v5::codec::PublishAckReason as R;
-    let Some(job) = job else {
-        return never_answered().await;
-    };
-    let payload = p
-        .read_all()
-        .await
-        .map_err(|_| Closed("payload read failed"))?;
-    let topic = p.topic().get_ref().clone();
-    let v = handle_detached(&front, &conn, job, topic, payload, p.retain()).await;
+    let v = verdict.await;
     let (code, reason) = match v {
         Verdict::Accepted | Verdict::Answered => return Ok(p.ack()),
         Verdict::Denied(r) => (R::NotAuthorized, r.message()),
         Verdict::Malformed(r) if r.is_payload_format() => (R::PayloadFormatInvalid, r.message()),
         Verdict::Malformed(r) => (R::ImplementationSpecificError, r.message()),
-        // The connection is closing (the front began it with the verdict).
+        // The connection is closing (the front began it with the verdict), or the
+        // publish was not taken in.
         Verdict::RetainRefused | Verdict::RateLimited | Verdict::Dropped => {
             return never_answered().await;
         }
@@ -249,34 +235,49 @@ async fn publish_v5(
     Ok(p.ack().reason_code(code).reason(reason.into()))
 }
 
+/// One SUBSCRIBE filter, handled by the session task in packet order: the QoS granted,
+/// or why not (logged).
+async fn subscribe(h: &Handle, filter: ByteString, qos: QoS) -> Result<QoS, SubscribeRefused> {
+    let (granted, rx) = tokio::sync::oneshot::channel();
+    let queued = h.send(Packet::Subscribe {
+        filter: filter.clone(),
+        qos,
+        granted,
+    });
+    let gone = || SubscribeRefused::Unavailable("connection closed".into());
+    let r = match queued {
+        true => rx.await.unwrap_or_else(|_| Err(gone())),
+        false => Err(gone()),
+    };
+    if let Err(r) = &r {
+        let filter = fluxgate_model::bounded(&filter, 128);
+        tracing::info!(device = %h.conn.identity.principal.device(), %filter, reason = %r.message(), "subscribe refused");
+    }
+    r
+}
+
 async fn protocol_v3(
-    front: Arc<Front>,
-    conn: Rc<Conn>,
+    h: Handle,
     msg: v3::ProtocolMessage,
 ) -> Result<v3::ProtocolMessageAck, Closed> {
     Ok(match msg {
         v3::ProtocolMessage::Subscribe(mut s) => {
             for mut sub in s.iter_mut() {
-                let filter = sub.topic().clone();
-                match front.subscribe(&conn, &filter, sub.qos()).await {
+                match subscribe(&h, sub.topic().clone(), sub.qos()).await {
                     Ok(q) => sub.confirm(q),
-                    Err(r) => {
-                        let filter = fluxgate_model::bounded(&filter, 128);
-                        tracing::info!(device = %conn.identity.principal.device(), %filter, reason = %r.message(), "subscribe refused");
-                        sub.fail();
-                    }
+                    Err(_) => sub.fail(),
                 }
             }
             s.ack()
         }
         v3::ProtocolMessage::Unsubscribe(u) => {
             for f in u.iter() {
-                front.unsubscribe(&conn, f);
+                h.send(Packet::Unsubscribe(f.clone()));
             }
             u.ack()
         }
         v3::ProtocolMessage::Disconnect(d) => {
-            conn.client_disconnected.set(true);
+            h.send(Packet::Disconnect);
             d.ack()
         }
         other => other.ack(),
@@ -284,38 +285,30 @@ async fn protocol_v3(
 }
 
 async fn protocol_v5(
-    front: Arc<Front>,
-    conn: Rc<Conn>,
+    h: Handle,
     msg: v5::ProtocolMessage,
 ) -> Result<v5::ProtocolMessageAck, Closed> {
     use v5::codec::SubscribeAckReason as R;
     Ok(match msg {
         v5::ProtocolMessage::Subscribe(mut s) => {
             for mut sub in s.iter_mut() {
-                let filter = sub.topic().clone();
-                match front.subscribe(&conn, &filter, sub.options().qos).await {
+                match subscribe(&h, sub.topic().clone(), sub.options().qos).await {
                     Ok(q) => sub.confirm(q),
-                    Err(r) => {
-                        let filter = fluxgate_model::bounded(&filter, 128);
-                        tracing::info!(device = %conn.identity.principal.device(), %filter, reason = %r.message(), "subscribe refused");
-                        sub.fail(match r {
-                            crate::front::SubscribeRefused::Denied(_) => R::NotAuthorized,
-                            crate::front::SubscribeRefused::Unavailable(_) => R::UnspecifiedError,
-                        });
-                    }
+                    Err(SubscribeRefused::Denied(_)) => sub.fail(R::NotAuthorized),
+                    Err(SubscribeRefused::Unavailable(_)) => sub.fail(R::UnspecifiedError),
                 }
             }
             s.ack()
         }
         v5::ProtocolMessage::Unsubscribe(mut u) => {
             for mut f in u.iter_mut() {
-                front.unsubscribe(&conn, f.topic());
+                h.send(Packet::Unsubscribe(f.topic().clone()));
                 f.success();
             }
             u.ack()
         }
         v5::ProtocolMessage::Disconnect(d) => {
-            conn.client_disconnected.set(true);
+            h.send(Packet::Disconnect);
             d.ack()
         }
         other => other.ack(),
@@ -340,17 +333,13 @@ pub(crate) fn mqtt_service<F: Filter>(
         move |h| handshake_v3(f.clone(), h)
     })
     .protocol(fn_factory_with_config({
-        let f = f3.clone();
-        move |s: v3::Session<Rc<Conn>>| {
-            let f = f.clone();
-            Ready::Ok::<_, Closed>(fn_service(move |m| {
-                protocol_v3(f.clone(), Rc::clone(&s), m)
-            }))
+        move |s: v3::Session<Handle>| {
+            Ready::Ok::<_, Closed>(fn_service(move |m| protocol_v3(Handle::clone(&s), m)))
         }
     }))
     .control(fn_factory_with_config({
         let f = f3.clone();
-        move |_s: v3::Session<Rc<Conn>>| {
+        move |_s: v3::Session<Handle>| {
             let f = f.clone();
             Ready::Ok::<_, Closed>(fn_service(move |c: ntex_mqtt::Control<Closed>| {
                 count_protocol_error(&f, &c);
@@ -358,12 +347,13 @@ pub(crate) fn mqtt_service<F: Filter>(
             }))
         }
     }))
-    .publish(fn_factory_with_config(move |s: v3::Session<Rc<Conn>>| {
+    .publish(fn_factory_with_config(move |s: v3::Session<Handle>| {
         let f = f3.clone();
-        Ready::Ok::<_, Closed>(fn_service(move |p: v3::Publish| {
-            // Taken in here, synchronously, in packet order.
-            let job = s.begin_publish(&f.metrics.in_flight);
-            publish_v3(f.clone(), Rc::clone(&s), job, p)
+        Ready::Ok::<_, Closed>(fn_service(move |mut p: v3::Publish| {
+            // Queued here, synchronously, in packet order.
+            let topic = p.topic().get_ref().clone();
+            let verdict = take_in(&s, topic, p.take_payload(), p.retain());
+            publish_v3(f.clone(), verdict)
         }))
     }));
     let v5 = v5::MqttServer::new({
@@ -371,17 +361,13 @@ pub(crate) fn mqtt_service<F: Filter>(
         move |h| handshake_v5(f.clone(), h)
     })
     .protocol(fn_factory_with_config({
-        let f = f5.clone();
-        move |s: v5::Session<Rc<Conn>>| {
-            let f = f.clone();
-            Ready::Ok::<_, Closed>(fn_service(move |m| {
-                protocol_v5(f.clone(), Rc::clone(&s), m)
-            }))
+        move |s: v5::Session<Handle>| {
+            Ready::Ok::<_, Closed>(fn_service(move |m| protocol_v5(Handle::clone(&s), m)))
         }
     }))
     .control(fn_factory_with_config({
         let f = f5.clone();
-        move |_s: v5::Session<Rc<Conn>>| {
+        move |_s: v5::Session<Handle>| {
             let f = f.clone();
             Ready::Ok::<_, Closed>(fn_service(move |c: ntex_mqtt::Control<Closed>| {
                 count_protocol_error(&f, &c);
@@ -389,11 +375,11 @@ pub(crate) fn mqtt_service<F: Filter>(
             }))
         }
     }))
-    .publish(fn_factory_with_config(move |s: v5::Session<Rc<Conn>>| {
-        let f = f5.clone();
-        Ready::Ok::<_, Closed>(fn_service(move |p: v5::Publish| {
-            let job = s.begin_publish(&f.metrics.in_flight);
-            publish_v5(f.clone(), Rc::clone(&s), job, p)
+    .publish(fn_factory_with_config(move |s: v5::Session<Handle>| {
+        Ready::Ok::<_, Closed>(fn_service(move |mut p: v5::Publish| {
+            let topic = p.topic().get_ref().clone();
+            let verdict = take_in(&s, topic, p.take_payload(), p.retain());
+            publish_v5(p, verdict)
         }))
     }));
     MqttServer::new().v3(v3).v5(v5)

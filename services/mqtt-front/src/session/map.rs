@@ -12,7 +12,9 @@ pub(crate) struct Entry {
     pub(crate) conn: u64,
     tx: Arc<Mutex<mpsc::Sender<ToSession>>>,
     close: Arc<CloseSignal>,
-    pub(crate) wants_custom: Arc<AtomicBool>,
+    /// The connection has custom subscriptions (set by its session task, under the map's
+    /// lock: [`SessionMap::set_custom`]).
+    custom: bool,
     pub(crate) reached: Reached,
 }
 
@@ -30,14 +32,13 @@ impl Entry {
         conn: u64,
         tx: mpsc::Sender<ToSession>,
         close: Arc<CloseSignal>,
-        wants_custom: Arc<AtomicBool>,
         reached: Reached,
     ) -> Self {
         Entry {
             conn,
             tx: Arc::new(Mutex::new(tx)),
             close,
-            wants_custom,
+            custom: false,
             reached,
         }
     }
@@ -62,9 +63,8 @@ impl Entry {
     }
 }
 
-/// The next message for a connection (`None`: every sender is gone).
-pub(crate) async fn next(rx: &mut mpsc::Receiver<ToSession>) -> Option<ToSession> {
-    use futures_core::Stream;
+/// The next message of a queue to a session task (`None`: every sender is gone).
+pub(crate) async fn next<S: futures_core::Stream + Unpin>(rx: &mut S) -> Option<S::Item> {
     std::future::poll_fn(|cx| std::pin::Pin::new(&mut *rx).poll_next(cx)).await
 }
 
@@ -107,11 +107,18 @@ impl SessionMap {
         self.lock().get(&(tenant.clone(), device.clone())).cloned()
     }
 
+    /// Records whether `conn` (still registered as `key`) has custom subscriptions.
+    pub(crate) fn set_custom(&self, key: &(TenantId, DeviceId), conn: u64, custom: bool) {
+        if let Some(e) = self.lock().get_mut(key).filter(|e| e.conn == conn) {
+            e.custom = custom;
+        }
+    }
+
     /// Connections of `tenant` with custom subscriptions.
     pub(crate) fn custom_subscribers(&self, tenant: &TenantId) -> Vec<Entry> {
         self.lock()
             .iter()
-            .filter(|((t, _), e)| t == tenant && e.wants_custom.load(Ordering::Relaxed))
+            .filter(|((t, _), e)| t == tenant && e.custom)
             .map(|(_, e)| e.clone())
             .collect()
     }

@@ -1,42 +1,41 @@
-//! Connections: per-connection state ([`Conn`], owned by the worker thread that serves it)
-//! and the front-wide map of who is connected ([`SessionMap`], shared by all threads).
+//! Connections: per-connection state and the front-wide map of who is connected
+//! ([`SessionMap`], shared by all threads).
 //!
 //! ```text
-//! inbound task ──ToSession──> mpsc (bounded) ──> session task ──> MqttSink ──> client
-//!                                                     │
-//!                                     socket gone ───┘──> SessionMap::remove + disconnect event
+//! ntex services ──Request──> mpsc ──┐
+//!                                   ├──> session task (owns State) ──> MqttSink ──> client
+//! inbound task ──ToSession──> mpsc ─┘         │
+//!                         (bounded)           └── socket gone ──> SessionMap::remove + disconnect
 //! ```
 //!
-//! Only the session task writes to a client, so deliveries to one connection keep their
-//! order. Publishes from the client are handled by the ntex publish service; their bus sends
-//! go through a [`Sequencer`] so that they reach the bus in the order they arrived even when
-//! some of them wait for the registry.
+//! Each connection's mutable state ([`State`]: subscriptions, rate limits, closing) has one
+//! owner, its session task (`front::link`), in the style of rumqtt's link. The ntex
+//! services of the connection hold a [`Handle`]: they queue each packet as a [`Packet`]
+//! (synchronously, in packet order) and wait for the answer. So the bus sends of a
+//! connection follow its packets' order without a sequencer, and only the session task
+//! writes deliveries to the client, in their order.
 //!
-//! - `subs`: what a connection subscribed to; `order`: the [`Sequencer`] of its bus sends;
-//!   `map`: the [`SessionMap`] and its entries (the queue to each session task).
+//! - `subs`: what a connection subscribed to; `map`: the [`SessionMap`] and its entries
+//!   (the queue to each session task).
 
-use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use fluxgate_model::{Delivery, DeviceId, DeviceRef, Subscription, TenantId};
 use futures_channel::mpsc;
 use ntex::util::{ByteString, Bytes};
 use ntex_mqtt::{QoS, TopicFilter, v3, v5};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 
 use crate::auth::Identity;
 use crate::rate_limit::ConnLimits;
 
 mod map;
-mod order;
 mod subs;
 
 pub(crate) use map::{Entry, NotQueued, SessionMap, next};
-pub(crate) use order::Sequencer;
 pub(crate) use subs::Subs;
 
 /// Something for one connection, from the inbound task.
@@ -175,7 +174,7 @@ impl Sink {
     }
 }
 
-/// One connection's state, owned by its worker thread.
+/// What a connection is: fixed at CONNECT, shared by its session task and its services.
 #[derive(Debug)]
 pub(crate) struct Conn {
     /// Unique per front.
@@ -186,25 +185,78 @@ pub(crate) struct Conn {
     pub(crate) remote: Option<SocketAddr>,
     /// Writes to the client.
     pub(crate) sink: Sink,
+    /// Shared with the [`SessionMap`] entry: the devices a gateway's session reached (a
+    /// connection that takes the session over, on any thread, takes them over).
+    pub(crate) reached: Reached,
+}
+
+/// A connection's mutable state, owned by its session task alone.
+#[derive(Debug)]
+pub(crate) struct State {
     /// What it subscribed to.
-    pub(crate) subs: RefCell<Subs>,
-    /// Orders bus sends.
-    pub(crate) order: Sequencer,
+    pub(crate) subs: Subs,
     /// Rate limits.
     pub(crate) limits: ConnLimits,
-    /// Publishes taken in ([`Conn::begin_publish`]) that have no verdict yet.
-    pub(crate) in_flight: Cell<usize>,
-    /// Signalled when `in_flight` drops to zero.
-    pub(crate) idle: Notify,
     /// Why the front closes it, once it decided to: from then on publishes are not taken
     /// in, and those taken in before get their verdict before the socket closes.
-    pub(crate) closing: Cell<Option<CloseReason>>,
+    pub(crate) closing: Option<CloseReason>,
     /// The client sent DISCONNECT.
-    pub(crate) client_disconnected: Cell<bool>,
-    /// Shared with the [`SessionMap`] entry: the connection has custom subscriptions.
-    pub(crate) wants_custom: Arc<AtomicBool>,
-    /// Shared with the [`SessionMap`] entry: the devices a gateway's session reached.
-    pub(crate) reached: Reached,
+    pub(crate) client_disconnected: bool,
+}
+
+impl State {
+    pub(crate) fn new(limits: ConnLimits) -> Self {
+        State {
+            subs: Subs::default(),
+            limits,
+            closing: None,
+            client_disconnected: false,
+        }
+    }
+}
+
+/// A packet of the client for its session task, queued by the ntex services in packet
+/// order; those that need an answer carry where to send it.
+#[derive(Debug)]
+pub(crate) enum Packet {
+    /// A PUBLISH; its payload is read by the session task, in order.
+    Publish {
+        topic: ByteString,
+        payload: ntex_mqtt::Payload,
+        retain: bool,
+        verdict: oneshot::Sender<crate::front::Verdict>,
+    },
+    /// One filter of a SUBSCRIBE.
+    Subscribe {
+        filter: ByteString,
+        qos: QoS,
+        granted: oneshot::Sender<Result<QoS, crate::front::SubscribeRefused>>,
+    },
+    /// One filter of an UNSUBSCRIBE.
+    Unsubscribe(ByteString),
+    /// The client sent DISCONNECT.
+    Disconnect,
+}
+
+/// What the ntex services of a connection hold: the connection, and the queue to its
+/// session task. The queue is unbounded but not without limit: ntex reads no more
+/// publishes than `max_in_flight` / `max_in_flight_bytes` allow before their acks, and a
+/// connection sends one SUBSCRIBE or UNSUBSCRIBE at a time per packet read.
+#[derive(Debug, Clone)]
+pub(crate) struct Handle {
+    pub(crate) conn: Rc<Conn>,
+    requests: mpsc::UnboundedSender<Packet>,
+}
+
+impl Handle {
+    pub(crate) fn new(conn: Rc<Conn>, requests: mpsc::UnboundedSender<Packet>) -> Self {
+        Handle { conn, requests }
+    }
+
+    /// Queues `req` for the session task; `false` if the task is gone.
+    pub(crate) fn send(&self, req: Packet) -> bool {
+        self.requests.unbounded_send(req).is_ok()
+    }
 }
 
 /// The devices a gateway connection has announced, implicitly or not: each got a connect
@@ -259,70 +311,10 @@ impl Reached {
 }
 
 impl Conn {
-    /// Closes the connection for `reason` now (the first reason given is the one
-    /// reported). [`crate::front::Front::close_after_acks`] closes it gracefully.
-    pub(crate) fn close(&self, reason: CloseReason) {
-        self.mark_closing(reason);
-        self.sink.close(reason);
-    }
-
-    /// Stops taking in publishes, for `reason` (the first reason given is kept).
-    pub(crate) fn mark_closing(&self, reason: CloseReason) {
-        if self.closing.get().is_none() {
-            self.closing.set(Some(reason));
-        }
-    }
-
     pub(crate) fn key(&self) -> (TenantId, DeviceId) {
         (
             self.identity.tenant.clone(),
             self.identity.principal.device().clone(),
         )
-    }
-}
-
-/// A publish the connection took in before it began to close: its place in the bus order
-/// and its in-flight mark. Held until the publish has its verdict (and so its ack), so a
-/// closing connection waits for exactly these ([`Conn::idle`]).
-#[derive(Debug)]
-pub(crate) struct Job {
-    pub(crate) ticket: u64,
-    _in_flight: InFlight,
-}
-
-impl Conn {
-    /// Takes in a publish that just arrived (synchronously, in packet order): `None` when
-    /// the connection is closing, so the publish is neither stored nor acknowledged.
-    pub(crate) fn begin_publish(self: &Rc<Self>, gauge: &prometheus::IntGauge) -> Option<Job> {
-        if self.closing.get().is_some() {
-            return None;
-        }
-        Some(Job {
-            ticket: self.order.ticket(),
-            _in_flight: InFlight::new(self.clone(), gauge.clone()),
-        })
-    }
-}
-
-/// Marks a publish as in flight for as long as it lives.
-#[derive(Debug)]
-struct InFlight(Rc<Conn>, prometheus::IntGauge);
-
-impl InFlight {
-    fn new(conn: Rc<Conn>, gauge: prometheus::IntGauge) -> Self {
-        conn.in_flight.set(conn.in_flight.get() + 1);
-        gauge.inc();
-        InFlight(conn, gauge)
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let n = self.0.in_flight.get().saturating_sub(1);
-        self.0.in_flight.set(n);
-        self.1.dec();
-        if n == 0 {
-            self.0.idle.notify_waiters();
-        }
     }
 }
