@@ -1,14 +1,18 @@
 //! Per-connection rate limits: how many publishes a connection, a Losant topic and a
 //! device behind a ThingsBoard gateway may send per window ([`ConnLimits`]), as GCRA
 //! quotas ([`quota`]). What happens when one is exceeded (close, block) is the
-//! publish pipeline's and admission's business, not this module's.
+//! publish pipeline's and admission's business, not this module's. The limits run on
+//! governor's monotonic clock; tests give them a fake one ([`ConnLimits::with_clock`]).
 
 use std::num::NonZeroU32;
 use std::time::Duration;
 
 use fluxgate_model::Principal;
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::HashMapStateStore;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter, clock::DefaultClock};
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
 use ntex::util::ByteString;
 
 use crate::config::{Rate, RateLimits};
@@ -18,19 +22,26 @@ use crate::config::{Rate, RateLimits};
 /// messages; a ThingsBoard gateway counts its publishes and, per device it names, the
 /// messages about that device.
 #[derive(Debug)]
-pub(crate) struct ConnLimits {
-    per_connection: Option<DefaultDirectRateLimiter>,
+pub(crate) struct ConnLimits<C: Clock = DefaultClock> {
+    per_connection: Option<DirectLimiter<C>>,
     /// Keyed by topic (Losant) in a plain `HashMap` (empty until used): governor's default
     /// keyed store is a sharded `DashMap`, about 1 KiB per connection before the first
     /// publish.
-    per_topic: Option<KeyedLimiter>,
+    per_topic: Option<KeyedLimiter<C>>,
     /// Keyed by the device name a ThingsBoard gateway uses.
-    per_device: Option<KeyedLimiter>,
+    per_device: Option<KeyedLimiter<C>>,
     /// What `per_connection` limits, as the metric label says it.
     connection_label: &'static str,
 }
 
-type KeyedLimiter = RateLimiter<ByteString, HashMapStateStore<ByteString>, DefaultClock>;
+type DirectLimiter<C> =
+    RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
+type KeyedLimiter<C> = RateLimiter<
+    ByteString,
+    HashMapStateStore<ByteString>,
+    C,
+    NoOpMiddleware<<C as Clock>::Instant>,
+>;
 
 /// `rate.messages` per `rate.window_secs`, as a burst-capable GCRA quota.
 pub(crate) fn quota(rate: Rate) -> Option<Quota> {
@@ -53,7 +64,7 @@ pub(crate) enum Over {
 
 impl Over {
     /// The `limit` label of `fluxgate_mqtt_front_rate_limited_total`.
-    pub(crate) fn label(&self, limits: &ConnLimits) -> &'static str {
+    pub(crate) fn label<C: Clock>(&self, limits: &ConnLimits<C>) -> &'static str {
         match self {
             Over::Topic => "topic",
             Over::Connection => limits.connection_label,
@@ -63,7 +74,7 @@ impl Over {
 }
 
 /// Counts `key` in `l`, keeping the map bounded for clients that use ever new keys.
-fn check_keyed(l: &KeyedLimiter, key: &ByteString) -> bool {
+fn check_keyed<C: Clock>(l: &KeyedLimiter<C>, key: &ByteString) -> bool {
     let ok = l.check_key(key).is_ok();
     if l.len() > 256 {
         l.retain_recent();
@@ -74,8 +85,18 @@ fn check_keyed(l: &KeyedLimiter, key: &ByteString) -> bool {
 impl ConnLimits {
     /// The limits of a connection of `principal`.
     pub(crate) fn new(principal: &Principal, rl: &RateLimits) -> Self {
-        let keyed = |r| quota(r).map(RateLimiter::hashmap);
-        let direct = |r| quota(r).map(governor::RateLimiter::direct);
+        ConnLimits::with_clock(principal, rl, &DefaultClock::default())
+    }
+}
+
+impl<C: Clock> ConnLimits<C> {
+    /// The limits of a connection of `principal`, on `clock`.
+    pub(crate) fn with_clock(principal: &Principal, rl: &RateLimits, clock: &C) -> Self
+    where
+        C: Clone,
+    {
+        let keyed = |r| quota(r).map(|q| RateLimiter::hashmap_with_clock(q, clock.clone()));
+        let direct = |r| quota(r).map(|q| RateLimiter::direct_with_clock(q, clock.clone()));
         match principal {
             Principal::Losant { .. } => ConnLimits {
                 per_connection: direct(rl.per_connection),
@@ -139,19 +160,58 @@ impl ConnLimits {
 mod tests {
     use super::*;
 
-    fn limits(principal: &Principal) -> ConnLimits {
+    use governor::clock::FakeRelativeClock;
+
+    fn rates() -> RateLimits {
         let rate = |messages| Rate {
             messages,
             window_secs: 15,
         };
-        let rl = RateLimits {
+        RateLimits {
             per_connection: rate(5),
             per_topic: rate(3),
             thingsboard_per_device: rate(2),
             thingsboard_gateway: rate(4),
             ..RateLimits::default()
+        }
+    }
+
+    fn limits(principal: &Principal) -> ConnLimits {
+        ConnLimits::new(principal, &rates())
+    }
+
+    /// The windows on a fake clock: a quota of 3 per 15 s gives one publish back every
+    /// 5 s, and the whole burst once a window passed with nothing sent.
+    #[test]
+    fn a_window_gives_back_one_publish_per_window_share_and_the_burst_after_a_window() {
+        let clock = FakeRelativeClock::default();
+        let d = fluxgate_model::DeviceId::new("d").unwrap();
+        let principal = Principal::Losant {
+            device: d,
+            gateway: false,
         };
-        ConnLimits::new(principal, &rl)
+        let mut rl = rates();
+        rl.per_connection.messages = 0; // only the topic's limit counts here
+        let l = ConnLimits::with_clock(&principal, &rl, &clock);
+        let a = ByteString::from("a");
+        for _ in 0..3 {
+            l.check(&a).unwrap();
+        }
+        assert_eq!(l.check(&a), Err(Over::Topic));
+        clock.advance(Duration::from_millis(4_999));
+        assert_eq!(l.check(&a), Err(Over::Topic), "not before 5 s");
+        clock.advance(Duration::from_millis(1));
+        l.check(&a).unwrap();
+        assert_eq!(l.check(&a), Err(Over::Topic), "one back per 5 s, not two");
+        clock.advance(Duration::from_secs(15));
+        for i in 0..3 {
+            assert_eq!(
+                l.check(&a),
+                Ok(()),
+                "publish {i} of the burst after a window"
+            );
+        }
+        assert_eq!(l.check(&a), Err(Over::Topic));
     }
 
     #[test]
