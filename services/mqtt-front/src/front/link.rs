@@ -82,6 +82,10 @@ impl Link {
     /// session.
     pub(super) async fn run(mut self, gone: impl Future<Output = ()>) {
         let mut gone = std::pin::pin!(gone);
+        // Made once, not per turn of the loop: waiting on the signal registers with its
+        // `Notify`, under a lock.
+        let close = self.close.clone();
+        let mut close_requested = std::pin::pin!(close.requested());
         let mut close_asked = false;
         let mut requests_open = true;
         loop {
@@ -101,7 +105,7 @@ impl Link {
                 () = written(&mut self.writing), if self.writing.is_some() => {
                     self.writing = None;
                 }
-                reason = self.close.requested(), if !close_asked => {
+                reason = &mut close_requested, if !close_asked => {
                     close_asked = true;
                     // What was queued before the close request is still written.
                     self.write_queued().await;
