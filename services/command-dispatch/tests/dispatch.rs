@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use fluxgate_pipeline::clock::{Clock, ManualClock};
 use fluxgate_pipeline::{Parts, Stage};
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +41,19 @@ async fn counts(counter: &std::sync::atomic::AtomicU64, want: u64, what: &str) {
             "{what}: {got}, wanted {want}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+/// Waits (at most 10 s) until `n` timers sleep on `clock`: a test moves the clock only
+/// once the timers it is about are parked, so a step of the clock cannot pass them by.
+async fn parked(clock: &ManualClock, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while clock.sleeping() != n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} timers sleeping, wanted {n}",
+            clock.sleeping()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 fn tenant() -> TenantId {
@@ -107,6 +121,16 @@ impl Rig {
         arbiter: Option<&Arbiter>,
         cfg: DispatchConfig,
     ) -> (Arc<dyn Consumer>, Arc<DispatchStats>) {
+        self.dispatcher_on(arbiter, cfg, Clock::System)
+    }
+
+    /// [`Rig::dispatcher_with`], its deadlines measured on `clock`.
+    fn dispatcher_on(
+        &self,
+        arbiter: Option<&Arbiter>,
+        cfg: DispatchConfig,
+        clock: Clock,
+    ) -> (Arc<dyn Consumer>, Arc<DispatchStats>) {
         let events = self.topics.name(Topic::DeviceEvents);
         let consumer = self
             .bus
@@ -120,7 +144,8 @@ impl Rig {
             topics: self.topics.clone(),
             cfg,
             stats: stats.clone(),
-        });
+        })
+        .with_clock(clock);
         match arbiter {
             Some(a) => {
                 fluxgate_pipeline::Pipeline::start_in_arbiter(&a.handle(), |_| {
@@ -143,10 +168,21 @@ impl Rig {
         bus: Arc<dyn Bus>,
         cfg: DispatchConfig,
     ) -> (Arc<DispatchStats>, Stoppable<()>) {
+        self.run_clocked(bus, cfg, Clock::System)
+    }
+
+    /// [`Rig::run_on`], the dispatcher's deadlines measured on `clock`.
+    fn run_clocked(
+        &self,
+        bus: Arc<dyn Bus>,
+        cfg: DispatchConfig,
+        clock: Clock,
+    ) -> (Arc<DispatchStats>, Stoppable<()>) {
         let stats = Arc::new(DispatchStats::default());
         let (store, counted) = (self.store.clone(), stats.clone());
-        let prepared =
-            fluxgate_command_dispatch::prepare(&bus, store, &self.topics, cfg, counted).unwrap();
+        let prepared = fluxgate_command_dispatch::prepare(&bus, store, &self.topics, cfg, counted)
+            .unwrap()
+            .with_clock(clock);
         let running = Stoppable::spawn_local(|shutdown| async move {
             prepared.run(shutdown).await;
         });
@@ -492,7 +528,9 @@ async fn a_sent_command_that_no_front_delivers_fails_or_is_queued_again() {
         delivery_timeout_ms: 300,
         ..DispatchConfig::default()
     };
-    let (_, running) = rig.run_on(Arc::new(rig.bus.clone()), cfg);
+    let clock = Arc::new(ManualClock::starting_now());
+    let bus = Arc::new(rig.bus.clone());
+    let (stats, running) = rig.run_clocked(bus, cfg, Clock::Manual(clock.clone()));
     rig.connect("gone", None, Dialect::Losant, true).await;
     let light = rig
         .command("gone", Dialect::Losant, false, false, None)
@@ -507,8 +545,18 @@ async fn a_sent_command_that_no_front_delivers_fails_or_is_queued_again() {
     let mut want = [light, kept];
     want.sort();
     assert_eq!(delivered, want);
+    // Both delivery deadlines are waiting; just short of them, both are still `sent`.
+    parked(&clock, 2).await;
+    clock.advance(Duration::from_millis(299));
+    assert_eq!(clock.sleeping(), 2, "a deadline passed early");
+    for id in [light, kept] {
+        let c = rig.store.command(id).await.unwrap().unwrap();
+        assert_eq!(c.status, CommandStatus::Sent);
+    }
+    clock.advance(Duration::from_millis(1));
     rig.status(light, CommandStatus::Failed).await;
     rig.status(kept, CommandStatus::Queued).await;
+    counts(&stats.timers, 0, "timers running").await;
     let detail = |h: Vec<fluxgate_store::StatusChange>| h.last().unwrap().detail.clone();
     assert_eq!(
         detail(rig.store.command_history(light).await.unwrap()).as_deref(),
@@ -529,7 +577,10 @@ async fn a_sent_command_that_no_front_delivers_fails_or_is_queued_again() {
     };
     rig.event("gone", None, Dialect::Losant, outcome).await;
     rig.status(kept, CommandStatus::Delivered).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Its new delivery deadline passes and finds it delivered: it stays so.
+    parked(&clock, 1).await;
+    clock.advance(Duration::from_millis(300));
+    counts(&stats.timers, 0, "timers running").await;
     rig.status(kept, CommandStatus::Delivered).await;
     running.stop(Duration::from_secs(5)).await;
 }
@@ -697,12 +748,14 @@ async fn a_command_sent_again_gets_its_delivery_deadline_from_the_new_send() {
         delivery_timeout_ms: 1_500,
         ..DispatchConfig::default()
     };
-    let (_, stats) = rig.dispatcher_with(None, cfg);
+    let clock = Arc::new(ManualClock::starting_now());
+    let (_, stats) = rig.dispatcher_on(None, cfg, Clock::Manual(clock.clone()));
     rig.connect("again", None, Dialect::Losant, true).await;
     let kept = rig
         .command("again", Dialect::Losant, false, true, None)
         .await;
     assert_eq!(rig.delivery().await.id, kept);
+    parked(&clock, 1).await;
     // The front could not deliver it (the session closed): queued again.
     let failed = Body::DeliveryOutcome {
         delivery: kept,
@@ -712,28 +765,34 @@ async fn a_command_sent_again_gets_its_delivery_deadline_from_the_new_send() {
     rig.event("again", None, Dialect::Losant, failed).await;
     rig.status(kept, CommandStatus::Queued).await;
     // Sent again 1 s after the first send, when the device subscribes again.
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    clock.advance(Duration::from_millis(1_000));
     rig.connect("again", None, Dialect::Losant, false).await;
     assert_eq!(rig.delivery().await.id, kept);
     rig.status(kept, CommandStatus::Sent).await;
-    let resent = now_ms();
-    // Past the first send's deadline it is still `sent`; at the new one it is queued.
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    let resent = clock.now_ms();
+    // Past the first send's deadline it is still `sent` (its timer, woken, waits again
+    // for the new one); at the new one it is queued.
+    clock.advance(Duration::from_millis(900));
+    assert_eq!(clock.sleeping(), 0, "the first send's deadline was due");
+    parked(&clock, 1).await;
     let c = rig.store.command(kept).await.unwrap().unwrap();
     assert_eq!(
         c.status,
         CommandStatus::Sent,
         "the first send's deadline passed"
     );
+    clock.advance(Duration::from_millis(599));
+    assert_eq!(clock.sleeping(), 1, "the new deadline passed early");
+    clock.advance(Duration::from_millis(1));
     rig.status(kept, CommandStatus::Queued).await;
     let history = rig.store.command_history(kept).await.unwrap();
     let requeued = history.last().unwrap();
-    assert!(
-        requeued.at_ms >= resent + 1_400,
-        "queued {} ms after the new send",
-        requeued.at_ms - resent
+    assert_eq!(
+        requeued.at_ms - resent,
+        1_500,
+        "queued this long after the new send"
     );
-    assert_eq!(stats.timers.load(std::sync::atomic::Ordering::Relaxed), 0);
+    counts(&stats.timers, 0, "timers running").await;
 }
 
 #[actix_rt::test]

@@ -13,8 +13,13 @@
 //!   ([`PipelineStats::collector`]): `fluxgate_pipeline_records_total`,
 //!   `_retries_total`, `_restarts_total`, `_undecodable_total` and the
 //!   `fluxgate_pipeline_consumer_lag_records` gauge.
+//! - [`Clock`] is where a stage's own timers read the time and wait, so its deadlines
+//!   can be tested on a clock the test moves (the `testing` feature).
 
+pub mod clock;
 pub mod supervise;
+
+pub use clock::Clock;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -5,11 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use fluxgate_bus::{Consumer, OutRecord, Producer, now_ms};
+use fluxgate_bus::{Consumer, OutRecord, Producer};
 use fluxgate_model::{
     CommandEnded, CorrelationId, Delivery, DeviceId, DeviceName, Dialect, ENVELOPE_VERSION,
     Envelope, MessageId, Outbound, TenantId,
 };
+use fluxgate_pipeline::Clock;
 use fluxgate_store::{AttributeScope, CommandRecord, CommandStatus, Store, StoreError};
 
 use super::timers::{Deadline, Timers};
@@ -64,6 +65,7 @@ pub(super) struct Ctx {
     pub(super) cfg: DispatchConfig,
     pub(super) stats: Arc<DispatchStats>,
     pub(super) timers: Arc<Timers>,
+    pub(super) clock: Clock,
 }
 
 impl Ctx {
@@ -76,7 +78,7 @@ impl Ctx {
     ) -> Result<(), StoreError> {
         match self
             .store
-            .set_command_status(id, to, now_ms(), detail, reply)
+            .set_command_status(id, to, self.clock.now_ms(), detail, reply)
             .await
         {
             Ok(_) => {
@@ -156,7 +158,7 @@ impl Ctx {
             request_id: CorrelationId::Int(rpc_id(c.id)),
             name: c.command.name.clone(),
             payload: c.command.payload.clone(),
-            time_ms: c.command.time_ms.unwrap_or_else(now_ms),
+            time_ms: c.command.time_ms.unwrap_or_else(|| self.clock.now_ms()),
         };
         self.deliver(&c.tenant, &c.device, online, c.id, body)
             .await?;
@@ -188,7 +190,10 @@ impl Ctx {
             .await
             .map_err(|e| e.to_string())?;
         for c in queued.iter().rev() {
-            if c.command.expires_ms.is_some_and(|at| at <= now_ms()) {
+            if c.command
+                .expires_ms
+                .is_some_and(|at| at <= self.clock.now_ms())
+            {
                 self.set(c.id, CommandStatus::Expired, None, None)
                     .await
                     .map_err(|e| e.to_string())?;
@@ -304,10 +309,9 @@ impl Ctx {
         if !c.command.two_way {
             return None;
         }
-        let ms = match c.command.expires_ms {
-            Some(at) => (at - now_ms()).max(0) as u64,
-            None => self.cfg.rpc_timeout_ms,
-        };
-        Some(Duration::from_millis(ms))
+        Some(match c.command.expires_ms {
+            Some(at) => self.clock.until(at),
+            None => Duration::from_millis(self.cfg.rpc_timeout_ms),
+        })
     }
 }

@@ -17,9 +17,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use actix::AsyncContext;
-use fluxgate_bus::{OutRecord, Producer, Record, Topic, TopicsConfig, now_ms};
+use fluxgate_bus::{OutRecord, Producer, Record, Topic, TopicsConfig};
 use fluxgate_model::{DeviceId, DeviceRef, Envelope, MessageId, TenantId};
-use fluxgate_pipeline::{Ctx as StageCtx, Parts, Source, Stage};
+use fluxgate_pipeline::{Clock, Ctx as StageCtx, Parts, Source, Stage};
 use fluxgate_store::{CommandRecord, Store};
 
 use crate::DispatchConfig;
@@ -74,9 +74,13 @@ impl Dispatcher {
             ROLE,
             error,
         )];
-        if let Some(r) =
-            fluxgate_model::Rejection::undecodable(&rec.key, now_ms(), ROLE, error, &rec.payload)
-        {
+        if let Some(r) = fluxgate_model::Rejection::undecodable(
+            &rec.key,
+            self.clock.now_ms(),
+            ROLE,
+            error,
+            &rec.payload,
+        ) {
             outputs.push(OutRecord::of(&self.names.rejected, &r));
         }
         let producer = self.parts.producer.clone();
@@ -143,6 +147,8 @@ pub struct Dispatcher {
     timers: Arc<Timers>,
     /// The consumer's assignment generation the timers were last re-armed for.
     generation: u64,
+    /// What the command and RPC deadlines are measured on.
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -168,7 +174,14 @@ impl Dispatcher {
             online: HashMap::new(),
             timers: Arc::default(),
             generation: 0,
+            clock: Clock::System,
         }
+    }
+
+    /// The same dispatcher, its deadlines measured on `clock` (tests move a manual one).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Re-arms, from the store, the timers of the partitions assigned since the last
@@ -190,6 +203,7 @@ impl Dispatcher {
             names: self.names.clone(),
             cfg: self.parts.cfg.clone(),
             stats: self.parts.stats.clone(),
+            clock: self.clock.clone(),
         }
     }
 }
@@ -205,21 +219,33 @@ pub fn prepare(
 ) -> Result<Prepared, fluxgate_bus::BusError> {
     let events = topics.name(Topic::DeviceEvents);
     let spec = fluxgate_bus::ConsumerSpec::group(&cfg.group, &[&events]);
-    Parts::subscribe(bus, spec, store, topics, cfg, stats).map(Prepared)
+    Parts::subscribe(bus, spec, store, topics, cfg, stats).map(|parts| Prepared {
+        parts,
+        clock: Clock::System,
+    })
 }
 
 /// A dispatcher subscribed to its topic and not yet running ([`prepare`]).
 #[derive(Debug)]
-pub struct Prepared(Parts<DispatchConfig, DispatchStats>);
+pub struct Prepared {
+    parts: Parts<DispatchConfig, DispatchStats>,
+    clock: Clock,
+}
 
 impl Prepared {
+    /// The same dispatcher, its deadlines measured on `clock` (tests move a manual one).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// Runs the dispatcher until `shutdown` resolves, then drains it. Must run inside an
     /// actix system. Returns its counters.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Arc<DispatchStats> {
-        let parts = self.0;
+        let Prepared { parts, clock } = self;
         let timers: Arc<Timers> = Arc::default();
         let make = || {
-            let mut d = Dispatcher::new(parts.clone());
+            let mut d = Dispatcher::new(parts.clone()).with_clock(clock.clone());
             // A restarted actor finds the timers of the one before it running.
             d.timers = timers.clone();
             d

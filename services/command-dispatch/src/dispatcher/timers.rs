@@ -8,7 +8,6 @@ use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use fluxgate_bus::now_ms;
 use fluxgate_model::{Dialect, MessageId, Outbound, device_key};
 use fluxgate_store::{ClientRpc, ClientRpcStatus, CommandRecord, CommandStatus};
 
@@ -92,9 +91,9 @@ impl Ctx {
             return false;
         }
         let key = device_key(&rpc.tenant, &rpc.device);
-        let after = Duration::from_millis((rpc.deadline_ms - now_ms()).max(0) as u64);
+        let after = self.clock.until(rpc.deadline_ms);
         actix::spawn(async move {
-            tokio::time::sleep(after).await;
+            self.clock.sleep(after).await;
             self.timers.disarm(timer, &self.stats);
             if !self.holds(&key) {
                 return; // its partition moved: the new holder runs it
@@ -118,7 +117,14 @@ impl Ctx {
         let (t, d) = (rpc.tenant.clone(), rpc.device.clone());
         let ended = self
             .store
-            .end_client_rpc(t, d, rpc.id, ClientRpcStatus::TimedOut, None, now_ms())
+            .end_client_rpc(
+                t,
+                d,
+                rpc.id,
+                ClientRpcStatus::TimedOut,
+                None,
+                self.clock.now_ms(),
+            )
             .await
             .map_err(|e| e.to_string())?;
         if ended.is_none() {
@@ -160,7 +166,7 @@ impl Ctx {
         actix::spawn(async move {
             let mut after = after;
             loop {
-                tokio::time::sleep(after).await;
+                self.clock.sleep(after).await;
                 if !self.holds(&key) {
                     break; // its partition moved: the new holder runs it
                 }
@@ -198,8 +204,7 @@ impl Ctx {
                 return;
             }
         };
-        let now = now_ms();
-        let until = |at: i64| Duration::from_millis((at - now).max(0) as u64);
+        let until = |at: i64| self.clock.until(at);
         let ms = |d: u64| i64::try_from(d).unwrap_or(i64::MAX);
         for c in pending {
             if !self.holds(&device_key(&c.tenant, &c.device)) {
@@ -237,9 +242,9 @@ impl Ctx {
                 Ok(Some(c))
                     if deadline == Deadline::Delivery
                         && c.status == CommandStatus::Sent
-                        && c.updated_ms.saturating_add(timeout) > now_ms() =>
+                        && c.updated_ms.saturating_add(timeout) > self.clock.now_ms() =>
                 {
-                    let left = c.updated_ms.saturating_add(timeout) - now_ms();
+                    let left = c.updated_ms.saturating_add(timeout) - self.clock.now_ms();
                     return Some(Duration::from_millis(left.max(1) as u64));
                 }
                 Ok(Some(c)) => match expiry(&c, deadline, self.cfg.delivery_timeout_ms) {
