@@ -244,3 +244,52 @@ async fn ping_answers_while_the_broker_is_up_and_fails_while_it_is_down() {
     }
     assert!(back, "ping answers again once the broker is up");
 }
+
+/// A broadcast consumer whose partitions' leader does not answer the end-offset query at
+/// first (a topic created a moment ago answers `NotLeaderForPartition` until its leader
+/// is elected) still starts at the end that held when it was assigned: a record produced
+/// once it holds the topic arrives, and one produced before does not.
+#[tokio::test]
+async fn broadcast_starts_at_the_end_although_its_first_offset_queries_fail() {
+    let mock = cluster("t");
+    let bus = bus(&mock, 30_000);
+    let p = bus.producer();
+    p.produce(OutRecord::new("t", "k", "before")).await.unwrap();
+    mock.request_errors(
+        RDKafkaApiKey::ListOffsets,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; 4],
+    );
+    let c = bus
+        .consumer(ConsumerSpec::broadcast("front", &["t"]))
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let reader = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Ok(r) = c.recv().await {
+                    c.ack(&r.position);
+                    if tx
+                        .send(String::from_utf8(r.payload.to_vec()).unwrap())
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !c.holds_topic("t") {
+        assert!(Instant::now() < deadline, "the topic was never held");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    p.produce(OutRecord::new("t", "k", "after")).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(15), rx.recv()).await;
+    reader.abort();
+    assert_eq!(
+        got.ok().flatten().as_deref(),
+        Some("after"),
+        "the first record after the consumer held the topic"
+    );
+}

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rdkafka::client::ClientContext;
@@ -70,26 +70,59 @@ impl Ctx {
     /// librdkafka, "latest" is resolved some time after the assignment, and a record
     /// produced in between is skipped although `assigned()` already counted the partition
     /// (a front then looks ready and misses a delivery).
+    ///
+    /// Asked again, with a growing pause, until every end is known or
+    /// [`END_OFFSETS_TIMEOUT`] passed: a topic created a moment ago answers
+    /// `NotLeaderForPartition` until its leaders are elected.
     fn start_at_end(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
-        let mut query = tpl.clone();
-        if query.set_all_offsets(Offset::End).is_err() {
-            return;
-        }
-        match consumer.offsets_for_times(query, END_OFFSETS_TIMEOUT) {
-            Ok(ends) => {
-                for e in ends.elements() {
-                    if let Offset::Offset(end) = e.offset()
-                        && let Some(mut p) = tpl.find_partition(e.topic(), e.partition())
-                        && let Err(err) = p.set_offset(Offset::Offset(end))
-                    {
-                        tracing::warn!(error = %err, "kafka consumer: could not set a start offset");
+        let deadline = Instant::now() + END_OFFSETS_TIMEOUT;
+        let mut unknown = tpl.clone();
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let mut query = unknown.clone();
+            if query.set_all_offsets(Offset::End).is_err() {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let last_error = match consumer.offsets_for_times(query, left) {
+                Ok(ends) => {
+                    let mut still = TopicPartitionList::new();
+                    let mut last_error = None;
+                    for e in ends.elements() {
+                        match (e.error(), e.offset()) {
+                            (Ok(()), Offset::Offset(end)) => {
+                                if let Some(mut p) = tpl.find_partition(e.topic(), e.partition())
+                                    && let Err(err) = p.set_offset(Offset::Offset(end))
+                                {
+                                    tracing::warn!(error = %err, "kafka consumer: could not set a start offset");
+                                }
+                            }
+                            (r, _) => {
+                                last_error = r.err().map(|e| e.to_string());
+                                still.add_partition(e.topic(), e.partition());
+                            }
+                        }
                     }
+                    unknown = still;
+                    last_error
                 }
+                Err(e) => Some(e.to_string()),
+            };
+            if unknown.count() == 0 {
+                return;
             }
-            // Left to librdkafka's own "latest": a record produced right now may be missed.
-            Err(e) => {
-                tracing::warn!(error = %e, "kafka consumer: end offsets of new partitions unknown")
+            if Instant::now() + pause >= deadline {
+                // Left to librdkafka's own "latest": a record produced right now may be
+                // missed.
+                tracing::warn!(
+                    error = last_error.as_deref().unwrap_or("no offset"),
+                    partitions = unknown.count(),
+                    "kafka consumer: end offsets of new partitions unknown"
+                );
+                return;
             }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(500));
         }
     }
 }
