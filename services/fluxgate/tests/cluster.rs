@@ -5,8 +5,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -107,54 +108,109 @@ async fn provision(c: &Cluster, app: &str, devices: usize) -> (String, String, S
     )
 }
 
-/// A QoS 1 publisher over raw MQTT 3.1.1 that survives its front going away: one publish
-/// in flight; a publish counts as acknowledged only when its PUBACK arrived; on any error it
-/// reconnects (to the next front) and sends the same message again.
-struct Publisher {
-    device: String,
-    key: String,
-    secret: String,
-    fronts: Vec<SocketAddr>,
-    turn: usize,
-    conn: Option<(TcpStream, Vec<u8>)>,
+/// One raw MQTT connection, read packet by packet (several may come in one read).
+struct Wire {
+    s: TcpStream,
+    buf: Vec<u8>,
+    got: VecDeque<Got>,
 }
 
-impl Publisher {
-    async fn connect(&mut self) -> Result<(), String> {
-        let addr = self.fronts[self.turn % self.fronts.len()];
-        self.turn += 1;
-        let mut s = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
+impl Wire {
+    /// Connects as `device` and waits for a successful CONNACK.
+    async fn open(
+        addr: SocketAddr,
+        v: V,
+        device: &str,
+        key: &str,
+        secret: &str,
+    ) -> Result<Wire, String> {
+        let s = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
             .await
             .map_err(|_| "connect timed out".to_string())?
             .map_err(|e| e.to_string())?;
-        s.write_all(&raw::connect(V::V3, &self.device, &self.key, &self.secret))
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut buf = Vec::new();
-        match Self::next(&mut s, &mut buf).await? {
-            Got::ConnAck(0) => {
-                self.conn = Some((s, buf));
-                Ok(())
-            }
+        let mut w = Wire {
+            s,
+            buf: Vec::new(),
+            got: VecDeque::new(),
+        };
+        w.send(&raw::connect(v, device, key, secret)).await?;
+        match w.next().await? {
+            Got::ConnAck(0) => Ok(w),
             other => Err(format!("connect answered {other:?}")),
         }
     }
 
-    async fn next(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Got, String> {
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.s.write_all(bytes).await.map_err(|e| e.to_string())
+    }
+
+    /// The next packet from the server (at most 10 s away).
+    async fn next(&mut self) -> Result<Got, String> {
         let mut chunk = [0u8; 4096];
         loop {
-            if let Some(g) = raw::parse(buf).into_iter().next() {
+            if let Some(g) = self.got.pop_front() {
                 return Ok(g);
             }
-            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+            self.got.extend(raw::parse(&mut self.buf));
+            if !self.got.is_empty() {
+                continue;
+            }
+            let n = tokio::time::timeout(Duration::from_secs(10), self.s.read(&mut chunk))
                 .await
                 .map_err(|_| "no answer in 10 s".to_string())?
                 .map_err(|e| e.to_string())?;
             if n == 0 {
                 return Err("closed".into());
             }
-            buf.extend_from_slice(&chunk[..n]);
+            self.buf.extend_from_slice(&chunk[..n]);
         }
+    }
+}
+
+/// The packet id of a publisher's SUBSCRIBE (its publishes use 1..=60000).
+const SUBSCRIBE_ID: u16 = 65_000;
+
+/// A QoS 1 publisher over raw MQTT 3.1.1 that survives its front going away: one publish
+/// in flight; a publish counts as acknowledged only when its PUBACK arrived; on any error it
+/// reconnects (to the next front) and sends the same message again. Each connection
+/// subscribes to the device's commands; the commands that arrive are acknowledged and
+/// counted.
+struct Publisher {
+    device: String,
+    key: String,
+    secret: String,
+    fronts: Vec<SocketAddr>,
+    turn: usize,
+    conn: Option<Wire>,
+    commands: Arc<AtomicUsize>,
+}
+
+impl Publisher {
+    async fn connect(&mut self) -> Result<(), String> {
+        let addr = self.fronts[self.turn % self.fronts.len()];
+        self.turn += 1;
+        let mut w = Wire::open(addr, V::V3, &self.device, &self.key, &self.secret).await?;
+        let filter = format!("losant/{}/command", self.device);
+        w.send(&raw::subscribe(V::V3, SUBSCRIBE_ID, &filter))
+            .await?;
+        loop {
+            match w.next().await? {
+                Got::SubAck(SUBSCRIBE_ID, code) if code < 0x80 => break,
+                Got::Publish(_, id) => self.command(&mut w, id).await?,
+                other => return Err(format!("subscribe answered {other:?}")),
+            }
+        }
+        self.conn = Some(w);
+        Ok(())
+    }
+
+    /// A command arrived: acknowledged (QoS 1) and counted.
+    async fn command(&self, w: &mut Wire, id: Option<u16>) -> Result<(), String> {
+        if let Some(id) = id {
+            w.send(&raw::puback(id)).await?;
+        }
+        self.commands.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Publishes until acknowledged (or `deadline`); `true` when acknowledged.
@@ -165,17 +221,23 @@ impl Publisher {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
-            let (s, buf) = self.conn.as_mut().unwrap();
-            let sent = s
-                .write_all(&raw::publish(V::V3, &topic, Some(id), payload))
-                .await;
-            let answer = match sent {
-                Ok(()) => Self::next(s, buf).await,
-                Err(e) => Err(e.to_string()),
-            };
-            match answer {
-                Ok(Got::PubAck(got, _)) if got == id => return true,
-                _ => self.conn = None,
+            let mut w = self.conn.take().unwrap();
+            if w.send(&raw::publish(V::V3, &topic, Some(id), payload))
+                .await
+                .is_err()
+            {
+                continue;
+            }
+            loop {
+                match w.next().await {
+                    Ok(Got::PubAck(got, _)) if got == id => {
+                        self.conn = Some(w);
+                        return true;
+                    }
+                    Ok(Got::Publish(_, pid)) if self.command(&mut w, pid).await.is_ok() => {}
+                    // Anything else: this connection is done; again on the next front.
+                    _ => break,
+                }
             }
         }
         false
@@ -186,7 +248,7 @@ impl Publisher {
 /// many times each appears; `Err` when the API cannot answer yet (503 while its store
 /// connection comes back after a database restart).
 async fn stored(
-    c: &Cluster,
+    api: SocketAddr,
     app: &str,
     admin: &str,
     device: &str,
@@ -199,7 +261,7 @@ async fn stored(
         if let Some(p) = &page {
             path.push_str(&format!("&page={p}"));
         }
-        let (status, v) = call(c.api(0), "GET", &path, Some(admin), None)
+        let (status, v) = call(api, "GET", &path, Some(admin), None)
             .await
             .map_err(|e| e.to_string())?;
         if status != 200 {
@@ -221,7 +283,9 @@ type Acked = Arc<Mutex<BTreeMap<String, BTreeSet<i64>>>>;
 /// number and its time `BASE + n` (unique), until [`Load::stop`].
 struct Load {
     acked: Acked,
-    stop: Arc<std::sync::atomic::AtomicBool>,
+    /// Commands the devices received.
+    commands: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -230,7 +294,8 @@ const BASE: i64 = 1_700_000_000_000;
 impl Load {
     fn start(devices: &[String], key: &str, secret: &str, fronts: &[SocketAddr]) -> Load {
         let acked: Acked = Arc::default();
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let commands = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
         for (turn, device) in devices.iter().enumerate() {
             let mut p = Publisher {
@@ -240,11 +305,12 @@ impl Load {
                 fronts: fronts.to_vec(),
                 turn,
                 conn: None,
+                commands: commands.clone(),
             };
             let (acked, stop) = (acked.clone(), stop.clone());
             tasks.push(tokio::spawn(async move {
                 let mut seq: i64 = 0;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                while !stop.load(Ordering::Relaxed) {
                     seq += 1;
                     let body = format!(r#"{{"time":{},"data":{{"n":{seq}}}}}"#, BASE + seq);
                     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -256,7 +322,12 @@ impl Load {
                 }
             }));
         }
-        Load { acked, stop, tasks }
+        Load {
+            acked,
+            commands,
+            stop,
+            tasks,
+        }
     }
 
     fn count(&self) -> usize {
@@ -265,7 +336,7 @@ impl Load {
 
     /// Stops the publishers; what each device got acknowledged.
     async fn stop(self) -> BTreeMap<String, BTreeSet<i64>> {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
         for t in self.tasks {
             tokio::time::timeout(Duration::from_secs(90), t)
                 .await
@@ -274,6 +345,98 @@ impl Load {
         }
         self.acked.lock().unwrap().clone()
     }
+}
+
+/// Lightweight Losant commands to the load's devices while it runs, one every 250 ms,
+/// through the API replicas in turn (a replica that is down refuses; that command was
+/// never issued).
+struct Commander {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<(Vec<String>, usize)>,
+}
+
+impl Commander {
+    fn start(apis: Vec<SocketAddr>, app: &str, admin: &str, devices: &[String]) -> Commander {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (app, admin, devices) = (app.to_owned(), admin.to_owned(), devices.to_vec());
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let (mut issued, mut refused) = (Vec::new(), 0);
+            let mut n = 0usize;
+            while !stopped.load(Ordering::Relaxed) {
+                let device = &devices[n % devices.len()];
+                let path = format!("/applications/{app}/devices/{device}/command");
+                let body = json!({"name": "nudge", "payload": {"n": n}});
+                let sent = call(
+                    apis[n % apis.len()],
+                    "POST",
+                    &path,
+                    Some(&admin),
+                    Some(body),
+                );
+                match tokio::time::timeout(Duration::from_secs(5), sent).await {
+                    Ok(Ok((200..=299, v))) => {
+                        issued.push(v["commandId"].as_str().unwrap().to_owned());
+                    }
+                    _ => refused += 1,
+                }
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            (issued, refused)
+        });
+        Commander { stop, task }
+    }
+
+    /// Stops issuing: the ids of the commands issued, and how many were refused.
+    async fn stop(self) -> (Vec<String>, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap()
+    }
+}
+
+/// Waits (at most `within`) until every command of `ids` has settled — delivered, or in
+/// a final state (a lightweight command not delivered fails once the delivery timeout
+/// passes). Returns how many ended in each status and the ones still unsettled, with the
+/// status they are stuck in (`missing`: the API does not know it).
+async fn settle(
+    c: &Cluster,
+    app: &str,
+    admin: &str,
+    ids: &[String],
+    within: Duration,
+) -> (BTreeMap<String, usize>, Vec<(String, String)>) {
+    const SETTLED: [&str; 5] = ["delivered", "replied", "failed", "timed_out", "expired"];
+    let deadline = tokio::time::Instant::now() + within;
+    let mut open: Vec<(String, String)> = ids.iter().map(|i| (i.clone(), String::new())).collect();
+    let mut ended = BTreeMap::new();
+    loop {
+        let mut still = Vec::new();
+        for (i, (id, _)) in open.into_iter().enumerate() {
+            let path = format!("/applications/{app}/commands/{id}");
+            let status = match call(c.api(i % apis(c)), "GET", &path, Some(admin), None).await {
+                Ok((200, v)) => v["command"]["status"].as_str().unwrap_or("?").to_owned(),
+                Ok((404, _)) => "missing".to_owned(),
+                Ok((s, v)) => format!("HTTP {s} {v}"),
+                Err(e) => format!("unanswered: {e}"),
+            };
+            if SETTLED.contains(&status.as_str()) {
+                *ended.entry(status).or_insert(0) += 1;
+            } else {
+                still.push((id, status));
+            }
+        }
+        open = still;
+        if open.is_empty() || tokio::time::Instant::now() > deadline {
+            return (ended, open);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// How many API replicas `c` has.
+fn apis(c: &Cluster) -> usize {
+    c.procs().iter().filter(|p| p.role == Role::Api).count()
 }
 
 /// The checker: (acknowledged, lost, duplicated) once everything acknowledged is readable
@@ -288,8 +451,10 @@ async fn check(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
         let (mut lost, mut duplicated, mut unanswered) = (0, 0, None);
-        for (device, seqs) in acked {
-            match stored(c, app, admin, device).await {
+        // Read through every API replica in turn.
+        for (i, (device, seqs)) in acked.iter().enumerate() {
+            let api = c.api(i % apis(c));
+            match stored(api, app, admin, device).await {
                 Ok(got) => {
                     lost += seqs.iter().filter(|s| !got.contains_key(s)).count();
                     duplicated += got.values().filter(|&&n| n > 1).count();
@@ -308,9 +473,13 @@ async fn check(
     }
 }
 
-/// The kill test, short form: QoS 1 Losant states from several devices over two fronts
-/// while a nemesis kill -9's and restarts, in turn, the writer, a validator, a front, the
-/// dispatcher and an API replica. Every acknowledged state must be stored, once.
+/// The kill test, short form: QoS 1 Losant states from several devices over two fronts,
+/// and commands to them through both API replicas, while a nemesis kill -9's and
+/// restarts, in turn, a writer, a validator, a front, the dispatcher and an API replica,
+/// and stops (SIGTERM) and starts again the other writer and validator, so that each
+/// group loses and regains members under load. Every acknowledged state must be stored,
+/// once, and every command issued must settle (delivered, or failed once its delivery
+/// timeout passed).
 #[tokio::test]
 async fn kafka_kill_every_role_and_lose_nothing_acknowledged() {
     const TEST: &str = "kafka_kill_every_role_and_lose_nothing_acknowledged";
@@ -318,7 +487,8 @@ async fn kafka_kill_every_role_and_lose_nothing_acknowledged() {
         // Load, not a rate-limit test: Losant's 30 messages / 15 s per topic would block the
         // publishers.
         front_config: UNLIMITED,
-        ..Spec::default() // 2 fronts, 2 APIs, 2 validators, a writer, a dispatcher
+        writers: 2,
+        ..Spec::default() // 2 fronts, 2 APIs, 2 validators, a dispatcher
     };
     let Some(mut c) = cluster(TEST, spec).await else {
         return;
@@ -327,41 +497,62 @@ async fn kafka_kill_every_role_and_lose_nothing_acknowledged() {
     let (admin, key, secret) = provision(&c, "kill", DEVICES).await;
     let devices: Vec<String> = (0..DEVICES).map(|d| format!("d{d}")).collect();
     let load = Load::start(&devices, &key, &secret, &[c.front(0), c.front(1)]);
-    // The nemesis: each role in turn, kill -9, a moment down under load, start again;
-    // KILL_TEST_CYCLES rounds (1 in CI; the long form runs more).
+    let commander = Commander::start(vec![c.api(0), c.api(1)], "kill", &admin, &devices);
+    // The nemesis: each role in turn, kill -9 (or SIGTERM: a member that leaves its group
+    // cleanly), a moment down under load, start again; KILL_TEST_CYCLES rounds (1 in CI;
+    // the long form runs more).
     let cycles: usize = std::env::var("KILL_TEST_CYCLES")
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(1);
     let mut cycle = Vec::new();
+    let (kill, term) = (true, false);
     let round = [
-        (Role::Writer, 0),
-        (Role::Validator, 0),
-        (Role::Front, 0),
-        (Role::Dispatcher, 0),
-        (Role::Api, 1),
-        (Role::Validator, 1),
-        (Role::Front, 1),
+        (Role::Writer, 0, kill),
+        (Role::Validator, 0, kill),
+        (Role::Front, 0, kill),
+        (Role::Dispatcher, 0, kill),
+        (Role::Api, 1, kill),
+        (Role::Writer, 1, term),
+        (Role::Validator, 1, term),
+        (Role::Front, 1, kill),
     ];
-    for (role, index) in std::iter::repeat_n(round, cycles).flatten() {
+    for (role, index, hard) in std::iter::repeat_n(round, cycles).flatten() {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let before = load.count();
-        c.kill(role, index).await.unwrap();
+        if hard {
+            c.kill(role, index).await.unwrap();
+        } else {
+            let status = c
+                .terminate(role, index, Duration::from_secs(30))
+                .await
+                .unwrap_or_else(|e| panic!("{e}\n{}", c.logs(20)));
+            assert!(status.success(), "{}-{index} exit {status}", role.command());
+        }
         tokio::time::sleep(Duration::from_millis(1500)).await;
         c.restart(role, index)
             .await
             .unwrap_or_else(|e| panic!("{e}\n{}", c.logs(20)));
+        let how = if hard { "killed" } else { "stopped" };
         cycle.push(format!(
-            "{}-{index} killed at {before} acked",
+            "{}-{index} {how} at {before} acked",
             role.command()
         ));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let (issued, refused) = commander.stop().await;
+    let received = load.commands.load(Ordering::Relaxed);
     let acked = load.stop().await;
     let (total, lost, duplicated) = check(&c, "kill", &admin, &acked).await;
+    // A lightweight command not delivered fails once the delivery timeout (10 s) passes.
+    let (ended, stuck) = settle(&c, "kill", &admin, &issued, Duration::from_secs(60)).await;
     assert!(total > 100, "too little load to mean anything: {total}");
     eprintln!(
-        "kill test: {cycles} cycle(s), {total} acknowledged, {lost} lost, {duplicated} duplicated; {}",
+        "kill test: {cycles} cycle(s), {total} acknowledged, {lost} lost, {duplicated} duplicated; \
+         {} commands issued ({refused} refused by a replica down), {received} received, \
+         ended {ended:?}, {} stuck; {}",
+        issued.len(),
+        stuck.len(),
         cycle.join(", ")
     );
     assert_eq!(
@@ -369,6 +560,15 @@ async fn kafka_kill_every_role_and_lose_nothing_acknowledged() {
         (0, 0),
         "{total} acknowledged\n{}",
         c.logs(40)
+    );
+    assert!(
+        stuck.is_empty(),
+        "commands not settled: {stuck:?}\n{}",
+        c.logs(40)
+    );
+    assert!(
+        ended.get("delivered").copied().unwrap_or(0) > 0 && received > 0,
+        "no command got through: {ended:?}, {received} received"
     );
 }
 
@@ -536,16 +736,9 @@ async fn kafka_scale_out_and_a_rolling_front_restart() {
     let devices = ["d1".to_string(), "d2".to_string()];
     let load = Load::start(&devices, &key, &secret, &[c.front(0), c.front(1)]);
     // A raw MQTT 5 session on front 0, to read what the drain tells it.
-    let mut watcher = TcpStream::connect(c.front(0)).await.unwrap();
-    watcher
-        .write_all(&raw::connect(V::V5, "d3", &key, &secret))
+    let mut watcher = Wire::open(c.front(0), V::V5, "d3", &key, &secret)
         .await
         .unwrap();
-    let mut wbuf = Vec::new();
-    assert_eq!(
-        Publisher::next(&mut watcher, &mut wbuf).await,
-        Ok(Got::ConnAck(0))
-    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let started = std::time::Instant::now();
     let status = c
@@ -556,7 +749,7 @@ async fn kafka_scale_out_and_a_rolling_front_restart() {
     assert!(status.success(), "front-0 exit {status}");
     assert!(d0.closed().await, "front 0's MQTT 5 session is closed");
     assert_eq!(
-        Publisher::next(&mut watcher, &mut wbuf).await,
+        watcher.next().await,
         Ok(Got::Disconnect(0x8B)),
         "MQTT 5: DISCONNECT 'server shutting down'"
     );

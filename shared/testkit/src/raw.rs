@@ -67,6 +67,23 @@ pub fn publish(v: V, topic: &str, id: Option<u16>, payload: &[u8]) -> Vec<u8> {
     packet(if id.is_some() { 0x32 } else { 0x30 }, b)
 }
 
+/// SUBSCRIBE to one filter at QoS 1.
+pub fn subscribe(v: V, id: u16, filter: &str) -> Vec<u8> {
+    let mut b = id.to_be_bytes().to_vec();
+    if v == V::V5 {
+        b.push(0);
+    }
+    string(filter.as_bytes(), &mut b);
+    b.push(1);
+    packet(0x82, b)
+}
+
+/// PUBACK of the server's QoS 1 PUBLISH `id` (success; for v5 the reason is implied).
+pub fn puback(id: u16) -> Vec<u8> {
+    let [hi, lo] = id.to_be_bytes();
+    vec![0x40, 0x02, hi, lo]
+}
+
 /// DISCONNECT (no reason, no properties).
 pub fn disconnect() -> Vec<u8> {
     vec![0xE0, 0x00]
@@ -81,6 +98,11 @@ pub enum Got {
     PubAck(u16, u8),
     /// The v5 reason code (0 for v3 or none given).
     Disconnect(u8),
+    /// A PUBLISH from the server: its topic, and its packet id at QoS 1 or 2 (an MQTT 5
+    /// publish's properties and payload are not read).
+    Publish(String, Option<u16>),
+    /// SUBACK: its packet id and the first reason (v3: return) code.
+    SubAck(u16, u8),
     /// Another packet, by its type.
     Other(u8),
 }
@@ -109,9 +131,34 @@ pub fn parse(buf: &mut Vec<u8>) -> Vec<Got> {
                 u16::from_be_bytes([body[0], body[1]]),
                 body.get(2).copied().unwrap_or(0),
             ),
+            3 => publish_of(buf[0], &body),
+            9 => Got::SubAck(
+                u16::from_be_bytes([body[0], body[1]]),
+                // v3: the code follows the id; v5: after the properties (none sent here
+                // by fluxgate: length 0).
+                *body.last().unwrap_or(&0x80),
+            ),
             14 => Got::Disconnect(body.first().copied().unwrap_or(0)),
             t => Got::Other(t),
         });
         buf.drain(..i + len);
     }
+}
+
+fn publish_of(first: u8, body: &[u8]) -> Got {
+    let Some(len) = body
+        .get(..2)
+        .map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])))
+    else {
+        return Got::Other(3);
+    };
+    let Some(topic) = body.get(2..2 + len) else {
+        return Got::Other(3);
+    };
+    let topic = String::from_utf8_lossy(topic).into_owned();
+    let id = (first & 0x06 != 0)
+        .then(|| body.get(2 + len..4 + len))
+        .flatten()
+        .map(|i| u16::from_be_bytes([i[0], i[1]]));
+    Got::Publish(topic, id)
 }
