@@ -32,6 +32,11 @@ fn main() -> std::io::Result<()> {
                 );
                 return Ok(());
             }
+            flag if flag.starts_with('-') => {
+                return Err(std::io::Error::other(format!(
+                    "unknown option {flag} (fluxgate-cluster --help)"
+                )));
+            }
             other => bin = PathBuf::from(other),
         }
     }
