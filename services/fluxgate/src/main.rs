@@ -12,6 +12,7 @@
 
 mod config;
 mod config_doc;
+mod probe;
 mod role;
 mod standalone;
 
@@ -64,6 +65,18 @@ enum Cmd {
         /// The reference as Markdown instead (`docs/configuration.md`).
         #[arg(long)]
         markdown: bool,
+        /// Load the configuration (`--config` file, then `FLUXGATE_*` variables) as a role
+        /// would, and exit non-zero naming the first bad key.
+        #[arg(long, conflicts_with = "markdown")]
+        check: bool,
+    },
+    /// GET an http:// URL (a role's `/readyz`) and exit 0 on a 2xx answer: the container
+    /// healthcheck, with no curl in the image.
+    Probe {
+        url: String,
+        /// Seconds for the connection and for the answer.
+        #[arg(long, default_value_t = 3)]
+        timeout_secs: u64,
     },
     /// Print every metric of every role, with its type, unit and labels (Markdown,
     /// `docs/metrics.md`).
@@ -89,7 +102,23 @@ fn main() -> anyhow::Result<()> {
         print!("{}", fluxgate_observability::catalogue::markdown());
         return Ok(());
     }
-    if let Cmd::Config { markdown } = cli.cmd {
+    if let Cmd::Probe { url, timeout_secs } = &cli.cmd {
+        let status = probe::probe(url, std::time::Duration::from_secs(*timeout_secs))?;
+        println!("{url}: {status}");
+        return Ok(());
+    }
+    if let Cmd::Config { check: true, .. } = cli.cmd {
+        Config::load(cli.config.as_deref())?;
+        match &cli.config {
+            Some(f) => println!(
+                "configuration ok: {} and the FLUXGATE_* variables",
+                f.display()
+            ),
+            None => println!("configuration ok: defaults and the FLUXGATE_* variables"),
+        }
+        return Ok(());
+    }
+    if let Cmd::Config { markdown, .. } = cli.cmd {
         if markdown {
             print!("{}", config_doc::markdown()?);
         } else {
@@ -103,7 +132,7 @@ fn main() -> anyhow::Result<()> {
         match cli.cmd {
             Cmd::Standalone { demo } => standalone::run(cfg, demo).await,
             Cmd::Migrate => migrate(cfg).await,
-            Cmd::Config { .. } | Cmd::Metrics => Ok(()),
+            Cmd::Config { .. } | Cmd::Metrics | Cmd::Probe { .. } => Ok(()),
             role => run_role(cfg, role).await,
         }
     })
@@ -294,7 +323,11 @@ async fn run_role(cfg: Config, role: Cmd) -> anyhow::Result<()> {
             });
             (role as Box<dyn Role>, Some(obs.handle), Some(obs.health))
         }
-        Cmd::Standalone { .. } | Cmd::Migrate | Cmd::Config { .. } | Cmd::Metrics => {
+        Cmd::Standalone { .. }
+        | Cmd::Migrate
+        | Cmd::Config { .. }
+        | Cmd::Metrics
+        | Cmd::Probe { .. } => {
             return Ok(());
         }
     };
