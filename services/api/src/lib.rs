@@ -296,7 +296,7 @@ impl actix_web::Responder for ApiError {
 async fn metrics(obs: web::Data<(prometheus::Registry, Arc<Health>)>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(fluxgate_observability::render(&obs.0))
+        .body(fluxgate_observability::exposition(&obs.0, &obs.1))
 }
 
 async fn readyz(obs: web::Data<(prometheus::Registry, Arc<Health>)>) -> HttpResponse {

@@ -569,6 +569,16 @@ pub const PIPELINE_LAG: Metric = Metric {
     )
 };
 
+/// `fluxgate_process_ready`
+pub const PROCESS_READY: Metric = Metric {
+    name: "fluxgate_process_ready",
+    kind: Kind::Gauge,
+    unit: "",
+    role: "process",
+    labels: &[],
+    help: "1 when this process's /readyz answers 200 (started, every dependency probe passing), 0 otherwise; read at each scrape.",
+};
+
 /// Every metric, grouped by role.
 pub const ALL: &[&Metric] = &[
     &FRONT_CONNECTIONS,
@@ -606,6 +616,7 @@ pub const ALL: &[&Metric] = &[
     &PIPELINE_UNDECODABLE,
     &PIPELINE_RESTARTS,
     &PIPELINE_LAG,
+    &PROCESS_READY,
 ];
 
 /// The metric named `name` (a histogram's `_bucket`/`_sum`/`_count` series name its
@@ -722,7 +733,8 @@ pub fn markdown() -> String {
          this file equal to it). Each role serves them on its `/metrics`; `standalone` serves\n\
          every role's on the API's. Labels whose values are listed take only those values,\n\
          and every combination is exported from zero; `pipeline` metrics are exported by\n\
-         the validator, the writer and the dispatcher, one series each.\n",
+         the validator, the writer and the dispatcher, one series each; `process` metrics\n\
+         by every role's process.\n",
     );
     let mut role = "";
     for m in ALL {

@@ -315,6 +315,21 @@ pub fn render(registry: &Registry) -> String {
     String::from_utf8(buf).unwrap_or_default()
 }
 
+/// The `/metrics` answer: `registry` and this process's readiness
+/// (`fluxgate_process_ready`), read now, so an alert can see a process that runs but is
+/// not ready.
+pub fn exposition(registry: &Registry, health: &Health) -> String {
+    let mut families = registry.gather();
+    if let Ok(ready) = catalogue::PROCESS_READY.gauge() {
+        ready.set(i64::from(health.is_ready()));
+        families.extend(prometheus::core::Collector::collect(&ready));
+    }
+    let mut buf = Vec::new();
+    // Encoding gathered families into a Vec cannot fail.
+    let _ = TextEncoder::new().encode(&families, &mut buf);
+    String::from_utf8(buf).unwrap_or_default()
+}
+
 /// The `/readyz` answer: 200 `ready`, or 503 naming what is missing.
 pub fn readyz(health: &Health) -> HttpResponse {
     if health.is_ready() {
@@ -346,7 +361,7 @@ pub fn serve(
                 web::get().to(|s: web::Data<(Registry, Arc<Health>)>| async move {
                     HttpResponse::Ok()
                         .content_type("text/plain; version=0.0.4")
-                        .body(render(&s.0))
+                        .body(exposition(&s.0, &s.1))
                 }),
             )
             .route(

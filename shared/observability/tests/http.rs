@@ -200,3 +200,44 @@ async fn a_process_is_ready_when_each_included_part_is() {
     assert!(body.contains("front: bus: not checked yet"), "{body}");
     handle.stop(true).await;
 }
+
+/// `/metrics` carries the readiness `/readyz` answers, read at each scrape: 0 while a
+/// probe fails, 1 once it passes, 0 again while draining.
+#[actix_rt::test]
+async fn metrics_carry_the_process_readiness() {
+    let up = Arc::new(AtomicBool::new(false));
+    let health = Health::new();
+    switch(&health, "store", &up, "connection refused");
+    let (addr, server) = serve("127.0.0.1:0", prometheus::Registry::new(), health.clone()).unwrap();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    let ready = |body: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix("fluxgate_process_ready "))
+            .map(str::to_owned)
+    };
+    health.set_ready(true);
+    let timeout = std::time::Duration::from_millis(50);
+    health.check(timeout).await;
+    let body = get(addr, "/metrics").await.1;
+    assert_eq!(
+        ready(&body).as_deref(),
+        Some("0"),
+        "the store probe fails: {body}"
+    );
+    assert!(
+        body.contains("# TYPE fluxgate_process_ready gauge"),
+        "{body}"
+    );
+
+    up.store(true, std::sync::atomic::Ordering::SeqCst);
+    health.check(timeout).await;
+    let body = get(addr, "/metrics").await.1;
+    assert_eq!(ready(&body).as_deref(), Some("1"), "{body}");
+    assert_eq!(get(addr, "/readyz").await.0, 200);
+
+    health.set_ready(false);
+    let body = get(addr, "/metrics").await.1;
+    assert_eq!(ready(&body).as_deref(), Some("0"), "draining: {body}");
+    handle.stop(true).await;
+}
