@@ -1,7 +1,7 @@
 //! The Kafka consumer: at-least-once over librdkafka's stored offsets.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,10 @@ use crate::{BoxFuture, BusError, ConsumeError, Consumer, ConsumerSpec, Headers, 
 #[derive(Default)]
 struct Shared {
     tracker: Mutex<Tracker>,
-    paused: AtomicBool,
+    /// Whether the application paused intake. Held while the assignment is paused or
+    /// resumed, and by the rebalance hook while it pauses new partitions, so a resume
+    /// racing a rebalance cannot leave new partitions paused with the flag down.
+    paused: Mutex<bool>,
     assigned: AtomicUsize,
     /// Consumer lag of the assigned partitions, from librdkafka's statistics.
     lag: AtomicU64,
@@ -45,6 +48,10 @@ struct Held {
 impl Shared {
     fn tracker(&self) -> MutexGuard<'_, Tracker> {
         self.tracker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn paused(&self) -> MutexGuard<'_, bool> {
+        self.paused.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn held(&self) -> MutexGuard<'_, HashMap<String, Held>> {
@@ -219,11 +226,11 @@ impl ConsumerContext for Ctx {
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
-            if self.shared.paused.load(Ordering::SeqCst)
-                && let Err(e) = consumer.pause(tpl)
-            {
+            let paused = self.shared.paused();
+            if *paused && let Err(e) = consumer.pause(tpl) {
                 tracing::warn!(error = %e, "kafka consumer: could not pause newly assigned partitions");
             }
+            drop(paused);
             tracing::debug!(
                 partitions = tpl.count(),
                 "kafka consumer: partitions assigned"
@@ -334,9 +341,14 @@ impl KafkaConsumer {
     }
 
     fn set_paused(&self, paused: bool) {
-        self.shared.paused.store(paused, Ordering::SeqCst);
-        let Ok(tpl) = self.consumer.assignment() else {
-            return;
+        let mut flag = self.shared.paused();
+        *flag = paused;
+        let tpl = match self.consumer.assignment() {
+            Ok(tpl) => tpl,
+            Err(e) => {
+                tracing::warn!(error = %e, paused, "kafka consumer: assignment unknown; pause/resume not applied");
+                return;
+            }
         };
         let r = if paused {
             self.consumer.pause(&tpl)
