@@ -440,15 +440,20 @@ fn apis(c: &Cluster) -> usize {
 }
 
 /// The checker: (acknowledged, lost, duplicated) once everything acknowledged is readable
-/// through the API, or when 90 s have passed (the pipeline may be catching up).
+/// through the API, or once the pipeline stops catching up: it waits while the number
+/// missing still falls (30 s without progress end the wait, 5 minutes at most), so a slow
+/// machine is not taken for a lossy pipeline, and a point that never arrives still is.
 async fn check(
     c: &Cluster,
     app: &str,
     admin: &str,
     acked: &BTreeMap<String, BTreeSet<i64>>,
 ) -> (usize, usize, usize) {
+    const STALL: Duration = Duration::from_secs(30);
     let total = acked.values().map(BTreeSet::len).sum();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let started = tokio::time::Instant::now();
+    let cap = started + Duration::from_secs(300);
+    let (mut fewest, mut progressed) = (usize::MAX, started);
     loop {
         let (mut lost, mut duplicated, mut unanswered) = (0, 0, None);
         // Read through every API replica in turn.
@@ -462,14 +467,53 @@ async fn check(
                 Err(e) => unanswered = Some(e),
             }
         }
+        let now = tokio::time::Instant::now();
+        if unanswered.is_none() && lost < fewest {
+            (fewest, progressed) = (lost, now);
+        }
         let done = lost == 0 && unanswered.is_none();
-        if done || tokio::time::Instant::now() > deadline {
+        if done || now > progressed + STALL || now > cap {
             if let Some(e) = unanswered {
-                panic!("the API could not answer the checker within 90 s: {e}");
+                panic!("the API could not answer the checker for {STALL:?}: {e}");
+            }
+            if lost > 0 {
+                eprintln!(
+                    "checker: {lost} of {total} still missing after {:?} ({:?} without progress)",
+                    now - started,
+                    now - progressed
+                );
+                pipeline_state(c).await;
             }
             return (total, lost, duplicated);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Prints what the consuming roles report (records read, retries, lag, readiness), to
+/// tell a stalled pipeline from a slow one when the checker ends with points missing.
+async fn pipeline_state(c: &Cluster) {
+    for p in c.procs() {
+        if !matches!(p.role, Role::Validator | Role::Writer | Role::Dispatcher) {
+            continue;
+        }
+        let text = c
+            .metrics(p.role, p.index)
+            .await
+            .unwrap_or_else(|e| e.to_string());
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                [
+                    "fluxgate_pipeline_",
+                    "fluxgate_ts_writer_points",
+                    "fluxgate_process_ready",
+                ]
+                .iter()
+                .any(|m| l.starts_with(m))
+            })
+            .collect();
+        eprintln!("{:?}-{}: {}", p.role, p.index, lines.join("; "));
     }
 }
 
