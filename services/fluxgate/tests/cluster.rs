@@ -851,11 +851,29 @@ async fn kafka_kill_the_broker_and_the_database_and_lose_nothing_acknowledged() 
         tokio::time::sleep(Duration::from_secs(1)).await;
         let t = std::time::Instant::now();
         let s = Arc::clone(server);
-        tokio::task::spawn_blocking(move || s.restart())
-            .await
-            .unwrap()
-            .unwrap();
+        let restart = tokio::task::spawn_blocking(move || s.restart());
+        // While the store is down the writer cannot finish what it reads: the lag of the
+        // pipeline (validator + writer) must show the records waiting, about one for each
+        // state acknowledged meanwhile (measured every 5 s; the node is down longer).
+        let (mut most, before) = (0, load.count());
+        while !restart.is_finished() {
+            if name == "cassandra" {
+                most = most.max(pipeline_lag(&c).await);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        restart.await.unwrap().unwrap();
         cycle.push(format!("{name} back after {:?}", t.elapsed()));
+        if name == "cassandra" {
+            let during = load.count() - before;
+            cycle.push(format!(
+                "pipeline lag up to {most} while it was down ({during} acknowledged meanwhile)"
+            ));
+            assert!(
+                during < 20 || most >= during as u64 / 2,
+                "the lag showed {most} waiting while {during} states were acknowledged"
+            );
+        }
         match c.wait_readiness(200, Duration::from_secs(60)).await {
             Ok(t) => cycle.push(format!("every role ready {t:?} after")),
             Err(off) => panic!("{name} back, roles still unready after 60 s:\n{off}"),
@@ -870,6 +888,34 @@ async fn kafka_kill_the_broker_and_the_database_and_lose_nothing_acknowledged() 
     );
     assert!(total > 100, "too little load: {total}");
     assert_eq!((lost, duplicated), (0, 0), "{}", c.logs(40));
+    // Everything is stored: the lag goes back to nothing waiting.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let lag = pipeline_lag(&c).await;
+        if lag == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pipeline's lag is {lag} 30 s after everything was stored"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The consumer lag the validator and the writer (one of each) report on `/metrics`.
+async fn pipeline_lag(c: &Cluster) -> u64 {
+    let mut lag = 0;
+    for (role, name) in [(Role::Validator, "validator"), (Role::Writer, "writer")] {
+        let text = c.metrics(role, 0).await.unwrap_or_default();
+        let series = format!("fluxgate_pipeline_consumer_lag_records{{role=\"{name}\"}} ");
+        lag += text
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map_or(0, |v| v as u64);
+    }
+    lag
 }
 
 /// The metrics catalogue, then `promtool check metrics` (Prometheus's own linter: names,

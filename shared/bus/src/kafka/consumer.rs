@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -28,7 +28,7 @@ struct Shared {
     /// racing a rebalance cannot leave new partitions paused with the flag down.
     paused: Mutex<bool>,
     assigned: AtomicUsize,
-    /// Consumer lag of the assigned partitions, from librdkafka's statistics.
+    /// Consumer lag of the assigned partitions, measured by [`watch_lag`].
     lag: AtomicU64,
     /// Per topic: its partition count and the partitions held now.
     held: Mutex<HashMap<String, Held>>,
@@ -134,27 +134,58 @@ impl Ctx {
     }
 }
 
-/// How often librdkafka reports statistics (the consumer lag is read from them).
-const STATS_INTERVAL_MS: u32 = 5_000;
+/// How often a group consumer measures its lag.
+const LAG_INTERVAL: Duration = Duration::from_secs(5);
+/// How long one lag measurement may wait for the broker, per request.
+const LAG_TIMEOUT: Duration = Duration::from_secs(2);
 
-impl ClientContext for Ctx {
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        // Lag past the offsets stored for commit (acked records): what is left to finish.
-        let lag: i64 = statistics
-            .topics
-            .values()
-            .flat_map(|t| t.partitions.values())
-            .filter(|p| p.partition >= 0 && p.desired)
-            .map(|p| {
-                if p.consumer_lag_stored >= 0 {
-                    p.consumer_lag_stored
-                } else {
-                    p.consumer_lag.max(0)
+impl ClientContext for Ctx {}
+
+/// Measures, every [`LAG_INTERVAL`] until the consumer is dropped, the records of its
+/// assigned partitions past their committed offsets, from the broker: the partitions'
+/// end offsets and the group's commits. librdkafka's own statistics were used before, but
+/// a paused partition is not fetched, so its end offset there froze: a writer paused on a
+/// failing store reported the same small lag for as long as the outage lasted while
+/// records piled up behind it. A measurement the broker does not answer keeps the last.
+fn watch_lag(consumer: Weak<StreamConsumer<Ctx>>, shared: Arc<Shared>) {
+    let spawned = std::thread::Builder::new()
+        .name("fluxgate-kafka-lag".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(LAG_INTERVAL);
+                let Some(c) = consumer.upgrade() else {
+                    return;
+                };
+                if let Some(lag) = measure_lag(&c) {
+                    shared.lag.store(lag, Ordering::Relaxed);
                 }
-            })
-            .sum();
-        self.shared.lag.store(lag.max(0) as u64, Ordering::Relaxed);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "kafka consumer: no lag measurement (thread not started)");
     }
+}
+
+/// One measurement: for each assigned partition, its end offset less the group's
+/// committed offset (its start offset when nothing is committed yet).
+fn measure_lag(c: &StreamConsumer<Ctx>) -> Option<u64> {
+    let assigned = c.assignment().ok()?;
+    if assigned.count() == 0 {
+        return Some(0);
+    }
+    let committed = c.committed_offsets(assigned, LAG_TIMEOUT).ok()?;
+    let mut lag = 0u64;
+    for e in committed.elements() {
+        let (low, high) = c
+            .fetch_watermarks(e.topic(), e.partition(), LAG_TIMEOUT)
+            .ok()?;
+        let from = match e.offset() {
+            Offset::Offset(o) => o.max(low),
+            _ => low,
+        };
+        lag += u64::try_from(high - from).unwrap_or(0);
+    }
+    Some(lag)
 }
 
 impl ConsumerContext for Ctx {
@@ -254,7 +285,7 @@ impl ConsumerContext for Ctx {
 }
 
 pub(crate) struct KafkaConsumer {
-    consumer: StreamConsumer<Ctx>,
+    consumer: Arc<StreamConsumer<Ctx>>,
     shared: Arc<Shared>,
     broadcast: bool,
     group: String,
@@ -278,7 +309,6 @@ impl KafkaConsumer {
         let mut c = cfg.base();
         c.set("group.id", &group)
             .set("enable.partition.eof", "false")
-            .set("statistics.interval.ms", STATS_INTERVAL_MS.to_string())
             .set("enable.auto.offset.store", "false")
             .set("enable.auto.commit", (!spec.broadcast).to_string())
             .set(
@@ -304,6 +334,11 @@ impl KafkaConsumer {
         consumer
             .subscribe(&topics)
             .map_err(|e| BusError::Broker(e.to_string()))?;
+        let consumer = Arc::new(consumer);
+        // A broadcast consumer commits nothing and its lag is not reported.
+        if !spec.broadcast {
+            watch_lag(Arc::downgrade(&consumer), shared.clone());
+        }
         Ok(KafkaConsumer {
             consumer,
             shared,
