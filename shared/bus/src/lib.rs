@@ -315,8 +315,9 @@ pub trait Consumer: Send + Sync + fmt::Debug {
     /// take over the per-key state of newly held partitions.
     fn generation(&self) -> u64;
     /// Consumer lag: records in the assigned partitions past the committed (acked)
-    /// position, i.e. not finished yet. Kafka's figure comes from librdkafka's statistics,
-    /// refreshed every 5 s; the in-process bus's is exact.
+    /// position, i.e. not finished yet. Kafka's figure is measured from the broker every
+    /// 5 s (end offsets less the group's commits, so also for a paused consumer); the
+    /// in-process bus's is exact.
     fn lag(&self) -> u64;
 }
 
