@@ -86,12 +86,8 @@ impl Ctx {
         let mut unknown = tpl.clone();
         let mut pause = Duration::from_millis(50);
         loop {
-            let mut query = unknown.clone();
-            if query.set_all_offsets(Offset::End).is_err() {
-                return;
-            }
             let left = deadline.saturating_duration_since(Instant::now());
-            let last_error = match consumer.offsets_for_times(query, left) {
+            let last_error = match offsets_at(consumer, &unknown, Offset::End, left) {
                 Ok(ends) => {
                     let mut still = TopicPartitionList::new();
                     let mut last_error = None;
@@ -166,23 +162,44 @@ fn watch_lag(consumer: Weak<StreamConsumer<Ctx>>, shared: Arc<Shared>) {
     }
 }
 
+/// `tpl`'s partitions' offsets at `at` (`Offset::Beginning` or `Offset::End`), in one
+/// ListOffsets request.
+fn offsets_at<C: rdkafka::consumer::Consumer<Ctx>>(
+    c: &C,
+    tpl: &TopicPartitionList,
+    at: Offset,
+    timeout: Duration,
+) -> rdkafka::error::KafkaResult<TopicPartitionList> {
+    let mut query = tpl.clone();
+    query.set_all_offsets(at)?;
+    c.offsets_for_times(query, timeout)
+}
+
 /// One measurement: for each assigned partition, its end offset less the group's
-/// committed offset (its start offset when nothing is committed yet).
+/// committed offset (its start offset when nothing is committed yet, or when retention
+/// removed what was committed). Three requests whatever the partition count: the commits,
+/// the start and the end offsets.
 fn measure_lag(c: &StreamConsumer<Ctx>) -> Option<u64> {
     let assigned = c.assignment().ok()?;
     if assigned.count() == 0 {
         return Some(0);
     }
-    let committed = c.committed_offsets(assigned, LAG_TIMEOUT).ok()?;
+    let known = |tpl: &TopicPartitionList, topic: &str, partition: i32| {
+        let p = tpl.find_partition(topic, partition)?;
+        match (p.error(), p.offset()) {
+            (Ok(()), Offset::Offset(o)) => Some(o),
+            _ => None,
+        }
+    };
+    let committed = c.committed_offsets(assigned.clone(), LAG_TIMEOUT).ok()?;
+    let starts = offsets_at(c, &assigned, Offset::Beginning, LAG_TIMEOUT).ok()?;
+    let ends = offsets_at(c, &assigned, Offset::End, LAG_TIMEOUT).ok()?;
     let mut lag = 0u64;
-    for e in committed.elements() {
-        let (low, high) = c
-            .fetch_watermarks(e.topic(), e.partition(), LAG_TIMEOUT)
-            .ok()?;
-        let from = match e.offset() {
-            Offset::Offset(o) => o.max(low),
-            _ => low,
-        };
+    for e in assigned.elements() {
+        let (topic, partition) = (e.topic(), e.partition());
+        let low = known(&starts, topic, partition)?;
+        let high = known(&ends, topic, partition)?;
+        let from = known(&committed, topic, partition).map_or(low, |o| o.max(low));
         lag += u64::try_from(high - from).unwrap_or(0);
     }
     Some(lag)
