@@ -116,7 +116,10 @@ pub(crate) async fn produce_all(
 ) -> Result<(), ApiError> {
     let mut acks = Vec::with_capacity(envs.len());
     for e in envs {
-        acks.push(st.producer.send(OutRecord::of(topic, &e)).await?);
+        // The request's trace goes on with the record (to the dispatcher, the validator).
+        let mut rec = OutRecord::of(topic, &e);
+        fluxgate_observability::telemetry::inject(&mut rec.headers);
+        acks.push(st.producer.send(rec).await?);
     }
     for a in acks {
         a.await?;

@@ -30,6 +30,7 @@ mod registry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tracing::Instrument;
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use fluxgate_bus::{Bus, ConsumerSpec, OutRecord, Producer, Topic, TopicsConfig};
@@ -142,7 +143,8 @@ impl ApiState {
 
     /// Announces a registry change (best effort: caches also expire on their TTL).
     pub(crate) async fn announce(&self, change: RegistryChange) {
-        let rec = OutRecord::of(&self.names.changes, &change);
+        let mut rec = OutRecord::of(&self.names.changes, &change);
+        fluxgate_observability::telemetry::inject(&mut rec.headers);
         if let Err(e) = self.producer.produce(rec).await {
             tracing::warn!(error = %e, ?change, "registry change not announced; caches catch up on their TTL");
         }
@@ -303,19 +305,43 @@ async fn readyz(obs: web::Data<(prometheus::Registry, Arc<Health>)>) -> HttpResp
     fluxgate_observability::readyz(&obs.1)
 }
 
-/// Counts requests by matched route (bounded: the route pattern, not the path) and status.
+/// The request's headers as a trace-context carrier (a caller's `traceparent`).
+struct RequestHeaders<'a>(&'a actix_web::http::header::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for RequestHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// Counts requests by matched route (bounded: the route pattern, not the path) and status,
+/// and serves each in a server span (`POST /applications/{app}/devices/{device}/command`)
+/// whose parent is the caller's `traceparent`, if it sent one: a command's trace starts
+/// here and follows it through the dispatcher and the front to the device.
 async fn count(
     req: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
 ) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
     let started = std::time::Instant::now();
     let state = req.app_data::<web::Data<ApiState>>().cloned();
-    let res = next.call(req).await?;
+    let method = req.method().as_str().to_owned();
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+    let span = tracing::info_span!(
+        "http.request",
+        otel.kind = "server",
+        otel.name = format!("{method} {route}"),
+        http.request.method = method.as_str(),
+        http.route = route.as_str(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    fluxgate_observability::telemetry::parent(&span, &RequestHeaders(req.headers()));
+    let res = next.call(req).instrument(span.clone()).await?;
+    span.record("http.response.status_code", res.status().as_u16());
     if let Some(st) = state {
-        let route = res
-            .request()
-            .match_pattern()
-            .unwrap_or_else(|| "unmatched".into());
         let class = match res.status().as_u16() {
             200..=299 => "2xx",
             400..=499 => "4xx",

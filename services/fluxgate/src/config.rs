@@ -10,6 +10,7 @@ use fluxgate_api::ApiConfig;
 use fluxgate_bus::{KafkaConfig, TopicsConfig};
 use fluxgate_command_dispatch::DispatchConfig;
 use fluxgate_mqtt_front::FrontConfig;
+use fluxgate_observability::telemetry::TelemetryConfig;
 use fluxgate_store::scylla::ScyllaConfig;
 use fluxgate_store::sqlite::SqliteConfig;
 use fluxgate_ts_writer::WriterConfig;
@@ -123,6 +124,8 @@ pub(crate) struct Config {
     pub(crate) dispatcher: DispatchConfig,
     /// Logs.
     pub(crate) log: LogConfig,
+    /// OpenTelemetry traces (off by default; the `OTEL_*` variables apply too).
+    pub(crate) telemetry: TelemetryConfig,
 }
 
 impl Default for Config {
@@ -142,6 +145,7 @@ impl Default for Config {
             writer: WriterConfig::default(),
             dispatcher: DispatchConfig::default(),
             log: LogConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -198,6 +202,9 @@ impl Config {
             )
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         }
+        cfg.telemetry
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         // The API's limits are flat settings of its own section.
         cfg.api.limits().validate().map_err(|e| {
             let e = e.trim_start_matches("limits.");

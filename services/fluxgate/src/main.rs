@@ -83,18 +83,28 @@ enum Cmd {
     Metrics,
 }
 
-fn init_logs(cfg: &config::LogConfig) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if cfg.json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
+/// The role's name in `service.name` (`fluxgate-<role>`) and its instance id.
+fn service_of(cmd: &Cmd, cfg: &Config) -> (&'static str, String) {
+    let role = match cmd {
+        Cmd::Standalone { .. } => "standalone",
+        Cmd::Front => "front",
+        Cmd::Api => "api",
+        Cmd::Validator => "validator",
+        Cmd::Writer => "writer",
+        Cmd::Dispatcher => "dispatcher",
+        Cmd::Migrate => "migrate",
+        Cmd::Config { .. } | Cmd::Probe { .. } | Cmd::Metrics => "cli",
     };
+    let instance = match cmd {
+        Cmd::Front | Cmd::Standalone { .. } => cfg.front.instance_id.clone(),
+        // A pod's or a container's name.
+        _ => std::env::var("HOSTNAME").unwrap_or_else(|_| format!("{role}-{}", std::process::id())),
+    };
+    (role, instance)
 }
+
+/// Spans still queued at exit get this long to reach the collector.
+const FLUSH_AT_EXIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -127,15 +137,29 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let cfg = Config::load(cli.config.as_deref())?;
-    init_logs(&cfg.log);
-    actix_rt::System::new().block_on(async move {
+    let (role, instance) = service_of(&cli.cmd, &cfg);
+    let telemetry = fluxgate_observability::telemetry::init(
+        &fluxgate_observability::telemetry::Service {
+            role,
+            instance: &instance,
+        },
+        &fluxgate_observability::telemetry::LogSettings {
+            filter: &cfg.log.filter,
+            json: cfg.log.json,
+        },
+        &cfg.telemetry,
+    )
+    .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    let done = actix_rt::System::new().block_on(async move {
         match cli.cmd {
             Cmd::Standalone { demo } => standalone::run(cfg, demo).await,
             Cmd::Migrate => migrate(cfg).await,
             Cmd::Config { .. } | Cmd::Metrics | Cmd::Probe { .. } => Ok(()),
             role => run_role(cfg, role).await,
         }
-    })
+    });
+    telemetry.shutdown(FLUSH_AT_EXIT);
+    done
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -7,49 +7,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Standalone, data_dir};
+use common::{Standalone, access_key, application, data_dir};
 use fluxgate_testkit::mqtt::{recv, v3, v5};
 use ntex_mqtt::v5::codec::PublishAckReason;
 use serde_json::{Value, json};
-
-/// Creates application `app` with an admin API token, returning the token.
-async fn application(fg: &Standalone, app: &str) -> String {
-    fg.ok(
-        "POST",
-        "/applications",
-        &fg.token,
-        Some(json!({"id": app})),
-        201,
-    )
-    .await;
-    let t = fg
-        .ok(
-            "POST",
-            &format!("/applications/{app}/tokens"),
-            &fg.token,
-            Some(json!({"name": "e2e", "scope": "admin"})),
-            201,
-        )
-        .await;
-    t["secret"].as_str().unwrap().to_owned()
-}
-
-/// Creates an access key for all devices; returns (key, secret).
-async fn access_key(fg: &Standalone, app: &str, admin: &str) -> (String, String) {
-    let k = fg
-        .ok(
-            "POST",
-            &format!("/applications/{app}/keys"),
-            admin,
-            Some(json!({})),
-            201,
-        )
-        .await;
-    (
-        k["key"].as_str().unwrap().to_owned(),
-        k["secret"].as_str().unwrap().to_owned(),
-    )
-}
 
 /// Application `app` with device `d1` (one number attribute `n`) and an access key for
 /// it; returns the admin token, key and secret.

@@ -14,6 +14,8 @@ use fluxgate_model::{Body, DeviceId, DeviceRef, Envelope, Rejection, TenantId, V
 use fluxgate_pipeline::{Ctx, Parts, PipelineStats, Source, Stage};
 use fluxgate_store::{AttributeScope, LogStore, RejectedEntry, SampleBatch, Store, TelemetryStore};
 
+use tracing::Instrument;
+
 use crate::WriterConfig;
 
 /// Counters and histograms of one writer (for metrics and tests).
@@ -93,6 +95,8 @@ struct Batch {
     dead_letters: Vec<OutRecord>,
     positions: Vec<Position>,
     points: usize,
+    /// The spans of its records (`writer.receive`), linked from the batch's `store.write`.
+    links: Vec<fluxgate_observability::telemetry::SpanContext>,
     /// When its first record came, on tokio's clock (paused in the tests about age).
     opened: Option<tokio::time::Instant>,
 }
@@ -193,7 +197,19 @@ impl TsWriter {
 
     /// Adds a record's effect to the batch.
     fn add(&mut self, rec: Record) {
+        // The record's part of its trace: a consumer span, child of the validator's; the
+        // batch's write links back to it.
+        let span = tracing::info_span!(
+            "writer.receive",
+            otel.kind = "consumer",
+            tenant = tracing::field::Empty,
+            device = tracing::field::Empty,
+        );
+        fluxgate_observability::telemetry::parent(&span, &rec.headers);
+        let _in = span.enter();
         let b = &mut self.batch;
+        b.links
+            .extend(fluxgate_observability::telemetry::span_context(&span));
         b.opened.get_or_insert_with(tokio::time::Instant::now);
         b.positions.push(rec.position.clone());
         let env = match Input::decode(&self.topics.config, &rec) {
@@ -201,6 +217,8 @@ impl TsWriter {
             Ok(Input::Valid(env)) => env,
             Err(e) => return self.undecodable(&rec, &e),
         };
+        span.record("tenant", env.tenant.as_str());
+        span.record("device", env.device.as_str());
         let DeviceRef::Id(device) = env.device.clone() else {
             // Names are resolved by the validator; a name here has nothing to be stored under.
             return;
@@ -276,14 +294,30 @@ impl TsWriter {
     /// Takes the open batch; the returned future writes it and then acks its records.
     fn write_open_batch(&mut self) -> impl Future<Output = ()> + 'static {
         let consumer = self.parts.consumer.clone();
+        let mut batch = std::mem::take(&mut self.batch);
+        // One span for the batch's write, linked (not parented) to each record's span:
+        // the records belong to many traces.
+        let span = tracing::info_span!(
+            "store.write",
+            otel.kind = "client",
+            db.operation.name = "write_batch",
+            db.operation.batch.size = batch.positions.len(),
+            points = batch.points,
+            retries = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        for to in batch.links.drain(..) {
+            fluxgate_observability::telemetry::add_link(&span, to);
+        }
         let work = write_batch(
             self.parts.store.clone(),
             self.parts.producer.clone(),
             consumer.clone(),
             self.parts.cfg.clone(),
             self.parts.stats.clone(),
-            std::mem::take(&mut self.batch),
-        );
+            batch,
+        )
+        .instrument(span);
         async move {
             for p in &work.await {
                 consumer.ack(p);
@@ -320,10 +354,14 @@ async fn write_batch(
 ) -> Vec<Position> {
     let mut backoff = cfg.backoff();
     let mut paused = false;
+    let mut retries = 0u64;
     loop {
         let started = Instant::now();
         match write_once(&store, &*producer, &mut batch).await {
             Ok(points) => {
+                let span = tracing::Span::current();
+                span.record("outcome", "written");
+                span.record("retries", retries);
                 stats.points.fetch_add(points as u64, Ordering::Relaxed);
                 stats.batches.fetch_add(1, Ordering::Relaxed);
                 if let Some(h) = &stats.write_seconds {
@@ -339,6 +377,7 @@ async fn write_batch(
             }
             Err(e) => {
                 stats.pipeline.retries.fetch_add(1, Ordering::Relaxed);
+                retries += 1;
                 let delay = backoff.next_delay();
                 tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64,
                     "ts-writer: store write failed; pausing intake and retrying");

@@ -11,6 +11,7 @@ use fluxgate_model::{Envelope, ReasonCode, Rejection};
 use fluxgate_pipeline::{Ctx, Parts, PipelineStats, Source, Stage};
 use fluxgate_store::RegistryStore;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument;
 
 use crate::{Output, ValidatorConfig, validate};
 
@@ -125,6 +126,18 @@ impl Stage for Validator {
         // for their acks concurrently, so one slow downstream commit does not hold up the
         // next record. The permit bounds records awaiting acks.
         let position = rec.position.clone();
+        // A consumer span per record, child of the span that produced it (the front's
+        // publish): the validator's part of the trace.
+        let span = tracing::info_span!(
+            "validator.process",
+            otel.kind = "consumer",
+            tenant = tracing::field::Empty,
+            device = tracing::field::Empty,
+            message.kind = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            reason = tracing::field::Empty,
+        );
+        fluxgate_observability::telemetry::parent(&span, &rec.headers);
         let work = process(
             rec,
             self.parts.store.clone(),
@@ -133,7 +146,8 @@ impl Stage for Validator {
             self.names.clone(),
             self.parts.cfg.clone(),
             self.parts.stats.clone(),
-        );
+        )
+        .instrument(span);
         fluxgate_pipeline::wait(ctx, work, move |v, handed, ctx| {
             let (consumer, stats) = (v.parts.consumer.clone(), v.parts.stats.clone());
             let Some((acks, permit)) = handed else {
@@ -213,6 +227,17 @@ async fn process(
     stats: Arc<ValidatorStats>,
 ) -> Option<Handed> {
     let env = Envelope::from_bytes(&rec.payload).map_err(|e| e.to_string());
+    let span = tracing::Span::current();
+    match &env {
+        Ok(env) => {
+            span.record("tenant", env.tenant.as_str());
+            span.record("device", env.device.as_str());
+            span.record("message.kind", env.body.kind().as_str());
+        }
+        Err(_) => {
+            span.record("outcome", "undecodable");
+        }
+    }
     if let Err(e) = &env {
         tracing::error!(offset = rec.position.offset, error = %e,
             "validator: not an envelope; keeping it on the dead-letter topic");
@@ -266,6 +291,19 @@ async fn attempt(
     let outputs = validate(store, cfg, env.clone(), now_ms())
         .await
         .map_err(|e| e.to_string())?;
+    let span = tracing::Span::current();
+    match outputs.iter().find_map(|o| match o {
+        Output::Rejected(r) => Some(r.reason.code),
+        _ => None,
+    }) {
+        Some(code) => {
+            span.record("outcome", "rejected");
+            span.record("reason", code.as_str());
+        }
+        None => {
+            span.record("outcome", "valid");
+        }
+    }
     Ok(outputs
         .iter()
         .map(|o| match o {
@@ -285,7 +323,9 @@ async fn send(
     outputs: Vec<(OutputKind, OutRecord)>,
 ) -> Result<Vec<(OutputKind, AckFuture)>, String> {
     let mut acks = Vec::with_capacity(outputs.len());
-    for (kind, rec) in outputs {
+    for (kind, mut rec) in outputs {
+        // The outputs continue this record's trace.
+        fluxgate_observability::telemetry::inject(&mut rec.headers);
         acks.push((kind, producer.send(rec).await.map_err(|e| e.to_string())?));
     }
     Ok(acks)

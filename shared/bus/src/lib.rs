@@ -44,7 +44,6 @@ pub mod trace;
 pub use kafka::{KafkaBus, KafkaConfig};
 pub use memory::{MemoryBus, MemoryConfig};
 pub use topics::{Topic, TopicSpec, TopicsConfig};
-pub use trace::TraceParent;
 
 /// A boxed, sendable future (the trait methods return these so the traits stay usable
 /// as `dyn` objects).

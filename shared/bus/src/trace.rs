@@ -1,114 +1,90 @@
-//! W3C trace context (`traceparent`) in record headers, so one trace runs from an MQTT
-//! publish through Kafka to the store write.
+//! W3C trace context in record headers, so one trace runs from an MQTT publish through
+//! the bus to the store write (and from an API command to the device).
 //!
-//! Format: `00-<32 hex trace id>-<16 hex parent span id>-<2 hex flags>`. The bridge to
-//! OpenTelemetry lives in the observability crate; this module only moves the header.
+//! [`Headers`] is an OpenTelemetry [`Injector`] and [`Extractor`]: a propagator
+//! (`TraceContextPropagator`, set up by the observability crate) writes `traceparent` and
+//! `tracestate` into a record's headers on produce and reads them back on consume. This
+//! module only moves the headers; which span they name is the roles' business.
 
-use std::fmt;
+use opentelemetry::propagation::{Extractor, Injector};
 
 use crate::Headers;
 
-/// The header name.
-pub const HEADER: &str = "traceparent";
+/// The W3C header naming the trace and the parent span.
+pub const TRACEPARENT: &str = "traceparent";
 
-/// A parsed `traceparent`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TraceParent {
-    /// Trace id (non-zero).
-    pub trace_id: u128,
-    /// Parent span id (non-zero).
-    pub span_id: u64,
-    /// Trace flags (bit 0: sampled).
-    pub flags: u8,
-}
-
-impl TraceParent {
-    /// Parses the header value; `None` when it is not a valid version-00 traceparent.
-    pub fn parse(s: &str) -> Option<Self> {
-        let mut parts = s.trim().split('-');
-        let (version, trace, span, flags) =
-            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        let hex = |p: &str, len: usize| {
-            p.len() == len
-                && p.bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        };
-        if parts.next().is_some()
-            || version != "00"
-            || !hex(trace, 32)
-            || !hex(span, 16)
-            || !hex(flags, 2)
-        {
-            return None;
-        }
-        let tp = TraceParent {
-            trace_id: u128::from_str_radix(trace, 16).ok()?,
-            span_id: u64::from_str_radix(span, 16).ok()?,
-            flags: u8::from_str_radix(flags, 16).ok()?,
-        };
-        (tp.trace_id != 0 && tp.span_id != 0).then_some(tp)
-    }
-
-    /// Whether the trace is sampled.
-    pub fn sampled(&self) -> bool {
-        self.flags & 1 == 1
-    }
-
-    /// Writes the header.
-    pub fn inject(&self, headers: &mut Headers) {
-        headers.insert(HEADER, self.to_string());
-    }
-
-    /// Reads the header, if present and valid.
-    pub fn extract(headers: &Headers) -> Option<Self> {
-        std::str::from_utf8(headers.get(HEADER)?)
-            .ok()
-            .and_then(Self::parse)
+impl Injector for Headers {
+    /// Sets `key`: a record carries one value per trace header, the last one written.
+    fn set(&mut self, key: &str, value: String) {
+        self.0.retain(|(k, _)| k != key);
+        self.insert(key, value);
     }
 }
 
-impl fmt::Display for TraceParent {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id, self.span_id, self.flags
-        )
+impl Extractor for Headers {
+    /// `key`'s last value, when it is UTF-8 (a propagator ignores what does not parse).
+    fn get(&self, key: &str) -> Option<&str> {
+        std::str::from_utf8(Headers::get(self, key)?).ok()
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(k, _)| k.as_str()).collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags, TraceState};
+    use opentelemetry::{Context, SpanId, TraceId};
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+
     use super::*;
 
+    const W3C: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
     #[test]
-    fn w3c_example_round_trips() {
-        let s = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let tp = TraceParent::parse(s).unwrap();
-        assert_eq!(tp.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
-        assert_eq!(tp.span_id, 0x00f067aa0ba902b7);
-        assert!(tp.sampled());
-        assert_eq!(tp.to_string(), s);
+    fn a_context_survives_the_headers() {
+        let sc = SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        );
+        let p = TraceContextPropagator::new();
         let mut h = Headers::new();
-        tp.inject(&mut h);
-        assert_eq!(TraceParent::extract(&h), Some(tp));
+        h.insert("other", "kept");
+        h.insert(
+            TRACEPARENT,
+            "00-11111111111111111111111111111111-1111111111111111-01",
+        );
+        p.inject_context(&Context::new().with_remote_span_context(sc.clone()), &mut h);
+        assert_eq!(Headers::get(&h, TRACEPARENT), Some(W3C.as_bytes()));
+        assert_eq!(h.iter().filter(|(k, _)| *k == TRACEPARENT).count(), 1);
+        assert_eq!(Headers::get(&h, "other"), Some(&b"kept"[..]));
+        let back = p.extract(&h);
+        assert_eq!(back.span().span_context().trace_id(), sc.trace_id());
+        assert_eq!(back.span().span_context().span_id(), sc.span_id());
+        assert!(back.span().span_context().is_remote());
     }
 
     #[test]
-    fn invalid_values_are_ignored() {
+    fn invalid_headers_give_no_parent() {
+        let p = TraceContextPropagator::new();
         for bad in [
             "",
-            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+            "not-a-traceparent",
         ] {
-            assert_eq!(TraceParent::parse(bad), None, "{bad}");
+            let mut h = Headers::new();
+            h.insert(TRACEPARENT, bad);
+            assert!(!p.extract(&h).span().span_context().is_valid(), "{bad}");
         }
         let mut h = Headers::new();
-        h.insert(HEADER, vec![0xffu8]);
-        assert_eq!(TraceParent::extract(&h), None);
+        h.insert(TRACEPARENT, vec![0xffu8]);
+        assert!(!p.extract(&h).span().span_context().is_valid());
+        assert!(!p.extract(&Headers::new()).span().span_context().is_valid());
     }
 }

@@ -579,6 +579,26 @@ pub const PROCESS_READY: Metric = Metric {
     help: "1 when this process's /readyz answers 200 (started, every dependency probe passing), 0 otherwise; read at each scrape.",
 };
 
+/// `fluxgate_telemetry_spans_dropped_total`
+pub const TELEMETRY_SPANS_DROPPED: Metric = Metric {
+    name: "fluxgate_telemetry_spans_dropped_total",
+    kind: Kind::Counter,
+    unit: "",
+    role: "process",
+    labels: &[closed("reason", &["queue_full", "export_failed"])],
+    help: "Finished spans not exported: the export queue was full (`queue_full`), or the collector did not take their batch (`export_failed`). Stays 0 with telemetry off.",
+};
+
+/// `fluxgate_telemetry_spans_exported_total`
+pub const TELEMETRY_SPANS_EXPORTED: Metric = Metric {
+    name: "fluxgate_telemetry_spans_exported_total",
+    kind: Kind::Counter,
+    unit: "",
+    role: "process",
+    labels: &[],
+    help: "Finished spans the OTLP collector took.",
+};
+
 /// Every metric, grouped by role.
 pub const ALL: &[&Metric] = &[
     &FRONT_CONNECTIONS,
@@ -617,6 +637,8 @@ pub const ALL: &[&Metric] = &[
     &PIPELINE_RESTARTS,
     &PIPELINE_LAG,
     &PROCESS_READY,
+    &TELEMETRY_SPANS_DROPPED,
+    &TELEMETRY_SPANS_EXPORTED,
 ];
 
 /// The metric named `name` (a histogram's `_bucket`/`_sum`/`_count` series name its

@@ -12,9 +12,13 @@
 //!   make their metrics only from it.
 //!
 //! Naming follows DESIGN.md: `fluxgate_<role>_<what>_<unit>[_total]`, base units, small
-//! fixed label sets. Traces (OpenTelemetry) are not exported yet.
+//! fixed label sets.
+//!
+//! - [`telemetry`]: logs and OpenTelemetry traces (OTLP), and the trace context carried
+//!   across the bus and MQTT 5.
 
 pub mod catalogue;
+pub mod telemetry;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -324,6 +328,7 @@ pub fn exposition(registry: &Registry, health: &Health) -> String {
         ready.set(i64::from(health.is_ready()));
         families.extend(prometheus::core::Collector::collect(&ready));
     }
+    families.extend(telemetry::families());
     let mut buf = Vec::new();
     // Encoding gathered families into a Vec cannot fail.
     let _ = TextEncoder::new().encode(&families, &mut buf);

@@ -112,6 +112,8 @@ pub struct Cluster {
     procs: Vec<Proc>,
     /// Leave `dir` behind when dropped.
     keep: bool,
+    /// More environment for every role process (`OTEL_*`, `FLUXGATE_*`).
+    env: Vec<(String, String)>,
 }
 
 fn other(e: impl std::fmt::Display) -> std::io::Error {
@@ -122,6 +124,17 @@ impl Cluster {
     /// Writes the configs, runs `fluxgate migrate`, starts every role and waits until each
     /// answers `/readyz` (at most 90 s in all).
     pub async fn start(bin: &Path, kafka: &str, cql: &str, spec: Spec) -> std::io::Result<Self> {
+        Self::start_with(bin, kafka, cql, spec, Vec::new()).await
+    }
+
+    /// [`Cluster::start`] with more environment for every role process.
+    pub async fn start_with(
+        bin: &Path,
+        kafka: &str,
+        cql: &str,
+        spec: Spec,
+        env: Vec<(String, String)>,
+    ) -> std::io::Result<Self> {
         let name = crate::unique_name("fgc").replace('-', "_");
         let dir = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(&dir)?;
@@ -189,6 +202,7 @@ filter = "info"
             token,
             procs: Vec::new(),
             keep: false,
+            env,
         };
         let roles = [
             (Role::Validator, spec.validators),
@@ -263,6 +277,7 @@ filter = "info"
         let child = Command::new(&self.bin)
             .args(["-c", &p.config.to_string_lossy(), p.role.command()])
             .env_remove("RUST_LOG")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

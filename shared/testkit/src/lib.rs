@@ -9,6 +9,7 @@
 //! - [`Stoppable`]: a role's `run(…, shutdown)` spawned until the test stops it.
 //! - `cluster` (feature `cluster`): every role of the real binary as its own process;
 //!   [`services`]: a private Kafka or Cassandra a test may kill.
+//! - `otlp` (feature `otlp`): an OTLP/gRPC trace receiver for the real binary's spans.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,6 +22,8 @@ pub mod cql;
 pub mod http;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod raw;
 pub mod services;
 

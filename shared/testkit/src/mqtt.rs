@@ -206,6 +206,8 @@ impl V3 {
 pub struct V5 {
     pub sink: v5::MqttSink,
     pub inbox: Inbox,
+    /// The user properties of each message received, in the order of `inbox`.
+    pub props: mpsc::UnboundedReceiver<Vec<(String, String)>>,
 }
 
 pub async fn v5(
@@ -237,12 +239,21 @@ pub async fn v5(
     })?;
     let sink = conn.sink();
     let (tx, inbox) = mpsc::unbounded_channel();
+    let (props_tx, props) = mpsc::unbounded_channel();
     ntex::rt::spawn(
         conn.start(fn_service(move |m: v5::client::ProtocolMessage| {
-            let tx = tx.clone();
+            let (tx, props_tx) = (tx.clone(), props_tx.clone());
             async move {
                 Ok::<_, ()>(match m {
                     v5::client::ProtocolMessage::Publish(p) => {
+                        let user = p
+                            .packet()
+                            .properties
+                            .user_properties
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect();
+                        let _ = props_tx.send(user);
                         let body = p.read_all().await.unwrap_or_default();
                         let _ = tx.send((p.packet().topic.to_string(), body));
                         p.ack(v5::codec::PublishAckReason::Success)
@@ -252,7 +263,7 @@ pub async fn v5(
             }
         })),
     );
-    Ok(V5 { sink, inbox })
+    Ok(V5 { sink, inbox, props })
 }
 
 impl V5 {
@@ -264,6 +275,26 @@ impl V5 {
     ) -> Result<v5::codec::PublishAckReason, String> {
         self.sink
             .publish(ByteString::from(topic))
+            .send_at_least_once(Bytes::copy_from_slice(payload))
+            .await
+            .map(|a| a.reason_code)
+            .map_err(|e| e.to_string())
+    }
+
+    /// QoS 1 publish with user properties (a `traceparent`); the PUBACK reason code.
+    pub async fn publish_with(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        user: &[(&str, &str)],
+    ) -> Result<v5::codec::PublishAckReason, String> {
+        let user: Vec<(ByteString, ByteString)> = user
+            .iter()
+            .map(|(k, v)| (ByteString::from(*k), ByteString::from(*v)))
+            .collect();
+        self.sink
+            .publish(ByteString::from(topic))
+            .properties(|p| p.user_properties = user)
             .send_at_least_once(Bytes::copy_from_slice(payload))
             .await
             .map(|a| a.reason_code)

@@ -107,7 +107,8 @@ impl Ctx {
     /// Tells every API instance that command `id` ended (best effort: a waiting request
     /// also reads the store now and then).
     pub(super) async fn announce_outcome(&self, id: MessageId) {
-        let rec = OutRecord::of(&self.names.outcomes, &CommandEnded(id));
+        let mut rec = OutRecord::of(&self.names.outcomes, &CommandEnded(id));
+        fluxgate_observability::telemetry::inject(&mut rec.headers);
         if let Err(e) = self.producer.produce(rec).await {
             tracing::warn!(command = %id, error = %e, "dispatcher: command outcome not announced");
         }
@@ -143,7 +144,9 @@ impl Ctx {
             dialect: online.dialect,
             body,
         };
-        let rec = OutRecord::of(&self.names.deliveries, &delivery);
+        // The front's `client.deliver` continues this trace.
+        let mut rec = OutRecord::of(&self.names.deliveries, &delivery);
+        fluxgate_observability::telemetry::inject(&mut rec.headers);
         self.producer
             .produce(rec)
             .await

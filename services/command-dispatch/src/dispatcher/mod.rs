@@ -21,6 +21,7 @@ use fluxgate_bus::{OutRecord, Producer, Record, Topic, TopicsConfig};
 use fluxgate_model::{DeviceId, DeviceRef, Envelope, MessageId, TenantId};
 use fluxgate_pipeline::{Clock, Ctx as StageCtx, Parts, Source, Stage};
 use fluxgate_store::{CommandRecord, Store};
+use tracing::Instrument;
 
 use crate::DispatchConfig;
 use deliver::{Ctx, Online, Presence};
@@ -106,7 +107,9 @@ async fn produce_all(
 ) -> Result<(), fluxgate_bus::ProduceError> {
     let mut acks = Vec::with_capacity(recs.len());
     for r in recs {
-        acks.push(producer.send(r.clone()).await?);
+        let mut r = r.clone();
+        fluxgate_observability::telemetry::inject(&mut r.headers);
+        acks.push(producer.send(r).await?);
     }
     for a in acks {
         a.await?;
@@ -283,11 +286,23 @@ impl Stage for Dispatcher {
             },
             DeviceRef::Name(_) => Presence::Seen(None),
         };
+        // A consumer span per record, child of the span that produced it (an API
+        // command, a device's RPC request, a delivery outcome).
+        let span = tracing::info_span!(
+            "dispatcher.process",
+            otel.kind = "consumer",
+            tenant = env.tenant.as_str(),
+            device = env.device.as_str(),
+            message.kind = env.body.kind().as_str(),
+        );
+        fluxgate_observability::telemetry::parent(&span, &rec.headers);
         let (work, consumer) = (self.ctx(), self.parts.consumer.clone());
-        let fut = self.retrying("a record", move || {
-            let (work, env, online) = (work.clone(), env.clone(), online.clone());
-            async move { work.step(env, online).await }
-        });
+        let fut = self
+            .retrying("a record", move || {
+                let (work, env, online) = (work.clone(), env.clone(), online.clone());
+                async move { work.step(env, online).await }
+            })
+            .instrument(span);
         fluxgate_pipeline::wait(ctx, fut, move |act, after, _| {
             match after {
                 After::Nothing => {}

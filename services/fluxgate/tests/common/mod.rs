@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fluxgate_testkit::http::call;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -139,4 +139,43 @@ impl Standalone {
             .unwrap();
         assert!(status.success(), "exit status {status}");
     }
+}
+
+/// Creates application `app` with an admin API token, returning the token.
+pub async fn application(fg: &Standalone, app: &str) -> String {
+    fg.ok(
+        "POST",
+        "/applications",
+        &fg.token,
+        Some(json!({"id": app})),
+        201,
+    )
+    .await;
+    let t = fg
+        .ok(
+            "POST",
+            &format!("/applications/{app}/tokens"),
+            &fg.token,
+            Some(json!({"name": "e2e", "scope": "admin"})),
+            201,
+        )
+        .await;
+    t["secret"].as_str().unwrap().to_owned()
+}
+
+/// Creates an access key for all devices; returns (key, secret).
+pub async fn access_key(fg: &Standalone, app: &str, admin: &str) -> (String, String) {
+    let k = fg
+        .ok(
+            "POST",
+            &format!("/applications/{app}/keys"),
+            admin,
+            Some(json!({})),
+            201,
+        )
+        .await;
+    (
+        k["key"].as_str().unwrap().to_owned(),
+        k["secret"].as_str().unwrap().to_owned(),
+    )
 }

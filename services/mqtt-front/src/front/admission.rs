@@ -11,6 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use fluxgate_model::{Backoff, DeviceId, TenantId};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter};
@@ -220,10 +221,22 @@ impl Front {
         sink: Sink,
         gone: impl Future<Output = ()> + 'static,
     ) -> Result<Handle, Refusal> {
+        // EMQX's `client.connect`, with `client.authn` inside: the connect's durable
+        // announcement carries its context.
+        let span = tracing::info_span!(
+            "client.connect",
+            otel.kind = "server",
+            client_id = creds.client_id,
+            tenant = tracing::field::Empty,
+            device = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
         let r = self
             .try_connect(creds, clean_session, remote, sink, gone)
+            .instrument(span.clone())
             .await;
         let outcome = r.as_ref().map_or_else(Refusal::label, |_| "accepted");
+        span.record("outcome", outcome);
         self.metrics.connects.with_label_values(&[outcome]).inc();
         if let Err(Refusal::Auth(AuthError::BadCredentials | AuthError::NotAuthorized(_))) = &r
             && let Some(ip) = remote.map(|a| a.ip())
@@ -266,8 +279,15 @@ impl Front {
         let identity = self
             .registry
             .authenticate(creds)
+            .instrument(tracing::info_span!("client.authn"))
             .await
             .map_err(Refusal::Auth)?;
+        let span = tracing::Span::current();
+        span.record("tenant", tracing::field::display(&identity.tenant));
+        span.record(
+            "device",
+            tracing::field::display(identity.principal.device()),
+        );
         self.admission.after_auth(&identity, &self.metrics)?;
         self.register(identity, remote, sink, gone).await
     }

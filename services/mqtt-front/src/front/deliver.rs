@@ -17,6 +17,26 @@ use ntex_mqtt::QoS;
 use super::side::Side;
 use super::{Front, new_id, now_ms, traced};
 use crate::session::{Conn, NotQueued, Subs, ToSession};
+use tracing::Instrument;
+
+/// The label of a write's outcome (metric and span).
+fn label_of(outcome: &Result<(), &'static str>) -> &'static str {
+    match outcome {
+        Ok(()) => "delivered",
+        Err("not subscribed") => "not_subscribed",
+        Err(_) => "failed",
+    }
+}
+
+/// MQTT 5 user properties a propagator writes the trace context into.
+struct UserPropsOut(Vec<(ByteString, ByteString)>);
+
+impl opentelemetry::propagation::Injector for UserPropsOut {
+    fn set(&mut self, key: &str, value: String) {
+        self.0
+            .push((ByteString::from(key), ByteString::from(value)));
+    }
+}
 
 impl Front {
     /// Writes a rendered message to the client at `qos`, the QoS it subscribed to the
@@ -28,24 +48,27 @@ impl Front {
         qos: Option<QoS>,
         r: &Rendered,
     ) -> Result<(), &'static str> {
+        // An MQTT 5 client gets the trace's `traceparent` as a user property.
+        let mut props = UserPropsOut(Vec::new());
+        fluxgate_observability::telemetry::inject(&mut props);
         let outcome = match qos {
             None => Err("not subscribed"),
             Some(qos) => conn
                 .sink
-                .publish(
+                .publish_with(
                     ByteString::from(r.topic.as_str()),
                     Bytes::copy_from_slice(&r.payload),
                     qos,
+                    props.0,
                 )
                 .await
                 .map_err(|_| "client did not acknowledge"),
         };
-        let label = match outcome {
-            Ok(()) => "delivered",
-            Err("not subscribed") => "not_subscribed",
-            Err(_) => "failed",
-        };
-        self.metrics.deliveries.with_label_values(&[label]).inc();
+        tracing::Span::current().record("outcome", label_of(&outcome));
+        self.metrics
+            .deliveries
+            .with_label_values(&[label_of(&outcome)])
+            .inc();
         outcome
     }
 
@@ -60,7 +83,7 @@ impl Front {
         let (front, conn) = (self.clone(), conn.clone());
         match msg {
             ToSession::Deliver(d) => {
-                let mut d = *d;
+                let (mut d, span) = *d;
                 // The connection's dialect is the truth: a dispatcher that rebuilt
                 // presence from the store after a restart knows where the device is, not
                 // how it speaks.
@@ -68,12 +91,16 @@ impl Front {
                 match d.render() {
                     Ok(r) => {
                         let qos = subs.feed(&r.feed);
-                        Box::pin(async move {
-                            let outcome = front.write(&conn, qos, &r).await;
-                            front.report(&d, outcome.err()).await;
-                        })
+                        Box::pin(
+                            async move {
+                                let outcome = front.write(&conn, qos, &r).await;
+                                front.report(&d, outcome.err()).await;
+                            }
+                            .instrument(span),
+                        )
                     }
                     Err(e) => Box::pin(async move {
+                        span.record("outcome", "unrenderable");
                         tracing::warn!(delivery = %d.id, error = %e, "delivery cannot be rendered");
                         front
                             .metrics
@@ -128,15 +155,32 @@ impl Front {
     }
 }
 
-/// Something a session is asked to deliver, routed from the bus.
-pub(crate) fn route_delivery(front: &Front, d: Delivery) {
+/// Something a session is asked to deliver, routed from the bus; `parent` is the trace
+/// its record carries (the dispatcher's span).
+pub(crate) fn route_delivery(front: &Front, d: Delivery, parent: Option<opentelemetry::Context>) {
     let Some(entry) = front.sessions.get(&d.tenant, d.connection()) else {
         return; // another front holds the connection, or nobody does
     };
+    // From the record to the client's PUBACK (or the failure), on the front that holds
+    // the connection.
+    let span = tracing::info_span!(
+        "client.deliver",
+        otel.kind = "producer",
+        tenant = %d.tenant,
+        device = %d.device,
+        delivery = %d.id,
+        outcome = tracing::field::Empty,
+    );
+    if let Some(cx) = parent {
+        fluxgate_observability::telemetry::set_parent(&span, cx);
+    }
     // Rendered by the session, in the dialect of the connection it holds.
     if let Err(NotQueued::Full(ToSession::Deliver(d))) =
-        entry.try_send(ToSession::Deliver(Box::new(d)))
+        entry.try_send(ToSession::Deliver(Box::new((d, span))))
     {
+        let (d, span) = *d;
+        let _in = span.enter();
+        span.record("outcome", "backlog_full");
         front
             .metrics
             .deliveries

@@ -24,6 +24,7 @@ use futures_util::future::LocalBoxFuture;
 use futures_util::stream::FuturesUnordered;
 use ntex::util::{ByteString, Bytes};
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use super::Front;
 use super::publish::Verdict;
@@ -36,6 +37,8 @@ pub(super) struct Settled {
     pub(super) started: Instant,
     pub(super) topic: ByteString,
     pub(super) payload: Bytes,
+    /// `client.publish`, ended once the verdict is counted.
+    pub(super) span: tracing::Span,
     reply: oneshot::Sender<Verdict>,
 }
 
@@ -182,8 +185,9 @@ impl Link {
                 topic,
                 payload,
                 retain,
+                parent,
                 verdict,
-            } => self.publish(topic, payload, retain, verdict).await,
+            } => self.publish(topic, payload, retain, parent, verdict).await,
             Packet::Subscribe {
                 filter,
                 qos,
@@ -207,6 +211,7 @@ impl Link {
         topic: ByteString,
         payload: ntex_mqtt::Payload,
         retain: bool,
+        parent: Option<opentelemetry::Context>,
         reply: oneshot::Sender<Verdict>,
     ) {
         // A close began (a refusal in packet order before this one, a takeover, the
@@ -226,9 +231,27 @@ impl Link {
             let _ = reply.send(Verdict::Dropped);
             return;
         };
+        // EMQX's `client.publish`: from the packet to the verdict (the PUBACK), a
+        // producer span whose context the records carry to the bus.
+        let id = &self.conn.identity;
+        let span = tracing::info_span!(
+            "client.publish",
+            otel.kind = "producer",
+            tenant = %id.tenant,
+            device = %id.principal.device(),
+            dialect = crate::metrics::dialect_label(id.principal.dialect()),
+            topic.kind = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            reason = tracing::field::Empty,
+        );
+        if let Some(cx) = parent {
+            fluxgate_observability::telemetry::set_parent(&span, cx);
+        }
         let (kind, sent) = (self.front)
             .publish_in_turn(&self.conn, &mut self.state, &topic, &payload, retain)
+            .instrument(span.clone())
             .await;
+        span.record("topic.kind", kind);
         // A refusal that ends the connection takes effect in packet order: the publishes
         // behind this one are then not stored (and never acknowledged), and the ones
         // before it get their acks before the socket closes.
@@ -245,6 +268,7 @@ impl Link {
                 started,
                 topic,
                 payload,
+                span,
                 reply,
             }
         }));

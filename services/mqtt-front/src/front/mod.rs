@@ -29,7 +29,7 @@ mod thingsboard;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use fluxgate_bus::{Headers, OutRecord, Producer, Topic, TopicsConfig, TraceParent};
+use fluxgate_bus::{OutRecord, Producer, Topic, TopicsConfig};
 use fluxgate_model::{MessageId, TenantId};
 
 use crate::auth::Registry;
@@ -78,15 +78,9 @@ fn new_id() -> MessageId {
     MessageId::from_parts(now_ms().max(0) as u64, fastrand::u128(..))
 }
 
+/// `rec` with the current span's trace context in its headers (none with telemetry off).
 fn traced(mut rec: OutRecord) -> OutRecord {
-    let mut h = Headers::new();
-    TraceParent {
-        trace_id: fastrand::u128(1..),
-        span_id: fastrand::u64(1..),
-        flags: 1,
-    }
-    .inject(&mut h);
-    rec.headers = h;
+    fluxgate_observability::telemetry::inject(&mut rec.headers);
     rec
 }
 

@@ -93,6 +93,10 @@ impl Front {
         }
         self.metrics
             .message(dialect, done.kind, done.verdict.label());
+        done.span.record("outcome", done.verdict.label());
+        if let Verdict::Denied(r) | Verdict::Malformed(r) = &done.verdict {
+            done.span.record("reason", r.code().as_str());
+        }
         match &done.verdict {
             Verdict::Denied(r) | Verdict::Malformed(r) => {
                 let topic = fluxgate_model::bounded(&done.topic, 128);

@@ -173,12 +173,14 @@ fn take_in(
     topic: ByteString,
     payload: ntex_mqtt::Payload,
     retain: bool,
+    parent: Option<opentelemetry::Context>,
 ) -> impl Future<Output = Verdict> + use<> {
     let (verdict, rx) = tokio::sync::oneshot::channel();
     let queued = h.send(Packet::Publish {
         topic,
         payload,
         retain,
+        parent,
         verdict,
     });
     async move {
@@ -187,6 +189,31 @@ fn take_in(
         }
         rx.await.unwrap_or(Verdict::Dropped)
     }
+}
+
+/// MQTT 5 user properties as a trace-context carrier (`traceparent`, `tracestate`).
+pub(crate) struct UserProps<'a>(pub(crate) &'a [(ByteString, ByteString)]);
+
+impl opentelemetry::propagation::Extractor for UserProps<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k.as_str() == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(k, _)| k.as_str()).collect()
+    }
+}
+
+/// The trace a v5 PUBLISH names in its `traceparent` user property (as EMQX reads it).
+fn trace_parent(props: &[(ByteString, ByteString)]) -> Option<opentelemetry::Context> {
+    if !props.iter().any(|(k, _)| k.as_str() == "traceparent") {
+        return None;
+    }
+    fluxgate_observability::telemetry::extract(&UserProps(props))
 }
 
 /// The answer to a publish that must not be acknowledged on a connection that is closing:
@@ -352,7 +379,7 @@ pub(crate) fn mqtt_service<F: Filter>(
         Ready::Ok::<_, Closed>(fn_service(move |mut p: v3::Publish| {
             // Queued here, synchronously, in packet order.
             let topic = p.topic().get_ref().clone();
-            let verdict = take_in(&s, topic, p.take_payload(), p.retain());
+            let verdict = take_in(&s, topic, p.take_payload(), p.retain(), None);
             publish_v3(f.clone(), verdict)
         }))
     }));
@@ -378,7 +405,8 @@ pub(crate) fn mqtt_service<F: Filter>(
     .publish(fn_factory_with_config(move |s: v5::Session<Handle>| {
         Ready::Ok::<_, Closed>(fn_service(move |mut p: v5::Publish| {
             let topic = p.topic().get_ref().clone();
-            let verdict = take_in(&s, topic, p.take_payload(), p.retain());
+            let parent = trace_parent(&p.packet().properties.user_properties);
+            let verdict = take_in(&s, topic, p.take_payload(), p.retain(), parent);
             publish_v5(p, verdict)
         }))
     }));

@@ -41,8 +41,9 @@ pub(crate) use subs::Subs;
 /// Something for one connection, from the inbound task.
 #[derive(Debug)]
 pub(crate) enum ToSession {
-    /// A command, RPC or attribute message for the device (or one behind the gateway).
-    Deliver(Box<Delivery>),
+    /// A command, RPC or attribute message for the device (or one behind the gateway),
+    /// with its `client.deliver` span (a child of the dispatcher's).
+    Deliver(Box<(Delivery, tracing::Span)>),
     /// A custom-topic message of the connection's application: topic and payload (boxed:
     /// every connection's channel holds a block of these, so the enum stays small).
     Custom(Box<(ByteString, Bytes)>),
@@ -127,12 +128,32 @@ impl Sink {
         payload: Bytes,
         qos: QoS,
     ) -> Result<(), String> {
+        self.publish_with(topic, payload, qos, Vec::new()).await
+    }
+
+    /// [`Sink::publish`] with MQTT 5 user properties (`traceparent`); a v3 client gets
+    /// none (3.1.1 has no properties).
+    pub(crate) async fn publish_with(
+        &self,
+        topic: ByteString,
+        payload: Bytes,
+        qos: QoS,
+        props: Vec<(ByteString, ByteString)>,
+    ) -> Result<(), String> {
+        let v5 = |s: &v5::MqttSink| {
+            let p = s.publish(topic.clone());
+            if props.is_empty() {
+                p
+            } else {
+                p.properties(|p| p.user_properties = props.clone())
+            }
+        };
         let r = match (self, qos) {
             (Sink::V3(s), QoS::AtMostOnce) => s.publish(topic).send_at_most_once(payload),
             (Sink::V3(s), _) => s.publish(topic).send_at_least_once(payload).await,
-            (Sink::V5(s), QoS::AtMostOnce) => s.publish(topic).send_at_most_once(payload),
+            (Sink::V5(s), QoS::AtMostOnce) => v5(s).send_at_most_once(payload),
             (Sink::V5(s), _) => {
-                let ack = s.publish(topic).send_at_least_once(payload).await;
+                let ack = v5(s).send_at_least_once(payload).await;
                 return match ack {
                     Ok(a)
                         if matches!(
@@ -224,6 +245,8 @@ pub(crate) enum Packet {
         topic: ByteString,
         payload: ntex_mqtt::Payload,
         retain: bool,
+        /// The trace the client's MQTT 5 `traceparent` user property names.
+        parent: Option<opentelemetry::Context>,
         verdict: oneshot::Sender<crate::front::Verdict>,
     },
     /// One filter of a SUBSCRIBE.
