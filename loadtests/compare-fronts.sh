@@ -5,13 +5,20 @@
 # $KAFKA_BROKERS (scripts/services/kafka). Prints one line per run; see RESULTS.md §6.
 #
 #   NEW=/tmp/lt-new OLD=/tmp/lt-old loadtests/compare-fronts.sh
+#
+# NEW_ARGS / OLD_ARGS add `front` options to one side (one build, two settings:
+# `NEW=$LT OLD=$LT NEW_ARGS="--telemetry down" …`); FRONT_LOGS names a folder for the
+# fronts' output (their span counters at exit), /dev/null otherwise.
 set -euo pipefail
 : "${NEW:?path of the new fluxgate-loadtest}" "${OLD:?path of the old fluxgate-loadtest}"
 RUNS="${RUNS:-3}"
 for bus in memory kafka; do
-  "$NEW" front --addr 127.0.0.1:18851 --devices 1100 --bus "$bus" >/dev/null 2>&1 &
+  out() { if [ -n "${FRONT_LOGS:-}" ]; then echo "$FRONT_LOGS/$1-$bus.log"; else echo /dev/null; fi; }
+  # shellcheck disable=SC2086 # the extra options are words
+  "$NEW" front --addr 127.0.0.1:18851 --devices 1100 --bus "$bus" ${NEW_ARGS:-} >"$(out new)" 2>&1 &
   N=$!
-  "$OLD" front --addr 127.0.0.1:18852 --devices 1100 --bus "$bus" >/dev/null 2>&1 &
+  # shellcheck disable=SC2086
+  "$OLD" front --addr 127.0.0.1:18852 --devices 1100 --bus "$bus" ${OLD_ARGS:-} >"$(out old)" 2>&1 &
   O=$!
   trap 'kill $N $O 2>/dev/null || true' EXIT
   for p in 18851 18852; do

@@ -40,6 +40,17 @@ enum BusKind {
     Memory,
 }
 
+/// Traces of the front under load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Telemetry {
+    /// No OpenTelemetry layer (the default of a role).
+    Off,
+    /// Exported to `--otlp-endpoint`.
+    On,
+    /// Exported to a collector that is away.
+    Down,
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run a front with N devices (`d0`..`dN-1`, key `load-key` / `load-secret`).
@@ -59,6 +70,13 @@ enum Cmd {
         /// Worker threads.
         #[arg(long, default_value_t = 2)]
         workers: usize,
+        /// Traces: `off`, or exported to `--otlp-endpoint` (`on`); `down` exports to a
+        /// port nobody listens on (a collector that is away).
+        #[arg(long, value_enum, default_value = "off")]
+        telemetry: Telemetry,
+        /// The OTLP/gRPC collector for `--telemetry on`.
+        #[arg(long, default_value = "http://127.0.0.1:4317")]
+        otlp_endpoint: String,
     },
     /// Publish load.
     Publish {
@@ -107,7 +125,19 @@ fn main() -> Result<(), String> {
             bus,
             brokers,
             workers,
-        } => run_front(addr, devices, bus, brokers, workers),
+            telemetry,
+            otlp_endpoint,
+        } => {
+            let t = init_telemetry(telemetry, otlp_endpoint)?;
+            let r = run_front(addr, devices, bus, brokers, workers);
+            t.shutdown(std::time::Duration::from_secs(2));
+            let (full, failed) = fluxgate_observability::telemetry::dropped();
+            println!(
+                "spans exported {}, dropped: queue_full {full}, export_failed {failed}",
+                fluxgate_observability::telemetry::exported()
+            );
+            r
+        }
         Cmd::Publish {
             addr,
             connections,
@@ -129,6 +159,39 @@ fn main() -> Result<(), String> {
             .build(ntex::rt::DefaultRuntime)
             .block_on(idle(addr, connections, hold_secs, auth)),
     }
+}
+
+/// Logs at `warn`, and traces as `--telemetry` says.
+fn init_telemetry(
+    mode: Telemetry,
+    endpoint: String,
+) -> Result<fluxgate_observability::telemetry::Telemetry, String> {
+    use fluxgate_observability::telemetry::{LogSettings, Service, TelemetryConfig};
+    let endpoint = match mode {
+        Telemetry::Off | Telemetry::On => endpoint,
+        Telemetry::Down => {
+            // Bound, then released: nobody listens there.
+            let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+            let port = l.local_addr().map_err(|e| e.to_string())?.port();
+            format!("http://127.0.0.1:{port}")
+        }
+    };
+    let cfg = TelemetryConfig {
+        enabled: mode != Telemetry::Off,
+        endpoint,
+        ..TelemetryConfig::default()
+    };
+    fluxgate_observability::telemetry::init(
+        &Service {
+            role: "loadtest-front",
+            instance: "load-front",
+        },
+        &LogSettings {
+            filter: "warn",
+            json: false,
+        },
+        &cfg,
+    )
 }
 
 fn run_front(
@@ -188,7 +251,12 @@ fn run_front(
             std::process::id(),
             front.listening.tcp
         );
-        let _ = tokio::signal::ctrl_c().await;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| e.to_string())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
         front.shutdown().await;
         Ok(())
     })
