@@ -331,6 +331,7 @@ async fn count(
     let method = req.method().as_str().to_owned();
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
     let span = tracing::info_span!(
+        target: fluxgate_observability::telemetry::SPANS,
         "http.request",
         otel.kind = "server",
         otel.name = format!("{method} {route}"),

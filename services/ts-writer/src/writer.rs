@@ -200,6 +200,7 @@ impl TsWriter {
         // The record's part of its trace: a consumer span, child of the validator's; the
         // batch's write links back to it.
         let span = tracing::info_span!(
+        target: fluxgate_observability::telemetry::SPANS,
             "writer.receive",
             otel.kind = "consumer",
             tenant = tracing::field::Empty,
@@ -298,6 +299,7 @@ impl TsWriter {
         // One span for the batch's write, linked (not parented) to each record's span:
         // the records belong to many traces.
         let span = tracing::info_span!(
+        target: fluxgate_observability::telemetry::SPANS,
             "store.write",
             otel.kind = "client",
             db.operation.name = "write_batch",

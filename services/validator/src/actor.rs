@@ -129,6 +129,7 @@ impl Stage for Validator {
         // A consumer span per record, child of the span that produced it (the front's
         // publish): the validator's part of the trace.
         let span = tracing::info_span!(
+        target: fluxgate_observability::telemetry::SPANS,
             "validator.process",
             otel.kind = "consumer",
             tenant = tracing::field::Empty,

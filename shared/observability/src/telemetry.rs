@@ -22,7 +22,7 @@
 //! `OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT`, `OTEL_TRACES_SAMPLER_ARG`, `OTEL_BSP_*`,
 //! `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -157,6 +157,16 @@ impl TelemetryConfig {
     }
 }
 
+/// The target of the roles' per-message spans (`client.publish`, `validator.process`, …).
+/// They exist for tracing only: the log layer leaves them out (`<target>=off` is added to
+/// `log.filter` unless it names the target), so with telemetry off they cost nothing.
+pub const SPANS: &str = "fluxgate_span";
+
+/// Set while the export queue is full: new spans are not started (and counted as
+/// dropped) until it has drained to half, so a collector that is away costs the roles
+/// almost nothing, rather than building spans only to drop them.
+static SHEDDING: AtomicBool = AtomicBool::new(false);
+
 /// Spans dropped because the export queue was full.
 static DROPPED_QUEUE_FULL: AtomicU64 = AtomicU64::new(0);
 /// Spans dropped because the collector did not take their batch.
@@ -216,6 +226,7 @@ impl<P: SpanProcessor> SpanProcessor for Bounded<P> {
         if self.queued.fetch_add(1, Ordering::AcqRel) >= self.cap {
             self.queued.fetch_sub(1, Ordering::AcqRel);
             DROPPED_QUEUE_FULL.fetch_add(1, Ordering::Relaxed);
+            SHEDDING.store(true, Ordering::Relaxed);
             return;
         }
         self.inner.on_end(span);
@@ -239,13 +250,24 @@ impl<P: SpanProcessor> SpanProcessor for Bounded<P> {
 struct Counted<E> {
     inner: E,
     queued: Arc<AtomicUsize>,
+    cap: usize,
+    /// Whether the last export failed: the log says so once per outage, not per batch.
+    failing: AtomicBool,
 }
 
 impl<E: SpanExporter> SpanExporter for Counted<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let n = batch.len();
         let res = self.inner.export(batch).await;
-        self.queued.fetch_sub(n, Ordering::AcqRel);
+        if self.queued.fetch_sub(n, Ordering::AcqRel) - n <= self.cap / 2 {
+            SHEDDING.store(false, Ordering::Relaxed);
+        }
+        match (&res, self.failing.swap(res.is_err(), Ordering::Relaxed)) {
+            (Err(e), false) => tracing::warn!(error = %e,
+                "telemetry: the collector did not take a batch; spans are dropped (counted in fluxgate_telemetry_spans_dropped_total) until it does"),
+            (Ok(()), true) => tracing::info!("telemetry: the collector takes spans again"),
+            _ => {}
+        }
         let counter = if res.is_ok() {
             &EXPORTED
         } else {
@@ -334,12 +356,24 @@ pub fn init(
             tracing_opentelemetry::layer()
                 .with_tracer(tracer)
                 .with_tracked_inactivity(false)
-                .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+                .with_filter(
+                    // Decided per callsite for debug and trace (never), so the libraries'
+                    // fine-grained events stay free; per span for the rest (shedding).
+                    tracing_subscriber::filter::dynamic_filter_fn(|meta, _| admit(meta))
+                        .with_callsite_filter(|meta| {
+                            if *meta.level() <= tracing::Level::INFO {
+                                tracing::subscriber::Interest::sometimes()
+                            } else {
+                                tracing::subscriber::Interest::never()
+                            }
+                        })
+                        .with_max_level_hint(tracing_subscriber::filter::LevelFilter::INFO),
+                ),
         )
     } else {
         None
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(log.filter));
+    let filter = log_filter(log.filter);
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let (fmt, hook) = if log.json {
         let (format, hook) = json_with_ids();
@@ -363,6 +397,43 @@ pub fn init(
         return Ok(Telemetry::default());
     }
     Ok(telemetry)
+}
+
+/// Which spans and events the OpenTelemetry layer takes: `info` and above, and no new span
+/// while the export queue is full (counted as dropped).
+fn admit(meta: &tracing::Metadata<'_>) -> bool {
+    if *meta.level() > tracing::Level::INFO {
+        return false;
+    }
+    if meta.is_span() && SHEDDING.load(Ordering::Relaxed) {
+        DROPPED_QUEUE_FULL.fetch_add(1, Ordering::Relaxed);
+        return false;
+    }
+    true
+}
+
+/// The log layer's filter: `RUST_LOG` or `configured`, without the per-message spans
+/// ([`SPANS`]) and the OpenTelemetry SDK's own per-batch errors (the exporter logs an
+/// outage once), unless the filter names them.
+fn log_filter(configured: &str) -> EnvFilter {
+    let text = std::env::var(EnvFilter::DEFAULT_ENV).unwrap_or_else(|_| configured.to_owned());
+    let mut extra = Vec::new();
+    for target in [
+        SPANS,
+        "opentelemetry_sdk",
+        "opentelemetry_otlp",
+        "opentelemetry",
+    ] {
+        if !text.contains(target) {
+            extra.push(format!("{target}=off"));
+        }
+    }
+    let full = if text.trim().is_empty() {
+        extra.join(",")
+    } else {
+        format!("{text},{}", extra.join(","))
+    };
+    EnvFilter::try_new(&full).unwrap_or_else(|_| EnvFilter::new(configured))
 }
 
 /// The tracer provider for `cfg`: exporter, bounded batch processor, sampler, resource.
@@ -412,6 +483,8 @@ fn provider(
             Counted {
                 inner: exporter,
                 queued: queued.clone(),
+                cap: cfg.queue_size,
+                failing: AtomicBool::new(false),
             },
             batch,
         ),
@@ -545,12 +618,18 @@ where
         mut writer: Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
-        let ids = ctx.lookup_current().and_then(|span| {
-            let dispatch = self.dispatch.get()?.upgrade()?;
-            let cx = tracing_opentelemetry::get_otel_context(&span.id(), &dispatch)?;
-            let sc = cx.span().span_context().clone();
-            sc.is_valid().then(|| (sc.trace_id(), sc.span_id()))
-        });
+        // The innermost span the subscriber knows, whether or not the log layer shows it
+        // (it leaves the per-message spans out).
+        let ids = self
+            .dispatch
+            .get()
+            .and_then(|d| d.upgrade())
+            .and_then(|dispatch| {
+                let id = dispatch.current_span().id()?.clone();
+                let cx = tracing_opentelemetry::get_otel_context(&id, &dispatch)?;
+                let sc = cx.span().span_context().clone();
+                sc.is_valid().then(|| (sc.trace_id(), sc.span_id()))
+            });
         let Some((trace_id, span_id)) = ids else {
             return self.inner.format_event(ctx, writer, event);
         };
@@ -626,12 +705,14 @@ mod tests {
                 tracing_subscriber::fmt::layer()
                     .event_format(format)
                     .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
-                    .with_writer(move || out.clone()),
+                    .with_writer(move || out.clone())
+                    // As `init` sets it up: the log layer does not show the span itself.
+                    .with_filter(log_filter("info")),
             )
             .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
         let (trace, span_id) = tracing::subscriber::with_default(subscriber, || {
             tracing::info!("outside");
-            let span = tracing::info_span!("client.publish", device = "d1");
+            let span = tracing::info_span!(target: SPANS, "client.publish", device = "d1");
             let _in = span.enter();
             tracing::info!(n = 1, "inside");
             let cx = span.context();
@@ -648,10 +729,9 @@ mod tests {
         assert_eq!(lines[1]["trace_id"], serde_json::json!(trace), "{text}");
         assert_eq!(lines[1]["span_id"], serde_json::json!(span_id), "{text}");
         assert_eq!(lines[1]["fields"]["n"], serde_json::json!(1), "{text}");
-        assert_eq!(
-            lines[1]["span"]["device"],
-            serde_json::json!("d1"),
-            "{text}"
+        assert!(
+            lines[1].get("span").is_none(),
+            "the span is not logged: {text}"
         );
     }
 

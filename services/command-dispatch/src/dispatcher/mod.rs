@@ -289,6 +289,7 @@ impl Stage for Dispatcher {
         // A consumer span per record, child of the span that produced it (an API
         // command, a device's RPC request, a delivery outcome).
         let span = tracing::info_span!(
+        target: fluxgate_observability::telemetry::SPANS,
             "dispatcher.process",
             otel.kind = "consumer",
             tenant = env.tenant.as_str(),

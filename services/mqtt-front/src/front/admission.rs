@@ -224,6 +224,7 @@ impl Front {
         // EMQX's `client.connect`, with `client.authn` inside: the connect's durable
         // announcement carries its context.
         let span = tracing::info_span!(
+        target: fluxgate_observability::telemetry::SPANS,
             "client.connect",
             otel.kind = "server",
             client_id = creds.client_id,
@@ -279,7 +280,7 @@ impl Front {
         let identity = self
             .registry
             .authenticate(creds)
-            .instrument(tracing::info_span!("client.authn"))
+            .instrument(tracing::info_span!(target: fluxgate_observability::telemetry::SPANS, "client.authn"))
             .await
             .map_err(Refusal::Auth)?;
         let span = tracing::Span::current();

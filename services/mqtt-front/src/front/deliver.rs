@@ -164,6 +164,7 @@ pub(crate) fn route_delivery(front: &Front, d: Delivery, parent: Option<opentele
     // From the record to the client's PUBACK (or the failure), on the front that holds
     // the connection.
     let span = tracing::info_span!(
+        target: fluxgate_observability::telemetry::SPANS,
         "client.deliver",
         otel.kind = "producer",
         tenant = %d.tenant,

@@ -235,6 +235,7 @@ impl Link {
         // producer span whose context the records carry to the bus.
         let id = &self.conn.identity;
         let span = tracing::info_span!(
+        target: fluxgate_observability::telemetry::SPANS,
             "client.publish",
             otel.kind = "producer",
             tenant = %id.tenant,
