@@ -142,10 +142,18 @@ pub(crate) fn free_ports(n: u16) -> std::io::Result<u16> {
         .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
         });
+    // A port handed out once is not handed out again by this process: the tests of one
+    // binary run at once, and a port checked free here is bound by its server only later
+    // (two clusters starting together drew the same port, and a front could not listen).
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     for i in 0..span.min(2_000) {
         let base = low + ((seed.wrapping_add(i * 7919)) % span) as u16;
-        let free = (base..base + n).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
+        let taken = (base..base + n).any(|p| given.contains(&p));
+        let free = !taken
+            && (base..base + n).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
         if free {
+            given.extend(base..base + n);
             return Ok(base);
         }
     }
