@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fluxgate_testkit::cluster::{Cluster, Role, Spec};
-use fluxgate_testkit::http::call;
+use fluxgate_testkit::http::{call, ok};
 use fluxgate_testkit::raw::{self, Got, V};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,16 +27,6 @@ async fn cluster(test: &str, spec: Spec) -> Option<Cluster> {
     let (cql, _) = fluxgate_testkit::cql::node(test)?;
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_fluxgate"));
     Some(Cluster::start(bin, &kafka, &cql, spec).await.unwrap())
-}
-
-async fn ok(api: SocketAddr, method: &str, path: &str, token: &str, body: Value) -> Value {
-    let body = (!body.is_null()).then_some(body);
-    let (status, v) = call(api, method, path, Some(token), body).await.unwrap();
-    assert!(
-        (200..300).contains(&status),
-        "{method} {path}: {status} {v}"
-    );
-    v
 }
 
 /// Application `app`, devices `d0..dN` with a number attribute `n`, an access key for all.

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use fluxgate_testkit::cluster::{Cluster, Role, Spec};
-use fluxgate_testkit::http::call;
+use fluxgate_testkit::http::ok;
 use fluxgate_testkit::mqtt::v5;
 use fluxgate_testkit::otlp::{Collector, Span};
 use ntex_mqtt::v5::codec::PublishAckReason;
@@ -37,16 +37,6 @@ fn device_trace() -> (String, String) {
         .as_nanos();
     let trace = format!("{:032x}", nanos ^ (u128::from(std::process::id()) << 96));
     (trace, "00f067aa0ba902b7".to_owned())
-}
-
-async fn ok(api: SocketAddr, method: &str, path: &str, token: &str, body: Value) -> Value {
-    let body = (!body.is_null()).then_some(body);
-    let (status, v) = call(api, method, path, Some(token), body).await.unwrap();
-    assert!(
-        (200..300).contains(&status),
-        "{method} {path}: {status} {v}"
-    );
-    v
 }
 
 /// Application `traced` with device `d1` (a number `n`); returns its admin token, and an

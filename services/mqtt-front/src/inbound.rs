@@ -87,10 +87,7 @@ pub(crate) async fn inbound(front: Arc<Front>, consumer: Arc<dyn Consumer>, topi
             }
         };
         match Inbound::decode(&topics, &rec) {
-            Ok(Inbound::Delivery(d)) => {
-                let parent = fluxgate_observability::telemetry::extract(&rec.headers);
-                route_delivery(&front, d, parent)
-            }
+            Ok(Inbound::Delivery(d)) => route_delivery(&front, d, &rec.headers),
             Ok(Inbound::Custom {
                 tenant,
                 topic,

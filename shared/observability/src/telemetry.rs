@@ -566,9 +566,7 @@ pub fn add_link(span: &tracing::Span, to: SpanContext) {
 
 /// The trace id of `span`, as 32 hex digits (`None` when it is not exported).
 pub fn trace_id(span: &tracing::Span) -> Option<String> {
-    let cx = span.context();
-    let sc = cx.span().span_context().clone();
-    sc.is_valid().then(|| sc.trace_id().to_string())
+    span_context(span).map(|sc| sc.trace_id().to_string())
 }
 
 /// A JSON line format that adds the current span's `trace_id` and `span_id`.

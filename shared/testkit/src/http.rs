@@ -87,6 +87,26 @@ pub async fn call(
     Ok((r.status, json))
 }
 
+/// [`call`] that must answer 2xx (it panics naming the call otherwise); its body. A
+/// `Null` body sends none.
+pub async fn ok(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    let body = (!body.is_null()).then_some(body);
+    let (status, v) = call(addr, method, path, Some(token), body)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    assert!(
+        (200..300).contains(&status),
+        "{method} {path}: {status} {v}"
+    );
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -77,30 +77,28 @@ fn hex(bytes: &[u8]) -> String {
 /// The spans of one export request, each with its resource's `service.name`.
 fn spans_of(request: ExportTraceServiceRequest) -> Vec<Span> {
     let mut got = Vec::new();
-    {
-        for rs in request.resource_spans {
-            let service = rs
-                .resource
-                .as_ref()
-                .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
-                .map(|kv| text(&kv.value))
-                .unwrap_or_default();
-            for s in rs.scope_spans.into_iter().flat_map(|ss| ss.spans) {
-                got.push(Span {
-                    service: service.clone(),
-                    kind: s.kind().as_str_name().to_owned(),
-                    name: s.name,
-                    trace_id: hex(&s.trace_id),
-                    span_id: hex(&s.span_id),
-                    parent_span_id: hex(&s.parent_span_id),
-                    links: s
-                        .links
-                        .iter()
-                        .map(|l| (hex(&l.trace_id), hex(&l.span_id)))
-                        .collect(),
-                    attributes: attributes(&s.attributes),
-                });
-            }
+    for rs in request.resource_spans {
+        let service = rs
+            .resource
+            .as_ref()
+            .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
+            .map(|kv| text(&kv.value))
+            .unwrap_or_default();
+        for s in rs.scope_spans.into_iter().flat_map(|ss| ss.spans) {
+            got.push(Span {
+                service: service.clone(),
+                kind: s.kind().as_str_name().to_owned(),
+                name: s.name,
+                trace_id: hex(&s.trace_id),
+                span_id: hex(&s.span_id),
+                parent_span_id: hex(&s.parent_span_id),
+                links: s
+                    .links
+                    .iter()
+                    .map(|l| (hex(&l.trace_id), hex(&l.span_id)))
+                    .collect(),
+                attributes: attributes(&s.attributes),
+            });
         }
     }
     got
@@ -208,7 +206,8 @@ impl Collector {
     }
 
     /// The same receiver for OTLP over HTTP with protobuf bodies (`POST /v1/traces`), on
-    /// threads of its own.
+    /// threads of its own. Once dropped it takes no new connection (its accept thread
+    /// ends at the next one it sees).
     pub fn start_http() -> std::io::Result<Collector> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;

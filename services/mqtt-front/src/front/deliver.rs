@@ -155,9 +155,10 @@ impl Front {
     }
 }
 
-/// Something a session is asked to deliver, routed from the bus; `parent` is the trace
-/// its record carries (the dispatcher's span).
-pub(crate) fn route_delivery(front: &Front, d: Delivery, parent: Option<opentelemetry::Context>) {
+/// Something a session is asked to deliver, routed from the bus; `headers` are its
+/// record's, with the trace it continues (the dispatcher's span), read only by the front
+/// that holds the connection (every front reads every delivery).
+pub(crate) fn route_delivery(front: &Front, d: Delivery, headers: &fluxgate_bus::Headers) {
     let Some(entry) = front.sessions.get(&d.tenant, d.connection()) else {
         return; // another front holds the connection, or nobody does
     };
@@ -172,9 +173,7 @@ pub(crate) fn route_delivery(front: &Front, d: Delivery, parent: Option<opentele
         delivery = %d.id,
         outcome = tracing::field::Empty,
     );
-    if let Some(cx) = parent {
-        fluxgate_observability::telemetry::set_parent(&span, cx);
-    }
+    fluxgate_observability::telemetry::parent(&span, headers);
     // Rendered by the session, in the dialect of the connection it holds.
     if let Err(NotQueued::Full(ToSession::Deliver(d))) =
         entry.try_send(ToSession::Deliver(Box::new((d, span))))
