@@ -36,6 +36,15 @@ fn entries() -> anyhow::Result<Vec<Entry>> {
     Ok(walk(&schema, &schema, Some(doc.as_table()), ""))
 }
 
+/// The JSON Schema (draft-07, the dialect of Helm's `values.schema.json`) of the
+/// configuration file, made from the same types as the reference.
+pub(crate) fn json_schema() -> anyhow::Result<String> {
+    let schema = schemars::generate::SchemaSettings::draft07()
+        .into_generator()
+        .into_root_schema_for::<Config>();
+    Ok(serde_json::to_string_pretty(&schema)?)
+}
+
 /// Follows `$ref`, and `anyOf: [x, null]` (an `Option`), to the schema of the value.
 fn resolve<'a>(root: &'a Json, s: &'a Json) -> &'a Json {
     if let Some(r) = s.get("$ref").and_then(Json::as_str) {

@@ -69,9 +69,14 @@ enum Cmd {
         /// would, and exit non-zero naming the first bad key.
         #[arg(long, conflicts_with = "markdown")]
         check: bool,
+        /// The JSON Schema (draft-07) of the configuration file instead: what the Helm
+        /// chart's `values.schema.json` checks `config` against.
+        #[arg(long, conflicts_with_all = ["markdown", "check"])]
+        schema: bool,
     },
     /// GET an http:// URL (a role's `/readyz`) and exit 0 on a 2xx answer: the container
-    /// healthcheck, with no curl in the image.
+    /// healthcheck, with no curl in the image. An mqtt://host:port URL gets an MQTT
+    /// CONNECT instead and passes on any CONNACK (`helm test`).
     Probe {
         url: String,
         /// Seconds for the connection and for the answer.
@@ -128,8 +133,13 @@ fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    if let Cmd::Config { markdown, .. } = cli.cmd {
-        if markdown {
+    if let Cmd::Config {
+        markdown, schema, ..
+    } = cli.cmd
+    {
+        if schema {
+            println!("{}", config_doc::json_schema()?);
+        } else if markdown {
             print!("{}", config_doc::markdown()?);
         } else {
             print!("{}", config_doc::annotated_toml()?);

@@ -588,3 +588,37 @@ async fn one_shot_mosquitto_pub_at_qos_0_loses_nothing() {
     );
     fg.terminate().await;
 }
+
+/// `fluxgate probe mqtt://…` (the Helm chart's `helm test`): a CONNACK from the front
+/// passes, whatever its code; an HTTP port and a closed port fail, each saying why.
+#[ntex::test]
+async fn the_mqtt_probe_passes_on_the_front_only() {
+    let dir = data_dir();
+    let fg = Standalone::start(&dir, &[]).await;
+    let probe = |url: String| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fluxgate"))
+            .args(["probe", &url, "--timeout-secs", "5"])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = probe(format!("mqtt://{}", fg.mqtt));
+    assert!(ok, "{text}");
+    // No credentials: the front refuses the session, which still proves it speaks MQTT.
+    assert!(text.contains("CONNACK, return code"), "{text}");
+    assert!(!text.contains("return code 0"), "{text}");
+    let (ok, text) = probe(format!("mqtt://{}", fg.api));
+    assert!(!ok && text.contains("did not answer MQTT"), "{text}");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (ok, text) = probe(format!("mqtt://{closed}"));
+    assert!(!ok && text.contains("connecting to"), "{text}");
+    fg.terminate().await;
+}

@@ -97,27 +97,39 @@ impl Default for RateLimits {
     }
 }
 
+/// A listener address: `""` switches it off, as leaving it out cannot when its default is
+/// on (`tcp_addr`).
+fn empty_is_off<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let addr = Option::<String>::deserialize(d)?;
+    Ok(addr.filter(|a| !a.is_empty()))
+}
+
 /// MQTT front settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FrontConfig {
     /// This instance's id, reported in presence events (defaults to the host name).
     pub instance_id: String,
-    /// Plain MQTT listener (`None`: off).
+    /// Plain MQTT listener (`""`: off).
+    #[serde(deserialize_with = "empty_is_off")]
     pub tcp_addr: Option<String>,
-    /// MQTT over TLS listener (`None`: off; needs `tls`).
+    /// MQTT over TLS listener (empty or unset: off; needs `tls`).
+    #[serde(deserialize_with = "empty_is_off")]
     pub tls_addr: Option<String>,
-    /// MQTT over WebSocket listener, at `ws_paths` (`None`: off).
+    /// MQTT over WebSocket listener, at `ws_paths` (empty or unset: off).
+    #[serde(deserialize_with = "empty_is_off")]
     pub ws_addr: Option<String>,
-    /// MQTT over secure WebSocket listener, at `ws_paths` (`None`: off; needs `tls`).
+    /// MQTT over secure WebSocket listener, at `ws_paths` (empty or unset: off; needs `tls`).
+    #[serde(deserialize_with = "empty_is_off")]
     pub wss_addr: Option<String>,
     /// The paths the WebSocket listeners upgrade; any other gets HTTP 404. MQTT.js and
     /// Losant's docs use `/` (`ws://host:port`), most brokers `/mqtt`.
     pub ws_paths: Vec<String>,
     /// Certificate and key of the TLS listeners.
     pub tls: Option<TlsFiles>,
-    /// `/metrics`, `/healthz`, `/readyz` listener of the `front` role (`None`: off). Not
+    /// `/metrics`, `/healthz`, `/readyz` listener of the `front` role (`""`: off). Not
     /// used by `standalone`, whose API serves every role's.
+    #[serde(deserialize_with = "empty_is_off")]
     pub http_addr: Option<String>,
     /// Worker threads of the MQTT listeners.
     pub workers: usize,
@@ -306,5 +318,21 @@ mod tests {
         );
         let unknown: Result<FrontConfig, _> = serde_json::from_str(r#"{"tcp_adr":"x"}"#);
         assert!(unknown.unwrap_err().to_string().contains("tcp_adr"));
+    }
+
+    #[test]
+    fn an_empty_listener_address_switches_it_off() {
+        let ws_only: FrontConfig =
+            serde_json::from_str(r#"{"tcp_addr":"","ws_addr":"0.0.0.0:8083","http_addr":""}"#)
+                .unwrap();
+        assert_eq!(ws_only.tcp_addr, None);
+        assert_eq!(ws_only.http_addr, None);
+        assert_eq!(ws_only.ws_addr.as_deref(), Some("0.0.0.0:8083"));
+        ws_only.validate().unwrap();
+        let none: FrontConfig = serde_json::from_str(r#"{"tcp_addr":""}"#).unwrap();
+        assert_eq!(none.validate().unwrap_err().field, "tcp_addr");
+        // Left out, the plain listener keeps its default.
+        let default: FrontConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(default.tcp_addr.as_deref(), Some("0.0.0.0:1883"));
     }
 }

@@ -56,6 +56,12 @@ pub struct KafkaConfig {
     pub commit_interval_ms: u64,
     /// Consumer group session timeout, in milliseconds.
     pub session_timeout_ms: u64,
+    /// `sasl.username`, when not empty. With `sasl_password`, set them from the
+    /// environment (`FLUXGATE_BUS__KAFKA__SASL_USERNAME`), and `security.protocol` and
+    /// `sasl.mechanism` in `librdkafka`.
+    pub sasl_username: String,
+    /// `sasl.password`, when not empty (`FLUXGATE_BUS__KAFKA__SASL_PASSWORD`).
+    pub sasl_password: String,
     /// Any other librdkafka property, applied last (e.g. `security.protocol`).
     pub librdkafka: BTreeMap<String, String>,
 }
@@ -71,6 +77,8 @@ impl Default for KafkaConfig {
             compression: "lz4".into(),
             commit_interval_ms: 1_000,
             session_timeout_ms: 10_000,
+            sasl_username: String::new(),
+            sasl_password: String::new(),
             librdkafka: BTreeMap::new(),
         }
     }
@@ -81,6 +89,14 @@ impl KafkaConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers)
             .set("client.id", &self.client_id);
+        for (key, value) in [
+            ("sasl.username", &self.sasl_username),
+            ("sasl.password", &self.sasl_password),
+        ] {
+            if !value.is_empty() {
+                c.set(key, value);
+            }
+        }
         c
     }
 
@@ -361,3 +377,24 @@ impl Bus for KafkaBus {
 
 /// How long a readiness ping waits for a broker's metadata answer.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sasl_credentials_reach_librdkafka_only_when_set() {
+        let none = KafkaConfig::default().producer_config();
+        assert_eq!(none.get("sasl.username"), None);
+        let cfg = KafkaConfig {
+            sasl_username: "fluxgate".into(),
+            sasl_password: "s3cret".into(),
+            librdkafka: [("sasl.mechanism".to_owned(), "PLAIN".to_owned())].into(),
+            ..KafkaConfig::default()
+        };
+        let c = cfg.producer_config();
+        assert_eq!(c.get("sasl.username"), Some("fluxgate"));
+        assert_eq!(c.get("sasl.password"), Some("s3cret"));
+        assert_eq!(c.get("sasl.mechanism"), Some("PLAIN"));
+    }
+}

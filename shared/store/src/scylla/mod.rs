@@ -74,6 +74,11 @@ pub struct ScyllaConfig {
     pub backoff_ms: u64,
     /// Per-request timeout.
     pub request_timeout_ms: u64,
+    /// User of password authentication (empty: none). With `password`, set it from the
+    /// environment (`FLUXGATE_STORE__SCYLLA__USERNAME`).
+    pub username: String,
+    /// Password of `username` (`FLUXGATE_STORE__SCYLLA__PASSWORD`).
+    pub password: String,
 }
 
 impl Default for ScyllaConfig {
@@ -87,6 +92,8 @@ impl Default for ScyllaConfig {
             retries: 4,
             backoff_ms: 50,
             request_timeout_ms: 5_000,
+            username: String::new(),
+            password: String::new(),
         }
     }
 }
@@ -294,17 +301,18 @@ impl ScyllaStore {
             .retry_policy(Arc::new(FallthroughRetryPolicy::new()))
             .build()
             .into_handle();
-        let session = SessionBuilder::new()
+        let mut builder = SessionBuilder::new()
             .known_nodes(&cfg.nodes)
-            .default_execution_profile_handle(profile)
-            .build()
-            .await
-            .map_err(|e| {
-                StoreError::Unavailable(format!(
-                    "cannot connect to ScyllaDB at {:?}: {e}",
-                    cfg.nodes
-                ))
-            })?;
+            .default_execution_profile_handle(profile);
+        if !cfg.username.is_empty() {
+            builder = builder.user(&cfg.username, &cfg.password);
+        }
+        let session = builder.build().await.map_err(|e| {
+            StoreError::Unavailable(format!(
+                "cannot connect to ScyllaDB at {:?}: {e}",
+                cfg.nodes
+            ))
+        })?;
         let session = Arc::new(session);
         Self::create_schema(&session, &cfg).await?;
         let stmts = Statements::prepare(&session, &cfg.keyspace).await?;
