@@ -83,6 +83,10 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         timeout_secs: u64,
     },
+    /// Sleep this many seconds, then exit 0: the front's preStop hook in Kubernetes (the
+    /// image has no shell and no `sleep`; the hook's own sleep action needs 1.30).
+    #[command(hide = true)]
+    Sleep { secs: u64 },
     /// Print every metric of every role, with its type, unit and labels (Markdown,
     /// `docs/metrics.md`).
     Metrics,
@@ -98,7 +102,7 @@ fn service_of(cmd: &Cmd, cfg: &Config) -> (&'static str, String) {
         Cmd::Writer => "writer",
         Cmd::Dispatcher => "dispatcher",
         Cmd::Migrate => "migrate",
-        Cmd::Config { .. } | Cmd::Probe { .. } | Cmd::Metrics => "cli",
+        Cmd::Config { .. } | Cmd::Probe { .. } | Cmd::Sleep { .. } | Cmd::Metrics => "cli",
     };
     let instance = match cmd {
         Cmd::Front | Cmd::Standalone { .. } => cfg.front.instance_id.clone(),
@@ -115,6 +119,10 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Cmd::Metrics = cli.cmd {
         print!("{}", fluxgate_observability::catalogue::markdown());
+        return Ok(());
+    }
+    if let Cmd::Sleep { secs } = cli.cmd {
+        std::thread::sleep(std::time::Duration::from_secs(secs));
         return Ok(());
     }
     if let Cmd::Probe { url, timeout_secs } = &cli.cmd {
@@ -164,7 +172,7 @@ fn main() -> anyhow::Result<()> {
         match cli.cmd {
             Cmd::Standalone { demo } => standalone::run(cfg, demo).await,
             Cmd::Migrate => migrate(cfg).await,
-            Cmd::Config { .. } | Cmd::Metrics | Cmd::Probe { .. } => Ok(()),
+            Cmd::Config { .. } | Cmd::Metrics | Cmd::Probe { .. } | Cmd::Sleep { .. } => Ok(()),
             role => run_role(cfg, role).await,
         }
     });
@@ -361,7 +369,8 @@ async fn run_role(cfg: Config, role: Cmd) -> anyhow::Result<()> {
         | Cmd::Migrate
         | Cmd::Config { .. }
         | Cmd::Metrics
-        | Cmd::Probe { .. } => {
+        | Cmd::Probe { .. }
+        | Cmd::Sleep { .. } => {
             return Ok(());
         }
     };
