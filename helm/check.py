@@ -1,4 +1,5 @@
-"""Offline validation of helm/fluxgate (work in progress, issue 20): renders every
+"""Offline validation of helm/fluxgate (issue 20): checks values.schema.json against its
+generator (helm/schema.py), renders every
 ci/*-values.yaml scenario with the Helm SDK (helm-python-sdk), validates the manifests with
 kubernetes-validate --strict for the oldest and newest supported Kubernetes, runs the
 fluxgate binary's own config check on every rendered fluxgate.toml, asserts the chart's
@@ -124,7 +125,19 @@ def refused(name, values, pattern):
 def main():
     for path in sorted(glob.glob(os.path.join(CHART, "ci", "*-values.yaml"))):
         check_scenario(path)
+    gen = subprocess.run([sys.executable, os.path.join(os.path.dirname(CHART), "schema.py"), BIN],
+                         capture_output=True, text=True)
+    committed = open(os.path.join(CHART, "values.schema.json")).read()
+    report("values.schema.json is what helm/schema.py makes from values.yaml and the binary",
+           gen.returncode == 0 and gen.stdout == committed,
+           gen.stderr or "differs: python helm/schema.py BIN > helm/fluxgate/values.schema.json")
     s = {"secrets": {"bootstrapToken": "t", "deviceTokenSecret": "d"}}
+    refused("a misspelled value", {**s, "front": {"replicaCont": 3}},
+            "additional properties 'replicaCont' not allowed")
+    refused("a value of the wrong type", {**s, "front": {"replicaCount": "three"}},
+            "got string, want integer")
+    refused("a misspelled fluxgate setting in config", {**s, "config": {"front": {"max_conections": 5}}},
+            "additional properties 'max_conections' not allowed")
     refused("a missing bootstrap token", {}, "secrets.bootstrapToken is required")
     refused("a grace period shorter than preStop + drain",
             {**s, "front": {"terminationGracePeriodSeconds": 10}}, "terminationGracePeriodSeconds is 10")
