@@ -49,6 +49,10 @@ def check_scenario(path):
         report(f"{name}: renders", False, str(e)[:300])
         return
     report(f"{name}: renders ({len(docs)} objects)", True)
+    for k in KUBE:
+        lint = helm.lint(CHART, values, strict=True, kube_version=f"v{k}")
+        worse = [m for m in lint["messages"] if m["severity"] >= 2] + lint["errors"]
+        report(f"{name}: helm lint --strict --kube-version {k}", not worse, str(worse))
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump_all([d for d in docs if "monitoring.coreos.com" not in d["apiVersion"]
                             and "cert-manager.io" not in d["apiVersion"]], f)
