@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use actix::AsyncContext;
 use fluxgate_bus::{AckFuture, Consumer, OutRecord, Producer, Record, Topic, TopicsConfig, now_ms};
 use fluxgate_model::{Envelope, ReasonCode, Rejection};
 use fluxgate_pipeline::{Ctx, Parts, PipelineStats, Source, Stage};
@@ -88,7 +87,7 @@ pub struct Validator {
 }
 
 /// Most records whose outputs are awaiting acknowledgement at once.
-const MAX_IN_FLIGHT: usize = 1024;
+pub const MAX_IN_FLIGHT: usize = 1024;
 
 impl std::fmt::Debug for Validator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -149,13 +148,17 @@ impl Stage for Validator {
             self.parts.stats.clone(),
         )
         .instrument(span);
-        fluxgate_pipeline::wait(ctx, work, move |v, handed, ctx| {
+        fluxgate_pipeline::wait(ctx, work, move |v, handed, _| {
             let (consumer, stats) = (v.parts.consumer.clone(), v.parts.stats.clone());
             let Some((acks, permit)) = handed else {
                 // The permits are never closed; were they, the record comes again.
                 return consumer.nack(&position);
             };
-            ctx.spawn(actix::fut::wrap_future(async move {
+            // On a task of its own, not on the actor: the next record may wait for this
+            // permit inside the actor's `wait`, and actix polls none of the actor's own
+            // futures while it waits (they once did: past MAX_IN_FLIGHT records awaiting
+            // acks, the validator stalled for good).
+            actix::spawn(async move {
                 let mut ok = true;
                 for (kind, ack) in acks {
                     match ack.await {
@@ -173,7 +176,7 @@ impl Stage for Validator {
                     consumer.nack(&position);
                 }
                 drop(permit);
-            }));
+            });
         });
     }
 

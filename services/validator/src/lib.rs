@@ -19,6 +19,6 @@ mod actor;
 mod config;
 mod validate;
 
-pub use actor::{Prepared, Validator, ValidatorStats, prepare};
+pub use actor::{MAX_IN_FLIGHT, Prepared, Validator, ValidatorStats, prepare};
 pub use config::ValidatorConfig;
 pub use validate::{Output, validate};

@@ -485,6 +485,58 @@ async fn run_drains_on_shutdown_and_reads_no_further() {
     assert!(nothing(&rig.valid).await);
 }
 
+/// More records waiting for their outputs' acks than the validator lets be in flight: it
+/// must wait for acks, not for itself. (It once awaited its in-flight permit inside the
+/// actor's `wait`, which keeps the actor from polling the futures that free permits: the
+/// stall seen after a Kafka and a Cassandra restart, lag growing, nothing fetched.)
+#[actix_rt::test]
+async fn more_records_than_its_in_flight_bound_wait_for_acks_and_all_pass() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let rig = Rig::new().await;
+    rig.store
+        .put_device(device("t1", DeviceKind::Standalone, None))
+        .await
+        .unwrap();
+    let stats = rig.validator();
+    let n = fluxgate_validator::MAX_IN_FLIGHT + 100;
+    let base = now_ms();
+    for i in 0..n {
+        rig.raw(&state(
+            DeviceRef::Id(dev("t1")),
+            None,
+            Dialect::ThingsBoard,
+            base - i as i64,
+            &[("x", Value::Integer(i as i64))],
+        ))
+        .await;
+    }
+    // Nobody reads the valid topic yet, so no output is acknowledged (the in-process bus
+    // acks once every group committed): the validator fills its in-flight bound and stops.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while stats.pipeline.records.load(Relaxed) <= fluxgate_validator::MAX_IN_FLIGHT as u64 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the validator read {} records",
+            stats.pipeline.records.load(Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Now the reader acknowledges: every record must come through.
+    for i in 0..n {
+        let r = tokio::time::timeout(Duration::from_secs(10), rig.valid.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "output {i} of {n} never came; the validator read {} records",
+                    stats.pipeline.records.load(Relaxed)
+                )
+            })
+            .unwrap();
+        rig.valid.ack(&r.position);
+    }
+    assert_eq!(stats.pipeline.records.load(Relaxed), n as u64);
+}
+
 #[actix_rt::test]
 async fn registry_reads_are_cached_until_a_registry_change() {
     let rig = Rig::new().await;

@@ -169,6 +169,11 @@ impl<S: Stage> Actor for Pipeline<S> {
 
 /// Makes the pipeline finish `work` before it fetches the next record or handles a
 /// message, then calls `then` with the stage and the work's output.
+///
+/// While `work` is pending, actix polls nothing else of this actor: no message and no
+/// future spawned on its context. So `work` must never wait for something only such a
+/// future would release (a permit, a channel): that waits forever. Await those on a task
+/// of their own (`actix::spawn`).
 pub fn wait<S: Stage, T: 'static>(
     ctx: &mut Ctx<S>,
     work: impl Future<Output = T> + 'static,
