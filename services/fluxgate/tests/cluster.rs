@@ -29,7 +29,6 @@ async fn cluster(test: &str, spec: Spec) -> Option<Cluster> {
     Some(Cluster::start(bin, &kafka, &cql, spec).await.unwrap())
 }
 
-/// Application `app`, devices `d0..dN` with a number attribute `n`, an access key for all.
 /// The id of the device `name` behind a gateway, once the connection log shows it
 /// connected for the `round`-th time (each gateway session connects it once, implicitly).
 async fn gateway_device_connected(c: &Cluster, admin: &str, name: &str, round: u32) -> String {
@@ -60,6 +59,7 @@ async fn gateway_device_connected(c: &Cluster, admin: &str, name: &str, round: u
     );
 }
 
+/// Application `app`, devices `d0..dN` with a number attribute `n`, an access key for all.
 async fn provision(c: &Cluster, app: &str, devices: usize) -> (String, String, String) {
     let api = c.api(0);
     ok(api, "POST", "/applications", &c.token, json!({"id": app})).await;
@@ -96,6 +96,16 @@ async fn provision(c: &Cluster, app: &str, devices: usize) -> (String, String, S
         k["key"].as_str().unwrap().to_owned(),
         k["secret"].as_str().unwrap().to_owned(),
     )
+}
+
+/// A ThingsBoard gateway `id` in `app`, and its access token.
+async fn tb_gateway(c: &Cluster, app: &str, admin: &str, id: &str) -> String {
+    let devices = format!("/applications/{app}/devices");
+    let body = json!({"id": id, "kind": "gateway"});
+    ok(c.api(0), "POST", &devices, admin, body).await;
+    let tokens = format!("{devices}/{id}/tokens");
+    let tok = ok(c.api(0), "POST", &tokens, admin, Value::Null).await;
+    tok["secret"].as_str().unwrap().to_owned()
 }
 
 /// One raw MQTT connection, read packet by packet (several may come in one read).
@@ -160,15 +170,98 @@ impl Wire {
 /// The packet id of a publisher's SUBSCRIBE (its publishes use 1..=60000).
 const SUBSCRIBE_ID: u16 = 65_000;
 
+/// Who a [`Publisher`] is: a Losant device, or a ThingsBoard gateway reporting for
+/// devices behind it (named by the gateway; the registry creates them on first sight).
+#[derive(Debug, Clone)]
+enum Speaker {
+    /// Client id = device id, the access key and secret; states on
+    /// `losant/{device}/state`, commands on `losant/{device}/command`.
+    Losant {
+        device: String,
+        key: String,
+        secret: String,
+    },
+    /// User name = the gateway's access token; one `v1/gateway/telemetry` message carries
+    /// a point for each of `devices`; RPC on `v1/gateway/rpc`.
+    Gateway {
+        client: String,
+        token: String,
+        devices: Vec<String>,
+    },
+}
+
+impl Speaker {
+    /// A Losant speaker for each of `devices`, all with one access key.
+    fn losant(devices: &[String], key: &str, secret: &str) -> Vec<Speaker> {
+        devices
+            .iter()
+            .map(|d| Speaker::Losant {
+                device: d.clone(),
+                key: key.to_owned(),
+                secret: secret.to_owned(),
+            })
+            .collect()
+    }
+
+    /// CONNECT's client id, user name and password.
+    fn credentials(&self) -> (&str, &str, &str) {
+        match self {
+            Speaker::Losant {
+                device,
+                key,
+                secret,
+            } => (device, key, secret),
+            Speaker::Gateway { client, token, .. } => (client, token, ""),
+        }
+    }
+
+    /// Where commands (Losant) or RPC requests (gateway) come.
+    fn commands(&self) -> String {
+        match self {
+            Speaker::Losant { device, .. } => format!("losant/{device}/command"),
+            Speaker::Gateway { .. } => "v1/gateway/rpc".into(),
+        }
+    }
+
+    /// The devices (by name) a message of this speaker carries a point for.
+    fn reports_for(&self) -> &[String] {
+        match self {
+            Speaker::Losant { device, .. } => std::slice::from_ref(device),
+            Speaker::Gateway { devices, .. } => devices,
+        }
+    }
+
+    /// Message `seq`: topic and payload, a point `n = seq` at `BASE + seq` for each device.
+    fn message(&self, seq: i64) -> (String, Vec<u8>) {
+        let time = BASE + seq;
+        match self {
+            Speaker::Losant { device, .. } => (
+                format!("losant/{device}/state"),
+                json!({"time": time, "data": {"n": seq}})
+                    .to_string()
+                    .into_bytes(),
+            ),
+            Speaker::Gateway { devices, .. } => {
+                let body: serde_json::Map<String, Value> = devices
+                    .iter()
+                    .map(|d| (d.clone(), json!([{"ts": time, "values": {"n": seq}}])))
+                    .collect();
+                (
+                    "v1/gateway/telemetry".into(),
+                    Value::Object(body).to_string().into_bytes(),
+                )
+            }
+        }
+    }
+}
+
 /// A QoS 1 publisher over raw MQTT 3.1.1 that survives its front going away: one publish
 /// in flight; a publish counts as acknowledged only when its PUBACK arrived; on any error it
 /// reconnects (to the next front) and sends the same message again. Each connection
-/// subscribes to the device's commands; the commands that arrive are acknowledged and
+/// subscribes to its commands (or RPC requests); those that arrive are acknowledged and
 /// counted.
 struct Publisher {
-    device: String,
-    key: String,
-    secret: String,
+    speaker: Speaker,
     fronts: Vec<SocketAddr>,
     turn: usize,
     conn: Option<Wire>,
@@ -179,10 +272,14 @@ impl Publisher {
     async fn connect(&mut self) -> Result<(), String> {
         let addr = self.fronts[self.turn % self.fronts.len()];
         self.turn += 1;
-        let mut w = Wire::open(addr, V::V3, &self.device, &self.key, &self.secret).await?;
-        let filter = format!("losant/{}/command", self.device);
-        w.send(&raw::subscribe(V::V3, SUBSCRIBE_ID, &filter))
-            .await?;
+        let (client, user, pass) = self.speaker.credentials();
+        let mut w = Wire::open(addr, V::V3, client, user, pass).await?;
+        w.send(&raw::subscribe(
+            V::V3,
+            SUBSCRIBE_ID,
+            &self.speaker.commands(),
+        ))
+        .await?;
         loop {
             match w.next().await? {
                 Got::SubAck(SUBSCRIBE_ID, code) if code < 0x80 => break,
@@ -203,16 +300,17 @@ impl Publisher {
         Ok(())
     }
 
-    /// Publishes until acknowledged (or `deadline`); `true` when acknowledged.
-    async fn publish(&mut self, id: u16, payload: &[u8], deadline: tokio::time::Instant) -> bool {
-        let topic = format!("losant/{}/state", self.device);
+    /// Publishes message `seq` until acknowledged (or `deadline`); `true` when acknowledged.
+    async fn publish(&mut self, seq: i64, deadline: tokio::time::Instant) -> bool {
+        let id = u16::try_from(seq % 60_000 + 1).unwrap();
+        let (topic, payload) = self.speaker.message(seq);
         while tokio::time::Instant::now() < deadline {
             if self.conn.is_none() && self.connect().await.is_err() {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
             let mut w = self.conn.take().unwrap();
-            if w.send(&raw::publish(V::V3, &topic, Some(id), payload))
+            if w.send(&raw::publish(V::V3, &topic, Some(id), &payload))
                 .await
                 .is_err()
             {
@@ -267,10 +365,32 @@ async fn stored(
     }
 }
 
+/// `app`'s device ids by name (a gateway names its devices; the registry picks their ids).
+async fn ids_by_name(
+    api: SocketAddr,
+    app: &str,
+    admin: &str,
+) -> Result<BTreeMap<String, String>, String> {
+    let path = format!("/applications/{app}/devices?limit=1000");
+    let (status, v) = call(api, "GET", &path, Some(admin), None)
+        .await
+        .map_err(|e| e.to_string())?;
+    if status != 200 {
+        return Err(format!("{status} {v}"));
+    }
+    Ok(v["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| Some((d["name"].as_str()?.to_owned(), d["id"].as_str()?.to_owned())))
+        .collect())
+}
+
 type Acked = Arc<Mutex<BTreeMap<String, BTreeSet<i64>>>>;
 
-/// QoS 1 states from `devices`, each on its own connection, each state's `n` its sequence
-/// number and its time `BASE + n` (unique), until [`Load::stop`].
+/// QoS 1 messages from `speakers`, each on its own connection, each message's `n` its
+/// sequence number and its time `BASE + n` (unique per device), until [`Load::stop`].
+/// What was acknowledged is kept by device name.
 struct Load {
     acked: Acked,
     /// Commands the devices received.
@@ -282,16 +402,14 @@ struct Load {
 const BASE: i64 = 1_700_000_000_000;
 
 impl Load {
-    fn start(devices: &[String], key: &str, secret: &str, fronts: &[SocketAddr]) -> Load {
+    fn start(speakers: Vec<Speaker>, fronts: &[SocketAddr]) -> Load {
         let acked: Acked = Arc::default();
         let commands = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
-        for (turn, device) in devices.iter().enumerate() {
+        for (turn, speaker) in speakers.into_iter().enumerate() {
             let mut p = Publisher {
-                device: device.clone(),
-                key: key.to_owned(),
-                secret: secret.to_owned(),
+                speaker,
                 fronts: fronts.to_vec(),
                 turn,
                 conn: None,
@@ -302,12 +420,12 @@ impl Load {
                 let mut seq: i64 = 0;
                 while !stop.load(Ordering::Relaxed) {
                     seq += 1;
-                    let body = format!(r#"{{"time":{},"data":{{"n":{seq}}}}}"#, BASE + seq);
                     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-                    let id = u16::try_from(seq % 60_000 + 1).unwrap();
-                    if p.publish(id, body.as_bytes(), deadline).await {
+                    if p.publish(seq, deadline).await {
                         let mut a = acked.lock().unwrap();
-                        a.entry(p.device.clone()).or_default().insert(seq);
+                        for device in p.speaker.reports_for() {
+                            a.entry(device.clone()).or_default().insert(seq);
+                        }
                     }
                 }
             }));
@@ -335,6 +453,23 @@ impl Load {
         }
         self.acked.lock().unwrap().clone()
     }
+}
+
+/// `speakers` and a ThingsBoard gateway of `app` reporting for two devices of its own
+/// ("gw A", "gw B"), which the registry creates on their first point.
+async fn with_gateway(
+    c: &Cluster,
+    app: &str,
+    admin: &str,
+    mut speakers: Vec<Speaker>,
+) -> Vec<Speaker> {
+    let token = tb_gateway(c, app, admin, "gw").await;
+    speakers.push(Speaker::Gateway {
+        client: "gw".into(),
+        token,
+        devices: vec!["gw A".into(), "gw B".into()],
+    });
+    speakers
 }
 
 /// Lightweight Losant commands to the load's devices while it runs, one every 250 ms,
@@ -446,10 +581,19 @@ async fn check(
     let (mut fewest, mut progressed) = (usize::MAX, started);
     loop {
         let (mut lost, mut duplicated, mut unanswered) = (0, 0, None);
+        let ids = ids_by_name(c.api(0), app, admin).await.unwrap_or_else(|e| {
+            unanswered = Some(e);
+            BTreeMap::new()
+        });
         // Read through every API replica in turn.
         for (i, (device, seqs)) in acked.iter().enumerate() {
             let api = c.api(i % apis(c));
-            match stored(api, app, admin, device).await {
+            let Some(id) = ids.get(device) else {
+                // A gateway's device is created with its first point: none stored yet.
+                lost += seqs.len();
+                continue;
+            };
+            match stored(api, app, admin, id).await {
                 Ok(got) => {
                     lost += seqs.iter().filter(|s| !got.contains_key(s)).count();
                     duplicated += got.values().filter(|&&n| n > 1).count();
@@ -530,7 +674,10 @@ async fn kafka_kill_every_role_and_lose_nothing_acknowledged() {
     const DEVICES: usize = 6;
     let (admin, key, secret) = provision(&c, "kill", DEVICES).await;
     let devices: Vec<String> = (0..DEVICES).map(|d| format!("d{d}")).collect();
-    let load = Load::start(&devices, &key, &secret, &[c.front(0), c.front(1)]);
+    let load = Load::start(
+        with_gateway(&c, "kill", &admin, Speaker::losant(&devices, &key, &secret)).await,
+        &[c.front(0), c.front(1)],
+    );
     let commander = Commander::start(vec![c.api(0), c.api(1)], "kill", &admin, &devices);
     // The nemesis: each role in turn, kill -9 (or SIGTERM: a member that leaves its group
     // cleanly), a moment down under load, start again; KILL_TEST_CYCLES rounds (1 in CI;
@@ -711,23 +858,7 @@ async fn kafka_scale_out_and_a_rolling_front_restart() {
     // A ThingsBoard gateway on front 1 that never sends `connect`: its telemetry
     // connects the device; an RPC through API replica 1 is answered through it. Then the
     // gateway moves to front 0 and the same holds there.
-    ok(
-        c.api(0),
-        "POST",
-        "/applications/scale/devices",
-        &admin,
-        json!({"id": "tbgw", "kind": "gateway"}),
-    )
-    .await;
-    let tok = ok(
-        c.api(0),
-        "POST",
-        "/applications/scale/devices/tbgw/tokens",
-        &admin,
-        Value::Null,
-    )
-    .await;
-    let gw_token = tok["secret"].as_str().unwrap().to_owned();
+    let gw_token = tb_gateway(&c, "scale", &admin, "tbgw").await;
     let mut pump = None;
     for (round, front) in [(1u32, 1usize), (2, 0)] {
         let mut gw = fluxgate_testkit::mqtt::v3(c.front(front), "tbgw", Some(&gw_token), None)
@@ -768,7 +899,10 @@ async fn kafka_scale_out_and_a_rolling_front_restart() {
 
     // Rolling restart of front 0 under QoS 1 load.
     let devices = ["d1".to_string(), "d2".to_string()];
-    let load = Load::start(&devices, &key, &secret, &[c.front(0), c.front(1)]);
+    let load = Load::start(
+        Speaker::losant(&devices, &key, &secret),
+        &[c.front(0), c.front(1)],
+    );
     // A raw MQTT 5 session on front 0, to read what the drain tells it.
     let mut watcher = Wire::open(c.front(0), V::V5, "d3", &key, &secret)
         .await
@@ -828,7 +962,16 @@ async fn kafka_kill_the_broker_and_the_database_and_lose_nothing_acknowledged() 
         .unwrap();
     let (admin, key, secret) = provision(&c, "servers", 4).await;
     let devices: Vec<String> = (0..4).map(|d| format!("d{d}")).collect();
-    let load = Load::start(&devices, &key, &secret, &[c.front(0), c.front(1)]);
+    let load = Load::start(
+        with_gateway(
+            &c,
+            "servers",
+            &admin,
+            Speaker::losant(&devices, &key, &secret),
+        )
+        .await,
+        &[c.front(0), c.front(1)],
+    );
     let mut cycle = Vec::new();
     for (name, server) in [("kafka", &kafka), ("cassandra", &cassandra)] {
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -854,6 +997,17 @@ async fn kafka_kill_the_broker_and_the_database_and_lose_nothing_acknowledged() 
         }
         restart.await.unwrap().unwrap();
         cycle.push(format!("{name} back after {:?}", t.elapsed()));
+        // How long until the devices get acknowledgements again.
+        let (back, acked_then) = (std::time::Instant::now(), load.count());
+        while load.count() == acked_then {
+            assert!(
+                back.elapsed() < Duration::from_secs(60),
+                "no acknowledgement in the 60 s after {name} came back\n{}",
+                c.logs(40)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        cycle.push(format!("acks flowing {:?} after", back.elapsed()));
         if name == "cassandra" {
             let during = load.count() - before;
             cycle.push(format!(
