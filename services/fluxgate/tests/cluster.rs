@@ -472,6 +472,15 @@ async fn with_gateway(
     speakers
 }
 
+/// How many of `acked`'s points the gateway of [`with_gateway`] reported.
+fn through_gateway(acked: &BTreeMap<String, BTreeSet<i64>>) -> usize {
+    acked
+        .iter()
+        .filter(|(name, _)| name.starts_with("gw "))
+        .map(|(_, seqs)| seqs.len())
+        .sum()
+}
+
 /// Lightweight Losant commands to the load's devices while it runs, one every 250 ms,
 /// through the API replicas in turn (a replica that is down refuses; that command was
 /// never issued).
@@ -728,10 +737,12 @@ async fn kafka_kill_every_role_and_lose_nothing_acknowledged() {
     // A lightweight command not delivered fails once the delivery timeout (10 s) passes.
     let (ended, stuck) = settle(&c, "kill", &admin, &issued, Duration::from_secs(60)).await;
     assert!(total > 100, "too little load to mean anything: {total}");
+    let gw = through_gateway(&acked);
+    assert!(gw > 0, "the gateway got nothing acknowledged");
     eprintln!(
-        "kill test: {cycles} cycle(s), {total} acknowledged, {lost} lost, {duplicated} duplicated; \
-         {} commands issued ({refused} refused by a replica down), {received} received, \
-         ended {ended:?}, {} stuck; {}",
+        "kill test: {cycles} cycle(s), {total} acknowledged ({gw} through the gateway), {lost} lost, \
+         {duplicated} duplicated; {} commands issued ({refused} refused by a replica down), \
+         {received} received, ended {ended:?}, {} stuck; {}",
         issued.len(),
         stuck.len(),
         cycle.join(", ")
@@ -1026,11 +1037,14 @@ async fn kafka_kill_the_broker_and_the_database_and_lose_nothing_acknowledged() 
     tokio::time::sleep(Duration::from_secs(5)).await;
     let acked = load.stop().await;
     let (total, lost, duplicated) = check(&c, "servers", &admin, &acked).await;
+    let gw = through_gateway(&acked);
     eprintln!(
-        "server kill test: {total} acknowledged, {lost} lost, {duplicated} duplicated; {}",
+        "server kill test: {total} acknowledged ({gw} through the gateway), {lost} lost, \
+         {duplicated} duplicated; {}",
         cycle.join(", ")
     );
     assert!(total > 100, "too little load: {total}");
+    assert!(gw > 0, "the gateway got nothing acknowledged");
     assert_eq!((lost, duplicated), (0, 0), "{}", c.logs(40));
     // Everything is stored: the lag goes back to nothing waiting.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
