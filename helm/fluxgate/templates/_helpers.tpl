@@ -226,7 +226,7 @@ fluxgate.toml.table rather than toToml, which prints every number from values as
 
 {{/* The environment of every fluxgate container: the config file and the credentials. */}}
 {{- define "fluxgate.env" -}}
-{{- $secret := include "fluxgate.secretName" .root }}
+{{- $secret := include "fluxgate.secretName" .root -}}
 - name: FLUXGATE_CONFIG
   value: /etc/fluxgate/fluxgate.toml
 {{- if eq .component "front" }}
@@ -278,11 +278,11 @@ fluxgate.toml.table rather than toToml, which prints every number from values as
 
 {{/* Annotations of the migrate hook's objects: (dict "root" $ "weight" "-10"). */}}
 {{- define "fluxgate.hookAnnotations" -}}
-{{- if .root.Values.migrate.argocd }}
+{{- if .root.Values.migrate.argocd -}}
 argocd.argoproj.io/hook: PreSync
 argocd.argoproj.io/hook-delete-policy: BeforeHookCreation,HookSucceeded
 argocd.argoproj.io/sync-wave: {{ .weight | quote }}
-{{- else }}
+{{- else -}}
 helm.sh/hook: pre-install,pre-upgrade
 helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
 helm.sh/hook-weight: {{ .weight | quote }}
