@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,10 +13,8 @@ use std::time::Duration;
 
 use fluxgate_testkit::cluster::{Cluster, Role, Spec};
 use fluxgate_testkit::http::{call, ok};
-use fluxgate_testkit::raw::{self, Got, V};
+use fluxgate_testkit::raw::{self, Got, V, Wire};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Front settings without the Losant per-topic and per-connection limits.
 const UNLIMITED: &str = "[front.rate_limits.per_topic]\nmessages = 0\n[front.rate_limits.per_connection]\nmessages = 0\n";
@@ -106,65 +104,6 @@ async fn tb_gateway(c: &Cluster, app: &str, admin: &str, id: &str) -> String {
     let tokens = format!("{devices}/{id}/tokens");
     let tok = ok(c.api(0), "POST", &tokens, admin, Value::Null).await;
     tok["secret"].as_str().unwrap().to_owned()
-}
-
-/// One raw MQTT connection, read packet by packet (several may come in one read).
-struct Wire {
-    s: TcpStream,
-    buf: Vec<u8>,
-    got: VecDeque<Got>,
-}
-
-impl Wire {
-    /// Connects as `device` and waits for a successful CONNACK.
-    async fn open(
-        addr: SocketAddr,
-        v: V,
-        device: &str,
-        key: &str,
-        secret: &str,
-    ) -> Result<Wire, String> {
-        let s = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
-            .await
-            .map_err(|_| "connect timed out".to_string())?
-            .map_err(|e| e.to_string())?;
-        let mut w = Wire {
-            s,
-            buf: Vec::new(),
-            got: VecDeque::new(),
-        };
-        w.send(&raw::connect(v, device, key, secret)).await?;
-        match w.next().await? {
-            Got::ConnAck(0) => Ok(w),
-            other => Err(format!("connect answered {other:?}")),
-        }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
-        self.s.write_all(bytes).await.map_err(|e| e.to_string())
-    }
-
-    /// The next packet from the server (at most 10 s away).
-    async fn next(&mut self) -> Result<Got, String> {
-        let mut chunk = [0u8; 4096];
-        loop {
-            if let Some(g) = self.got.pop_front() {
-                return Ok(g);
-            }
-            self.got.extend(raw::parse(&mut self.buf));
-            if !self.got.is_empty() {
-                continue;
-            }
-            let n = tokio::time::timeout(Duration::from_secs(10), self.s.read(&mut chunk))
-                .await
-                .map_err(|_| "no answer in 10 s".to_string())?
-                .map_err(|e| e.to_string())?;
-            if n == 0 {
-                return Err("closed".into());
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
 }
 
 /// The packet id of a publisher's SUBSCRIBE (its publishes use 1..=60000).

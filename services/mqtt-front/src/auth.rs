@@ -64,6 +64,54 @@ pub struct Identity {
     pub principal: Principal,
     /// Whether the credentials allow custom (non-platform) topics.
     pub custom_topics: bool,
+    /// What it authenticated with, checked again when the registry changes.
+    pub credential: Credential,
+}
+
+/// The credential a session authenticated with: enough to check it again
+/// ([`Registry::recheck`]) without keeping the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// A Losant access key, and the hash of the secret the client gave.
+    AccessKey {
+        /// The key (public half).
+        key: Arc<str>,
+        /// SHA-256 of the secret, hex.
+        secret_hash: Arc<str>,
+    },
+    /// A ThingsBoard device token, as its SHA-256 hash.
+    Token {
+        /// SHA-256 of the token, hex.
+        hash: Arc<str>,
+    },
+}
+
+impl Credential {
+    /// Whether a registry change may have made this credential invalid for a session of
+    /// `tenant`'s `device` (the caller checks the session again).
+    pub fn touched_by(
+        &self,
+        change: &RegistryChange,
+        tenant: &TenantId,
+        device: &DeviceId,
+    ) -> bool {
+        match change {
+            RegistryChange::AccessKey { key } => {
+                matches!(self, Credential::AccessKey { key: k, .. } if key.as_str() == &**k)
+            }
+            RegistryChange::DeviceToken { token_hash } => {
+                matches!(self, Credential::Token { hash } if token_hash.as_str() == &**hash)
+            }
+            RegistryChange::Device {
+                tenant: t,
+                device: d,
+            } => t == tenant && d == device,
+            RegistryChange::Application { tenant: t } => t == tenant,
+            RegistryChange::AttributeDefs { .. } => false,
+            // A kind of change this build does not know: check again, to be safe.
+            _ => true,
+        }
+    }
 }
 
 /// The credentials of a CONNECT.
@@ -158,6 +206,10 @@ impl Registry {
                 gateway: device.kind == DeviceKind::Gateway,
             },
             custom_topics: key.custom_topics,
+            credential: Credential::AccessKey {
+                key: key.key.into(),
+                secret_hash: key.secret_hash.into(),
+            },
         })
     }
 
@@ -186,6 +238,59 @@ impl Registry {
                 gateway: device.kind == DeviceKind::Gateway,
             },
             custom_topics: false,
+            credential: Credential::Token { hash: hash.into() },
         })
+    }
+
+    /// Checks the credential of a connected session of `tenant`'s `device` again, as the
+    /// registry holds it now: the key still exists with the same secret, is active and
+    /// opens the device; the token still exists for the same device; the device still
+    /// exists. `Unavailable` when the registry cannot be read (the session is then left
+    /// alone).
+    pub async fn recheck(
+        &self,
+        tenant: &TenantId,
+        device: &DeviceId,
+        credential: &Credential,
+    ) -> Result<(), AuthError> {
+        match credential {
+            Credential::AccessKey { key, secret_hash } => {
+                let k = self
+                    .store
+                    .access_key(key.to_string())
+                    .await?
+                    .ok_or(AuthError::NotAuthorized("the access key was deleted"))?;
+                if &k.tenant != tenant
+                    || !bool::from(k.secret_hash.as_bytes().ct_eq(secret_hash.as_bytes()))
+                {
+                    return Err(AuthError::NotAuthorized("the access key's secret changed"));
+                }
+                if !k.active {
+                    return Err(AuthError::NotAuthorized("access key is deactivated"));
+                }
+                let d = self
+                    .device(tenant, device)
+                    .await?
+                    .ok_or(AuthError::NotAuthorized("the device was deleted"))?;
+                if !k.opens(&d) {
+                    return Err(AuthError::NotAuthorized(
+                        "the access key does not open this device",
+                    ));
+                }
+            }
+            Credential::Token { hash } => {
+                let t = self
+                    .device_token(hash.to_string())
+                    .await?
+                    .ok_or(AuthError::NotAuthorized("the device token was revoked"))?;
+                if &t.tenant != tenant || &t.device != device {
+                    return Err(AuthError::NotAuthorized("the device token was revoked"));
+                }
+                self.device(tenant, device)
+                    .await?
+                    .ok_or(AuthError::NotAuthorized("the device was deleted"))?;
+            }
+        }
+        Ok(())
     }
 }

@@ -9,7 +9,9 @@ use fluxgate_bus::{Consumer, Topic, TopicsConfig};
 use fluxgate_model::{Delivery, RegistryChange, TenantId};
 use ntex::util::{ByteString, Bytes};
 
+use crate::auth::AuthError;
 use crate::front::{CUSTOM_TOPIC_HEADER, Front, route_custom, route_delivery};
+use crate::session::CloseReason;
 
 /// What a front consumes, decoded once where it is read: one variant per topic, each
 /// with the one message type its topic carries.
@@ -93,12 +95,42 @@ pub(crate) async fn inbound(front: Arc<Front>, consumer: Arc<dyn Consumer>, topi
                 topic,
                 payload,
             }) => route_custom(&front, &tenant, topic, payload),
-            Ok(Inbound::Change(c)) => front.registry.invalidate(&c).await,
+            Ok(Inbound::Change(c)) => {
+                front.registry.invalidate(&c).await;
+                // Sessions whose credential the change may end are checked again, off
+                // this loop (a store read each).
+                ntex::rt::spawn(recheck(front.clone(), c));
+            }
             Err((label, e)) => unreadable(&front, &rec, label, &e),
         }
         consumer.ack(&rec.position);
         if let Err(e) = consumer.commit().await {
             tracing::warn!(error = %e, "inbound commit failed");
+        }
+    }
+}
+
+/// Checks again the sessions whose credential `change` may have made invalid, and closes
+/// those it did (MQTT 5: DISCONNECT "not authorized"). A registry that cannot be read
+/// leaves the session alone: an outage of the store does not disconnect the fleet.
+async fn recheck(front: Arc<Front>, change: RegistryChange) {
+    for ((tenant, device), entry) in front.sessions.touched_by(&change) {
+        match front
+            .registry
+            .recheck(&tenant, &device, &entry.credential)
+            .await
+        {
+            Ok(()) => {}
+            Err(AuthError::Unavailable(e)) => {
+                tracing::warn!(%tenant, %device, error = %e,
+                    "registry unavailable; a session's credential not checked again");
+            }
+            Err(e) => {
+                tracing::info!(%tenant, %device, reason = %e,
+                    "credential no longer valid; closing the session");
+                front.metrics.revoked.inc();
+                entry.close(CloseReason::Revoked);
+            }
         }
     }
 }

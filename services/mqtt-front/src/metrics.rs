@@ -30,6 +30,8 @@ pub struct FrontMetrics {
     pub protocol_errors: IntCounter,
     /// Broadcast records (deliveries, registry changes) that could not be decoded.
     pub undecodable: IntCounterVec,
+    /// Sessions closed because their credential was revoked.
+    pub revoked: IntCounter,
 }
 
 impl FrontMetrics {
@@ -48,6 +50,7 @@ impl FrontMetrics {
             side_dropped: c::FRONT_SIDE_DROPPED.counter_vec()?,
             protocol_errors: c::FRONT_PROTOCOL_ERRORS.counter()?,
             undecodable: c::FRONT_UNDECODABLE.counter_vec()?,
+            revoked: c::FRONT_SESSIONS_REVOKED.counter()?,
         };
         registry.register(Box::new(m.connections.clone()))?;
         registry.register(Box::new(m.connects.clone()))?;
@@ -60,6 +63,7 @@ impl FrontMetrics {
         registry.register(Box::new(m.side_dropped.clone()))?;
         registry.register(Box::new(m.protocol_errors.clone()))?;
         registry.register(Box::new(m.undecodable.clone()))?;
+        registry.register(Box::new(m.revoked.clone()))?;
         Ok(m)
     }
 

@@ -340,6 +340,16 @@ pub const FRONT_PROTOCOL_ERRORS: Metric = Metric {
     help: "Connections closed for a protocol violation (malformed or oversize packet, QoS 2).",
 };
 
+/// `fluxgate_mqtt_front_sessions_revoked_total`
+pub const FRONT_SESSIONS_REVOKED: Metric = Metric {
+    name: "fluxgate_mqtt_front_sessions_revoked_total",
+    kind: Kind::Counter,
+    unit: "",
+    role: "front",
+    labels: &[],
+    help: "Sessions closed because a registry change ended their credential (key deactivated or deleted, token revoked, device deleted).",
+};
+
 /// `fluxgate_mqtt_front_undecodable_total`
 pub const FRONT_UNDECODABLE: Metric = Metric {
     name: "fluxgate_mqtt_front_undecodable_total",
@@ -611,6 +621,7 @@ pub const ALL: &[&Metric] = &[
     &FRONT_DELIVERIES,
     &FRONT_SIDE_DROPPED,
     &FRONT_PROTOCOL_ERRORS,
+    &FRONT_SESSIONS_REVOKED,
     &FRONT_UNDECODABLE,
     &API_REQUESTS,
     &API_REQUEST_SECONDS,

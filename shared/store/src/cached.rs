@@ -238,6 +238,20 @@ impl RegistryStore for CachedStore {
         })
     }
 
+    fn revoke_device_tokens(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+    ) -> BoxFuture<'_, Result<Vec<String>>> {
+        Box::pin(async move {
+            let revoked = self.inner.revoke_device_tokens(tenant, device).await?;
+            for h in &revoked {
+                self.tokens.invalidate(h).await;
+            }
+            Ok(revoked)
+        })
+    }
+
     fn put_api_token(&self, token: ApiToken) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             let h = token.token_hash.clone();

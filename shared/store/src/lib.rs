@@ -254,6 +254,12 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
     fn put_device_token(&self, token: DeviceToken) -> BoxFuture<'_, Result<()>>;
     /// The token with this hash.
     fn device_token(&self, token_hash: String) -> BoxFuture<'_, Result<Option<DeviceToken>>>;
+    /// Revokes every token of a device; returns the hashes revoked (to announce).
+    fn revoke_device_tokens(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+    ) -> BoxFuture<'_, Result<Vec<String>>>;
     /// Creates or replaces an application API token.
     fn put_api_token(&self, token: ApiToken) -> BoxFuture<'_, Result<()>>;
     /// The API token with this hash.

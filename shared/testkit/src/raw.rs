@@ -162,3 +162,89 @@ fn publish_of(first: u8, body: &[u8]) -> Got {
         .map(|i| u16::from_be_bytes([i[0], i[1]]));
     Got::Publish(topic, id)
 }
+
+/// One raw MQTT connection over TCP, read packet by packet (several may come in one read).
+#[derive(Debug)]
+pub struct Wire {
+    s: tokio::net::TcpStream,
+    buf: Vec<u8>,
+    got: std::collections::VecDeque<Got>,
+}
+
+impl Wire {
+    /// Connects to `addr` and sends CONNECT; the CONNACK is the first packet [`Wire::next`]
+    /// returns.
+    pub async fn connect(
+        addr: std::net::SocketAddr,
+        v: V,
+        client: &str,
+        user: &str,
+        pass: &str,
+    ) -> Result<Wire, String> {
+        let s = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+        let mut w = Wire {
+            s,
+            buf: Vec::new(),
+            got: std::collections::VecDeque::new(),
+        };
+        w.send(&connect(v, client, user, pass)).await?;
+        Ok(w)
+    }
+
+    /// Connects as `client` and waits for a successful CONNACK.
+    pub async fn open(
+        addr: std::net::SocketAddr,
+        v: V,
+        client: &str,
+        user: &str,
+        pass: &str,
+    ) -> Result<Wire, String> {
+        let mut w = Wire::connect(addr, v, client, user, pass).await?;
+        match w.next().await? {
+            Got::ConnAck(0) => Ok(w),
+            other => Err(format!("connect answered {other:?}")),
+        }
+    }
+
+    /// Writes `bytes` (one or more packets).
+    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
+        use tokio::io::AsyncWriteExt;
+        self.s.write_all(bytes).await.map_err(|e| e.to_string())
+    }
+
+    /// The next packet from the server (at most 10 s away); `Err("closed")` when the server
+    /// closed the connection.
+    pub async fn next(&mut self) -> Result<Got, String> {
+        self.next_within(std::time::Duration::from_secs(10)).await
+    }
+
+    /// The next packet from the server, at most `wait` away.
+    pub async fn next_within(&mut self, wait: std::time::Duration) -> Result<Got, String> {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 4096];
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(g) = self.got.pop_front() {
+                return Ok(g);
+            }
+            self.got.extend(parse(&mut self.buf));
+            if !self.got.is_empty() {
+                continue;
+            }
+            let n = tokio::time::timeout_at(deadline, self.s.read(&mut chunk))
+                .await
+                .map_err(|_| format!("no answer in {wait:?}"))?
+                .map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("closed".into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}

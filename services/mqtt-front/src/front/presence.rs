@@ -44,7 +44,13 @@ impl Front {
             reached: Reached::default(),
         });
         let close = Arc::new(CloseSignal::default());
-        let entry = Entry::new(conn.id, tx, close.clone(), conn.reached.clone());
+        let entry = Entry::new(
+            conn.id,
+            tx,
+            close.clone(),
+            conn.reached.clone(),
+            conn.identity.credential.clone(),
+        );
         if let Some(old) = self.sessions.insert(key.clone(), entry) {
             // The devices the old session of a gateway reached stay reached, through this one.
             conn.reached.adopt(&old.reached);

@@ -16,6 +16,8 @@ pub(crate) struct Entry {
     /// lock: [`SessionMap::set_custom`]).
     custom: bool,
     pub(crate) reached: Reached,
+    /// What the connection authenticated with (checked again on registry changes).
+    pub(crate) credential: Credential,
 }
 
 /// Why a message was not queued for a connection.
@@ -33,6 +35,7 @@ impl Entry {
         tx: mpsc::Sender<ToSession>,
         close: Arc<CloseSignal>,
         reached: Reached,
+        credential: Credential,
     ) -> Self {
         Entry {
             conn,
@@ -40,6 +43,7 @@ impl Entry {
             close,
             custom: false,
             reached,
+            credential,
         }
     }
 
@@ -120,6 +124,16 @@ impl SessionMap {
             .iter()
             .filter(|((t, _), e)| t == tenant && e.custom)
             .map(|(_, e)| e.clone())
+            .collect()
+    }
+
+    /// The connections whose credential `change` may have made invalid, with their
+    /// (tenant, device).
+    pub(crate) fn touched_by(&self, change: &RegistryChange) -> Vec<((TenantId, DeviceId), Entry)> {
+        self.lock()
+            .iter()
+            .filter(|((t, d), e)| e.credential.touched_by(change, t, d))
+            .map(|(k, e)| (k.clone(), e.clone()))
             .collect()
     }
 

@@ -23,13 +23,13 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use fluxgate_model::{Delivery, DeviceId, DeviceRef, Subscription, TenantId};
+use fluxgate_model::{Delivery, DeviceId, DeviceRef, RegistryChange, Subscription, TenantId};
 use futures_channel::mpsc;
 use ntex::util::{ByteString, Bytes};
 use ntex_mqtt::{QoS, TopicFilter, v3, v5};
 use tokio::sync::{Notify, oneshot};
 
-use crate::auth::Identity;
+use crate::auth::{Credential, Identity};
 use crate::rate_limit::ConnLimits;
 
 mod map;
@@ -98,6 +98,9 @@ pub(crate) enum CloseReason {
     BusFailed,
     /// A retained publish (not supported).
     Retain,
+    /// Its credential no longer holds (key deactivated or deleted, token revoked, device
+    /// deleted).
+    Revoked,
 }
 
 impl CloseReason {
@@ -109,6 +112,7 @@ impl CloseReason {
             CloseReason::Refused => "publish refused",
             CloseReason::BusFailed => "bus unavailable",
             CloseReason::Retain => "retain not supported",
+            CloseReason::Revoked => "credentials revoked",
         }
     }
 }
@@ -185,6 +189,7 @@ impl Sink {
                     CloseReason::Refused => C::NotAuthorized,
                     CloseReason::BusFailed => C::ServerBusy,
                     CloseReason::Retain => C::RetainNotSupported,
+                    CloseReason::Revoked => C::NotAuthorized,
                 };
                 s.close_with_reason(v5::codec::Disconnect {
                     reason_code: code,

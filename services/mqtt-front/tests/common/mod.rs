@@ -1,7 +1,13 @@
 //! A real front on 127.0.0.1 with a seeded registry, real MQTT clients (ntex-mqtt's own
 //! v3 and v5 clients) and taps on the topics the front writes to.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, dead_code, unreachable_pub)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    dead_code,
+    unreachable_pub,
+    unused_imports
+)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;

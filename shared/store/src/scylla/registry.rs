@@ -68,11 +68,8 @@ impl RegistryStore for ScyllaStore {
                 self.exec(&self.stmts.del_name, (t, existing.name.as_str()))
                     .await?;
             }
-            let tokens: Vec<(String,)> = rows(self.exec(&self.stmts.tokens_of, (t, d)).await?)?;
-            for (h,) in tokens {
-                self.exec(&self.stmts.del_token, (h,)).await?;
-            }
-            self.exec(&self.stmts.del_token_idx, (t, d)).await?;
+            self.revoke_device_tokens(tenant.clone(), device.clone())
+                .await?;
             self.exec(&self.stmts.del_defs, (t, d)).await?;
             self.purge_device_data(t, d).await?;
             // Last: a delete that fails part-way can be repeated, and finds the device.
@@ -212,6 +209,22 @@ impl RegistryStore for ScyllaStore {
                     .await?,
             )?;
             r.into_iter().next().map(codec::device_token).transpose()
+        })
+    }
+
+    fn revoke_device_tokens(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+    ) -> BoxFuture<'_, Result<Vec<String>>> {
+        Box::pin(async move {
+            let (t, d) = (tenant.as_str(), device.as_str());
+            let tokens: Vec<(String,)> = rows(self.exec(&self.stmts.tokens_of, (t, d)).await?)?;
+            for (h,) in &tokens {
+                self.exec(&self.stmts.del_token, (h.as_str(),)).await?;
+            }
+            self.exec(&self.stmts.del_token_idx, (t, d)).await?;
+            Ok(tokens.into_iter().map(|(h,)| h).collect())
         })
     }
 

@@ -241,6 +241,31 @@ impl RegistryStore for SqliteStore {
         })
     }
 
+    fn revoke_device_tokens(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+    ) -> BoxFuture<'_, Result<Vec<String>>> {
+        self.run(move |c, _| {
+            let tx = c.transaction().map_err(sql_err)?;
+            let (t, d) = (tenant.as_str(), device.as_str());
+            let hashes = tx
+                .prepare("SELECT token_hash FROM device_tokens WHERE tenant = ?1 AND device = ?2")
+                .and_then(|mut s| {
+                    s.query_map([t, d], |r| r.get::<_, String>(0))?
+                        .collect::<rusqlite::Result<Vec<String>>>()
+                })
+                .map_err(sql_err)?;
+            tx.execute(
+                "DELETE FROM device_tokens WHERE tenant = ?1 AND device = ?2",
+                [t, d],
+            )
+            .map_err(sql_err)?;
+            tx.commit().map_err(sql_err)?;
+            Ok(hashes)
+        })
+    }
+
     fn put_api_token(&self, token: ApiToken) -> BoxFuture<'_, Result<()>> {
         self.run(move |c, _| {
             c.execute(

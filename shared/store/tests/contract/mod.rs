@@ -402,6 +402,33 @@ pub async fn secrets_are_only_hashed(h: &Harness) {
         );
         assert!(!everything.contains(&secret) && !everything.contains(&token));
     }
+    // Revoking a device's tokens: each is gone, and their hashes come back to announce.
+    let second = format!("tok2-{}", unique_name("t"));
+    s.put_device_token(DeviceToken {
+        token_hash: hash_secret(&second),
+        tenant: t.clone(),
+        device: dev("tb1"),
+    })
+    .await
+    .unwrap();
+    let mut revoked = s.revoke_device_tokens(t.clone(), dev("tb1")).await.unwrap();
+    revoked.sort();
+    let mut want = vec![hash_secret(&token), hash_secret(&second)];
+    want.sort();
+    assert_eq!(revoked, want);
+    assert!(s.device_token(hash_secret(&token)).await.unwrap().is_none());
+    assert!(
+        s.device_token(hash_secret(&second))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        s.revoke_device_tokens(t.clone(), dev("tb1"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// Registry records round-trip; deleting a device removes what hangs off it.

@@ -1,0 +1,150 @@
+//! Issue 22: what no client may do to the front, over real sockets (raw MQTT packets, so
+//! the reason codes the front sends are seen as sent).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use fluxgate_bus::{OutRecord, Topic};
+use fluxgate_model::RegistryChange;
+use fluxgate_testkit::raw::{self, Got, V, Wire};
+
+fn unlimited() -> fluxgate_mqtt_front::FrontConfig {
+    let mut cfg = Rig::config();
+    cfg.rate_limits.per_topic.messages = 0;
+    cfg.rate_limits.per_connection.messages = 0;
+    cfg
+}
+
+/// Announces `change` as the API does after writing the registry.
+async fn announce(rig: &Rig, change: &RegistryChange) {
+    let rec = OutRecord::of(rig.topics.name(Topic::RegistryChanges), change);
+    rig.bus.producer().produce(rec).await.unwrap();
+}
+
+/// QoS 1 publish of a Losant state (or ThingsBoard telemetry) and its PUBACK code.
+async fn publish(w: &mut Wire, v: V, topic: &str, id: u16) -> Result<u8, String> {
+    w.send(&raw::publish(v, topic, Some(id), br#"{"data":{"n":1}}"#))
+        .await?;
+    loop {
+        match w.next_within(Duration::from_secs(5)).await? {
+            Got::PubAck(got, code) if got == id => return Ok(code),
+            Got::PubAck(..) | Got::SubAck(..) | Got::Publish(..) => {}
+            other => return Err(format!("{other:?}")),
+        }
+    }
+}
+
+/// What the front does to `w` within 5 s: the DISCONNECT code it sends (v5), then the
+/// close; `Ok(None)` when it closes without a DISCONNECT, `Err` when it does neither.
+async fn closed_with(w: &mut Wire) -> Result<Option<u8>, String> {
+    let mut code = None;
+    loop {
+        match w.next_within(Duration::from_secs(5)).await {
+            Ok(Got::Disconnect(c)) => code = Some(c),
+            Ok(_) => {}
+            Err(e) if e == "closed" || e.contains("reset") => return Ok(code),
+            Err(e) => return Err(format!("still open: {e}")),
+        }
+    }
+}
+
+/// Finding 3: a key deactivated, a token revoked, a device deleted end the live sessions
+/// they opened, on the front that holds them (MQTT 5: DISCONNECT 0x87 "not authorized");
+/// a change that does not touch a session's credential leaves it alone.
+#[ntex::test]
+async fn a_revoked_credential_ends_the_session_it_opened() {
+    let rig = Rig::memory(unlimited()).await;
+    let _events = rig.tap(Topic::DeviceEvents);
+    let _raw = rig.tap(Topic::IngestRaw);
+
+    // A Losant device on key-dev1 (v5), another on key-all (v3), a ThingsBoard device (v3).
+    let mut d1 = Wire::open(rig.addr, V::V5, "dev1", "key-dev1", SECRET)
+        .await
+        .unwrap();
+    let mut d2 = Wire::open(rig.addr, V::V3, "dev2", "key-all", SECRET)
+        .await
+        .unwrap();
+    let mut tb = Wire::open(rig.addr, V::V3, "tb1", "tok-tb1", "")
+        .await
+        .unwrap();
+    assert_eq!(publish(&mut d1, V::V5, "losant/dev1/state", 1).await, Ok(0));
+
+    // key-dev1 deactivated: dev1's session ends with 0x87; dev2 (another key) stays.
+    let mut k = rig
+        .store
+        .access_key("key-dev1".into())
+        .await
+        .unwrap()
+        .unwrap();
+    k.active = false;
+    rig.store.put_access_key(k).await.unwrap();
+    announce(
+        &rig,
+        &RegistryChange::AccessKey {
+            key: "key-dev1".into(),
+        },
+    )
+    .await;
+    assert_eq!(
+        closed_with(&mut d1).await,
+        Ok(Some(0x87)),
+        "dev1 after key-dev1 deactivated"
+    );
+    assert_eq!(
+        publish(&mut d2, V::V3, "losant/dev2/state", 2).await,
+        Ok(0),
+        "dev2 (key-all) untouched"
+    );
+
+    // tb1's tokens revoked: its v3 session is closed.
+    let revoked = rig
+        .store
+        .revoke_device_tokens(tenant(), dev("tb1"))
+        .await
+        .unwrap();
+    assert_eq!(revoked.len(), 1);
+    for token_hash in revoked {
+        announce(&rig, &RegistryChange::DeviceToken { token_hash }).await;
+    }
+    assert_eq!(
+        closed_with(&mut tb).await,
+        Ok(None),
+        "tb1 after its token was revoked"
+    );
+
+    // dev2 deleted: its session (opened by key-all, still valid) ends too.
+    assert!(
+        rig.store
+            .delete_device(tenant(), dev("dev2"))
+            .await
+            .unwrap()
+    );
+    announce(
+        &rig,
+        &RegistryChange::Device {
+            tenant: tenant(),
+            device: dev("dev2"),
+        },
+    )
+    .await;
+    assert_eq!(
+        closed_with(&mut d2).await,
+        Ok(None),
+        "dev2 after it was deleted"
+    );
+
+    // Nor can they come back.
+    let mut again = Wire::connect(rig.addr, V::V5, "dev1", "key-dev1", SECRET)
+        .await
+        .unwrap();
+    assert_eq!(again.next().await, Ok(Got::ConnAck(0x87)));
+    let metrics = rig.metrics().await;
+    assert!(
+        metrics.contains("fluxgate_mqtt_front_sessions_revoked_total 3"),
+        "{metrics}"
+    );
+}
