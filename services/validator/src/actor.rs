@@ -12,7 +12,7 @@ use fluxgate_store::RegistryStore;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
-use crate::{Output, ValidatorConfig, validate};
+use crate::{Output, Quotas, ValidatorConfig, validate};
 
 /// Counters of one validator (for metrics and tests).
 #[derive(Debug)]
@@ -84,6 +84,8 @@ pub struct Validator {
     parts: Parts<ValidatorConfig, ValidatorStats, dyn RegistryStore>,
     names: Names,
     in_flight: Arc<Semaphore>,
+    /// Auto-create quotas and their counts (kept across restarts of the stage).
+    quotas: Arc<Quotas>,
 }
 
 /// Most records whose outputs are awaiting acknowledgement at once.
@@ -100,7 +102,17 @@ impl std::fmt::Debug for Validator {
 impl Validator {
     /// A validator reading `parts.consumer` (subscribed to the raw topic).
     pub fn new(parts: Parts<ValidatorConfig, ValidatorStats, dyn RegistryStore>) -> Self {
+        let quotas = Arc::new(parts.cfg.quotas());
+        Validator::with_quotas(parts, quotas)
+    }
+
+    /// [`Validator::new`] counting its auto-create quotas in `quotas`.
+    fn with_quotas(
+        parts: Parts<ValidatorConfig, ValidatorStats, dyn RegistryStore>,
+        quotas: Arc<Quotas>,
+    ) -> Self {
         Validator {
+            quotas,
             names: Names {
                 valid: parts.topics.name(Topic::IngestValid),
                 events: parts.topics.name(Topic::DeviceEvents),
@@ -145,6 +157,7 @@ impl Stage for Validator {
             self.in_flight.clone(),
             self.names.clone(),
             self.parts.cfg.clone(),
+            self.quotas.clone(),
             self.parts.stats.clone(),
         )
         .instrument(span);
@@ -228,6 +241,7 @@ async fn process(
     in_flight: Arc<Semaphore>,
     names: Names,
     cfg: ValidatorConfig,
+    quotas: Arc<Quotas>,
     stats: Arc<ValidatorStats>,
 ) -> Option<Handed> {
     let env = Envelope::from_bytes(&rec.payload).map_err(|e| e.to_string());
@@ -250,7 +264,7 @@ async fn process(
     let mut backoff = cfg.backoff();
     loop {
         let outputs = match &env {
-            Ok(env) => attempt(env, &*store, &names, &cfg).await,
+            Ok(env) => attempt(env, &*store, &names, &cfg, &quotas).await,
             Err(e) => Ok(undecodable(&rec, &names, e)),
         };
         let sent = match outputs {
@@ -291,8 +305,9 @@ async fn attempt(
     store: &dyn RegistryStore,
     names: &Names,
     cfg: &ValidatorConfig,
+    quotas: &Quotas,
 ) -> Result<Vec<(OutputKind, OutRecord)>, String> {
-    let outputs = validate(store, cfg, env.clone(), now_ms())
+    let outputs = validate(store, cfg, quotas, env.clone(), now_ms())
         .await
         .map_err(|e| e.to_string())?;
     let span = tracing::Span::current();
@@ -377,7 +392,8 @@ impl Prepared {
         let store: Arc<dyn RegistryStore> = Arc::new(cache);
         let parts = Parts { store, ..parts };
         // A validator that dies (a panic) is restarted; its unfinished records come again.
-        let make = || Validator::new(parts.clone());
+        let quotas = Arc::new(parts.cfg.quotas());
+        let make = || Validator::with_quotas(parts.clone(), quotas.clone());
         fluxgate_pipeline::run(&parts.consumer, &parts.stats.pipeline, make, shutdown).await;
         follow.abort();
         parts.stats

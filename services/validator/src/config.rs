@@ -21,6 +21,12 @@ pub struct ValidatorConfig {
     /// How long registry reads (devices, attribute definitions, names) are cached, in
     /// seconds; registry changes drop entries sooner.
     pub registry_cache_ttl_secs: u64,
+    /// A gateway's message naming a new device creates it only while the application has
+    /// fewer devices than this (0: no quota); over it the message is rejected
+    /// (`quota_exceeded`).
+    pub max_devices_per_application: u64,
+    /// ... and while the gateway has fewer devices bound to it than this (0: no quota).
+    pub max_devices_per_gateway: u64,
 }
 
 impl Default for ValidatorConfig {
@@ -32,11 +38,21 @@ impl Default for ValidatorConfig {
             retry_initial_ms: 100,
             retry_max_ms: 5_000,
             registry_cache_ttl_secs: 60,
+            max_devices_per_application: 100_000,
+            max_devices_per_gateway: 2_000,
         }
     }
 }
 
 impl ValidatorConfig {
+    /// The auto-create quotas of these settings.
+    pub fn quotas(&self) -> crate::Quotas {
+        crate::Quotas::new(
+            self.max_devices_per_application,
+            self.max_devices_per_gateway,
+        )
+    }
+
     /// The retry backoff of store and bus failures (`retry_initial_ms`, doubling, at most
     /// `retry_max_ms`; checked when the configuration is loaded).
     pub fn backoff(&self) -> fluxgate_model::Backoff {

@@ -14,11 +14,21 @@
 //!
 //! Registry reads go through `fluxgate_store::CachedStore`, invalidated from
 //! `fluxgate.registry.changes`.
+//!
+//! Which devices a gateway may report for, whatever dialect it speaks: peripherals whose
+//! policy allows it (any gateway, or this one). A device a ThingsBoard gateway names for
+//! the first time is created as a peripheral of that gateway alone, within the
+//! auto-create quotas ([`Quotas`]); a device provisioned through the API is reachable
+//! through gateways only if it is a peripheral that allows them (`kind: peripheral`,
+//! `peripheral_policy: any_gateway` or `specific_gateway`). Anything else is rejected
+//! (`peripheral_not_allowed`), as is a Losant gateway's publish for it.
 
 mod actor;
 mod config;
+mod quota;
 mod validate;
 
 pub use actor::{MAX_IN_FLIGHT, Prepared, Validator, ValidatorStats, prepare};
 pub use config::ValidatorConfig;
+pub use quota::Quotas;
 pub use validate::{Output, validate};

@@ -4,7 +4,9 @@ use fluxgate_model::{
     Body, DeviceRef, Dialect, Envelope, Kind, Reject, Rejection, Sample, Value, Values,
     thingsboard::gateway::DEFAULT_PROFILE,
 };
-use fluxgate_store::{AttributeType, Device, RegistryStore, StoreError};
+use fluxgate_store::{AttributeType, AutoCreate, Device, RegistryStore, StoreError};
+
+use crate::quota::Quotas;
 
 use crate::ValidatorConfig;
 
@@ -98,6 +100,7 @@ fn convert(key: &str, v: Value, ty: AttributeType) -> Result<Value, (Reject, Val
 pub async fn validate(
     store: &dyn RegistryStore,
     cfg: &ValidatorConfig,
+    quotas: &Quotas,
     mut env: Envelope,
     now_ms: i64,
 ) -> Result<Vec<Output>, StoreError> {
@@ -115,16 +118,34 @@ pub async fn validate(
             }
         }
         DeviceRef::Name(name) => {
-            let profile = match &env.body {
-                Body::Connect {
-                    profile: Some(p), ..
-                } => p.clone(),
-                _ => DEFAULT_PROFILE.to_owned(),
-            };
-            store
-                .device_by_name(env.tenant.clone(), name.clone(), profile, now_ms)
-                .await?
-                .device
+            match store.device_named(env.tenant.clone(), name.clone()).await? {
+                Some(d) => d,
+                // First sight: created, bound to the gateway that named it, within the quotas.
+                None => {
+                    let gateway = env.via.as_ref();
+                    if let Some(reject) = quotas.check(store, &env.tenant, gateway, name).await? {
+                        return Ok(vec![rejected(&env, &reject)]);
+                    }
+                    let profile = match &env.body {
+                        Body::Connect {
+                            profile: Some(p), ..
+                        } => p.clone(),
+                        _ => DEFAULT_PROFILE.to_owned(),
+                    };
+                    let how = AutoCreate {
+                        profile,
+                        gateway: env.via.clone(),
+                        now_ms,
+                    };
+                    let named = store
+                        .device_by_name(env.tenant.clone(), name.clone(), how)
+                        .await?;
+                    if named.created {
+                        quotas.created(&env.tenant, gateway);
+                    }
+                    named.device
+                }
+            }
         }
         DeviceRef::Id(id) => match store.device(env.tenant.clone(), id.clone()).await? {
             Some(d) => d,
@@ -138,8 +159,10 @@ pub async fn validate(
     };
     env.device = DeviceRef::Id(device.id.clone());
 
-    // 2. A Losant gateway acting for a peripheral needs the peripheral's permission.
-    if let (Dialect::Losant, Some(gw)) = (env.dialect, &env.via)
+    // 2. A gateway acting for a device needs the device's permission, whatever dialect it
+    //    speaks: the device is a peripheral that allows it (any gateway, or this one; a
+    //    device a gateway created is bound to that gateway).
+    if let Some(gw) = &env.via
         && !device.accepts_gateway(gw)
     {
         let reject = Reject::PeripheralNotAllowed {

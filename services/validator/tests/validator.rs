@@ -319,6 +319,150 @@ async fn a_gateway_may_post_only_for_peripherals_that_allow_it() {
     assert_eq!(valid.device, DeviceRef::Id(dev("p-any")));
 }
 
+/// Issue 22, finding 2: a ThingsBoard gateway reports only for devices bound to it — the
+/// ones it created by naming them, and peripherals that allow it — never for a
+/// peripheral restricted to another gateway or a standalone device, even by name.
+#[actix_rt::test]
+async fn a_thingsboard_gateway_may_report_only_for_devices_bound_to_it() {
+    let rig = Rig::new().await;
+    for (id, kind, policy) in [
+        ("gw1", DeviceKind::Gateway, None),
+        ("gw2", DeviceKind::Gateway, None),
+        (
+            "p-gw2",
+            DeviceKind::Peripheral,
+            Some(PeripheralPolicy::SpecificGateway(dev("gw2"))),
+        ),
+        (
+            "p-any",
+            DeviceKind::Peripheral,
+            Some(PeripheralPolicy::AnyGateway),
+        ),
+        ("solo", DeviceKind::Standalone, None),
+    ] {
+        rig.store
+            .put_device(device(id, kind, policy))
+            .await
+            .unwrap();
+    }
+    rig.validator();
+    let ts = now_ms();
+    let tb = |name: &str, gw: &'static str, x: i64| {
+        state(
+            DeviceRef::Name(DeviceName::new(name).unwrap()),
+            Some(gw),
+            Dialect::ThingsBoard,
+            ts - x,
+            &[("x", Value::Integer(x))],
+        )
+    };
+    // Refused: restricted to another gateway; standalone.
+    for (i, name) in ["p-gw2", "solo"].into_iter().enumerate() {
+        rig.raw(&tb(name, "gw1", i as i64)).await;
+        let rej = Rejection::from_bytes(&next(&rig.rejected).await).unwrap();
+        assert_eq!(rej.reason.code, ReasonCode::PeripheralNotAllowed, "{name}");
+    }
+    // Accepted: a peripheral of any gateway; the gateway it is restricted to.
+    rig.raw(&tb("p-any", "gw1", 2)).await;
+    let valid = Envelope::from_bytes(&next(&rig.valid).await).unwrap();
+    assert_eq!(valid.device, DeviceRef::Id(dev("p-any")));
+    rig.raw(&tb("p-gw2", "gw2", 3)).await;
+    let valid = Envelope::from_bytes(&next(&rig.valid).await).unwrap();
+    assert_eq!(valid.device, DeviceRef::Id(dev("p-gw2")));
+    // A new name: created, bound to gw1; gw2 may not report for it afterwards.
+    rig.raw(&tb("Pump 9", "gw1", 4)).await;
+    let valid = Envelope::from_bytes(&next(&rig.valid).await).unwrap();
+    let DeviceRef::Id(pump) = valid.device else {
+        panic!("resolved to an id");
+    };
+    let made = rig.store.device(tenant(), pump).await.unwrap().unwrap();
+    assert_eq!(made.kind, DeviceKind::Peripheral);
+    assert_eq!(
+        made.peripheral_policy,
+        Some(PeripheralPolicy::SpecificGateway(dev("gw1")))
+    );
+    rig.raw(&tb("Pump 9", "gw2", 5)).await;
+    let rej = Rejection::from_bytes(&next(&rig.rejected).await).unwrap();
+    assert_eq!(rej.reason.code, ReasonCode::PeripheralNotAllowed);
+    assert!(nothing(&rig.valid).await);
+}
+
+/// Issue 22, finding 4: devices a gateway creates by naming them stop at the quotas, per
+/// gateway and per application; over quota the message is rejected with the reason.
+#[actix_rt::test]
+async fn auto_created_devices_stop_at_their_quotas() {
+    let rig = Rig::new().await;
+    for gw in ["gw1", "gw2"] {
+        rig.store
+            .put_device(device(gw, DeviceKind::Gateway, None))
+            .await
+            .unwrap();
+    }
+    // 2 gateways + 4 created = 6 devices in the application at most; 3 per gateway.
+    let stats = rig.validator_with(ValidatorConfig {
+        max_devices_per_application: 6,
+        max_devices_per_gateway: 3,
+        ..ValidatorConfig::default()
+    });
+    let ts = now_ms();
+    let mut x = 0;
+    let mut tb = |name: &str, gw: &'static str| {
+        x += 1;
+        state(
+            DeviceRef::Name(DeviceName::new(name).unwrap()),
+            Some(gw),
+            Dialect::ThingsBoard,
+            ts - x,
+            &[("x", Value::Integer(x))],
+        )
+    };
+    for name in ["a1", "a2", "a3"] {
+        rig.raw(&tb(name, "gw1")).await;
+        next(&rig.valid).await;
+    }
+    // gw1 is at its quota; a known device of it still reports.
+    rig.raw(&tb("a4", "gw1")).await;
+    let rej = Rejection::from_bytes(&next(&rig.rejected).await).unwrap();
+    assert_eq!(rej.reason.code, ReasonCode::QuotaExceeded);
+    assert!(
+        rej.reason.message.contains("gateway gw1"),
+        "{}",
+        rej.reason.message
+    );
+    rig.raw(&tb("a1", "gw1")).await;
+    next(&rig.valid).await;
+    // gw2 may create one more before the application (6 devices) is full.
+    rig.raw(&tb("b1", "gw2")).await;
+    next(&rig.valid).await;
+    rig.raw(&tb("b2", "gw2")).await;
+    let rej = Rejection::from_bytes(&next(&rig.rejected).await).unwrap();
+    assert_eq!(rej.reason.code, ReasonCode::QuotaExceeded);
+    assert!(
+        rej.reason.message.contains("application app"),
+        "{}",
+        rej.reason.message
+    );
+    assert_eq!(
+        rig.store.devices(tenant(), None, 100).await.unwrap().len(),
+        6
+    );
+    // Counted by reason once acknowledged.
+    let over = || {
+        stats
+            .reasons
+            .iter()
+            .find(|(c, _)| *c == ReasonCode::QuotaExceeded)
+            .map_or(0, |(_, n)| n.load(std::sync::atomic::Ordering::Relaxed))
+    };
+    for _ in 0..100 {
+        if over() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(over(), 2);
+}
+
 #[actix_rt::test]
 async fn thingsboard_names_become_one_device_even_with_two_validators() {
     let rig = Rig::new().await;
@@ -337,23 +481,31 @@ async fn thingsboard_names_become_one_device_even_with_two_validators() {
         );
         rig.raw(&env).await;
     }
-    let mut ids = std::collections::BTreeSet::new();
-    for _ in 0..4 {
-        let env = Envelope::from_bytes(&next(&rig.valid).await).unwrap();
-        let DeviceRef::Id(id) = &env.device else {
-            panic!("resolved")
-        };
-        assert_eq!(
-            env.key(),
-            format!("app/{id}"),
-            "re-keyed by the resolved id"
-        );
-        ids.insert(id.clone());
+    // One gateway creates the device and it is bound to that one: its message passes,
+    // the three others are refused.
+    let env = Envelope::from_bytes(&next(&rig.valid).await).unwrap();
+    let DeviceRef::Id(id) = &env.device else {
+        panic!("resolved")
+    };
+    assert_eq!(
+        env.key(),
+        format!("app/{id}"),
+        "re-keyed by the resolved id"
+    );
+    for _ in 0..3 {
+        let rej = Rejection::from_bytes(&next(&rig.rejected).await).unwrap();
+        assert_eq!(rej.reason.code, ReasonCode::PeripheralNotAllowed);
     }
-    assert_eq!(ids.len(), 1, "one device for one name");
+    assert!(nothing(&rig.valid).await);
     let all = rig.store.devices(tenant(), None, 10).await.unwrap();
-    assert_eq!(all.len(), 1);
+    assert_eq!(all.len(), 1, "one device for one name");
+    assert_eq!(&all[0].id, id);
     assert_eq!(all[0].profile.as_deref(), Some("default"));
+    assert_eq!(
+        all[0].peripheral_policy,
+        env.via.clone().map(PeripheralPolicy::SpecificGateway),
+        "bound to the gateway whose message passed"
+    );
     let handled = a
         .pipeline
         .records

@@ -51,11 +51,14 @@ pub enum ReasonCode {
     TooDeep,
     /// A bus record a role could not decode: it was kept on the dead-letter topic.
     Undecodable,
+    /// Creating the device would go over a quota (devices auto-created per application or
+    /// per gateway).
+    QuotaExceeded,
 }
 
 impl ReasonCode {
     /// Every code, for metrics that pre-register their label values.
-    pub const ALL: [ReasonCode; 19] = [
+    pub const ALL: [ReasonCode; 20] = [
         ReasonCode::PayloadTooLarge,
         ReasonCode::MalformedJson,
         ReasonCode::MissingField,
@@ -75,6 +78,7 @@ impl ReasonCode {
         ReasonCode::UnknownDevice,
         ReasonCode::TooDeep,
         ReasonCode::Undecodable,
+        ReasonCode::QuotaExceeded,
     ];
 
     /// The stable snake_case code.
@@ -99,6 +103,7 @@ impl ReasonCode {
             ReasonCode::UnknownDevice => "unknown_device",
             ReasonCode::TooDeep => "too_deep",
             ReasonCode::Undecodable => "undecodable",
+            ReasonCode::QuotaExceeded => "quota_exceeded",
         }
     }
 }
@@ -256,6 +261,18 @@ pub enum Reject {
         /// The limit ([`crate::Limits::max_json_depth`]).
         limit: usize,
     },
+    /// See [`ReasonCode::QuotaExceeded`].
+    #[error("device {device:?} not created: {what} has {count} devices, the quota is {limit}")]
+    QuotaExceeded {
+        /// The device name that would have been created.
+        device: String,
+        /// Whose quota (`application app1`, `gateway gw1`).
+        what: String,
+        /// Devices counted.
+        count: u64,
+        /// The quota.
+        limit: u64,
+    },
 }
 
 impl Reject {
@@ -280,6 +297,7 @@ impl Reject {
             Reject::PeripheralNotAllowed { .. } => ReasonCode::PeripheralNotAllowed,
             Reject::UnknownDevice { .. } => ReasonCode::UnknownDevice,
             Reject::TooDeep { .. } => ReasonCode::TooDeep,
+            Reject::QuotaExceeded { .. } => ReasonCode::QuotaExceeded,
         }
     }
 

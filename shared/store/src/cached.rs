@@ -182,8 +182,7 @@ impl RegistryStore for CachedStore {
         &self,
         tenant: TenantId,
         name: DeviceName,
-        profile: String,
-        now_ms: i64,
+        how: AutoCreate,
     ) -> BoxFuture<'_, Result<NamedDevice>> {
         Box::pin(async move {
             if let Some(device) = self.names.get(&(tenant.clone(), name.clone())).await {
@@ -194,7 +193,7 @@ impl RegistryStore for CachedStore {
             }
             let named = self
                 .inner
-                .device_by_name(tenant.clone(), name.clone(), profile, now_ms)
+                .device_by_name(tenant.clone(), name.clone(), how)
                 .await?;
             self.names
                 .insert((tenant, name), named.device.clone())

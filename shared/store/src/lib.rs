@@ -231,14 +231,13 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
         after: Option<DeviceId>,
         limit: u32,
     ) -> BoxFuture<'_, Result<Vec<Device>>>;
-    /// The device a ThingsBoard gateway calls `name`, created (with `profile`) on first
+    /// The device a ThingsBoard gateway calls `name`, created as `how` says on first
     /// sight. Concurrent callers get the same device; exactly one sees `created`.
     fn device_by_name(
         &self,
         tenant: TenantId,
         name: DeviceName,
-        profile: String,
-        now_ms: i64,
+        how: AutoCreate,
     ) -> BoxFuture<'_, Result<NamedDevice>>;
     /// The device a ThingsBoard gateway calls `name`, if there is one; never creates it.
     fn device_named(

@@ -292,6 +292,43 @@ pub struct NamedDevice {
     pub created: bool,
 }
 
+/// How a device a gateway names is made on first sight
+/// ([`crate::RegistryStore::device_by_name`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutoCreate {
+    /// Its ThingsBoard device profile (type).
+    pub profile: String,
+    /// The gateway that named it: the device is made a peripheral of that gateway only
+    /// (`None`: a standalone device).
+    pub gateway: Option<DeviceId>,
+    /// When, epoch ms.
+    pub now_ms: i64,
+}
+
+impl AutoCreate {
+    /// The device to create as `id`, called `name` by its gateway.
+    pub fn device(&self, tenant: TenantId, id: DeviceId, name: &str) -> Device {
+        let (kind, peripheral_policy) = match &self.gateway {
+            Some(g) => (
+                DeviceKind::Peripheral,
+                Some(PeripheralPolicy::SpecificGateway(g.clone())),
+            ),
+            None => (DeviceKind::Standalone, None),
+        };
+        Device {
+            tenant,
+            id,
+            name: name.to_owned(),
+            kind,
+            peripheral_policy,
+            tags: Vec::new(),
+            profile: Some(self.profile.clone()),
+            created_ms: self.now_ms,
+            updated_ms: self.now_ms,
+        }
+    }
+}
+
 /// The name → id lookup key of a ThingsBoard device.
 pub type NameKey = (TenantId, DeviceName);
 

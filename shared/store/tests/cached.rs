@@ -98,13 +98,21 @@ async fn cached_reads_change_only_on_invalidation_or_write_through() {
     // A ThingsBoard name resolves once; the mapping is then served from memory.
     let n = DeviceName::new("Sensor A").unwrap();
     let first = cache
-        .device_by_name(t.clone(), n.clone(), "p".into(), 0)
+        .device_by_name(t.clone(), n.clone(), auto("p"))
         .await
         .unwrap();
     assert!(first.created);
     let again = cache
-        .device_by_name(t.clone(), n.clone(), "p".into(), 0)
+        .device_by_name(t.clone(), n.clone(), auto("p"))
         .await
         .unwrap();
     assert_eq!((again.device.id, again.created), (first.device.id, false));
+}
+
+fn auto(profile: &str) -> fluxgate_store::AutoCreate {
+    fluxgate_store::AutoCreate {
+        profile: profile.into(),
+        gateway: None,
+        now_ms: 0,
+    }
 }

@@ -115,27 +115,16 @@ impl RegistryStore for ScyllaStore {
         &self,
         tenant: TenantId,
         name: DeviceName,
-        profile: String,
-        now_ms: i64,
+        how: AutoCreate,
     ) -> BoxFuture<'_, Result<NamedDevice>> {
         Box::pin(async move {
             let (t, n) = (tenant.as_str(), name.as_str());
-            let fresh = new_device_id(now_ms, n)?;
+            let fresh = new_device_id(how.now_ms, n)?;
             let r = self
                 .exec(&self.stmts.claim_name, (t, n, fresh.as_str()))
                 .await?;
             if applied(r)? {
-                let device = Device {
-                    tenant: tenant.clone(),
-                    id: fresh,
-                    name: n.to_owned(),
-                    kind: DeviceKind::Standalone,
-                    peripheral_policy: None,
-                    tags: Vec::new(),
-                    profile: Some(profile),
-                    created_ms: now_ms,
-                    updated_ms: now_ms,
-                };
+                let device = how.device(tenant.clone(), fresh, n);
                 self.insert_device(&device).await?;
                 return Ok(NamedDevice {
                     device,

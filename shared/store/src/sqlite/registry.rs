@@ -130,14 +130,13 @@ impl RegistryStore for SqliteStore {
         &self,
         tenant: TenantId,
         name: DeviceName,
-        profile: String,
-        now_ms: i64,
+        how: AutoCreate,
     ) -> BoxFuture<'_, Result<NamedDevice>> {
         self.run(move |c, _| {
             let tx = c
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(sql_err)?;
-            let fresh = new_device_id(now_ms, name.as_str())?;
+            let fresh = new_device_id(how.now_ms, name.as_str())?;
             // First writer of the name wins; everyone reads the winner.
             let created = tx
                 .execute(
@@ -147,20 +146,7 @@ impl RegistryStore for SqliteStore {
                 .map_err(sql_err)?
                 == 1;
             if created {
-                insert_device(
-                    &tx,
-                    &Device {
-                        tenant: tenant.clone(),
-                        id: fresh,
-                        name: name.as_str().to_owned(),
-                        kind: DeviceKind::Standalone,
-                        peripheral_policy: None,
-                        tags: Vec::new(),
-                        profile: Some(profile),
-                        created_ms: now_ms,
-                        updated_ms: now_ms,
-                    },
-                )?;
+                insert_device(&tx, &how.device(tenant.clone(), fresh, name.as_str()))?;
             }
             let did: String = tx
                 .query_row(

@@ -312,9 +312,12 @@ pub async fn auto_create_race(h: &Harness) {
     for _ in 0..8 {
         let (s, t, name) = (h.store.clone(), t.clone(), name.clone());
         tasks.push(tokio::spawn(async move {
-            s.device_by_name(t, name, "Sensor".into(), NOW)
-                .await
-                .unwrap()
+            let how = AutoCreate {
+                profile: "Sensor".into(),
+                gateway: Some(dev("gw1")),
+                now_ms: NOW,
+            };
+            s.device_by_name(t, name, how).await.unwrap()
         }));
     }
     let mut results = Vec::new();
@@ -326,6 +329,12 @@ pub async fn auto_create_race(h: &Harness) {
     assert!(results.iter().all(|r| r.device.id == first.id));
     assert_eq!(first.profile.as_deref(), Some("Sensor"));
     assert_eq!(first.name, "Device A");
+    // Bound to the gateway that named it.
+    assert_eq!(first.kind, DeviceKind::Peripheral);
+    assert_eq!(
+        first.peripheral_policy,
+        Some(PeripheralPolicy::SpecificGateway(dev("gw1")))
+    );
     let listed = h.store.devices(t.clone(), None, 100).await.unwrap();
     assert_eq!(listed.len(), 1);
     // A rename keeps the id; the new name maps to it.
@@ -337,8 +346,11 @@ pub async fn auto_create_race(h: &Harness) {
         .device_by_name(
             t.clone(),
             DeviceName::new("Device A2").unwrap(),
-            "x".into(),
-            NOW,
+            AutoCreate {
+                profile: "x".into(),
+                gateway: None,
+                now_ms: NOW,
+            },
         )
         .await
         .unwrap();
