@@ -71,7 +71,7 @@ impl ValidatorStats {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Names {
     valid: String,
     events: String,
@@ -82,10 +82,20 @@ struct Names {
 /// The validator.
 pub struct Validator {
     parts: Parts<ValidatorConfig, ValidatorStats, dyn RegistryStore>,
-    names: Names,
+    /// What each record's work needs, shared by the records in flight.
+    work: Arc<Work>,
+}
+
+/// What a record's work needs ([`process`]): built once per stage.
+struct Work {
+    store: Arc<dyn RegistryStore>,
+    producer: Arc<dyn Producer>,
     in_flight: Arc<Semaphore>,
+    names: Names,
+    cfg: ValidatorConfig,
     /// Auto-create quotas and their counts (kept across restarts of the stage).
     quotas: Arc<Quotas>,
+    stats: Arc<ValidatorStats>,
 }
 
 /// Most records whose outputs are awaiting acknowledgement at once.
@@ -111,17 +121,21 @@ impl Validator {
         parts: Parts<ValidatorConfig, ValidatorStats, dyn RegistryStore>,
         quotas: Arc<Quotas>,
     ) -> Self {
-        Validator {
-            quotas,
+        let work = Arc::new(Work {
+            store: parts.store.clone(),
+            producer: parts.producer.clone(),
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             names: Names {
                 valid: parts.topics.name(Topic::IngestValid),
                 events: parts.topics.name(Topic::DeviceEvents),
                 rejected: parts.topics.name(Topic::IngestRejected),
                 dead_letter: parts.topics.name(Topic::DeadLetter),
             },
-            parts,
-            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
-        }
+            cfg: parts.cfg.clone(),
+            quotas,
+            stats: parts.stats.clone(),
+        });
+        Validator { parts, work }
     }
 }
 
@@ -150,17 +164,7 @@ impl Stage for Validator {
             reason = tracing::field::Empty,
         );
         fluxgate_observability::telemetry::parent(&span, &rec.headers);
-        let work = process(
-            rec,
-            self.parts.store.clone(),
-            self.parts.producer.clone(),
-            self.in_flight.clone(),
-            self.names.clone(),
-            self.parts.cfg.clone(),
-            self.quotas.clone(),
-            self.parts.stats.clone(),
-        )
-        .instrument(span);
+        let work = process(rec, self.work.clone()).instrument(span);
         fluxgate_pipeline::wait(ctx, work, move |v, handed, _| {
             let (consumer, stats) = (v.parts.consumer.clone(), v.parts.stats.clone());
             let Some((acks, permit)) = handed else {
@@ -195,7 +199,7 @@ impl Stage for Validator {
 
     /// Every record in flight has its outputs acknowledged (and is acked).
     fn drain(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
-        let in_flight = self.in_flight.clone();
+        let in_flight = self.work.in_flight.clone();
         Box::pin(async move {
             let _all = in_flight.acquire_many(MAX_IN_FLIGHT as u32).await;
         })
@@ -234,16 +238,16 @@ type Handed = (Vec<(OutputKind, AckFuture)>, OwnedSemaphorePermit);
 /// Validates one record and hands its outputs to the producer, retrying store and bus
 /// failures with backoff. A record that is not an envelope is kept: whole on the
 /// dead-letter topic, and in the rejected log.
-async fn process(
-    rec: Record,
-    store: Arc<dyn RegistryStore>,
-    producer: Arc<dyn Producer>,
-    in_flight: Arc<Semaphore>,
-    names: Names,
-    cfg: ValidatorConfig,
-    quotas: Arc<Quotas>,
-    stats: Arc<ValidatorStats>,
-) -> Option<Handed> {
+async fn process(rec: Record, work: Arc<Work>) -> Option<Handed> {
+    let Work {
+        store,
+        producer,
+        in_flight,
+        names,
+        cfg,
+        quotas,
+        stats,
+    } = &*work;
     let env = Envelope::from_bytes(&rec.payload).map_err(|e| e.to_string());
     let span = tracing::Span::current();
     match &env {
@@ -260,15 +264,15 @@ async fn process(
         tracing::error!(offset = rec.position.offset, error = %e,
             "validator: not an envelope; keeping it on the dead-letter topic");
     }
-    let permit = in_flight.acquire_owned().await.ok()?;
+    let permit = in_flight.clone().acquire_owned().await.ok()?;
     let mut backoff = cfg.backoff();
     loop {
         let outputs = match &env {
-            Ok(env) => attempt(env, &*store, &names, &cfg, &quotas).await,
-            Err(e) => Ok(undecodable(&rec, &names, e)),
+            Ok(env) => attempt(env, &**store, names, cfg, quotas).await,
+            Err(e) => Ok(undecodable(&rec, names, e)),
         };
         let sent = match outputs {
-            Ok(o) => send(&*producer, o).await,
+            Ok(o) => send(&**producer, o).await,
             Err(e) => Err(e),
         };
         match sent {
