@@ -133,8 +133,14 @@ pub struct FrontConfig {
     pub http_addr: Option<String>,
     /// Worker threads of the MQTT listeners.
     pub workers: usize,
-    /// Most connections this front holds; more are refused at accept.
+    /// Most sessions (connections past CONNECT) this front holds; a CONNECT beyond is
+    /// refused at once (MQTT 5 CONNACK 0x97 quota exceeded, 3.1.1 CONNACK 3 server
+    /// unavailable), so the client tries another front.
     pub max_connections: usize,
+    /// Most sockets open at once that have not become a session (no CONNECT yet, or being
+    /// authenticated), counted apart from `max_connections`; more are closed as soon as
+    /// they are accepted. Each has `connect_timeout_secs` to send CONNECT.
+    pub max_pending_connections: usize,
     /// Time a client has to send CONNECT after opening the socket, in seconds.
     pub connect_timeout_secs: u16,
     /// MQTT 3.1.1: QoS 1 publishes of one connection being produced at once; when all
@@ -189,6 +195,7 @@ impl Default for FrontConfig {
             http_addr: Some("0.0.0.0:9101".into()),
             workers: 2,
             max_connections: 100_000,
+            max_pending_connections: 10_000,
             connect_timeout_secs: 10,
             max_in_flight: 16,
             max_in_flight_bytes: 64 * 1024,
@@ -249,6 +256,12 @@ impl FrontConfig {
         }
         if self.workers == 0 {
             return bad("workers", "must be at least 1");
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections", "must be at least 1");
+        }
+        if self.max_pending_connections == 0 {
+            return bad("max_pending_connections", "must be at least 1");
         }
         if self.max_in_flight == 0 {
             return bad("max_in_flight", "must be at least 1");

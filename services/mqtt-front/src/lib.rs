@@ -299,7 +299,14 @@ fn listeners(front: &Arc<Front>, s: Sockets) -> std::io::Result<ntex::server::Se
     let cfg = &front.cfg;
     let mut b = ntex::server::Server::builder()
         .workers(cfg.workers)
-        .maxconn(cfg.max_connections.div_ceil(cfg.workers).max(1))
+        // A ceiling the socket admission keeps below (sessions + pending sockets): at it
+        // ntex would stop accepting, and new clients would hang with no CONNACK.
+        .maxconn(
+            (cfg.max_connections + cfg.max_pending_connections)
+                .div_ceil(cfg.workers)
+                .max(1)
+                + 1,
+        )
         // The drain has given every session `drain_grace_secs` already; what ntex still
         // holds when it stops the listeners is dropped after this, not after ntex's
         // default 30 s (which outlasted the role's own stop deadline).
@@ -310,7 +317,7 @@ fn listeners(front: &Arc<Front>, s: Sockets) -> std::io::Result<ntex::server::Se
         let f = front.clone();
         b = b
             .listen("mqtt", l, async move |_| {
-                server::mqtt_service::<ntex::io::Base>(f.clone())
+                server::gated(f.clone(), server::mqtt_service::<ntex::io::Base>(f.clone()))
             })?
             .config("mqtt", mqtt_cfg.clone());
     }
@@ -318,7 +325,7 @@ fn listeners(front: &Arc<Front>, s: Sockets) -> std::io::Result<ntex::server::Se
         let f = front.clone();
         b = b
             .listen("mqtt-ws", l, async move |_| {
-                server::ws_service::<ntex::io::Base>(f.clone())
+                server::gated(f.clone(), server::ws_service::<ntex::io::Base>(f.clone()))
             })?
             .config("mqtt-ws", mqtt_cfg.clone());
     }
@@ -327,7 +334,7 @@ fn listeners(front: &Arc<Front>, s: Sockets) -> std::io::Result<ntex::server::Se
             let (f, t) = (front.clone(), tls.clone());
             b = b
                 .listen("mqtt-tls", l, async move |_| {
-                    server::tls_service(f.clone(), t.clone())
+                    server::gated(f.clone(), server::tls_service(f.clone(), t.clone()))
                 })?
                 .config("mqtt-tls", mqtt_cfg.clone());
         }
@@ -335,7 +342,7 @@ fn listeners(front: &Arc<Front>, s: Sockets) -> std::io::Result<ntex::server::Se
             let (f, t) = (front.clone(), tls);
             b = b
                 .listen("mqtt-wss", l, async move |_| {
-                    server::wss_service(f.clone(), t.clone())
+                    server::gated(f.clone(), server::wss_service(f.clone(), t.clone()))
                 })?
                 .config("mqtt-wss", mqtt_cfg);
         }

@@ -32,6 +32,10 @@ pub struct FrontMetrics {
     pub undecodable: IntCounterVec,
     /// Sessions closed because their credential was revoked.
     pub revoked: IntCounter,
+    /// Open sockets, sessions and not.
+    pub sockets: IntGauge,
+    /// Sockets closed at accept: too many open without a session.
+    pub pending_refused: IntCounter,
 }
 
 impl FrontMetrics {
@@ -51,6 +55,8 @@ impl FrontMetrics {
             protocol_errors: c::FRONT_PROTOCOL_ERRORS.counter()?,
             undecodable: c::FRONT_UNDECODABLE.counter_vec()?,
             revoked: c::FRONT_SESSIONS_REVOKED.counter()?,
+            sockets: c::FRONT_SOCKETS.gauge()?,
+            pending_refused: c::FRONT_SOCKETS_REFUSED.counter()?,
         };
         registry.register(Box::new(m.connections.clone()))?;
         registry.register(Box::new(m.connects.clone()))?;
@@ -64,6 +70,8 @@ impl FrontMetrics {
         registry.register(Box::new(m.protocol_errors.clone()))?;
         registry.register(Box::new(m.undecodable.clone()))?;
         registry.register(Box::new(m.revoked.clone()))?;
+        registry.register(Box::new(m.sockets.clone()))?;
+        registry.register(Box::new(m.pending_refused.clone()))?;
         Ok(m)
     }
 

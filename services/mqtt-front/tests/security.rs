@@ -148,3 +148,74 @@ async fn a_revoked_credential_ends_the_session_it_opened() {
         "{metrics}"
     );
 }
+
+/// Reads from `s` until the server closes it; `false` if it is still open after `ms`.
+async fn closed_within(s: &mut tokio::net::TcpStream, ms: u64) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Finding 5: a full front refuses a CONNECT at once (MQTT 5 CONNACK 0x97, 3.1.1 CONNACK
+/// 3) instead of leaving it hanging, and sockets that never send CONNECT neither count
+/// toward `max_connections` nor make the front stop accepting: they are bounded apart,
+/// and one past that bound is closed as soon as it is accepted.
+#[ntex::test]
+async fn a_full_front_refuses_at_once_and_idle_sockets_are_bounded_apart() {
+    let mut cfg = unlimited();
+    cfg.max_connections = 2;
+    cfg.max_pending_connections = 3;
+    let rig = Rig::memory(cfg).await;
+    let _events = rig.tap(Topic::DeviceEvents);
+    let idle = || tokio::net::TcpStream::connect(rig.addr);
+    // Two sockets that never send CONNECT.
+    let (mut idle1, mut idle2) = (idle().await.unwrap(), idle().await.unwrap());
+    // Two sessions fill the front all the same.
+    let _a = Wire::open(rig.addr, V::V5, "dev1", "key-all", SECRET)
+        .await
+        .unwrap();
+    let _b = Wire::open(rig.addr, V::V3, "dev2", "key-all", SECRET)
+        .await
+        .unwrap();
+    // A third CONNECT is answered at once, in either version, then closed.
+    for (v, code) in [(V::V5, 0x97), (V::V3, 3)] {
+        let mut c = Wire::connect(rig.addr, v, "tagged", "key-all", SECRET)
+            .await
+            .unwrap();
+        assert_eq!(
+            c.next_within(Duration::from_secs(2)).await,
+            Ok(Got::ConnAck(code)),
+            "{v:?} CONNECT to a full front"
+        );
+        assert_eq!(closed_with(&mut c).await, Ok(None));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Idle sockets: a third fits the bound of 3, a fourth is closed at accept.
+    let mut idle3 = idle().await.unwrap();
+    let mut idle4 = idle().await.unwrap();
+    assert!(
+        closed_within(&mut idle4, 2_000).await,
+        "the 4th idle socket is closed"
+    );
+    for (n, s) in [(1, &mut idle1), (2, &mut idle2), (3, &mut idle3)] {
+        assert!(
+            !closed_within(s, 200).await,
+            "idle socket {n} stays (CONNECT timeout)"
+        );
+    }
+    let metrics = rig.metrics().await;
+    for line in [
+        "fluxgate_mqtt_front_sockets_refused_total 1",
+        "fluxgate_mqtt_front_connects_total{outcome=\"server_full\"} 2",
+        "fluxgate_mqtt_front_sockets 5",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+}

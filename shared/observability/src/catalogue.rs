@@ -201,9 +201,10 @@ pub const FRONT_CONNECTS: Metric = Metric {
             "blocked",
             "persistent_session_unsupported",
             "draining",
+            "server_full",
         ],
     )],
-    help: "CONNECT packets by outcome (persistent_session_unsupported: MQTT 3.1.1 CleanSession=0).",
+    help: "CONNECT packets by outcome (persistent_session_unsupported: MQTT 3.1.1 CleanSession=0; server_full: max_connections sessions held).",
 };
 
 /// `fluxgate_mqtt_front_messages_total`
@@ -348,6 +349,26 @@ pub const FRONT_SESSIONS_REVOKED: Metric = Metric {
     role: "front",
     labels: &[],
     help: "Sessions closed because a registry change ended their credential (key deactivated or deleted, token revoked, device deleted).",
+};
+
+/// `fluxgate_mqtt_front_sockets`
+pub const FRONT_SOCKETS: Metric = Metric {
+    name: "fluxgate_mqtt_front_sockets",
+    kind: Kind::Gauge,
+    unit: "",
+    role: "front",
+    labels: &[],
+    help: "Open client sockets on every listener: sessions, and sockets that have not become one (minus fluxgate_mqtt_front_connections: those waiting for or in CONNECT).",
+};
+
+/// `fluxgate_mqtt_front_sockets_refused_total`
+pub const FRONT_SOCKETS_REFUSED: Metric = Metric {
+    name: "fluxgate_mqtt_front_sockets_refused_total",
+    kind: Kind::Counter,
+    unit: "",
+    role: "front",
+    labels: &[],
+    help: "Sockets closed as soon as accepted because max_pending_connections sockets had not become sessions.",
 };
 
 /// `fluxgate_mqtt_front_undecodable_total`
@@ -622,6 +643,8 @@ pub const ALL: &[&Metric] = &[
     &FRONT_SIDE_DROPPED,
     &FRONT_PROTOCOL_ERRORS,
     &FRONT_SESSIONS_REVOKED,
+    &FRONT_SOCKETS,
+    &FRONT_SOCKETS_REFUSED,
     &FRONT_UNDECODABLE,
     &API_REQUESTS,
     &API_REQUEST_SECONDS,

@@ -40,6 +40,8 @@ pub(crate) enum Refusal {
     PersistentSession,
     /// The presence event could not be produced.
     Unavailable,
+    /// The front holds `max_connections` sessions already.
+    Full,
 }
 
 impl Refusal {
@@ -51,6 +53,7 @@ impl Refusal {
             Refusal::RateLimited => "rate_limited",
             Refusal::PersistentSession => "persistent_session_unsupported",
             Refusal::Unavailable => "unavailable",
+            Refusal::Full => "server_full",
         }
     }
 }
@@ -70,10 +73,26 @@ pub(crate) struct Admission {
     app_new_conns: HashMap<String, Option<DefaultDirectRateLimiter>>,
     blocks: moka::sync::Cache<(TenantId, DeviceId), Block>,
     draining: AtomicBool,
+    /// Open sockets, on every listener (sessions and those that have not become one):
+    /// the `fluxgate_mqtt_front_sockets` gauge.
+    sockets: prometheus::IntGauge,
+    max_sessions: usize,
+    max_pending: usize,
+}
+
+/// Held for as long as an accepted socket is open ([`Admission::open_socket`]).
+#[derive(Debug)]
+pub(crate) struct Socket(prometheus::IntGauge);
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Admission {
-    pub(crate) fn new(cfg: &FrontConfig) -> Self {
+    /// Admission by `cfg`, counting open sockets in `sockets`.
+    pub(crate) fn new(cfg: &FrontConfig, sockets: prometheus::IntGauge) -> Self {
         let new_conns = quota(cfg.rate_limits.new_connections_per_application)
             .map(governor::RateLimiter::keyed);
         let app_new_conns = cfg
@@ -93,7 +112,21 @@ impl Admission {
                 .time_to_idle(Duration::from_secs(3600))
                 .build(),
             draining: AtomicBool::new(false),
+            sockets,
+            max_sessions: cfg.max_connections,
+            max_pending: cfg.max_pending_connections,
         }
+    }
+
+    /// A socket was accepted while the front holds `sessions` sessions: counted while the
+    /// returned guard lives, or `None` (close it) when `max_pending_connections` sockets
+    /// have not become a session yet. Sockets that never send CONNECT cannot crowd out
+    /// the sessions, nor make the front stop accepting.
+    pub(crate) fn open_socket(&self, sessions: usize) -> Option<Socket> {
+        self.sockets.inc();
+        let socket = Socket(self.sockets.clone());
+        let open = usize::try_from(self.sockets.get() - 1).unwrap_or(0);
+        (open.saturating_sub(sessions) < self.max_pending).then_some(socket)
     }
 
     /// From now on every CONNECT is refused (`Draining`).
@@ -101,10 +134,13 @@ impl Admission {
         self.draining.store(true, Ordering::Relaxed);
     }
 
-    /// The checks made before the credentials are read.
-    pub(super) fn before_auth(&self, clean_session: bool) -> Result<(), Refusal> {
+    /// The checks made before the credentials are read, while the front holds `sessions`.
+    pub(super) fn before_auth(&self, clean_session: bool, sessions: usize) -> Result<(), Refusal> {
         if self.draining.load(Ordering::Relaxed) {
             return Err(Refusal::Draining);
+        }
+        if sessions >= self.max_sessions {
+            return Err(Refusal::Full);
         }
         if !clean_session {
             return Err(Refusal::PersistentSession);
@@ -276,7 +312,8 @@ impl Front {
         sink: Sink,
         gone: impl Future<Output = ()> + 'static,
     ) -> Result<Handle, Refusal> {
-        self.admission.before_auth(clean_session)?;
+        self.admission
+            .before_auth(clean_session, self.sessions.len())?;
         let identity = self
             .registry
             .authenticate(creds)

@@ -93,7 +93,7 @@ impl Front {
         metrics: FrontMetrics,
     ) -> Self {
         Front {
-            admission: admission::Admission::new(&cfg),
+            admission: admission::Admission::new(&cfg, metrics.sockets.clone()),
             names: Names {
                 raw: topics.name(Topic::IngestRaw),
                 events: topics.name(Topic::DeviceEvents),

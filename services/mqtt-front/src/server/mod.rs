@@ -154,7 +154,7 @@ async fn handshake_v5(
         Err(Refusal::Auth(AuthError::BadCredentials)) => C::BadUserNameOrPassword,
         Err(Refusal::Auth(AuthError::NotAuthorized(_))) => C::NotAuthorized,
         Err(Refusal::PersistentSession) => C::ImplementationSpecificError,
-        Err(Refusal::Blocked) => C::QuotaExceeded,
+        Err(Refusal::Blocked | Refusal::Full) => C::QuotaExceeded,
         Err(Refusal::RateLimited) => C::ConnectionRateExceeded,
         Err(
             Refusal::Draining | Refusal::Unavailable | Refusal::Auth(AuthError::Unavailable(_)),
@@ -347,6 +347,29 @@ fn count_protocol_error<E>(front: &Front, c: &ntex_mqtt::Control<E>) {
         front.metrics.protocol_errors.inc();
         tracing::info!(error = %e.get_ref(), "connection closed for a protocol error");
     }
+}
+
+/// `listener` (MQTT over any transport) behind the front's socket admission: a socket
+/// accepted while `max_pending_connections` others have not become sessions is closed at
+/// once (counted); the others are counted while they are open.
+pub(crate) fn gated<R, S>(
+    front: Arc<Front>,
+    listener: S,
+) -> impl ServiceFactory<R, SharedCfg, Response = (), Error = S::Error, InitError = S::InitError>
+where
+    S: ServiceFactory<R, SharedCfg, Response = ()>,
+{
+    ntex::service::apply_fn_factory(
+        listener,
+        async move |io: R, svc: &ntex::service::dev::ApplyCtx<'_, S::Service>| {
+            let sessions = front.sessions.len();
+            let Some(_socket) = front.admission.open_socket(sessions) else {
+                front.metrics.pending_refused.inc();
+                return Ok(()); // dropped: closed
+            };
+            svc.call(io).await
+        },
+    )
 }
 
 /// The MQTT 3.1.1 + 5 service for one accepted connection of any transport.
