@@ -114,12 +114,18 @@ def check_command():
         if not isinstance(when, datetime.datetime) or when != want:
             fail(f"the SDK decoded time {when!r}, sent {body['time']!r}")
 
-        def delivered():
+        # The SDK subscribes to its commands at QoS 0 (losantmqtt/device.py: subscribe()
+        # with paho's default QoS): nothing acknowledges the command, so it is `sent` at
+        # most, with the front's report that it was written to the connection.
+        def written():
             d.loop(0.05)
-            c = A.command(sent["commandId"])["command"]
-            return c if c["status"] == "delivered" else None
+            got = A.command(sent["commandId"])
+            last = got["history"][-1] if got["history"] else {}
+            qos0 = "written to the device's connection at QoS 0" in (last.get("detail") or "")
+            return got if got["command"]["status"] == "sent" and qos0 else None
 
-        wait_for("command status `delivered` in GET /applications/{app}/commands/{id}", delivered)
+        wait_for("command status `sent`, written at QoS 0, in GET /applications/{app}/commands/{id}",
+                 written)
     finally:
         close(d)
 

@@ -329,6 +329,7 @@ async fn offline_devices_fail_lightweight_commands_and_get_persistent_ones_on_co
         Body::DeliveryOutcome {
             delivery: kept,
             delivered: true,
+            at_most_once: false,
             reason: None,
         },
     )
@@ -573,6 +574,7 @@ async fn a_sent_command_that_no_front_delivers_fails_or_is_queued_again() {
     let outcome = Body::DeliveryOutcome {
         delivery: kept,
         delivered: true,
+        at_most_once: false,
         reason: None,
     };
     rig.event("gone", None, Dialect::Losant, outcome).await;
@@ -582,6 +584,55 @@ async fn a_sent_command_that_no_front_delivers_fails_or_is_queued_again() {
     clock.advance(Duration::from_millis(300));
     counts(&stats.timers, 0, "timers running").await;
     rig.status(kept, CommandStatus::Delivered).await;
+    running.stop(Duration::from_secs(5)).await;
+}
+
+/// Issue 22, finding 1: a command a front wrote at QoS 0 is `sent` at most — never
+/// `delivered`, since nothing acknowledges it — and its delivery deadline no longer
+/// fails it.
+#[actix_rt::test]
+async fn a_command_written_at_qos_0_stays_sent_past_its_delivery_deadline() {
+    let rig = Rig::new();
+    let cfg = DispatchConfig {
+        delivery_timeout_ms: 300,
+        ..DispatchConfig::default()
+    };
+    let clock = Arc::new(ManualClock::starting_now());
+    let bus = Arc::new(rig.bus.clone());
+    let (stats, running) = rig.run_clocked(bus, cfg, Clock::Manual(clock.clone()));
+    rig.connect("q0", None, Dialect::Losant, true).await;
+    let id = rig.command("q0", Dialect::Losant, false, false, None).await;
+    assert_eq!(rig.delivery().await.id, id);
+    let outcome = Body::DeliveryOutcome {
+        delivery: id,
+        delivered: true,
+        at_most_once: true,
+        reason: None,
+    };
+    rig.event("q0", None, Dialect::Losant, outcome).await;
+    // Recorded as a change of its own, still `sent`.
+    for _ in 0..100 {
+        let h = rig.store.command_history(id).await.unwrap();
+        if h.last().and_then(|c| c.detail.as_deref()) == Some(fluxgate_model::WRITTEN_AT_MOST_ONCE)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let h = rig.store.command_history(id).await.unwrap();
+    let last = h.last().unwrap();
+    assert_eq!(
+        (last.status, last.detail.as_deref()),
+        (
+            CommandStatus::Sent,
+            Some(fluxgate_model::WRITTEN_AT_MOST_ONCE)
+        )
+    );
+    // The delivery deadline passes: it stays `sent`.
+    parked(&clock, 1).await;
+    clock.advance(Duration::from_millis(300));
+    counts(&stats.timers, 0, "timers running").await;
+    rig.status(id, CommandStatus::Sent).await;
     running.stop(Duration::from_secs(5)).await;
 }
 
@@ -760,6 +811,7 @@ async fn a_command_sent_again_gets_its_delivery_deadline_from_the_new_send() {
     let failed = Body::DeliveryOutcome {
         delivery: kept,
         delivered: false,
+        at_most_once: false,
         reason: Some("session closed".into()),
     };
     rig.event("again", None, Dialect::Losant, failed).await;

@@ -15,6 +15,17 @@ pub enum V3Refusal {
     Drop,
 }
 
+/// What becomes of a QoS 0 message for a client that does not read what it is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SlowClient {
+    /// Drop the message (counted as `fluxgate_mqtt_front_deliveries_total{outcome=
+    /// "dropped_slow_client"}`; a command's status says why).
+    Drop,
+    /// Close the session (MQTT 5: DISCONNECT 0x97 quota exceeded).
+    Close,
+}
+
 /// TLS certificate and key, PEM files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -154,6 +165,12 @@ pub struct FrontConfig {
     pub max_in_flight_bytes: usize,
     /// Deliveries waiting for one connection; more are reported as not delivered.
     pub max_pending_deliveries: usize,
+    /// A client that does not read what it is sent — its socket's send buffer and the
+    /// front's 4 KiB write buffer are full, or all its QoS 1 messages in flight are
+    /// unacknowledged — gets no more QoS 0 messages (commands, custom-topic messages):
+    /// `drop` them, or `close` the session. QoS 1 messages wait for the client instead,
+    /// `max_pending_deliveries` at most. So what one connection holds stays bounded.
+    pub slow_client: SlowClient,
     /// v3 publish to a topic the client may not use.
     pub v3_on_denied: V3Refusal,
     /// v3 publish whose payload is malformed.
@@ -200,6 +217,7 @@ impl Default for FrontConfig {
             max_in_flight: 16,
             max_in_flight_bytes: 64 * 1024,
             max_pending_deliveries: 64,
+            slow_client: SlowClient::Drop,
             v3_on_denied: V3Refusal::Close,
             v3_on_malformed: V3Refusal::Close,
             auth_cache_ttl_secs: 60,

@@ -59,7 +59,7 @@ use fluxgate_observability::Health;
 use fluxgate_store::RegistryStore;
 use tokio::sync::oneshot;
 
-pub use config::{ConfigError, FrontConfig, Rate, RateLimits, TlsFiles, V3Refusal};
+pub use config::{ConfigError, FrontConfig, Rate, RateLimits, SlowClient, TlsFiles, V3Refusal};
 
 use crate::front::Front;
 use crate::inbound::Inbound;

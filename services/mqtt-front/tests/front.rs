@@ -472,7 +472,7 @@ async fn deliveries_reach_subscribed_sessions_and_report_outcomes() {
         .await;
     let out = events.next_envelope().await;
     assert!(
-        matches!(out.body, Body::DeliveryOutcome { delivered: false, delivery, reason: Some(ref r) } if delivery == first.id && r == "not subscribed"),
+        matches!(out.body, Body::DeliveryOutcome { delivered: false, delivery, reason: Some(ref r), .. } if delivery == first.id && r == "not subscribed"),
         "{out:?}"
     );
 

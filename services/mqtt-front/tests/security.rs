@@ -219,3 +219,134 @@ async fn a_full_front_refuses_at_once_and_idle_sockets_are_bounded_apart() {
         assert!(metrics.contains(line), "{line} in\n{metrics}");
     }
 }
+
+/// Finding 1: a client subscribed at QoS 0 that never reads holds what fits its socket
+/// and nothing more: further QoS 0 messages are dropped and counted (memory no longer
+/// grows with every message); a command written to it at QoS 0 is reported written at
+/// most once (`sent`, never `delivered`), and one dropped is reported not delivered.
+#[ntex::test]
+async fn a_subscriber_that_never_reads_holds_a_bounded_backlog() {
+    use fluxgate_model::{
+        Body, CorrelationId, Delivery, Dialect, ENVELOPE_VERSION, MessageId, Outbound,
+    };
+    let rig = Rig::memory(unlimited()).await;
+    let mut events = rig.tap(Topic::DeviceEvents);
+    let mut w = Wire::open(rig.addr, V::V3, "dev1", "key-all", SECRET)
+        .await
+        .unwrap();
+    events.next_envelope().await; // connect
+    for (id, filter) in [(7, "plant/#"), (8, "losant/dev1/command")] {
+        w.send(&raw::subscribe_at(V::V3, id, filter, 0))
+            .await
+            .unwrap();
+        assert_eq!(w.next().await, Ok(Got::SubAck(id, 0)));
+    }
+    events.next_envelope().await; // subscribed
+    let command = |n: i64| Delivery {
+        v: ENVELOPE_VERSION,
+        id: MessageId::from_parts(1_700_000_000_000 + n as u64, 1),
+        tenant: tenant(),
+        device: dev("dev1"),
+        device_name: None,
+        via: None,
+        dialect: Dialect::Losant,
+        body: Outbound::Command {
+            request_id: CorrelationId::Int(n),
+            name: "nudge".into(),
+            payload: serde_json::json!({"n": n}),
+            time_ms: 1_700_000_000_000,
+        },
+    };
+    let outcome = |env: fluxgate_model::Envelope| match env.body {
+        Body::DeliveryOutcome {
+            delivered,
+            at_most_once,
+            reason,
+            ..
+        } => (delivered, at_most_once, reason),
+        other => panic!("{other:?}"),
+    };
+    // While it reads nothing yet, its socket takes a command: written, at most once.
+    rig.produce(Topic::Deliveries, "app1/dev1", command(1).to_bytes())
+        .await;
+    assert_eq!(outcome(events.next_envelope().await), (true, true, None));
+
+    // 3,000 custom-topic messages of 8 KiB (24 MiB) from another front, for the client
+    // that never reads.
+    const N: usize = 3_000;
+    const SIZE: usize = 8 * 1024;
+    let payload = vec![b'x'; SIZE];
+    for _ in 0..N {
+        let mut rec = OutRecord::new(rig.topics.name(Topic::MqttCustom), APP, payload.clone());
+        rec.headers.insert("mqtt-topic", "plant/7/alarms");
+        rig.bus.producer().produce(rec).await.unwrap();
+    }
+    let count = |metrics: &str, outcome: &str| -> usize {
+        let series = format!("fluxgate_mqtt_front_deliveries_total{{outcome=\"{outcome}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .map_or(0, |v| v.trim().parse().unwrap())
+    };
+    let (mut sent, mut dropped) = (0, 0);
+    for _ in 0..200 {
+        let m = rig.metrics().await;
+        (sent, dropped) = (count(&m, "sent"), count(&m, "dropped_slow_client"));
+        if sent + dropped > N {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "never-reading subscriber: {} written ({} KiB), {dropped} dropped",
+        sent - 1,
+        (sent - 1) * SIZE / 1024
+    );
+    assert_eq!(sent + dropped, N + 1, "every message written or dropped");
+    assert!(dropped > N / 2, "{dropped} of {N} dropped");
+    // What it holds is what the sockets' buffers take (Linux loopback: a few MiB at most).
+    assert!((sent - 1) * SIZE <= 16 << 20, "{sent} written");
+
+    // A command now is dropped too, and reported not delivered, with why.
+    rig.produce(Topic::Deliveries, "app1/dev1", command(2).to_bytes())
+        .await;
+    let (delivered, at_most_once, reason) = outcome(events.next_envelope().await);
+    assert_eq!((delivered, at_most_once), (false, false));
+    assert_eq!(
+        reason.as_deref(),
+        Some("the client does not read what it is sent")
+    );
+}
+
+/// Finding 1, `slow_client = "close"`: the session of a client that does not read is
+/// closed instead.
+#[ntex::test]
+async fn a_subscriber_that_never_reads_is_closed_when_so_configured() {
+    let mut cfg = unlimited();
+    cfg.slow_client = fluxgate_mqtt_front::SlowClient::Close;
+    let rig = Rig::memory(cfg).await;
+    let _events = rig.tap(Topic::DeviceEvents);
+    let mut w = Wire::open(rig.addr, V::V3, "dev1", "key-all", SECRET)
+        .await
+        .unwrap();
+    w.send(&raw::subscribe_at(V::V3, 7, "plant/#", 0))
+        .await
+        .unwrap();
+    assert_eq!(w.next().await, Ok(Got::SubAck(7, 0)));
+    let payload = vec![b'x'; 8 * 1024];
+    for _ in 0..3_000 {
+        let mut rec = OutRecord::new(rig.topics.name(Topic::MqttCustom), APP, payload.clone());
+        rec.headers.insert("mqtt-topic", "plant/7/alarms");
+        rig.bus.producer().produce(rec).await.unwrap();
+    }
+    let gone = "fluxgate_mqtt_front_connections{dialect=\"losant\"} 0";
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = rig.metrics().await;
+        if metrics.contains(gone) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(metrics.contains(gone), "the session is closed:\n{metrics}");
+}

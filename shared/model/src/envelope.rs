@@ -235,13 +235,18 @@ pub enum Body {
     },
     /// A command or RPC to send to the device.
     Command(Command),
-    /// The front's report on a [`crate::Delivery`]: the client acknowledged it (PUBACK for
-    /// QoS 1; written to the socket for QoS 0), or it could not be delivered.
+    /// The front's report on a [`crate::Delivery`]: the client acknowledged it (PUBACK,
+    /// QoS 1), it was written to a QoS 0 subscriber's connection (`at_most_once`), or it
+    /// could not be delivered.
     DeliveryOutcome {
         /// The delivery's id ([`crate::Delivery::id`]).
         delivery: MessageId,
-        /// Whether the client got it.
+        /// Whether the client got it (QoS 1) or it was written to its connection (QoS 0).
         delivered: bool,
+        /// Written at QoS 0: on its way, and never acknowledged. Absent in the records of
+        /// fronts older than this field (they reported QoS 0 writes as `delivered`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        at_most_once: bool,
         /// Why not, when it did not.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
@@ -491,7 +496,14 @@ mod tests {
             Body::DeliveryOutcome {
                 delivery: MessageId::from_parts(1, 2),
                 delivered: false,
+                at_most_once: false,
                 reason: Some("no subscription".into()),
+            },
+            Body::DeliveryOutcome {
+                delivery: MessageId::from_parts(1, 3),
+                delivered: true,
+                at_most_once: true,
+                reason: None,
             },
         ];
         for body in bodies {

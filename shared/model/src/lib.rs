@@ -48,7 +48,7 @@ pub use envelope::{
 };
 pub use ids::{CorrelationId, DeviceId, DeviceName, IdError, MessageId, TenantId};
 pub use keyed::{CommandEnded, Keyed};
-pub use lifecycle::CommandStatus;
+pub use lifecycle::{CommandStatus, WRITTEN_AT_MOST_ONCE};
 pub use limits::Limits;
 pub use normalize::{Ingress, normalize};
 pub use registry::RegistryChange;

@@ -66,7 +66,8 @@ impl CommandStatus {
 
     /// Whether a command may move from `self` to `to`. A sent command may go back to
     /// queued (its connection dropped before the device acknowledged; persistent commands
-    /// are sent again on reconnect).
+    /// are sent again on reconnect), and stay sent once more: the front reported it written
+    /// at QoS 0 ([`WRITTEN_AT_MOST_ONCE`]), where no acknowledgement will ever come.
     pub fn can_become(self, to: CommandStatus) -> bool {
         use CommandStatus as S;
         matches!(
@@ -74,12 +75,25 @@ impl CommandStatus {
             (S::Queued, S::Sent | S::Failed | S::TimedOut | S::Expired)
                 | (
                     S::Sent,
-                    S::Queued | S::Delivered | S::Replied | S::Failed | S::TimedOut | S::Expired
+                    S::Sent
+                        | S::Queued
+                        | S::Delivered
+                        | S::Replied
+                        | S::Failed
+                        | S::TimedOut
+                        | S::Expired
                 )
                 | (S::Delivered, S::Replied | S::Failed | S::TimedOut)
         )
     }
 }
+
+/// The detail of the status change that ends a command's delivery at QoS 0: the device
+/// subscribed at QoS 0, the front wrote the command to its connection, and no
+/// acknowledgement will come. The command stays `sent` (at most: it cannot be
+/// `delivered`), and its delivery deadline no longer applies.
+pub const WRITTEN_AT_MOST_ONCE: &str =
+    "written to the device's connection at QoS 0; the device acknowledges nothing";
 
 #[cfg(test)]
 mod tests {

@@ -312,13 +312,15 @@ pub const FRONT_DELIVERIES: Metric = Metric {
         "outcome",
         &[
             "delivered",
+            "sent",
             "not_subscribed",
             "failed",
             "backlog_full",
+            "dropped_slow_client",
             "unrenderable",
         ],
     )],
-    help: "Deliveries to clients by outcome.",
+    help: "Deliveries to clients by outcome (delivered: the client acknowledged, QoS 1; sent: written at QoS 0; dropped_slow_client: a QoS 0 message for a client that does not read).",
 };
 
 /// `fluxgate_mqtt_front_side_dropped_total`

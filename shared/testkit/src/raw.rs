@@ -69,12 +69,17 @@ pub fn publish(v: V, topic: &str, id: Option<u16>, payload: &[u8]) -> Vec<u8> {
 
 /// SUBSCRIBE to one filter at QoS 1.
 pub fn subscribe(v: V, id: u16, filter: &str) -> Vec<u8> {
+    subscribe_at(v, id, filter, 1)
+}
+
+/// SUBSCRIBE to one filter at `qos` (0 or 1).
+pub fn subscribe_at(v: V, id: u16, filter: &str, qos: u8) -> Vec<u8> {
     let mut b = id.to_be_bytes().to_vec();
     if v == V::V5 {
         b.push(0);
     }
     string(filter.as_bytes(), &mut b);
-    b.push(1);
+    b.push(qos);
     packet(0x82, b)
 }
 

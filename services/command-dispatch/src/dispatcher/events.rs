@@ -82,10 +82,15 @@ impl Ctx {
             Body::DeliveryOutcome {
                 delivery,
                 delivered,
+                at_most_once,
                 reason,
             } => {
-                self.delivery_outcome(*delivery, *delivered, reason.clone())
-                    .await
+                let outcome = match (delivered, at_most_once) {
+                    (true, false) => Outcome::Delivered,
+                    (true, true) => Outcome::WrittenAtMostOnce,
+                    (false, _) => Outcome::NotDelivered(reason.clone()),
+                };
+                self.delivery_outcome(*delivery, outcome).await
             }
             Body::AttributeRequest {
                 request_id,
@@ -264,16 +269,21 @@ impl Ctx {
     async fn delivery_outcome(
         &self,
         delivery: MessageId,
-        delivered: bool,
-        reason: Option<String>,
+        outcome: Outcome,
     ) -> Result<After, String> {
         if let Some(c) = self.store.command(delivery).await.map_err(store_err)? {
-            let to = match (delivered, c.command.persistent) {
-                (true, _) => CommandStatus::Delivered,
-                (false, true) => CommandStatus::Queued,
-                (false, false) => CommandStatus::Failed,
+            let (to, detail) = match (outcome, c.command.persistent) {
+                (Outcome::Delivered, _) => (CommandStatus::Delivered, None),
+                // At most sent: nothing acknowledges a QoS 0 write. Recorded, so that its
+                // delivery deadline no longer applies.
+                (Outcome::WrittenAtMostOnce, _) => (
+                    CommandStatus::Sent,
+                    Some(fluxgate_model::WRITTEN_AT_MOST_ONCE.to_owned()),
+                ),
+                (Outcome::NotDelivered(why), true) => (CommandStatus::Queued, why),
+                (Outcome::NotDelivered(why), false) => (CommandStatus::Failed, why),
             };
-            self.set(c.id, to, reason, None).await.map_err(store_err)?;
+            self.set(c.id, to, detail, None).await.map_err(store_err)?;
         }
         Ok(After::Nothing)
     }
@@ -356,4 +366,15 @@ impl Ctx {
         self.clone().start_client_rpc_timer(rpc);
         Ok(After::Nothing)
     }
+}
+
+/// What a front reported of a delivery.
+#[derive(Debug)]
+enum Outcome {
+    /// The device acknowledged it (QoS 1).
+    Delivered,
+    /// Written to a QoS 0 subscriber's connection; never acknowledged.
+    WrittenAtMostOnce,
+    /// Not delivered, and why.
+    NotDelivered(Option<String>),
 }

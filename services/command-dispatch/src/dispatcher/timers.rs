@@ -229,6 +229,17 @@ impl Ctx {
             .fetch_add(started, Ordering::Relaxed);
     }
 
+    /// Whether a front reported command `id` written at QoS 0 (the last change of its
+    /// history says so). A history that cannot be read says no: the deadline applies.
+    async fn written_at_most_once(&self, id: MessageId) -> bool {
+        self.store.command_history(id).await.is_ok_and(|h| {
+            h.last().is_some_and(|c| {
+                c.status == CommandStatus::Sent
+                    && c.detail.as_deref() == Some(fluxgate_model::WRITTEN_AT_MOST_ONCE)
+            })
+        })
+    }
+
     /// A command's time is up. A two-way RPC not answered timed out; a command still
     /// `sent` (no front reported its delivery) is queued again for the next connect if
     /// persistent, and fails if not. A command sent again since this timer started has a
@@ -239,6 +250,14 @@ impl Ctx {
         let timeout = i64::try_from(self.cfg.delivery_timeout_ms).unwrap_or(i64::MAX);
         for _ in 0..8 {
             let done = match self.store.command(id).await {
+                // Written at QoS 0: no acknowledgement will come; its delivery is over.
+                Ok(Some(c))
+                    if deadline == Deadline::Delivery
+                        && c.status == CommandStatus::Sent
+                        && self.written_at_most_once(id).await =>
+                {
+                    true
+                }
                 Ok(Some(c))
                     if deadline == Deadline::Delivery
                         && c.status == CommandStatus::Sent

@@ -16,14 +16,30 @@ use ntex_mqtt::QoS;
 
 use super::side::Side;
 use super::{Front, new_id, now_ms, traced};
-use crate::session::{Conn, NotQueued, Subs, ToSession};
+use crate::config::SlowClient;
+use crate::session::{CloseReason, Conn, NotQueued, Subs, ToSession};
 use tracing::Instrument;
 
+/// How far a write got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Written {
+    /// The client acknowledged it (QoS 1 PUBACK).
+    Acknowledged,
+    /// Written to the connection at QoS 0: on its way, never acknowledged.
+    Sent,
+}
+
+/// Why a write did not happen.
+const NOT_SUBSCRIBED: &str = "not subscribed";
+const NOT_READING: &str = "the client does not read what it is sent";
+
 /// The label of a write's outcome (metric and span).
-fn label_of(outcome: &Result<(), &'static str>) -> &'static str {
+fn label_of(outcome: &Result<Written, &'static str>) -> &'static str {
     match outcome {
-        Ok(()) => "delivered",
-        Err("not subscribed") => "not_subscribed",
+        Ok(Written::Acknowledged) => "delivered",
+        Ok(Written::Sent) => "sent",
+        Err(NOT_SUBSCRIBED) => "not_subscribed",
+        Err(NOT_READING) => "dropped_slow_client",
         Err(_) => "failed",
     }
 }
@@ -39,20 +55,48 @@ impl opentelemetry::propagation::Injector for UserPropsOut {
 }
 
 impl Front {
+    /// Whether a QoS 0 message may be written to `conn` now. A client that does not read
+    /// what it is sent (its socket's send buffer and the front's write buffer are full,
+    /// or every QoS 1 message in flight to it is unacknowledged) gets none: the message
+    /// is dropped, or the session closed (`slow_client`). Only QoS 0 writes need this;
+    /// a QoS 1 write waits for the client, and what queues behind it is bounded.
+    fn may_write_at_most_once(&self, conn: &Conn) -> Result<(), &'static str> {
+        if conn.sink.is_ready() {
+            return Ok(());
+        }
+        if self.cfg.slow_client == SlowClient::Close {
+            conn.close.request(CloseReason::SlowClient);
+        }
+        Err(NOT_READING)
+    }
+
     /// Writes a rendered message to the client at `qos`, the QoS it subscribed to the
-    /// message's feed with (`None`: it did not); returns whether it was delivered and why
-    /// not.
+    /// message's feed with (`None`: it did not); returns how far it got, or why not.
     pub(super) async fn write(
         &self,
         conn: &Conn,
         qos: Option<QoS>,
         r: &Rendered,
-    ) -> Result<(), &'static str> {
+    ) -> Result<Written, &'static str> {
         // An MQTT 5 client gets the trace's `traceparent` as a user property.
         let mut props = UserPropsOut(Vec::new());
         fluxgate_observability::telemetry::inject(&mut props);
         let outcome = match qos {
-            None => Err("not subscribed"),
+            None => Err(NOT_SUBSCRIBED),
+            Some(QoS::AtMostOnce) => match self.may_write_at_most_once(conn) {
+                Ok(()) => conn
+                    .sink
+                    .publish_with(
+                        ByteString::from(r.topic.as_str()),
+                        Bytes::copy_from_slice(&r.payload),
+                        QoS::AtMostOnce,
+                        props.0,
+                    )
+                    .await
+                    .map(|()| Written::Sent)
+                    .map_err(|_| "the connection is closed"),
+                Err(e) => Err(e),
+            },
             Some(qos) => conn
                 .sink
                 .publish_with(
@@ -62,6 +106,7 @@ impl Front {
                     props.0,
                 )
                 .await
+                .map(|()| Written::Acknowledged)
                 .map_err(|_| "client did not acknowledge"),
         };
         tracing::Span::current().record("outcome", label_of(&outcome));
@@ -94,7 +139,7 @@ impl Front {
                         Box::pin(
                             async move {
                                 let outcome = front.write(&conn, qos, &r).await;
-                                front.report(&d, outcome.err()).await;
+                                front.report(&d, outcome).await;
                             }
                             .instrument(span),
                         )
@@ -108,7 +153,7 @@ impl Front {
                             .with_label_values(&["unrenderable"])
                             .inc();
                         let why = "cannot be rendered in the device's dialect";
-                        front.report(&d, Some(why)).await;
+                        front.report(&d, Err(why)).await;
                     }),
                 }
             }
@@ -116,18 +161,36 @@ impl Front {
                 let (topic, payload) = *m;
                 let qos = subs.custom(&topic);
                 Box::pin(async move {
-                    if let Some(qos) = qos {
-                        let ok = conn.sink.publish(topic, payload, qos).await.is_ok();
-                        let label = if ok { "delivered" } else { "failed" };
-                        front.metrics.deliveries.with_label_values(&[label]).inc();
-                    }
+                    let Some(qos) = qos else { return };
+                    let outcome = match qos {
+                        QoS::AtMostOnce => match front.may_write_at_most_once(&conn) {
+                            Ok(()) => conn
+                                .sink
+                                .publish(topic, payload, qos)
+                                .await
+                                .map(|()| Written::Sent),
+                            Err(e) => Err(e.to_owned()),
+                        },
+                        _ => conn
+                            .sink
+                            .publish(topic, payload, qos)
+                            .await
+                            .map(|()| Written::Acknowledged),
+                    };
+                    let label = match outcome {
+                        Err(e) if e == NOT_READING => "dropped_slow_client",
+                        Err(_) => "failed",
+                        Ok(w) => label_of(&Ok(w)),
+                    };
+                    front.metrics.deliveries.with_label_values(&[label]).inc();
                 })
             }
         }
     }
 
     /// The delivery-outcome record for the dispatcher.
-    pub(super) fn outcome_record(&self, d: &Delivery, failure: Option<&str>) -> OutRecord {
+    pub(super) fn outcome_record(&self, d: &Delivery, outcome: Result<Written, &str>) -> OutRecord {
+        let failure = outcome.err();
         let env = Envelope {
             v: ENVELOPE_VERSION,
             id: new_id(),
@@ -141,6 +204,7 @@ impl Front {
             body: Body::DeliveryOutcome {
                 delivery: d.id,
                 delivered: failure.is_none(),
+                at_most_once: outcome == Ok(Written::Sent),
                 reason: failure.map(str::to_owned),
             },
         };
@@ -148,8 +212,8 @@ impl Front {
     }
 
     /// Produces a delivery outcome for the dispatcher.
-    pub(crate) async fn report(&self, d: &Delivery, failure: Option<&str>) {
-        if let Err(e) = self.producer.produce(self.outcome_record(d, failure)).await {
+    pub(crate) async fn report(&self, d: &Delivery, outcome: Result<Written, &str>) {
+        if let Err(e) = self.producer.produce(self.outcome_record(d, outcome)).await {
             tracing::warn!(delivery = %d.id, error = %e, "delivery outcome not produced");
         }
     }
@@ -186,7 +250,7 @@ pub(crate) fn route_delivery(front: &Front, d: Delivery, headers: &fluxgate_bus:
             .deliveries
             .with_label_values(&["backlog_full"])
             .inc();
-        let rec = front.outcome_record(&d, Some("connection backlog full"));
+        let rec = front.outcome_record(&d, Err("connection backlog full"));
         front.side.send(Side::DeliveryOutcome, rec);
     }
 }

@@ -36,14 +36,15 @@ impl Front {
         let key = (identity.tenant.clone(), identity.principal.device().clone());
         let limits = ConnLimits::new(&identity.principal, self.rate_limits(&identity.tenant));
         let (tx, rx) = mpsc::channel(self.cfg.max_pending_deliveries.max(1));
+        let close = Arc::new(CloseSignal::default());
         let conn = Rc::new(Conn {
             id: self.next_conn.fetch_add(1, Ordering::Relaxed),
             identity,
             remote,
             sink,
+            close: close.clone(),
             reached: Reached::default(),
         });
-        let close = Arc::new(CloseSignal::default());
         let entry = Entry::new(
             conn.id,
             tx,

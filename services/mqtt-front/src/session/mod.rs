@@ -101,6 +101,8 @@ pub(crate) enum CloseReason {
     /// Its credential no longer holds (key deactivated or deleted, token revoked, device
     /// deleted).
     Revoked,
+    /// It does not read what it is sent (`slow_client = "close"`).
+    SlowClient,
 }
 
 impl CloseReason {
@@ -113,6 +115,7 @@ impl CloseReason {
             CloseReason::BusFailed => "bus unavailable",
             CloseReason::Retain => "retain not supported",
             CloseReason::Revoked => "credentials revoked",
+            CloseReason::SlowClient => "client not reading",
         }
     }
 }
@@ -176,6 +179,15 @@ impl Sink {
         r.map_err(|e| e.to_string())
     }
 
+    /// Whether the client reads what it is sent: its write buffer is below its high
+    /// watermark and it has QoS 1 credit left.
+    pub(crate) fn is_ready(&self) -> bool {
+        match self {
+            Sink::V3(s) => s.is_ready(),
+            Sink::V5(s) => s.is_ready(),
+        }
+    }
+
     /// Closes the connection, telling a v5 client why.
     pub(crate) fn close(&self, reason: CloseReason) {
         match self {
@@ -190,6 +202,7 @@ impl Sink {
                     CloseReason::BusFailed => C::ServerBusy,
                     CloseReason::Retain => C::RetainNotSupported,
                     CloseReason::Revoked => C::NotAuthorized,
+                    CloseReason::SlowClient => C::QuotaExceeded,
                 };
                 s.close_with_reason(v5::codec::Disconnect {
                     reason_code: code,
@@ -211,6 +224,8 @@ pub(crate) struct Conn {
     pub(crate) remote: Option<SocketAddr>,
     /// Writes to the client.
     pub(crate) sink: Sink,
+    /// Asks the session task to close the connection.
+    pub(crate) close: Arc<CloseSignal>,
     /// Shared with the [`SessionMap`] entry: the devices a gateway's session reached (a
     /// connection that takes the session over, on any thread, takes them over).
     pub(crate) reached: Reached,
