@@ -378,6 +378,8 @@ async fn kafka_every_kind_ends_in_its_table_and_a_raced_name_becomes_one_device(
         ),
     ];
     // One ThingsBoard name through four gateways: four keys, so both validators race.
+    // The device is created once, bound to the gateway whose message won; the three
+    // others are refused (peripheral_not_allowed).
     let name = fluxgate_model::DeviceName::new("Sensor X").unwrap();
     for (i, gw) in ["gw-a", "gw-b", "gw-c", "gw-d"].iter().enumerate() {
         inputs.push(raw(
@@ -449,7 +451,7 @@ async fn kafka_every_kind_ends_in_its_table_and_a_raced_name_becomes_one_device(
             && client.contains_key("fw")
             && !log.is_empty()
             && want_reasons.iter().all(|r| reasons.contains(r))
-            && sensor_points == 4;
+            && sensor_points == 1;
         if done {
             assert_eq!(latest.len(), 1, "only the defined key: {latest:?}");
             assert_eq!(
@@ -459,6 +461,12 @@ async fn kafka_every_kind_ends_in_its_table_and_a_raced_name_becomes_one_device(
             assert_eq!(client["fw"], Value::from("1.2"));
             assert!(log[0].connected);
             assert_eq!(named.len(), 1, "one device for one name: {named:?}");
+            assert!(
+                matches!(&named[0].peripheral_policy,
+                    Some(fluxgate_store::PeripheralPolicy::SpecificGateway(g))
+                        if ["gw-a", "gw-b", "gw-c", "gw-d"].contains(&g.as_str())),
+                "bound to one of the gateways: {named:?}"
+            );
             assert!(
                 store
                     .latest(tenant.clone(), id("p1"), None)

@@ -873,7 +873,7 @@ mod tests {
         }
         // Open labels (or too many combinations) are not pre-made.
         assert!(FRONT_MESSAGES.combinations().is_empty());
-        assert_eq!(FRONT_CONNECTS.combinations().len(), 8);
+        assert_eq!(FRONT_CONNECTS.combinations().len(), 9);
     }
 
     #[test]
