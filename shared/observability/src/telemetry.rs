@@ -384,7 +384,8 @@ pub fn init(
             .boxed();
         (fmt, Some(hook))
     } else {
-        (fmt.with_filter(filter).boxed(), None)
+        let fmt = fmt.fmt_fields(plain_fields()).with_filter(filter).boxed();
+        (fmt, None)
     };
     let installed = tracing_subscriber::registry()
         .with(hook)
@@ -647,9 +648,74 @@ where
     }
 }
 
+/// The plain log's fields, each value with its control and bidirectional-override
+/// characters escaped: a value that comes from a client (a topic with a newline, say)
+/// cannot start a line of its own, nor turn the rest of one around. (The JSON log
+/// escapes them by its format.)
+fn plain_fields() -> impl for<'w> FormatFields<'w> + Send + Sync + 'static {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        let raw = format!("{value:?}");
+        let text = escape_control(&raw);
+        if field.name() == "message" {
+            write!(w, "{text}")
+        } else {
+            write!(w, "{field}={text}")
+        }
+    })
+    .delimited(" ")
+}
+
+/// `s` with control characters and bidirectional controls written as escapes (`\n`,
+/// `\u{202e}`).
+fn escape_control(s: &str) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !s.chars().any(bad) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if bad(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 22, finding 6: a newline (or a bidi override) in a value a client chose
+    /// cannot forge a line of the plain log.
+    #[test]
+    fn a_value_cannot_forge_a_plain_log_line() {
+        let buf = Buf::default();
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .fmt_fields(plain_fields())
+                .with_writer(move || out.clone()),
+        );
+        let topic = "losant/dev1/state\n2026-12-07T00:00:00Z  INFO admin logged in\u{202e}";
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(%topic, device = "dev1", "publish refused");
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains("topic=losant/dev1/state\\n2026"), "{text}");
+        assert!(
+            text.contains("\\u{202e}") && !text.contains('\u{202e}'),
+            "{text}"
+        );
+        assert!(text.contains("publish refused"), "{text}");
+    }
 
     #[test]
     fn the_standard_variables_win_over_the_file() {
