@@ -225,8 +225,7 @@ async fn store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
                 .context("store.scylla")?,
         ),
         StoreKind::Sqlite => {
-            std::fs::create_dir_all(&cfg.data_dir)
-                .with_context(|| format!("data_dir {}", cfg.data_dir.display()))?;
+            standalone::private_dir(&cfg.data_dir)?;
             Arc::new(
                 fluxgate_store::sqlite::SqliteStore::open(
                     cfg.data_dir.join("fluxgate.db"),

@@ -6,7 +6,7 @@
 //! pipeline's consumers are subscribed ([`role`]'s first phase) before the front and the
 //! API start: the bus keeps a record only for the groups subscribed when it is produced.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::Config;
@@ -29,39 +29,78 @@ fn random(bytes: usize) -> anyhow::Result<String> {
     Ok(s.replace(['-', '_'], "x"))
 }
 
-/// `configured`, or the secret kept in `data_dir/name` (created on first start, mode 0600).
-fn secret(dir: &Path, name: &str, configured: &str) -> anyhow::Result<String> {
+/// Where a secret comes from ([`secret`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Kept {
+    /// The configuration sets it.
+    Configured,
+    /// Made now, kept in this file.
+    Created(PathBuf),
+    /// Made at an earlier start, kept in this file.
+    Found(PathBuf),
+}
+
+/// `configured`, or the secret kept in `data_dir/name` (made on first start, in a file
+/// created readable by its owner only: no moment when another user could read it).
+fn secret(dir: &Path, name: &str, configured: &str) -> anyhow::Result<(String, Kept)> {
     if !configured.is_empty() {
-        return Ok(configured.to_owned());
+        return Ok((configured.to_owned(), Kept::Configured));
     }
     let path = dir.join(name);
     if let Ok(s) = std::fs::read_to_string(&path) {
         let s = s.trim();
         if !s.is_empty() {
-            return Ok(s.to_owned());
+            return Ok((s.to_owned(), Kept::Found(path)));
         }
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
     }
     let s = random(24)?;
-    std::fs::write(&path, &s).with_context(|| format!("writing {}", path.display()))?;
+    let mut file = std::fs::OpenOptions::new();
+    file.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut file, 0o600);
+    std::io::Write::write_all(
+        &mut file
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?,
+        s.as_bytes(),
+    )
+    .with_context(|| format!("writing {}", path.display()))?;
+    Ok((s, Kept::Created(path)))
+}
+
+/// Creates the data folder readable by its owner only (0700), or makes an existing one so.
+pub(crate) fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        b.mode(0o700);
+        b.create(dir)
+            .with_context(|| format!("data_dir {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("data_dir {}: making it private", dir.display()))?;
     }
-    Ok(s)
+    #[cfg(not(unix))]
+    b.create(dir)
+        .with_context(|| format!("data_dir {}", dir.display()))?;
+    Ok(())
 }
 
 /// Runs standalone until SIGINT/SIGTERM.
 pub(crate) async fn run(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
     let dir = cfg.data_dir.clone();
-    std::fs::create_dir_all(&dir).with_context(|| format!("data_dir {}", dir.display()))?;
+    private_dir(&dir)?;
     let store: Arc<dyn Store> = Arc::new(
         SqliteStore::open(dir.join("fluxgate.db"), &cfg.store.sqlite).context("store.sqlite")?,
     );
     store.migrate().await.context("migrating the database")?;
     let bus: Arc<dyn Bus> = Arc::new(MemoryBus::default());
-    cfg.api.bootstrap_token = secret(&dir, "bootstrap-token", &cfg.api.bootstrap_token)?;
-    cfg.api.device_token_secret =
+    let bootstrap;
+    (cfg.api.bootstrap_token, bootstrap) =
+        secret(&dir, "bootstrap-token", &cfg.api.bootstrap_token)?;
+    (cfg.api.device_token_secret, _) =
         secret(&dir, "device-token-secret", &cfg.api.device_token_secret)?;
     let topics = cfg.topics.clone();
 
@@ -161,7 +200,18 @@ pub(crate) async fn run(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
     println!(
         "  api:      http://{api_addr}  (OpenAPI: /openapi.json; every role's /metrics, /readyz)"
     );
-    println!("  bootstrap admin token: {}", cfg.api.bootstrap_token);
+    // Shown once, when it is made; afterwards, where it is kept.
+    match &bootstrap {
+        Kept::Created(path) => {
+            println!("  bootstrap admin token: {}", cfg.api.bootstrap_token);
+            println!(
+                "    (shown this once; kept in {}, readable by you only)",
+                path.display()
+            );
+        }
+        Kept::Found(path) => println!("  bootstrap admin token file: {}", path.display()),
+        Kept::Configured => println!("  bootstrap admin token: set by api.bootstrap_token"),
+    }
     if demo {
         let mqtt = l
             .tcp

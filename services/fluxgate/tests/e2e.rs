@@ -622,3 +622,52 @@ async fn the_mqtt_probe_passes_on_the_front_only() {
     assert!(!ok && text.contains("connecting to"), "{text}");
     fg.terminate().await;
 }
+
+/// Issue 22, finding 6: the data folder and every file of the store and its secrets are
+/// readable by their owner only (an existing folder is made so), and the bootstrap admin
+/// token is printed once, when it is made; later starts say which file keeps it.
+#[cfg(unix)]
+#[ntex::test]
+async fn the_data_folder_is_private_and_the_admin_token_is_shown_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = data_dir(); // made 0755 (the test's umask), as an operator might
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let first = Standalone::start(&dir, &[]).await;
+    assert!(first.banner.contains(&first.token), "{}", first.banner);
+    let token = first.token.clone();
+    assert_eq!(mode(&dir), 0o700, "data folder");
+    for f in [
+        "fluxgate.db",
+        "fluxgate.db-wal",
+        "fluxgate.db-shm",
+        "bootstrap-token",
+        "device-token-secret",
+    ] {
+        assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+    }
+    first.terminate().await;
+    let again = Standalone::start(&dir, &[]).await;
+    assert!(
+        !again.banner.contains(&token),
+        "the token is not shown again:\n{}",
+        again.banner
+    );
+    assert!(
+        again.banner.contains("bootstrap admin token file: "),
+        "{}",
+        again.banner
+    );
+    assert_eq!(again.token, token, "the same token, read from its file");
+    let body = serde_json::json!({"id": "after-restart"});
+    let (status, v) = again
+        .call("POST", "/applications", Some(&again.token), Some(body))
+        .await;
+    assert!((200..300).contains(&status), "{status} {v}");
+    again.terminate().await;
+}

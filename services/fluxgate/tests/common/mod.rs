@@ -80,11 +80,20 @@ impl Standalone {
             .expect("fluxgate ready within 60 s");
         // Keep draining stdout so the process never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let token = banner
+        // Shown on the first start; afterwards the banner says which file keeps it.
+        let token = match banner
             .lines()
             .find_map(|l| l.trim().strip_prefix("bootstrap admin token: "))
-            .unwrap()
-            .to_owned();
+        {
+            Some(t) => t.to_owned(),
+            None => {
+                let file = banner
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix("bootstrap admin token file: "))
+                    .unwrap_or_else(|| panic!("no bootstrap token in the banner:\n{banner}"));
+                std::fs::read_to_string(file).unwrap().trim().to_owned()
+            }
+        };
         Standalone {
             mqtt: addr_after(&banner, "mqtt:", "tcp://"),
             api: addr_after(&banner, "api:", "http://"),

@@ -225,9 +225,11 @@ fn wall_clock_ms() -> i64 {
 impl SqliteStore {
     /// Opens (creating if needed) the database file and applies the schema.
     pub fn open(path: impl AsRef<Path>, cfg: &SqliteConfig) -> Result<Self> {
-        let conn = Connection::open(path.as_ref()).map_err(|e| {
+        let cannot = |e: &dyn std::fmt::Display| {
             StoreError::Config(format!("cannot open {}: {e}", path.as_ref().display()))
-        })?;
+        };
+        owner_only(path.as_ref()).map_err(|e| cannot(&e))?;
+        let conn = Connection::open(path.as_ref()).map_err(|e| cannot(&e))?;
         Self::setup(conn, cfg)
     }
 
@@ -577,4 +579,24 @@ impl Store for SqliteStore {
                 .map_err(sql_err)
         })
     }
+}
+
+/// Makes the database file at `path` readable by its owner only (0600), creating it so
+/// when it does not exist: SQLite creates its `-wal` and `-shm` files with the database
+/// file's permissions, so no file of the store is ever readable by others.
+fn owner_only(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)?;
+        // One made by an earlier version with the default mode.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
