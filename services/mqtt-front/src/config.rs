@@ -154,6 +154,11 @@ pub struct FrontConfig {
     pub max_pending_connections: usize,
     /// Time a client has to send CONNECT after opening the socket, in seconds.
     pub connect_timeout_secs: u16,
+    /// Longest keep-alive a client may use, in seconds: a CONNECT asking for none (0) or
+    /// a longer one gets this one (MQTT 5: told in the CONNACK's Server Keep Alive), and
+    /// a session silent for 1.5 times its keep-alive is closed. So no session stays
+    /// forever without a sign of life.
+    pub max_keepalive_secs: u16,
     /// MQTT 3.1.1: QoS 1 publishes of one connection being produced at once; when all
     /// wait for the bus, the front stops reading that socket. (Also the
     /// `maxInflightMessages` a ThingsBoard SDK is told.)
@@ -199,6 +204,14 @@ pub struct FrontConfig {
     pub drain_closes_per_sec: u32,
 }
 
+impl FrontConfig {
+    /// The keep-alive the front imposes on a client that asked for `asked` seconds, if it
+    /// imposes one: `max_keepalive_secs` when `asked` is 0 (none) or longer.
+    pub(crate) fn imposed_keepalive(&self, asked: u16) -> Option<u16> {
+        (asked == 0 || asked > self.max_keepalive_secs).then_some(self.max_keepalive_secs)
+    }
+}
+
 impl Default for FrontConfig {
     fn default() -> Self {
         FrontConfig {
@@ -214,6 +227,7 @@ impl Default for FrontConfig {
             max_connections: 100_000,
             max_pending_connections: 10_000,
             connect_timeout_secs: 10,
+            max_keepalive_secs: 1_200,
             max_in_flight: 16,
             max_in_flight_bytes: 64 * 1024,
             max_pending_deliveries: 64,
@@ -277,6 +291,9 @@ impl FrontConfig {
         }
         if self.max_connections == 0 {
             return bad("max_connections", "must be at least 1");
+        }
+        if self.max_keepalive_secs == 0 {
+            return bad("max_keepalive_secs", "must be at least 1");
         }
         if self.max_pending_connections == 0 {
             return bad("max_pending_connections", "must be at least 1");

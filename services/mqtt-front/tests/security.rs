@@ -350,3 +350,39 @@ async fn a_subscriber_that_never_reads_is_closed_when_so_configured() {
     }
     assert!(metrics.contains(gone), "the session is closed:\n{metrics}");
 }
+
+/// Finding 6: a session asking for no keep-alive (0), or for one longer than
+/// `max_keepalive_secs`, gets that maximum: silent for 1.5 times it, it is closed
+/// (before, a keep-alive of 0 was closed after ntex's 30 s, and 65,535 s kept a silent
+/// session for 27 hours).
+#[ntex::test]
+async fn a_silent_session_is_closed_within_the_longest_keepalive() {
+    let mut cfg = unlimited();
+    cfg.max_keepalive_secs = 2;
+    let rig = Rig::memory(cfg).await;
+    let _events = rig.tap(Topic::DeviceEvents);
+    let mut open = Vec::new();
+    for (v, client, keepalive) in [
+        (V::V3, "dev1", 0),
+        (V::V3, "dev2", 65_535),
+        (V::V5, "tagged", 0),
+    ] {
+        let connect = raw::connect_keepalive(v, client, "key-all", SECRET, keepalive);
+        let mut w = Wire::connect_with(rig.addr, &connect).await.unwrap();
+        assert_eq!(w.next().await, Ok(Got::ConnAck(0)), "{client}");
+        open.push((client, w));
+    }
+    let started = std::time::Instant::now();
+    for (client, mut w) in open {
+        assert_eq!(
+            closed_with(&mut w).await.map(|_| ()),
+            Ok(()),
+            "{client} closed"
+        );
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(2_500) && took < Duration::from_secs(5),
+        "closed after {took:?} of silence (3 s expected)"
+    );
+}

@@ -39,11 +39,17 @@ fn packet(first: u8, body: Vec<u8>) -> Vec<u8> {
 
 /// CONNECT with clean session, keep-alive 60 s, username and password.
 pub fn connect(v: V, client: &str, user: &str, pass: &str) -> Vec<u8> {
+    connect_keepalive(v, client, user, pass, 60)
+}
+
+/// CONNECT with clean session, keep-alive `keepalive` seconds (0: none), username and
+/// password.
+pub fn connect_keepalive(v: V, client: &str, user: &str, pass: &str, keepalive: u16) -> Vec<u8> {
     let mut b = Vec::new();
     string(b"MQTT", &mut b);
     b.push(if v == V::V5 { 5 } else { 4 });
     b.push(0xC2);
-    b.extend_from_slice(&60u16.to_be_bytes());
+    b.extend_from_slice(&keepalive.to_be_bytes());
     if v == V::V5 {
         b.push(0); // no properties
     }
@@ -186,6 +192,11 @@ impl Wire {
         user: &str,
         pass: &str,
     ) -> Result<Wire, String> {
+        Wire::connect_with(addr, &connect(v, client, user, pass)).await
+    }
+
+    /// Connects to `addr` and sends `connect` (a CONNECT packet of the caller's making).
+    pub async fn connect_with(addr: std::net::SocketAddr, connect: &[u8]) -> Result<Wire, String> {
         let s = tokio::time::timeout(
             std::time::Duration::from_secs(2),
             tokio::net::TcpStream::connect(addr),
@@ -198,7 +209,7 @@ impl Wire {
             buf: Vec::new(),
             got: std::collections::VecDeque::new(),
         };
-        w.send(&connect(v, client, user, pass)).await?;
+        w.send(connect).await?;
         Ok(w)
     }
 

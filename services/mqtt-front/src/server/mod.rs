@@ -112,8 +112,17 @@ async fn handshake_v3(
             gone,
         )
         .await;
+    // Read before the handshake is consumed by its answer.
+    let imposed = front.cfg.imposed_keepalive(h.packet().keep_alive);
     Ok(match r {
-        Ok(conn) => h.ack(conn, false),
+        // ntex closes a session silent for 1.5 times its keep-alive (30 s for none); an
+        // imposed one is timed the same way. v3 cannot tell the client.
+        Ok(conn) => match imposed {
+            Some(ka) => h
+                .ack(conn, false)
+                .idle_timeout(ntex::time::Seconds(ka.saturating_add(ka / 2))),
+            None => h.ack(conn, false),
+        },
         Err(Refusal::Auth(AuthError::BadCredentials)) => h.bad_username_or_pwd(),
         Err(Refusal::Auth(AuthError::NotAuthorized(_))) => h.not_authorized(),
         Err(Refusal::PersistentSession) => h.identifier_rejected(),
@@ -134,13 +143,22 @@ async fn handshake_v5(
     };
     // v5 keeps no session when the expiry interval is 0, whatever Clean Start says.
     let clean = pkt.clean_start || pkt.session_expiry_interval_secs == 0;
+    let imposed = front.cfg.imposed_keepalive(pkt.keep_alive);
     let gone = h.io().on_disconnect();
     let r = front
         .connect(creds, clean, remote(h.io()), Sink::V5(h.sink()), gone)
         .await;
     let code = match r {
         Ok(conn) => {
-            return Ok(h.ack(conn).with(|ack| {
+            let ack = match imposed {
+                // Told in the CONNACK's Server Keep Alive; silent for 1.5 times it, closed.
+                Some(ka) => h.ack(conn).keep_alive(ka.saturating_add(ka / 2)),
+                None => h.ack(conn),
+            };
+            return Ok(ack.with(|ack| {
+                if let Some(ka) = imposed {
+                    ack.server_keepalive_sec = Some(ka);
+                }
                 ack.retain_available = false;
                 ack.shared_subscription_available = false;
                 ack.subscription_identifiers_available = false;
