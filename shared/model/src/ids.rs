@@ -1,8 +1,12 @@
 //! Identifier newtypes: tenants, devices, device names, messages and request correlation ids.
 //!
 //! Ids that end up in MQTT topics or Kafka keys are validated on construction so that a
-//! `DeviceId` can always be put into a topic without escaping: non-empty, at most
-//! [`MAX_ID_BYTES`] bytes, no `/`, no MQTT wildcards (`+`, `#`), no control characters.
+//! `DeviceId` can always be put into a topic without escaping, and two ids that look
+//! alike are one id: tenant and device ids are 1 to [`MAX_ID_BYTES`] ASCII letters,
+//! digits and `._-:@~`. Device names (ThingsBoard gateways name their devices) may be any
+//! printable text: no MQTT wildcards, no control, bidirectional or invisible characters,
+//! not blank nor edged with white space, and normalized to NFC, so one name typed two
+//! ways is one device ([`ID_RULES`]).
 
 use std::fmt;
 use std::sync::Arc;
@@ -30,32 +34,64 @@ pub enum IdError {
         /// The limit.
         max: usize,
     },
-    /// The id contains a character that cannot appear in an MQTT topic level.
-    #[error("id contains {0:?}, which is not allowed (no '/', '+', '#' or control characters)")]
+    /// The id contains a character outside the id alphabet (tenant and device ids), or
+    /// one no name may contain (MQTT wildcards, control, bidirectional and invisible
+    /// characters).
+    #[error("{0:?} is not allowed here ({ID_RULES})")]
     BadChar(char),
+    /// A name that is blank, or starts or ends with white space.
+    #[error("a name may not be blank, nor start or end with white space")]
+    Blank,
 }
 
-fn check_id(s: &str, max: usize, allow_slash: bool) -> Result<(), IdError> {
+/// The id rules, as error messages and API documents state them.
+pub const ID_RULES: &str = "tenant and device ids: 1 to 128 ASCII letters, digits and . _ - : @ ~; \
+device names: 1 to 255 bytes of printable text, without + #, control, bidirectional or \
+invisible characters, not blank nor edged with spaces";
+
+/// Whether `c` may appear in a tenant or device id: ASCII letters, digits and `._-:@~`.
+/// Ids go into MQTT topic levels, Kafka keys and URL paths unescaped, and two ids that
+/// look alike are the same id.
+fn id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '@' | '~')
+}
+
+/// Whether `c` may appear in a device name: not an MQTT wildcard, not a control
+/// character, not a bidirectional control (which can make text read backwards) and not
+/// an invisible one (zero-width and format characters that make two names look alike).
+fn name_char(c: char) -> bool {
+    !(c == '+'
+        || c == '#'
+        || c.is_control()
+        || matches!(c,
+            '\u{00ad}' | '\u{061c}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffb}'))
+}
+
+fn check_id(s: &str, max: usize, name: bool) -> Result<(), IdError> {
     if s.is_empty() {
         return Err(IdError::Empty);
     }
     if s.len() > max {
         return Err(IdError::TooLong { len: s.len(), max });
     }
-    let bad = |c: char| c == '+' || c == '#' || c.is_control() || (!allow_slash && c == '/');
-    // Ids are nearly always ASCII: check bytes, and only decode characters otherwise.
-    let ascii_ok = s.bytes().all(|b| b.is_ascii() && !bad(char::from(b)));
-    if ascii_ok {
+    if name {
+        if let Some(c) = s.chars().find(|&c| !name_char(c)) {
+            return Err(IdError::BadChar(c));
+        }
+        if s.trim() != s || s.trim().is_empty() {
+            return Err(IdError::Blank);
+        }
         return Ok(());
     }
-    match s.chars().find(|&c| bad(c)) {
+    match s.chars().find(|&c| !id_char(c)) {
         Some(c) => Err(IdError::BadChar(c)),
         None => Ok(()),
     }
 }
 
 macro_rules! string_id {
-    ($(#[$doc:meta])* $name:ident, $max:expr, $allow_slash:expr) => {
+    ($(#[$doc:meta])* $name:ident, $max:expr, $is_name:expr) => {
         $(#[$doc])*
         ///
         /// Shared, immutable text: cloning is a reference-count increment, so ids can be
@@ -70,9 +106,17 @@ macro_rules! string_id {
         }
 
         impl $name {
-            /// Validates and wraps `s`.
+            /// Validates and wraps `s` (a name normalized to NFC first).
             pub fn new(s: impl AsRef<str> + Into<Arc<str>>) -> Result<Self, IdError> {
-                check_id(s.as_ref(), $max, $allow_slash)?;
+                if $is_name {
+                    use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfc_quick};
+                    if is_nfc_quick(s.as_ref().chars()) != IsNormalized::Yes {
+                        let nfc: String = s.as_ref().nfc().collect();
+                        check_id(&nfc, $max, true)?;
+                        return Ok(Self(nfc.into()));
+                    }
+                }
+                check_id(s.as_ref(), $max, $is_name)?;
                 Ok(Self(s.into()))
             }
 
@@ -125,7 +169,7 @@ string_id!(
 );
 string_id!(
     /// The name a ThingsBoard gateway gives a device behind it. The registry maps
-    /// (tenant, name) to a stable [`DeviceId`]; names may contain `/`.
+    /// (tenant, name) to a stable [`DeviceId`]; names may contain `/` and spaces.
     DeviceName,
     MAX_NAME_BYTES,
     true
@@ -246,6 +290,53 @@ mod tests {
             DeviceName::new("Gerät\u{85}"),
             Err(IdError::BadChar('\u{85}'))
         );
+    }
+
+    /// Issue 22, finding 6: ids that look blank, read backwards or look like others are
+    /// refused; a name typed two ways is one name.
+    #[test]
+    fn ids_that_look_like_others_are_refused_and_names_are_normalized() {
+        for (bad, c) in [
+            (" ", ' '),
+            ("dev\u{202e}1", '\u{202e}'),
+            // Cyrillic "е" and "о" in "dеvicе-1", "sensоr".
+            ("d\u{0435}vice-1", '\u{0435}'),
+            ("sens\u{043e}r", '\u{043e}'),
+            ("dev\u{200b}1", '\u{200b}'),
+            ("dev 1", ' '),
+        ] {
+            assert_eq!(DeviceId::new(bad), Err(IdError::BadChar(c)), "{bad:?}");
+            assert_eq!(TenantId::new(bad), Err(IdError::BadChar(c)), "{bad:?}");
+        }
+        for ok in [
+            "thermo-1",
+            "575ecf887ae143cd83dc4aa2",
+            "a.b_c:d@e~f",
+            "tb-0123abcd",
+        ] {
+            assert!(DeviceId::new(ok).is_ok(), "{ok}");
+        }
+        // Names: any printable text, but not blank, edged with spaces, backwards or hidden.
+        assert_eq!(DeviceName::new("   "), Err(IdError::Blank));
+        assert_eq!(DeviceName::new(" Pump 1"), Err(IdError::Blank));
+        assert_eq!(DeviceName::new("Pump 1 "), Err(IdError::Blank));
+        assert_eq!(
+            DeviceName::new("Pump\u{202e}1"),
+            Err(IdError::BadChar('\u{202e}'))
+        );
+        assert_eq!(
+            DeviceName::new("Pump\u{200b}1"),
+            Err(IdError::BadChar('\u{200b}'))
+        );
+        assert!(
+            DeviceName::new("Насос 1").is_ok(),
+            "Cyrillic names are names"
+        );
+        // "Café" composed and decomposed: one name.
+        let composed = DeviceName::new("Caf\u{e9}").unwrap();
+        let decomposed = DeviceName::new("Cafe\u{301}").unwrap();
+        assert_eq!(composed, decomposed);
+        assert_eq!(decomposed.as_str(), "Caf\u{e9}");
     }
 
     #[test]
