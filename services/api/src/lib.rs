@@ -12,6 +12,8 @@
 //! queries ──> store: time series, latest state, connection log, commands, rejected log
 //! ```
 //!
+//! Every request passes [`gate`] first: a deadline on its body.
+//!
 //! Auth ([`auth`]): bearer tokens — the bootstrap admin token, application API tokens with
 //! scopes read/write/admin, and Losant device tokens from `POST /auth/device` that only reach
 //! their device's endpoints. Errors ([`error`]) are JSON with a stable code; a wrong field is
@@ -23,6 +25,7 @@ mod client_rpc;
 mod config;
 mod device;
 pub mod error;
+mod gate;
 pub mod openapi;
 mod outcomes;
 mod query;
@@ -30,6 +33,7 @@ mod registry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tracing::Instrument;
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
@@ -38,7 +42,7 @@ use fluxgate_model::{Limits, RegistryChange, TenantId};
 use fluxgate_observability::Health;
 use fluxgate_store::Store;
 
-pub use config::ApiConfig;
+pub use config::{ApiConfig, ConfigError};
 
 use crate::auth::{Caller, DeviceTokens};
 use crate::error::ApiError;
@@ -100,6 +104,8 @@ impl ApiState {
         topics: &TopicsConfig,
         registry: &prometheus::Registry,
     ) -> Result<Self, ApiError> {
+        cfg.validate()
+            .map_err(|e| ApiError::unavailable(format!("invalid configuration: {e}")))?;
         let tokens = DeviceTokens::new(&cfg.device_token_secret, cfg.device_token_ttl_secs)?;
         let metrics = ApiMetrics::new(registry)
             .map_err(|e| ApiError::unavailable(format!("metrics: {e}")))?;
@@ -209,6 +215,7 @@ pub fn configure(state: web::Data<ApiState>) -> impl FnOnce(&mut web::ServiceCon
                     .limit(max)
                     .error_handler(|e, _| ApiError::bad_body(e.to_string()).into()),
             )
+            .app_data(web::PayloadConfig::new(max))
             .app_data(
                 web::QueryConfig::default()
                     .error_handler(|e, _| ApiError::bad_body(e.to_string()).into()),
@@ -242,6 +249,9 @@ impl std::fmt::Debug for RunningApi {
     }
 }
 
+/// How long a connection being closed may take to go (actix-web's default, made explicit).
+const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Binds and starts the API (with `/metrics`, `/healthz`, `/readyz`); call it inside an
 /// actix (or tokio) runtime.
 pub fn start(
@@ -251,11 +261,13 @@ pub fn start(
 ) -> std::io::Result<RunningApi> {
     let addr = state.cfg.http_addr.clone();
     let workers = state.cfg.workers.max(1);
+    let request_timeout = Duration::from_millis(state.cfg.request_timeout_ms.max(1));
     actix_web::rt::spawn(state.outcomes.clone().run());
     let state = web::Data::new(state);
     let obs = web::Data::new((registry, health));
     let server = HttpServer::new(move || {
         App::new()
+            .wrap(actix_web::middleware::from_fn(gate::gate))
             .wrap(actix_web::middleware::from_fn(count))
             .app_data(obs.clone())
             .route("/metrics", web::get().to(metrics))
@@ -275,6 +287,10 @@ pub fn start(
             }))
     })
     .workers(workers)
+    // The head of a request within the timeout (its body: `gate`), and a closing
+    // connection gets a second to go.
+    .client_request_timeout(request_timeout)
+    .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
     .disable_signals()
     .bind(&addr)?;
     let bound = server

@@ -23,17 +23,23 @@ struct Rig {
 }
 
 async fn rig() -> Rig {
+    rig_with(|_| {}).await
+}
+
+/// [`rig`] with settings of the test's own.
+async fn rig_with(settings: impl FnOnce(&mut ApiConfig)) -> Rig {
     let bus: Arc<dyn Bus> = Arc::new(MemoryBus::default());
     let store: Arc<dyn Store> = Arc::new(fluxgate_store::sqlite::SqliteStore::in_memory().unwrap());
     store.migrate().await.unwrap();
     let topics = TopicsConfig::default();
-    let cfg = ApiConfig {
+    let mut cfg = ApiConfig {
         http_addr: "127.0.0.1:0".into(),
         bootstrap_token: BOOT.into(),
         rpc_timeout_ms: 300,
         workers: 1,
         ..ApiConfig::default()
     };
+    settings(&mut cfg);
     let registry = prometheus::Registry::new();
     let state = ApiState::new(cfg, bus.as_ref(), store.clone(), &topics, &registry).unwrap();
     let running =
@@ -925,4 +931,127 @@ async fn a_client_side_rpc_is_listed_and_answered_once() {
         (200, Some(0)),
         "{b}"
     );
+}
+
+/// What a connection got: the answer (head and body), when its first byte came and when
+/// the server closed the connection, both counted from when the request was written.
+struct Closed {
+    answer: String,
+    answered: Duration,
+    closed: Duration,
+}
+
+/// Writes `sent` on a new connection, leaves it open, and reads until the server closes
+/// it; panics if that takes longer than `within`.
+async fn until_closed(addr: SocketAddr, sent: &[u8], within: Duration) -> Closed {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(sent).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    let mut answered = None;
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) => return,
+                Ok(n) => {
+                    answered.get_or_insert_with(|| started.elapsed());
+                    got.extend_from_slice(&buf[..n]);
+                }
+                // A reset after the answer is a close too.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    if tokio::time::timeout(within, read).await.is_err() {
+        panic!(
+            "the connection was still open after {within:?}; got so far: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    let closed = started.elapsed();
+    Closed {
+        answer: String::from_utf8_lossy(&got).into_owned(),
+        answered: answered.unwrap_or(closed),
+        closed,
+    }
+}
+
+/// The status of an HTTP answer's first line.
+fn status_of(answer: &str) -> u16 {
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A client that sends part of a request and then nothing loses its connection after
+/// `request_timeout_ms`: a half-sent body gets 408, a half-sent head is closed.
+#[actix_rt::test]
+async fn a_half_sent_request_is_cut_off_after_the_request_timeout() {
+    let r = rig_with(|c| c.request_timeout_ms = 1_000).await;
+    let admin = r.app("a1").await;
+    r.device(&admin, "a1", "dev1").await;
+    let bound = Duration::from_secs(4);
+    let head = |token: &str| {
+        format!(
+            "POST /applications/a1/devices/dev1/command HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"name\": \"x\","
+        )
+    };
+    // A half-sent body: 408 once the timeout passed, and the connection closed.
+    let c = until_closed(r.addr, head(&admin).as_bytes(), bound).await;
+    assert_eq!(status_of(&c.answer), 408, "{}", c.answer);
+    assert!(c.answer.contains("\"request_timeout\""), "{}", c.answer);
+    assert!(c.answered >= Duration::from_millis(900), "{:?}", c.answered);
+    // A half-sent chunked body.
+    let chunked = format!(
+        "POST /applications/a1/devices/dev1/command HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{{\"nam\r\n"
+    );
+    let c = until_closed(r.addr, chunked.as_bytes(), bound).await;
+    assert_eq!(status_of(&c.answer), 408, "{}", c.answer);
+    // A half-sent head: closed once the timeout passed (actix-web answers it 408).
+    let c = until_closed(r.addr, b"GET /applications/a1 HTTP/1.1\r\nHost:", bound).await;
+    assert!(c.closed < Duration::from_millis(3_000), "{:?}", c.closed);
+    // The server still answers.
+    let (s, _) = r.call("GET", "/applications/a1", Some(&admin), None).await;
+    assert_eq!(s, 200);
+}
+
+/// A setting the API cannot run with is refused at start, naming it.
+#[test]
+fn bad_settings_are_refused_naming_the_field() {
+    for (cfg, field) in [
+        (
+            ApiConfig {
+                request_timeout_ms: 0,
+                ..ApiConfig::default()
+            },
+            "api.request_timeout_ms",
+        ),
+        (
+            ApiConfig {
+                workers: 0,
+                ..ApiConfig::default()
+            },
+            "api.workers",
+        ),
+    ] {
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{field}: ")), "{e}");
+        let bus = MemoryBus::default();
+        let store: Arc<dyn Store> =
+            Arc::new(fluxgate_store::sqlite::SqliteStore::in_memory().unwrap());
+        let e = ApiState::new(
+            cfg,
+            &bus,
+            store,
+            &TopicsConfig::default(),
+            &prometheus::Registry::new(),
+        )
+        .unwrap_err();
+        assert!(e.message.contains(field), "{e}");
+    }
 }
