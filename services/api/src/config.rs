@@ -34,6 +34,14 @@ pub struct ApiConfig {
     /// 408 and its connection closed, so a half-sent request cannot hold a connection. At
     /// least 1.
     pub request_timeout_ms: u64,
+    /// Delay added to the answer of the n-th failed `POST /auth/device` of one device id
+    /// and access key from one address: this many milliseconds times 2^(n-1), capped by
+    /// `auth_failure_delay_max_ms`; the first failure is answered at once (as the MQTT
+    /// front's `auth_failure_delay_ms`). 0: no delay.
+    pub auth_failure_delay_ms: u64,
+    /// Longest delay of a failed `POST /auth/device`, in milliseconds (at least
+    /// `auth_failure_delay_ms`).
+    pub auth_failure_delay_max_ms: u64,
 }
 
 /// A setting the API cannot start with.
@@ -63,6 +71,15 @@ impl ApiConfig {
                 "request_timeout_ms",
                 "must be at least 1 (0 would let a half-sent request hold its connection forever)"
                     .into(),
+            );
+        }
+        if self.auth_failure_delay_max_ms < self.auth_failure_delay_ms {
+            return bad(
+                "auth_failure_delay_max_ms",
+                format!(
+                    "must be at least auth_failure_delay_ms ({} < {})",
+                    self.auth_failure_delay_max_ms, self.auth_failure_delay_ms
+                ),
             );
         }
         // The API's payload limits are flat settings of its own section:
@@ -99,6 +116,8 @@ impl Default for ApiConfig {
             max_json_depth: fluxgate_model::Limits::default().max_json_depth,
             workers: 2,
             request_timeout_ms: 5_000,
+            auth_failure_delay_ms: 250,
+            auth_failure_delay_max_ms: 5_000,
         }
     }
 }
@@ -118,6 +137,14 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.field, "request_timeout_ms");
         assert!(e.to_string().starts_with("api.request_timeout_ms: "), "{e}");
+        let e = ApiConfig {
+            auth_failure_delay_ms: 500,
+            auth_failure_delay_max_ms: 100,
+            ..ApiConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(e.field, "auth_failure_delay_max_ms");
         let e = ApiConfig {
             max_json_depth: 500,
             ..ApiConfig::default()

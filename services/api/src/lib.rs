@@ -40,7 +40,7 @@ use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use fluxgate_bus::{Bus, ConsumerSpec, OutRecord, Producer, Topic, TopicsConfig};
 use fluxgate_model::{Limits, RegistryChange, TenantId};
 use fluxgate_observability::Health;
-use fluxgate_store::Store;
+use fluxgate_store::{FailureDelay, Store};
 
 pub use config::{ApiConfig, ConfigError};
 
@@ -68,6 +68,8 @@ pub struct ApiState {
     limits: Limits,
     metrics: ApiMetrics,
     outcomes: Arc<outcomes::Outcomes>,
+    /// Slows down repeated failures of `POST /auth/device`.
+    failures: FailureDelay,
 }
 
 /// The API's metrics.
@@ -127,6 +129,7 @@ impl ApiState {
             tokens,
             limits: cfg.limits(),
             metrics,
+            failures: FailureDelay::new(cfg.auth_failure_delay_ms, cfg.auth_failure_delay_max_ms),
             cfg,
         })
     }

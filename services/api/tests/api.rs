@@ -1020,6 +1020,66 @@ async fn a_half_sent_request_is_cut_off_after_the_request_timeout() {
     assert_eq!(s, 200);
 }
 
+/// A failed `POST /auth/device` is answered later each time the same device id and key
+/// fail again from the same address, as a failed MQTT CONNECT is; other devices and
+/// successes are not slowed.
+#[actix_rt::test]
+async fn failed_device_auth_is_answered_later_each_time_it_repeats() {
+    let r = rig_with(|c| {
+        c.auth_failure_delay_ms = 400;
+        c.auth_failure_delay_max_ms = 800;
+    })
+    .await;
+    let admin = r.app("a1").await;
+    r.device(&admin, "a1", "dev1").await;
+    r.device(&admin, "a1", "dev2").await;
+    let (_, k) = r
+        .call(
+            "POST",
+            "/applications/a1/keys",
+            Some(&admin),
+            Some(json!({})),
+        )
+        .await;
+    let (key, secret) = (k["key"].as_str().unwrap(), k["secret"].as_str().unwrap());
+    let timed = |device: &'static str, secret: String| {
+        let key = key.to_owned();
+        let r = &r;
+        async move {
+            let started = std::time::Instant::now();
+            let (s, _) = r.auth_device(device, &key, &secret).await;
+            (s, started.elapsed())
+        }
+    };
+    let (s, first) = timed("dev1", "wrong".into()).await;
+    assert_eq!(s, 401);
+    assert!(
+        first < Duration::from_millis(300),
+        "first failure: {first:?}"
+    );
+    let (s, second) = timed("dev1", "wrong".into()).await;
+    assert_eq!(s, 401);
+    assert!(
+        second >= Duration::from_millis(400),
+        "second failure: {second:?}"
+    );
+    let (s, third) = timed("dev1", "wrong".into()).await;
+    assert_eq!(s, 401);
+    assert!(
+        third >= Duration::from_millis(800),
+        "third failure: {third:?}"
+    );
+    // Another device's first failure, and a success: answered at once.
+    let (s, other) = timed("dev2", "wrong".into()).await;
+    assert_eq!(
+        (s, other < Duration::from_millis(300)),
+        (401, true),
+        "{other:?}"
+    );
+    let (s, ok) = timed("dev1", secret.to_owned()).await;
+    assert_eq!((s, ok < Duration::from_millis(300)), (200, true), "{ok:?}");
+}
+
 /// A setting the API cannot run with is refused at start, naming it.
 #[test]
 fn bad_settings_are_refused_naming_the_field() {
@@ -1037,6 +1097,14 @@ fn bad_settings_are_refused_naming_the_field() {
                 ..ApiConfig::default()
             },
             "api.workers",
+        ),
+        (
+            ApiConfig {
+                auth_failure_delay_ms: 10,
+                auth_failure_delay_max_ms: 1,
+                ..ApiConfig::default()
+            },
+            "api.auth_failure_delay_max_ms",
         ),
     ] {
         let e = cfg.validate().unwrap_err().to_string();
