@@ -53,9 +53,9 @@ fn keys(s: &Option<String>) -> Option<Vec<String>> {
 struct SeriesIn {
     /// Comma-separated keys (all when absent).
     keys: Option<String>,
-    /// Window start, epoch ms (default: 24 h ago).
+    /// Window start, epoch ms, inclusive (default: 24 h before `to`).
     from: Option<i64>,
-    /// Window end, epoch ms (default: now).
+    /// Window end, epoch ms, exclusive (default: now).
     to: Option<i64>,
     /// Points per page (default 1000, at most 10000).
     limit: Option<u32>,
@@ -75,7 +75,7 @@ async fn time_series(
         .authorize_device(&req, &path.0, &path.1, ApiScope::Read)
         .await?;
     let to = q.to.unwrap_or_else(now_ms);
-    let from = q.from.unwrap_or(to - 86_400_000);
+    let from = q.from.unwrap_or(to.saturating_sub(86_400_000));
     if from > to {
         return Err(ApiError::invalid("from", "from is after to"));
     }

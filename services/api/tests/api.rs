@@ -1123,3 +1123,39 @@ fn bad_settings_are_refused_naming_the_field() {
         assert!(e.message.contains(field), "{e}");
     }
 }
+
+/// Edges of the registry and the data query: at most 256 attribute definitions whichever
+/// route sets them, and any `to` (an i64) is a window, the smallest one included.
+#[actix_rt::test]
+async fn attribute_definitions_are_capped_and_any_window_end_is_taken() {
+    let r = rig().await;
+    let admin = r.app("a1").await;
+    let defs: Vec<Value> = (0..257)
+        .map(|i| json!({"name": format!("k{i}"), "kind": "number"}))
+        .collect();
+    let (s, e) = r
+        .call(
+            "POST",
+            "/applications/a1/devices",
+            Some(&admin),
+            Some(json!({"id": "many", "attributes": defs})),
+        )
+        .await;
+    assert_eq!(
+        (s, &e["error"]["field"]),
+        (400, &json!("attributes")),
+        "{e}"
+    );
+    r.device(&admin, "a1", "dev1").await;
+    for to in [i64::MIN, i64::MAX, 0] {
+        let (s, b) = r
+            .call(
+                "GET",
+                &format!("/applications/a1/devices/dev1/data?to={to}"),
+                Some(&admin),
+                None,
+            )
+            .await;
+        assert_eq!((s, &b["points"]), (200, &json!([])), "to={to}: {b}");
+    }
+}
