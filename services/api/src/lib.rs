@@ -12,7 +12,9 @@
 //! queries ──> store: time series, latest state, connection log, commands, rejected log
 //! ```
 //!
-//! Every request passes [`gate`] first: a deadline on its body.
+//! Every request passes [`gate`] first: a deadline on its body, 405 with `Allow` for a
+//! method its path does not have, and authentication before anything about the request is
+//! checked (401 before any 400).
 //!
 //! Auth ([`auth`]): bearer tokens — the bootstrap admin token, application API tokens with
 //! scopes read/write/admin, and Losant device tokens from `POST /auth/device` that only reach
@@ -36,7 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
 
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use actix_web::{App, HttpMessage, HttpRequest, HttpResponse, HttpServer, web};
 use fluxgate_bus::{Bus, ConsumerSpec, OutRecord, Producer, Topic, TopicsConfig};
 use fluxgate_model::{Limits, RegistryChange, TenantId};
 use fluxgate_observability::Health;
@@ -134,10 +136,21 @@ impl ApiState {
         })
     }
 
-    /// The caller of `req`.
+    /// The caller of `req`: as [`gate`] authenticated it (or now, for a request that did
+    /// not pass it).
     pub(crate) async fn caller(&self, req: &HttpRequest) -> Result<Caller, ApiError> {
-        let header = req
-            .headers()
+        if let Some(caller) = req.extensions().get::<Caller>() {
+            return Ok(caller.clone());
+        }
+        self.authenticate(req.headers()).await
+    }
+
+    /// Who sent these request headers (`Authorization: Bearer`).
+    pub(crate) async fn authenticate(
+        &self,
+        headers: &actix_web::http::header::HeaderMap,
+    ) -> Result<Caller, ApiError> {
+        let header = headers
             .get(actix_web::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
         auth::authenticate(
@@ -216,7 +229,7 @@ pub fn configure(state: web::Data<ApiState>) -> impl FnOnce(&mut web::ServiceCon
             .app_data(
                 web::JsonConfig::default()
                     .limit(max)
-                    .error_handler(|e, _| ApiError::bad_body(e.to_string()).into()),
+                    .error_handler(|e, _| json_error(e).into()),
             )
             .app_data(web::PayloadConfig::new(max))
             .app_data(
@@ -233,6 +246,23 @@ pub fn configure(state: web::Data<ApiState>) -> impl FnOnce(&mut web::ServiceCon
             .configure(client_rpc::routes)
             .configure(device::routes)
             .configure(query::routes);
+    }
+}
+
+/// A JSON body that could not be read, as an API error: 413 too large, 415 not sent as
+/// JSON, 400 otherwise (a body that came too late is answered 408 by [`gate`]).
+fn json_error(e: actix_web::error::JsonPayloadError) -> ApiError {
+    use actix_web::error::JsonPayloadError as E;
+    match e {
+        E::Overflow { .. } | E::OverflowKnownLength { .. } => {
+            ApiError::refused(413, "too_large", e.to_string())
+        }
+        E::ContentType => ApiError::refused(
+            415,
+            "unsupported_media_type",
+            "send the body as JSON, with Content-Type: application/json",
+        ),
+        other => ApiError::bad_body(other.to_string()),
     }
 }
 

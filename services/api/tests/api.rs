@@ -517,7 +517,7 @@ async fn every_documented_operation_is_routed() {
     let r = rig().await;
     let (s, doc) = r.call("GET", "/openapi.json", None, None).await;
     assert_eq!(s, 200);
-    assert_eq!(doc["openapi"], "3.0.3");
+    assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().unwrap();
     let mut n = 0;
     for (path, ops) in paths {
@@ -532,7 +532,8 @@ async fn every_documented_operation_is_routed() {
             .replace("{rpc}", "0");
         for method in ops.as_object().unwrap().keys() {
             let m = method.to_uppercase();
-            let (status, body) = r.call(&m, &concrete, None, Some(json!({}))).await;
+            // With a token, so that the request passes the gate and reaches the router.
+            let (status, body) = r.call(&m, &concrete, Some(BOOT), Some(json!({}))).await;
             assert_ne!(
                 body["error"]["code"], "no_route",
                 "{m} {path} is documented but not routed ({status})"
@@ -603,7 +604,7 @@ fn every_route_is_documented() {
         assert!(
             fluxgate_api::openapi::OPERATIONS
                 .iter()
-                .any(|(m, p, ..)| m == method && p == path),
+                .any(|op| op.method == method && op.path == path),
             "{method} {path} is routed but not in openapi::OPERATIONS"
         );
     }
@@ -988,6 +989,95 @@ fn status_of(answer: &str) -> u16 {
         .unwrap_or(0)
 }
 
+/// Without a token, or with a bad one, every operation that needs one answers 401 before
+/// it looks at the path, the query or the body (no 400, 413 or 422 to an unknown caller).
+#[actix_rt::test]
+async fn a_caller_without_a_good_token_gets_401_before_anything_about_its_request() {
+    let r = rig_with(|c| c.max_body_bytes = 64).await;
+    let admin = r.app("a1").await;
+    r.device(&admin, "a1", "dev1").await;
+    let big = format!(r#"{{"data": {{"t": "{}"}}}}"#, "x".repeat(200));
+    let cases: [(&str, &str, &str); 8] = [
+        // (method, path, body) each of which is refused with a good token.
+        ("POST", "/applications", r#"{"idd": 1}"#),
+        ("POST", "/applications/a1/devices", "{not json"),
+        (
+            "POST",
+            "/applications/a1/devices/dev1/state",
+            r#"{"nodata": 1}"#,
+        ),
+        ("POST", "/applications/a1/devices/dev1/state", &big),
+        ("GET", "/applications/a%23b", ""),
+        ("GET", "/applications/a1/devices?limit=many", ""),
+        ("GET", "/applications/a1/devices/dev1/data?to=soon", ""),
+        ("POST", "/api/rpc/oneway/dev1", r#"{"params": 1}"#),
+    ];
+    for (method, path, body) in cases {
+        let body = (!body.is_empty()).then_some(body);
+        let good = fluxgate_testkit::http::request(r.addr, method, path, Some(&admin), body)
+            .await
+            .unwrap();
+        assert!(
+            [400, 413, 422].contains(&good.status),
+            "{method} {path} with a good token: {good:?}"
+        );
+        for token in [None, Some("not-a-token")] {
+            let got = fluxgate_testkit::http::request(r.addr, method, path, token, body)
+                .await
+                .unwrap();
+            assert_eq!(got.status, 401, "{method} {path} with {token:?}: {got:?}");
+            assert!(got.body.contains("\"unauthorized\""), "{}", got.body);
+        }
+    }
+    // An operation that takes no token still answers about its body.
+    let got = fluxgate_testkit::http::request(r.addr, "POST", "/auth/device", None, Some("{"))
+        .await
+        .unwrap();
+    assert_eq!(got.status, 400, "{got:?}");
+}
+
+/// A method a known path does not have is answered 405 with `Allow` (and a JSON error),
+/// whoever asks; an unknown path is still 404.
+#[actix_rt::test]
+async fn an_unknown_method_on_a_known_path_gets_405_with_allow() {
+    let r = rig().await;
+    let cases = [
+        ("PATCH", "/applications/a1", "GET"),
+        ("DELETE", "/applications", "POST"),
+        ("POST", "/applications/a1/devices/d1", "DELETE, GET, PUT"),
+        (
+            "PUT",
+            "/applications/a1/devices/d1/attributes/shared",
+            "GET, POST",
+        ),
+        ("GET", "/auth/device", "POST"),
+        ("HEAD", "/applications/a1/devices/d1/data", "GET"),
+    ];
+    for (method, path, allow) in cases {
+        for token in ["", "Authorization: Bearer boot-token\r\n"] {
+            let req = format!(
+                "{method} {path} HTTP/1.1\r\nHost: x\r\n{token}Content-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            let answer = until_closed(r.addr, req.as_bytes(), Duration::from_secs(5))
+                .await
+                .answer;
+            assert_eq!(status_of(&answer), 405, "{method} {path}: {answer}");
+            let head = answer.to_ascii_lowercase();
+            assert!(
+                head.contains(&format!("\r\nallow: {}\r\n", allow.to_ascii_lowercase())),
+                "{method} {path}: {answer}"
+            );
+            if method != "HEAD" {
+                assert!(answer.contains("\"method_not_allowed\""), "{answer}");
+            }
+        }
+    }
+    let (s, e) = r
+        .call("GET", "/applications/a1/nothing", Some(BOOT), None)
+        .await;
+    assert_eq!((s, &e["error"]["code"]), (404, &json!("no_route")), "{e}");
+}
+
 /// A client that sends part of a request and then nothing loses its connection after
 /// `request_timeout_ms`: a half-sent body gets 408, a half-sent head is closed.
 #[actix_rt::test]
@@ -1006,6 +1096,11 @@ async fn a_half_sent_request_is_cut_off_after_the_request_timeout() {
     assert_eq!(status_of(&c.answer), 408, "{}", c.answer);
     assert!(c.answer.contains("\"request_timeout\""), "{}", c.answer);
     assert!(c.answered >= Duration::from_millis(900), "{:?}", c.answered);
+    // The same from a caller without a good token: 401 at once, and closed (after
+    // actix-web's second for a closing connection).
+    let c = until_closed(r.addr, head("nope").as_bytes(), bound).await;
+    assert_eq!(status_of(&c.answer), 401, "{}", c.answer);
+    assert!(c.answered < Duration::from_millis(900), "{:?}", c.answered);
     // A half-sent chunked body.
     let chunked = format!(
         "POST /applications/a1/devices/dev1/command HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{{\"nam\r\n"
@@ -1122,6 +1217,59 @@ fn bad_settings_are_refused_naming_the_field() {
         .unwrap_err();
         assert!(e.message.contains(field), "{e}");
     }
+}
+
+/// The document says what the API does: query parameters with types, every status, the
+/// id rules, and that the data query's `to` is exclusive.
+#[actix_rt::test]
+async fn the_document_has_parameters_statuses_and_id_rules() {
+    let r = rig().await;
+    let (_, doc) = r.call("GET", "/openapi.json", None, None).await;
+    let op = |path: &str, method: &str| doc["paths"][path][method].clone();
+    let statuses = |path: &str, method: &str| -> Vec<String> {
+        op(path, method)["responses"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    };
+    for (path, method, status) in [
+        ("/applications", "post", "201"),
+        ("/applications", "post", "409"),
+        ("/applications/{app}/devices/{id}", "delete", "204"),
+        ("/applications/{app}/devices/{id}/state", "post", "422"),
+        ("/applications/{app}/devices", "post", "401"),
+        ("/api/rpc/twoway/{id}", "post", "504"),
+    ] {
+        assert!(
+            statuses(path, method).contains(&status.to_owned()),
+            "{method} {path}: {:?}",
+            statuses(path, method)
+        );
+    }
+    let data = op("/applications/{app}/devices/{id}/data", "get");
+    let param = |name: &str| {
+        data["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no {name}: {data}"))
+            .clone()
+    };
+    assert_eq!(param("to")["in"], "query");
+    assert_eq!(param("to")["schema"]["type"], "integer");
+    assert!(
+        param("to")["description"]
+            .as_str()
+            .unwrap()
+            .contains("exclusive")
+    );
+    assert_eq!(param("order")["schema"]["enum"], json!(["asc", "desc"]));
+    assert_eq!(param("limit")["schema"]["type"], "integer");
+    assert_eq!(param("app")["schema"]["maxLength"], 128);
+    assert!(param("id")["schema"]["pattern"].is_string());
 }
 
 /// Edges of the registry and the data query: at most 256 attribute definitions whichever
