@@ -182,13 +182,13 @@ pub const OPERATIONS: &[Operation] = &[
     Operation {
         method: "get",
         path: "/applications/{app}/devices/{id}/attributes",
-        summary: "The attribute definitions (none for an unknown device)",
+        summary: "The attribute definitions",
         scope: "read",
         query: &[],
         body: None,
         ok: 200,
         answer: Some("AttributeDefs"),
-        errors: &[400, 401, 403, 503],
+        errors: READ,
     },
     Operation {
         method: "post",
@@ -454,7 +454,18 @@ pub const OPERATIONS: &[Operation] = &[
     Operation {
         method: "get",
         path: "/applications/{app}/devices/{id}/attributes/{scope}",
-        summary: "Client or shared attributes",
+        summary: "Client attributes (`{scope}`: `client`; shared ones have their own path)",
+        scope: "read",
+        query: &[KEYS],
+        body: None,
+        ok: 200,
+        answer: Some("AttributeValues"),
+        errors: &[400, 401, 403, 503],
+    },
+    Operation {
+        method: "get",
+        path: "/applications/{app}/devices/{id}/attributes/shared",
+        summary: "Shared attributes",
         scope: "read",
         query: &[KEYS],
         body: None,
@@ -590,7 +601,7 @@ fn param_schema(kind: &str) -> Value {
             json!({"type": "string", "minLength": 1, "description": "The token's `token_hash`"})
         }
         "key" => json!({"type": "string", "minLength": 1, "description": "The access key"}),
-        "scope" => json!({"type": "string", "enum": ["client", "shared"]}),
+        "scope" => json!({"type": "string", "enum": ["client"]}),
         "u32" => json!({"type": "integer", "minimum": 0, "maximum": u32::MAX}),
         "i64" => {
             json!({"type": "integer", "format": "int64", "minimum": i64::MIN, "maximum": i64::MAX})

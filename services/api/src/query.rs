@@ -19,6 +19,10 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
         web::get().to(latest),
     )
     .route(
+        "/applications/{app}/devices/{id}/attributes/shared",
+        web::get().to(shared_attributes),
+    )
+    .route(
         "/applications/{app}/devices/{id}/attributes/{scope}",
         web::get().to(attributes),
     )
@@ -123,20 +127,43 @@ async fn latest(
     Ok(HttpResponse::Ok().json(serde_json::json!({ "points": points })))
 }
 
+/// `GET .../attributes/{scope}`: client attributes (and shared ones, though
+/// `.../attributes/shared` has a route of its own, beside its `POST`).
 async fn attributes(
     st: web::Data<ApiState>,
     req: HttpRequest,
     path: web::Path<(String, String, String)>,
     q: web::Query<KeysIn>,
 ) -> Result<HttpResponse, ApiError> {
-    let (app, device) = st
-        .authorize_device(&req, &path.0, &path.1, ApiScope::Read)
-        .await?;
     let scope = match path.2.as_str() {
         "client" => AttributeScope::Client,
         "shared" => AttributeScope::Shared,
         _ => return Err(ApiError::invalid("scope", "client or shared")),
     };
+    attribute_values(&st, &req, &path.0, &path.1, scope, &q).await
+}
+
+/// `GET .../attributes/shared`.
+async fn shared_attributes(
+    st: web::Data<ApiState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    q: web::Query<KeysIn>,
+) -> Result<HttpResponse, ApiError> {
+    attribute_values(&st, &req, &path.0, &path.1, AttributeScope::Shared, &q).await
+}
+
+async fn attribute_values(
+    st: &ApiState,
+    req: &HttpRequest,
+    app: &str,
+    device: &str,
+    scope: AttributeScope,
+    q: &KeysIn,
+) -> Result<HttpResponse, ApiError> {
+    let (app, device) = st
+        .authorize_device(req, app, device, ApiScope::Read)
+        .await?;
     let values = st
         .store
         .attributes(app, device, scope, keys(&q.keys))

@@ -1307,3 +1307,35 @@ async fn attribute_definitions_are_capped_and_any_window_end_is_taken() {
         assert_eq!((s, &b["points"]), (200, &json!([])), "to={to}: {b}");
     }
 }
+
+/// Found by schemathesis (`compat/schemathesis.sh`): a deleted device's attribute
+/// definitions are gone (404, as the device is), and `GET .../attributes/shared` is an
+/// operation of its own path in the document, as `Allow` on that path says.
+#[actix_rt::test]
+async fn a_deleted_devices_definitions_are_gone_and_shared_attributes_have_their_path() {
+    let r = rig().await;
+    let admin = r.app("a1").await;
+    r.device(&admin, "a1", "dev1").await;
+    let defs = "/applications/a1/devices/dev1/attributes";
+    assert_eq!(r.call("GET", defs, Some(&admin), None).await.0, 200);
+    let (s, _) = r
+        .call(
+            "DELETE",
+            "/applications/a1/devices/dev1",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, 204);
+    let (s, e) = r.call("GET", defs, Some(&admin), None).await;
+    assert_eq!((s, &e["error"]["code"]), (404, &json!("not_found")), "{e}");
+
+    let (_, doc) = r.call("GET", "/openapi.json", None, None).await;
+    let shared = &doc["paths"]["/applications/{app}/devices/{id}/attributes/shared"];
+    assert!(
+        shared["get"].is_object() && shared["post"].is_object(),
+        "{shared}"
+    );
+    let scope = &doc["paths"]["/applications/{app}/devices/{id}/attributes/{scope}"]["get"];
+    assert_eq!(scope["parameters"][2]["schema"]["enum"], json!(["client"]));
+}

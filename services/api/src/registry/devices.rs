@@ -223,5 +223,6 @@ pub(super) async fn get_attribute_defs(
     let (app, id) = st
         .authorize_device(&req, &path.0, &path.1, ApiScope::Read)
         .await?;
+    st.existing_device(&app, &id).await?;
     Ok(HttpResponse::Ok().json(st.store.attribute_defs(app, id).await?))
 }
