@@ -78,25 +78,43 @@ struct AuthIn {
     secret: String,
 }
 
+/// Losant's device authentication. A refusal is answered later each time the same device id
+/// and key fail again from the same address (as a failed MQTT CONNECT is), so guessing a
+/// secret over REST is as slow as over MQTT.
 async fn auth_device(
     st: web::Data<ApiState>,
+    req: HttpRequest,
     body: web::Json<AuthIn>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let (key, device) =
-        check_access_key(st.store.as_ref(), &body.key, &body.secret, &body.device_id)
-            .await
-            .map_err(|refusal| match refusal {
+    let checked =
+        check_access_key(st.store.as_ref(), &body.key, &body.secret, &body.device_id).await;
+    let (key, device) = match checked {
+        Ok(found) => found,
+        Err(refusal) => {
+            let e = match refusal {
                 KeyRefusal::NotOpened => ApiError::forbidden(refusal.to_string()),
                 KeyRefusal::Deactivated => ApiError::unauthorized(refusal.to_string()),
-                KeyRefusal::Store(e) => e.into(),
+                KeyRefusal::Store(e) => return Err(e.into()),
                 // Which part was wrong is not told.
                 KeyRefusal::BadCredentials
                 | KeyRefusal::NotADeviceId
                 | KeyRefusal::NoSuchDevice => {
                     ApiError::unauthorized(KeyRefusal::BadCredentials.to_string())
                 }
-            })?;
+            };
+            if let Some(ip) = req.peer_addr().map(|a| a.ip()) {
+                let wait = st
+                    .failures
+                    .failed(ip, &body.device_id, Some(&body.key))
+                    .await;
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+            return Err(e);
+        }
+    };
     let id = device.id.clone();
     let (token, expires_ms) = st.tokens.issue(&key.tenant, &id, &key.key, now_ms());
     Ok(HttpResponse::Ok().json(serde_json::json!({

@@ -12,6 +12,10 @@
 //! queries ──> store: time series, latest state, connection log, commands, rejected log
 //! ```
 //!
+//! Every request passes [`gate`] first: a deadline on its body, 405 with `Allow` for a
+//! method its path does not have, and authentication before anything about the request is
+//! checked (401 before any 400).
+//!
 //! Auth ([`auth`]): bearer tokens — the bootstrap admin token, application API tokens with
 //! scopes read/write/admin, and Losant device tokens from `POST /auth/device` that only reach
 //! their device's endpoints. Errors ([`error`]) are JSON with a stable code; a wrong field is
@@ -23,6 +27,7 @@ mod client_rpc;
 mod config;
 mod device;
 pub mod error;
+mod gate;
 pub mod openapi;
 mod outcomes;
 mod query;
@@ -30,15 +35,16 @@ mod registry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tracing::Instrument;
 
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use actix_web::{App, HttpMessage, HttpRequest, HttpResponse, HttpServer, web};
 use fluxgate_bus::{Bus, ConsumerSpec, OutRecord, Producer, Topic, TopicsConfig};
 use fluxgate_model::{Limits, RegistryChange, TenantId};
 use fluxgate_observability::Health;
-use fluxgate_store::Store;
+use fluxgate_store::{FailureDelay, Store};
 
-pub use config::ApiConfig;
+pub use config::{ApiConfig, ConfigError};
 
 use crate::auth::{Caller, DeviceTokens};
 use crate::error::ApiError;
@@ -64,6 +70,8 @@ pub struct ApiState {
     limits: Limits,
     metrics: ApiMetrics,
     outcomes: Arc<outcomes::Outcomes>,
+    /// Slows down repeated failures of `POST /auth/device`.
+    failures: FailureDelay,
 }
 
 /// The API's metrics.
@@ -100,6 +108,8 @@ impl ApiState {
         topics: &TopicsConfig,
         registry: &prometheus::Registry,
     ) -> Result<Self, ApiError> {
+        cfg.validate()
+            .map_err(|e| ApiError::unavailable(format!("invalid configuration: {e}")))?;
         let tokens = DeviceTokens::new(&cfg.device_token_secret, cfg.device_token_ttl_secs)?;
         let metrics = ApiMetrics::new(registry)
             .map_err(|e| ApiError::unavailable(format!("metrics: {e}")))?;
@@ -121,14 +131,26 @@ impl ApiState {
             tokens,
             limits: cfg.limits(),
             metrics,
+            failures: FailureDelay::new(cfg.auth_failure_delay_ms, cfg.auth_failure_delay_max_ms),
             cfg,
         })
     }
 
-    /// The caller of `req`.
+    /// The caller of `req`: as [`gate`] authenticated it (or now, for a request that did
+    /// not pass it).
     pub(crate) async fn caller(&self, req: &HttpRequest) -> Result<Caller, ApiError> {
-        let header = req
-            .headers()
+        if let Some(caller) = req.extensions().get::<Caller>() {
+            return Ok(caller.clone());
+        }
+        self.authenticate(req.headers()).await
+    }
+
+    /// Who sent these request headers (`Authorization: Bearer`).
+    pub(crate) async fn authenticate(
+        &self,
+        headers: &actix_web::http::header::HeaderMap,
+    ) -> Result<Caller, ApiError> {
+        let header = headers
             .get(actix_web::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
         auth::authenticate(
@@ -207,8 +229,9 @@ pub fn configure(state: web::Data<ApiState>) -> impl FnOnce(&mut web::ServiceCon
             .app_data(
                 web::JsonConfig::default()
                     .limit(max)
-                    .error_handler(|e, _| ApiError::bad_body(e.to_string()).into()),
+                    .error_handler(|e, _| json_error(e).into()),
             )
+            .app_data(web::PayloadConfig::new(max))
             .app_data(
                 web::QueryConfig::default()
                     .error_handler(|e, _| ApiError::bad_body(e.to_string()).into()),
@@ -223,6 +246,23 @@ pub fn configure(state: web::Data<ApiState>) -> impl FnOnce(&mut web::ServiceCon
             .configure(client_rpc::routes)
             .configure(device::routes)
             .configure(query::routes);
+    }
+}
+
+/// A JSON body that could not be read, as an API error: 413 too large, 415 not sent as
+/// JSON, 400 otherwise (a body that came too late is answered 408 by [`gate`]).
+fn json_error(e: actix_web::error::JsonPayloadError) -> ApiError {
+    use actix_web::error::JsonPayloadError as E;
+    match e {
+        E::Overflow { .. } | E::OverflowKnownLength { .. } => {
+            ApiError::refused(413, "too_large", e.to_string())
+        }
+        E::ContentType => ApiError::refused(
+            415,
+            "unsupported_media_type",
+            "send the body as JSON, with Content-Type: application/json",
+        ),
+        other => ApiError::bad_body(other.to_string()),
     }
 }
 
@@ -242,6 +282,9 @@ impl std::fmt::Debug for RunningApi {
     }
 }
 
+/// How long a connection being closed may take to go (actix-web's default, made explicit).
+const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Binds and starts the API (with `/metrics`, `/healthz`, `/readyz`); call it inside an
 /// actix (or tokio) runtime.
 pub fn start(
@@ -251,11 +294,13 @@ pub fn start(
 ) -> std::io::Result<RunningApi> {
     let addr = state.cfg.http_addr.clone();
     let workers = state.cfg.workers.max(1);
+    let request_timeout = Duration::from_millis(state.cfg.request_timeout_ms.max(1));
     actix_web::rt::spawn(state.outcomes.clone().run());
     let state = web::Data::new(state);
     let obs = web::Data::new((registry, health));
     let server = HttpServer::new(move || {
         App::new()
+            .wrap(actix_web::middleware::from_fn(gate::gate))
             .wrap(actix_web::middleware::from_fn(count))
             .app_data(obs.clone())
             .route("/metrics", web::get().to(metrics))
@@ -275,6 +320,10 @@ pub fn start(
             }))
     })
     .workers(workers)
+    // The head of a request within the timeout (its body: `gate`), and a closing
+    // connection gets a second to go.
+    .client_request_timeout(request_timeout)
+    .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
     .disable_signals()
     .bind(&addr)?;
     let bound = server

@@ -19,6 +19,10 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
         web::get().to(latest),
     )
     .route(
+        "/applications/{app}/devices/{id}/attributes/shared",
+        web::get().to(shared_attributes),
+    )
+    .route(
         "/applications/{app}/devices/{id}/attributes/{scope}",
         web::get().to(attributes),
     )
@@ -53,9 +57,9 @@ fn keys(s: &Option<String>) -> Option<Vec<String>> {
 struct SeriesIn {
     /// Comma-separated keys (all when absent).
     keys: Option<String>,
-    /// Window start, epoch ms (default: 24 h ago).
+    /// Window start, epoch ms, inclusive (default: 24 h before `to`).
     from: Option<i64>,
-    /// Window end, epoch ms (default: now).
+    /// Window end, epoch ms, exclusive (default: now).
     to: Option<i64>,
     /// Points per page (default 1000, at most 10000).
     limit: Option<u32>,
@@ -75,7 +79,7 @@ async fn time_series(
         .authorize_device(&req, &path.0, &path.1, ApiScope::Read)
         .await?;
     let to = q.to.unwrap_or_else(now_ms);
-    let from = q.from.unwrap_or(to - 86_400_000);
+    let from = q.from.unwrap_or(to.saturating_sub(86_400_000));
     if from > to {
         return Err(ApiError::invalid("from", "from is after to"));
     }
@@ -123,20 +127,43 @@ async fn latest(
     Ok(HttpResponse::Ok().json(serde_json::json!({ "points": points })))
 }
 
+/// `GET .../attributes/{scope}`: client attributes (and shared ones, though
+/// `.../attributes/shared` has a route of its own, beside its `POST`).
 async fn attributes(
     st: web::Data<ApiState>,
     req: HttpRequest,
     path: web::Path<(String, String, String)>,
     q: web::Query<KeysIn>,
 ) -> Result<HttpResponse, ApiError> {
-    let (app, device) = st
-        .authorize_device(&req, &path.0, &path.1, ApiScope::Read)
-        .await?;
     let scope = match path.2.as_str() {
         "client" => AttributeScope::Client,
         "shared" => AttributeScope::Shared,
         _ => return Err(ApiError::invalid("scope", "client or shared")),
     };
+    attribute_values(&st, &req, &path.0, &path.1, scope, &q).await
+}
+
+/// `GET .../attributes/shared`.
+async fn shared_attributes(
+    st: web::Data<ApiState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    q: web::Query<KeysIn>,
+) -> Result<HttpResponse, ApiError> {
+    attribute_values(&st, &req, &path.0, &path.1, AttributeScope::Shared, &q).await
+}
+
+async fn attribute_values(
+    st: &ApiState,
+    req: &HttpRequest,
+    app: &str,
+    device: &str,
+    scope: AttributeScope,
+    q: &KeysIn,
+) -> Result<HttpResponse, ApiError> {
+    let (app, device) = st
+        .authorize_device(req, app, device, ApiScope::Read)
+        .await?;
     let values = st
         .store
         .attributes(app, device, scope, keys(&q.keys))

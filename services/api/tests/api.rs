@@ -23,17 +23,23 @@ struct Rig {
 }
 
 async fn rig() -> Rig {
+    rig_with(|_| {}).await
+}
+
+/// [`rig`] with settings of the test's own.
+async fn rig_with(settings: impl FnOnce(&mut ApiConfig)) -> Rig {
     let bus: Arc<dyn Bus> = Arc::new(MemoryBus::default());
     let store: Arc<dyn Store> = Arc::new(fluxgate_store::sqlite::SqliteStore::in_memory().unwrap());
     store.migrate().await.unwrap();
     let topics = TopicsConfig::default();
-    let cfg = ApiConfig {
+    let mut cfg = ApiConfig {
         http_addr: "127.0.0.1:0".into(),
         bootstrap_token: BOOT.into(),
         rpc_timeout_ms: 300,
         workers: 1,
         ..ApiConfig::default()
     };
+    settings(&mut cfg);
     let registry = prometheus::Registry::new();
     let state = ApiState::new(cfg, bus.as_ref(), store.clone(), &topics, &registry).unwrap();
     let running =
@@ -511,7 +517,7 @@ async fn every_documented_operation_is_routed() {
     let r = rig().await;
     let (s, doc) = r.call("GET", "/openapi.json", None, None).await;
     assert_eq!(s, 200);
-    assert_eq!(doc["openapi"], "3.0.3");
+    assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().unwrap();
     let mut n = 0;
     for (path, ops) in paths {
@@ -526,7 +532,8 @@ async fn every_documented_operation_is_routed() {
             .replace("{rpc}", "0");
         for method in ops.as_object().unwrap().keys() {
             let m = method.to_uppercase();
-            let (status, body) = r.call(&m, &concrete, None, Some(json!({}))).await;
+            // With a token, so that the request passes the gate and reaches the router.
+            let (status, body) = r.call(&m, &concrete, Some(BOOT), Some(json!({}))).await;
             assert_ne!(
                 body["error"]["code"], "no_route",
                 "{m} {path} is documented but not routed ({status})"
@@ -597,7 +604,7 @@ fn every_route_is_documented() {
         assert!(
             fluxgate_api::openapi::OPERATIONS
                 .iter()
-                .any(|(m, p, ..)| m == method && p == path),
+                .any(|op| op.method == method && op.path == path),
             "{method} {path} is routed but not in openapi::OPERATIONS"
         );
     }
@@ -925,4 +932,410 @@ async fn a_client_side_rpc_is_listed_and_answered_once() {
         (200, Some(0)),
         "{b}"
     );
+}
+
+/// What a connection got: the answer (head and body), when its first byte came and when
+/// the server closed the connection, both counted from when the request was written.
+struct Closed {
+    answer: String,
+    answered: Duration,
+    closed: Duration,
+}
+
+/// Writes `sent` on a new connection, leaves it open, and reads until the server closes
+/// it; panics if that takes longer than `within`.
+async fn until_closed(addr: SocketAddr, sent: &[u8], within: Duration) -> Closed {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(sent).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    let mut answered = None;
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) => return,
+                Ok(n) => {
+                    answered.get_or_insert_with(|| started.elapsed());
+                    got.extend_from_slice(&buf[..n]);
+                }
+                // A reset after the answer is a close too.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    if tokio::time::timeout(within, read).await.is_err() {
+        panic!(
+            "the connection was still open after {within:?}; got so far: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    let closed = started.elapsed();
+    Closed {
+        answer: String::from_utf8_lossy(&got).into_owned(),
+        answered: answered.unwrap_or(closed),
+        closed,
+    }
+}
+
+/// The status of an HTTP answer's first line.
+fn status_of(answer: &str) -> u16 {
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Without a token, or with a bad one, every operation that needs one answers 401 before
+/// it looks at the path, the query or the body (no 400, 413 or 422 to an unknown caller).
+#[actix_rt::test]
+async fn a_caller_without_a_good_token_gets_401_before_anything_about_its_request() {
+    let r = rig_with(|c| c.max_body_bytes = 64).await;
+    let admin = r.app("a1").await;
+    r.device(&admin, "a1", "dev1").await;
+    let big = format!(r#"{{"data": {{"t": "{}"}}}}"#, "x".repeat(200));
+    let cases: [(&str, &str, &str); 8] = [
+        // (method, path, body) each of which is refused with a good token.
+        ("POST", "/applications", r#"{"idd": 1}"#),
+        ("POST", "/applications/a1/devices", "{not json"),
+        (
+            "POST",
+            "/applications/a1/devices/dev1/state",
+            r#"{"nodata": 1}"#,
+        ),
+        ("POST", "/applications/a1/devices/dev1/state", &big),
+        ("GET", "/applications/a%23b", ""),
+        ("GET", "/applications/a1/devices?limit=many", ""),
+        ("GET", "/applications/a1/devices/dev1/data?to=soon", ""),
+        ("POST", "/api/rpc/oneway/dev1", r#"{"params": 1}"#),
+    ];
+    for (method, path, body) in cases {
+        let body = (!body.is_empty()).then_some(body);
+        let good = fluxgate_testkit::http::request(r.addr, method, path, Some(&admin), body)
+            .await
+            .unwrap();
+        assert!(
+            [400, 413, 422].contains(&good.status),
+            "{method} {path} with a good token: {good:?}"
+        );
+        for token in [None, Some("not-a-token")] {
+            let got = fluxgate_testkit::http::request(r.addr, method, path, token, body)
+                .await
+                .unwrap();
+            assert_eq!(got.status, 401, "{method} {path} with {token:?}: {got:?}");
+            assert!(got.body.contains("\"unauthorized\""), "{}", got.body);
+        }
+    }
+    // An operation that takes no token still answers about its body.
+    let got = fluxgate_testkit::http::request(r.addr, "POST", "/auth/device", None, Some("{"))
+        .await
+        .unwrap();
+    assert_eq!(got.status, 400, "{got:?}");
+}
+
+/// A method a known path does not have is answered 405 with `Allow` (and a JSON error),
+/// whoever asks; an unknown path is still 404.
+#[actix_rt::test]
+async fn an_unknown_method_on_a_known_path_gets_405_with_allow() {
+    let r = rig().await;
+    let cases = [
+        ("PATCH", "/applications/a1", "GET"),
+        ("DELETE", "/applications", "POST"),
+        ("POST", "/applications/a1/devices/d1", "DELETE, GET, PUT"),
+        (
+            "PUT",
+            "/applications/a1/devices/d1/attributes/shared",
+            "GET, POST",
+        ),
+        ("GET", "/auth/device", "POST"),
+        ("HEAD", "/applications/a1/devices/d1/data", "GET"),
+    ];
+    for (method, path, allow) in cases {
+        for token in ["", "Authorization: Bearer boot-token\r\n"] {
+            let req = format!(
+                "{method} {path} HTTP/1.1\r\nHost: x\r\n{token}Content-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            let answer = until_closed(r.addr, req.as_bytes(), Duration::from_secs(5))
+                .await
+                .answer;
+            assert_eq!(status_of(&answer), 405, "{method} {path}: {answer}");
+            let head = answer.to_ascii_lowercase();
+            assert!(
+                head.contains(&format!("\r\nallow: {}\r\n", allow.to_ascii_lowercase())),
+                "{method} {path}: {answer}"
+            );
+            if method != "HEAD" {
+                assert!(answer.contains("\"method_not_allowed\""), "{answer}");
+            }
+        }
+    }
+    let (s, e) = r
+        .call("GET", "/applications/a1/nothing", Some(BOOT), None)
+        .await;
+    assert_eq!((s, &e["error"]["code"]), (404, &json!("no_route")), "{e}");
+}
+
+/// A client that sends part of a request and then nothing loses its connection after
+/// `request_timeout_ms`: a half-sent body gets 408, a half-sent head is closed.
+#[actix_rt::test]
+async fn a_half_sent_request_is_cut_off_after_the_request_timeout() {
+    let r = rig_with(|c| c.request_timeout_ms = 1_000).await;
+    let admin = r.app("a1").await;
+    r.device(&admin, "a1", "dev1").await;
+    let bound = Duration::from_secs(4);
+    let head = |token: &str| {
+        format!(
+            "POST /applications/a1/devices/dev1/command HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"name\": \"x\","
+        )
+    };
+    // A half-sent body: 408 once the timeout passed, and the connection closed.
+    let c = until_closed(r.addr, head(&admin).as_bytes(), bound).await;
+    assert_eq!(status_of(&c.answer), 408, "{}", c.answer);
+    assert!(c.answer.contains("\"request_timeout\""), "{}", c.answer);
+    assert!(c.answered >= Duration::from_millis(900), "{:?}", c.answered);
+    // The same from a caller without a good token: 401 at once, and closed (after
+    // actix-web's second for a closing connection).
+    let c = until_closed(r.addr, head("nope").as_bytes(), bound).await;
+    assert_eq!(status_of(&c.answer), 401, "{}", c.answer);
+    assert!(c.answered < Duration::from_millis(900), "{:?}", c.answered);
+    // A half-sent chunked body.
+    let chunked = format!(
+        "POST /applications/a1/devices/dev1/command HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{{\"nam\r\n"
+    );
+    let c = until_closed(r.addr, chunked.as_bytes(), bound).await;
+    assert_eq!(status_of(&c.answer), 408, "{}", c.answer);
+    // A half-sent head: closed once the timeout passed (actix-web answers it 408).
+    let c = until_closed(r.addr, b"GET /applications/a1 HTTP/1.1\r\nHost:", bound).await;
+    assert!(c.closed < Duration::from_millis(3_000), "{:?}", c.closed);
+    // The server still answers.
+    let (s, _) = r.call("GET", "/applications/a1", Some(&admin), None).await;
+    assert_eq!(s, 200);
+}
+
+/// A failed `POST /auth/device` is answered later each time the same device id and key
+/// fail again from the same address, as a failed MQTT CONNECT is; other devices and
+/// successes are not slowed.
+#[actix_rt::test]
+async fn failed_device_auth_is_answered_later_each_time_it_repeats() {
+    let r = rig_with(|c| {
+        c.auth_failure_delay_ms = 400;
+        c.auth_failure_delay_max_ms = 800;
+    })
+    .await;
+    let admin = r.app("a1").await;
+    r.device(&admin, "a1", "dev1").await;
+    r.device(&admin, "a1", "dev2").await;
+    let (_, k) = r
+        .call(
+            "POST",
+            "/applications/a1/keys",
+            Some(&admin),
+            Some(json!({})),
+        )
+        .await;
+    let (key, secret) = (k["key"].as_str().unwrap(), k["secret"].as_str().unwrap());
+    let timed = |device: &'static str, secret: String| {
+        let key = key.to_owned();
+        let r = &r;
+        async move {
+            let started = std::time::Instant::now();
+            let (s, _) = r.auth_device(device, &key, &secret).await;
+            (s, started.elapsed())
+        }
+    };
+    let (s, first) = timed("dev1", "wrong".into()).await;
+    assert_eq!(s, 401);
+    assert!(
+        first < Duration::from_millis(300),
+        "first failure: {first:?}"
+    );
+    let (s, second) = timed("dev1", "wrong".into()).await;
+    assert_eq!(s, 401);
+    assert!(
+        second >= Duration::from_millis(400),
+        "second failure: {second:?}"
+    );
+    let (s, third) = timed("dev1", "wrong".into()).await;
+    assert_eq!(s, 401);
+    assert!(
+        third >= Duration::from_millis(800),
+        "third failure: {third:?}"
+    );
+    // Another device's first failure, and a success: answered at once.
+    let (s, other) = timed("dev2", "wrong".into()).await;
+    assert_eq!(
+        (s, other < Duration::from_millis(300)),
+        (401, true),
+        "{other:?}"
+    );
+    let (s, ok) = timed("dev1", secret.to_owned()).await;
+    assert_eq!((s, ok < Duration::from_millis(300)), (200, true), "{ok:?}");
+}
+
+/// A setting the API cannot run with is refused at start, naming it.
+#[test]
+fn bad_settings_are_refused_naming_the_field() {
+    for (cfg, field) in [
+        (
+            ApiConfig {
+                request_timeout_ms: 0,
+                ..ApiConfig::default()
+            },
+            "api.request_timeout_ms",
+        ),
+        (
+            ApiConfig {
+                workers: 0,
+                ..ApiConfig::default()
+            },
+            "api.workers",
+        ),
+        (
+            ApiConfig {
+                auth_failure_delay_ms: 10,
+                auth_failure_delay_max_ms: 1,
+                ..ApiConfig::default()
+            },
+            "api.auth_failure_delay_max_ms",
+        ),
+    ] {
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{field}: ")), "{e}");
+        let bus = MemoryBus::default();
+        let store: Arc<dyn Store> =
+            Arc::new(fluxgate_store::sqlite::SqliteStore::in_memory().unwrap());
+        let e = ApiState::new(
+            cfg,
+            &bus,
+            store,
+            &TopicsConfig::default(),
+            &prometheus::Registry::new(),
+        )
+        .unwrap_err();
+        assert!(e.message.contains(field), "{e}");
+    }
+}
+
+/// The document says what the API does: query parameters with types, every status, the
+/// id rules, and that the data query's `to` is exclusive.
+#[actix_rt::test]
+async fn the_document_has_parameters_statuses_and_id_rules() {
+    let r = rig().await;
+    let (_, doc) = r.call("GET", "/openapi.json", None, None).await;
+    let op = |path: &str, method: &str| doc["paths"][path][method].clone();
+    let statuses = |path: &str, method: &str| -> Vec<String> {
+        op(path, method)["responses"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    };
+    for (path, method, status) in [
+        ("/applications", "post", "201"),
+        ("/applications", "post", "409"),
+        ("/applications/{app}/devices/{id}", "delete", "204"),
+        ("/applications/{app}/devices/{id}/state", "post", "422"),
+        ("/applications/{app}/devices", "post", "401"),
+        ("/api/rpc/twoway/{id}", "post", "504"),
+    ] {
+        assert!(
+            statuses(path, method).contains(&status.to_owned()),
+            "{method} {path}: {:?}",
+            statuses(path, method)
+        );
+    }
+    let data = op("/applications/{app}/devices/{id}/data", "get");
+    let param = |name: &str| {
+        data["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no {name}: {data}"))
+            .clone()
+    };
+    assert_eq!(param("to")["in"], "query");
+    assert_eq!(param("to")["schema"]["type"], "integer");
+    assert!(
+        param("to")["description"]
+            .as_str()
+            .unwrap()
+            .contains("exclusive")
+    );
+    assert_eq!(param("order")["schema"]["enum"], json!(["asc", "desc"]));
+    assert_eq!(param("limit")["schema"]["type"], "integer");
+    assert_eq!(param("app")["schema"]["maxLength"], 128);
+    assert!(param("id")["schema"]["pattern"].is_string());
+}
+
+/// Edges of the registry and the data query: at most 256 attribute definitions whichever
+/// route sets them, and any `to` (an i64) is a window, the smallest one included.
+#[actix_rt::test]
+async fn attribute_definitions_are_capped_and_any_window_end_is_taken() {
+    let r = rig().await;
+    let admin = r.app("a1").await;
+    let defs: Vec<Value> = (0..257)
+        .map(|i| json!({"name": format!("k{i}"), "kind": "number"}))
+        .collect();
+    let (s, e) = r
+        .call(
+            "POST",
+            "/applications/a1/devices",
+            Some(&admin),
+            Some(json!({"id": "many", "attributes": defs})),
+        )
+        .await;
+    assert_eq!(
+        (s, &e["error"]["field"]),
+        (400, &json!("attributes")),
+        "{e}"
+    );
+    r.device(&admin, "a1", "dev1").await;
+    for to in [i64::MIN, i64::MAX, 0] {
+        let (s, b) = r
+            .call(
+                "GET",
+                &format!("/applications/a1/devices/dev1/data?to={to}"),
+                Some(&admin),
+                None,
+            )
+            .await;
+        assert_eq!((s, &b["points"]), (200, &json!([])), "to={to}: {b}");
+    }
+}
+
+/// Found by schemathesis (`compat/schemathesis.sh`): a deleted device's attribute
+/// definitions are gone (404, as the device is), and `GET .../attributes/shared` is an
+/// operation of its own path in the document, as `Allow` on that path says.
+#[actix_rt::test]
+async fn a_deleted_devices_definitions_are_gone_and_shared_attributes_have_their_path() {
+    let r = rig().await;
+    let admin = r.app("a1").await;
+    r.device(&admin, "a1", "dev1").await;
+    let defs = "/applications/a1/devices/dev1/attributes";
+    assert_eq!(r.call("GET", defs, Some(&admin), None).await.0, 200);
+    let (s, _) = r
+        .call(
+            "DELETE",
+            "/applications/a1/devices/dev1",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, 204);
+    let (s, e) = r.call("GET", defs, Some(&admin), None).await;
+    assert_eq!((s, &e["error"]["code"]), (404, &json!("not_found")), "{e}");
+
+    let (_, doc) = r.call("GET", "/openapi.json", None, None).await;
+    let shared = &doc["paths"]["/applications/{app}/devices/{id}/attributes/shared"];
+    assert!(
+        shared["get"].is_object() && shared["post"].is_object(),
+        "{shared}"
+    );
+    let scope = &doc["paths"]["/applications/{app}/devices/{id}/attributes/{scope}"]["get"];
+    assert_eq!(scope["parameters"][2]["schema"]["enum"], json!(["client"]));
 }

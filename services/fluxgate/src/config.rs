@@ -205,11 +205,10 @@ impl Config {
         cfg.telemetry
             .validate()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
-        // The API's limits are flat settings of its own section.
-        cfg.api.limits().validate().map_err(|e| {
-            let e = e.trim_start_matches("limits.");
-            anyhow::anyhow!("invalid configuration: api.{e}")
-        })?;
+        // The API's settings, its limits (flat settings of its own section) among them.
+        cfg.api
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         Ok(cfg)
     }
 }
@@ -242,5 +241,11 @@ mod tests {
         std::fs::write(&file, "[dispatcher]\nretry_max_ms = 10\n").unwrap();
         let e = Config::load(Some(&file)).unwrap_err().to_string();
         assert!(e.contains("dispatcher.retry_max_ms"), "{e}");
+        std::fs::write(&file, "[api]\nrequest_timeout_ms = 0\n").unwrap();
+        let e = Config::load(Some(&file)).unwrap_err().to_string();
+        assert!(e.contains("api.request_timeout_ms"), "{e}");
+        std::fs::write(&file, "[api]\nmax_json_depth = 500\n").unwrap();
+        let e = Config::load(Some(&file)).unwrap_err().to_string();
+        assert!(e.contains("api.max_json_depth"), "{e}");
     }
 }

@@ -29,12 +29,14 @@ use std::pin::Pin;
 use fluxgate_model::{DeviceId, DeviceName, MessageId, TenantId, Values};
 
 pub mod cached;
+mod failure_delay;
 mod rows;
 pub mod scylla;
 pub mod sqlite;
 mod types;
 
 pub use cached::CachedStore;
+pub use failure_delay::FailureDelay;
 pub use types::*;
 
 /// A boxed, sendable future (keeps [`Store`] usable as `dyn`).

@@ -19,6 +19,19 @@ pub(super) struct DeviceIn {
     attributes: Option<Vec<AttributeDef>>,
 }
 
+/// The most attribute definitions a device has (Losant's limit).
+const MAX_ATTRIBUTE_DEFS: usize = 256;
+
+fn check_attribute_count(defs: &[AttributeDef]) -> Result<(), ApiError> {
+    if defs.len() > MAX_ATTRIBUTE_DEFS {
+        return Err(ApiError::invalid(
+            "attributes",
+            format!("at most {MAX_ATTRIBUTE_DEFS} attributes per device"),
+        ));
+    }
+    Ok(())
+}
+
 fn standalone() -> DeviceKind {
     DeviceKind::Standalone
 }
@@ -41,6 +54,9 @@ async fn save_device(
             "peripheral_policy",
             "only peripherals have a peripheral policy",
         ));
+    }
+    if let Some(defs) = &body.attributes {
+        check_attribute_count(defs)?;
     }
     let device = Device {
         tenant: app.clone(),
@@ -187,12 +203,7 @@ pub(super) async fn put_attribute_defs(
         .await?;
     st.existing_device(&app, &id).await?;
     let defs = body.into_inner();
-    if defs.len() > 256 {
-        return Err(ApiError::invalid(
-            "attributes",
-            "at most 256 attributes per device",
-        ));
-    }
+    check_attribute_count(&defs)?;
     st.store
         .put_attribute_defs(app.clone(), id.clone(), defs.clone())
         .await?;
@@ -212,5 +223,6 @@ pub(super) async fn get_attribute_defs(
     let (app, id) = st
         .authorize_device(&req, &path.0, &path.1, ApiScope::Read)
         .await?;
+    st.existing_device(&app, &id).await?;
     Ok(HttpResponse::Ok().json(st.store.attribute_defs(app, id).await?))
 }

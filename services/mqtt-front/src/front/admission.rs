@@ -7,15 +7,15 @@
 //! `presence`.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 use fluxgate_model::{Backoff, DeviceId, TenantId};
+use fluxgate_store::FailureDelay;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter};
-use moka::future::Cache;
 
 use super::Front;
 use crate::auth::{AuthError, Credentials, Identity};
@@ -199,52 +199,6 @@ impl Admission {
     }
 }
 
-/// Slows down repeated failures of one credential from one address.
-#[derive(Debug, Clone)]
-pub(crate) struct FailureDelay {
-    /// By address and a hash of (client id, username).
-    failures: Cache<(IpAddr, u64), u32>,
-    seed: std::hash::RandomState,
-    delay: Backoff,
-}
-
-impl FailureDelay {
-    /// `base_ms × 2^(n-1)` for the n-th failure after the first, at most `max_ms`; counts
-    /// are forgotten after ten minutes without failures.
-    pub(crate) fn new(base_ms: u64, max_ms: u64) -> Self {
-        FailureDelay {
-            failures: Cache::builder()
-                .max_capacity(100_000)
-                .time_to_idle(Duration::from_secs(600))
-                .build(),
-            seed: std::hash::RandomState::new(),
-            delay: Backoff::from_ms(base_ms, max_ms),
-        }
-    }
-
-    /// Records a failure of `client_id` + `username` from `ip` and returns how long to
-    /// wait before answering it.
-    pub(crate) async fn failed(
-        &self,
-        ip: IpAddr,
-        client_id: &str,
-        username: Option<&str>,
-    ) -> Duration {
-        use std::hash::BuildHasher;
-        let who = self.seed.hash_one((client_id, username));
-        let n = self
-            .failures
-            .entry((ip, who))
-            .and_upsert_with(|e| async move { e.map_or(1, |e| e.into_value().saturating_add(1)) })
-            .await
-            .into_value();
-        if n <= 1 {
-            return Duration::ZERO;
-        }
-        self.delay.nth(n - 2)
-    }
-}
-
 impl Front {
     /// Authenticates a CONNECT and registers the session: takes over an earlier connection
     /// of the same device, announces the connect (durably, before the CONNACK), and starts
@@ -328,42 +282,5 @@ impl Front {
         );
         self.admission.after_auth(&identity, &self.metrics)?;
         self.register(identity, remote, sink, gone).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::net::IpAddr;
-
-    #[tokio::test]
-    async fn failures_of_one_credential_from_one_address_grow_slower() {
-        let d = FailureDelay::new(100, 1000);
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let b: IpAddr = "10.0.0.2".parse().unwrap();
-        assert_eq!(d.failed(a, "c", Some("k")).await, Duration::ZERO);
-        assert_eq!(
-            d.failed(a, "c", Some("k")).await,
-            Duration::from_millis(100)
-        );
-        assert_eq!(
-            d.failed(a, "c", Some("k")).await,
-            Duration::from_millis(200)
-        );
-        assert_eq!(
-            d.failed(a, "c", Some("k")).await,
-            Duration::from_millis(400)
-        );
-        for _ in 0..10 {
-            d.failed(a, "c", Some("k")).await;
-        }
-        assert_eq!(
-            d.failed(a, "c", Some("k")).await,
-            Duration::from_millis(1000)
-        );
-        assert_eq!(d.failed(b, "c", Some("k")).await, Duration::ZERO);
-        // Another device behind the same address is not slowed by that one's failures.
-        assert_eq!(d.failed(a, "other", Some("k")).await, Duration::ZERO);
-        assert_eq!(d.failed(a, "c", Some("k2")).await, Duration::ZERO);
     }
 }
