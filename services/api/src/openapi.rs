@@ -567,12 +567,13 @@ pub fn allow(ops: &[&Operation]) -> String {
     methods.join(", ")
 }
 
-/// The characters an application or device id may not hold: `/`, the MQTT wildcards and
-/// control characters (`fluxgate_model::ids`).
-const ID_PATTERN: &str = r"^[^/+#\u0000-\u001f\u007f-\u009f]+$";
+/// An application or device id: ASCII letters, digits and `._-:@~`
+/// (`fluxgate_model::ids`).
+const ID_PATTERN: &str = r"^[A-Za-z0-9._:@~-]+$";
 
-/// A device name (ThingsBoard): as an id, but `/` is allowed.
-const NAME_PATTERN: &str = r"^[^+#\u0000-\u001f\u007f-\u009f]+$";
+/// A device name (ThingsBoard): printable text without `+`, `#`, control, bidirectional
+/// or invisible characters, not blank nor edged with white space (`fluxgate_model::ids`).
+const NAME_PATTERN: &str = r"^[^\s+#\u0000-\u001f\u007f-\u009f\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb](?:[^+#\u0000-\u001f\u007f-\u009f\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb]*[^\s+#\u0000-\u001f\u007f-\u009f\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb])?$";
 
 /// A 128-bit id: 32 hex digits, or a UUID's 36 characters.
 const MESSAGE_ID_PATTERN: &str = r"^([0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$";
@@ -581,7 +582,7 @@ fn id_schema(what: &str) -> Value {
     json!({
         "type": "string", "minLength": 1, "maxLength": MAX_ID_BYTES, "pattern": ID_PATTERN,
         "description": format!(
-            "{what}: 1 to {MAX_ID_BYTES} bytes of UTF-8 (so fewer characters when some are not ASCII), without `/`, `+`, `#` or control characters"
+            "{what}: 1 to {MAX_ID_BYTES} ASCII letters, digits and `.` `_` `-` `:` `@` `~`"
         )
     })
 }
@@ -593,7 +594,7 @@ fn param_schema(kind: &str) -> Value {
         "id" | "device_id" => id_schema("A device id"),
         "deviceName" => json!({
             "type": "string", "minLength": 1, "maxLength": MAX_NAME_BYTES, "pattern": NAME_PATTERN,
-            "description": format!("A device name: 1 to {MAX_NAME_BYTES} bytes of UTF-8, without `+`, `#` or control characters (`/` is allowed, sent as %2F)")
+            "description": format!("A device name: 1 to {MAX_NAME_BYTES} bytes of UTF-8 text, without `+`, `#`, control, bidirectional or invisible characters, not blank nor starting or ending with white space, compared after NFC normalization (`/` is allowed, sent as %2F)")
         }),
         "command" | "rpc" => json!({"type": "string", "pattern": MESSAGE_ID_PATTERN,
             "description": "A 128-bit id: 32 hex digits (as the API writes it) or a UUID"}),
