@@ -202,6 +202,17 @@ pub const OPERATIONS: &[Operation] = &[
         errors: READ,
     },
     Operation {
+        method: "delete",
+        path: "/applications/{app}/devices/{id}/tokens",
+        summary: "Revoke every ThingsBoard access token of the device; its live sessions end",
+        scope: "admin",
+        query: &[],
+        body: None,
+        ok: 204,
+        answer: None,
+        errors: READ,
+    },
+    Operation {
         method: "post",
         path: "/applications/{app}/keys",
         summary: "Create a Losant access key; its secret is returned once",

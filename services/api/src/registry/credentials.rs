@@ -24,6 +24,25 @@ pub(super) async fn create_device_token(
     }))
 }
 
+/// `DELETE /applications/{app}/devices/{id}/tokens`: revokes every ThingsBoard token of
+/// the device. Its live sessions end on every front (they check their credential again on
+/// the registry change), and the tokens open nothing from now on.
+pub(super) async fn revoke_device_tokens(
+    st: web::Data<ApiState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (app, id) = st
+        .authorize_device(&req, &path.0, &path.1, ApiScope::Admin)
+        .await?;
+    st.existing_device(&app, &id).await?;
+    for token_hash in st.store.revoke_device_tokens(app, id).await? {
+        st.announce(RegistryChange::DeviceToken { token_hash })
+            .await;
+    }
+    Ok(HttpResponse::NoContent().finish())
+}
+
 /// `POST /applications/{app}/keys` body: opens all devices unless `devices` or `tags` is
 /// given.
 #[derive(Debug, Deserialize)]

@@ -10,7 +10,7 @@ mod credentials;
 mod devices;
 
 use applications::{create_api_token, create_application, delete_api_token, get_application};
-use credentials::{create_device_token, create_key, get_key, patch_key};
+use credentials::{create_device_token, create_key, get_key, patch_key, revoke_device_tokens};
 use devices::{
     create_device, delete_device, get_attribute_defs, get_device, list_devices, put_attribute_defs,
     put_device,
@@ -64,6 +64,10 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
         .route(
             "/applications/{app}/devices/{id}/tokens",
             web::post().to(create_device_token),
+        )
+        .route(
+            "/applications/{app}/devices/{id}/tokens",
+            web::delete().to(revoke_device_tokens),
         )
         .route("/applications/{app}/keys", web::post().to(create_key))
         .route("/applications/{app}/keys/{key}", web::patch().to(patch_key))
