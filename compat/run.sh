@@ -27,6 +27,8 @@ MAX_PAYLOAD=262144
 SCRIPT_TIMEOUT=90
 
 log() { printf 'compat: %s\n' "$*" >&2; }
+# shellcheck source=compat/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 die() { log "$*"; exit 2; }
 
 for tool in python3.11 node npm mosquitto_pub curl timeout sha256sum; do
@@ -100,18 +102,7 @@ cleanup() {
 		kill -TERM "$CHECK_PID" 2>/dev/null || true # `timeout` passes it on to the check
 		wait "$CHECK_PID" 2>/dev/null || true
 	fi
-	if [ -n "$FG_PID" ] && kill -0 "$FG_PID" 2>/dev/null; then
-		kill -TERM "$FG_PID" 2>/dev/null || true
-		for _ in $(seq 1 150); do
-			kill -0 "$FG_PID" 2>/dev/null || break
-			sleep 0.1
-		done
-		if kill -0 "$FG_PID" 2>/dev/null; then
-			log "fluxgate (pid $FG_PID) did not stop in 15 s; killing it"
-			kill -KILL "$FG_PID" 2>/dev/null || true
-		fi
-		wait "$FG_PID" 2>/dev/null || true
-	fi
+	stop_fluxgate "$FG_PID"
 	if [ "${COMPAT_KEEP:-}" = 1 ]; then
 		log "kept $WORK"
 	else

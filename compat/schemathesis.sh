@@ -26,6 +26,8 @@ SEED=${ST_SEED:-20261207}
 RUN_TIMEOUT=${ST_RUN_TIMEOUT:-900}
 
 log() { printf 'schemathesis: %s\n' "$*" >&2; }
+# shellcheck source=compat/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 die() {
 	log "$*"
 	echo "schemathesis: 0 passed, 1 failed"
@@ -70,18 +72,7 @@ cleanup() {
 		kill -TERM "$ST_PID" 2>/dev/null || true
 		wait "$ST_PID" 2>/dev/null || true
 	fi
-	if [ -n "$FG_PID" ] && kill -0 "$FG_PID" 2>/dev/null; then
-		kill -TERM "$FG_PID" 2>/dev/null || true
-		for _ in $(seq 1 150); do
-			kill -0 "$FG_PID" 2>/dev/null || break
-			sleep 0.1
-		done
-		if kill -0 "$FG_PID" 2>/dev/null; then
-			log "fluxgate (pid $FG_PID) did not stop in 15 s; killing it"
-			kill -KILL "$FG_PID" 2>/dev/null || true
-		fi
-		wait "$FG_PID" 2>/dev/null || true
-	fi
+	stop_fluxgate "$FG_PID"
 	if [ "${ST_KEEP:-}" = 1 ]; then
 		log "kept $WORK"
 	else
