@@ -47,7 +47,7 @@ impl Quotas {
 
 /// The sections of `fluxgate.toml` whose types this build has, under the names `Config`
 /// gives them.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 struct Sections {
     front: front::FrontConfig,
@@ -55,6 +55,27 @@ struct Sections {
     validator: validator::ValidatorConfig,
     writer: writer::WriterConfig,
     dispatcher: dispatch::DispatchConfig,
+}
+
+impl Default for Sections {
+    /// As `Config::default` has them (the front's instance id is not the host name).
+    fn default() -> Self {
+        Sections {
+            front: front::FrontConfig {
+                instance_id: "front-0".into(),
+                ..front::FrontConfig::default()
+            },
+            api: Default::default(),
+            validator: Default::default(),
+            writer: Default::default(),
+            dispatcher: Default::default(),
+        }
+    }
+}
+
+/// The defaults of these sections, as `fluxgate config` prints them (for the seed corpus).
+pub fn defaults() -> impl Serialize {
+    Sections::default()
 }
 
 /// `Config::load`'s checks after extraction, in its order, for these sections (keep in

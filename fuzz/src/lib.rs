@@ -13,10 +13,15 @@
 //! - [`front_accepts_pipeline_decodes`]: anything the MQTT front accepts becomes envelopes
 //!   the validator (and every other consumer) decodes back equal, and anything it refuses
 //!   becomes a rejected-log entry the writer decodes.
+//!
+//! The functions are plain code, so `cargo test` here replays the committed corpus
+//! (`fuzz/corpus/<target>/`) through them without libFuzzer.
 
 pub mod config;
 // `crate::Quotas`, as the validator's config.rs names it (see `config::Quotas`).
 use config::Quotas;
+#[cfg(test)]
+mod seeds;
 
 use fluxgate_model::thingsboard::{device, gateway};
 use fluxgate_model::{
@@ -843,6 +848,29 @@ pub fn front_accepts_pipeline_decodes(data: &[u8]) {
             }
             Body::Attributes { values } => check_values(values, &input.limits, "front attributes"),
             _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// Every committed corpus file through its target's check (what `cargo fuzz run` does
+    /// first, without libFuzzer).
+    #[test]
+    fn the_committed_corpus_passes_every_check() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+        for (name, check) in super::TARGETS {
+            let dir = root.join(name);
+            let mut n = 0;
+            for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir:?}: {e}")) {
+                let path = entry.unwrap().path();
+                check(&std::fs::read(&path).unwrap());
+                n += 1;
+            }
+            assert!(n > 0, "{name}: empty corpus");
+            eprintln!("{name}: {n} corpus files pass");
         }
     }
 }
