@@ -89,7 +89,8 @@ for t in "${TARGETS[@]}"; do
   printf '%-32s %10s execs %6s corpus %3s crashes\n' "$t" "$execs" "$size" "$crashes"
   if [ "$crashes" -ne 0 ]; then
     failed+=("$t")
-    grep -E "panicked at|^thread '|ERROR: libFuzzer|SUMMARY|Test unit written" "$log" | head -20 | sed 's/^/    /'
+    { grep -A1 "panicked at" "$log" | head -4
+      grep -E "ERROR: libFuzzer|Test unit written" "$log" | head -4; } | sed 's/^/    /'
   fi
   total_execs=$((total_execs + execs))
   total_crashes=$((total_crashes + crashes))
