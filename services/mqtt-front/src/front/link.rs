@@ -226,10 +226,25 @@ impl Link {
             return;
         }
         let started = Instant::now();
-        let Ok(payload) = payload.read_all().await else {
-            // The socket broke inside the payload: nothing to store.
-            let _ = reply.send(Verdict::Dropped);
-            return;
+        let max = crate::server::max_packet_bytes(&self.front.cfg) as usize;
+        let payload = match read_payload(&payload, max).await {
+            Ok(p) => p,
+            Err(PayloadRead::Broken) => {
+                // The socket broke inside the payload: nothing to store.
+                let _ = reply.send(Verdict::Dropped);
+                return;
+            }
+            Err(PayloadRead::TooLong) => {
+                // Longer than any packet the front reads: the packet's lengths lied.
+                self.front.metrics.protocol_errors.inc();
+                let id = &self.conn.identity;
+                tracing::info!(tenant = %id.tenant, device = %id.principal.device(),
+                    topic = ?fluxgate_model::bounded(&topic, 256), max_packet_bytes = max,
+                    "closing the connection: a publish's payload runs past the largest packet");
+                self.close_now(CloseReason::Malformed);
+                let _ = reply.send(Verdict::Dropped);
+                return;
+            }
         };
         // EMQX's `client.publish`: from the packet to the verdict (the PUBACK), a
         // producer span whose context the records carry to the bus.
@@ -322,6 +337,45 @@ impl Link {
         tokio::task::yield_now().await;
         self.conn.sink.close(reason);
     }
+}
+
+/// Why a publish's payload was not read.
+enum PayloadRead {
+    /// The socket broke inside it.
+    Broken,
+    /// It ran past the largest packet the front reads.
+    TooLong,
+}
+
+/// Reads a publish's payload, at most `max` bytes of it.
+///
+/// ntex-mqtt 8.2.1 takes a PUBLISH's payload length to be its remaining length minus its
+/// header length, unchecked: a PUBLISH whose remaining length is shorter than its topic
+/// wraps that to about 4 GiB, past the max packet size check, and all the client sends
+/// next is streamed as this payload. Reading it whole would let one client fill the
+/// front's memory (`tests/packet_lengths.rs`); a payload is never longer than a packet.
+async fn read_payload(payload: &ntex_mqtt::Payload, max: usize) -> Result<Bytes, PayloadRead> {
+    let next = async || payload.read().await.map_err(|_| PayloadRead::Broken);
+    let Some(first) = next().await? else {
+        return Ok(Bytes::new());
+    };
+    if first.len() > max {
+        return Err(PayloadRead::TooLong);
+    }
+    // A payload that came whole (nearly all of them): no copy.
+    let Some(second) = next().await? else {
+        return Ok(first);
+    };
+    let mut buf = ntex::util::BytesMut::from(first);
+    let mut chunk = Some(second);
+    while let Some(c) = chunk {
+        if buf.len() + c.len() > max {
+            return Err(PayloadRead::TooLong);
+        }
+        buf.extend_from_slice(&c);
+        chunk = next().await?;
+    }
+    Ok(buf.freeze())
 }
 
 /// Resolves when the write under way is done (never when there is none).

@@ -55,13 +55,18 @@ impl TryFrom<Closed> for v5::PublishAck {
     }
 }
 
+/// The largest MQTT packet a listener reads: the payload limit, and room for the topic
+/// name and properties that ride on top of it. No payload is longer.
+pub(crate) fn max_packet_bytes(cfg: &crate::FrontConfig) -> u32 {
+    u32::try_from(cfg.limits.max_payload_bytes)
+        .unwrap_or(u32::MAX)
+        .saturating_add(8 * 1024)
+}
+
 /// The ntex-mqtt settings of every listener.
 pub(crate) fn mqtt_config(front: &Front) -> SharedCfg {
     let c = &front.cfg;
-    // Topic names and properties ride on top of the payload: leave them room.
-    let max_packet = u32::try_from(c.limits.max_payload_bytes)
-        .unwrap_or(u32::MAX)
-        .saturating_add(8 * 1024);
+    let max_packet = max_packet_bytes(c);
     SharedCfg::new("fluxgate-mqtt")
         // Smaller io buffers than ntex's 16 KiB defaults: most device packets are small,
         // and what a connection keeps counts in memory per idle connection.

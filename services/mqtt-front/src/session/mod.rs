@@ -103,6 +103,9 @@ pub(crate) enum CloseReason {
     Revoked,
     /// It does not read what it is sent (`slow_client = "close"`).
     SlowClient,
+    /// A packet whose lengths do not add up (a PUBLISH whose payload runs past the
+    /// largest packet the front reads).
+    Malformed,
 }
 
 impl CloseReason {
@@ -116,6 +119,7 @@ impl CloseReason {
             CloseReason::Retain => "retain not supported",
             CloseReason::Revoked => "credentials revoked",
             CloseReason::SlowClient => "client not reading",
+            CloseReason::Malformed => "malformed packet",
         }
     }
 }
@@ -203,6 +207,7 @@ impl Sink {
                     CloseReason::Retain => C::RetainNotSupported,
                     CloseReason::Revoked => C::NotAuthorized,
                     CloseReason::SlowClient => C::QuotaExceeded,
+                    CloseReason::Malformed => C::MalformedPacket,
                 };
                 s.close_with_reason(v5::codec::Disconnect {
                     reason_code: code,
